@@ -1,0 +1,32 @@
+# The two commands of the README. Both create the environment when it is missing.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.jaxcompare-installed
+# pytest workers: 2 by default (the CI machine has 2 cores)
+WORKERS ?= 2
+
+.PHONY: demo test env clean bench
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/jaxcompare demo --out report
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -n $(WORKERS) --dist loadfile
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_ntk.py
+	$(BIN)/python benchmarks/bench_trimming.py
+	$(BIN)/python benchmarks/bench_lwr.py
+	$(BIN)/python benchmarks/bench_surrogate.py
+
+clean:
+	rm -rf $(VENV) report .pytest_cache

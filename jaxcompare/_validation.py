@@ -1,0 +1,221 @@
+"""Input validation shared by every public function.
+
+Rules (see shared/style.md): validate at the public boundary, in Python, before heavy work; say what was wrong and
+what was expected. Value checks (finite, ranges of data) run only on concrete arrays: under ``jit``/``vmap`` the
+inputs are tracers and only shapes/dtypes can be checked, which is documented on each public function.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "is_concrete",
+    "as_float_array",
+    "check_array",
+    "check_finite",
+    "check_finite_tree",
+    "check_int",
+    "check_float",
+    "check_probability",
+    "check_choice",
+    "check_key",
+    "check_labels",
+    "check_same_length",
+]
+
+
+def is_concrete(x: Any) -> bool:
+    """True when ``x`` holds values (not a tracer inside ``jit``/``vmap``/``grad``)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _shape_str(shape: Sequence[int]) -> str:
+    return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def check_finite(x: Any, name: str) -> None:
+    """Raise ``ValueError`` if a concrete array has NaN or inf entries (no-op on tracers)."""
+    if not is_concrete(x):
+        return
+    a = np.asarray(x)
+    if a.dtype.kind in "fc" and not np.all(np.isfinite(a)):
+        n_nan = int(np.isnan(a).sum())
+        n_inf = int(np.isinf(a).sum())
+        raise ValueError(
+            f"{name} must be finite, but it has {n_nan} NaN and {n_inf} infinite entries "
+            f"(shape {_shape_str(a.shape)}); remove or impute them first."
+        )
+
+
+def check_finite_tree(tree: Any, name: str) -> None:
+    """``check_finite`` on every leaf of a pytree, naming the leaf path on failure."""
+    leaves = jax.tree_util.tree_leaves_with_path(tree)
+    for path, leaf in leaves:
+        if hasattr(leaf, "dtype") or isinstance(leaf, (float, int)):
+            check_finite(leaf, f"{name}{jax.tree_util.keystr(path)}")
+
+
+def as_float_array(x: Any, name: str, dtype: Any = None) -> jax.Array:
+    """Convert to a floating ``jax.Array`` keeping a floating dtype, promoting ints/bools to the default float."""
+    try:
+        a = jnp.asarray(x) if dtype is None else jnp.asarray(x, dtype=dtype)
+    except (TypeError, ValueError) as e:  # e.g. strings, ragged lists
+        raise TypeError(f"{name} must be a numeric array, got {type(x).__name__}: {e}") from None
+    if not jnp.issubdtype(a.dtype, jnp.floating):
+        if jnp.issubdtype(a.dtype, jnp.complexfloating):
+            raise TypeError(f"{name} must be real-valued, got dtype {a.dtype}.")
+        a = a.astype(jnp.result_type(float))
+    return a
+
+
+def check_array(
+    x: Any,
+    name: str,
+    *,
+    ndim: int | Sequence[int] | None = None,
+    min_size: int = 1,
+    finite: bool = True,
+    floating: bool = True,
+    shape: Sequence[int | None] | None = None,
+) -> jax.Array:
+    """Validate and convert an array argument.
+
+    Args:
+      x: array-like input.
+      name: argument name used in error messages.
+      ndim: required number of dimensions (int or allowed ints).
+      min_size: minimum length of every axis (1 rejects empty arrays).
+      finite: reject NaN/inf (concrete arrays only).
+      floating: convert to a floating dtype (ints promoted, floats kept).
+      shape: required shape, ``None`` entries are free.
+
+    Returns:
+      ``jax.Array``.
+    """
+    if x is None:
+        raise TypeError(f"{name} is required, got None.")
+    a = as_float_array(x, name) if floating else jnp.asarray(x)
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if a.ndim not in allowed:
+            exp = " or ".join(str(d) for d in allowed)
+            raise ValueError(f"{name} must have {exp} dimensions, got shape {_shape_str(a.shape)} ({a.ndim} dimensions).")
+    if shape is not None:
+        if a.ndim != len(shape) or any(s is not None and s != t for s, t in zip(shape, a.shape)):
+            exp = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+            raise ValueError(f"{name} must have shape {exp}, got {_shape_str(a.shape)}.")
+    if min_size and any(s < min_size for s in a.shape):
+        raise ValueError(
+            f"{name} must not be empty: every axis needs at least {min_size} entries, got shape {_shape_str(a.shape)}."
+        )
+    if finite:
+        check_finite(a, name)
+    return a
+
+
+def check_int(v: Any, name: str, *, min: int | None = None, max: int | None = None) -> int:
+    """Validate a Python integer parameter (not a float, not a bool)."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {v!r} ({type(v).__name__}).")
+    v = int(v)
+    if min is not None and v < min:
+        raise ValueError(f"{name} must be >= {min}, got {v}.")
+    if max is not None and v > max:
+        raise ValueError(f"{name} must be <= {max}, got {v}.")
+    return v
+
+
+def check_float(
+    v: Any,
+    name: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> Any:
+    """Validate a scalar real parameter in a (half-)open/closed interval; tracers pass through unchecked."""
+    if not is_concrete(v):
+        return v
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number, got {v!r}.") from None
+    if not np.isfinite(f):
+        raise ValueError(f"{name} must be finite, got {f}.")
+    lo_ok = low is None or (f > low if low_open else f >= low)
+    hi_ok = high is None or (f < high if high_open else f <= high)
+    if not (lo_ok and hi_ok):
+        lb = "(" if low_open else "["
+        hb = ")" if high_open else "]"
+        lo = "-inf" if low is None else f"{low:g}"
+        hi = "inf" if high is None else f"{high:g}"
+        raise ValueError(f"{name} must lie in {lb}{lo}, {hi}{hb}, got {f:g}.")
+    return v
+
+
+def check_probability(v: Any, name: str, *, open_low: bool = True, open_high: bool = True) -> Any:
+    """A level/probability in (0, 1) by default."""
+    return check_float(v, name, low=0.0, high=1.0, low_open=open_low, high_open=open_high)
+
+
+def check_choice(v: Any, name: str, choices: Sequence[str]) -> str:
+    if v not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}; got {v!r}.")
+    return v
+
+
+def check_key(key: Any, name: str = "key") -> jax.Array:
+    """Accept a typed key (``jax.random.key``) or a legacy uint32[2] key; return a typed key."""
+    if key is None:
+        raise TypeError(f"{name} is required: pass an explicit PRNG key, e.g. jax.random.key(0).")
+    if hasattr(key, "dtype") and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key
+    a = jnp.asarray(key) if not isinstance(key, int) else None
+    if a is None or a.dtype != jnp.uint32 or a.shape[-1:] != (2,):
+        raise TypeError(
+            f"{name} must be a PRNG key from jax.random.key(seed) (or jax.random.PRNGKey(seed)), got {key!r}."
+        )
+    return jax.random.wrap_key_data(a)
+
+
+def check_labels(y: Any, name: str, n_classes: int | None = None, *, length: int | None = None) -> jax.Array:
+    """Integer class labels in ``[0, n_classes)``; rejects floats with fractional parts, negatives, NaNs."""
+    a = jnp.asarray(y)
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array of integer labels, got shape {_shape_str(a.shape)}.")
+    if a.shape[0] == 0:
+        raise ValueError(f"{name} must not be empty.")
+    if length is not None and a.shape[0] != length:
+        raise ValueError(f"{name} must have length {length} (one label per point), got {a.shape[0]}.")
+    if jnp.issubdtype(a.dtype, jnp.floating):
+        if is_concrete(a):
+            an = np.asarray(a)
+            if not np.all(np.isfinite(an)) or np.any(an != np.round(an)):
+                raise ValueError(f"{name} must hold integer class labels; got non-integer or non-finite values.")
+        a = a.astype(jnp.int32)
+    elif jnp.issubdtype(a.dtype, jnp.bool_):
+        a = a.astype(jnp.int32)
+    elif not jnp.issubdtype(a.dtype, jnp.integer):
+        raise TypeError(f"{name} must hold integer class labels, got dtype {a.dtype}.")
+    if is_concrete(a):
+        an = np.asarray(a)
+        lo = int(an.min())
+        hi = int(an.max())
+        if lo < 0 or (n_classes is not None and hi >= n_classes):
+            rng = f"[0, {n_classes})" if n_classes is not None else ">= 0"
+            raise ValueError(f"{name} must lie in {rng}; found values from {lo} to {hi}.")
+    return a
+
+
+def check_same_length(arrays: dict[str, Any], axis: int = 0) -> int:
+    """All named arrays have the same length along ``axis``; returns it."""
+    lens = {k: int(jnp.shape(v)[axis]) for k, v in arrays.items()}
+    if len(set(lens.values())) > 1:
+        desc = ", ".join(f"{k} has {v}" for k, v in lens.items())
+        raise ValueError(f"lengths must match along axis {axis}: {desc}.")
+    return next(iter(lens.values()))

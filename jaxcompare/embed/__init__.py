@@ -1,0 +1,2 @@
+"""jaxcompare.embed (under construction)."""
+__all__: list[str] = []

@@ -1,0 +1,2 @@
+"""jaxcompare.lwr (under construction)."""
+__all__: list[str] = []

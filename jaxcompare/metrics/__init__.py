@@ -1,0 +1,2 @@
+"""jaxcompare.metrics (under construction)."""
+__all__: list[str] = []

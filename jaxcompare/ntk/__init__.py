@@ -1,0 +1,2 @@
+"""jaxcompare.ntk (under construction)."""
+__all__: list[str] = []

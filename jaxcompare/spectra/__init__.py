@@ -1,0 +1,2 @@
+"""jaxcompare.spectra (under construction)."""
+__all__: list[str] = []

@@ -1,0 +1,2 @@
+"""jaxcompare.surrogate (under construction)."""
+__all__: list[str] = []

@@ -1,0 +1,2 @@
+"""jaxcompare.trimming (under construction)."""
+__all__: list[str] = []
