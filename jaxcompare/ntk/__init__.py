@@ -1,2 +1,26 @@
-"""jaxcompare.ntk (under construction)."""
-__all__: list[str] = []
+"""Kernels of a trained network: the NTK family (shared/spec/ntk.md) as composable transforms.
+
+Factories take a model function and return ``kernel_fn(params, x1, x2=None)``; transforms (``batched``) take a
+kernel function and return one with the same signature.
+"""
+from ._adapters import from_linen, from_nnx, from_stax, linen_layers_fn
+from ._batching import batched
+from ._common import KernelSpec
+from ._kernels import conjugate_kernel, embedding_kernel, empirical_ntk, pseudo_ntk, trace_ntk
+from ._projection import RandomProjection, random_projection
+
+__all__ = [
+    "empirical_ntk",
+    "trace_ntk",
+    "pseudo_ntk",
+    "conjugate_kernel",
+    "embedding_kernel",
+    "batched",
+    "random_projection",
+    "RandomProjection",
+    "KernelSpec",
+    "from_linen",
+    "from_nnx",
+    "from_stax",
+    "linen_layers_fn",
+]

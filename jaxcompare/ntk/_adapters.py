@@ -1,0 +1,86 @@
+"""Adapters from common model libraries to the ``apply_fn(params, x) -> (N, C)`` convention.
+
+flax is imported lazily: the core package needs only jax, numpy, scipy and optax.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+
+__all__ = ["from_linen", "from_nnx", "from_stax", "linen_layers_fn"]
+
+
+def from_linen(module: Any, variables: Any, *, trainable: str = "params", method: Any = None,
+               **apply_kwargs: Any) -> tuple[Callable, Any]:
+    """``(apply_fn, params)`` for a flax.linen module: differentiate the ``trainable`` collection only.
+
+    Other collections (e.g. ``batch_stats``) are held fixed inside ``apply_fn`` (use them in inference mode, e.g.
+    pass ``train=False`` through ``apply_kwargs``).
+
+    Example:
+      >>> apply_fn, params = jc.from_linen(model, variables)
+      >>> K = jc.trace_ntk(apply_fn)(params, x)
+    """
+    if not hasattr(module, "apply"):
+        raise TypeError(f"module must be a flax.linen Module, got {type(module).__name__}.")
+    if not isinstance(variables, dict) and not hasattr(variables, "keys"):
+        raise TypeError("variables must be the dict returned by module.init(...).")
+    if trainable not in variables:
+        raise ValueError(f"variables has no collection {trainable!r}; it has {sorted(variables.keys())}.")
+    params = variables[trainable]
+    rest = {k: v for k, v in variables.items() if k != trainable}
+
+    def apply_fn(p, x):
+        kw = dict(apply_kwargs)
+        if method is not None:
+            kw["method"] = method
+        return module.apply({trainable: p, **rest}, x, **kw)
+
+    return apply_fn, params
+
+
+def linen_layers_fn(module: Any, variables: Any, *, trainable: str = "params", **apply_kwargs: Any) -> Callable:
+    """``layers_fn(params, x)`` → list of every submodule's output (``capture_intermediates``), for
+    :func:`jaxcompare.embedding_kernel`. Non-array outputs are skipped."""
+    rest = {k: v for k, v in variables.items() if k != trainable}
+
+    def layers_fn(p, x):
+        _, state = module.apply({trainable: p, **rest}, x, capture_intermediates=True, mutable=["intermediates"],
+                                **apply_kwargs)
+        return [l for l in jax.tree_util.tree_leaves(state["intermediates"]) if hasattr(l, "shape") and l.ndim >= 1]
+
+    return layers_fn
+
+
+def from_nnx(module: Any, *, trainable: Any = None) -> tuple[Callable, Any]:
+    """``(apply_fn, params)`` for a flax.nnx module through ``nnx.split``/``nnx.merge``.
+
+    Args:
+      module: an ``nnx.Module`` whose ``__call__(x)`` returns logits ``(N, C)``.
+      trainable: an nnx filter for the differentiated state (default ``nnx.Param``); the rest is held fixed.
+    """
+    try:
+        from flax import nnx
+    except ImportError as e:  # pragma: no cover - exercised only without flax
+        raise ImportError("from_nnx needs flax: pip install 'jaxcompare[demo]' (or flax).") from e
+    if not isinstance(module, nnx.Module):
+        raise TypeError(f"module must be a flax.nnx.Module, got {type(module).__name__}.")
+    filt = nnx.Param if trainable is None else trainable
+    graphdef, params, rest = nnx.split(module, filt, ...)
+
+    def apply_fn(p, x):
+        return nnx.merge(graphdef, p, rest)(x)
+
+    return apply_fn, params
+
+
+def from_stax(apply_fn: Callable, **apply_kwargs: Any) -> Callable:
+    """A stax-style ``apply_fn(params, inputs, **kwargs)`` (params a nested tuple/list) as ``apply_fn(params, x)``."""
+    if not callable(apply_fn):
+        raise TypeError(f"apply_fn must be callable, got {type(apply_fn).__name__}.")
+
+    def fn(params, x):
+        return apply_fn(params, x, **apply_kwargs)
+
+    return fn

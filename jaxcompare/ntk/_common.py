@@ -1,0 +1,168 @@
+"""Shared pieces of the NTK family: argument checks, per-example functions, normalization, the kernel spec.
+
+Vocabulary (shared/spec/ntk.md): ``apply_fn(params, x) -> (N, C)`` logits; ``g_c(x) = d f^c(x) / d params``
+flattened over the parameter pytree.
+"""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._validation import check_finite, check_finite_tree, is_concrete
+
+HIGHEST = jax.lax.Precision.HIGHEST
+
+__all__ = ["KernelSpec", "cosine_normalize", "validate_kernel_args", "single_example", "tree_dot", "output_dtype"]
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelSpec:
+    """What a kernel function built by this package is, so that other transforms can work with its parts.
+
+    Attributes:
+      name: short name (``"trntk"``, ``"entk"``, ``"pntk"``, ``"ck"``, ``"em"``...).
+      base: the un-normalized kernel function ``(params, x1, x2=None) -> (N1, N2[, C, C])``.
+      diag: ``(params, x) -> (N,)`` the diagonal ``base(params, x)[i, i]`` without forming the kernel, or None.
+      normalize: whether the public kernel is ``base / sqrt(diag_i diag_j)`` (cosine normalization).
+      swap_trailing: the kernel has trailing class axes ``(C, C)`` that swap when ``x1`` and ``x2`` swap
+        (``K(x2, x1)[j, i, c', c] = K(x1, x2)[i, j, c, c']``).
+      apply_fn: the model function the kernel was built from (None for feature kernels).
+      options: the construction options, for reports and for transforms that rebuild the kernel.
+    """
+
+    name: str
+    base: Callable
+    diag: Callable | None
+    normalize: bool = False
+    swap_trailing: bool = False
+    apply_fn: Callable | None = None
+    options: tuple = ()
+
+
+def tree_dot(a: Any, b: Any, spec: str) -> jax.Array:
+    """Sum over the leaves of a parameter pytree of ``einsum(spec, leaf_a, leaf_b)`` with leaves flattened.
+
+    Leaves are reshaped to ``lead_shape + (P_leaf,)`` where lead_shape has as many axes as the einsum operand
+    minus one, so ``spec`` names the parameter axis ``p`` last, e.g. ``"icp,jcp->ij"``.
+    """
+    lhs, out = spec.split("->")
+    sa, sb = lhs.split(",")
+    total = None
+    for la, lb in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        la = la.reshape(la.shape[: len(sa) - 1] + (-1,))
+        lb = lb.reshape(lb.shape[: len(sb) - 1] + (-1,))
+        t = jnp.einsum(spec, la, lb, precision=HIGHEST)
+        total = t if total is None else total + t
+    if total is None:
+        raise ValueError("params has no array leaves: there is nothing to differentiate.")
+    return total
+
+
+def single_example(apply_fn: Callable) -> Callable:
+    """``f(params, x) -> (C,)`` for one example ``x`` of shape ``x1.shape[1:]``."""
+
+    def f(params, x):
+        return apply_fn(params, x[None])[0]
+
+    return f
+
+
+def output_dtype(params: Any) -> Any:
+    leaves = [l for l in jax.tree_util.tree_leaves(params) if jnp.issubdtype(jnp.result_type(l), jnp.floating)]
+    if not leaves:
+        return jnp.result_type(float)
+    return jnp.result_type(*leaves)
+
+
+def cosine_normalize(k: jax.Array, d1: jax.Array, d2: jax.Array) -> jax.Array:
+    """``k[i, j] / sqrt(d1[i] d2[j])`` with the zero-norm convention: entries of a point whose norm is 0 are 0.
+
+    A point whose gradient (or feature vector) is exactly zero has no direction, so its cosine similarity to any
+    point, itself included, is defined as 0 rather than NaN. The result is clipped to [-1, 1] to remove round-off.
+    """
+    d1 = jnp.maximum(d1, 0)
+    d2 = jnp.maximum(d2, 0)
+    s1 = jnp.sqrt(d1)
+    s2 = jnp.sqrt(d2)
+    ok1 = s1 > 0
+    ok2 = s2 > 0
+    inv1 = jnp.where(ok1, 1 / jnp.where(ok1, s1, 1), 0)
+    inv2 = jnp.where(ok2, 1 / jnp.where(ok2, s2, 1), 0)
+    scale = inv1[:, None] * inv2[None, :]
+    if k.ndim > 2:
+        scale = scale.reshape(scale.shape + (1,) * (k.ndim - 2))
+    return jnp.clip(k * scale.astype(k.dtype), -1, 1)
+
+
+def warn_zero_norm(diag: Any, what: str) -> None:
+    """Warn (eagerly only) when points have zero norm under cosine normalization."""
+    if not is_concrete(diag):
+        return
+    n0 = int(np.sum(np.asarray(diag) <= 0))
+    if n0:
+        warnings.warn(
+            f"{n0} point(s) have a zero {what}; their normalized kernel rows and columns are set to 0 "
+            "(cosine similarity is undefined there).",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def validate_x(x: Any, name: str) -> jax.Array:
+    if x is None:
+        raise TypeError(f"{name} is required, got None.")
+    if not hasattr(x, "shape"):
+        try:
+            x = jnp.asarray(x)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"{name} must be an array of shape (N, ...), got {type(x).__name__}: {e}") from None
+    if len(x.shape) < 1:
+        raise ValueError(f"{name} must be a batch of shape (N, ...), got a scalar.")
+    if x.shape[0] < 1:
+        raise ValueError(f"{name} is empty: expected at least one example along axis 0, got shape {tuple(x.shape)}.")
+    check_finite(x, name)
+    return x
+
+
+def validate_kernel_args(
+    params: Any, x1: Any, x2: Any, *, apply_fn: Callable | None = None, check_params: bool = True
+) -> tuple[Any, Any, int | None]:
+    """Common checks of ``kernel_fn(params, x1, x2=None)``; returns ``(x1, x2, n_classes)``.
+
+    Checks: x1/x2 are non-empty batches with the same per-example shape; params and inputs are finite (when concrete);
+    ``apply_fn`` returns 2-D logits ``(N, C)`` with the batch size of its input (checked abstractly, no FLOPs).
+    """
+    x1 = validate_x(x1, "x1")
+    if x2 is not None:
+        x2 = validate_x(x2, "x2")
+        if tuple(x1.shape[1:]) != tuple(x2.shape[1:]):
+            raise ValueError(
+                f"x1 and x2 must have the same per-example shape: x1 has {tuple(x1.shape[1:])}, "
+                f"x2 has {tuple(x2.shape[1:])} (shapes {tuple(x1.shape)} and {tuple(x2.shape)})."
+            )
+    if check_params:
+        check_finite_tree(params, "params")
+    n_classes = None
+    if apply_fn is not None:
+        try:
+            out = jax.eval_shape(apply_fn, params, x1)
+        except Exception as e:  # noqa: BLE001 - re-raised with context
+            raise TypeError(
+                f"apply_fn(params, x1) failed for x1 of shape {tuple(x1.shape)}: {type(e).__name__}: {e}"
+            ) from e
+        shape = getattr(out, "shape", None)
+        if shape is None or len(shape) != 2 or shape[0] != x1.shape[0]:
+            got = shape if shape is not None else type(out).__name__
+            raise ValueError(
+                f"apply_fn must return logits of shape (N, C) for a batch of N examples; for x1 of shape "
+                f"{tuple(x1.shape)} it returned {got}. Reshape scalar outputs to (N, 1)."
+            )
+        if shape[1] < 1:
+            raise ValueError("apply_fn returned zero classes (shape (N, 0)).")
+        n_classes = int(shape[1])
+    return x1, x2, n_classes

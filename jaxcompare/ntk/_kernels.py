@@ -1,0 +1,304 @@
+"""Public factories of the NTK family: ``empirical_ntk``, ``trace_ntk``, ``pseudo_ntk``, ``conjugate_kernel``,
+``embedding_kernel``. Each takes a model function and returns ``kernel_fn(params, x1, x2=None)``, a pure function
+that composes with ``jax.jit``, ``jax.vmap`` and the package's transforms (``batched``...)."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from .._validation import check_choice
+from ._common import (
+    HIGHEST,
+    KernelSpec,
+    cosine_normalize,
+    validate_kernel_args,
+    warn_zero_norm,
+)
+from ._implementations import IMPLEMENTATIONS, choose_auto
+from ._projection import RandomProjection
+
+__all__ = ["empirical_ntk", "trace_ntk", "pseudo_ntk", "conjugate_kernel", "embedding_kernel"]
+
+_MODES = ("full", "trace", "pseudo")
+
+
+def _check_apply_fn(apply_fn: Any, name: str = "apply_fn") -> None:
+    if not callable(apply_fn):
+        raise TypeError(f"{name} must be a callable (params, x) -> ..., got {type(apply_fn).__name__}.")
+
+
+def _check_implementation(implementation: str) -> None:
+    names = ("auto", *IMPLEMENTATIONS.keys())
+    if implementation == "structured" and "structured" not in IMPLEMENTATIONS:
+        raise ValueError("implementation='structured' is not available in this build; use 'jacobian' or 'ntvp'.")
+    check_choice(implementation, "implementation", names)
+
+
+def _check_projection(projection: Any) -> None:
+    if projection is not None and not hasattr(projection, "features"):
+        raise TypeError(
+            "projection must come from jaxcompare.random_projection(key, dim, kind) (an object with a "
+            f"`features` method), got {type(projection).__name__}."
+        )
+
+
+def _gradient_compute(params, x1, x2, projection, *, apply_fn, mode, impl_name, with_norm):
+    """Traceable body shared by all gradient kernels; returns ``(kernel, diag of x1 or None)``."""
+    sym = x2 is None
+    if projection is not None:
+        summed = mode == "pseudo"
+        phi1 = projection.features(apply_fn, params, x1, summed=summed)
+        phi2 = phi1 if sym else projection.features(apply_fn, params, x2, summed=summed)
+        if summed:
+            c = jax.eval_shape(apply_fn, params, x1).shape[1]
+            k = jnp.einsum("ik,jk->ij", phi1, phi2, precision=HIGHEST) / c
+            sq = lambda f: jnp.einsum("ik,ik->i", f, f, precision=HIGHEST) / c  # noqa: E731
+        else:
+            k = jnp.einsum("ick,jck->ij", phi1, phi2, precision=HIGHEST)
+            sq = lambda f: jnp.einsum("ick,ick->i", f, f, precision=HIGHEST)  # noqa: E731
+        if not with_norm:
+            return k, None
+        d1 = sq(phi1)
+        d2 = d1 if sym else sq(phi2)
+    else:
+        impl = IMPLEMENTATIONS[impl_name]
+        k = getattr(impl, mode)(apply_fn, params, x1, x2)
+        if not with_norm:
+            return k, None
+        diag = impl.pseudo_diag if mode == "pseudo" else impl.trace_diag
+        d1 = diag(apply_fn, params, x1)
+        d2 = d1 if sym else diag(apply_fn, params, x2)
+    return cosine_normalize(k, d1, d2), d1
+
+
+def _gradient_diag(params, x, projection, *, apply_fn, mode, impl_name):
+    if projection is not None:
+        phi = projection.features(apply_fn, params, x, summed=mode == "pseudo")
+        if mode == "pseudo":
+            return jnp.sum(phi * phi, axis=-1) / jax.eval_shape(apply_fn, params, x).shape[1]
+        return jnp.sum(phi * phi, axis=(-2, -1))
+    impl = IMPLEMENTATIONS[impl_name]
+    return (impl.pseudo_diag if mode == "pseudo" else impl.trace_diag)(apply_fn, params, x)
+
+
+# module-level jits: kernels built on the same apply_fn share compiled code (a projection is a pytree argument,
+# so a new key does not recompile)
+_compute_jit = jax.jit(_gradient_compute, static_argnames=("apply_fn", "mode", "impl_name", "with_norm"))
+_diag_jit = jax.jit(_gradient_diag, static_argnames=("apply_fn", "mode", "impl_name"))
+
+
+def _gradient_kernel(apply_fn: Callable, mode: str, *, normalize: bool, projection: Any, implementation: str):
+    """Shared builder of the three gradient kernels: ``(kernel_fn, base, diag)``."""
+
+    def resolve(params, x1, x2, n_classes):
+        if projection is not None:
+            return "projection"
+        if implementation != "auto":
+            return implementation
+        return choose_auto(apply_fn, params, x1, x2, n_classes)
+
+    def run(params, x1, x2, with_norm):
+        x1, x2, n_classes = validate_kernel_args(params, x1, x2, apply_fn=apply_fn)
+        k, d1 = _compute_jit(params, x1, x2, projection, apply_fn=apply_fn, mode=mode,
+                             impl_name=resolve(params, x1, x2, n_classes), with_norm=with_norm)
+        if with_norm and x2 is None:
+            warn_zero_norm(d1, "gradient")
+        return k
+
+    def base(params, x1, x2=None):
+        return run(params, x1, x2, False)
+
+    def diag(params, x):
+        x, _, n_classes = validate_kernel_args(params, x, None, apply_fn=apply_fn)
+        return _diag_jit(params, x, projection, apply_fn=apply_fn, mode=mode,
+                         impl_name=resolve(params, x, None, n_classes))
+
+    def kernel_fn(params, x1, x2=None):
+        return run(params, x1, x2, normalize)
+
+    return kernel_fn, base, diag
+
+
+def empirical_ntk(apply_fn: Callable, *, implementation: str = "auto") -> Callable:
+    """Full empirical NTK with class blocks.
+
+    ``K[i, j, c, c'] = <g_c(x1_i), g_c'(x2_j)>`` where ``g_c(x) = ∇_θ f^c(x; θ)`` is the gradient of logit ``c``
+    over all parameters (every leaf of ``params``).
+
+    Args:
+      apply_fn: ``apply_fn(params, x) -> (N, C)`` logits; must treat examples independently (no batch statistics).
+      implementation: ``"jacobian"`` (contract per-example Jacobians; memory ``N·C·P``), ``"ntvp"`` (NTK-vector
+        products; memory ``C·P``), or ``"auto"`` (Jacobians when they fit in 2 GiB, else NTK-vector products).
+
+    Returns:
+      ``kernel_fn(params, x1, x2=None) -> (N1, N2, C, C)``; ``x2=None`` means ``x2 = x1``.
+
+    Example:
+      >>> K = jc.empirical_ntk(apply_fn)(params, x)        # (N, N, C, C)
+    """
+    _check_apply_fn(apply_fn)
+    _check_implementation(implementation)
+    kernel_fn, base, _ = _gradient_kernel(apply_fn, "full", normalize=False, projection=None,
+                                          implementation=implementation)
+    kernel_fn.jc_spec = KernelSpec("entk", base, None, False, True, apply_fn, (("implementation", implementation),))
+    kernel_fn.__doc__ = "Empirical NTK kernel_fn(params, x1, x2=None) -> (N1, N2, C, C)."
+    return kernel_fn
+
+
+def trace_ntk(
+    apply_fn: Callable, *, normalize: bool = True, projection: RandomProjection | None = None,
+    implementation: str = "auto"
+) -> Callable:
+    """Trace NTK: the cosine-normalized trNTK (default) or the unnormalized trNTK⁰.
+
+    ``K0[i, j] = Σ_c <g_c(x1_i), g_c(x2_j)>`` — a **sum** over classes (neural-tangents' ``trace_axes=(-1,)``
+    returns the mean, ``K0 / C``). With ``normalize=True``,
+    ``K[i, j] = K0[i, j] / sqrt(K0(x1_i, x1_i) · K0(x2_j, x2_j))``: the cosine similarity of the concatenated
+    per-class gradients, the norms always those of each point with itself (also when ``x2`` is given).
+
+    Zero gradients: a point whose gradient is exactly 0 has no direction; its normalized row/column (diagonal
+    included) is 0, never NaN, and an eager call warns.
+
+    Args:
+      apply_fn: ``apply_fn(params, x) -> (N, C)`` logits.
+      normalize: cosine normalization (trNTK) or not (trNTK⁰).
+      projection: a :func:`random_projection`; the kernel of the projected gradients ``R g_c``.
+      implementation: ``"auto"``, ``"jacobian"`` or ``"ntvp"`` (see :func:`empirical_ntk`); ignored with a
+        projection.
+
+    Returns:
+      ``kernel_fn(params, x1, x2=None) -> (N1, N2)``.
+
+    Example:
+      >>> k = jc.trace_ntk(apply_fn)
+      >>> K = jax.jit(k)(params, x_train)                    # (N, N), ones on the diagonal
+      >>> K_test = k(params, x_test, x_train)                # (N_test, N_train)
+    """
+    _check_apply_fn(apply_fn)
+    _check_implementation(implementation)
+    _check_projection(projection)
+    normalize = bool(normalize)
+    kernel_fn, base, diag = _gradient_kernel(apply_fn, "trace", normalize=normalize, projection=projection,
+                                             implementation=implementation)
+    name = ("proj_" if projection is not None else "") + ("trntk" if normalize else "trntk0")
+    kernel_fn.jc_spec = KernelSpec(name, base, diag, normalize, False, apply_fn,
+                                   (("implementation", implementation), ("projection", projection)))
+    return kernel_fn
+
+
+def pseudo_ntk(
+    apply_fn: Callable, *, normalize: bool = False, projection: RandomProjection | None = None,
+    implementation: str = "auto"
+) -> Callable:
+    """Pseudo NTK: ``(1/C) <∇_θ Σ_c f^c(x1_i), ∇_θ Σ_c f^c(x2_j)> = (1/C) Σ_{c,c'} K[i, j, c, c']``.
+
+    One gradient per example (of the summed logits) instead of ``C``. ``normalize=True`` gives its cosine
+    normalization (zero-gradient convention as in :func:`trace_ntk`); ``projection`` its projected version.
+
+    Returns:
+      ``kernel_fn(params, x1, x2=None) -> (N1, N2)``.
+    """
+    _check_apply_fn(apply_fn)
+    _check_implementation(implementation)
+    _check_projection(projection)
+    normalize = bool(normalize)
+    kernel_fn, base, diag = _gradient_kernel(apply_fn, "pseudo", normalize=normalize, projection=projection,
+                                             implementation=implementation)
+    name = ("proj_" if projection is not None else "") + "pntk"
+    kernel_fn.jc_spec = KernelSpec(name, base, diag, normalize, False, apply_fn,
+                                   (("implementation", implementation), ("projection", projection)))
+    return kernel_fn
+
+
+def _feature_kernel(name: str, features: Callable, normalize: bool, what: str):
+    """Kernel of flattened feature blocks: ``features(params, x) -> list of (N, D_l)``; ``K = Σ_l F_l F_lᵀ``."""
+
+    def blocks(params, x):
+        out = features(params, x)
+        leaves = jax.tree_util.tree_leaves(out)
+        if not leaves:
+            raise ValueError(f"{what} returned no arrays.")
+        flat = []
+        for l in leaves:
+            if l.ndim < 1 or l.shape[0] != x.shape[0]:
+                raise ValueError(
+                    f"{what} must return arrays with the batch as axis 0 (N = {x.shape[0]}); got shape {l.shape}."
+                )
+            flat.append(l.reshape(l.shape[0], -1))
+        return flat
+
+    def compute(params, x1, x2, with_norm):
+        f1 = blocks(params, x1)
+        f2 = f1 if x2 is None else blocks(params, x2)
+        k = sum(jnp.einsum("id,jd->ij", a, b, precision=HIGHEST) for a, b in zip(f1, f2))
+        if not with_norm:
+            return k, None
+        d1 = sum(jnp.einsum("id,id->i", a, a, precision=HIGHEST) for a in f1)
+        d2 = d1 if x2 is None else sum(jnp.einsum("id,id->i", b, b, precision=HIGHEST) for b in f2)
+        return cosine_normalize(k, d1, d2), d1
+
+    compute_jit = jax.jit(compute, static_argnames=("with_norm",))
+
+    def validate(params, x1, x2):
+        x1, x2, _ = validate_kernel_args(params, x1, x2, apply_fn=None)
+        try:
+            jax.eval_shape(blocks, params, x1)
+        except ValueError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise TypeError(f"{what}(params, x1) failed for x1 of shape {tuple(x1.shape)}: {e}") from e
+        return x1, x2
+
+    def run(params, x1, x2, with_norm):
+        x1, x2 = validate(params, x1, x2)
+        k, d1 = compute_jit(params, x1, x2, with_norm)
+        if with_norm and x2 is None:
+            warn_zero_norm(d1, "feature vector")
+        return k
+
+    def base(params, x1, x2=None):
+        return run(params, x1, x2, False)
+
+    def diag(params, x):
+        x, _ = validate(params, x, None)
+        return jax.jit(lambda p, xx: sum(jnp.sum(b * b, axis=1) for b in blocks(p, xx)))(params, x)
+
+    def kernel_fn(params, x1, x2=None):
+        return run(params, x1, x2, normalize)
+
+    kernel_fn.jc_spec = KernelSpec(name, base, diag, normalize, False, None, ())
+    return kernel_fn
+
+
+def conjugate_kernel(feature_fn: Callable, *, normalize: bool = False) -> Callable:
+    """Conjugate kernel (CK): ``K[i, j] = <φ(x1_i), φ(x2_j)>`` for the features ``φ`` entering the last linear layer.
+
+    Args:
+      feature_fn: ``feature_fn(params, x) -> (N, ...)`` the penultimate features (flattened per example).
+      normalize: cosine normalization (zero feature vectors give 0 rows, never NaN).
+
+    Returns:
+      ``kernel_fn(params, x1, x2=None) -> (N1, N2)``.
+    """
+    _check_apply_fn(feature_fn, "feature_fn")
+    return _feature_kernel("ck", lambda p, x: [feature_fn(p, x)], bool(normalize), "feature_fn")
+
+
+def embedding_kernel(layers_fn: Callable, *, normalize: bool = True) -> Callable:
+    """Embedding kernel (Em): ``K[i, j] = Σ_l <a_l(x1_i), a_l(x2_j)>`` over the flattened outputs of every layer,
+    cosine-normalized once after summing (``normalize=True``, the published definition).
+
+    Args:
+      layers_fn: ``layers_fn(params, x)`` returning any pytree (list, tuple, dict) of per-layer outputs, each with
+        the batch as axis 0. For flax.linen models :func:`jaxcompare.linen_layers_fn` builds one from
+        ``capture_intermediates``.
+      normalize: cosine-normalize the summed kernel.
+
+    Returns:
+      ``kernel_fn(params, x1, x2=None) -> (N1, N2)``.
+    """
+    _check_apply_fn(layers_fn, "layers_fn")
+    return _feature_kernel("em", layers_fn, bool(normalize), "layers_fn")
+
