@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-__all__ = ["Recipe", "RECIPES", "digits_task", "make_mlp", "train_ensemble"]
+__all__ = ["Recipe", "RECIPES", "digits_task", "make_mlp", "mlp_feature_fns", "train_ensemble"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +59,11 @@ def digits_task(kind: str, *, seed: int = 0, test_fraction: float = 0.4):
 
 
 def make_mlp(n_classes: int, width: int = 64, depth: int = 2):
-    """A flax.linen MLP ``64 → width (tanh) × depth → n_classes``; returns the module."""
+    """A flax.linen MLP ``64 → width (tanh) × depth → n_classes``.
+
+    Hidden activations are sown into the ``"intermediates"`` collection (free unless requested), which
+    :func:`mlp_feature_fns` uses for the conjugate and embedding kernels.
+    """
     import flax.linen as nn
 
     class MLP(nn.Module):
@@ -67,9 +71,31 @@ def make_mlp(n_classes: int, width: int = 64, depth: int = 2):
         def __call__(self, x):
             for _ in range(depth):
                 x = jnp.tanh(nn.Dense(width)(x))
+                self.sow("intermediates", "hidden", x)
             return nn.Dense(n_classes)(x)
 
     return MLP()
+
+
+def mlp_feature_fns(module):
+    """``(apply_fn, feature_fn, layers_fn)`` over the ``params`` collection of a :func:`make_mlp` module:
+    logits; the features entering the last linear layer (for the CK); every layer's output (for Em)."""
+
+    def apply_fn(p, x):
+        return module.apply({"params": p}, x)
+
+    def _run(p, x):
+        out, state = module.apply({"params": p}, x, mutable=["intermediates"])
+        return out, list(state["intermediates"]["hidden"])
+
+    def feature_fn(p, x):
+        return _run(p, x)[1][-1]
+
+    def layers_fn(p, x):
+        out, hidden = _run(p, x)
+        return hidden + [out]
+
+    return apply_fn, feature_fn, layers_fn
 
 
 def _train_one(key, hyper, module, x, y, n_classes, batch_size, max_steps):
