@@ -8,6 +8,10 @@ from ._batching import batched
 from ._common import KernelSpec
 from ._kernels import conjugate_kernel, embedding_kernel, empirical_ntk, pseudo_ntk, trace_ntk
 from ._projection import RandomProjection, random_projection
+from . import _structured  # noqa: F401  (registers implementation="structured")
+from ._sharding import sharded
+from ._ooc import kernel_to_disk
+from ._kron import KroneckerProjection, kronecker_projection
 
 __all__ = [
     "empirical_ntk",
@@ -16,8 +20,12 @@ __all__ = [
     "conjugate_kernel",
     "embedding_kernel",
     "batched",
+    "sharded",
+    "kernel_to_disk",
     "random_projection",
     "RandomProjection",
+    "kronecker_projection",
+    "KroneckerProjection",
     "KernelSpec",
     "from_linen",
     "from_nnx",

@@ -7,6 +7,12 @@ with at most ``chunk_size`` rows (``chunk_size x P`` numbers) alive at a time.
 
 Scaling: Rademacher entries ``±1/sqrt(dim)`` or Gaussian ``N(0, 1/dim)``, so ``E[R^T R] = I`` and
 ``E[<R g, R g'>] = <g, g'>`` (unbiased).
+
+``kind="sparse"``: a sparse Johnson–Lindenstrauss sketch (Kane & Nelson 2014; CountSketch for ``nnz=1``): column
+``p`` of ``R`` has ``nnz`` entries ``±1/sqrt(nnz)`` in rows drawn uniformly (from ``fold_in(key, leaf)``), so
+``E[R^T R] = I`` again. It is applied to per-example gradients (computed in chunks
+of examples) by a scatter-add: ``O(nnz · P)`` per gradient instead of ``O(dim · P)``, and ``R`` costs ``O(nnz · P)``
+integers whatever ``dim``.
 """
 from __future__ import annotations
 
@@ -21,7 +27,9 @@ from .._validation import check_choice, check_int, check_key
 
 __all__ = ["RandomProjection", "random_projection"]
 
-_KINDS = ("rademacher", "gaussian")
+_KINDS = ("rademacher", "gaussian", "sparse")
+# per-example gradient elements (examples x classes x parameters) held at once by the sparse sketch
+_SKETCH_ELEMENTS = 2**25
 # parameters x rows held at once when chunk_size is automatic
 _AUTO_CHUNK_ELEMENTS = 2**25
 
@@ -34,14 +42,17 @@ class RandomProjection:
     Attributes:
       key: typed PRNG key the rows are generated from.
       dim: number of rows ``k``.
-      kind: ``"rademacher"`` or ``"gaussian"``.
+      kind: ``"rademacher"``, ``"gaussian"`` or ``"sparse"``.
       chunk_size: rows generated and applied together (memory ``chunk_size * P``); None picks one from P.
+        For ``"sparse"``: examples whose gradients are sketched together (default from ``C · P``).
+      nnz: nonzeros per column of a sparse ``R``.
     """
 
     key: jax.Array
     dim: int = dataclasses.field(metadata=dict(static=True))
     kind: str = dataclasses.field(default="rademacher", metadata=dict(static=True))
     chunk_size: int | None = dataclasses.field(default=None, metadata=dict(static=True))
+    nnz: int = dataclasses.field(default=1, metadata=dict(static=True))
 
     def rows(self, params: Any, index: jax.Array) -> Any:
         """Rows ``index`` (int array ``(m,)``) of ``R`` as a parameter pytree with leaves ``(m, *leaf.shape)``."""
@@ -73,6 +84,8 @@ class RandomProjection:
     def features(self, apply_fn: Callable, params: Any, x: jax.Array, *, summed: bool = False) -> jax.Array:
         """Projected gradients: ``(N, C, dim)`` with ``[i, c, t] = <r_t, g_c(x_i)>``; ``summed`` gives ``(N, dim)``
         for the summed-logit gradient ``sum_c g_c``."""
+        if self.kind == "sparse":
+            return self._sketch_features(apply_fn, params, x, summed=summed)
         n_par = sum(int(jnp.size(l)) for l in jax.tree_util.tree_leaves(params))
         chunk = self._chunk(n_par)
         n_chunks = -(-self.dim // chunk)
@@ -93,7 +106,51 @@ class RandomProjection:
         return jnp.moveaxis(out, 0, -1)
 
 
-def random_projection(key: Any, dim: int, kind: str = "rademacher", *, chunk_size: int | None = None) -> RandomProjection:
+    def _sketch_features(self, apply_fn: Callable, params: Any, x: jax.Array, *, summed: bool) -> jax.Array:
+        from ._implementations import _jacobians, _summed_grads
+
+        def per_example_gradients(xc):
+            if summed:
+                return [g.reshape(g.shape[0], 1, -1) for g in jax.tree_util.tree_leaves(_summed_grads(apply_fn, params, xc))]
+            return [g.reshape(g.shape[0], g.shape[1], -1) for g in jax.tree_util.tree_leaves(_jacobians(apply_fn, params, xc))]
+
+        leaves = jax.tree_util.tree_leaves(params)
+        c = 1 if summed else jax.eval_shape(apply_fn, params, x).shape[1]
+        n_par = sum(int(jnp.size(l)) for l in leaves)
+        n = x.shape[0]
+        chunk = self.chunk_size or max(1, min(n, _SKETCH_ELEMENTS // max(c * n_par, 1)))
+        n_chunks = -(-n // chunk)
+        hashes = []
+        for l, leaf in enumerate(leaves):
+            kl = jax.random.fold_in(self.key, l)
+            size = int(jnp.size(leaf))
+            rows = jax.random.randint(jax.random.fold_in(kl, 0), (self.nnz, size), 0, self.dim)
+            signs = jax.random.rademacher(jax.random.fold_in(kl, 1), (self.nnz, size), dtype=jnp.int8)
+            hashes.append((rows, signs))
+        scale = 1.0 / math.sqrt(self.nnz)
+
+        def do_chunk(xc):
+            grads = per_example_gradients(xc)  # list of (m, C', P_l)
+            out = None
+            for (rows, signs), g in zip(hashes, grads):
+                m = g.shape[0]
+                flat = jnp.moveaxis(g.reshape(m * g.shape[1], -1), 1, 0)  # (P_l, m*C')
+                for r in range(self.nnz):
+                    s = jax.ops.segment_sum(flat * signs[r][:, None].astype(flat.dtype), rows[r],
+                                            num_segments=self.dim)  # (dim, m*C')
+                    out = s if out is None else out + s
+            out = out * jnp.asarray(scale, out.dtype)
+            return jnp.moveaxis(out, 0, 1).reshape(xc.shape[0], -1, self.dim)
+
+        xp = jnp.concatenate([x, jnp.broadcast_to(x[:1], (n_chunks * chunk - n,) + x.shape[1:])]) \
+            if n_chunks * chunk != n else x
+        out = jax.lax.map(do_chunk, xp.reshape((n_chunks, chunk) + x.shape[1:]))
+        out = out.reshape((n_chunks * chunk,) + out.shape[2:])[:n]
+        return out[:, 0] if summed else out
+
+
+def random_projection(key: Any, dim: int, kind: str = "rademacher", *, chunk_size: int | None = None,
+                      nnz: int = 1) -> RandomProjection:
     """A random projection ``R`` (``dim x P``) for projected kernels, generated lazily from ``key``.
 
     Pass the result as ``projection=`` to :func:`trace_ntk` or :func:`pseudo_ntk`. The projected trace NTK is
@@ -104,8 +161,12 @@ def random_projection(key: Any, dim: int, kind: str = "rademacher", *, chunk_siz
       key: PRNG key (``jax.random.key(seed)``).
       dim: projection dimension ``k >= 1``. The error of a cosine-normalized projected kernel is typically of order
         ``a / k`` with ``a`` ≈ 20–60 for real networks (shared/spec/ntk.md).
-      kind: ``"rademacher"`` (entries ±1/√k) or ``"gaussian"`` (entries N(0, 1/k)).
+      kind: ``"rademacher"`` (entries ±1/√k), ``"gaussian"`` (entries N(0, 1/k)) — both applied by forward-mode
+        products, ``dim`` forward passes — or ``"sparse"`` (a sparse JL sketch with ``nnz`` entries ±1/√nnz per
+        column, applied to per-example gradients by scatter-adds: cheaper when ``dim`` is large).
       chunk_size: rows of ``R`` generated and applied at once (memory ``chunk_size × P``); default automatic.
+        For ``"sparse"``, examples whose gradients are formed at once (memory ``chunk_size × C × P``).
+      nnz: nonzeros per column for ``kind="sparse"`` (``>= 1``).
 
     Returns:
       A :class:`RandomProjection`.
@@ -119,4 +180,7 @@ def random_projection(key: Any, dim: int, kind: str = "rademacher", *, chunk_siz
     check_choice(kind, "kind", _KINDS)
     if chunk_size is not None:
         chunk_size = check_int(chunk_size, "chunk_size", min=1)
-    return RandomProjection(key=key, dim=dim, kind=kind, chunk_size=chunk_size)
+    nnz = check_int(nnz, "nnz", min=1)
+    if nnz > dim:
+        raise ValueError(f"nnz must be <= dim (nonzeros per column of a {dim}-row matrix), got nnz={nnz}.")
+    return RandomProjection(key=key, dim=dim, kind=kind, chunk_size=chunk_size, nnz=nnz)

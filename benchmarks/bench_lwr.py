@@ -1,0 +1,162 @@
+"""Benchmark: S seeds × T full-batch GD steps of the linear-width two-layer model with spectra every R steps.
+
+The JAX program (``jaxcompare.lwr.train`` vmapped over seeds: one jitted ``lax.scan``) is timed against a plain
+NumPy loop doing the same computation in the same dtype (float32) and the same algorithmic choices (eigenvalues-only
+LAPACK for the kernels, the h×h route for the CK when h < n, a full eigh of WᵀW/h for the alignments), started from
+the same data and initializations; the final spectra of both are compared.
+
+    python benchmarks/bench_lwr.py                    # (n, d, h) = (2000, 1000, 1500), 8 seeds, 150 steps, every 10
+    python benchmarks/bench_lwr.py --quick            # (500, 250, 375), 2 seeds: a one-minute smoke run
+    python benchmarks/bench_lwr.py --numpy-seeds 2    # time NumPy on 2 seeds and scale linearly (seeds independent)
+    python benchmarks/bench_lwr.py --theorems         # reproduce the measured numbers of shared/spec/lwr.md
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcompare import lwr
+
+
+def numpy_train(W, v, X, y, B, lr, steps, every):
+    """Plain NumPy reference: the same GD and the same recorded quantities as lwr.train (W only, tanh)."""
+    n, d = X.shape
+    h = W.shape[0]
+    W0 = W.copy()
+    sq_d, sq_h = np.float32(np.sqrt(d)), np.float32(np.sqrt(h))
+
+    def kernels(W):
+        U = X @ W.T / sq_d
+        F = np.tanh(U)
+        Fp = (1 - F * F) * v
+        ck = F @ F.T / h
+        ntk = (X @ X.T / d) * (Fp @ Fp.T / h) + ck
+        return F, ck, ntk
+
+    _, ck0, ntk0 = kernels(W0)
+    recs = []
+
+    def record(W):
+        F, ck, ntk = kernels(W)
+        ew, vw = np.linalg.eigh(W.T @ W / h)
+        e_ck = np.linalg.eigvalsh(F.T @ F / h) if h < n else np.linalg.eigvalsh(ck)
+        e_ntk = np.linalg.eigvalsh(ntk)
+        r = y - F @ v / sq_h
+        recs.append(dict(
+            eig_weights=ew[::-1], eig_ck=e_ck[::-1], eig_ntk=e_ntk[::-1], align=np.abs(vw[:, ::-1][:, :3].T @ B.T),
+            dW=np.linalg.norm(W - W0) / sq_d, dck=np.linalg.norm(ck - ck0), dntk=np.linalg.norm(ntk - ntk0),
+            loss=0.5 * np.mean(r * r),
+        ))
+
+    record(W)
+    for t in range(1, steps + 1):
+        U = X @ W.T / sq_d
+        F = np.tanh(U)
+        r = y - F @ v / sq_h
+        G = ((r[:, None] * (1 - F * F)) * v).T @ X / (n * sq_d * sq_h)
+        W = W + np.float32(lr) * G
+        if t % every == 0 or t == steps:
+            record(W)
+    return W, recs
+
+
+def theorems(sizes=(500, 1000, 2000)):
+    """The spec's measured numbers, recomputed at the spec's sizes (a few minutes on 2 cores)."""
+    t0 = time.perf_counter()
+    print("## init spectra: max_z |m_n(z) − m(z)| at Im z = 0.1 (spec Σ 3.2e-2/1.9e-2/7.9e-3, CK 2.9e-2/1.1e-2/5.6e-3,"
+          " NTK 0.12/0.076/0.032)")
+    for n in sizes:
+        c = lwr.check_init_spectra(jax.random.key(0), lwr.LWRConfig(n=n, d=n // 2, h=3 * n // 4))
+        print(f"n = {n}: Σ {c.weights:.2e}  CK {c.ck:.2e}  NTK {c.ntk:.2e}")
+    n = sizes[-1]
+    c = lwr.check_spike(jax.random.key(0), lwr.LWRConfig(n=n, d=n // 2, h=3 * n // 4))
+    print(f"## T3 one GD step, n = {n} (spec: top 3.28/6.09/22.9/95.2, BBP 3.41/6.47/20.4/76.3; align "
+          "0.07/0.46/0.44/0.43, BBP 0.26/0.42/0.45/0.46)")
+    for r, m, p, al, ap in zip(c.lr_over_n, c.top_eig, c.top_eig_bbp, c.align, c.align_bbp):
+        print(f"η/n = {r:g}: top {m:.2f} (BBP {p:.2f})  |<u1, β>| {al:.2f} (BBP {ap:.2f})")
+    c = lwr.check_early_phase(jax.random.key(0), ns=(250,) + tuple(sizes))
+    print("## T1 early phase, η = 1, t = 10 (spec: n × norm ≈ 15–20, slope ≈ −1)")
+    print("n × norms:", np.round(c.norms * np.asarray(c.ns)[:, None], 1).tolist(), " slopes:", np.round(c.slopes, 2))
+    c = lwr.check_bulk_invariance(jax.random.key(0), ns=sizes, steps=150, record_every=150)
+    print("## T2 GD η = 0.2n, 150 steps (spec: norms ≈ 3.7; Stieltjes change 0.047 → 0.020 → 0.0074; no outlier)")
+    print("max norms:", np.round(c.max_norms, 2).tolist(), " Stieltjes change:", np.round(c.stieltjes_change, 4),
+          " top eig final:", np.round(c.top_final, 2), f" MP edge {c.mp_edge:.2f}")
+    print(f"({time.perf_counter() - t0:.0f} s)")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--d", type=int, default=1000)
+    ap.add_argument("--h", type=int, default=1500)
+    ap.add_argument("--seeds", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--every", type=int, default=10)
+    ap.add_argument("--lr-over-n", type=float, default=0.2)
+    ap.add_argument("--numpy-seeds", type=int, default=None, help="seeds run by the NumPy loop (default: all)")
+    ap.add_argument("--quick", action="store_true", help="(500, 250, 375), 2 seeds")
+    ap.add_argument("--theorems", action="store_true", help="reproduce the spec's measured numbers instead")
+    a = ap.parse_args()
+    if a.theorems:
+        theorems()
+        return
+    if a.quick:
+        a.n, a.d, a.h, a.seeds = 500, 250, 375, 2
+    S = a.seeds
+    ns = S if a.numpy_seeds is None else min(a.numpy_seeds, S)
+    cfg = lwr.LWRConfig(n=a.n, d=a.d, h=a.h)
+    lr = a.lr_over_n * a.n
+    keys = jax.random.split(jax.random.key(0), S)
+    data = jax.vmap(lambda k: lwr.sample_data(jax.random.fold_in(k, 0), cfg))(keys)
+    params = jax.vmap(lambda k: lwr.init_params(jax.random.fold_in(k, 1), cfg))(keys)
+    jax.block_until_ready((data, params))
+
+    def run(keys, params, data):
+        return jax.vmap(lambda k, p, dd: lwr.train(k, p, dd, cfg, lr=lr, steps=a.steps, record_every=a.every,
+                                                    throw=False))(keys, params, data)
+
+    t0 = time.perf_counter()
+    compiled = jax.jit(run).lower(keys, params, data).compile()
+    t_compile = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    res = jax.block_until_ready(compiled(keys, params, data))
+    t_jax = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    np_out = []
+    for s in range(ns):
+        np_out.append(numpy_train(
+            np.asarray(params.W[s]), np.asarray(params.v[s]), np.asarray(data.X[s]), np.asarray(data.y[s]),
+            np.asarray(data.beta[s])[None, :], lr, a.steps, a.every,
+        ))
+    t_np = (time.perf_counter() - t0) * S / ns
+
+    # agreement of the final spectra (float32 on both sides; GD over 150 steps amplifies rounding a little)
+    W_np, recs = np_out[0]
+    err_W = float(np.max(np.abs(np.asarray(res.params.W[0]) - W_np)))
+    err_ntk = float(np.max(np.abs(np.asarray(res.history.eig_ntk[0, -1]) - recs[-1]["eig_ntk"])))
+    n_rec = int(res.history.step.shape[1])
+
+    cpu = platform.processor() or platform.machine()
+    print(f"# bench_lwr: {S} seeds × {a.steps} GD steps, (n, d, h) = ({a.n}, {a.d}, {a.h}), spectra every {a.every} "
+          f"steps ({n_rec} records), float32, {os.cpu_count()} CPU cores ({cpu}), jax {jax.__version__}, "
+          f"backend {jax.default_backend()}")
+    print()
+    print("| implementation | time (s) | speedup |")
+    print("| --- | ---: | ---: |")
+    print(f"| NumPy loop{'' if ns == S else f' ({ns} seeds timed, scaled ×{S / ns:g})'} | {t_np:.1f} | 1.0× |")
+    print(f"| jaxcompare.lwr.train, vmapped (run) | {t_jax:.1f} | {t_np / t_jax:.1f}× |")
+    print(f"| jaxcompare.lwr.train, vmapped (compile + run) | {t_compile + t_jax:.1f} | "
+          f"{t_np / (t_compile + t_jax):.1f}× |")
+    print()
+    print(f"max |W_jax − W_numpy| = {err_W:.2e}; max |λ_NTK jax − numpy| (final) = {err_ntk:.2e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""Data, parameters, forward pass and the three matrices (weights, CK, NTK) of the two-layer model."""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from .._validation import check_array, check_choice, check_key
+from ..spectra._activations import ACTIVATIONS, get_activation
+from ._config import TEACHERS, LWRConfig
+
+__all__ = ["LWRData", "LWRParams", "Kernels", "sample_data", "init_params", "apply", "kernels"]
+
+_HI = jax.lax.Precision.HIGHEST
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class LWRData:
+    """Training and test data. ``X (n, d)`` rows are samples, ``y (n,)``; ``beta (d,)`` or ``(k, d)`` unit
+    planted directions; ``X_test (n_test, d)``, ``y_test (n_test,)``."""
+
+    X: jax.Array
+    y: jax.Array
+    beta: jax.Array
+    X_test: jax.Array
+    y_test: jax.Array
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class LWRParams:
+    """Parameters ``W (h, d)``, ``v (h,)``; the activation name is static pytree metadata."""
+
+    W: jax.Array
+    v: jax.Array
+    activation: str = dataclasses.field(default="tanh", metadata=dict(static=True))
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Kernels:
+    """The matrices of shared/spec/lwr.md: ``weights = WᵀW/h (d, d)``, ``ck (n, n)``, ``ntk = K_W + K_CK (n, n)``
+    (the Gram of the Jacobian in (W, v)) and ``ntk_w = K_W (n, n)`` (the NTK when only W trains)."""
+
+    weights: jax.Array
+    ck: jax.Array
+    ntk: jax.Array
+    ntk_w: jax.Array
+
+
+def _teacher_sum(cfg: LWRConfig, proj: jax.Array) -> jax.Array:
+    """``Σ_j g_j(proj[:, j])`` for ``proj (N, k)``."""
+    out = jnp.zeros(proj.shape[:1], proj.dtype)
+    for j, name in enumerate(cfg.teachers):
+        out = out + TEACHERS[name](proj[:, j])
+    return out
+
+
+def _labels(key, cfg: LWRConfig, X: jax.Array, B: jax.Array) -> jax.Array:
+    d = X.shape[1]
+    proj = jnp.matmul(X, B.T, precision=_HI)
+    sq = jnp.sum(X * X, axis=1) / d
+    noise = cfg.noise_std * jax.random.normal(key, X.shape[:1], X.dtype)
+    return _teacher_sum(cfg, proj) + cfg.tau * sq + noise
+
+
+def sample_data(key, cfg: LWRConfig) -> LWRData:
+    r"""Sample ``x_i ~ N(0, I_d)``, ``β_j`` uniform on the unit sphere, ``y_i = Σ_j g_j(x_iᵀβ_j) + (τ/d)‖x_i‖² + ε_i``.
+
+    Args:
+      key: PRNG key (``vmap`` over keys gives independent data sets).
+      cfg: :class:`LWRConfig`.
+
+    Returns:
+      :class:`LWRData` in ``cfg.dtype``; ``beta`` is ``(d,)`` for one teacher, ``(k, d)`` for ``k``.
+
+    Example:
+      >>> data = sample_data(jax.random.key(0), LWRConfig(n=100, d=50, h=80))
+      >>> data.X.shape, data.y.shape, data.beta.shape
+      ((100, 50), (100,), (50,))
+    """
+    _check_cfg(cfg)
+    key = check_key(key)
+    dt = cfg.jnp_dtype
+    kb, kx, ky, kxt, kyt = jax.random.split(key, 5)
+    B = jax.random.normal(kb, (cfg.k, cfg.d), dt)
+    B = B / jnp.linalg.norm(B, axis=1, keepdims=True)
+    X = jax.random.normal(kx, (cfg.n, cfg.d), dt)
+    Xt = jax.random.normal(kxt, (cfg.test_size, cfg.d), dt)
+    beta = B[0] if isinstance(cfg.teacher, str) else B
+    return LWRData(X=X, y=_labels(ky, cfg, X, B), beta=beta, X_test=Xt, y_test=_labels(kyt, cfg, Xt, B))
+
+
+def init_params(key, cfg: LWRConfig) -> LWRParams:
+    """``W (h, d)`` iid N(0, 1) and ``v (h,)`` iid uniform ±1 (so ``ν² = ‖v‖²/h = 1``).
+
+    Example:
+      >>> p = init_params(jax.random.key(0), LWRConfig(n=100, d=50, h=80))
+      >>> p.W.shape, p.v.shape
+      ((80, 50), (80,))
+    """
+    _check_cfg(cfg)
+    key = check_key(key)
+    kw, kv = jax.random.split(key)
+    W = jax.random.normal(kw, (cfg.h, cfg.d), cfg.jnp_dtype)
+    v = jax.random.rademacher(kv, (cfg.h,), cfg.jnp_dtype)
+    return LWRParams(W=W, v=v, activation=cfg.activation)
+
+
+def _check_cfg(cfg) -> None:
+    if not isinstance(cfg, LWRConfig):
+        raise TypeError(f"cfg must be an LWRConfig, got {type(cfg).__name__}.")
+
+
+def _check_params(params, name: str = "params") -> LWRParams:
+    if not isinstance(params, LWRParams):
+        raise TypeError(f"{name} must be LWRParams (from init_params), got {type(params).__name__}.")
+    check_choice(params.activation, f"{name}.activation", tuple(ACTIVATIONS))
+    W = check_array(params.W, f"{name}.W", ndim=2)
+    v = check_array(params.v, f"{name}.v", shape=(W.shape[0],))
+    return LWRParams(W=W, v=v, activation=params.activation)
+
+
+def _check_X(X, d: int, name: str = "X") -> jax.Array:
+    return check_array(X, name, ndim=2, shape=(None, d))
+
+
+def _preact(W, X):
+    """``U = X Wᵀ/√d`` of shape ``(n, h)`` (transpose of the spec's ``W X/√d``)."""
+    d = W.shape[1]
+    return jnp.matmul(X, W.T, precision=_HI) / jnp.sqrt(jnp.asarray(d, W.dtype))
+
+
+def _apply(W, v, X, activation: str):
+    phi, _ = ACTIVATIONS[activation]
+    h = W.shape[0]
+    return jnp.matmul(phi(_preact(W, X)), v, precision=_HI) / jnp.sqrt(jnp.asarray(h, W.dtype))
+
+
+def apply(params: LWRParams, X) -> jax.Array:
+    r"""Network output ``f(x) = vᵀ φ(W x/√d)/√h`` for each row ``x`` of ``X (n, d)``; returns ``(n,)``.
+
+    Example:
+      >>> cfg = LWRConfig(n=10, d=5, h=8)
+      >>> apply(init_params(jax.random.key(0), cfg), jnp.ones((10, 5))).shape
+      (10,)
+    """
+    params = _check_params(params)
+    X = _check_X(X, params.W.shape[1])
+    return _apply(params.W, params.v, X.astype(params.W.dtype), params.activation)
+
+
+def _kernels(W, v, X, activation: str) -> Kernels:
+    phi, dphi = get_activation(activation)
+    h, d = W.shape
+    dt = W.dtype
+    U = _preact(W, X)
+    F = phi(U)
+    Fp = dphi(U) * v[None, :]
+    G = jnp.matmul(X, X.T, precision=_HI) / jnp.asarray(d, dt)
+    ck = jnp.matmul(F, F.T, precision=_HI) / jnp.asarray(h, dt)
+    kw = G * jnp.matmul(Fp, Fp.T, precision=_HI) / jnp.asarray(h, dt)
+    sig = jnp.matmul(W.T, W, precision=_HI) / jnp.asarray(h, dt)
+    return Kernels(weights=sig, ck=ck, ntk=kw + ck, ntk_w=kw)
+
+
+def kernels(params: LWRParams, X) -> Kernels:
+    r"""The three matrices of the spec, with ``U = W Xᵀ/√d`` and ``G = X Xᵀ/d``:
+
+    - ``weights = WᵀW/h`` ``(d, d)``;
+    - ``ck = φ(U)ᵀφ(U)/h`` ``(n, n)``;
+    - ``ntk_w = G ⊙ (φ'(U)ᵀ diag(v)² φ'(U)/h)`` (Jacobian Gram in W), ``ntk = ntk_w + ck`` (in (W, v)).
+
+    Args:
+      params: :class:`LWRParams`.
+      X: ``(n, d)`` inputs, rows are samples.
+
+    Returns:
+      :class:`Kernels` (jit/vmap compatible; dtype of ``params.W``).
+
+    Example:
+      >>> cfg = LWRConfig(n=20, d=10, h=15)
+      >>> K = kernels(init_params(jax.random.key(0), cfg), sample_data(jax.random.key(1), cfg).X)
+      >>> K.weights.shape, K.ntk.shape
+      ((10, 10), (20, 20))
+    """
+    params = _check_params(params)
+    X = _check_X(X, params.W.shape[1])
+    return _kernels(params.W, params.v, X.astype(params.W.dtype), params.activation)

@@ -1,0 +1,163 @@
+"""Limiting laws of the three matrices at initialization for a given :class:`LWRConfig`, and the one-step spike."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from .._validation import check_choice, check_float
+from ..spectra import (
+    bbp_alignment,
+    bbp_outlier,
+    fan_wang_stieltjes,
+    gaussian_constants,
+    mp_atom,
+    mp_density,
+    mp_stieltjes,
+    mp_support,
+)
+from ._config import LWRConfig
+from ._model import _check_cfg
+
+__all__ = [
+    "MATRICES",
+    "limit_stieltjes",
+    "limit_density",
+    "limit_atoms",
+    "ntk_w_edge",
+    "stable_lr",
+    "spike_theta",
+    "SpikePrediction",
+]
+
+MATRICES = ("weights", "ck", "ntk", "ntk_w")
+
+
+def _fw_params(cfg: LWRConfig, matrix: str, nu2: float) -> dict:
+    c = gaussian_constants(cfg.activation)
+    base = dict(gamma0=cfg.n / cfg.d, gamma1=cfg.n / cfg.h)
+    if matrix == "ck":
+        return dict(base, t0=c.m2 - c.b**2, t1=c.b**2)
+    if matrix == "ntk":
+        return dict(base, t0=c.m2 - c.b**2, t1=c.b**2, A0=nu2 * (c.a - c.b**2), A1=nu2 * c.b**2)
+    return dict(base, t0=0.0, t1=0.0, A0=nu2 * (c.a - c.b**2), A1=nu2 * c.b**2)
+
+
+def _check(cfg, matrix, nu2):
+    _check_cfg(cfg)
+    check_choice(matrix, "matrix", MATRICES)
+    return float(check_float(nu2, "nu2", low=0.0, low_open=True))
+
+
+def limit_stieltjes(cfg: LWRConfig, z, matrix: str = "weights", *, nu2: float = 1.0) -> np.ndarray:
+    r"""Stieltjes transform of the limiting spectrum at initialization (host complex128).
+
+    ``"weights"``: Marchenko–Pastur with ratio ``d/h``; ``"ck"``, ``"ntk"`` (``K_W + K_CK``) and ``"ntk_w"``
+    (``K_W``): the Fan–Wang fixed point with ``γ₀ = n/d``, ``γ₁ = n/h`` and the Gaussian constants of
+    ``cfg.activation`` (see :func:`jaxcompare.spectra.fan_wang_stieltjes`).
+
+    Args:
+      cfg: :class:`LWRConfig`.
+      z: complex points (``Im z > 0``).
+      matrix: one of ``"weights"``, ``"ck"``, ``"ntk"``, ``"ntk_w"``.
+      nu2: ``ν² = ‖v‖²/h`` (1 for ±1 entries).
+
+    Example:
+      >>> m = limit_stieltjes(LWRConfig(n=200, d=100, h=150), 1.0 + 0.1j, "ck")
+      >>> bool(m.imag > 0)
+      True
+    """
+    nu2 = _check(cfg, matrix, nu2)
+    if matrix == "weights":
+        return mp_stieltjes(z, cfg.d / cfg.h)
+    return fan_wang_stieltjes(z, **_fw_params(cfg, matrix, nu2))
+
+
+def limit_density(cfg: LWRConfig, x, matrix: str = "weights", *, eps: float = 2e-3, nu2: float = 1.0) -> np.ndarray:
+    """Limiting density on a real grid (absolutely continuous part; atoms from :func:`limit_atoms`).
+
+    Exact Marchenko–Pastur density for ``"weights"``; ``Im m(x + iε)/π`` for the kernels, minus the atoms'
+    Lorentzian contribution so that the curve shows the continuous part only.
+    """
+    nu2 = _check(cfg, matrix, nu2)
+    eps = float(check_float(eps, "eps", low=0.0, low_open=True))
+    x = np.asarray(x, dtype=np.float64)
+    if matrix == "weights":
+        return mp_density(x, cfg.d / cfg.h)
+    dens = fan_wang_stieltjes(x + 1j * eps, **_fw_params(cfg, matrix, nu2)).imag / np.pi
+    for loc, mass in limit_atoms(cfg, matrix):
+        dens = dens - mass * eps / (np.pi * ((x - loc) ** 2 + eps**2))
+    return np.maximum(dens, 0.0)
+
+
+def limit_atoms(cfg: LWRConfig, matrix: str = "weights") -> tuple[tuple[float, float], ...]:
+    """Atoms ``((location, mass), ...)`` of the limiting law: ``Σ``: ``1 − h/d`` at 0 when ``d > h``;
+    CK: ``1 − h/n`` at 0 when ``h < n``; the NTKs have none (``A₀ > 0``)."""
+    _check(cfg, matrix, 1.0)
+    if matrix == "weights":
+        m = mp_atom(cfg.d / cfg.h)
+    elif matrix == "ck":
+        m = max(0.0, 1.0 - cfg.h / cfg.n)
+    else:
+        m = 0.0
+    return ((0.0, m),) if m > 0 else ()
+
+
+def ntk_w_edge(cfg: LWRConfig, *, nu2: float = 1.0) -> float:
+    """Limit of ``λ_max(K_W)``: ``ν²[(a − b²) + b²(1 + √(n/d))²]`` (2.236 for the typical tanh config)."""
+    _check_cfg(cfg)
+    c = gaussian_constants(cfg.activation)
+    return float(nu2 * ((c.a - c.b**2) + c.b**2 * (1 + np.sqrt(cfg.n / cfg.d)) ** 2))
+
+
+def stable_lr(cfg: LWRConfig, *, nu2: float = 1.0) -> float:
+    """Largest stable full-batch GD step in the limit (W only): ``η_max = 2n/λ_max(K_W)`` (≈ 0.89 n typically)."""
+    return 2 * cfg.n / ntk_w_edge(cfg, nu2=nu2)
+
+
+@dataclasses.dataclass(frozen=True)
+class SpikePrediction:
+    """One-step BBP prediction: ``theta``, top eigenvalue of ``Σ`` (``outlier``), ``|⟨u₁, w⟩|`` (``align_w``) and
+    ``|⟨u₁, β_j⟩|`` (``align_beta``, shape ``(k,)``), plus the MP edge."""
+
+    theta: float
+    outlier: float
+    align_w: float
+    align_beta: np.ndarray
+    mp_edge: float
+
+
+def spike_theta(params, data, cfg: LWRConfig, lr: float) -> SpikePrediction:
+    r"""BBP prediction for ``Σ`` after one full-batch GD step of size ``η`` from ``params``.
+
+    ``W₁ ≈ W₀ + (η b/(n√(hd)))·v (Xᵀ r₀)ᵀ``, i.e. ``W₁/√h = W₀/√h + θ u wᵀ`` with ``u = v/‖v‖``,
+    ``w = Xᵀr₀/‖Xᵀr₀‖`` and ``θ = η b ‖v‖ ‖Xᵀ r₀‖/(n h √d)``; then :func:`bbp_outlier`, :func:`bbp_alignment`
+    (``c = d/h``) and ``|⟨u₁, β⟩| ≈ |⟨u₁, w⟩|·|⟨w, β⟩|``.
+
+    Args:
+      params: :class:`LWRParams` at initialization.
+      data: :class:`LWRData`.
+      cfg: :class:`LWRConfig`.
+      lr: step size ``η`` (in the units of ``‖y − f‖²/(2n)``).
+    """
+    from ._model import _apply
+
+    _check_cfg(cfg)
+    lr = float(check_float(lr, "lr", low=0.0, low_open=True))
+    b = gaussian_constants(cfg.activation).b
+    X = np.asarray(data.X, np.float64)
+    r0 = np.asarray(data.y, np.float64) - np.asarray(_apply(params.W, params.v, data.X, cfg.activation), np.float64)
+    g = X.T @ r0
+    v = np.asarray(params.v, np.float64)
+    theta = lr * abs(b) * np.linalg.norm(v) * np.linalg.norm(g) / (cfg.n * cfg.h * np.sqrt(cfg.d))
+    c = cfg.d / cfg.h
+    w = g / np.linalg.norm(g)
+    B = np.atleast_2d(np.asarray(data.beta, np.float64))
+    align_w = float(np.sqrt(bbp_alignment(theta, c)))
+    return SpikePrediction(
+        theta=float(theta),
+        outlier=float(bbp_outlier(theta, c)),
+        align_w=align_w,
+        align_beta=align_w * np.abs(B @ w),
+        mp_edge=mp_support(c)[1],
+    )

@@ -1,0 +1,310 @@
+"""Training of the two-layer model in one jitted ``lax.scan`` program, recording spectra along the way."""
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from .._validation import check_array, check_choice, check_float, check_int, check_key, is_concrete
+from ..spectra._activations import ACTIVATIONS
+from ._config import LWRConfig
+from ._eig import default_eig_backend, eigh_top, eigvalsh_desc
+from ._model import LWRData, LWRParams, _apply, _check_cfg, _check_params, _check_X, _kernels, _preact
+
+__all__ = ["History", "TrainResult", "train", "OPTIMIZERS"]
+
+OPTIMIZERS = ("gd", "sgd", "adam")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class History:
+    """Quantities recorded at steps ``step`` (``R`` records, the first at initialization).
+
+    Attributes:
+      step: ``(R,)`` number of updates done at each record.
+      eig_weights: ``(R, d)`` eigenvalues of ``Σ = WᵀW/h``, **descending**.
+      eig_ck: ``(R, n)`` eigenvalues of the CK, descending.
+      eig_ntk: ``(R, n)`` eigenvalues of the full NTK ``K_W + K_CK``, descending.
+      align: ``(R, n_top, k)`` ``|⟨u_i, β_j⟩|`` for the top ``n_top`` eigenvectors ``u_i`` of ``Σ`` (top first).
+      dW: ``(R,)`` ``‖W_t − W_0‖_F/√d``.
+      dck: ``(R,)`` ``‖K^CK_t − K^CK_0‖_F``.
+      dntk: ``(R,)`` ``‖K^NTK_t − K^NTK_0‖_F``.
+      train_loss, test_loss: ``(R,)`` ``‖y − f‖²/(2n)`` on the training / test set.
+    """
+
+    step: jax.Array
+    eig_weights: jax.Array
+    eig_ck: jax.Array
+    eig_ntk: jax.Array
+    align: jax.Array
+    dW: jax.Array
+    dck: jax.Array
+    dntk: jax.Array
+    train_loss: jax.Array
+    test_loss: jax.Array
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """Result of :func:`train`.
+
+    Attributes:
+      params: final :class:`LWRParams` (the last finite ones if training diverged).
+      history: :class:`History`.
+      losses: ``(steps,)`` loss of the batch used at each update (full batch for GD; NaN after divergence).
+      diverged: bool, True if a loss or parameter became non-finite.
+      first_bad_step: int, the first update (1-based) that gave a non-finite loss or parameters; -1 if none.
+      lr_bound: full-batch GD stability bound ``2n/λ_max(K_0)`` with ``K = K_W`` (``K_W + K_CK`` if ``train_v``).
+    """
+
+    params: LWRParams
+    history: History
+    losses: jax.Array
+    diverged: jax.Array
+    first_bad_step: jax.Array
+    lr_bound: jax.Array
+
+
+def _make_optimizer(optimizer, lr):
+    if isinstance(optimizer, optax.GradientTransformation):
+        return optimizer
+    if optimizer in ("gd", "sgd"):
+        return optax.sgd(lr)
+    return optax.adam(lr)
+
+
+def _record_fn(X, y, Xt, yt, B, W0, ck0, ntk0, v_fixed, cfg: LWRConfig, n_top: int, backend: str, spectra: bool):
+    act = cfg.activation
+    h, d = W0.shape
+    n = X.shape[0]
+    phi = ACTIVATIONS[act][0]
+
+    def _spectra(W, K):
+        ew, vw = eigh_top(K.weights, backend)
+        align = jnp.abs(jnp.matmul(vw[:, :n_top].T, B.T, precision=jax.lax.Precision.HIGHEST))
+        if h < n:  # the CK has rank ≤ h: its nonzero eigenvalues are those of φ(U)ᵀφ(U)/h (h × h)
+            F = phi(_preact(W, X))
+            small = jnp.matmul(F.T, F, precision=jax.lax.Precision.HIGHEST) / jnp.asarray(h, W.dtype)
+            e_ck = jnp.concatenate([eigvalsh_desc(small, backend), jnp.zeros((n - h,), W.dtype)])
+        else:
+            e_ck = eigvalsh_desc(K.ck, backend)
+        return ew, e_ck, eigvalsh_desc(K.ntk, backend), align
+
+    def record(tp, step):
+        W = tp["W"]
+        v = tp.get("v", v_fixed)
+        K = _kernels(W, v, X, act)
+        if not spectra:
+            empty = jnp.zeros((0,), W.dtype)
+            ew, e_ck, e_ntk, align = empty, empty, empty, jnp.zeros((0, B.shape[0]), W.dtype)
+        else:
+            ew, e_ck, e_ntk, align = _spectra(W, K)
+        r = y - _apply(W, v, X, act)
+        rt = yt - _apply(W, v, Xt, act)
+        return History(
+            step=jnp.asarray(step, jnp.int32),
+            eig_weights=ew,
+            eig_ck=e_ck,
+            eig_ntk=e_ntk,
+            align=align,
+            dW=jnp.linalg.norm(W - W0) / jnp.sqrt(jnp.asarray(d, W.dtype)),
+            dck=jnp.linalg.norm(K.ck - ck0),
+            dntk=jnp.linalg.norm(K.ntk - ntk0),
+            train_loss=0.5 * jnp.mean(r * r),
+            test_loss=0.5 * jnp.mean(rt * rt),
+        )
+
+    return record
+
+
+@partial(
+    jax.jit, static_argnames=("cfg", "optimizer", "steps", "batch_size", "record_every", "n_top", "eig_backend", "spectra")
+)
+def _train_core(
+    key, W0, v0, X, y, Xt, yt, B, lr, *, cfg, optimizer, steps, batch_size, record_every, n_top, eig_backend, spectra
+):
+    act = cfg.activation
+    n = X.shape[0]
+    dt = W0.dtype
+    K0 = _kernels(W0, v0, X, act)
+    lam_max = eigvalsh_desc(K0.ntk if cfg.train_v else K0.ntk_w, eig_backend)[0]
+    lr_bound = 2 * n / lam_max
+    record = _record_fn(X, y, Xt, yt, B, W0, K0.ck, K0.ntk, v0, cfg, n_top, eig_backend, spectra)
+    opt = _make_optimizer(optimizer, lr)
+    tp0 = {"W": W0, "v": v0} if cfg.train_v else {"W": W0}
+
+    def loss_fn(tp, Xb, yb):
+        r = yb - _apply(tp["W"], tp.get("v", v0), Xb, act)
+        return 0.5 * jnp.mean(r * r)
+
+    grad_fn = jax.value_and_grad(loss_fn)
+
+    def step(state, _):
+        tp, opt_state, t, diverged, first_bad = state
+        if batch_size is None:
+            Xb, yb = X, y
+        else:
+            idx = jax.random.choice(jax.random.fold_in(key, t), n, (batch_size,), replace=False)
+            Xb, yb = X[idx], y[idx]
+        loss, g = grad_fn(tp, Xb, yb)
+        upd, new_opt = opt.update(g, opt_state, tp)
+        new_tp = optax.apply_updates(tp, upd)
+        finite = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(new_tp)]))
+        ok = finite & ~diverged
+        keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731
+        tp = jax.tree.map(keep, new_tp, tp)
+        opt_state = jax.tree.map(keep, new_opt, opt_state)
+        first_bad = jnp.where(~finite & ~diverged, t + 1, first_bad)
+        out_loss = jnp.where(diverged, jnp.nan, loss)
+        return (tp, opt_state, t + 1, diverged | ~finite, first_bad), out_loss
+
+    state = (tp0, opt.init(tp0), jnp.asarray(0, jnp.int32), jnp.asarray(False), jnp.asarray(-1, jnp.int32))
+    r = steps if record_every is None else record_every
+    n_chunks, rem = divmod(steps, r)
+
+    def chunk(state, _):
+        state, losses = jax.lax.scan(step, state, None, length=r)
+        return state, (record(state[0], state[2]), losses)
+
+    recs = [jax.tree.map(lambda a: a[None], record(tp0, 0))]
+    losses = []
+    if n_chunks:
+        state, (hist, l1) = jax.lax.scan(chunk, state, None, length=n_chunks)
+        recs.append(hist)
+        losses.append(l1.reshape(-1))
+    if rem:
+        state, l2 = jax.lax.scan(step, state, None, length=rem)
+        recs.append(jax.tree.map(lambda a: a[None], record(state[0], state[2])))
+        losses.append(l2)
+    history = jax.tree.map(lambda *a: jnp.concatenate(a, axis=0), *recs)
+    tp = state[0]
+    params = LWRParams(W=tp["W"], v=tp.get("v", v0), activation=act)
+    return TrainResult(
+        params=params,
+        history=history,
+        losses=jnp.concatenate(losses).astype(dt),
+        diverged=state[3],
+        first_bad_step=state[4],
+        lr_bound=lr_bound,
+    )
+
+
+def train(
+    key,
+    params: LWRParams,
+    data: LWRData,
+    cfg: LWRConfig,
+    *,
+    optimizer="gd",
+    lr=None,
+    steps: int,
+    batch_size: int | None = None,
+    record_every: int | None = None,
+    n_top: int = 3,
+    eig_backend: str | None = None,
+    spectra: bool = True,
+    throw: bool = True,
+) -> TrainResult:
+    r"""Train ``W`` (and ``v`` if ``cfg.train_v``) on ``L = ‖y − f(X)‖²/(2n)`` and record spectra.
+
+    One jitted program: the steps run in ``lax.scan`` in chunks of ``record_every``; after each chunk (and at
+    initialization, and after the last step) the history records the eigenvalues of ``Σ = WᵀW/h``, the CK and
+    the NTK, the alignment of the top eigenvectors of ``Σ`` with ``β``, the norms of the changes since
+    initialization and the train/test losses. ``jax.vmap`` over ``key`` (and ``params``/``data``/``lr``) runs
+    many seeds or step sizes in one program (pass ``throw=False`` or rely on it being skipped under tracing).
+
+    Optimizers (optax): ``"gd"`` full-batch gradient descent, ``"sgd"`` minibatch SGD (``batch_size`` required;
+    batches of distinct indices drawn from ``key`` at every step; the loss is then the batch mean), ``"adam"``
+    (full batch, or minibatch with ``batch_size``), or any ``optax.GradientTransformation`` (``lr`` unused).
+    The function-space step is ``(η/n) K``, so full-batch GD is stable for ``η < 2n/λ_max(K)``, reported as
+    ``lr_bound``. A non-finite loss or parameter freezes the parameters at their last finite value, sets
+    ``diverged`` and ``first_bad_step``; with ``throw=True`` (eager calls) a ``FloatingPointError`` reports them.
+
+    Args:
+      key: PRNG key (minibatches).
+      params: initial :class:`LWRParams` with ``W (h, d)``, ``v (h,)``.
+      data: :class:`LWRData` matching ``cfg``.
+      cfg: :class:`LWRConfig`.
+      optimizer: ``"gd"``, ``"sgd"``, ``"adam"`` or an ``optax.GradientTransformation``.
+      lr: step size ``η > 0`` in the units of ``L`` (may be traced, e.g. ``vmap`` over step sizes).
+      steps: number of updates (≥ 1).
+      batch_size: minibatch size in ``[1, n]``.
+      record_every: record every this many steps (default: only at the start and the end).
+      n_top: number of top eigenvectors of ``Σ`` whose alignment with ``β`` is recorded.
+      eig_backend: ``"lapack"`` (eigenvalues-only LAPACK through a host callback; default on CPU) or ``"jax"``
+        (``jnp.linalg.eigh``; default on accelerators).
+      spectra: record eigenvalues and alignments (``False``: only norms and losses; the eigenvalue arrays then
+        have 0 columns).
+      throw: raise when training diverged (only when the result is concrete).
+
+    Returns:
+      :class:`TrainResult`.
+
+    Example:
+      >>> from jaxcompare import lwr
+      >>> cfg = lwr.LWRConfig(n=64, d=32, h=48)
+      >>> data = lwr.sample_data(jax.random.key(0), cfg)
+      >>> res = lwr.train(jax.random.key(1), lwr.init_params(jax.random.key(2), cfg), data, cfg, lr=0.2 * 64,
+      ...                 steps=20, record_every=10)
+      >>> res.history.eig_weights.shape
+      (3, 32)
+    """
+    _check_cfg(cfg)
+    key = check_key(key)
+    params = _check_params(params)
+    if params.W.shape != (cfg.h, cfg.d):
+        raise ValueError(f"params.W must have shape (h, d) = ({cfg.h}, {cfg.d}) for this cfg, got {params.W.shape}.")
+    if params.activation != cfg.activation:
+        raise ValueError(f"params.activation is {params.activation!r} but cfg.activation is {cfg.activation!r}.")
+    if not isinstance(data, LWRData):
+        raise TypeError(f"data must be LWRData (from sample_data), got {type(data).__name__}.")
+    X = _check_X(data.X, cfg.d, "data.X")
+    if X.shape[0] != cfg.n:
+        raise ValueError(f"data.X must have n = {cfg.n} rows for this cfg, got {X.shape[0]}.")
+    y = check_array(data.y, "data.y", shape=(cfg.n,))
+    Xt = _check_X(data.X_test, cfg.d, "data.X_test")
+    yt = check_array(data.y_test, "data.y_test", shape=(Xt.shape[0],))
+    beta = check_array(data.beta, "data.beta", ndim=(1, 2))
+    B = beta[None, :] if beta.ndim == 1 else beta
+    if B.shape[1] != cfg.d:
+        raise ValueError(f"data.beta must have d = {cfg.d} columns, got shape {beta.shape}.")
+    if not isinstance(optimizer, optax.GradientTransformation):
+        check_choice(optimizer, "optimizer", OPTIMIZERS)
+        if lr is None:
+            raise TypeError(f"lr is required for optimizer={optimizer!r}: a positive step size.")
+        check_float(lr, "lr", low=0.0, low_open=True)
+    steps = check_int(steps, "steps", min=1)
+    if batch_size is not None:
+        batch_size = check_int(batch_size, "batch_size", min=1, max=cfg.n)
+    if optimizer == "sgd" and batch_size is None:
+        raise ValueError('optimizer="sgd" needs a batch_size (e.g. 32); use optimizer="gd" for full-batch steps.')
+    if optimizer == "gd" and batch_size is not None:
+        raise ValueError('optimizer="gd" is full-batch; use optimizer="sgd" with batch_size for minibatches.')
+    if record_every is not None:
+        record_every = check_int(record_every, "record_every", min=1, max=steps)
+    n_top = check_int(n_top, "n_top", min=1, max=cfg.d)
+    if eig_backend is None:
+        eig_backend = default_eig_backend()
+    check_choice(eig_backend, "eig_backend", ("lapack", "jax"))
+    dt = params.W.dtype
+    lr_arr = jnp.asarray(0.0 if lr is None else lr, dt)
+    res = _train_core(
+        key, params.W, params.v.astype(dt), X.astype(dt), y.astype(dt), Xt.astype(dt), yt.astype(dt), B.astype(dt),
+        lr_arr, cfg=cfg, optimizer=optimizer, steps=steps, batch_size=batch_size, record_every=record_every,
+        n_top=n_top, eig_backend=eig_backend, spectra=bool(spectra),
+    )
+    if throw and is_concrete(res.diverged) and np.any(np.asarray(res.diverged)):
+        bad = np.atleast_1d(np.asarray(res.first_bad_step))
+        bound = np.atleast_1d(np.asarray(res.lr_bound))
+        raise FloatingPointError(
+            f"training diverged: the loss or parameters became non-finite at step {int(bad.max())} of {steps} "
+            f"(optimizer={optimizer!r}, lr={lr}). Full-batch GD is stable for lr < 2n/λ_max(K) = {float(bound.min()):.4g}; "
+            "lower lr, or pass throw=False to get the flagged result (diverged, first_bad_step)."
+        )
+    return res

@@ -1,0 +1,96 @@
+"""Hard labels from predictions, binary logit gaps as probabilities, and the ensemble's label."""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from .._validation import check_array, check_labels, is_concrete
+
+__all__ = ["hard_labels", "binary_probs", "ensemble_label"]
+
+
+def _float_dtype(*arrays: Any) -> Any:
+    """Floating result dtype: the inputs' floating dtype if any, else the default float."""
+    floats = [a.dtype for a in arrays if jnp.issubdtype(a.dtype, jnp.floating)]
+    return jnp.result_type(*floats) if floats else jnp.result_type(float)
+
+
+def hard_labels(pred: Any, name: str = "pred", n_classes: int | None = None) -> jax.Array:
+    """Hard class labels from predictions.
+
+    Args:
+      pred: ``(n, C)`` scores, logits or probabilities (the label is the argmax, first index on ties), or ``(n,)``
+        integer/bool labels. A 1-D *floating* array is rejected because it is ambiguous: for binary logit gaps
+        ``s = l1 - l0`` pass ``s > 0`` (labels) or ``binary_probs(s)`` (``(n, 2)`` probabilities).
+      name: argument name for error messages.
+      n_classes: when given, labels must lie in ``[0, n_classes)``.
+
+    Returns:
+      ``(n,)`` int labels.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> hard_labels(jnp.array([[0.1, 0.9], [0.8, 0.2]])).tolist()
+      [1, 0]
+    """
+    a = jnp.asarray(pred)
+    if a.ndim == 2:
+        a = check_array(a, name, ndim=2)
+        if n_classes is not None and a.shape[1] != n_classes:
+            raise ValueError(f"{name} must have {n_classes} columns (one per class), got shape {a.shape}.")
+        return jnp.argmax(a, axis=1).astype(jnp.int32)
+    if a.ndim == 1:
+        if jnp.issubdtype(a.dtype, jnp.floating):
+            raise TypeError(
+                f"{name} is a 1-D floating array; pass integer labels, (n, C) scores, or for binary logit gaps "
+                f"s = l1 - l0 use `s > 0` (labels) or `jaxcompare.metrics.binary_probs(s)`."
+            )
+        return check_labels(a, name, n_classes)
+    raise ValueError(f"{name} must be (n, C) scores or (n,) integer labels, got shape {a.shape}.")
+
+
+def binary_probs(gap: Any) -> jax.Array:
+    """Two-class probabilities from logit gaps: ``p = [sigmoid(-s), sigmoid(s)]`` with ``s = l1 - l0``.
+
+    This is the softmax of the logits ``(l0, l1)`` (it only depends on their difference), so
+    ``ece(binary_probs(s), y)`` is the ECE of a binary model and ``hard_labels(binary_probs(s)) == (s > 0)``.
+
+    Args:
+      gap: ``(n,)`` logit gaps (any leading batch shape ``(..., n)`` works too).
+
+    Returns:
+      ``(..., 2)`` probabilities in the dtype of ``gap``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> binary_probs(jnp.array([0.0]))[0].tolist()
+      [0.5, 0.5]
+    """
+    s = check_array(gap, "gap", min_size=1)
+    p1 = jax.nn.sigmoid(s)
+    p0 = jax.nn.sigmoid(-s)
+    return jnp.stack([p0, p1], axis=-1)
+
+
+def ensemble_label(scores: Any) -> jax.Array:
+    """The ensemble's hard label: sign of the mean logit gap, or argmax of the mean probabilities.
+
+    Args:
+      scores: ``(K, n)`` binary logit gaps of ``K`` models (label ``1`` where the mean gap is ``> 0``), or
+        ``(K, n, C)`` class probabilities (label = argmax of the mean over models).
+
+    Returns:
+      ``(n,)`` int labels.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> ensemble_label(jnp.array([[1.0, -2.0], [-0.5, -1.0]])).tolist()
+      [1, 0]
+    """
+    s = check_array(scores, "scores", ndim=(2, 3))
+    mean = jnp.mean(s, axis=0)
+    if s.ndim == 2:
+        return (mean > 0).astype(jnp.int32)
+    return jnp.argmax(mean, axis=-1).astype(jnp.int32)

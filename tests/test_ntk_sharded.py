@@ -1,0 +1,84 @@
+"""jc.sharded on 8 simulated CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=8, in a subprocess:
+this test process has already initialised JAX with one device). Oracles: the float64 forward-mode Jacobian kernels
+of ntk_models and the unsharded kernels; the result must be row-sharded over the 8 devices."""
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import pytest
+
+import jaxcompare as jc
+
+_SCRIPT = textwrap.dedent(
+    """
+    import os
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    import jax, jax.numpy as jnp, numpy as np
+    jax.config.update("jax_enable_x64", True)
+    jax.config.update("jax_numpy_rank_promotion", "raise")
+    import jaxcompare as jc
+    from jax.sharding import Mesh
+    from ntk_models import mlp, oracle_kernels
+
+    assert len(jax.devices()) == 8, jax.devices()
+    f, p = mlp(jax.random.key(0))
+    x1 = jax.random.normal(jax.random.key(1), (16, 5))
+    x2 = jax.random.normal(jax.random.key(2), (5, 5))
+    x_odd = x1[:13]
+    tol = dict(rtol=1e-10, atol=1e-10)
+    o12, o11 = oracle_kernels(f, p, x1, x2), oracle_kernels(f, p, x1, x1)
+    for impl, bs in (("structured", None), ("structured", 3), ("jacobian", 3)):
+        t = jc.sharded(jc.trace_ntk(f, implementation=impl), block_size=bs)
+        k = t(p, x1)
+        assert len(k.sharding.device_set) == 8 and k.sharding.spec[0] is not None, k.sharding
+        np.testing.assert_allclose(k, o11["trntk"], **tol)
+        np.testing.assert_allclose(t(p, x1, x2), o12["trntk"], **tol)
+        np.testing.assert_allclose(t(p, x_odd), o11["trntk"][:13, :13], **tol)
+        e = jc.sharded(jc.empirical_ntk(f, implementation=impl), block_size=bs)(p, x1, x2)
+        np.testing.assert_allclose(e, o12["full"], **tol)
+        pn = jc.sharded(jc.pseudo_ntk(f, normalize=True, implementation=impl), block_size=bs)(p, x1, x2)
+        np.testing.assert_allclose(pn, o12["pntk_norm"], **tol)
+    # a 2-D mesh: rows split over both axes
+    mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ("a", "b"))
+    k = jc.sharded(jc.trace_ntk(f, normalize=False), mesh)(p, x1, x2)
+    np.testing.assert_allclose(k, o12["trntk0"], **tol)
+    # a user's kernel without a spec, and the sharded function under jit
+    rbf = lambda q, a, b=None: jnp.exp(-q * jnp.sum((a[:, None] - (a if b is None else b)[None]) ** 2, -1))
+    np.testing.assert_allclose(jc.sharded(rbf)(0.5, x1, x2), rbf(0.5, x1, x2), **tol)
+    print("SHARDED-OK")
+    """
+)
+
+
+@pytest.mark.slow
+def test_sharded_on_eight_cpu_devices(tmp_path):
+    script = tmp_path / "sharded_check.py"
+    script.write_text(_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+               JAXCOMPARE_PROGRESS="0")
+    env.pop("XLA_FLAGS", None)
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0 and "SHARDED-OK" in r.stdout, r.stdout[-3000:] + r.stderr[-5000:]
+
+
+def test_sharded_single_device_and_validation():
+    """In this process (one device) sharded is the identity transform; bad arguments raise clear errors."""
+    import numpy as np
+
+    from ntk_models import mlp
+
+    f, p = mlp(jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (6, 5))
+    k = jc.trace_ntk(f)
+    np.testing.assert_allclose(jc.sharded(k, block_size=4)(p, x), k(p, x), rtol=1e-12, atol=1e-12)
+    with pytest.raises(TypeError, match="Mesh"):
+        jc.sharded(k, mesh="devices")
+    with pytest.raises(TypeError, match="callable"):
+        jc.sharded(3)
+    with pytest.raises(ValueError, match="block_size must be >= 1"):
+        jc.sharded(k, block_size=0)
+    with pytest.raises(ValueError, match="same per-example shape"):
+        jc.sharded(k)(p, x, jax.numpy.ones((2, 3)))

@@ -1,0 +1,166 @@
+"""implementation="structured": the jaxpr analysis (which leaves are structured, which fall back) and agreement with
+the independent float64 forward-mode Jacobian oracle on models beyond the shared conformance suite (token models,
+parameter-on-the-left products, NCHW dilated convolutions, inner jit, relu at exact zeros, LayerNorm, embeddings).
+The conformance suite in test_ntk.py runs every test there against "structured" too."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxcompare as jc
+from jaxcompare.ntk import _structured as S
+from jaxcompare.ntk._implementations import choose_auto
+
+from ntk_models import flax_cnn, mlp, oracle_kernels, shared_weight
+
+TOL64 = dict(rtol=1e-10, atol=1e-10)
+
+
+def _normal(seed, shape, scale=1.0):
+    return scale * jax.random.normal(jax.random.key(seed), shape)
+
+
+def _check_against_oracle(f, p, x1, x2):
+    """The three structured code paths (full, trace, pseudo); normalization is shared code tested in test_ntk."""
+    o = oracle_kernels(f, p, x1, x2)
+    kw = dict(implementation="structured")
+    np.testing.assert_allclose(jc.empirical_ntk(f, **kw)(p, x1, x2), o["full"], **TOL64)
+    np.testing.assert_allclose(jc.trace_ntk(f, normalize=False, **kw)(p, x1, x2), o["trntk0"], **TOL64)
+    np.testing.assert_allclose(jc.pseudo_ntk(f, **kw)(p, x1, x2), o["pntk"], **TOL64)
+
+
+def _plan(f, p, x):
+    plan = S.analyze(f, p, tuple(x.shape[1:]), x.dtype)
+    return [(u.kind, u.leaf, u.bias, u.n_positions) for u in plan.uses], plan.fallback
+
+
+def test_analysis_classifies_leaves():
+    # MLP: leaves sorted W1, W2, b1, b2 -> both weights structured with their biases fused, nothing falls back
+    f, p = mlp(jax.random.key(0))
+    assert _plan(f, p, jnp.ones((2, 5))) == ([("dot", 0, 2, 1), ("dot", 1, 3, 1)], ())
+    # leaves V, W: the shared W (leaf 1) is used twice -> per-example fallback; V structured
+    f, p = shared_weight(jax.random.key(0))
+    assert _plan(f, p, jnp.ones((2, 6))) == ([("dot", 0, None, 1)], (1,))
+    # flax CNN: two convolutions (36 and 9 output positions) and a dense layer, all with fused biases
+    f, p = flax_cnn(jax.random.key(0))
+    uses, fb = _plan(f, p, jnp.ones((2, 6, 6, 2)))
+    assert [(k, t) for k, _, b, t in uses] == [("conv", 36), ("conv", 9), ("dot", 1)]
+    assert all(b is not None for _, _, b, _ in uses) and fb == ()
+
+
+def test_applies_and_auto_choice():
+    f, p = mlp(jax.random.key(0))
+    x = jnp.ones((3, 5))
+    assert S._applies(f, p, x)
+    assert choose_auto(f, p, x, None, 3) == "structured"
+    # no dot_general/conv with a parameter: not applicable, auto keeps the generic implementations
+    g = lambda q, x: jnp.tanh(x[:, :2] * q["a"][None, :]) + q["b"][None, :]  # noqa: E731
+    q = {"a": jnp.ones(2), "b": jnp.zeros(2)}
+    assert not S._applies(g, q, x)
+    assert choose_auto(g, q, x, None, 2) != "structured"
+    # explicitly requested it still works (everything by the per-example fallback)
+    np.testing.assert_allclose(jc.trace_ntk(g, normalize=False, implementation="structured")(q, x[:2], x),
+                               oracle_kernels(g, q, x[:2], x)["trntk0"], **TOL64)
+
+
+def test_token_model_param_on_both_sides_and_inner_jit():
+    """Positions T > 1 (tokens), the parameter as left operand of a dot_general, a jit call inside the model."""
+    p = {"E": _normal(0, (4, 6), 0.5), "Wl": _normal(1, (5, 6), 0.4), "c": _normal(2, (5,), 0.1),
+         "O": _normal(3, (5, 3), 0.4)}
+
+    @jax.jit
+    def mix(h, w):
+        return jnp.einsum("ed,btd->bte", w, h)  # parameter on the left
+
+    def f(q, x):  # x: (N, T=3, 4)
+        h = jnp.tanh(jnp.einsum("btd,de->bte", x, q["E"]))  # (N, 3, 6)
+        h = jnp.tanh(mix(h, q["Wl"]) + q["c"][None, None, :])  # (N, 3, 5)
+        return jnp.einsum("bte,ec->bc", h, q["O"])  # contracts tokens too
+
+    x1, x2 = _normal(4, (5, 3, 4)), _normal(5, (3, 3, 4))
+    # leaves E, O, Wl, c: E and Wl on 3 token positions (c fused with Wl), O on the token sum
+    assert _plan(f, p, x1) == ([("dot", 0, None, 3), ("dot", 2, 3, 3), ("dot", 1, None, 1)], ())
+    _check_against_oracle(f, p, x1, x2)
+
+
+@pytest.mark.parametrize("gram_limit", [0, 2**40])
+def test_positions_gram_and_materialized_paths_agree(monkeypatch, gram_limit):
+    """Both contraction paths for T > 1 (Gram of positions vs per-example gradients) match the oracle."""
+    monkeypatch.setattr(S, "_GRAM_ELEMENTS", gram_limit)
+    p = {"E": _normal(0, (4, 2), 0.5), "O": _normal(1, (2, 3), 0.4)}
+
+    def f(q, x):  # T = 7 positions, D = 4 > E = 2: the Gram path is cheaper when allowed
+        return jnp.sum(jnp.tanh(jnp.einsum("btd,de->bte", x, q["E"])), axis=1) @ q["O"]
+
+    _check_against_oracle(f, p, _normal(2, (4, 7, 4)), _normal(3, (3, 7, 4)))
+
+
+def test_nchw_dilated_strided_conv_and_relu_at_exact_zeros():
+    """Explicit lax.conv_general_dilated with NCHW/OIHW layout, stride, dilation and padding; zero pixels make
+    relu see exact zeros (its custom derivative rule, 0 at 0, must be kept)."""
+    p = {"K": _normal(0, (3, 2, 3, 3), 0.5), "V": _normal(1, (3 * 4 * 2, 4), 0.3)}
+
+    def f(q, x):  # x: (N, 2, 7, 7)
+        h = jax.lax.conv_general_dilated(x, q["K"], (2, 2), ((1, 2), (0, 1)), rhs_dilation=(1, 2),
+                                         dimension_numbers=("NCHW", "OIHW", "NCHW"))
+        h = jax.nn.relu(h)
+        return h.reshape(h.shape[0], -1) @ q["V"]
+
+    x1 = _normal(2, (4, 2, 7, 7)).at[:, :, :3, :].set(0.0)
+    x2 = _normal(3, (3, 2, 7, 7))
+    assert jax.eval_shape(f, p, x1).shape == (4, 4)
+    uses, fb = _plan(f, p, x1)
+    assert [k for k, _, _, _ in uses] == ["conv", "dot"] and fb == ()
+    _check_against_oracle(f, p, x1, x2)
+
+
+def test_layernorm_embedding_and_custom_jvp_parameters_fall_back():
+    """Leaves used outside dot/conv (LayerNorm scale, an embedding gather, a parameter inside a custom_jvp
+    function) are handled per example in the same pass."""
+    import flax.linen as nn
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, tokens):
+            e = nn.Embed(7, 5, param_dtype=jnp.float64)(tokens)  # gather on a parameter
+            h = nn.LayerNorm(param_dtype=jnp.float64)(nn.Dense(6, param_dtype=jnp.float64)(e))
+            s = self.param("s", nn.initializers.normal(1.0), (6,), jnp.float64)
+            h = jnp.tanh(h) * jax.nn.softplus(s)[None, None, :]  # softplus: parameter through custom_jvp
+            return nn.Dense(3, param_dtype=jnp.float64)(h.sum(1))
+
+    model = Net()
+    tokens = jnp.array([[1, 2, 3], [4, 5, 6], [0, 0, 1], [6, 2, 2]])
+    v = model.init(jax.random.key(0), tokens)
+    f, p = jc.from_linen(model, v)
+    uses, fb = _plan(f, p, tokens)
+    assert len(uses) == 2 and len(fb) == 4  # Dense_0, Dense_1 structured; Embed, LayerNorm scale/bias, s
+    ref = jc.trace_ntk(f, normalize=False, implementation="jacobian")(p, tokens, tokens[:2])
+    np.testing.assert_allclose(jc.trace_ntk(f, normalize=False, implementation="structured")(p, tokens, tokens[:2]),
+                               ref, rtol=1e-10, atol=1e-10)
+    ref_full = jc.empirical_ntk(f, implementation="jacobian")(p, tokens)
+    np.testing.assert_allclose(jc.empirical_ntk(f, implementation="structured")(p, tokens), ref_full,
+                               rtol=1e-10, atol=1e-10)
+
+
+def test_bias_not_fused_when_broadcast_is_partial():
+    """A 'bias' broadcast over only part of the positions must not be treated as a constant input feature."""
+    p = {"W": _normal(0, (4, 3), 0.5), "b": _normal(1, (2, 3), 0.5)}
+
+    def f(q, x):  # x: (N, 2, 4); b differs per position -> its gradient is per position, not Σ_t δ_t
+        return jnp.sum(jnp.tanh(jnp.einsum("btd,de->bte", x, q["W"]) + q["b"][None]), axis=1)
+
+    x = _normal(2, (4, 2, 4))
+    uses, fb = _plan(f, p, x)
+    assert uses[0][2] is None and fb == (1,)
+    _check_against_oracle(f, p, x, x[:3])
+
+
+def test_structured_batched_and_float32_cnn():
+    f, p = flax_cnn(jax.random.key(0), dtype=jnp.float32)
+    x = _normal(1, (5, 6, 6, 2)).astype(jnp.float32)
+    k = jc.trace_ntk(f, implementation="structured")
+    a = k(p, x)
+    assert a.dtype == jnp.float32
+    ref = jc.trace_ntk(f, implementation="jacobian")(p, x)
+    np.testing.assert_allclose(a, ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(jc.batched(k, 2, progress_bar=False)(p, x), a, rtol=1e-5, atol=1e-6)
