@@ -360,6 +360,12 @@ def test_faithfulness_given_probabilities_and_edge_cases():
         jc.faithfulness(zn, zs, y, r2="cubic")
     with pytest.raises(ValueError, match="finite"):
         jc.faithfulness(zn, np.full_like(zs, np.nan), y)
+    with pytest.raises(ValueError, match="undefined"):  # a constant surrogate has no ranking
+        jc.faithfulness(zn, np.zeros_like(zs), y)
+    # an underflowed probability of the correct class stays finite (and ranks lowest)
+    p0 = _softmax64(zs)
+    p0[0] = np.eye(4)[(y[0] + 1) % 4]
+    assert np.isfinite(float(jc.faithfulness(zn, zs, y, surrogate_probs=p0).kendall_tau))
 
 
 def test_faithfulness_and_attribution_vmap_equal_loops():

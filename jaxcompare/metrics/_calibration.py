@@ -141,7 +141,7 @@ def reliability_bins(probs: Any, labels: Any, *, n_bins: int = 15, binning: str 
 
     Example:
       >>> import jax.numpy as jnp
-      >>> rb = reliability_bins(jnp.array([[0.1, 0.9], [0.1, 0.9]]), jnp.array([1, 0]), n_bins=10)
+      >>> rb = reliability_bins(jnp.array([[0.05, 0.95], [0.05, 0.95]]), jnp.array([1, 0]), n_bins=10)
       >>> int(rb.count[9]), float(rb.accuracy[9])
       (2, 0.5)
     """

@@ -474,15 +474,13 @@ def _use_diag(a, g) -> jax.Array:
     return jnp.sum(m * m, axis=(1, 2))
 
 
-def _kernel(apply_fn, params, x1, x2, *, mode: str):
-    plan = analyze(apply_fn, params, x1.shape[1:], x1.dtype)
-    summed = mode == "pseudo"
-    a1, g1, j1 = factors(plan, params, x1, summed=summed)
-    if x2 is None:
-        a2, g2, j2 = a1, g1, j1
-    else:
-        a2, g2, j2 = factors(plan, params, x2, summed=summed)
-    full = mode == "full"
+# With x2 = x1 the kernel is symmetric: its tiles below the diagonal are mirrored instead of computed, which saves
+# up to half of the Gram FLOPs; tiles of at least this many rows keep the matrix products efficient.
+_SYM_TILE = 256
+_SYM_MAX_BLOCKS = 4
+
+
+def _contract(plan, a1, g1, j1, a2, g2, j2, full: bool):
     total = None
     for u in range(len(plan.uses)):
         t = _use_gram(a1[u], g1[u], a2[u], g2[u], full)
@@ -492,7 +490,36 @@ def _kernel(apply_fn, params, x1, x2, *, mode: str):
         total = t if total is None else total + t
     if total is None:
         raise ValueError("params has no differentiable leaf used by apply_fn: there is nothing to differentiate.")
-    return total / plan.n_classes if summed else total
+    return total
+
+
+def _kernel(apply_fn, params, x1, x2, *, mode: str):
+    plan = analyze(apply_fn, params, x1.shape[1:], x1.dtype)
+    summed = mode == "pseudo"
+    full = mode == "full"
+    a1, g1, j1 = factors(plan, params, x1, summed=summed)
+    if x2 is not None:
+        a2, g2, j2 = factors(plan, params, x2, summed=summed)
+        k = _contract(plan, a1, g1, j1, a2, g2, j2, full)
+    else:
+        n = x1.shape[0]
+        nb = max(1, min(_SYM_MAX_BLOCKS, n // _SYM_TILE))
+        if nb == 1 or full:
+            k = _contract(plan, a1, g1, j1, a1, g1, j1, full)
+        else:
+            cuts = [i * n // nb for i in range(nb + 1)]
+
+            def part(fs, i):
+                return [f[cuts[i]:cuts[i + 1]] for f in fs]
+
+            tiles = {}
+            for i in range(nb):
+                for j in range(i, nb):
+                    tiles[i, j] = _contract(plan, part(a1, i), part(g1, i), part(j1, i), part(a1, j), part(g1, j),
+                                            part(j1, j), False)
+            k = jnp.concatenate([jnp.concatenate([tiles[i, j] if i <= j else tiles[j, i].T for j in range(nb)],
+                                                 axis=1) for i in range(nb)], axis=0)
+    return k / plan.n_classes if summed else k
 
 
 def _diag(apply_fn, params, x, *, mode: str):

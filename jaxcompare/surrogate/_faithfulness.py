@@ -44,7 +44,10 @@ class Faithfulness:
 
 def _correct_logprob(logits: jax.Array, probs: jax.Array | None, y: jax.Array) -> jax.Array:
     # log-probabilities keep their resolution where float probabilities round to 1 (same ranks, fewer ties)
-    logp = jax.nn.log_softmax(logits, axis=1) if probs is None else jnp.log(probs)
+    if probs is None:
+        logp = jax.nn.log_softmax(logits, axis=1)
+    else:  # an underflowed probability (0) becomes the smallest normal number: same ranks, finite
+        logp = jnp.log(jnp.maximum(probs, jnp.finfo(probs.dtype).tiny))
     return jnp.take_along_axis(logp, y[:, None], axis=1)[:, 0]
 
 
@@ -143,7 +146,11 @@ def faithfulness(
         probs.append(p)
 
     acc_s, acc_n, r_miss, xn, xs = _core(zn, zs, y, probs[0], probs[1])
-    tau = kendall_tau(xn, xs)
+    try:
+        tau = kendall_tau(xn, xs)
+    except ValueError as e:
+        raise ValueError(f"Kendall τ_K is undefined for these inputs ({e}); x holds the network's and y the "
+                         f"surrogate's correct-class log-probabilities.") from None
     r2_val = None
     if link == "linear":
         r2_val = jax.jit(_r2_linear)(_center_rows(zn), _center_rows(zs))

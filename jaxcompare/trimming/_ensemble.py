@@ -198,7 +198,7 @@ def grid_alpha(alpha: Any, grid: Any = PUBLISHED_ALPHA_GRID, cap: float = 0.5) -
 
     Example:
       >>> import jax.numpy as jnp
-      >>> grid_alpha(jnp.array([0.0, 0.03, 0.6])).tolist()
+      >>> [round(a, 3) for a in grid_alpha(jnp.array([0.0, 0.03, 0.6])).tolist()]
       [0.0, 0.05, 0.5]
     """
     a = check_array(alpha, "alpha", min_size=0)
