@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_trimming.py
 	$(BIN)/python benchmarks/bench_lwr.py
 	$(BIN)/python benchmarks/bench_surrogate.py
+	$(BIN)/python benchmarks/bench_embed.py
 
 clean:
 	rm -rf $(VENV) report .pytest_cache

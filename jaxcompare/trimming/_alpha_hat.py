@@ -7,7 +7,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ._common import check_samples, resolve_threshold
+from ._common import check_samples, resolve_threshold, sort_input
 from ._core import Solution, make_grid, solve_alpha_hat
 
 __all__ = ["alpha_hat"]
@@ -56,5 +56,5 @@ def alpha_hat(candidate: Any, reference: Any, *, threshold: Any = None, level: f
 @partial(jax.jit, static_argnames=("grid", "max_iter"))
 def _alpha_hat(c: jax.Array, r: jax.Array, delta: jax.Array, grid: str = "auto",
                max_iter: int | None = None) -> Solution:
-    grid = make_grid(c, jnp.sort(r), grid)
+    grid = make_grid(c, sort_input(r), grid)
     return solve_alpha_hat(grid, delta, c.dtype, max_iter)

@@ -5,6 +5,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from .._validation import check_array, check_float, check_probability
 from ._threshold import ks_threshold
@@ -25,3 +26,9 @@ def resolve_threshold(threshold: Any, level: Any, n: int, m: int, method: str = 
         return ks_threshold(n, m, level, method)
     check_array(threshold, "threshold", ndim=0, min_size=0)
     return check_float(threshold, "threshold", low=0.0, high=1.0, low_open=True)
+
+
+def sort_input(x: jax.Array) -> jax.Array:
+    """``jnp.sort`` behind an optimisation barrier: when a caller ``jit``s a function that closes over a large
+    reference, XLA would otherwise constant-fold the sort at compile time (minutes for 10^5 points)."""
+    return jnp.sort(lax.optimization_barrier(x))

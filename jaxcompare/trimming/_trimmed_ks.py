@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from .._validation import check_array, check_float
-from ._common import check_samples
+from ._common import check_samples, sort_input
 from ._core import make_grid, trimmed_distance
 
 __all__ = ["trimmed_ks"]
@@ -54,5 +54,5 @@ def trimmed_ks(candidate: Any, reference: Any, alpha: Any) -> jax.Array:
 
 @jax.jit
 def _trimmed_ks(c: jax.Array, r: jax.Array, alpha: jax.Array) -> jax.Array:
-    grid = make_grid(c, jnp.sort(r))
+    grid = make_grid(c, sort_input(r))
     return trimmed_distance(grid, 1 / (1 - alpha), c.dtype)

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from .._validation import check_array, check_float
-from ._common import check_samples
+from ._common import check_samples, sort_input
 
 __all__ = ["w1_excess"]
 
@@ -45,7 +45,7 @@ def w1_excess(candidate: Any, reference: Any, threshold: Any) -> jax.Array:
 
 @jax.jit
 def _w1_excess(c: jax.Array, r: jax.Array, delta: jax.Array) -> jax.Array:
-    cs, rs = jnp.sort(c), jnp.sort(r)
+    cs, rs = sort_input(c), sort_input(r)
     z = jnp.sort(jnp.concatenate([cs, rs]))
     F = jnp.searchsorted(cs, z, side="right").astype(c.dtype) / c.shape[0]
     F0 = jnp.searchsorted(rs, z, side="right").astype(c.dtype) / r.shape[0]
