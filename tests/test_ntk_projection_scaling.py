@@ -9,7 +9,7 @@ import pytest
 
 import jaxcompare as jc
 
-from ntk_models import flax_cnn, mlp, oracle_kernels
+from ntk_models import mlp, oracle_kernels
 
 TOL64 = dict(rtol=1e-10, atol=1e-10)
 

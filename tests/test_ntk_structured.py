@@ -164,3 +164,24 @@ def test_structured_batched_and_float32_cnn():
     ref = jc.trace_ntk(f, implementation="jacobian")(p, x)
     np.testing.assert_allclose(a, ref, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(jc.batched(k, 2, progress_bar=False)(p, x), a, rtol=1e-5, atol=1e-6)
+
+
+def test_symmetric_tiling_path(monkeypatch):
+    """With x2 = None, large N is contracted in mirrored tiles (dense layers as factors, layers with several
+    positions as per-example gradients); forced here at tiny N with 2-row tiles."""
+    monkeypatch.setattr(S, "_SYM_TILE", 2)
+    f, p = mlp(jax.random.key(0))
+    x = _normal(1, (7, 5))
+    o = oracle_kernels(f, p, x, x)
+    k = jc.trace_ntk(f, normalize=False, implementation="structured")(p, x)
+    np.testing.assert_allclose(k, o["trntk0"], **TOL64)
+    np.testing.assert_allclose(jc.pseudo_ntk(f, implementation="structured")(p, x), o["pntk"], **TOL64)
+    q = {"K": _normal(2, (3, 3, 2, 3), 0.5), "V": _normal(3, (27, 2), 0.3)}
+
+    def g(q, x):  # a conv layer (9 positions) and a dense layer
+        h = jax.lax.conv_general_dilated(x, q["K"], (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jnp.tanh(h).reshape(h.shape[0], -1) @ q["V"]
+
+    xc = _normal(4, (6, 6, 6, 2))
+    np.testing.assert_allclose(jc.trace_ntk(g, normalize=False, implementation="structured")(q, xc),
+                               oracle_kernels(g, q, xc, xc)["trntk0"], **TOL64)

@@ -6,7 +6,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .._validation import check_array, check_labels, is_concrete
+from .._validation import check_array, check_labels
 
 __all__ = ["hard_labels", "binary_probs", "ensemble_label"]
 

@@ -12,7 +12,7 @@ replicated inputs); each process holds the rows of its own devices in the result
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import numpy as np

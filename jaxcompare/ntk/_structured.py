@@ -26,7 +26,6 @@ examples with ``vmap``. Custom derivative rules (e.g. ``relu``'s) are kept: such
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Callable
 
 import jax
@@ -431,9 +430,19 @@ def factors(plan: Plan, params: Any, x: jax.Array, *, summed: bool):
 # Contractions
 # ---------------------------------------------------------------------------------------------------------------
 def _per_example_grads(a: jax.Array, g: jax.Array) -> jax.Array:
-    """``Σ_t a_t ⊗ g_ct`` flattened: ``(N, C', D·E)``."""
-    m = jnp.einsum("ntd,ncte->ncde", a, g, precision=HIGHEST)
-    return m.reshape(m.shape[0], m.shape[1], -1)
+    """``Σ_t a_t ⊗ g_ct`` per example as ``(N, D, C', E)``: one batched product ``(D × T) @ (T × C'E)`` per
+    example (operands transposed first; XLA's CPU batched dot is several times faster in this layout)."""
+    n, c, t, e = g.shape
+    at = jnp.swapaxes(a, 1, 2)  # (N, D, T)
+    gt = jnp.transpose(g, (0, 2, 1, 3)).reshape(n, t, c * e)  # (N, T, C'E)
+    m = jnp.einsum("ndt,ntk->ndk", at, gt, precision=HIGHEST)
+    return m.reshape(n, a.shape[-1], c, e)
+
+
+def _by_class(m: jax.Array) -> jax.Array:
+    """``(N, D, C', E) -> (N, C', D·E)``."""
+    n, d, c, e = m.shape
+    return jnp.transpose(m, (0, 2, 1, 3)).reshape(n, c, d * e)
 
 
 def _use_gram(a1, g1, a2, g2, full: bool) -> jax.Array:
@@ -457,7 +466,8 @@ def _use_gram(a1, g1, a2, g2, full: bool) -> jax.Array:
     m1 = _per_example_grads(a1, g1)
     m2 = m1 if (a2 is a1 and g2 is g1) else _per_example_grads(a2, g2)
     if full:
-        return jnp.einsum("icp,jdp->ijcd", m1, m2, precision=HIGHEST)
+        return jnp.einsum("icp,jdp->ijcd", _by_class(m1), _by_class(m2), precision=HIGHEST)
+    # the trace sums over all (d, c, e): any common order of the flattened gradients gives the same products
     return jnp.einsum("ip,jp->ij", m1.reshape(n1, -1), m2.reshape(n2, -1), precision=HIGHEST)
 
 
@@ -471,18 +481,19 @@ def _use_diag(a, g) -> jax.Array:
         gg = jnp.einsum("ncte,ncse->nts", g, g, precision=HIGHEST)
         return jnp.sum(ga * gg, axis=(1, 2))
     m = _per_example_grads(a, g)
-    return jnp.sum(m * m, axis=(1, 2))
+    return jnp.sum(m * m, axis=(1, 2, 3))
 
 
 # With x2 = x1 the kernel is symmetric: its tiles below the diagonal are mirrored instead of computed, which saves
 # up to half of the Gram FLOPs; tiles of at least this many rows keep the matrix products efficient.
-_SYM_TILE = 256
+_SYM_TILE = 128
 _SYM_MAX_BLOCKS = 4
 
 
-def _contract(plan, a1, g1, j1, a2, g2, j2, full: bool):
+def _contract(a1, g1, j1, a2, g2, j2, full: bool):
+    """Sum of the layer contributions (factors ``a``, ``g``) and of the per-example gradient blocks ``j``."""
     total = None
-    for u in range(len(plan.uses)):
+    for u in range(len(a1)):
         t = _use_gram(a1[u], g1[u], a2[u], g2[u], full)
         total = t if total is None else total + t
     for p, q in zip(j1, j2):
@@ -500,13 +511,18 @@ def _kernel(apply_fn, params, x1, x2, *, mode: str):
     a1, g1, j1 = factors(plan, params, x1, summed=summed)
     if x2 is not None:
         a2, g2, j2 = factors(plan, params, x2, summed=summed)
-        k = _contract(plan, a1, g1, j1, a2, g2, j2, full)
+        k = _contract(a1, g1, j1, a2, g2, j2, full)
     else:
         n = x1.shape[0]
         nb = max(1, min(_SYM_MAX_BLOCKS, n // _SYM_TILE))
         if nb == 1 or full:
-            k = _contract(plan, a1, g1, j1, a1, g1, j1, full)
+            k = _contract(a1, g1, j1, a1, g1, j1, full)
         else:
+            # layers with several positions: per-example gradients formed once, then tiled like fallback leaves
+            one = [u for u in range(len(a1)) if g1[u].shape[2] == 1]
+            a, g = [a1[u] for u in one], [g1[u] for u in one]
+            j = list(j1) + [_per_example_grads(a1[u], g1[u]).reshape(n, 1, -1) for u in range(len(a1))
+                            if u not in one]
             cuts = [i * n // nb for i in range(nb + 1)]
 
             def part(fs, i):
@@ -514,10 +530,10 @@ def _kernel(apply_fn, params, x1, x2, *, mode: str):
 
             tiles = {}
             for i in range(nb):
-                for j in range(i, nb):
-                    tiles[i, j] = _contract(plan, part(a1, i), part(g1, i), part(j1, i), part(a1, j), part(g1, j),
-                                            part(j1, j), False)
-            k = jnp.concatenate([jnp.concatenate([tiles[i, j] if i <= j else tiles[j, i].T for j in range(nb)],
+                for jj in range(i, nb):
+                    tiles[i, jj] = _contract(part(a, i), part(g, i), part(j, i), part(a, jj), part(g, jj),
+                                             part(j, jj), False)
+            k = jnp.concatenate([jnp.concatenate([tiles[i, jj] if i <= jj else tiles[jj, i].T for jj in range(nb)],
                                                  axis=1) for i in range(nb)], axis=0)
     return k / plan.n_classes if summed else k
 

@@ -1,4 +1,5 @@
-"""Faithfulness of a surrogate to a network on a test set: TAD, Kendall τ_K, R_Miss, optional R² (spec/surrogate.md)."""
+"""Faithfulness of a surrogate to a network on a test set: TAD, Kendall τ_K, R_Miss, optional R²
+(spec/surrogate.md)."""
 from __future__ import annotations
 
 import dataclasses

@@ -81,8 +81,8 @@ def plot_attribution(
     name = (lambda c: str(class_names[int(c)])) if class_names is not None else (lambda c: str(int(c)))
     plt = _import_pyplot()
     k = idx.shape[1]
-    fig, axes = plt.subplots(len(rows), k + 1, figsize=(figsize_per_image * (k + 1), figsize_per_image * 1.25 * len(rows)),
-                             squeeze=False)
+    size = (figsize_per_image * (k + 1), figsize_per_image * 1.25 * len(rows))
+    fig, axes = plt.subplots(len(rows), k + 1, figsize=size, squeeze=False)
     for a, r in zip(axes, rows):
         a[0].imshow(_image(xt[r], image_shape), cmap=cmap)
         title = f"test {r}\nexplains {name(classes[r])}"

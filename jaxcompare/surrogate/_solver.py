@@ -34,7 +34,8 @@ class LBFGSResult(NamedTuple):
 
 
 def _two_loop(g, S, Y, rho, newest, gamma):
-    """``-H g`` for one problem: history ``S, Y (m, D)`` (ring buffer, ``newest`` its latest slot, ``rho = 0`` empty)."""
+    """``-H g`` for one problem: history ``S, Y (m, D)`` (ring buffer, ``newest`` its latest slot; ``rho = 0``
+    marks an empty slot)."""
     m = S.shape[0]
     order = (newest - jnp.arange(m)) % m  # newest to oldest
 
@@ -62,6 +63,7 @@ def minimize_lbfgs(
     B, D = x0.shape
     dtype = x0.dtype
     m = memory_size
+
     def vg_fused(x):
         # per-problem values and gradients from one evaluation (the problems are separable)
         vals, vjp = jax.vjp(fun, x)

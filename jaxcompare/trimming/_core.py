@@ -34,7 +34,6 @@ from jax import lax
 from ..metrics._runs import run_bounds
 
 
-
 def _pad_pow2(sorted_values: jax.Array) -> jax.Array:
     """Pad a sorted array with ``+inf`` to length ``2^k > n`` for :func:`count_below`."""
     n = sorted_values.shape[0]

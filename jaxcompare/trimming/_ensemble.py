@@ -125,7 +125,8 @@ def ensemble_alpha_hat(
         published choice: both samples count ``n`` test points (the pooled reference repeats the same points).
       level: error level of the default threshold (published: 0.01).
       method: ``"dkw"`` or ``"asymptotic"`` for the default threshold.
-      round_batch: rounds evaluated at once (memory ~ ``round_batch * M * n``); ``None`` = all rounds at once.
+      round_batch: at most this many rounds are evaluated at once (the largest divisor of ``n_boot`` not above it;
+        memory ~ ``round_batch * M * n``); ``None`` = all rounds at once.
 
     Returns:
       :class:`EnsembleAlphaResult` with ``alpha_hat (M,)``, ``boot (M, B)``, ``ks (M, B)``, ``threshold``.
@@ -178,7 +179,11 @@ def _ensemble(cand_scores, ref_scores, key, delta, n_boot, sample_size, round_ba
         return jax.vmap(one_candidate, in_axes=(0, None))(cand_scores[:, x1], ref_sorted)
 
     keys = jax.random.split(key, n_boot)
-    alpha, ks, conv = jax.lax.map(one_round, keys, batch_size=round_batch)
+    batch = None
+    if round_batch is not None and round_batch < n_boot:
+        # a divisor of n_boot: lax.map would otherwise compile the round a second time for the remainder
+        batch = max(d for d in range(1, round_batch + 1) if n_boot % d == 0)
+    alpha, ks, conv = jax.lax.map(one_round, keys, batch_size=batch)
     return alpha.T, ks.T, conv.T
 
 

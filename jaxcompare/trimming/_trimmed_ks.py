@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from .._validation import check_array, check_float
 from ._common import check_samples, sort_input
