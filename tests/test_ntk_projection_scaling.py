@@ -61,6 +61,7 @@ def test_error_of_cosine_kernel_shrinks_with_dim():
     assert e_big < 0.5 * e_small, (e_small, e_big)
 
 
+@pytest.mark.slow
 def test_kronecker_exact_when_factors_cover_layers_and_deterministic():
     f, p, x1, x2 = _mlp_data()
     o = oracle_kernels(f, p, x1, x2)
@@ -95,6 +96,7 @@ def test_kronecker_fallback_leaves_projected_densely():
     assert t.max() < 5, t.max()
 
 
+@pytest.mark.slow
 def test_sparse_sketch_chunking_dtype_and_validation():
     f, p, x1, x2 = _mlp_data()
     a = jc.random_projection(jax.random.key(5), 50, "sparse", nnz=3, chunk_size=2)

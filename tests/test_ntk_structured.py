@@ -95,6 +95,7 @@ def test_positions_gram_and_materialized_paths_agree(monkeypatch, gram_limit):
     _check_against_oracle(f, p, _normal(2, (4, 7, 4)), _normal(3, (3, 7, 4)))
 
 
+@pytest.mark.slow
 def test_nchw_dilated_strided_conv_and_relu_at_exact_zeros():
     """Explicit lax.conv_general_dilated with NCHW/OIHW layout, stride, dilation and padding; zero pixels make
     relu see exact zeros (its custom derivative rule, 0 at 0, must be kept)."""
@@ -114,6 +115,7 @@ def test_nchw_dilated_strided_conv_and_relu_at_exact_zeros():
     _check_against_oracle(f, p, x1, x2)
 
 
+@pytest.mark.slow
 def test_layernorm_embedding_and_custom_jvp_parameters_fall_back():
     """Leaves used outside dot/conv (LayerNorm scale, an embedding gather, a parameter inside a custom_jvp
     function) are handled per example in the same pass."""
@@ -155,6 +157,7 @@ def test_bias_not_fused_when_broadcast_is_partial():
     _check_against_oracle(f, p, x, x[:3])
 
 
+@pytest.mark.slow
 def test_structured_batched_and_float32_cnn():
     f, p = flax_cnn(jax.random.key(0), dtype=jnp.float32)
     x = _normal(1, (5, 6, 6, 2)).astype(jnp.float32)
@@ -166,6 +169,7 @@ def test_structured_batched_and_float32_cnn():
     np.testing.assert_allclose(jc.batched(k, 2, progress_bar=False)(p, x), a, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_symmetric_tiling_path(monkeypatch):
     """With x2 = None, large N is contracted in mirrored tiles (dense layers as factors, layers with several
     positions as per-example gradients); forced here at tiny N with 2-row tiles."""

@@ -21,11 +21,11 @@ from ._report import Report
 __all__ = ["run_study", "SIZES"]
 
 SIZES = {
-    # quick: for tests and a first look (well under a minute); full: the demo (< 5 minutes on 2 cores)
-    "quick": dict(n_ref=8, n_std=4, n_pert=2, n_boot=10, steps_scale=0.5, surrogate_train=300, surrogate_test=150,
-                  lwr=(200, 100, 150), lwr_steps=40, micro_n=300),
+    # quick: for tests and a first look (about a minute); full: the demo (a few minutes on 2 cores)
+    "quick": dict(n_ref=8, n_std=4, n_pert=2, n_boot=10, steps_scale=0.25, surrogate_train=200, surrogate_test=100,
+                  projection_dim=256, lwr=(120, 60, 90), lwr_steps=20, micro_n=200),
     "full": dict(n_ref=32, n_std=16, n_pert=4, n_boot=100, steps_scale=1.0, surrogate_train=1000, surrogate_test=500,
-                 lwr=(600, 300, 450), lwr_steps=150, micro_n=1000),
+                 projection_dim=2048, lwr=(600, 300, 450), lwr_steps=150, micro_n=1000),
 }
 
 

@@ -158,7 +158,7 @@ def section_surrogates(report: Report, key: jax.Array, size: dict, out_dir: str)
     apply_fn, feature_fn, layers_fn = mlp_feature_fns(module)
     t0 = time.perf_counter()
     table = S.surrogate_table(apply_fn, params, x_tr, y_tr, x_te, y_te, key=k_proj, feature_fn=feature_fn,
-                              layers_fn=layers_fn, projection_dim=size.get("projection_dim", 2048))
+                              layers_fn=layers_fn, projection_dim=size["projection_dim"])
     _log(f"surrogates: kernels and fits in {time.perf_counter() - t0:.1f}s")
     labels = {"trntk": "trNTK", "trntk0": "trNTK⁰", "proj_trntk": "proj-trNTK", "pntk": "pNTK",
               "proj_pntk": "proj-pNTK", "ck": "CK", "em": "Em"}

@@ -1,7 +1,7 @@
 """Random projections of parameter gradients: ``g -> R g`` with one ``dim x P`` matrix ``R`` shared by all classes.
 
-``R`` is never stored: row ``t`` of ``R`` restricted to parameter leaf ``l`` is drawn from
-``fold_in(fold_in(key, t), l)``, so any chunking of the rows gives the same matrix, and the projected gradients
+``R`` is never stored: row ``t`` of ``R`` is one draw of ``P`` numbers from ``fold_in(key, t)``, split across the
+parameter leaves in pytree order, so any chunking of the rows gives the same matrix, and the projected gradients
 ``R g_c(x)`` are computed as Jacobian-vector products ``<r_t, g_c(x)> = (J(x) r_t)_c`` — a forward-mode pass per row,
 with at most ``chunk_size`` rows (``chunk_size x P`` numbers) alive at a time.
 
@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .._validation import check_choice, check_int, check_key
 
@@ -57,22 +58,25 @@ class RandomProjection:
     def rows(self, params: Any, index: jax.Array) -> Any:
         """Rows ``index`` (int array ``(m,)``) of ``R`` as a parameter pytree with leaves ``(m, *leaf.shape)``."""
         leaves, treedef = jax.tree_util.tree_flatten(params)
+        sizes = [int(np.prod(jnp.shape(l), dtype=np.int64)) for l in leaves]
+        dtypes = []
+        for leaf in leaves:
+            dt = jnp.result_type(leaf)
+            dtypes.append(dt if jnp.issubdtype(dt, jnp.floating) else jnp.result_type(float))
+        gen_dt = jnp.result_type(*dtypes)
         scale = 1.0 / math.sqrt(self.dim)
+        bounds = np.cumsum([0] + sizes)
 
         def one_row(t):
+            # one draw of all P entries per row (a single threefry instance: fast to compile), split into leaves
             kt = jax.random.fold_in(self.key, t)
-            out = []
-            for l, leaf in enumerate(leaves):
-                kl = jax.random.fold_in(kt, l)
-                dt = jnp.result_type(leaf)
-                if not jnp.issubdtype(dt, jnp.floating):
-                    dt = jnp.result_type(float)
-                if self.kind == "rademacher":
-                    r = jax.random.rademacher(kl, jnp.shape(leaf), dtype=dt)
-                else:
-                    r = jax.random.normal(kl, jnp.shape(leaf), dtype=dt)
-                out.append(r * jnp.asarray(scale, dt))
-            return out
+            if self.kind == "rademacher":
+                flat = jax.random.rademacher(kt, (int(bounds[-1]),), dtype=gen_dt)
+            else:
+                flat = jax.random.normal(kt, (int(bounds[-1]),), dtype=gen_dt)
+            flat = flat * jnp.asarray(scale, gen_dt)
+            return [flat[bounds[l]:bounds[l + 1]].reshape(jnp.shape(leaf)).astype(dtypes[l])
+                    for l, leaf in enumerate(leaves)]
 
         return jax.tree_util.tree_unflatten(treedef, jax.vmap(one_row)(index))
 
