@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.jaxcompare-installed
 # pytest workers: 2 by default (the CI machine has 2 cores)
 WORKERS ?= 2
 
-.PHONY: demo test env clean bench
+.PHONY: demo test env clean bench bench-anchor
 
 env: $(STAMP)
 
@@ -28,6 +28,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_lwr.py
 	$(BIN)/python benchmarks/bench_surrogate.py
 	$(BIN)/python benchmarks/bench_embed.py
+
+# builds benchmarks/.nt-env (jax 0.4.25, numpy<2, neural-tangents 0.6.5) on first use, then times it against us
+bench-anchor: $(STAMP)
+	$(BIN)/python benchmarks/bench_ntk_anchor.py
 
 clean:
 	rm -rf $(VENV) report .pytest_cache

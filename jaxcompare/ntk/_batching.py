@@ -9,7 +9,7 @@ import numpy as np
 
 from .._progress import progress
 from .._validation import check_int, is_concrete
-from ._common import cosine_normalize, validate_x, warn_zero_norm
+from ._common import cosine_normalize, validate_pair, warn_zero_norm
 
 __all__ = ["batched"]
 
@@ -119,13 +119,7 @@ def batched(kernel_fn: Callable, block_size: int, *, progress_bar: bool | None =
     name = spec.name if spec is not None else "kernel"
 
     def fn(params, x1, x2=None):
-        x1 = validate_x(x1, "x1")
-        if x2 is not None:
-            x2 = validate_x(x2, "x2")
-            if tuple(x1.shape[1:]) != tuple(x2.shape[1:]):
-                raise ValueError(
-                    f"x1 and x2 must have the same per-example shape: {tuple(x1.shape[1:])} vs {tuple(x2.shape[1:])}."
-                )
+        x1, x2 = validate_pair(x1, x2)
         traced = not all(is_concrete(l) for l in jax.tree_util.tree_leaves((params, x1, x2)))
         symmetric = x2 is None and known_symmetric
         xx2 = x1 if (x2 is None and not symmetric) else x2

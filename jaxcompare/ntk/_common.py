@@ -129,14 +129,8 @@ def validate_x(x: Any, name: str) -> jax.Array:
     return x
 
 
-def validate_kernel_args(
-    params: Any, x1: Any, x2: Any, *, apply_fn: Callable | None = None, check_params: bool = True
-) -> tuple[Any, Any, int | None]:
-    """Common checks of ``kernel_fn(params, x1, x2=None)``; returns ``(x1, x2, n_classes)``.
-
-    Checks: x1/x2 are non-empty batches with the same per-example shape; params and inputs are finite (when concrete);
-    ``apply_fn`` returns 2-D logits ``(N, C)`` with the batch size of its input (checked abstractly, no FLOPs).
-    """
+def validate_pair(x1: Any, x2: Any) -> tuple[Any, Any]:
+    """``x1`` (and ``x2`` when given) are non-empty finite batches with the same per-example shape."""
     x1 = validate_x(x1, "x1")
     if x2 is not None:
         x2 = validate_x(x2, "x2")
@@ -145,6 +139,18 @@ def validate_kernel_args(
                 f"x1 and x2 must have the same per-example shape: x1 has {tuple(x1.shape[1:])}, "
                 f"x2 has {tuple(x2.shape[1:])} (shapes {tuple(x1.shape)} and {tuple(x2.shape)})."
             )
+    return x1, x2
+
+
+def validate_kernel_args(
+    params: Any, x1: Any, x2: Any, *, apply_fn: Callable | None = None, check_params: bool = True
+) -> tuple[Any, Any, int | None]:
+    """Common checks of ``kernel_fn(params, x1, x2=None)``; returns ``(x1, x2, n_classes)``.
+
+    Checks: x1/x2 are non-empty batches with the same per-example shape; params and inputs are finite (when concrete);
+    ``apply_fn`` returns 2-D logits ``(N, C)`` with the batch size of its input (checked abstractly, no FLOPs).
+    """
+    x1, x2 = validate_pair(x1, x2)
     if check_params:
         check_finite_tree(params, "params")
     n_classes = None

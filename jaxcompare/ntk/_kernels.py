@@ -39,8 +39,9 @@ def _check_implementation(implementation: str) -> None:
 def _check_projection(projection: Any) -> None:
     if projection is not None and not hasattr(projection, "features"):
         raise TypeError(
-            "projection must come from jaxcompare.random_projection(key, dim, kind) (an object with a "
-            f"`features` method), got {type(projection).__name__}."
+            "projection must come from jaxcompare.random_projection(key, dim, kind) or "
+            "jaxcompare.kronecker_projection(key, dim_in, dim_out) (an object with a `features` method), "
+            f"got {type(projection).__name__}."
         )
 
 
@@ -129,8 +130,11 @@ def empirical_ntk(apply_fn: Callable, *, implementation: str = "auto") -> Callab
 
     Args:
       apply_fn: ``apply_fn(params, x) -> (N, C)`` logits; must treat examples independently (no batch statistics).
-      implementation: ``"jacobian"`` (contract per-example Jacobians; memory ``N·C·P``), ``"ntvp"`` (NTK-vector
-        products; memory ``C·P``), or ``"auto"`` (Jacobians when they fit in 2 GiB, else NTK-vector products).
+      implementation: ``"structured"`` (layer inputs × output sensitivities for every dense/conv layer, per-example
+        gradients only for the other parameters; never forms the full per-example gradients), ``"jacobian"``
+        (contract per-example Jacobians; memory ``N·C·P``), ``"ntvp"`` (NTK-vector products; memory ``C·P``), or
+        ``"auto"`` (structured when at least one layer qualifies, else Jacobians when they fit in 2 GiB, else
+        NTK-vector products).
 
     Returns:
       ``kernel_fn(params, x1, x2=None) -> (N1, N2, C, C)``; ``x2=None`` means ``x2 = x1``.
@@ -165,7 +169,7 @@ def trace_ntk(
       apply_fn: ``apply_fn(params, x) -> (N, C)`` logits.
       normalize: cosine normalization (trNTK) or not (trNTK⁰).
       projection: a :func:`random_projection`; the kernel of the projected gradients ``R g_c``.
-      implementation: ``"auto"``, ``"jacobian"`` or ``"ntvp"`` (see :func:`empirical_ntk`); ignored with a
+      implementation: ``"auto"``, ``"structured"``, ``"jacobian"`` or ``"ntvp"`` (see :func:`empirical_ntk`); ignored with a
         projection.
 
     Returns:

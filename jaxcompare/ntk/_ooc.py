@@ -28,7 +28,7 @@ import numpy as np
 from .._progress import progress
 from .._validation import check_int
 from ._batching import _pad_rows
-from ._common import cosine_normalize, validate_x, warn_zero_norm
+from ._common import cosine_normalize, validate_pair, warn_zero_norm
 
 __all__ = ["kernel_to_disk"]
 
@@ -119,13 +119,7 @@ def kernel_to_disk(
     bs = check_int(block_size, "block_size", min=1)
     if path is None:
         raise TypeError("path is required: a directory for kernel.npy and its ledger.")
-    x1 = validate_x(x1, "x1")
-    if x2 is not None:
-        x2 = validate_x(x2, "x2")
-        if tuple(x1.shape[1:]) != tuple(x2.shape[1:]):
-            raise ValueError(
-                f"x1 and x2 must have the same per-example shape: {tuple(x1.shape[1:])} vs {tuple(x2.shape[1:])}."
-            )
+    x1, x2 = validate_pair(x1, x2)
     leaves = jax.tree_util.tree_leaves((params, x1, x2))
     if any(isinstance(l, jax.core.Tracer) for l in leaves):
         raise TypeError("kernel_to_disk writes files: call it eagerly, not under jax.jit/vmap.")

@@ -20,7 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from .._validation import check_int
 from ._batching import _pad_rows, batched
-from ._common import cosine_normalize, validate_x, warn_zero_norm
+from ._common import cosine_normalize, validate_pair, warn_zero_norm
 
 __all__ = ["sharded"]
 
@@ -113,13 +113,7 @@ def sharded(kernel_fn: Callable, mesh: Mesh | None = None, *, block_size: int | 
         return compiled[key][1:]
 
     def fn(params, x1, x2=None):
-        x1 = validate_x(x1, "x1")
-        if x2 is not None:
-            x2 = validate_x(x2, "x2")
-            if tuple(x1.shape[1:]) != tuple(x2.shape[1:]):
-                raise ValueError(
-                    f"x1 and x2 must have the same per-example shape: {tuple(x1.shape[1:])} vs {tuple(x2.shape[1:])}."
-                )
+        x1, x2 = validate_pair(x1, x2)
         m = mesh if mesh is not None else default_mesh()
         strip, diag, finish = programs(m)
         n_dev = int(m.size)
