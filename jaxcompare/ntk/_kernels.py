@@ -90,6 +90,18 @@ _compute_jit = jax.jit(_gradient_compute, static_argnames=("apply_fn", "mode", "
 _diag_jit = jax.jit(_gradient_diag, static_argnames=("apply_fn", "mode", "impl_name"))
 
 
+def _entry_points(run: Callable, normalize: bool) -> tuple[Callable, Callable]:
+    """``(base, kernel_fn)`` from ``run(params, x1, x2, with_norm)``: the un-normalized kernel and the public one."""
+
+    def base(params, x1, x2=None):
+        return run(params, x1, x2, False)
+
+    def kernel_fn(params, x1, x2=None):
+        return run(params, x1, x2, normalize)
+
+    return base, kernel_fn
+
+
 def _gradient_kernel(apply_fn: Callable, mode: str, *, normalize: bool, projection: Any, implementation: str):
     """Shared builder of the three gradient kernels: ``(kernel_fn, base, diag)``."""
 
@@ -108,17 +120,12 @@ def _gradient_kernel(apply_fn: Callable, mode: str, *, normalize: bool, projecti
             warn_zero_norm(d1, "gradient")
         return k
 
-    def base(params, x1, x2=None):
-        return run(params, x1, x2, False)
-
     def diag(params, x):
         x, _, n_classes = validate_kernel_args(params, x, None, apply_fn=apply_fn)
         return _diag_jit(params, x, projection, apply_fn=apply_fn, mode=mode,
                          impl_name=resolve(params, x, None, n_classes))
 
-    def kernel_fn(params, x1, x2=None):
-        return run(params, x1, x2, normalize)
-
+    base, kernel_fn = _entry_points(run, normalize)
     return kernel_fn, base, diag
 
 
@@ -244,6 +251,7 @@ def _feature_kernel(name: str, features: Callable, normalize: bool, what: str):
         return cosine_normalize(k, d1, d2), d1
 
     compute_jit = jax.jit(compute, static_argnames=("with_norm",))
+    diag_jit = jax.jit(lambda p, xx: sum(jnp.sum(b * b, axis=1) for b in blocks(p, xx)))
 
     def validate(params, x1, x2):
         x1, x2, _ = validate_kernel_args(params, x1, x2, apply_fn=None)
@@ -262,15 +270,11 @@ def _feature_kernel(name: str, features: Callable, normalize: bool, what: str):
             warn_zero_norm(d1, "feature vector")
         return k
 
-    def base(params, x1, x2=None):
-        return run(params, x1, x2, False)
-
     def diag(params, x):
         x, _ = validate(params, x, None)
-        return jax.jit(lambda p, xx: sum(jnp.sum(b * b, axis=1) for b in blocks(p, xx)))(params, x)
+        return diag_jit(params, x)
 
-    def kernel_fn(params, x1, x2=None):
-        return run(params, x1, x2, normalize)
+    base, kernel_fn = _entry_points(run, normalize)
 
     kernel_fn.jc_spec = KernelSpec(name, base, diag, normalize, False, None, ())
     return kernel_fn
