@@ -131,8 +131,8 @@ def _columns(apply_fn, params, x1, x2, cotangents, reduce):
 
 def _ntvp_full(apply_fn, params, x1, x2):
     x2 = x1 if x2 is None else x2
-    c = jax.eval_shape(apply_fn, params, x1).shape[1]
-    eye = jnp.eye(c, dtype=jax.eval_shape(apply_fn, params, x1).dtype)
+    out_sd = jax.eval_shape(apply_fn, params, x1)
+    eye = jnp.eye(out_sd.shape[1], dtype=out_sd.dtype)
     # out[c', i, c] = <g_c(x1_i), g_c'(x2_j)>  ->  column (N1, C, C') ; stacked (N2, N1, C, C')
     cols = _columns(apply_fn, params, x1, x2, eye, lambda out: jnp.transpose(out, (1, 2, 0)))
     return jnp.transpose(cols, (1, 0, 2, 3))

@@ -129,6 +129,20 @@ def _gradient_kernel(apply_fn: Callable, mode: str, *, normalize: bool, projecti
     return kernel_fn, base, diag
 
 
+def _public_gradient_kernel(apply_fn: Callable, mode: str, name: str, *, normalize: bool, projection: Any,
+                            implementation: str) -> Callable:
+    """Check the factory arguments, build the kernel and attach its :class:`KernelSpec`."""
+    _check_apply_fn(apply_fn)
+    _check_implementation(implementation)
+    _check_projection(projection)
+    kernel_fn, base, diag = _gradient_kernel(apply_fn, mode, normalize=normalize, projection=projection,
+                                             implementation=implementation)
+    full = mode == "full"
+    kernel_fn.jc_spec = KernelSpec(name, base, None if full else diag, normalize, full, apply_fn,
+                                   (("implementation", implementation), ("projection", projection)))
+    return kernel_fn
+
+
 def empirical_ntk(apply_fn: Callable, *, implementation: str = "auto") -> Callable:
     """Full empirical NTK with class blocks.
 
@@ -149,11 +163,8 @@ def empirical_ntk(apply_fn: Callable, *, implementation: str = "auto") -> Callab
     Example:
       >>> K = jc.empirical_ntk(apply_fn)(params, x)        # (N, N, C, C)
     """
-    _check_apply_fn(apply_fn)
-    _check_implementation(implementation)
-    kernel_fn, base, _ = _gradient_kernel(apply_fn, "full", normalize=False, projection=None,
-                                          implementation=implementation)
-    kernel_fn.jc_spec = KernelSpec("entk", base, None, False, True, apply_fn, (("implementation", implementation),))
+    kernel_fn = _public_gradient_kernel(apply_fn, "full", "entk", normalize=False, projection=None,
+                                        implementation=implementation)
     kernel_fn.__doc__ = "Empirical NTK kernel_fn(params, x1, x2=None) -> (N1, N2, C, C)."
     return kernel_fn
 
@@ -187,16 +198,10 @@ def trace_ntk(
       >>> K = jax.jit(k)(params, x_train)                    # (N, N), ones on the diagonal
       >>> K_test = k(params, x_test, x_train)                # (N_test, N_train)
     """
-    _check_apply_fn(apply_fn)
-    _check_implementation(implementation)
-    _check_projection(projection)
     normalize = bool(normalize)
-    kernel_fn, base, diag = _gradient_kernel(apply_fn, "trace", normalize=normalize, projection=projection,
-                                             implementation=implementation)
     name = ("proj_" if projection is not None else "") + ("trntk" if normalize else "trntk0")
-    kernel_fn.jc_spec = KernelSpec(name, base, diag, normalize, False, apply_fn,
-                                   (("implementation", implementation), ("projection", projection)))
-    return kernel_fn
+    return _public_gradient_kernel(apply_fn, "trace", name, normalize=normalize, projection=projection,
+                                   implementation=implementation)
 
 
 def pseudo_ntk(
@@ -211,16 +216,10 @@ def pseudo_ntk(
     Returns:
       ``kernel_fn(params, x1, x2=None) -> (N1, N2)``.
     """
-    _check_apply_fn(apply_fn)
-    _check_implementation(implementation)
-    _check_projection(projection)
     normalize = bool(normalize)
-    kernel_fn, base, diag = _gradient_kernel(apply_fn, "pseudo", normalize=normalize, projection=projection,
-                                             implementation=implementation)
     name = ("proj_" if projection is not None else "") + "pntk"
-    kernel_fn.jc_spec = KernelSpec(name, base, diag, normalize, False, apply_fn,
-                                   (("implementation", implementation), ("projection", projection)))
-    return kernel_fn
+    return _public_gradient_kernel(apply_fn, "pseudo", name, normalize=normalize, projection=projection,
+                                   implementation=implementation)
 
 
 def _feature_kernel(name: str, features: Callable, normalize: bool, what: str):
