@@ -189,3 +189,52 @@ def test_symmetric_tiling_path(monkeypatch):
     xc = _normal(4, (6, 6, 6, 2))
     np.testing.assert_allclose(jc.trace_ntk(g, normalize=False, implementation="structured")(q, xc),
                                oracle_kernels(g, q, xc, xc)["trntk0"], **TOL64)
+
+
+@pytest.mark.parametrize("shape, w_shape, strides, padding, rhs_dil, dn", [
+    ((2, 9, 11, 3), (3, 3, 3, 4), (2, 2), "SAME", (1, 1), ("NHWC", "HWIO", "NHWC")),
+    ((2, 10, 10, 3), (3, 2, 3, 4), (2, 3), "VALID", (2, 1), ("NHWC", "HWIO", "NHWC")),
+    ((2, 3, 12, 13), (5, 3, 3, 2), (1, 2), ((1, 2), (0, 3)), (1, 2), ("NCHW", "OIHW", "NCHW")),
+    ((2, 3, 12, 13), (5, 3, 3, 2), (2, 2), ((-1, 2), (0, 0)), (1, 1), ("NCHW", "OIHW", "NHWC")),
+    ((2, 17, 3), (4, 3, 5), (3,), "SAME", (2,), ("NWC", "WIO", "NWC")),
+    ((2, 6, 6, 5, 2), (2, 3, 2, 2, 3), (2, 1, 2), "SAME", (1, 1, 1), ("NDHWC", "DHWIO", "NDHWC")),
+])
+def test_conv_by_patches_matches_lax_conv_and_its_vjp(shape, w_shape, strides, padding, rhs_dil, dn):
+    """The structured pass evaluates convolutions as patches @ filter with a phase-wise transpose ("col2im"); value
+    and both cotangents must equal lax.conv_general_dilated's (the independent reference) in float64."""
+    x = _normal(0, shape)
+    w = _normal(1, w_shape)
+
+    def conv(x, w):
+        return jax.lax.conv_general_dilated(x, w, strides, padding, rhs_dilation=rhs_dil, dimension_numbers=dn)
+
+    params = jax.make_jaxpr(conv)(x, w).jaxpr.eqns[0].params
+    assert S._conv_ok(params)
+    mine = lambda x, w: S._conv_by_patches(x, w, params)[0]  # noqa: E731
+    y, vjp_ref = jax.vjp(conv, x, w)
+    y2, vjp_mine = jax.vjp(mine, x, w)
+    np.testing.assert_allclose(y2, y, **TOL64)
+    ct = _normal(2, y.shape)
+    for a, b in zip(vjp_mine(ct), vjp_ref(ct)):
+        np.testing.assert_allclose(a, b, **TOL64)
+
+
+def test_transposed_and_1d_convolutions_against_oracle():
+    """A transposed convolution (input dilation: evaluated by the primitive, patches from
+    conv_general_dilated_patches) feeding a strided 1-D convolution (patch path), with a bias, against the oracle."""
+    p = {"A": _normal(0, (3, 2, 4), 0.5), "B": _normal(1, (2, 4, 3), 0.5), "b": _normal(2, (3,), 0.1),
+         "V": _normal(3, (3 * 6, 3), 0.3)}
+
+    def f(q, x):  # x: (N, 6, 2)
+        h = jax.lax.conv_general_dilated(x, q["A"], (1,), ((1, 1),), lhs_dilation=(2,),
+                                         dimension_numbers=("NWC", "WIO", "NWC"))  # (N, 11, 4)
+        h = jnp.tanh(h)
+        h = jax.lax.conv_general_dilated(h, q["B"], (2,), "SAME", dimension_numbers=("NWC", "WIO", "NWC")) + q["b"][None, None, :]
+        return jnp.tanh(h).reshape(h.shape[0], -1) @ q["V"]
+
+    x1, x2 = _normal(4, (4, 6, 2)), _normal(5, (3, 6, 2))
+    assert jax.eval_shape(f, p, x1).shape == (4, 3)
+    plan = S.analyze(f, p, (6, 2), x1.dtype)
+    assert [u.kind for u in plan.uses] == ["conv", "conv", "dot"] and plan.fallback == ()
+    assert [S._conv_ok(plan.prog.eqns[u.eqn].params) for u in plan.uses[:2]] == [False, True]
+    _check_against_oracle(f, p, x1, x2)
