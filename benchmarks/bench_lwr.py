@@ -9,6 +9,8 @@ the same data and initializations; the final spectra of both are compared.
     python benchmarks/bench_lwr.py --quick            # (500, 250, 375), 2 seeds: a one-minute smoke run
     python benchmarks/bench_lwr.py --numpy-seeds 2    # time NumPy on 2 seeds and scale linearly (seeds independent)
     python benchmarks/bench_lwr.py --theorems         # reproduce the measured numbers of shared/spec/lwr.md
+    python benchmarks/bench_lwr.py --breakdown        # one seed: cost of a step and of a record on both sides,
+                                                      # and the floor (steps' matmuls + LAPACK) for this workload
 """
 from __future__ import annotations
 
@@ -66,6 +68,63 @@ def numpy_train(W, v, X, y, B, lr, steps, every):
     return W, recs
 
 
+def _best(fn, repeat=2):
+    fn()
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def breakdown(a, cfg, lr):
+    """Per seed: time of one GD step and of one record (spectra) in JAX and in NumPy, from differences of runs with
+    more steps / more records; the part of a record spent in LAPACK; the floor = steps × (the step's two matrix
+    products at the measured float32 matmul peak) + records × LAPACK, which bounds any implementation's speed-up
+    over the NumPy loop (kernel formation and everything else counted as free)."""
+    import scipy.linalg
+
+    data = lwr.sample_data(jax.random.key(0), cfg)
+    p = lwr.init_params(jax.random.key(1), cfg)
+    key = jax.random.key(2)
+
+    def jx(steps, every, spectra=True):
+        return lambda: lwr.train(key, p, data, cfg, lr=lr, steps=steps, record_every=every, spectra=spectra)
+
+    step_jax = (_best(jx(120, None, False)) - _best(jx(20, None, False))) / 100
+    rec_jax = (_best(jx(20, 2)) - _best(jx(20, None))) / 9
+    W, v, X, y = (np.asarray(t) for t in (p.W, p.v, data.X, data.y))
+    B = np.asarray(data.beta)[None, :]
+
+    def npy(steps, every):
+        return lambda: numpy_train(W, v, X, y, B, lr, steps, every)
+
+    t10, t40 = _best(npy(10, 10), 1), _best(npy(40, 40), 1)
+    step_np = (t40 - t10) / 30
+    rec_np = (_best(npy(40, 10), 1) - t40) / 3
+    K = lwr.kernels(p, data.X)
+    F = np.tanh(X @ W.T / np.sqrt(cfg.d)).astype(np.float32)
+    ck_small = F.T @ F / cfg.h if cfg.h < cfg.n else np.asarray(K.ck)
+    ntk, sig = np.asarray(K.ntk), np.asarray(K.weights)
+    lapack = (_best(lambda: scipy.linalg.eigh(ntk, eigvals_only=True, driver="evd", check_finite=False))
+              + _best(lambda: scipy.linalg.eigh(ck_small, eigvals_only=True, driver="evd", check_finite=False))
+              + _best(lambda: scipy.linalg.eigh(sig, driver="evd", check_finite=False)))
+    sq = jax.random.normal(jax.random.key(3), (4096, 4096), jnp.float32)
+    mm = jax.jit(lambda m: m @ m)
+    peak = 2 * 4096**3 / _best(lambda: mm(sq), 5)
+    step_mm = 2 * (2 * cfg.n * cfg.d * cfg.h) / peak  # X Wᵀ and the gradient product, at the matmul peak
+    n_rec = -(-a.steps // a.every) + 1
+    per_seed_np = a.steps * step_np + n_rec * rec_np
+    floor = a.steps * step_mm + n_rec * lapack
+    print(f"# per seed, (n, d, h) = ({cfg.n}, {cfg.d}, {cfg.h}), {a.steps} steps, {n_rec} records, float32")
+    print(f"GD step: JAX {step_jax:.4f} s, NumPy {step_np:.4f} s; its two matrix products at the matmul peak "
+          f"({peak / 1e9:.0f} GFLOP/s): {step_mm:.4f} s")
+    print(f"record:  JAX {rec_jax:.3f} s, NumPy {rec_np:.3f} s; LAPACK part (NTK, CK, Σ eigensolvers): {lapack:.3f} s")
+    print(f"per seed: JAX ≈ {a.steps * step_jax + n_rec * rec_jax:.1f} s, NumPy ≈ {per_seed_np:.1f} s, "
+          f"floor ≈ {floor:.1f} s → any implementation ≤ {per_seed_np / floor:.1f}× the NumPy loop")
+
+
 def theorems(sizes=(500, 1000, 2000)):
     """The spec's measured numbers, recomputed at the spec's sizes (a few minutes on 2 cores)."""
     t0 = time.perf_counter()
@@ -102,6 +161,7 @@ def main():
     ap.add_argument("--numpy-seeds", type=int, default=None, help="seeds run by the NumPy loop (default: all)")
     ap.add_argument("--quick", action="store_true", help="(500, 250, 375), 2 seeds")
     ap.add_argument("--theorems", action="store_true", help="reproduce the spec's measured numbers instead")
+    ap.add_argument("--breakdown", action="store_true", help="per-step / per-record costs and the floor, one seed")
     a = ap.parse_args()
     if a.theorems:
         theorems()
@@ -112,6 +172,9 @@ def main():
     ns = S if a.numpy_seeds is None else min(a.numpy_seeds, S)
     cfg = lwr.LWRConfig(n=a.n, d=a.d, h=a.h)
     lr = a.lr_over_n * a.n
+    if a.breakdown:
+        breakdown(a, cfg, lr)
+        return
     keys = jax.random.split(jax.random.key(0), S)
     data = jax.vmap(lambda k: lwr.sample_data(jax.random.fold_in(k, 0), cfg))(keys)
     params = jax.vmap(lambda k: lwr.init_params(jax.random.fold_in(k, 1), cfg))(keys)

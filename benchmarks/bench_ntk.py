@@ -65,7 +65,11 @@ def child(args) -> None:
 
     import jaxcompare as jc
 
+    if args.x64:
+        jax.config.update("jax_enable_x64", True)
     params, x = models.load(args.npz)
+    if args.x64:
+        params, x = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), (params, x))
     apply_fn = models.MODELS[args.model][1]
     if args.impl == "matmul":
         a = jax.random.normal(jax.random.key(0), (4096, 4096), jnp.float32)
@@ -109,9 +113,9 @@ def child(args) -> None:
     print(json.dumps({"time": best, "first": first, "rss": rss, "finite": bool(np.isfinite(np.asarray(k)).all())}))
 
 
-def run_child(model, impl, n, npz, repeat, save=None, timeout=900) -> dict:
+def run_child(model, impl, n, npz, repeat, save=None, timeout=900, x64=False) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--model", model, "--impl", impl, "--npz",
-           str(npz), "--repeat", str(repeat)] + (["--save", str(save)] if save else [])
+           str(npz), "--repeat", str(repeat)] + (["--save", str(save)] if save else []) + (["--x64"] if x64 else [])
     env = dict(os.environ, JAXCOMPARE_PROGRESS="0")
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -130,6 +134,7 @@ def main() -> None:
     ap.add_argument("--impl", default="structured")
     ap.add_argument("--npz", default="")
     ap.add_argument("--save", default="")
+    ap.add_argument("--x64", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--mlp-n", type=int, nargs="*", default=[256, 1024, 4096])
     ap.add_argument("--cnn-n", type=int, nargs="*", default=[256, 1024])

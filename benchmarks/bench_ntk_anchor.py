@@ -41,6 +41,8 @@ ENV = HERE / ".nt-env"
 PINS = ["jax==0.4.25", "jaxlib==0.4.25", "neural-tangents==0.6.5", "numpy<2", "tensorflow-cpu>=2.15,<2.17",
         "scipy<1.13"]
 NT_NAMES = {1: "NT jacobian", 2: "NT ntvp", 3: "NT structured"}
+# (bytes, FLOPs) up to which neural-tangents' jacobian/ntvp are run: default, and with --nt-big (then best of 1)
+NT_CAPS = {False: (ours.MAX_BYTES, 2e12), True: (16 * 2**30, 1e13)}
 
 _RUNNER = textwrap.dedent(
     """
@@ -111,7 +113,7 @@ def main() -> None:
     models.save(tmp / "mm.npz", models.mlp_init(0), models.inputs("mlp", 2))
     peak = ours.run_child("mlp", "matmul", 2, tmp / "mm.npz", args.repeat).get("gflops", float("nan"))
     print(f"float32 matmul peak: {peak:.1f} GFLOP/s; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    cols = [NT_NAMES[i] for i in args.nt_impls] + ["ours structured", "speedup", "agree (rel)"]
+    cols = [NT_NAMES[i] for i in args.nt_impls] + ["ours structured", "speedup", "agree (rel)", "ours f32 vs f64"]
     header = f"{'model':5} {'N':>6} " + " ".join(f"{c:>15}" for c in cols)
     print(header)
     print("-" * len(header))
@@ -124,12 +126,12 @@ def main() -> None:
         for impl in args.nt_impls:
             key = {1: "jacobian", 2: "ntvp", 3: "structured"}[impl]
             mem, flops = ours.estimate(model, key, n)
-            mem_cap, flop_cap = (16 * 2**30, 1e13) if args.nt_big else (ours.MAX_BYTES, 2e12)
+            mem_cap, flop_cap = NT_CAPS[args.nt_big]
             if impl != 3 and (mem > mem_cap or flops > flop_cap):
                 cells.append(f"skip(~{flops:.0e}F)")
                 continue
             save = tmp / f"nt_{model}_{n}_{impl}.npy"
-            r = run_nt(py, model, npz, impl, args.repeat if flops <= 2e12 else 1, save)
+            r = run_nt(py, model, npz, impl, args.repeat if flops <= NT_CAPS[False][1] else 1, save)
             if "error" in r:
                 cells.append(r["error"][:15])
                 print(f"  [{model} N={n} {NT_NAMES[impl]}] {r['error']}", flush=True)
@@ -142,19 +144,22 @@ def main() -> None:
         save = tmp / f"ours_{model}_{n}.npy"
         r = ours.run_child(model, "structured", n, npz, args.repeat, save=save)
         if "error" in r:
-            cells += [r["error"][:15], "", ""]
+            cells += [r["error"][:15], "", "", ""]
         else:
             cells.append(f"{r['time']:.3f}")
             cells.append(f"{min(nt_times) / r['time']:.2f}x" if nt_times else "")
-            if nt_k is not None:
-                k = np.load(save)
-                c = 10
-                cells.append(f"{np.abs(k - c * nt_k).max() / np.abs(k).max():.1e}")
-            else:
-                cells.append("")
+            k = np.load(save)
+            c = 10
+            cells.append(f"{np.abs(k - c * nt_k).max() / np.abs(k).max():.1e}" if nt_k is not None else "")
+            # the scale of float32 agreement: the same kernel of ours in float64 (one untimed call)
+            save64 = tmp / f"ours64_{model}_{n}.npy"
+            r64 = ours.run_child(model, "structured", n, npz, 0, save=save64, x64=True)
+            cells.append(r64["error"][:15] if "error" in r64 else
+                         f"{np.abs(k - np.load(save64)).max() / np.abs(np.load(save64)).max():.1e}")
         print(f"{model:5} {n:>6} " + " ".join(f"{c:>15}" for c in cells), flush=True)
     print(f"\nneural-tangents side: {versions}; ours: current JAX. Times in seconds, best of {args.repeat} after warm-up; "
-          "speedup = fastest neural-tangents / ours.")
+          "speedup = fastest neural-tangents / ours; agree = max |ours − C·NT| / max |ours|; "
+          "ours f32 vs f64 = the same relative difference between our float32 and float64 kernels.")
 
 
 if __name__ == "__main__":

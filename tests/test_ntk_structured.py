@@ -236,5 +236,5 @@ def test_transposed_and_1d_convolutions_against_oracle():
     assert jax.eval_shape(f, p, x1).shape == (4, 3)
     plan = S.analyze(f, p, (6, 2), x1.dtype)
     assert [u.kind for u in plan.uses] == ["conv", "conv", "dot"] and plan.fallback == ()
-    assert [S._conv_ok(plan.prog.eqns[u.eqn].params) for u in plan.uses[:2]] == [False, True]
+    assert [u.by_patches for u in plan.uses[:2]] == [False, True]
     _check_against_oracle(f, p, x1, x2)

@@ -87,16 +87,18 @@ def _flatten(jaxpr: Jaxpr, consts, in_refs, prog: _Program, counter: list) -> li
     def ref(a):
         return _Lit(a.val) if isinstance(a, Literal) else env[a]
 
-    for v, c in zip(jaxpr.constvars, consts):
+    def const_id(value):
         i = new()
-        prog.consts[i] = c
-        env[v] = i
+        prog.consts[i] = value
+        return i
+
+    def as_id(r):  # a literal bound to a variable becomes a constant of the flat program
+        return const_id(r.val) if isinstance(r, _Lit) else r
+
+    for v, c in zip(jaxpr.constvars, consts):
+        env[v] = const_id(c)
     for v, r in zip(jaxpr.invars, in_refs):
-        if isinstance(r, _Lit):
-            i = new()
-            prog.consts[i] = r.val
-            r = i
-        env[v] = r
+        env[v] = as_id(r)
     for eqn in jaxpr.eqns:
         ins = [ref(a) for a in eqn.invars]
         key = _INLINE.get(eqn.primitive.name)
@@ -105,11 +107,7 @@ def _flatten(jaxpr: Jaxpr, consts, in_refs, prog: _Program, counter: list) -> li
             sj, sc = (sub.jaxpr, sub.consts) if isinstance(sub, ClosedJaxpr) else (sub, [])
             outs = _flatten(sj, sc, ins, prog, counter)
             for v, o in zip(eqn.outvars, outs):
-                if isinstance(o, _Lit):
-                    i = new()
-                    prog.consts[i] = o.val
-                    o = i
-                env[v] = o
+                env[v] = as_id(o)
             continue
         bp = eqn.primitive.get_bind_params(eqn.params)
         subfuns, bind_params = bp if isinstance(bp, tuple) else ((), bp)  # older jax returned (subfuns, params)
@@ -146,7 +144,8 @@ class Use:
     """One structured layer. ``eqn``: index of its dot_general/conv; ``act``: position (0/1) of the activation
     operand; ``out``: the id whose value is perturbed (the layer output, or the bias add's output when ``bias`` is
     set); ``act_perm``/``out_perm``: transpositions to (positions..., features...) with ``n_pos`` position axes
-    (for a convolution ``act_perm`` applies to the patches)."""
+    (for a convolution ``act_perm`` applies to the patches); ``by_patches``: a convolution evaluated as
+    patches @ filter (:func:`_conv_by_patches`), whose recorded input is then already the ``(1, O..., D)`` patches."""
 
     eqn: int
     leaf: int
@@ -160,6 +159,7 @@ class Use:
     out_shape: tuple
     out_dtype: Any
     filter_shape: tuple = ()
+    by_patches: bool = False
 
     @property
     def n_positions(self) -> int:
@@ -322,10 +322,11 @@ def analyze(apply_fn: Callable, params: Any, x_shape: tuple, x_dtype: Any) -> Pl
         act_ndim = len(shapes[e.ins[act]])
         w_ndim = len(shapes[e.ins[1 - act]])
         act_perm, out_perm, n_pos = _layout(e, act, act_ndim, w_ndim, kind)
-        filt = ()
+        filt, by_patches = (), False
         if kind == "conv":
             rs = e.params["dimension_numbers"].rhs_spec
             filt = tuple(shapes[e.ins[1]][d] for d in rs[2:])
+            by_patches = _conv_ok(e.params)
         out, bias = z, None
         cons = consumers.get(z, [])
         if len(cons) == 1 and z not in out_ids and prog.eqns[cons[0]].prim.name == "add":
@@ -338,7 +339,7 @@ def analyze(apply_fn: Callable, params: Any, x_shape: tuple, x_dtype: Any) -> Pl
                         and _bias_ok(prog, tuple(jnp.shape(leaves[b])), chain, tuple(out_shape), out_perm, n_pos)):
                     out, bias = a.outs[0], b
         uses.append(Use(k, leaf, act, out, kind, bias, act_perm, out_perm, n_pos, tuple(out_shape), out_dtype,
-                        filt))
+                        filt, by_patches))
     structured = {u.leaf for u in uses} | {u.bias for u in uses if u.bias is not None}
     fallback = tuple(l for l in range(n_leaves) if l not in structured and uses_of[l]
                      and jnp.issubdtype(jnp.result_type(leaves[l]), jnp.inexact))
@@ -354,24 +355,18 @@ def _conv_ok(params: dict) -> bool:
     return all(int(v) == 1 for v in params["lhs_dilation"])
 
 
-def _patch_geometry(spatial: tuple, taps_shape: tuple, dil: tuple, strides: tuple) -> tuple:
-    """Output sizes of a valid (already padded) window of ``taps_shape`` with these dilations and strides."""
-    return tuple((spatial[i] - (dil[i] * (taps_shape[i] - 1) + 1)) // strides[i] + 1 for i in range(len(spatial)))
-
-
-def _slices(a, taps_shape, dil, strides, outs):
+@partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _extract_patches(a: jax.Array, taps_shape: tuple, dil: tuple, strides: tuple) -> jax.Array:
+    """Patches of a padded ``(B, S..., C)`` array as ``(B, O..., taps, C)`` (taps in row-major order): one strided
+    slice per tap of the (valid) window."""
     k = len(taps_shape)
+    outs = tuple((a.shape[1 + i] - (dil[i] * (taps_shape[i] - 1) + 1)) // strides[i] + 1 for i in range(k))
+    slices = []
     for tap in np.ndindex(*taps_shape):
         start = (0,) + tuple(tap[i] * dil[i] for i in range(k)) + (0,)
         limit = (a.shape[0],) + tuple(start[1 + i] + strides[i] * (outs[i] - 1) + 1 for i in range(k)) + (a.shape[-1],)
-        yield jax.lax.slice(a, start, limit, (1,) + strides + (1,))
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def _extract_patches(a: jax.Array, taps_shape: tuple, dil: tuple, strides: tuple) -> jax.Array:
-    """Patches of a padded ``(B, S..., C)`` array as ``(B, O..., taps, C)`` (taps in row-major order)."""
-    outs = _patch_geometry(a.shape[1:-1], taps_shape, dil, strides)
-    return jnp.stack(list(_slices(a, taps_shape, dil, strides, outs)), axis=-2)
+        slices.append(jax.lax.slice(a, start, limit, (1,) + strides + (1,)))
+    return jnp.stack(slices, axis=-2)
 
 
 def _extract_patches_fwd(a, taps_shape, dil, strides):
@@ -482,15 +477,12 @@ def _as_positions(v: jax.Array, perm: tuple, n_pos: int) -> jax.Array:
 
 def _act_matrix(u: Use, prog: _Program, a: jax.Array) -> jax.Array:
     """Per example ``(T, D)`` layer inputs (patches for a convolution), with a column of ones for a fused bias."""
-    if u.kind == "conv" and _conv_ok(prog.eqns[u.eqn].params):  # captured already as patches (B=1, O..., D)
-        m = a.reshape(-1, a.shape[-1])
-    else:
-        if u.kind == "conv":
-            p = prog.eqns[u.eqn].params
-            a = jax.lax.conv_general_dilated_patches(
-                a, u.filter_shape, p["window_strides"], p["padding"], p["lhs_dilation"], p["rhs_dilation"],
-                p["dimension_numbers"], precision=HIGHEST)
-        m = _as_positions(a, u.act_perm, u.n_pos)
+    if u.kind == "conv" and not u.by_patches:
+        p = prog.eqns[u.eqn].params
+        a = jax.lax.conv_general_dilated_patches(
+            a, u.filter_shape, p["window_strides"], p["padding"], p["lhs_dilation"], p["rhs_dilation"],
+            p["dimension_numbers"], precision=HIGHEST)
+    m = a.reshape(-1, a.shape[-1]) if u.by_patches else _as_positions(a, u.act_perm, u.n_pos)
     if u.bias is not None:
         m = jnp.concatenate([m, jnp.ones((m.shape[0], 1), m.dtype)], axis=1)
     return m
@@ -506,7 +498,7 @@ def factors(plan: Plan, params: Any, x: jax.Array, *, summed: bool):
     leaves = jax.tree_util.tree_leaves(params)
     prog = plan.prog
     capture = {u.eqn: u.act for u in plan.uses}
-    patch_convs = frozenset(u.eqn for u in plan.uses if u.kind == "conv" and _conv_ok(prog.eqns[u.eqn].params))
+    patch_convs = frozenset(u.eqn for u in plan.uses if u.by_patches)
     c = plan.n_classes
     out_dt = jnp.result_type(*[leaves[u.leaf] for u in plan.uses], *[leaves[l] for l in plan.fallback]) \
         if (plan.uses or plan.fallback) else jnp.result_type(float)
