@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.jaxcompare-installed
 # pytest workers: 2 by default (the CI machine has 2 cores)
 WORKERS ?= 2
 
-.PHONY: demo test env clean bench bench-anchor
+.PHONY: demo test lint format env clean bench bench-anchor
 
 env: $(STAMP)
 
@@ -18,6 +18,15 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/jaxcompare demo --out report
+
+# ruff: the rule set and its reasons are in pyproject.toml [tool.ruff]
+lint: $(STAMP)
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/python -m ruff format .
+	$(BIN)/python -m ruff check --fix .
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(WORKERS) --dist loadfile
