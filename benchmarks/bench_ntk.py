@@ -50,7 +50,7 @@ def estimate(model: str, impl: str, n: int, c: int = 10) -> tuple[float, float]:
 def computed_gram_flops(model: str, n: int) -> float:
     """Gram FLOPs the structured implementation performs with x2 = x1: dense-layer Gram products are computed
     only for the tiles on and above the diagonal (nb row blocks -> nb(nb+1)/2 of nb² tiles)."""
-    from jaxcompare.ntk import _structured
+    from jaxcompare.ntk._structured import _contract as _structured
 
     nb = max(1, min(_structured._SYM_MAX_BLOCKS, n // _structured._SYM_TILE))
     return models.gram_flops(model, n) * (nb + 1) / (2 * nb)

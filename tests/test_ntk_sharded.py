@@ -48,6 +48,28 @@ _SCRIPT = textwrap.dedent(
     # a user's kernel without a spec, and the sharded function under jit
     rbf = lambda q, a, b=None: jnp.exp(-q * jnp.sum((a[:, None] - (a if b is None else b)[None]) ** 2, -1))
     np.testing.assert_allclose(jc.sharded(rbf)(0.5, x1, x2), rbf(0.5, x1, x2), **tol)
+    # composition: batched(sharded(k)) and kernel_to_disk(sharded(k)) compute every tile sharded. Observed through
+    # the row counts the model is traced with: 16-row tiles over 8 devices -> 2 rows per device (unsharded: 16)
+    def spy():  # a fresh model function (fresh traces) that records the row counts it is traced with
+        seen = []
+
+        def g(q, xx):
+            seen.append(xx.shape[0])
+            return f(q, xx)
+
+        return jc.sharded(jc.trace_ntk(g, implementation="jacobian")), seen
+
+    x32 = jax.random.normal(jax.random.key(3), (32, 5))
+    o32 = oracle_kernels(f, p, x32, x32)
+    k, seen = spy()
+    assert k.spec.transforms == ("sharded",)
+    np.testing.assert_allclose(jc.batched(k, 16)(p, x32), o32["trntk"], **tol)
+    assert 2 in seen and 16 not in seen, seen
+    import tempfile
+    k, seen = spy()
+    d = jc.kernel_to_disk(k, p, x32, path=tempfile.mkdtemp(), block_size=16, progress_bar=False)
+    np.testing.assert_allclose(d, o32["trntk"], **tol)
+    assert 2 in seen and 16 not in seen, seen
     print("SHARDED-OK")
     """
 )

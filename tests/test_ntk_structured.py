@@ -9,6 +9,7 @@ import pytest
 
 import jaxcompare as jc
 from jaxcompare.ntk import _structured as S
+from jaxcompare.ntk._structured import _patches as P
 from jaxcompare.ntk._implementations import choose_auto
 
 from ntk_models import flax_cnn, mlp, oracle_kernels, shared_weight
@@ -51,12 +52,12 @@ def test_analysis_classifies_leaves():
 def test_applies_and_auto_choice():
     f, p = mlp(jax.random.key(0))
     x = jnp.ones((3, 5))
-    assert S._applies(f, p, x)
+    assert S.applies(f, p, x)[0]
     assert choose_auto(f, p, x, None, 3) == "structured"
     # no dot_general/conv with a parameter: not applicable, auto keeps the generic implementations
     g = lambda q, x: jnp.tanh(x[:, :2] * q["a"][None, :]) + q["b"][None, :]  # noqa: E731
     q = {"a": jnp.ones(2), "b": jnp.zeros(2)}
-    assert not S._applies(g, q, x)
+    assert not S.applies(g, q, x)[0]
     assert choose_auto(g, q, x, None, 2) != "structured"
     # explicitly requested it still works (everything by the per-example fallback)
     np.testing.assert_allclose(jc.trace_ntk(g, normalize=False, implementation="structured")(q, x[:2], x),
@@ -86,7 +87,7 @@ def test_token_model_param_on_both_sides_and_inner_jit():
 @pytest.mark.parametrize("gram_limit", [0, 2**40])
 def test_positions_gram_and_materialized_paths_agree(monkeypatch, gram_limit):
     """Both contraction paths for T > 1 (Gram of positions vs per-example gradients) match the oracle."""
-    monkeypatch.setattr(S, "_GRAM_ELEMENTS", gram_limit)
+    monkeypatch.setattr(S._contract, "_GRAM_ELEMENTS", gram_limit)
     p = {"E": _normal(0, (4, 2), 0.5), "O": _normal(1, (2, 3), 0.4)}
 
     def f(q, x):  # T = 7 positions, D = 4 > E = 2: the Gram path is cheaper when allowed
@@ -173,7 +174,7 @@ def test_structured_batched_and_float32_cnn():
 def test_symmetric_tiling_path(monkeypatch):
     """With x2 = None, large N is contracted in mirrored tiles (dense layers as factors, layers with several
     positions as per-example gradients); forced here at tiny N with 2-row tiles."""
-    monkeypatch.setattr(S, "_SYM_TILE", 2)
+    monkeypatch.setattr(S._contract, "_SYM_TILE", 2)
     f, p = mlp(jax.random.key(0))
     x = _normal(1, (7, 5))
     o = oracle_kernels(f, p, x, x)
@@ -209,8 +210,8 @@ def test_conv_by_patches_matches_lax_conv_and_its_vjp(shape, w_shape, strides, p
         return jax.lax.conv_general_dilated(x, w, strides, padding, rhs_dilation=rhs_dil, dimension_numbers=dn)
 
     params = jax.make_jaxpr(conv)(x, w).jaxpr.eqns[0].params
-    assert S._conv_ok(params)
-    mine = lambda x, w: S._conv_by_patches(x, w, params)[0]  # noqa: E731
+    assert P.conv_ok(params)
+    mine = lambda x, w: P.conv_by_patches(x, w, params)[0]  # noqa: E731
     y, vjp_ref = jax.vjp(conv, x, w)
     y2, vjp_mine = jax.vjp(mine, x, w)
     np.testing.assert_allclose(y2, y, **TOL64)

@@ -5,10 +5,11 @@ kernel function and return one with the same signature.
 """
 from ._adapters import from_linen, from_nnx, from_stax, linen_layers_fn
 from ._batching import batched
-from ._common import KernelSpec
+from ._common import Kernel, KernelSpec
 from ._kernels import conjugate_kernel, embedding_kernel, empirical_ntk, pseudo_ntk, trace_ntk
 from ._projection import RandomProjection, random_projection
-from . import _structured  # noqa: F401  (registers implementation="structured")
+from ._explain import Explanation, explain
+from ._registry import KERNELS, KernelInfo, kernel, kernel_label
 from ._sharding import sharded
 from ._ooc import kernel_to_disk
 from ._kron import KroneckerProjection, kronecker_projection
@@ -27,6 +28,13 @@ __all__ = [
     "kronecker_projection",
     "KroneckerProjection",
     "KernelSpec",
+    "Kernel",
+    "KERNELS",
+    "KernelInfo",
+    "kernel",
+    "kernel_label",
+    "explain",
+    "Explanation",
     "from_linen",
     "from_nnx",
     "from_stax",

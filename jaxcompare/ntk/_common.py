@@ -6,6 +6,7 @@ flattened over the parameter pytree.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 from typing import Any, Callable
 
@@ -17,7 +18,8 @@ from .._validation import check_finite, check_finite_tree, is_concrete
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
-__all__ = ["KernelSpec", "cosine_normalize", "validate_kernel_args", "single_example", "tree_dot", "output_dtype"]
+__all__ = ["KernelSpec", "Kernel", "Implementation", "kernel_spec", "cosine_normalize", "validate_kernel_args",
+           "validate_params", "single_example", "tree_dot", "output_dtype"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,14 +27,18 @@ class KernelSpec:
     """What a kernel function built by this package is, so that other transforms can work with its parts.
 
     Attributes:
-      name: short name (``"trntk"``, ``"entk"``, ``"pntk"``, ``"ck"``, ``"em"``...).
+      name: registry name (``"trntk"``, ``"trntk0"``, ``"entk"``, ``"pntk"``, ``"pntk0"``, ``"ck"``, ``"em"``...;
+        see :data:`jaxcompare.ntk.KERNELS`).
       base: the un-normalized kernel function ``(params, x1, x2=None) -> (N1, N2[, C, C])``.
       diag: ``(params, x) -> (N,)`` the diagonal ``base(params, x)[i, i]`` without forming the kernel, or None.
       normalize: whether the public kernel is ``base / sqrt(diag_i diag_j)`` (cosine normalization).
       swap_trailing: the kernel has trailing class axes ``(C, C)`` that swap when ``x1`` and ``x2`` swap
         (``K(x2, x1)[j, i, c', c] = K(x1, x2)[i, j, c, c']``).
-      apply_fn: the model function the kernel was built from (None for feature kernels).
+      apply_fn: the model function the kernel was built from (for feature kernels: the feature/layers function).
       options: the construction options, for reports and for transforms that rebuild the kernel.
+      label: display label (``"trNTK"``, ``"trNTK⁰"``, ``"pNTK"``, ``"proj-trNTK"``...).
+      transforms: the transforms applied on top of the factory's kernel, outermost last (``("sharded",
+        "batched")``), for reports and fingerprints.
     """
 
     name: str
@@ -42,6 +48,88 @@ class KernelSpec:
     swap_trailing: bool = False
     apply_fn: Callable | None = None
     options: tuple = ()
+    label: str = ""
+    transforms: tuple = ()
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Kernel:
+    """A kernel function with its metadata: a callable frozen record ``kernel_fn(params, x1, x2=None)``.
+
+    The metadata (:class:`KernelSpec`) is part of the object, not a function attribute, so transforms
+    (:func:`batched`, :func:`sharded`, :func:`kernel_to_disk`) always see it and return new records whose
+    ``spec.base``/``spec.diag`` are the transformed parts (``batched(sharded(k))`` tiles the sharded kernel).
+    ``functools.partial`` of a record is a plain callable: transforms warn and treat it as a user kernel.
+
+    Attributes:
+      fn: the public kernel function ``(params, x1, x2=None) -> (N1, N2[, C, C])``.
+      spec: its :class:`KernelSpec`.
+    """
+
+    fn: Callable
+    spec: KernelSpec
+
+    def __call__(self, params: Any, x1: Any, x2: Any = None) -> jax.Array:
+        return self.fn(params, x1, x2)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def label(self) -> str:
+        return self.spec.label
+
+    @property
+    def normalize(self) -> bool:
+        return self.spec.normalize
+
+    @property
+    def jc_spec(self) -> KernelSpec:
+        """The spec (the name of the former function attribute, kept for one release)."""
+        return self.spec
+
+    def __repr__(self) -> str:
+        t = "".join(f"{n}(" for n in reversed(self.spec.transforms))
+        return f"Kernel({t}{self.spec.name!r}{')' * len(self.spec.transforms)}, label={self.spec.label!r})"
+
+
+def kernel_spec(kernel_fn: Any, caller: str) -> KernelSpec | None:
+    """The :class:`KernelSpec` of a kernel record, or None for a plain callable (documented fallback: treated as an
+    opaque kernel, not re-normalized after tiling and not assumed symmetric).
+
+    Wrappers that keep the signature (``jax.jit``, ``functools.wraps``: ``__wrapped__``) are looked through;
+    ``functools.partial`` of a record warns, because its bound arguments may change what the kernel computes.
+    """
+    seen = 0
+    f = kernel_fn
+    while not isinstance(f, Kernel) and hasattr(f, "__wrapped__") and seen < 16:
+        f = f.__wrapped__
+        seen += 1
+    if isinstance(f, Kernel):
+        return f.spec
+    if isinstance(kernel_fn, functools.partial) and isinstance(kernel_fn.func, Kernel):
+        warnings.warn(
+            f"{caller}: kernel_fn is a functools.partial of the kernel {kernel_fn.func.spec.name!r}; its metadata "
+            "(normalization, symmetry) is not used — it is treated as a plain kernel function. Pass the kernel "
+            "itself to keep them.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Implementation:
+    """An implementation of the gradient kernels: pure, traceable functions (see ``_implementations``)."""
+
+    name: str
+    full: Callable
+    trace: Callable
+    pseudo: Callable
+    trace_diag: Callable
+    pseudo_diag: Callable
+    description: str = ""
 
 
 def tree_dot(a: Any, b: Any, spec: str) -> jax.Array:
@@ -125,6 +213,10 @@ def validate_x(x: Any, name: str) -> jax.Array:
         raise ValueError(f"{name} must be a batch of shape (N, ...), got a scalar.")
     if x.shape[0] < 1:
         raise ValueError(f"{name} is empty: expected at least one example along axis 0, got shape {tuple(x.shape)}.")
+    if jnp.issubdtype(jnp.result_type(x), jnp.complexfloating):
+        raise TypeError(f"{name} has complex dtype {jnp.result_type(x)}: kernels of complex inputs are not "
+                        "supported (a real kernel of them would be silently different); pass real inputs, e.g. "
+                        "the real and imaginary parts as features.")
     check_finite(x, name)
     return x
 
@@ -142,6 +234,27 @@ def validate_pair(x1: Any, x2: Any) -> tuple[Any, Any]:
     return x1, x2
 
 
+def validate_params(params: Any) -> None:
+    """``params`` leaves are finite, real floating-point arrays (the kernels differentiate every leaf).
+
+    Integer or boolean leaves have no gradient (they used to give an all-zero integer kernel) and complex leaves
+    would need a Hermitian kernel this package does not define: both are refused, naming the leaf.
+    """
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    if not leaves:
+        raise ValueError("params has no array leaves: there is nothing to differentiate.")
+    for path, leaf in leaves:
+        dt = jnp.result_type(leaf)
+        where = f"params{jax.tree_util.keystr(path)}"
+        if jnp.issubdtype(dt, jnp.complexfloating):
+            raise TypeError(f"{where} has complex dtype {dt}: kernels of complex parameters are not supported; "
+                            "pass real floating-point parameters.")
+        if not jnp.issubdtype(dt, jnp.floating):
+            raise TypeError(f"{where} has dtype {dt}: every leaf of params is differentiated, so it must be "
+                            "floating-point (cast it, or close over non-trainable integer state in the model).")
+    check_finite_tree(params, "params")
+
+
 def validate_kernel_args(
     params: Any, x1: Any, x2: Any, *, apply_fn: Callable | None = None, check_params: bool = True
 ) -> tuple[Any, Any, int | None]:
@@ -152,7 +265,7 @@ def validate_kernel_args(
     """
     x1, x2 = validate_pair(x1, x2)
     if check_params:
-        check_finite_tree(params, "params")
+        validate_params(params)
     n_classes = None
     if apply_fn is not None:
         try:

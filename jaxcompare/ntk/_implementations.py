@@ -8,43 +8,24 @@ Each implementation is a frozen record of pure functions with the signatures
 - ``trace_diag(apply_fn, params, x) -> (N,)`` and ``pseudo_diag(apply_fn, params, x) -> (N,)``
 
 ``x2 is None`` means ``x2 = x1`` (implementations may reuse work). All are traceable (no Python value checks).
-A new implementation (e.g. the structured one) registers itself with :func:`register_implementation`.
+
+The set of implementations is static: :data:`IMPLEMENTATIONS` below (a read-only mapping), the one place to add one.
+``implementation="auto"`` is resolved by :func:`choose_auto` once per (model, parameter shapes and dtypes, input
+shapes and dtypes) and cached.
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Callable
+import collections
+import types
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 
-from ._common import single_example, tree_dot
+from ._common import Implementation, single_example, tree_dot
+from ._structured import STRUCTURED, applies
 
-__all__ = ["Implementation", "register_implementation", "get_implementation", "IMPLEMENTATIONS"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Implementation:
-    name: str
-    full: Callable
-    trace: Callable
-    pseudo: Callable
-    trace_diag: Callable
-    pseudo_diag: Callable
-    # applies(apply_fn, params, x) -> bool : whether this implementation can handle the model (static check)
-    applies: Callable | None = None
-    description: str = ""
-
-
-IMPLEMENTATIONS: dict[str, Implementation] = {}
-
-
-def register_implementation(impl: Implementation) -> None:
-    IMPLEMENTATIONS[impl.name] = impl
-
-
-def get_implementation(name: str) -> Implementation:
-    return IMPLEMENTATIONS[name]
+__all__ = ["Implementation", "IMPLEMENTATIONS", "choose_auto"]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -90,16 +71,14 @@ def _jac_pseudo_diag(apply_fn, params, x):
     return tree_dot(g, g, "ip,ip->i") / c
 
 
-register_implementation(
-    Implementation(
-        name="jacobian",
-        full=_jac_full,
-        trace=_jac_trace,
-        pseudo=_jac_pseudo,
-        trace_diag=_jac_trace_diag,
-        pseudo_diag=_jac_pseudo_diag,
-        description="per-example Jacobians (vmap of jacrev) contracted over parameters; memory ~ N*C*P",
-    )
+JACOBIAN = Implementation(
+    name="jacobian",
+    full=_jac_full,
+    trace=_jac_trace,
+    pseudo=_jac_pseudo,
+    trace_diag=_jac_trace_diag,
+    pseudo_diag=_jac_pseudo_diag,
+    description="per-example Jacobians (vmap of jacrev) contracted over parameters; memory ~ N*C*P",
 )
 
 
@@ -176,17 +155,19 @@ def _ntvp_pseudo_diag(apply_fn, params, x):
     return _ntvp_diag(apply_fn, params, x, lambda c, dt: jnp.ones((1, c), dtype=dt), lambda c: 1.0 / c)
 
 
-register_implementation(
-    Implementation(
-        name="ntvp",
-        full=_ntvp_full,
-        trace=_ntvp_trace,
-        pseudo=_ntvp_pseudo,
-        trace_diag=_ntvp_trace_diag,
-        pseudo_diag=_ntvp_pseudo_diag,
-        description="NTK-vector products (vjp then jvp per column); memory ~ C*P + activations",
-    )
+NTVP = Implementation(
+    name="ntvp",
+    full=_ntvp_full,
+    trace=_ntvp_trace,
+    pseudo=_ntvp_pseudo,
+    trace_diag=_ntvp_trace_diag,
+    pseudo_diag=_ntvp_pseudo_diag,
+    description="NTK-vector products (vjp then jvp per column); memory ~ C*P + activations",
 )
+
+#: every implementation of the gradient kernels, by name (static, read-only)
+IMPLEMENTATIONS: Mapping[str, Implementation] = types.MappingProxyType(
+    {"jacobian": JACOBIAN, "ntvp": NTVP, "structured": STRUCTURED})
 
 
 def n_params(params: Any) -> int:
@@ -197,10 +178,40 @@ def n_params(params: Any) -> int:
 AUTO_JACOBIAN_BYTES = 2 * 1024**3
 
 
+_AUTO_CACHE: collections.OrderedDict = collections.OrderedDict()  # memo of a pure function of static data
+_AUTO_CACHE_SIZE = 256
+
+
+def _auto_key(apply_fn, params, x1, x2, n_classes):
+    sig = lambda a: (tuple(jnp.shape(a)), str(jnp.result_type(a)))  # noqa: E731
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    return (apply_fn, treedef, tuple(sig(l) for l in leaves), sig(x1), None if x2 is None else sig(x2), n_classes)
+
+
 def choose_auto(apply_fn, params, x1, x2, n_classes: int) -> str:
-    """``"structured"`` when registered and applicable, else ``"jacobian"`` when its memory fits, else ``"ntvp"``."""
-    s = IMPLEMENTATIONS.get("structured")
-    if s is not None and s.applies is not None and s.applies(apply_fn, params, x1):
+    """``"structured"`` when applicable, else ``"jacobian"`` when its memory fits, else ``"ntvp"``.
+
+    Decided from shapes and dtypes only, once per (apply_fn, parameter shapes/dtypes, input shapes/dtypes): the
+    structured analysis traces the model, so it is not repeated on every eager call.
+    """
+    key = _auto_key(apply_fn, params, x1, x2, n_classes)
+    try:
+        hit = _AUTO_CACHE.get(key)
+    except TypeError:  # an unhashable apply_fn: decide without caching
+        key, hit = None, None
+    if hit is not None:
+        _AUTO_CACHE.move_to_end(key)
+        return hit
+    choice = _decide(apply_fn, params, x1, x2, n_classes)
+    if key is not None:
+        _AUTO_CACHE[key] = choice
+        while len(_AUTO_CACHE) > _AUTO_CACHE_SIZE:
+            _AUTO_CACHE.popitem(last=False)
+    return choice
+
+
+def _decide(apply_fn, params, x1, x2, n_classes: int) -> str:
+    if applies(apply_fn, params, x1)[0]:
         return "structured"
     n = x1.shape[0] + (0 if x2 is None else x2.shape[0])
     itemsize = jnp.dtype(jax.eval_shape(apply_fn, params, x1).dtype).itemsize

@@ -8,9 +8,10 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from .._validation import check_choice
+from .._validation import check_choice, check_finite_tree
 from ._common import (
     HIGHEST,
+    Kernel,
     KernelSpec,
     cosine_normalize,
     validate_kernel_args,
@@ -31,8 +32,6 @@ def _check_apply_fn(apply_fn: Any, name: str = "apply_fn") -> None:
 
 def _check_implementation(implementation: str) -> None:
     names = ("auto", *IMPLEMENTATIONS.keys())
-    if implementation == "structured" and "structured" not in IMPLEMENTATIONS:
-        raise ValueError("implementation='structured' is not available in this build; use 'jacobian' or 'ntvp'.")
     check_choice(implementation, "implementation", names)
 
 
@@ -130,17 +129,30 @@ def _gradient_kernel(apply_fn: Callable, mode: str, *, normalize: bool, projecti
 
 
 def _public_gradient_kernel(apply_fn: Callable, mode: str, name: str, *, normalize: bool, projection: Any,
-                            implementation: str) -> Callable:
-    """Check the factory arguments, build the kernel and attach its :class:`KernelSpec`."""
+                            implementation: str) -> Kernel:
+    """Check the factory arguments and build the kernel record (:class:`Kernel`)."""
     _check_apply_fn(apply_fn)
     _check_implementation(implementation)
     _check_projection(projection)
     kernel_fn, base, diag = _gradient_kernel(apply_fn, mode, normalize=normalize, projection=projection,
                                              implementation=implementation)
     full = mode == "full"
-    kernel_fn.jc_spec = KernelSpec(name, base, None if full else diag, normalize, full, apply_fn,
-                                   (("implementation", implementation), ("projection", projection)))
-    return kernel_fn
+    spec = KernelSpec(name, base, None if full else diag, normalize, full, apply_fn,
+                      (("implementation", implementation), ("projection", projection)), _label(name))
+    return Kernel(kernel_fn, spec)
+
+
+def _label(name: str) -> str:
+    """Display label from the registry (``proj_trntk0`` and ``proj_pntk0``, not registered, derive theirs)."""
+    from ._registry import KERNELS  # the registry builds kernels with this module's factories: import at call time
+
+    if name in KERNELS:
+        return KERNELS[name].label
+    if name.startswith("proj_") and name[5:] in KERNELS:
+        return "proj-" + KERNELS[name[5:]].label
+    if name.endswith("0") and name[:-1] in KERNELS:  # unnormalized feature kernels: ck0, em0
+        return KERNELS[name[:-1]].label + "⁰"
+    return name
 
 
 def empirical_ntk(apply_fn: Callable, *, implementation: str = "auto") -> Callable:
@@ -173,10 +185,8 @@ def empirical_ntk(apply_fn: Callable, *, implementation: str = "auto") -> Callab
       >>> bool(jnp.allclose(jnp.trace(K, axis1=2, axis2=3), K0))
       True
     """
-    kernel_fn = _public_gradient_kernel(apply_fn, "full", "entk", normalize=False, projection=None,
-                                        implementation=implementation)
-    kernel_fn.__doc__ = "Empirical NTK kernel_fn(params, x1, x2=None) -> (N1, N2, C, C)."
-    return kernel_fn
+    return _public_gradient_kernel(apply_fn, "full", "entk", normalize=False, projection=None,
+                                   implementation=implementation)
 
 
 def trace_ntk(
@@ -236,12 +246,12 @@ def pseudo_ntk(
       ``kernel_fn(params, x1, x2=None) -> (N1, N2)``.
     """
     normalize = bool(normalize)
-    name = ("proj_" if projection is not None else "") + "pntk"
+    name = ("proj_" if projection is not None else "") + ("pntk" if normalize else "pntk0")
     return _public_gradient_kernel(apply_fn, "pseudo", name, normalize=normalize, projection=projection,
                                    implementation=implementation)
 
 
-def _feature_kernel(name: str, features: Callable, normalize: bool, what: str):
+def _feature_kernel(name: str, features: Callable, normalize: bool, what: str, user_fn: Callable) -> Kernel:
     """Kernel of flattened feature blocks: ``features(params, x) -> list of (N, D_l)``; ``K = Σ_l F_l F_lᵀ``."""
 
     def blocks(params, x):
@@ -272,7 +282,8 @@ def _feature_kernel(name: str, features: Callable, normalize: bool, what: str):
     diag_jit = jax.jit(lambda p, xx: sum(jnp.sum(b * b, axis=1) for b in blocks(p, xx)))
 
     def validate(params, x1, x2):
-        x1, x2, _ = validate_kernel_args(params, x1, x2, apply_fn=None)
+        x1, x2, _ = validate_kernel_args(params, x1, x2, apply_fn=None, check_params=False)
+        check_finite_tree(params, "params")  # features need no gradient: integer leaves are fine
         try:
             jax.eval_shape(blocks, params, x1)
         except ValueError:
@@ -294,8 +305,8 @@ def _feature_kernel(name: str, features: Callable, normalize: bool, what: str):
 
     base, kernel_fn = _entry_points(run, normalize)
 
-    kernel_fn.jc_spec = KernelSpec(name, base, diag, normalize, False, None, ())
-    return kernel_fn
+    name = name if normalize else name + "0"
+    return Kernel(kernel_fn, KernelSpec(name, base, diag, normalize, False, user_fn, (), _label(name)))
 
 
 def conjugate_kernel(feature_fn: Callable, *, normalize: bool = False) -> Callable:
@@ -309,7 +320,7 @@ def conjugate_kernel(feature_fn: Callable, *, normalize: bool = False) -> Callab
       ``kernel_fn(params, x1, x2=None) -> (N1, N2)``.
     """
     _check_apply_fn(feature_fn, "feature_fn")
-    return _feature_kernel("ck", lambda p, x: [feature_fn(p, x)], bool(normalize), "feature_fn")
+    return _feature_kernel("ck", lambda p, x: [feature_fn(p, x)], bool(normalize), "feature_fn", feature_fn)
 
 
 def embedding_kernel(layers_fn: Callable, *, normalize: bool = True) -> Callable:
@@ -326,5 +337,5 @@ def embedding_kernel(layers_fn: Callable, *, normalize: bool = True) -> Callable
       ``kernel_fn(params, x1, x2=None) -> (N1, N2)``.
     """
     _check_apply_fn(layers_fn, "layers_fn")
-    return _feature_kernel("em", layers_fn, bool(normalize), "layers_fn")
+    return _feature_kernel("em", layers_fn, bool(normalize), "layers_fn", layers_fn)
 

@@ -115,8 +115,10 @@ class RandomProjection:
 
         def per_example_gradients(xc):
             if summed:
-                return [g.reshape(g.shape[0], 1, -1) for g in jax.tree_util.tree_leaves(_summed_grads(apply_fn, params, xc))]
-            return [g.reshape(g.shape[0], g.shape[1], -1) for g in jax.tree_util.tree_leaves(_jacobians(apply_fn, params, xc))]
+                grads = jax.tree_util.tree_leaves(_summed_grads(apply_fn, params, xc))
+                return [g.reshape(g.shape[0], 1, -1) for g in grads]
+            jacs = jax.tree_util.tree_leaves(_jacobians(apply_fn, params, xc))
+            return [g.reshape(g.shape[0], g.shape[1], -1) for g in jacs]
 
         leaves = jax.tree_util.tree_leaves(params)
         c = 1 if summed else jax.eval_shape(apply_fn, params, x).shape[1]

@@ -12,15 +12,16 @@ replicated inputs); each process holds the rows of its own devices in the result
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from .._validation import check_int
-from ._batching import _pad_rows, batched
+from .._validation import check_int, is_concrete
+from ._batching import batched
 from ._common import cosine_normalize, validate_pair, warn_zero_norm
+from ._tiling import check_transform_args, diag_blocks, kernel_parts, pad_rows, transformed
 
 __all__ = ["sharded"]
 
@@ -42,7 +43,7 @@ def default_mesh() -> Mesh:
     return Mesh(np.array(jax.devices()), ("devices",))
 
 
-def sharded(kernel_fn: Callable, mesh: Mesh | None = None, *, block_size: int | None = None) -> Callable:
+def sharded(kernel_fn: Callable, mesh: Mesh | None = None, *, block_size: int | None = None) -> Any:
     """Distribute ``kernel_fn`` over the devices of ``mesh``: same signature, same result, rows sharded.
 
     Each device computes the rows of ``x1`` assigned to it against all of ``x2`` (``x2=None``: ``x1``). For the
@@ -59,7 +60,9 @@ def sharded(kernel_fn: Callable, mesh: Mesh | None = None, *, block_size: int | 
         (:func:`batched`), so its memory is bounded by one tile.
 
     Returns:
-      ``kernel_fn(params, x1, x2=None)`` returning a ``jax.Array`` sharded by rows over ``mesh``.
+      ``kernel_fn(params, x1, x2=None)`` returning a ``jax.Array`` sharded by rows over ``mesh``: a :class:`Kernel`
+      record for a kernel of this package (``spec.base``/``spec.diag`` sharded, so ``batched(sharded(k))`` and
+      ``kernel_to_disk(sharded(k), ...)`` compute every tile sharded), else a plain function.
 
     Example:
       >>> def apply_fn(params, x):                         # a tiny two-layer MLP: (N, 3) -> (N, 2) logits
@@ -76,16 +79,13 @@ def sharded(kernel_fn: Callable, mesh: Mesh | None = None, *, block_size: int | 
       >>> jc.sharded(jc.trace_ntk(apply_fn), mesh)(params, x).shape
       (10, 10)
     """
-    if not callable(kernel_fn):
-        raise TypeError(f"kernel_fn must be callable, got {type(kernel_fn).__name__}.")
+    parts = kernel_parts(kernel_fn, "sharded")
     if mesh is not None and not isinstance(mesh, Mesh):
         raise TypeError(f"mesh must be a jax.sharding.Mesh or None, got {type(mesh).__name__}.")
     if block_size is not None:
         block_size = check_int(block_size, "block_size", min=1)
-    spec = getattr(kernel_fn, "jc_spec", None)
-    use_norm = spec is not None and spec.normalize and spec.diag is not None
-    tile_fn = spec.base if use_norm else kernel_fn
-    diag_fn = spec.diag if use_norm else None
+    tile_fn = parts.tile_fn
+    diag_fn = parts.spec.diag if parts.spec is not None else None
     if block_size is not None:
         tile_fn = batched(tile_fn, block_size, progress_bar=False)
     compiled: dict = {}
@@ -98,13 +98,10 @@ def sharded(kernel_fn: Callable, mesh: Mesh | None = None, *, block_size: int | 
             if diag_fn is not None:
                 if block_size is not None:
                     def diag_local(p, a):
-                        n = a.shape[0]
-                        nb = -(-n // block_size)
-                        ap = _pad_rows(a, nb * block_size).reshape((nb, block_size) + a.shape[1:])
-                        return jax.lax.map(lambda b: diag_fn(p, b), ap).reshape(-1)[:n]
+                        return diag_blocks(diag_fn, p, a, block_size, traced=True)
                 else:
                     diag_local = diag_fn
-                diag = _shard_map(diag_local, m, (PartitionSpec(), rows), rows)
+                diag = jax.jit(_shard_map(diag_local, m, (PartitionSpec(), rows), rows))
             else:
                 diag = None
             out_sharding = NamedSharding(m, rows)
@@ -120,27 +117,47 @@ def sharded(kernel_fn: Callable, mesh: Mesh | None = None, *, block_size: int | 
                 # rows stay sharded when they split evenly (jax.Array shardings must divide the shape)
                 return (finish_sharded if n1 % m.size == 0 else finish_plain)(k, n1, d1, d2)
 
-            compiled[key] = (m, jax.jit(strip), None if diag is None else jax.jit(diag), finish_any)
+            compiled[key] = (m, jax.jit(strip), diag, finish_any)
         return compiled[key][1:]
 
-    def fn(params, x1, x2=None):
+    def _mesh():
+        return mesh if mesh is not None else default_mesh()
+
+    def _check(params, *xs):
+        if all(is_concrete(l) for l in jax.tree_util.tree_leaves((params, xs))):
+            check_transform_args(params)
+
+    def base(params, x1, x2=None):
+        """The un-normalized kernel (the kernel itself for a plain callable), rows sharded."""
         x1, x2 = validate_pair(x1, x2)
-        m = mesh if mesh is not None else default_mesh()
-        strip, diag, finish = programs(m)
-        n_dev = int(m.size)
+        _check(params, x1, x2)
+        m = _mesh()
+        strip, _, finish = programs(m)
         n1 = x1.shape[0]
-        x1p = _pad_rows(x1, -(-n1 // n_dev) * n_dev)
+        x1p = pad_rows(x1, -(-n1 // m.size) * m.size)
+        return finish(strip(params, x1p, x1 if x2 is None else x2), n1)
+
+    def diag(params, x):
+        x, _ = validate_pair(x, None)
+        _check(params, x)
+        m = _mesh()
+        n = x.shape[0]
+        return programs(m)[1](params, pad_rows(x, -(-n // m.size) * m.size))[:n]
+
+    def fn(params, x1, x2=None):
+        if not parts.use_norm:
+            return base(params, x1, x2)
+        x1, x2 = validate_pair(x1, x2)
+        _check(params, x1, x2)
+        m = _mesh()
+        strip, _, finish = programs(m)
+        n1 = x1.shape[0]
+        x1p = pad_rows(x1, -(-n1 // m.size) * m.size)
         k = strip(params, x1p, x1 if x2 is None else x2)
-        if diag is None:
-            return finish(k, n1)
-        d1 = diag(params, x1p)[:n1]
+        d1 = diag(params, x1)
+        d2 = d1 if x2 is None else diag(params, x2)
         if x2 is None:
-            d2 = d1
             warn_zero_norm(d1, "norm")
-        else:
-            n2 = x2.shape[0]
-            d2 = diag(params, _pad_rows(x2, -(-n2 // n_dev) * n_dev))[:n2]
         return finish(k, n1, d1, d2)
 
-    fn.jc_spec = spec
-    return fn
+    return transformed(kernel_fn, parts, fn, base, diag if diag_fn is not None else None, "sharded")

@@ -15,10 +15,20 @@ from ._kglm import KGLM, fit_kglm, kglm_logits
 
 __all__ = ["SurrogateRow", "SurrogateTable", "surrogate_table", "SURROGATE_KERNELS"]
 
-#: kernels known to :func:`surrogate_table`, in the published table's order
+#: kernels of :func:`surrogate_table` by default, in the published table's order (names and labels: the kernel
+#: registry ``jaxcompare.ntk.KERNELS``; any 2-D registry kernel is accepted)
 SURROGATE_KERNELS = ("trntk", "trntk0", "proj_trntk", "pntk", "proj_pntk", "ck", "em")
-_LABELS = {"trntk": "trNTK", "trntk0": "trNTK⁰", "proj_trntk": "proj-trNTK", "pntk": "pNTK",
-           "proj_pntk": "proj-pNTK", "ck": "CK", "em": "Em"}
+
+
+def _registry():
+    from ..ntk import KERNELS  # lazy: keeps the surrogate core independent of how kernels are computed
+
+    return KERNELS
+
+
+def _label(name: str) -> str:
+    info = _registry().get(name)
+    return info.label if info is not None else name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +71,7 @@ class SurrogateTable:
         lines = [head, "|---|---|---|---|---|---|---|---|"]
         for r in self.rows:
             lines.append(
-                f"| {_LABELS.get(r.kernel, r.kernel)} | {r.accuracy:.4f} | {100 * r.tad:+.2f}% | {r.kendall_tau:.3f} "
+                f"| {_label(r.kernel)} | {r.accuracy:.4f} | {100 * r.tad:+.2f}% | {r.kendall_tau:.3f} "
                 f"| {r.r_miss:.3f} | {'yes' if r.converged else 'no'} ({r.n_iter} it) | {r.kernel_seconds:.2f} s "
                 f"| {r.fit_seconds:.2f} s |"
             )
@@ -71,22 +81,17 @@ class SurrogateTable:
 def _kernel_fns(apply_fn, feature_fn, layers_fn, key, names, projection_dim, projection_kind):
     from .. import ntk  # lazy: keeps the surrogate core independent of how kernels are computed
 
-    needs_key = any(n.startswith("proj_") for n in names)
-    k_tr = k_p = None
-    if needs_key:
-        k_tr, k_p = jax.random.split(check_key(key))
-    make: dict[str, Callable[[], Callable]] = {
-        "trntk": lambda: ntk.trace_ntk(apply_fn, normalize=True),
-        "trntk0": lambda: ntk.trace_ntk(apply_fn, normalize=False),
-        "proj_trntk": lambda: ntk.trace_ntk(
-            apply_fn, normalize=True, projection=ntk.random_projection(k_tr, projection_dim, projection_kind)),
-        "pntk": lambda: ntk.pseudo_ntk(apply_fn, normalize=True),
-        "proj_pntk": lambda: ntk.pseudo_ntk(
-            apply_fn, normalize=True, projection=ntk.random_projection(k_p, projection_dim, projection_kind)),
-        "ck": lambda: ntk.conjugate_kernel(feature_fn, normalize=True),
-        "em": lambda: ntk.embedding_kernel(layers_fn, normalize=True),
-    }
-    return {n: make[n]() for n in names}
+    # one key per projected kernel of the registry, in registry order (proj_trntk: the first, proj_pntk: the second)
+    projected = [n for n, info in ntk.KERNELS.items() if info.projected]
+    keys = dict(zip(projected, jax.random.split(check_key(key), len(projected)))) if \
+        any(n in projected for n in names) else {}
+    fns = {"apply_fn": apply_fn, "feature_fn": feature_fn, "layers_fn": layers_fn}
+    out = {}
+    for n in names:
+        info = ntk.KERNELS[n]
+        opts = {"projection": ntk.random_projection(keys[n], projection_dim, projection_kind)} if info.projected else {}
+        out[n] = ntk.kernel(n, fns[info.needs], **opts)
+    return out
 
 
 def surrogate_table(
@@ -115,8 +120,9 @@ def surrogate_table(
 
     For every kernel ``κ``: ``K_tr = κ(X_train, X_train)``, ``K_te = κ(X_test, X_train)``,
     ``fit_kglm(K_tr, y_train)`` on the ground-truth training labels, then :func:`faithfulness` of
-    ``kglm_logits(K_te)`` to ``apply_fn(params, x_test)``. All kernels are cosine-normalized except trNTK⁰, which
-    is standardized by the standard deviation of its train×train block (the published protocol). The defaults
+    ``kglm_logits(K_te)`` to ``apply_fn(params, x_test)``. Kernels are those of the registry
+    ``jaxcompare.ntk.KERNELS`` (names and labels); the unnormalized ones (trNTK⁰, pNTK⁰) are standardized by the
+    standard deviation of their train×train block (the published protocol for trNTK⁰). The defaults
     reproduce the published fit: one-vs-rest, ``l2 = 1e-4`` (SGDClassifier ``alpha``), balanced class weights.
     τ_K compares softmax probabilities of both models' logits (for one-vs-rest, of the ``C`` margins): on a digits
     MLP this ranks more faithfully than scikit-learn's normalized sigmoids (:func:`kglm_proba`), which saturate
@@ -124,7 +130,7 @@ def surrogate_table(
 
     Kernels (``kernels=None``: every one computable from the functions given): ``"trntk"``, ``"trntk0"``,
     ``"proj_trntk"``, ``"pntk"``, ``"proj_pntk"`` (from ``apply_fn``; the projected ones need ``key``),
-    ``"ck"`` (needs ``feature_fn``), ``"em"`` (needs ``layers_fn``).
+    ``"ck"`` (needs ``feature_fn``), ``"em"`` (needs ``layers_fn``); ``"pntk0"`` on request.
 
     Args:
       apply_fn: ``apply_fn(params, x) -> (N, C)`` logits.
@@ -170,22 +176,26 @@ def surrogate_table(
     """
     if not callable(apply_fn):
         raise TypeError(f"apply_fn must be callable, got {type(apply_fn).__name__}.")
+    registry = _registry()
+    given = {"apply_fn": apply_fn, "feature_fn": feature_fn, "layers_fn": layers_fn}
     if kernels is None:
         names = [n for n in SURROGATE_KERNELS
-                 if not ((n == "ck" and feature_fn is None) or (n == "em" and layers_fn is None)
-                         or (n.startswith("proj_") and key is None))]
+                 if given[registry[n].needs] is not None and not (registry[n].projected and key is None)]
     else:
         names = list(kernels)
         for n in names:
-            if n not in SURROGATE_KERNELS:
-                raise ValueError(f"unknown kernel {n!r}; expected some of {', '.join(SURROGATE_KERNELS)}.")
+            if n not in registry or registry[n].name == "entk":
+                valid = [m for m in registry if m != "entk"]
+                raise ValueError(f"unknown kernel {n!r}; expected some of {', '.join(valid)}.")
         if len(set(names)) != len(names):
             raise ValueError(f"kernels has duplicates: {names}.")
-        if "ck" in names and feature_fn is None:
-            raise ValueError("kernel 'ck' needs feature_fn(params, x) -> (N, D) penultimate features.")
-        if "em" in names and layers_fn is None:
-            raise ValueError("kernel 'em' needs layers_fn(params, x) -> per-layer outputs.")
-        if any(n.startswith("proj_") for n in names) and key is None:
+        for n in names:
+            need = registry[n].needs
+            if given[need] is None:
+                what = {"feature_fn": "feature_fn(params, x) -> (N, D) penultimate features",
+                        "layers_fn": "layers_fn(params, x) -> per-layer outputs"}.get(need, need)
+                raise ValueError(f"kernel {n!r} needs {what}.")
+        if any(registry[n].projected for n in names) and key is None:
             raise ValueError("projected kernels need an explicit key, e.g. key=jax.random.key(0).")
     check_int(projection_dim, "projection_dim", min=1)
     x_tr = check_array(x_train, "x_train", floating=False)
@@ -210,7 +220,7 @@ def surrogate_table(
         K_te = jax.block_until_ready(fns[name](params, x_te, x_tr))
         t1 = time.perf_counter()
         model = fit_kglm(K_tr, y_tr, n_classes=C, loss=loss, l2=l2, class_weight=class_weight,
-                         standardize=(name == "trntk0"), **fit_kwargs)
+                         standardize=not registry[name].normalized, **fit_kwargs)
         jax.block_until_ready(model.W)
         t2 = time.perf_counter()
         del K_tr

@@ -1,0 +1,70 @@
+"""Structured derivatives: gradient kernels from layer inputs and output sensitivities, no per-example gradients.
+
+For a parameter ``W`` used once, in a ``dot_general`` or a convolution whose other operand is an activation ``a``,
+the gradient of logit ``c`` for one example is a sum of outer products over the "positions" ``t`` of the layer
+(the free axes of ``a``: tokens, pixels, or one position for a dense layer)::
+
+    g_c(x) = Σ_t a_t ⊗ δ_{c,t},        δ_{c,t} = ∂f^c / ∂z_t   (z = the layer output)
+
+so ``<g_c(x_i), g_c(x_j)> = Σ_{t,s} <a_it, a_js> <δ_cit, δ_cjs>``. For a dense layer (one position) the trNTK⁰
+contribution is ``(A Aᵀ) ⊙ Σ_c Δ_c Δ_cᵀ`` (shared/spec/ntk.md, "Costs"); for a convolution ``a_t`` are the input
+patches (``lax.conv_general_dilated_patches``). With several positions the kernel is formed either from the two
+``T × T`` Gram matrices or from the per-example gradients ``Σ_t a_t ⊗ δ_t`` (whichever needs fewer FLOPs).
+A bias added right after such a layer is folded in as a constant input feature 1 (``[W; b]``).
+
+Mechanism (documented design): the model is traced to a jaxpr for one example (``apply_fn(params, x[None])``);
+calls to ``jit``/``closed_call``/``checkpoint`` are inlined. A parameter leaf is *structured* when its only use is
+one ``dot_general`` (without batch dimensions) or ``conv_general_dilated`` (no feature/batch groups), reached through
+layout-only operations (reshape, transpose, dtype conversion, squeeze, expand_dims); a bias leaf when its only use is
+an ``add`` to such a layer's output (checked by pushing an index array through its broadcast chain). Every other
+leaf — shared weights (used more than once), norms, embeddings, parameters entering custom-derivative functions
+— falls back to per-example gradients within the same pass. The jaxpr is re-evaluated by a small interpreter that
+adds a zero perturbation ``ε_u`` to each structured layer output and records its input; one ``vjp`` per class with
+respect to ``(ε, fallback leaves)`` gives all sensitivities ``δ`` and fallback gradients at once, vectorized over
+examples with ``vmap``. Custom derivative rules (e.g. ``relu``'s) are kept: such calls are bound, not inlined.
+Structured convolutions without input dilation are evaluated as strided-slice patches @ flattened filter (same value;
+the patches are the recorded layer inputs) with a phase-wise transpose of the slicing: the C backward passes then
+run as matrix products and shifted sums, several times faster on CPU than XLA's transposed convolutions.
+
+Layout of this subpackage: :mod:`._program` (flat program and interpreter), :mod:`._analysis` (which leaves are
+structured, and why the others are not), :mod:`._patches` (convolutions as patches with a custom VJP),
+:mod:`._factors` (per-example factors), :mod:`._contract` (kernels from the factors).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .._common import Implementation
+from ._analysis import Plan, Use, analyze
+from ._contract import diag, kernel
+from ._factors import factors
+from ._program import Unsupported
+
+__all__ = ["analyze", "factors", "Plan", "Use", "Unsupported", "applies", "STRUCTURED"]
+
+
+def applies(apply_fn: Callable, params: Any, x: Any) -> tuple[bool, str]:
+    """``(True, "")`` when at least one parameter leaf is handled structurally, else ``(False, why)``.
+
+    Only :class:`Unsupported` (a model the analysis cannot handle, with its reason) means "use another
+    implementation"; any other exception is a bug and propagates.
+    """
+    try:
+        plan = analyze(apply_fn, params, tuple(x.shape[1:]), x.dtype)
+    except Unsupported as e:
+        return False, str(e)
+    if not plan.uses:
+        return False, "no parameter leaf is a dense/conv weight used once (every leaf falls back)"
+    return True, ""
+
+
+STRUCTURED = Implementation(
+    name="structured",
+    full=lambda f, p, x1, x2: kernel(f, p, x1, x2, mode="full"),
+    trace=lambda f, p, x1, x2: kernel(f, p, x1, x2, mode="trace"),
+    pseudo=lambda f, p, x1, x2: kernel(f, p, x1, x2, mode="pseudo"),
+    trace_diag=lambda f, p, x: diag(f, p, x, mode="trace"),
+    pseudo_diag=lambda f, p, x: diag(f, p, x, mode="pseudo"),
+    description="structured derivatives: (A Aᵀ) ⊙ Σ_c Δ_c Δ_cᵀ per dense/conv layer from a jaxpr analysis; "
+                "other leaves by per-example gradients in the same pass",
+)

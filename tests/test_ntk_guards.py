@@ -1,0 +1,164 @@
+"""Issue 15 defects of the kernel path, each with a test that fails without its fix: the on-disk store verifies what
+it trusts (model fingerprint, truncated/replaced/edited files, corrupt ledger, concurrent writers, free space);
+weights cast through an integer type have zero gradient (float64 Jacobian oracle); transforms check parameters;
+integer parameters and complex inputs are refused. Also: jc.ntk.explain and the layer analysis on its own."""
+import json
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxcompare as jc
+from jaxcompare.ntk import _ooc
+from jaxcompare.ntk._structured import analyze
+
+from ntk_models import mlp, oracle_kernels
+
+TOL64 = dict(rtol=1e-10, atol=1e-10)
+
+
+def _data(n=9):
+    f, p = mlp(jax.random.key(0))
+    return f, p, jax.random.normal(jax.random.key(1), (n, 5))
+
+
+def _run(k, p, x, path, **kw):
+    return np.array(jc.kernel_to_disk(k, p, x, path=path, block_size=4, progress_bar=False, **kw))
+
+
+def test_store_fingerprints_the_model(tmp_path):
+    f, p, x = _data()
+
+    def g(q, xx):  # same parameters and shapes, relu instead of tanh
+        return jax.nn.relu(xx @ q["W1"] + q["b1"][None, :]) @ q["W2"] + q["b2"][None, :]
+
+    _run(jc.trace_ntk(f), p, x, tmp_path)
+    with pytest.raises(ValueError, match="different model"):
+        _run(jc.trace_ntk(g), p, x, tmp_path)
+    np.testing.assert_allclose(_run(jc.trace_ntk(g), p, x, tmp_path, overwrite=True),
+                               oracle_kernels(g, p, x, x)["trntk"], **TOL64)
+
+
+def test_store_detects_truncated_replaced_and_edited_files(tmp_path):
+    f, p, x = _data()
+    want = oracle_kernels(f, p, x, x)["trntk"]
+    k = jc.trace_ntk(f)
+    _run(k, p, x, tmp_path)
+    kp = tmp_path / "kernel.npy"
+    kp.write_bytes(kp.read_bytes()[:-40])  # truncated
+    with pytest.warns(RuntimeWarning, match="truncated"):
+        np.testing.assert_allclose(_run(k, p, x, tmp_path), want, **TOL64)
+    np.save(kp, np.zeros((9, 9), np.float32))  # replaced by another dtype
+    with pytest.warns(RuntimeWarning, match="shape/dtype"):
+        np.testing.assert_allclose(_run(k, p, x, tmp_path), want, **TOL64)
+    mm = np.load(kp, mmap_mode="r+")
+    mm[5, 1] += 0.25  # an edited entry of a mirrored tile
+    mm.flush()
+    del mm
+    with pytest.warns(RuntimeWarning, match="checksums"):
+        np.testing.assert_allclose(_run(k, p, x, tmp_path), want, **TOL64)
+    np.save(tmp_path / "norms.npy", np.ones(18))  # edited norms
+    with pytest.warns(RuntimeWarning, match="norms"):
+        np.testing.assert_allclose(_run(k, p, x, tmp_path), want, **TOL64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # intact store: reopened silently
+        np.testing.assert_allclose(_run(k, p, x, tmp_path), want, **TOL64)
+
+
+def test_store_corrupt_ledger_lock_and_disk_space(tmp_path, monkeypatch):
+    f, p, x = _data()
+    k = jc.trace_ntk(f, normalize=False)
+    _run(k, p, x, tmp_path)
+    (tmp_path / "state.json").write_text("{not json")
+    with pytest.raises(ValueError, match="overwrite=True"):
+        _run(k, p, x, tmp_path)
+    np.testing.assert_allclose(_run(k, p, x, tmp_path, overwrite=True), oracle_kernels(f, p, x, x)["trntk0"],
+                               **TOL64)
+    assert json.loads((tmp_path / "state.json").read_text())["done"] == list(range(6))
+    import fcntl
+
+    with open(tmp_path / ".lock", "a+") as other:  # another writer holds the lock
+        fcntl.flock(other.fileno(), fcntl.LOCK_EX)
+        with pytest.raises(RuntimeError, match="another process"):
+            _run(k, p, x, tmp_path, overwrite=True)
+        fcntl.flock(other.fileno(), fcntl.LOCK_UN)
+
+    class Full:
+        free = 1000
+
+    monkeypatch.setattr(_ooc.shutil, "disk_usage", lambda _: Full)
+    with pytest.raises(OSError, match="not enough free disk space"):
+        _run(k, p, x, tmp_path / "new")
+
+
+def test_transforms_check_params_and_dtypes(tmp_path):
+    f, p, x = _data(6)
+    bad = dict(p, W1=p["W1"].at[0, 0].set(jnp.nan))
+    for t in (lambda k: jc.batched(k, 4), lambda k: jc.sharded(k)):
+        with pytest.raises(ValueError, match=r"params\['W1'\] must be finite"):
+            t(jc.trace_ntk(f))(bad, x)
+    with pytest.raises(ValueError, match=r"params\['W1'\] must be finite"):
+        _run(jc.trace_ntk(f), bad, x, tmp_path)
+    ints = jax.tree_util.tree_map(lambda a: jnp.round(10 * a).astype(jnp.int32), p)
+    for k in (jc.trace_ntk(f), jc.batched(jc.trace_ntk(f), 4)):
+        with pytest.raises(TypeError, match="floating-point"):
+            k(ints, x)
+    with pytest.raises(TypeError, match="complex"):
+        jc.trace_ntk(f)(p, x.astype(jnp.complex128))
+    with pytest.raises(TypeError, match="complex"):
+        jc.batched(jc.trace_ntk(f), 4)(p, x, x.astype(jnp.complex128))
+
+
+def test_integer_cast_weight_has_zero_gradient():
+    """Fake quantization: autodiff gives W.astype(int8).astype(float) zero gradient; so must the structured path."""
+    _, p = mlp(jax.random.key(0))
+    p = dict(p, W1=3 * p["W1"])  # entries of a few units: the int8 cast keeps most of them nonzero
+
+    def f(q, x):
+        w1 = q["W1"].astype(jnp.int8).astype(x.dtype)
+        return jnp.tanh(x @ w1 + q["b1"][None, :]) @ q["W2"] + q["b2"][None, :]
+
+    x1 = jax.random.normal(jax.random.key(1), (5, 5))
+    x2 = jax.random.normal(jax.random.key(2), (3, 5))
+    o = oracle_kernels(f, p, x1, x2)
+    for impl in ("structured", "auto", "jacobian"):
+        np.testing.assert_allclose(jc.trace_ntk(f, normalize=False, implementation=impl)(p, x1, x2), o["trntk0"],
+                                   **TOL64)
+        np.testing.assert_allclose(jc.empirical_ntk(f, implementation=impl)(p, x1, x2), o["full"], **TOL64)
+    plan = analyze(f, p, (5,), x1.dtype)
+    assert "integer" in plan.reasons[0] and 0 in plan.fallback
+
+
+def test_layer_analysis_reasons():
+    """The analysis alone, on hand-written models whose classification is known."""
+    p = {"a": jnp.ones((3, 4)), "b": jnp.ones(4), "e": jnp.ones((4, 4)), "s": jnp.ones(4), "u": jnp.ones(2),
+         "z": jnp.ones(2, jnp.int32)}
+
+    def f(q, x):
+        h = jnp.tanh(x @ q["a"] + q["b"][None, :])      # dense + fused bias
+        h = h * q["s"][None, :]                           # elementwise scale: fallback
+        return (h @ q["e"]) @ q["e"][:, :2]              # shared weight: fallback; u, z unused
+
+    r = dict(zip(sorted(p), analyze(f, p, (3,), jnp.float64).reasons))
+    assert r["a"].startswith("structured: dense") and r["b"].startswith("structured: bias")
+    assert r["e"].startswith("fallback: used 2 times") and r["s"].startswith("fallback: used by mul")
+    assert r["u"].startswith("none: not used") and r["z"].startswith("none: dtype int32")
+    e = jc.ntk.explain(f, dict(p, z=jnp.ones(2)), jnp.ones((2, 3)))
+    assert e.auto == "structured" and [row[2] for row in e.leaves] == ["structured", "structured", "fallback",
+                                                                        "fallback", "none", "none"]
+
+
+def test_auto_choice_is_cached(monkeypatch):
+    from jaxcompare.ntk import _implementations as I
+
+    f, p, x = _data(4)
+    calls = []
+    real = I._decide
+    monkeypatch.setattr(I, "_decide", lambda *a: calls.append(1) or real(*a))
+    k = jc.trace_ntk(f)
+    for _ in range(3):
+        k(p, x)
+    k(p, x[:3])
+    assert len(calls) <= 2  # once per input shape, not once per call
