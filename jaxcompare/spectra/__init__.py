@@ -6,11 +6,16 @@
 - Fan–Wang limiting CK/NTK spectra: :func:`fan_wang_stieltjes`, :func:`fan_wang_density`.
 - BBP transition: :func:`bbp_threshold`, :func:`bbp_outlier`, :func:`bbp_alignment`.
 - Heavy tails: :func:`powerlaw_fit`, :func:`powerlaw_gof`.
+- Per-layer analysis of a model's weights: :func:`analyze_params` (MP bulk fit :func:`mp_bulk_fit`, outliers,
+  power-law tail, stable rank), :func:`report_rows`, :func:`format_report`, :func:`plot_layer_spectra`.
 """
 from ._bbp import bbp_alignment, bbp_outlier, bbp_threshold
 from ._fan_wang import fan_wang_density, fan_wang_stieltjes
 from ._gaussian import GaussianConstants, gaussian_constants
+from ._layer_plots import plot_layer_spectra
+from ._layers import LayerSpectra, analyze_params, format_report, report_rows
 from ._marchenko_pastur import mp_atom, mp_density, mp_stieltjes, mp_support
+from ._mp_fit import MPBulkFit, mp_bulk_fit, mp_median
 from ._powerlaw import PowerLawFit, PowerLawGOF, powerlaw_fit, powerlaw_gof
 from ._stieltjes import empirical_stieltjes, stieltjes_distance
 
@@ -32,4 +37,12 @@ __all__ = [
     "PowerLawGOF",
     "powerlaw_fit",
     "powerlaw_gof",
+    "MPBulkFit",
+    "mp_bulk_fit",
+    "mp_median",
+    "LayerSpectra",
+    "analyze_params",
+    "report_rows",
+    "format_report",
+    "plot_layer_spectra",
 ]

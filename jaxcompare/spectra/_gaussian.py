@@ -12,6 +12,10 @@ from ._activations import NUMPY_ACTIVATIONS, get_activation
 
 __all__ = ["GaussianConstants", "gaussian_constants"]
 
+# NumPy's hermegauss weights underflow to 0 at order 371 and overflow to NaN from 372: 370 is the last order whose
+# rule is exact (Σw = 1, Σw x² = 1, Σw x⁴ = 3 to 1e-12, checked for every order 2..370).
+MAX_ORDER = 370
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +45,8 @@ def gaussian_constants(activation: str | tuple[Callable, Callable] = "tanh", *, 
     Args:
       activation: a registered name (``"tanh"``, ``"erf"``, ``"sin"``, ``"relu"``) or a pair ``(phi, dphi)`` of
         vectorized callables.
-      order: number of quadrature nodes (exact for polynomials of degree ``2 order - 1``).
+      order: number of quadrature nodes in ``[2, 370]`` (exact for polynomials of degree ``2 order - 1``; beyond 370
+        NumPy's Gauss–Hermite weights underflow/overflow, so larger orders are refused).
 
     Returns:
       :class:`GaussianConstants` with Python floats.
@@ -51,7 +56,13 @@ def gaussian_constants(activation: str | tuple[Callable, Callable] = "tanh", *, 
       >>> round(c.b, 4), round(c.a, 4), round(c.m2, 4)
       (0.6057, 0.4644, 0.3943)
     """
-    order = check_int(order, "order", min=2, max=400)
+    order = check_int(order, "order", min=2)
+    if order > MAX_ORDER:
+        raise ValueError(
+            f"order must be <= {MAX_ORDER}, got {order}: NumPy's Gauss–Hermite weights underflow to 0 (order 371) "
+            "and overflow to NaN (order >= 372) beyond it; the default 121 is already exact to 1e-12 for smooth "
+            "activations."
+        )
     if isinstance(activation, str) and activation == "relu":  # kinked: quadrature converges slowly, use closed form
         return GaussianConstants(mean=float(1 / np.sqrt(2 * np.pi)), b=0.5, a=0.5, m2=0.5)
     if isinstance(activation, str):
