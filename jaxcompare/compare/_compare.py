@@ -1,0 +1,336 @@
+"""``compare_models``: accuracy, churn, ECE and α̂ of many models of one architecture, with findings."""
+from __future__ import annotations
+
+import inspect
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._progress import progress
+from .._validation import check_array, check_choice, check_finite, check_int, check_key, check_labels, check_probability
+from ..metrics import accuracy, churn, ece, ensemble_label
+from ..metrics._auroc import auroc
+from ..trimming import ensemble_alpha_hat
+from ._findings import STATISTICS, findings_sentences, flag_bounds
+from ._result import ComparisonResult, to_jsonable
+from ._scores import SCORE_KINDS, score_reduction
+
+__all__ = ["compare_models", "SECTIONS"]
+
+#: Optional sections of :func:`compare_models` (the classic metrics are always computed).
+SECTIONS = {
+    "alpha": "α̂ ± sd by the published bootstrap protocol, the atypical-model rule and the detection AUROCs",
+    "spectra": "per-layer weight spectra of every model (jaxcompare.spectra.analyze_params, when available)",
+}
+
+
+def _call_alpha(key: jax.Array, scores: jax.Array, cand: np.ndarray, ref: np.ndarray, n_boot: int, level: float):
+    """``ensemble_alpha_hat`` with the key first when its signature takes it first, else as ``key=``."""
+    first = next(iter(inspect.signature(ensemble_alpha_hat).parameters))
+    kw = dict(candidates=cand, reference=ref, n_boot=n_boot, level=level)
+    if first == "key":
+        return ensemble_alpha_hat(key, scores, **kw)
+    return ensemble_alpha_hat(scores, key=key, **kw)
+
+
+def _logits(apply_fn: Callable, params_list: list, x: jax.Array, n_classes: int | None, batch_size: int | None,
+            what: str, progress_bar: bool | None) -> np.ndarray:
+    fn = jax.jit(apply_fn)
+    out = []
+    for i, p in enumerate(progress(params_list, total=len(params_list), desc=f"forward ({what})",
+                                   enabled=progress_bar)):
+        bs = x.shape[0] if batch_size is None else batch_size
+        parts = [np.asarray(fn(p, x[s:s + bs])) for s in range(0, x.shape[0], bs)]
+        z = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        if z.ndim != 2 or z.shape[0] != x.shape[0] or z.shape[1] < 2:
+            raise ValueError(f"apply_fn(params, x) must return (N, C) logits with N = {x.shape[0]} and C >= 2; "
+                             f"model {i} returned shape {z.shape}.")
+        if n_classes is not None and z.shape[1] != n_classes:
+            raise ValueError(f"model {i} returns {z.shape[1]} classes, model 0 returns {n_classes}.")
+        n_classes = z.shape[1]
+        check_finite(z, f"logits of model {i} on {what}")
+        out.append(z)
+    return np.stack(out)
+
+
+def _split_names(params_list: Any, names: Sequence[str] | None) -> tuple[list, list[str]]:
+    items = list(params_list)
+    pairs = all(isinstance(it, tuple) and len(it) == 2 and isinstance(it[0], str) for it in items)
+    if pairs and items:
+        got = [n for n, _ in items]
+        items = [p for _, p in items]
+        names = got if names is None else names
+    if names is None:
+        names = [f"model {i}" for i in range(len(items))]
+    names = [str(n) for n in names]
+    if len(names) != len(items):
+        raise ValueError(f"names must have one entry per model ({len(items)}), got {len(names)}.")
+    if len(set(names)) != len(names):
+        dup = [n for n, c in Counter(names).items() if c > 1]
+        raise ValueError(f"names must be unique; repeated: {dup}.")
+    return items, names
+
+
+def _resolve_groups(groups: Sequence[Any] | None, reference: Any, k: int) -> tuple[list[str] | None, str | None]:
+    if groups is None:
+        if reference is not None:
+            raise ValueError("reference names a group, so groups must be given (one group per model).")
+        return None, None
+    g = [str(x) for x in groups]
+    if len(g) != k:
+        raise ValueError(f"groups must have one entry per model ({k}), got {len(g)}.")
+    counts = Counter(g)
+    if reference is None:
+        reference = max(counts, key=lambda name: (counts[name], -g.index(name)))  # largest; ties: first seen
+    reference = str(reference)
+    if reference not in counts:
+        raise ValueError(f"reference group {reference!r} is not among the groups {sorted(counts)}.")
+    if counts[reference] < 2:
+        raise ValueError(f"the reference group {reference!r} needs at least 2 models (each is compared with the "
+                         f"others), got {counts[reference]}.")
+    return g, reference
+
+
+def compare_models(
+    key: Any,
+    apply_fn: Callable[[Any, jax.Array], jax.Array],
+    params_list: Sequence[Any],
+    x_test: Any,
+    y_test: Any,
+    *,
+    names: Sequence[str] | None = None,
+    x_train: Any = None,
+    y_train: Any = None,
+    groups: Sequence[Any] | None = None,
+    reference: Any = None,
+    score: str = "margin",
+    n_boot: int = 100,
+    level: float = 0.01,
+    n_bins: int = 15,
+    sections: Sequence[str] = tuple(SECTIONS),
+    batch_size: int | None = None,
+    progress_bar: bool | None = None,
+) -> ComparisonResult:
+    r"""Compare ``K`` trained models of one architecture: classic metrics, α̂, atypical models, findings.
+
+    For each model ``k`` with logits ``ℓ_k = apply_fn(params_k, x_test)`` (``(T, C)``) and probabilities
+    ``softmax(ℓ_k)``:
+
+    * ``accuracy`` (:func:`jaxcompare.accuracy`), ``ece`` (:func:`jaxcompare.ece`, top-label, ``n_bins``
+      equal-width bins), ``churn`` against the reference ensemble's label (:func:`jaxcompare.ensemble_label` of the
+      reference models' probabilities, :func:`jaxcompare.churn`), ``accuracy_gap = |accuracy − median reference
+      accuracy|``; with ``x_train, y_train`` also ``train_accuracy`` and ``generalization_gap``;
+    * ``alpha_hat`` and ``alpha_hat_sd`` (mean and standard deviation over the ``n_boot`` bootstrap rounds of the
+      published protocol, :func:`jaxcompare.ensemble_alpha_hat`) of the model's scores
+      ``score_reduction(ℓ_k, y_test, score)`` against the reference models' pooled scores.
+
+    **Reference.** With ``groups``, the reference models are those of group ``reference`` (default: the largest
+    group); every other model is a candidate compared with all of them, and each reference model is compared with
+    the *other* reference models (leave-one-out), so that the reference's own spread is known. Without groups every
+    model is compared with all the others (leave-one-out). Churn and the accuracy gap use the same references.
+
+    **Atypical models** exceed the bound of the rule documented in :mod:`jaxcompare.compare._findings` (with groups:
+    above the reference models' own leave-one-out α̂ range and their median + 3 robust sd). The same rule on
+    churn, ECE and the accuracy gap says which classic statistics agree. With groups, ``detection`` holds the
+    AUROC (:func:`jaxcompare.metrics.auroc`) of each statistic for telling each non-reference group from the
+    reference models.
+
+    Args:
+      key: PRNG key (``jax.random.key``) of the bootstrap.
+      apply_fn: ``apply_fn(params, x) -> (N, C)`` logits, ``C >= 2`` (a flax module: ``lambda p, x:
+        module.apply({"params": p}, x)``). Jitted once and called per model.
+      params_list: ``K >= 2`` parameter pytrees of the same structure, or ``(name, params)`` pairs as returned by
+        :func:`load_checkpoints`.
+      x_test: ``(T, ...)`` test inputs, ``T >= 4``.
+      y_test: ``(T,)`` integer labels in ``[0, C)``.
+      names: ``K`` unique model names (default: from the pairs, else ``"model i"``).
+      x_train, y_train: optional training data (both or neither) for the train accuracy.
+      groups: ``K`` group labels (e.g. the training recipe), or ``None``.
+      reference: the reference group (with ``groups``; default the largest, ties: first seen).
+      score: the score reduction of :func:`score_reduction` (``"margin"``, ``"logit_gap"``, ``"true_logprob"``).
+      n_boot: bootstrap rounds of α̂ (published: 100).
+      level: KS acceptance level of the α̂ threshold (published: 0.01).
+      n_bins: ECE bins.
+      sections: optional sections, a subset of :data:`SECTIONS` (default all).
+      batch_size: evaluate ``apply_fn`` on at most this many points at a time (default all at once).
+      progress_bar: progress on stderr (``None``: on unless ``JAXCOMPARE_PROGRESS=0``).
+
+    Returns:
+      :class:`ComparisonResult` (``.rows``, ``.to_dict()``, ``.to_pandas()``, ``.save(dir)``, ``.report(dir)``).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> x = jax.random.normal(jax.random.key(0), (200, 3)); y = (x[:, 0] > 0).astype(jnp.int32)
+      >>> fn = lambda p, x: jnp.stack([-x @ p["w"], x @ p["w"]], axis=1)
+      >>> ps = [{"w": jnp.array([1.0, 0.1 * i, 0.0])} for i in range(4)] + [{"w": jnp.array([0.0, 1.0, 0.0])}]
+      >>> res = compare_models(jax.random.key(1), fn, ps, x, y, n_boot=20, sections=("alpha",), progress_bar=False)
+      >>> res.atypical
+      ['model 4']
+
+    References:
+      S. Banerjee et al. (2025), the α-trimmed KS comparison and its bootstrap protocol (spec/trimming.md);
+      C. Guo et al. (2017), On calibration of modern neural networks (ECE).
+    """
+    key = check_key(key)
+    if not callable(apply_fn):
+        raise TypeError(f"apply_fn must be callable (params, x) -> logits, got {type(apply_fn).__name__}.")
+    params_list, names = _split_names(params_list, names)
+    k = len(params_list)
+    if k < 2:
+        raise ValueError(f"params_list must hold at least 2 models to compare, got {k}.")
+    x = check_array(x_test, "x_test", floating=False)
+    if x.ndim < 1 or x.shape[0] < 4:
+        raise ValueError(f"x_test must have at least 4 points (first axis) for the bootstrap, got shape {x.shape}.")
+    y = np.asarray(check_labels(y_test, "y_test", length=x.shape[0]))
+    if (x_train is None) != (y_train is None):
+        raise ValueError("x_train and y_train must be given together (or neither).")
+    check_choice(score, "score", tuple(SCORE_KINDS))
+    n_boot = check_int(n_boot, "n_boot", min=1)
+    level = float(check_probability(level, "level"))
+    n_bins = check_int(n_bins, "n_bins", min=1)
+    if batch_size is not None:
+        batch_size = check_int(batch_size, "batch_size", min=1)
+    sections = tuple(sections)
+    for s in sections:
+        check_choice(s, "sections", tuple(SECTIONS))
+    grp, ref_group = _resolve_groups(groups, reference, k)
+
+    logits = _logits(apply_fn, params_list, x, None, batch_size, "x_test", progress_bar)  # (K, T, C)
+    n_test, n_classes = logits.shape[1], logits.shape[2]
+    if y.max() >= n_classes:
+        raise ValueError(f"y_test must lie in [0, {n_classes}) (the models return {n_classes} classes); found "
+                         f"{int(y.max())}.")
+    probs = np.asarray(jax.nn.softmax(jnp.asarray(logits), axis=-1))
+    scores = np.asarray(score_reduction(logits, y, score))  # (K, T)
+
+    if grp is None:
+        ref_of = {i: [j for j in range(k) if j != i] for i in range(k)}
+        roles = ["leave-one-out"] * k
+        ref_mask = np.ones(k, bool)
+    else:
+        ref_idx = [i for i in range(k) if grp[i] == ref_group]
+        ref_of = {i: ([j for j in ref_idx if j != i] if i in ref_idx else ref_idx) for i in range(k)}
+        roles = ["reference" if i in ref_idx else "candidate" for i in range(k)]
+        ref_mask = np.array([r == "reference" for r in roles])
+
+    rows: list[dict[str, Any]] = []
+    for i in range(k):
+        others = ref_of[i]
+        ens = ensemble_label(probs[others])
+        ref_acc = [float(accuracy(logits[j], y)) for j in others]
+        acc = float(accuracy(logits[i], y))
+        rows.append({"name": names[i], "group": grp[i] if grp else None, "role": roles[i], "accuracy": acc,
+                     "accuracy_gap": abs(acc - float(np.median(ref_acc))), "churn": float(churn(logits[i], ens)),
+                     "ece": float(ece(probs[i], y, n_bins=n_bins))})
+    if x_train is not None:
+        xt = check_array(x_train, "x_train", floating=False)
+        yt = np.asarray(check_labels(y_train, "y_train", n_classes, length=xt.shape[0]))
+        lt = _logits(apply_fn, params_list, xt, n_classes, batch_size, "x_train", progress_bar)
+        for i, r in enumerate(rows):
+            r["train_accuracy"] = float(accuracy(lt[i], yt))
+            r["generalization_gap"] = r["train_accuracy"] - r["accuracy"]
+
+    settings: dict[str, Any] = {
+        "n_models": k, "n_test": n_test, "n_classes": n_classes, "score": score, "score_definition":
+        SCORE_KINDS[score], "n_boot": n_boot, "level": level, "n_bins": n_bins, "ece": "top-label, equal-width bins",
+        "sections": list(sections), "reference": ref_group, "groups": grp, "names": names,
+        "key": np.asarray(jax.random.key_data(key)).tolist(), "x_test_shape": list(x.shape),
+        "train_data": x_train is not None,
+    }
+    skipped: dict[str, str] = {}
+    arrays: dict[str, np.ndarray] = {"scores": scores}
+    values = {s: np.array([r[s] for r in rows]) for s in STATISTICS if s != "alpha_hat"}
+    if "alpha" in sections:
+        values["alpha_hat"] = _alpha_columns(key, scores, rows, ref_of, grp, ref_mask, n_boot, level, settings,
+                                             arrays, progress_bar)
+    bounds = flag_bounds(values, ref_mask, n_test, grp is not None)
+    for i, r in enumerate(rows):
+        r["flags"] = {s: bool(values[s][i] > bounds[s]["bound"]) for s in values}
+        if "alpha_hat" in values:  # the Monte Carlo error of the bootstrap mean counts (see _findings)
+            r["flags"]["alpha_hat"] = bool(r["alpha_hat"] - 2 * r["alpha_hat_sd"] / np.sqrt(n_boot)
+                                           > bounds["alpha_hat"]["bound"])
+        r["atypical"] = r["flags"].get("alpha_hat", False)
+    detection = _detection(rows, values, grp, ref_group) if grp is not None else []
+    spectra = _spectra(params_list, names, rows, skipped, progress_bar) if "spectra" in sections else None
+    findings = findings_sentences(rows, bounds, detection, settings, skipped)
+    return ComparisonResult(rows=rows, detection=detection, bounds=bounds, findings=findings, settings=settings,
+                            skipped=skipped, spectra=spectra, arrays=arrays)
+
+
+def _alpha_columns(key, scores, rows, ref_of, grp, ref_mask, n_boot, level, settings, arrays, progress_bar):
+    k = len(rows)
+    s = jnp.asarray(scores)
+    alpha = np.zeros(k)
+    boot = np.zeros((k, n_boot))
+    k_cand, k_loo = jax.random.split(key)
+    thr = None
+    loo = list(range(k)) if grp is None else [i for i in range(k) if ref_mask[i]]
+    cand = [] if grp is None else [i for i in range(k) if not ref_mask[i]]
+    if cand:
+        res = _call_alpha(k_cand, s, np.array(cand), np.array(ref_of[cand[0]]), n_boot, level)
+        alpha[cand] = np.asarray(res.alpha_hat)
+        boot[cand] = np.asarray(res.boot)
+        thr = float(res.threshold)
+    for i in progress(loo, total=len(loo), desc="α̂ leave-one-out", enabled=progress_bar):
+        res = _call_alpha(jax.random.fold_in(k_loo, i), s, np.array([i]), np.array(ref_of[i]), n_boot, level)
+        alpha[i] = float(res.alpha_hat[0])
+        boot[i] = np.asarray(res.boot[0])
+        thr = float(res.threshold)
+    sd = boot.std(axis=1)
+    order = np.argsort(-alpha, kind="stable")
+    rank = np.empty(k, int)
+    rank[order] = np.arange(1, k + 1)
+    for i, r in enumerate(rows):
+        r["alpha_hat"], r["alpha_hat_sd"], r["rank"] = float(alpha[i]), float(sd[i]), int(rank[i])
+    settings.update(threshold=thr, sample_size=int(scores.shape[1] // 2), alpha_protocol=(
+        f"bootstrap, {n_boot} rounds, two disjoint halves of the test set, {scores.shape[1] // 2} draws each; "
+        "alpha_hat_sd = standard deviation over rounds"))
+    arrays["alpha_boot"] = boot
+    return alpha
+
+
+def _spectra(params_list, names, rows, skipped, progress_bar) -> dict | None:
+    """Per-layer spectra of every model (``jaxcompare.spectra.analyze_params``, without the bootstrap p-value)."""
+    from .. import spectra as spectra_pkg
+
+    analyze = getattr(spectra_pkg, "analyze_params", None)
+    if analyze is None:
+        skipped["spectra"] = "jaxcompare.spectra.analyze_params is not available in this version"
+        return None
+    out = {}
+    for name, p, r in zip(names, progress(params_list, total=len(names), desc="spectra", enabled=progress_bar),
+                          rows):
+        try:
+            res = analyze(p)
+        except ValueError as e:  # documented: no analysable layer (all leaves 1-D or too small)
+            skipped["spectra"] = f"analyze_params refused model {name!r}: {str(e).splitlines()[0]}"
+            for row in rows:
+                row.pop("spectral_outliers", None)
+                row.pop("tail_alpha_mean", None)
+            return None
+        out[name] = to_jsonable(res.to_dict(eigenvalues=False))
+        alphas = [lay["alpha"] for lay in res.rows if np.isfinite(lay["alpha"])]
+        r["spectral_outliers"] = int(sum(lay["n_outliers"] for lay in res.rows))
+        r["tail_alpha_mean"] = float(np.mean(alphas)) if alphas else None
+    return out
+
+
+def _detection(rows, values, grp, ref_group) -> list[dict[str, Any]]:
+    out = []
+    ref = np.array([g == ref_group for g in grp])
+    for g in dict.fromkeys(grp):
+        if g == ref_group:
+            continue
+        pos = np.array([x == g for x in grp])
+        sel = pos | ref
+        for stat in STATISTICS:
+            if stat in values:
+                a = float(auroc(jnp.asarray(values[stat][sel], jnp.float64 if jax.config.jax_enable_x64 else
+                                            jnp.float32), jnp.asarray(pos[sel])))
+                out.append({"group": g, "statistic": stat, "auroc": a, "n_group": int(pos.sum()),
+                            "n_reference": int(ref.sum())})
+    return out

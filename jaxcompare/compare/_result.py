@@ -1,0 +1,199 @@
+"""The result of :func:`jaxcompare.compare.compare_models`: a tidy per-model table, saved as JSON + ``.npz``."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ComparisonResult", "load_comparison", "to_jsonable", "FORMAT_VERSION"]
+
+#: Version of the files :meth:`ComparisonResult.save` writes (``comparison.json`` + ``arrays.npz``).
+FORMAT_VERSION = 1
+
+
+def to_jsonable(x: Any) -> Any:
+    """Arrays, NumPy scalars, dataclasses, mappings made JSON-friendly; NaN/inf become ``None``."""
+    if hasattr(x, "to_dict") and callable(x.to_dict) and not isinstance(x, type):
+        return to_jsonable(x.to_dict())
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return {f.name: to_jsonable(getattr(x, f.name)) for f in dataclasses.fields(x)}
+    if isinstance(x, (dict, MappingProxyType)):
+        return {str(k): to_jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [to_jsonable(v) for v in x]
+    if hasattr(x, "shape") and hasattr(x, "dtype"):
+        a = np.asarray(x)
+        if a.dtype.kind in "fc" or a.dtype.name == "bfloat16":
+            a = a.astype(np.float64)
+            return to_jsonable(a.tolist()) if a.ndim else to_jsonable(float(a))
+        return a.tolist()
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, (np.integer, np.bool_)):
+        return x.item()
+    return x
+
+
+def _frozen_array(a: Any) -> np.ndarray:
+    a = np.array(a)
+    a.setflags(write=False)
+    return a
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ComparisonResult:
+    """Everything :func:`compare_models` found (host-side, read-only; not a pytree).
+
+    Attributes:
+      rows: one dict per model, in input order: ``name, group, role`` (``"reference"``, ``"candidate"`` or
+        ``"leave-one-out"``), ``accuracy, accuracy_gap, churn, ece`` (and ``train_accuracy,
+        generalization_gap`` with train data), ``alpha_hat, alpha_hat_sd, rank`` (1 = largest α̂) with the
+        ``alpha`` section, ``flags`` (statistic → flagged by the rule of :mod:`jaxcompare.compare._findings`) and
+        ``atypical``.
+      detection: with groups, one dict per (non-reference group, statistic): ``group, statistic, auroc, n_group,
+        n_reference`` (the AUROC of the statistic for telling the group's models from the reference models).
+      bounds: the rule's ``median, scale, bound, n_reference`` per statistic.
+      findings: the summary sentences.
+      settings: every setting and derived constant (score, n_boot, level, threshold, reference, seed, ...).
+      skipped: section → reason, for requested sections that could not run.
+      spectra: per-model output of ``jaxcompare.spectra.analyze_params`` (JSON form) or ``None``.
+      arrays: ``scores (K, T)`` (the reduced scores α̂ compares) and ``alpha_boot (K, B)`` (α̂ per bootstrap
+        round), read-only NumPy arrays.
+    """
+
+    rows: tuple[dict[str, Any], ...]
+    detection: tuple[dict[str, Any], ...]
+    bounds: dict[str, dict[str, float]]
+    findings: tuple[str, ...]
+    settings: dict[str, Any]
+    skipped: dict[str, str]
+    spectra: Any
+    arrays: dict[str, np.ndarray]
+
+    def __post_init__(self):
+        object.__setattr__(self, "rows", tuple(MappingProxyType(dict(r)) for r in self.rows))
+        object.__setattr__(self, "detection", tuple(MappingProxyType(dict(d)) for d in self.detection))
+        object.__setattr__(self, "findings", tuple(self.findings))
+        object.__setattr__(self, "arrays", MappingProxyType({k: _frozen_array(v) for k, v in self.arrays.items()}))
+        for name in ("bounds", "settings", "skipped"):
+            object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
+
+    @property
+    def names(self) -> list[str]:
+        """Model names in input order."""
+        return [r["name"] for r in self.rows]
+
+    @property
+    def atypical(self) -> list[str]:
+        """Names of the atypical models (flagged on α̂), largest α̂ first."""
+        rows = sorted((r for r in self.rows if r["atypical"]), key=lambda r: -r["alpha_hat"])
+        return [r["name"] for r in rows]
+
+    def table(self) -> list[dict[str, Any]]:
+        """The per-model table as flat dicts (``flags`` spread into ``flag_<statistic>`` columns), input order."""
+        out = []
+        for r in self.rows:
+            flat = {k: v for k, v in r.items() if k != "flags"}
+            flat.update({f"flag_{s}": bool(f) for s, f in r["flags"].items()})
+            out.append(flat)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything as plain JSON-able Python (the content of ``comparison.json`` and ``results.json``)."""
+        return to_jsonable({
+            "format_version": FORMAT_VERSION,
+            "models": [dict(r) for r in self.rows],
+            "detection": [dict(d) for d in self.detection],
+            "bounds": dict(self.bounds),
+            "findings": list(self.findings),
+            "atypical": self.atypical,
+            "settings": dict(self.settings),
+            "skipped": dict(self.skipped),
+            "spectra": self.spectra,
+        })
+
+    def to_pandas(self) -> Any:
+        """The per-model table as a ``pandas.DataFrame`` (one row per model, indexed by name; needs pandas)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("to_pandas needs pandas: pip install pandas (or use .table() / .to_dict())") from None
+        return pd.DataFrame(self.table()).set_index("name")
+
+    def save(self, directory: str | os.PathLike) -> str:
+        """Write ``comparison.json`` and ``arrays.npz`` to ``directory`` (created); read back by
+        :func:`load_comparison`. Nothing is pickled. Returns the directory."""
+        d = os.fspath(directory)
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "comparison.json"), "w") as f:
+            json.dump(self.to_dict(), f, indent=1, allow_nan=False)
+        with open(os.path.join(d, "arrays.npz"), "wb") as f:
+            np.savez(f, **dict(self.arrays))
+        return d
+
+    def report(self, directory: str | os.PathLike) -> str:
+        """Write the HTML report (``index.html``), ``results.json``, ``models.csv`` and figures; returns the
+        path of ``index.html``. See :func:`jaxcompare.compare.write_report`."""
+        from ._report import write_report
+
+        return write_report(self, directory)
+
+    def __repr__(self) -> str:
+        cols = ("name", "group", "accuracy", "churn", "ece", "alpha_hat", "alpha_hat_sd")
+        lines = [f"ComparisonResult({len(self.rows)} models, atypical: {self.atypical})"]
+        for r in self.rows:
+            lines.append("  " + "  ".join(f"{c}={r[c]:.4g}" if isinstance(r.get(c), float) else f"{c}={r.get(c)}"
+                                          for c in cols if c in r))
+        return "\n".join(lines)
+
+
+def load_comparison(directory: str | os.PathLike) -> ComparisonResult:
+    """Read a :class:`ComparisonResult` written by :meth:`ComparisonResult.save` (JSON + ``.npz``, no pickle).
+
+    Args:
+      directory: the directory passed to ``save``.
+
+    Returns:
+      The result, equal field by field to the saved one (non-finite numbers are stored as ``null`` and come back
+      as ``None``).
+
+    Raises:
+      FileNotFoundError: ``comparison.json`` or ``arrays.npz`` is missing.
+      ValueError: the files are not a saved comparison (or of an unknown format version).
+
+    Example:
+      >>> import tempfile, jax, jax.numpy as jnp
+      >>> from jaxcompare.compare import compare_models
+      >>> x = jnp.linspace(-1, 1, 8)[:, None]; y = (x[:, 0] > 0).astype(jnp.int32)
+      >>> fn = lambda p, x: jnp.concatenate([-p * x, p * x], axis=1)
+      >>> res = compare_models(jax.random.key(0), fn, [1.0, 2.0], x, y, sections=(), progress_bar=False)
+      >>> d = res.save(tempfile.mkdtemp())
+      >>> back = load_comparison(d)
+      >>> back.to_dict() == res.to_dict(), [r["accuracy"] for r in back.rows]
+      (True, [1.0, 1.0])
+    """
+    d = os.fspath(directory)
+    js, npz = os.path.join(d, "comparison.json"), os.path.join(d, "arrays.npz")
+    for p in (js, npz):
+        if not os.path.exists(p):
+            raise FileNotFoundError(f"{p} not found; directory must be one written by ComparisonResult.save")
+    try:
+        with open(js) as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{js} is not valid JSON: {e}") from None
+    if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{js} is not a saved comparison of format version {FORMAT_VERSION}")
+    try:
+        with np.load(npz, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.keys()}
+    except (ValueError, OSError, EOFError) as e:
+        raise ValueError(f"{npz} could not be read (pickles are refused): {e}") from None
+    return ComparisonResult(rows=data["models"], detection=data["detection"], bounds=data["bounds"],
+                            findings=data["findings"], settings=data["settings"], skipped=data["skipped"],
+                            spectra=data["spectra"], arrays=arrays)
