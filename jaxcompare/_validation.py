@@ -25,6 +25,10 @@ __all__ = [
     "check_key",
     "check_labels",
     "check_same_length",
+    "REQUIRED",
+    "key_first",
+    "check_real_points",
+    "check_upper_half_plane",
 ]
 
 
@@ -219,3 +223,101 @@ def check_same_length(arrays: dict[str, Any], axis: int = 0) -> int:
         desc = ", ".join(f"{k} has {v}" for k, v in lens.items())
         raise ValueError(f"lengths must match along axis {axis}: {desc}.")
     return next(iter(lens.values()))
+
+
+class _Required:
+    """Sentinel default of arguments that moved behind a positional key (shown as ``<required>``)."""
+
+    def __repr__(self) -> str:
+        return "<required>"
+
+
+REQUIRED: Any = _Required()
+
+
+def key_first(fn_name: str, args: tuple, deprecated: dict, names: Sequence[str]) -> tuple:
+    """Resolve ``(key, *data)`` for a function whose PRNG key became the first positional argument.
+
+    The function is declared ``f(key=REQUIRED, a=REQUIRED, ..., /, *, ..., **deprecated)``: a new-style call binds
+    ``args = (key, a, ...)``; an old-style call ``f(a, ..., key=k)`` (or with ``a=...`` by keyword) leaves the
+    old arguments in ``args`` shifted by one and ``key`` (and the data keywords) in ``deprecated``; it is accepted
+    for one release with a ``DeprecationWarning``.
+
+    Args:
+      fn_name: public name, for messages.
+      args: the positional parameters as bound, key first.
+      deprecated: the function's ``**kwargs`` (only ``key`` and the data names are accepted).
+      names: names of the positional parameters, key first, for messages.
+
+    Returns:
+      ``(key, *data)`` in the new order.
+    """
+    import warnings
+
+    data_names = list(names[1:])
+    unknown = sorted(set(deprecated) - set(names))
+    if unknown:
+        raise TypeError(f"{fn_name}() got an unexpected keyword argument {unknown[0]!r}; "
+                        f"the signature is {fn_name}({', '.join(names)}, ...) with these passed by position.")
+    usage = f"{fn_name}({', '.join(names)}, ...)"
+    if "key" in deprecated:
+        given = [a for a in args if a is not REQUIRED]
+        if len(given) > len(data_names):
+            raise TypeError(f"{fn_name}() got the PRNG key twice: pass it only as the first positional argument, "
+                            f"{usage}.")
+        key, data = deprecated["key"], given + [REQUIRED] * (len(data_names) - len(given))
+    else:
+        key, data = args[0], list(args[1:])
+    for i, n in enumerate(data_names):
+        if n in deprecated:
+            if data[i] is not REQUIRED:
+                raise TypeError(f"{fn_name}() got multiple values for argument {n!r}.")
+            data[i] = deprecated[n]
+    if deprecated:
+        warnings.warn(f"{fn_name}() with {', '.join(sorted(deprecated))} passed by keyword is deprecated and will be "
+                      f"removed in the next release: pass the key as the first positional argument, {usage}.",
+                      DeprecationWarning, stacklevel=3)
+    out = (key, *data)
+    missing = [n for n, a in zip(names, out) if a is REQUIRED]
+    if missing:
+        raise TypeError(f"{fn_name}() missing required positional argument(s) {', '.join(missing)}: call "
+                        f"{usage} with an explicit key, e.g. jax.random.key(0).")
+    return out
+
+
+def check_real_points(x: Any, name: str) -> np.ndarray:
+    """Host float64 copy of real, finite points of any shape (host-side laws: densities on a grid)."""
+    try:
+        a = np.asarray(x)
+    except Exception as e:  # noqa: BLE001 - ragged lists, objects
+        raise TypeError(f"{name} must be a numeric array, got {type(x).__name__}: {e}") from None
+    if a.dtype.kind == "c":
+        raise TypeError(f"{name} must be real points, got dtype {a.dtype}; pass the real grid (use the Stieltjes "
+                        f"transform for complex points).")
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be a numeric array, got dtype {a.dtype}.")
+    a = a.astype(np.float64)
+    check_finite(a, name)
+    return a
+
+
+def check_upper_half_plane(z: Any, name: str = "z") -> np.ndarray:
+    """Host complex128 copy of finite points with ``Im z > 0`` (where a Stieltjes transform is single-valued)."""
+    try:
+        a = np.asarray(z)
+    except Exception as e:  # noqa: BLE001
+        raise TypeError(f"{name} must be a numeric array, got {type(z).__name__}: {e}") from None
+    if a.dtype.kind not in "biufc":
+        raise TypeError(f"{name} must be complex points, got dtype {a.dtype}.")
+    a = a.astype(np.complex128)
+    if a.size == 0:
+        raise ValueError(f"{name} must not be empty.")
+    bad = ~np.isfinite(a)
+    if np.any(bad):
+        raise ValueError(f"{name} must be finite, but it has {int(bad.sum())} NaN/infinite entries.")
+    if np.any(a.imag <= 0):
+        low = float(a.imag.min())
+        raise ValueError(f"{name} must lie in the upper half-plane (Im z > 0), where the Stieltjes transform is "
+                         f"single-valued; got Im z = {low:g}. On the real axis use a small positive imaginary part, "
+                         f"e.g. x + 1e-3j.")
+    return a

@@ -41,7 +41,7 @@ def _match_signs(Z, Zref):
 def test_pca_matches_sklearn_float64(method, shape):
     X = _decaying(*shape, seed=1)
     k = 5
-    t = embed.pca(k, method=method, key=jax.random.key(0), n_iter=6)
+    t = embed.pca(jax.random.key(0), k, method=method, n_iter=6)
     st = t.fit(X)
     Z = t.apply(st, X)
     sk = PCA(k, svd_solver="full").fit(X)
@@ -64,7 +64,7 @@ def test_pca_matches_sklearn_float64(method, shape):
 def test_pca_float32_keeps_dtype_and_agrees(method):
     X64 = _decaying(400, 30, seed=2)
     X = np.asarray(X64, np.float32)
-    t = embed.pca(4, method=method, key=jax.random.key(1))
+    t = embed.pca(jax.random.key(1), 4, method=method)
     st = t.fit(X)
     Z = t.apply(st, X)
     for leaf in jax.tree_util.tree_leaves(st):
@@ -92,7 +92,7 @@ def test_pca_apply_single_sample_and_new_data():
 def test_pca_jit_equals_eager_and_vmap_equals_loop():
     X = _decaying(120, 12, seed=3)
     for method in ["full", "covariance", "randomized"]:
-        t = embed.pca(3, method=method, key=jax.random.key(2))
+        t = embed.pca(jax.random.key(2), 3, method=method)
         eager = t.fit(X)
         jitted = jax.jit(t.fit)(jnp.asarray(X))
         np.testing.assert_allclose(jitted.components, eager.components, atol=1e-10)
@@ -108,12 +108,12 @@ def test_pca_jit_equals_eager_and_vmap_equals_loop():
 
 def test_pca_randomized_same_key_same_result():
     X = _decaying(200, 50, seed=4, decay=0.95)
-    a = embed.pca(5, method="randomized", key=jax.random.key(7), n_iter=1).fit(X)
-    b = embed.pca(5, method="randomized", key=jax.random.key(7), n_iter=1).fit(X)
+    a = embed.pca(jax.random.key(7), 5, method="randomized", n_iter=1).fit(X)
+    b = embed.pca(jax.random.key(7), 5, method="randomized", n_iter=1).fit(X)
     np.testing.assert_array_equal(a.components, b.components)
     # vmap over keys == loop over keys
     keys = jax.random.split(jax.random.key(8), 3)
-    fit = lambda k: embed.pca(5, method="randomized", key=k, n_iter=1).fit(X).explained_variance  # noqa: E731
+    fit = lambda k: embed.pca(k, 5, method="randomized", n_iter=1).fit(X).explained_variance  # noqa: E731
     np.testing.assert_allclose(jax.vmap(fit)(keys), np.stack([fit(k) for k in keys]), rtol=1e-10)
 
 
@@ -124,7 +124,7 @@ def test_pca_auto_method_rule():
     assert _resolve_method("auto", 300, 200, 2, True) == "full"
     assert _resolve_method("full", 20000, 1024, 10, True) == "full"
     X = _decaying(600, 520, seed=0)
-    assert embed.pca(3, key=jax.random.key(0)).fit(X).method == "randomized"
+    assert embed.pca(jax.random.key(0), 3).fit(X).method == "randomized"
     assert embed.pca(3).fit(X).method == "full"
 
 
@@ -337,3 +337,41 @@ def test_chain_bad_input():
     t = embed.chain(embed.pca(2), embed.pca(1))
     with pytest.raises(ValueError, match="tuple of 2 states"):
         t.apply((), np.zeros((3, 4)))
+
+
+# ---------------------------------------------------------------------------------------------------- issue 15 / 13
+@pytest.mark.parametrize("method", ["covariance", "auto", "full"])
+def test_pca_k_equal_n_below_d_gives_orthonormal_components(method):
+    X = np.random.default_rng(0).normal(size=(5, 20))  # wide: the Gram path of "covariance" (and "auto" picks it)
+    st = embed.pca(5, method=method).fit(X)
+    C = np.asarray(st.components)
+    np.testing.assert_allclose(C @ C.T, np.eye(5), atol=1e-10)  # a zero row fails here
+    _, s, Vt = np.linalg.svd(X - X.mean(0), full_matrices=False)  # float64 oracle
+    np.testing.assert_allclose(np.abs(C[:4] @ Vt[:4].T), np.eye(4), atol=1e-8)
+    np.testing.assert_allclose(np.asarray(st.singular_values)[:4], s[:4], rtol=1e-9)
+    assert float(st.explained_variance[4]) < 1e-12 * float(st.explained_variance[0])  # rounding (covariance)
+    np.testing.assert_allclose(C[4] @ Vt[:4].T, 0.0, atol=1e-10)  # the completion is orthogonal to the data
+
+
+def test_pca_key_first_and_deprecated_keyword_agree():
+    X = np.random.default_rng(1).normal(size=(40, 12))
+    new = embed.pca(jax.random.key(3), 3, method="randomized", n_iter=2).fit(X)
+    with pytest.warns(DeprecationWarning, match=r"pca\(key, n_components"):
+        old = embed.pca(3, method="randomized", key=jax.random.key(3), n_iter=2).fit(X)
+    np.testing.assert_array_equal(np.asarray(new.components), np.asarray(old.components))
+    assert embed.pca(None, 3).fit(X).method == embed.pca(3).fit(X).method == "full"
+    with pytest.raises(TypeError, match="key twice"):
+        embed.pca(jax.random.key(3), 3, key=jax.random.key(3))
+
+
+def test_lda_singular_fit_is_flagged_with_a_finite_state():
+    X = np.repeat(np.eye(3)[:, :2] * 2.0, 4, axis=0)[:8]  # class 0 at (2, 0), class 1 at (0, 2): no scatter
+    y = np.r_[np.zeros(4), np.ones(4)].astype(int)
+    with pytest.raises(ValueError, match="singular even after shrinkage"):
+        embed.lda(shrinkage=0.0).fit(X, y)
+    with pytest.warns(RuntimeWarning, match=r"\[result=singular\]"):
+        st = embed.lda(shrinkage=0.0, throw=False).fit(X, y)
+    assert int(st.result) == 5
+    assert all(np.all(np.isfinite(np.asarray(leaf))) for leaf in jax.tree_util.tree_leaves(st))
+    ok = embed.lda().fit(np.random.default_rng(0).normal(size=(8, 2)), y)
+    assert int(ok.result) == 0

@@ -39,7 +39,7 @@ def test_separability_matches_sklearn_per_fold():
     y = np.arange(n) % 3
     X = rng.normal(size=(n, d)) + 0.7 * rng.normal(size=(3, d))[y]
     key = jax.random.key(3)
-    res = embed.separability(X, y, key=key, folds=4, shrinkage=None)
+    res = embed.separability(key, X, y, folds=4, shrinkage=None)
     folds = np.asarray(stratified_folds(key, jnp.asarray(y, jnp.int32), 4))
     correct = 0
     accs = []
@@ -67,11 +67,11 @@ def test_separability_extremes_of_the_scale_and_float32():
     a, b = _two_sources(100, 5, 8.0, seed=1)
     X = np.concatenate([a, b]).astype(np.float32)
     y = np.r_[np.zeros(100), np.ones(100)].astype(int)
-    res = embed.separability(X, y, key=jax.random.key(0))
+    res = embed.separability(jax.random.key(0), X, y)
     assert res.accuracy.dtype == jnp.float32
     assert float(res.accuracy) == 1.0 and float(res.ci_low) > 0.98
     a, b = _two_sources(100, 5, 0.0, seed=2)
-    res0 = embed.separability(np.concatenate([a, b]).astype(np.float32), y, key=jax.random.key(0))
+    res0 = embed.separability(jax.random.key(0), np.concatenate([a, b]).astype(np.float32), y)
     # identical sources: accuracy is near chance; the 95% interval misses 0.5 with probability about 5%, and
     # this fixed seed is one where it covers it (checked), so the assertion is deterministic
     assert float(res0.ci_low) <= 0.5 <= float(res0.ci_high)
@@ -81,32 +81,32 @@ def test_separability_wide_data_and_vmap_over_keys():
     rng = np.random.default_rng(4)
     y = np.arange(40) % 2
     X = rng.normal(size=(40, 60)) + 1.5 * y[:, None] * (np.arange(60) < 3)[None, :]
-    res = embed.separability(X, y, key=jax.random.key(1), folds=4)  # d > n: Ledoit-Wolf shrinkage by default
+    res = embed.separability(jax.random.key(1), X, y, folds=4)  # d > n: Ledoit-Wolf shrinkage by default
     assert np.all(np.asarray(res.shrinkage) > 0)
     assert np.isfinite(float(res.accuracy))
     keys = jax.random.split(jax.random.key(5), 3)
-    batched = jax.vmap(lambda k: embed.separability(X, y, key=k, folds=4, n_classes=2).accuracy)(keys)
-    loop = [embed.separability(X, y, key=k, folds=4).accuracy for k in keys]
+    batched = jax.vmap(lambda k: embed.separability(k, X, y, folds=4, n_classes=2).accuracy)(keys)
+    loop = [embed.separability(k, X, y, folds=4).accuracy for k in keys]
     np.testing.assert_allclose(batched, loop, atol=1e-12)
     with pytest.warns(UserWarning, match="singular"):
-        embed.separability(X, y, key=jax.random.key(1), folds=4, shrinkage=None)
+        embed.separability(jax.random.key(1), X, y, folds=4, shrinkage=None)
 
 
 def test_separability_bad_input():
     X = np.random.default_rng(0).normal(size=(20, 3))
     y = np.arange(20) % 2
     with pytest.raises(ValueError, match="at least two classes"):
-        embed.separability(X, np.zeros(20, int), key=jax.random.key(0))
+        embed.separability(jax.random.key(0), X, np.zeros(20, int))
     with pytest.raises(ValueError, match="at least 2 samples"):
-        embed.separability(X, np.r_[np.zeros(19), 1].astype(int), key=jax.random.key(0))
+        embed.separability(jax.random.key(0), X, np.r_[np.zeros(19), 1].astype(int))
     with pytest.raises(ValueError, match="folds must be <= 20"):
-        embed.separability(X, y, key=jax.random.key(0), folds=21)
+        embed.separability(jax.random.key(0), X, y, folds=21)
     with pytest.raises(ValueError, match="length 20"):
-        embed.separability(X, y[:-2], key=jax.random.key(0))
+        embed.separability(jax.random.key(0), X, y[:-2])
     with pytest.raises(TypeError, match="PRNG key"):
-        embed.separability(X, y, key=None)
+        embed.separability(None, X, y)
     with pytest.raises(ValueError, match="level must lie"):
-        embed.separability(X, y, key=jax.random.key(0), level=1.0)
+        embed.separability(jax.random.key(0), X, y, level=1.0)
 
 
 # ---------------------------------------------------------------------------------------------------- two-sample
@@ -125,7 +125,7 @@ def test_mmd2_matches_naive_float64():
     z = np.concatenate([a, b])
     d = cdist(z, z)[np.triu_indices(len(z), 1)]
     np.testing.assert_allclose(embed.mmd2(a, b), _naive_mmd2(a, b, np.median(d)), rtol=1e-10)
-    res = embed.two_sample_test(a, b, key=jax.random.key(0), n_permutations=50)
+    res = embed.two_sample_test(jax.random.key(0), a, b, n_permutations=50)
     np.testing.assert_allclose(res.bandwidth, np.median(d), rtol=1e-10)
     np.testing.assert_allclose(res.statistic, _naive_mmd2(a, b, np.median(d)), rtol=1e-10)
 
@@ -147,13 +147,13 @@ def test_p_value_formula_jit_and_dtype(method):
     a, b = _two_sources(20, 3, 0.3, seed=5)
     a32, b32 = a.astype(np.float32), b.astype(np.float32)
     key = jax.random.key(1)
-    res = embed.two_sample_test(a32, b32, key=key, method=method, n_permutations=99, batch=32)
+    res = embed.two_sample_test(key, a32, b32, method=method, n_permutations=99, batch=32)
     B = 99
     assert res.null_statistics.shape == (B,) and res.n_permutations == B and res.method == method
     assert res.statistic.dtype == jnp.float32 and res.p_value.dtype == jnp.float32
     expected = (1 + np.sum(np.asarray(res.null_statistics) >= float(res.statistic))) / (1 + B)
     np.testing.assert_allclose(res.p_value, expected, rtol=1e-6)
-    jitted = jax.jit(lambda k, x, z: embed.two_sample_test(x, z, key=k, method=method, n_permutations=99, batch=32))
+    jitted = jax.jit(lambda k, x, z: embed.two_sample_test(k, x, z, method=method, n_permutations=99, batch=32))
     rj = jitted(key, a32, b32)
     np.testing.assert_allclose(rj.p_value, res.p_value, atol=0)
     np.testing.assert_allclose(rj.statistic, res.statistic, rtol=1e-6)
@@ -164,7 +164,7 @@ def _rejections(method, shift, reps, n, d, B, seed):
         ka, kb, kt = jax.random.split(k, 3)
         a = jax.random.normal(ka, (n, d))
         b = jax.random.normal(kb, (n, d)).at[:, 0].add(shift)
-        return embed.two_sample_test(a, b, key=kt, method=method, n_permutations=B, batch=B).p_value
+        return embed.two_sample_test(kt, a, b, method=method, n_permutations=B, batch=B).p_value
 
     p = jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(seed), reps))
     return int(np.sum(np.asarray(p) <= 0.05)), np.asarray(p)
@@ -196,24 +196,24 @@ def test_power_on_shifted_sources(method):
 
 def test_two_sample_subsampling_and_bad_input():
     a, b = _two_sources(50, 3, 0.0, seed=6)
-    res = embed.two_sample_test(a, b[:30], key=jax.random.key(0), max_samples=20, n_permutations=9)
+    res = embed.two_sample_test(jax.random.key(0), a, b[:30], max_samples=20, n_permutations=9)
     assert (res.n_a, res.n_b) == (20, 20)
     with pytest.raises(ValueError, match="same number of features"):
-        embed.two_sample_test(a, b[:, :2], key=jax.random.key(0))
+        embed.two_sample_test(jax.random.key(0), a, b[:, :2])
     with pytest.raises(ValueError, match="at least 2 samples"):
-        embed.two_sample_test(a[:1], b, key=jax.random.key(0))
+        embed.two_sample_test(jax.random.key(0), a[:1], b)
     with pytest.raises(ValueError, match="at least 4 samples"):
-        embed.two_sample_test(a[:3], b, key=jax.random.key(0), method="classifier")
+        embed.two_sample_test(jax.random.key(0), a[:3], b, method="classifier")
     with pytest.raises(ValueError, match="bandwidth must lie"):
-        embed.two_sample_test(a, b, key=jax.random.key(0), bandwidth=0.0)
+        embed.two_sample_test(jax.random.key(0), a, b, bandwidth=0.0)
     with pytest.raises(ValueError, match="mmd' only"):
-        embed.two_sample_test(a, b, key=jax.random.key(0), method="classifier", bandwidth=1.0)
+        embed.two_sample_test(jax.random.key(0), a, b, method="classifier", bandwidth=1.0)
     with pytest.raises(ValueError, match="method must be one of"):
-        embed.two_sample_test(a, b, key=jax.random.key(0), method="energy")
+        embed.two_sample_test(jax.random.key(0), a, b, method="energy")
     bn = b.copy()
     bn[2, 2] = np.nan
     with pytest.raises(ValueError, match="NaN"):
-        embed.two_sample_test(a, bn, key=jax.random.key(0))
+        embed.two_sample_test(jax.random.key(0), a, bn)
 
 
 # ---------------------------------------------------------------------------------------------------- extremes
@@ -245,3 +245,60 @@ def test_extremes_bad_input():
         embed.extremes(X, np.ones(3), k=6)
     with pytest.raises(ValueError, match="direction must be <= 2"):
         embed.extremes(X, 3)
+
+
+# ---------------------------------------------------------------------------------------------------- issue 15 / 13
+def _mmd2_naive(a, b, sigma):
+    """Unbiased MMD^2 with a Gaussian kernel, written out with SciPy distances (float64 oracle)."""
+    k = lambda x, y: np.exp(-cdist(x, y, "sqeuclidean") / (2 * sigma**2))  # noqa: E731
+    na, nb = len(a), len(b)
+    kaa, kbb = k(a, a), k(b, b)
+    return ((kaa.sum() - np.trace(kaa)) / (na * (na - 1)) + (kbb.sum() - np.trace(kbb)) / (nb * (nb - 1))
+            - 2 * k(a, b).mean())
+
+
+def test_duplicate_rows_never_give_a_false_significant_difference():
+    # identical samples: every pairwise distance is 0 (the median heuristic was 0 and the kernel 0/0)
+    ones = np.ones((20, 3))
+    assert float(embed.mmd2(ones, ones)) == 0.0
+    res = embed.two_sample_test(jax.random.key(0), ones, ones, n_permutations=99)
+    assert float(res.statistic) == 0.0 and float(res.p_value) == 1.0 and np.isfinite(float(res.bandwidth))
+    # mostly duplicates (median distance 0) but both samples from the same two-point law: not significant
+    rng = np.random.default_rng(0)
+    a = np.where(rng.random((40, 1)) < 0.1, 1.0, 0.0) * np.ones((1, 3))
+    b = np.where(rng.random((40, 1)) < 0.1, 1.0, 0.0) * np.ones((1, 3))
+    res = embed.two_sample_test(jax.random.key(1), a, b, n_permutations=199)
+    assert np.isfinite(float(res.statistic)) and float(res.p_value) > 0.05  # seed-fixed; P(p <= 0.05) <= 0.05
+    # the bandwidth is the median of the non-zero distances: the statistic equals the oracle at that sigma
+    z = np.concatenate([a, b]) - np.concatenate([a, b]).mean(0)
+    d = cdist(z, z)[np.triu_indices(80, 1)]
+    sigma = np.median(d[d > 0])
+    assert abs(float(res.bandwidth) - sigma) < 1e-12
+    np.testing.assert_allclose(float(res.statistic), _mmd2_naive(a, b, sigma), rtol=1e-10, atol=1e-14)
+
+
+def test_key_first_and_deprecated_keyword_agree():
+    a, b = _two_sources(30, 3, 1.0, 0)
+    new = embed.two_sample_test(jax.random.key(3), a, b, n_permutations=19)
+    with pytest.warns(DeprecationWarning, match=r"two_sample_test\(key, a, b"):
+        old = embed.two_sample_test(a, b, key=jax.random.key(3), n_permutations=19)
+    np.testing.assert_array_equal(np.asarray(new.null_statistics), np.asarray(old.null_statistics))
+    X, y = np.concatenate([a, b]), np.r_[np.zeros(30), np.ones(30)].astype(int)
+    new = embed.separability(jax.random.key(4), X, y)
+    with pytest.warns(DeprecationWarning, match=r"separability\(key, embeddings, labels"):
+        old = embed.separability(X, y, key=jax.random.key(4))
+    assert float(new.accuracy) == float(old.accuracy) and int(new.result) == 0
+    with pytest.raises(TypeError, match="missing required positional"):
+        embed.two_sample_test(a, b)
+    with pytest.raises(TypeError, match="key twice"):
+        embed.separability(jax.random.key(4), X, y, key=jax.random.key(4))
+
+
+def test_separability_singular_fold_is_flagged_not_nan():
+    X = np.repeat(np.eye(2), 10, axis=0)  # each class is one repeated point: no within-class scatter
+    y = np.r_[np.zeros(10), np.ones(10)].astype(int)
+    with pytest.raises(ValueError, match=r"singular even after shrinkage.*\[result=singular\]"):
+        embed.separability(jax.random.key(0), X, y, shrinkage=0.0)
+    with pytest.warns(RuntimeWarning, match="singular"):
+        res = embed.separability(jax.random.key(0), X, y, shrinkage=0.0, throw=False)
+    assert int(res.result) == 5 and float(res.accuracy) == 1.0  # nearest class mean separates the two points

@@ -4,7 +4,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import scipy.special
 
 import jaxcompare as jc
 from jaxcompare import lwr
@@ -344,3 +343,50 @@ def test_several_planted_directions_recorded():
     vecs = np.linalg.eigh(W.T @ W)[1][:, ::-1][:, :2]
     np.testing.assert_allclose(np.asarray(res.history.align[-1]), np.abs(vecs.T @ np.asarray(data.beta).T),
                                rtol=1e-8, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------- issue 15 / 13
+def test_finite_but_exploding_run_is_flagged_diverged():
+    cfg = lwr.LWRConfig(n=64, d=32, h=48)  # tanh: the loss stays finite however large W grows
+    data, p = lwr.sample_data(jax.random.key(0), cfg), lwr.init_params(jax.random.key(1), cfg)
+    ok = lwr.train(jax.random.key(2), p, data, cfg, lr=0.2 * 64, steps=30, spectra=False)
+    assert int(ok.result) == 0 and not bool(ok.diverged)
+    lr = 1e4 * float(ok.lr_bound)
+    with pytest.raises(FloatingPointError, match=r"norm grew past max_growth=100.*\[result=diverged\]"):
+        lwr.train(jax.random.key(2), p, data, cfg, lr=lr, steps=30, spectra=False)
+    res = lwr.train(jax.random.key(2), p, data, cfg, lr=lr, steps=30, spectra=False, throw=False)
+    assert int(res.result) == 3 and bool(res.diverged) and int(res.first_bad_step) >= 1
+    # frozen at the last update inside the bound: ||W|| <= 100 ||W0|| (numpy norms of the returned arrays)
+    assert np.linalg.norm(np.asarray(res.params.W)) <= 100 * np.linalg.norm(np.asarray(p.W))
+    # without the growth rule the same run stays finite (the silent case the rule exists for)
+    loose = lwr.train(jax.random.key(2), p, data, cfg, lr=lr, steps=30, spectra=False, throw=False, max_growth=1e30)
+    assert int(loose.result) == 0 and np.all(np.isfinite(np.asarray(loose.losses)))
+    assert np.linalg.norm(np.asarray(loose.params.W)) > 100 * np.linalg.norm(np.asarray(p.W))
+    with pytest.raises(ValueError, match="max_growth"):
+        lwr.train(jax.random.key(2), p, data, cfg, lr=1.0, steps=2, max_growth=0.5)
+
+
+def test_huge_learning_rate_raises_floating_point_error_not_lapack():
+    cfg = lwr.LWRConfig(n=32, d=16, h=24)
+    data, p = lwr.sample_data(jax.random.key(0), cfg), lwr.init_params(jax.random.key(1), cfg)
+    with pytest.raises(FloatingPointError, match="training diverged"):
+        lwr.train(jax.random.key(2), p, data, cfg, lr=1e30, steps=3, record_every=1, eig_backend="lapack")
+    res = lwr.train(jax.random.key(2), p, data, cfg, lr=1e30, steps=3, record_every=1, eig_backend="lapack",
+                    throw=False)
+    assert int(res.result) in (3, 4) and int(res.first_bad_step) == 1
+    assert np.all(np.isfinite(np.asarray(res.history.eig_weights)))  # recorded from the frozen parameters
+
+
+def test_result_survives_chunks_resume_and_concat():
+    cfg = lwr.LWRConfig(n=32, d=16, h=24)
+    data, p = lwr.sample_data(jax.random.key(0), cfg), lwr.init_params(jax.random.key(1), cfg)
+    kw = dict(lr=1e6, steps=12, record_every=4, spectra=False, throw=False)
+    one = lwr.train(jax.random.key(2), p, data, cfg, progress_bar=False, **kw)
+    chunked = lwr.train(jax.random.key(2), p, data, cfg, progress_bar=True, **kw)
+    assert int(one.result) == int(chunked.result) == 3
+    a = lwr.train(jax.random.key(2), p, data, cfg, lr=1.0, steps=3, spectra=False)
+    b = lwr.train(jax.random.key(2), p, data, cfg, lr=1.0, steps=3, spectra=False, resume=a)
+    assert int(lwr.concat_results(a, b).result) == 0
+    vm = jax.vmap(lambda lr: lwr.train(jax.random.key(2), p, data, cfg, lr=lr, steps=5, spectra=False,
+                                       throw=False).result)(jnp.array([1.0, 1e6]))
+    assert vm.tolist() == [0, 3]

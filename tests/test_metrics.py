@@ -43,6 +43,15 @@ def test_accuracy_matches_sklearn():
                                [np.mean(q.argmax(1) == y) for q in ps], atol=1e-15)
 
 
+def test_churn_rejects_scores_of_different_class_counts():
+    a, b = np.ones((10, 3)), np.ones((10, 2))
+    with pytest.raises(ValueError, match="a has 3 columns .* but b has 2"):
+        jc.churn(a, b)
+    with pytest.raises(ValueError, match=r"b must lie in \[0, 3\)"):
+        jc.churn(a, np.full(10, 3))  # labels outside the other model's classes
+    assert float(jc.churn(a, np.zeros(10, int))) == 0.0  # argmax of ties is class 0
+
+
 def test_churn_pairwise_and_ensemble():
     rng = np.random.default_rng(1)
     K, n = 5, 200

@@ -65,8 +65,10 @@ def test_mp_density_mass_and_stieltjes_by_quadrature(c):
     assert mass + atom == pytest.approx(1.0, abs=1e-7)
     assert atom == pytest.approx(max(0.0, 1 - 1 / c))
     for z in (0.5 + 0.3j, 1.5 + 0.1j, -1.0 + 0.01j, 4.0 + 1.0j):
-        re = scipy.integrate.quad(lambda x: float(S.mp_density(x, c)) * (1 / (x - z)).real, lo, hi, limit=400)[0]
-        im = scipy.integrate.quad(lambda x: float(S.mp_density(x, c)) * (1 / (x - z)).imag, lo, hi, limit=400)[0]
+        re = scipy.integrate.quad(lambda x, z=z: float(S.mp_density(x, c)) * (1 / (x - z)).real, lo, hi,
+                                  limit=400)[0]
+        im = scipy.integrate.quad(lambda x, z=z: float(S.mp_density(x, c)) * (1 / (x - z)).imag, lo, hi,
+                                  limit=400)[0]
         expected = re + 1j * im + atom / (0.0 - z)
         assert complex(S.mp_stieltjes(z, c)) == pytest.approx(expected, abs=1e-6)
 
@@ -174,6 +176,50 @@ def test_fan_wang_bad_input():
         S.fan_wang_stieltjes(1 + 1j, gamma0=0, gamma1=1, t0=0.1, t1=0.3)
 
 
+@pytest.mark.parametrize(
+    "call, exc, match",
+    [
+        (lambda: S.mp_density(np.nan, 0.5), ValueError, "x must be finite"),
+        (lambda: S.mp_density([0.5, np.inf], 0.5), ValueError, "x must be finite"),
+        (lambda: S.mp_density(1.0 + 0.5j, 0.5), TypeError, "x must be real points"),
+        (lambda: S.mp_stieltjes(1.0, 0.5), ValueError, "on the support"),  # real z on [0.086, 2.914]
+        (lambda: S.mp_stieltjes(0.0, 2.0), ValueError, "on the support"),  # the atom at 0 (c > 1)
+        (lambda: S.mp_stieltjes(1.0 - 0.1j, 0.5), ValueError, "upper half-plane"),
+        (lambda: S.mp_stieltjes(complex(np.nan, 1.0), 0.5), ValueError, "z must be finite"),
+        (lambda: S.empirical_stieltjes(np.array([1.0, 3.0]), 2.0), ValueError, "upper half-plane"),
+        (lambda: S.empirical_stieltjes(np.array([1.0, 3.0]), complex(np.nan, 1)), ValueError, "z must be finite"),
+        (lambda: S.empirical_stieltjes(np.array([1.0, np.nan]), 1j), ValueError, "eigenvalues must be finite"),
+        (lambda: S.stieltjes_distance([1.0, 3.0], [0.5j], [2.0]), ValueError, "upper half-plane"),
+        (lambda: S.stieltjes_distance([1.0, np.nan], [0.5j], [1j]), ValueError, "eigenvalues must be finite"),
+        (lambda: S.stieltjes_distance([1.0, 3.0], [np.nan], [1j]), ValueError, "limit_stieltjes must be finite"),
+        (lambda: S.stieltjes_distance([1.0, 3.0], [1j, 1j], [1j]), ValueError, "one value per point"),
+        (lambda: S.fan_wang_stieltjes(complex(np.nan, 0.1), gamma0=1, gamma1=1, t0=0.1, t1=0.3), ValueError,
+         "z must be finite"),
+        (lambda: S.fan_wang_density([0.5, np.nan], gamma0=1, gamma1=1, t0=0.1, t1=0.3), ValueError,
+         "x must be finite"),
+    ],
+)
+def test_host_spectra_reject_nan_and_real_points_on_the_support(call, exc, match):
+    # each of these used to return 0, NaN or one boundary value of the transform without a word
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_mp_stieltjes_real_points_off_the_support_match_quadrature():
+    c = 0.5
+    lo, hi = S.mp_support(c)
+    for z in (hi + 1.0, lo / 2, -1.0):  # -1/z at large |z|; by quadrature of the density (no atom for c < 1)
+        val = scipy.integrate.quad(lambda x, z=z: S.mp_density(x, c) / (x - z), lo, hi, limit=200)[0]
+        assert abs(complex(S.mp_stieltjes(z, c)) - val) < 1e-7
+
+
+def test_limit_density_rejects_nan_grid():
+    from jaxcompare import lwr
+
+    with pytest.raises(ValueError, match="x must be finite"):
+        lwr.limit_density(lwr.LWRConfig(n=20, d=10, h=15), [0.5, np.nan])
+
+
 # ---------------------------------------------------------------- BBP
 def test_bbp_closed_forms():
     assert S.bbp_threshold(16.0) == pytest.approx(2.0)
@@ -201,11 +247,14 @@ def test_bbp_matches_spiked_sample():
 
 
 # ---------------------------------------------------------------- power law
-def _naive_fit(x, min_tail):
+def _naive_fit(x, min_tail, ks="sup"):
+    """Naive xmin scan over every distinct sample value (Clauset et al. 2009; ``plfit``'s ``cx = (0:n-1)/n``)."""
     x = np.sort(np.asarray(x, np.float64))
     n = len(x)
     best = None
     for i in range(n - min_tail + 1):
+        if i > 0 and x[i] == x[i - 1]:
+            continue  # the tail x >= x_i starts at the first copy
         tail = x[i:]
         ni = len(tail)
         s = np.sum(np.log(tail / x[i]))
@@ -213,8 +262,11 @@ def _naive_fit(x, min_tail):
             continue
         a = 1 + ni / s
         F = 1 - (tail / x[i]) ** (1 - a)
-        k = np.arange(ni)
-        D = max(np.max(np.abs(F - k / ni)), np.max(np.abs(F - (k + 1) / ni)))
+        below = (tail[None, :] < tail[:, None]).sum(1)  # #{tail < t}: F̂(t⁻) · ni (a tied block steps once)
+        upto = (tail[None, :] <= tail[:, None]).sum(1)  # #{tail <= t}: F̂(t) · ni
+        D = np.max(np.abs(F - below / ni))
+        if ks == "sup":
+            D = max(D, np.max(np.abs(F - upto / ni)))
         if best is None or D < best[2]:
             best = (a, x[i], D, ni)
     return best
@@ -223,8 +275,8 @@ def _naive_fit(x, min_tail):
 def test_powerlaw_fit_matches_naive_scan_and_scipy_ks():
     rng = np.random.default_rng(5)
     x = np.concatenate([rng.uniform(0.2, 1.0, 100), 1.0 + rng.pareto(1.5, 250)])
-    fit = S.powerlaw_fit(x, min_tail=10, max_candidates=None)
-    a, xmin, D, nt = _naive_fit(x, 10)
+    fit = S.powerlaw_fit(x, ks="sup", min_tail=10, max_candidates=None)
+    a, xmin, D, nt = _naive_fit(x, 10, "sup")
     assert float(fit.alpha) == pytest.approx(a, rel=1e-10)
     assert float(fit.xmin) == xmin
     assert float(fit.ks) == pytest.approx(D, rel=1e-10)
@@ -233,6 +285,36 @@ def test_powerlaw_fit_matches_naive_scan_and_scipy_ks():
     tail = np.sort(x)[np.sort(x) >= xmin]
     ks = scipy.stats.kstest(tail, lambda t: 1 - (t / xmin) ** (1 - a)).statistic
     assert float(fit.ks) == pytest.approx(ks, rel=1e-10)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_powerlaw_fit_data_point_ks_matches_naive_scan(seed):
+    # the default convention: KS distance at the data points, as plfit and the powerlaw package
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([rng.lognormal(0.0, 0.5, 300), 2.0 * (1.0 + rng.pareto(1.2, 120))])
+    fit = S.powerlaw_fit(x, min_tail=5, max_candidates=None)
+    a, xmin, D, nt = _naive_fit(x, 5, "data")
+    assert float(fit.xmin) == xmin
+    assert int(fit.n_tail) == nt
+    assert float(fit.alpha) == pytest.approx(a, rel=1e-10)
+    assert float(fit.ks) == pytest.approx(D, rel=1e-10)
+    # closed-form MLE at the chosen xmin (Clauset et al. eq. 3.1)
+    tail = x[x >= xmin]
+    assert float(fit.alpha) == pytest.approx(1 + tail.size / np.sum(np.log(tail / xmin)), rel=1e-10)
+
+
+def test_powerlaw_fit_ties_and_conventions_at_same_xmin():
+    # tied values: the tail is every point >= xmin; one xmin forced (min_tail = N) gives the same alpha in both
+    rng = np.random.default_rng(3)
+    x = np.round(1.0 + rng.pareto(1.5, 200), 1)
+    for ks in ("data", "sup"):
+        fit = S.powerlaw_fit(x, ks=ks, min_tail=5, max_candidates=None)
+        a, xmin, D, nt = _naive_fit(x, 5, ks)
+        assert float(fit.xmin) == xmin and int(fit.n_tail) == nt == np.sum(x >= xmin)
+        assert float(fit.ks) == pytest.approx(D, rel=1e-10)
+    whole = [S.powerlaw_fit(x, ks=ks, min_tail=x.size) for ks in ("data", "sup")]
+    assert float(whole[0].alpha) == float(whole[1].alpha)
+    assert float(whole[0].alpha) == pytest.approx(1 + x.size / np.sum(np.log(x / x.min())), rel=1e-10)
 
 
 def test_powerlaw_fit_recovers_exponent_jit_vmap_dtype():
@@ -272,3 +354,18 @@ def test_powerlaw_bad_input():
         S.powerlaw_fit(np.array([1.0, np.nan] * 10))
     with pytest.raises(TypeError, match="key"):
         S.powerlaw_gof(None, np.arange(1, 30.0))
+    with pytest.raises(ValueError, match="distinct"):
+        S.powerlaw_fit(np.full(50, 3.0))  # constant data: no tail (the MLE would be infinite)
+    with pytest.raises(ValueError, match="distinct"):
+        S.powerlaw_gof(jax.random.key(0), np.array([1.0, 2.0] * 20))
+    with pytest.raises(ValueError, match="ks"):
+        S.powerlaw_fit(np.arange(1, 30.0), ks="two-sided")
+    # squared singular values of an orthogonal matrix: distinct only by rounding, still constant (α would be ~1e16)
+    q = np.linalg.svd(np.linalg.qr(np.random.default_rng(7).standard_normal((40, 40)))[0], compute_uv=False) ** 2
+    with pytest.raises(ValueError, match="no admissible tail"):
+        S.powerlaw_fit(q)
+
+
+def test_powerlaw_fit_traced_constant_sample_is_flagged_not_infinite():
+    fit = jax.jit(lambda x: S.powerlaw_fit(x))(jnp.full(30, 2.0))
+    assert np.isnan(float(fit.alpha)) and int(fit.n_tail) == 0

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.stats
 from scipy.stats import kendalltau
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
@@ -165,13 +166,16 @@ def test_vmap_over_l2_equals_loop():
 def test_unconverged_fit_is_flagged_or_raises():
     K, y, _, _ = _data()
     with pytest.warns(jc.KGLMConvergenceWarning, match="did not converge"):
-        m = jc.fit_kglm(K, y, l2=1e-4, max_iter=3)
+        m = jc.fit_kglm(K, y, l2=1e-4, max_iter=3, throw=False)
     assert not bool(m.converged) and int(m.n_iter) == 3 and float(m.grad_norm) > 1e-5
+    assert int(m.result) == 1  # Result.max_steps_reached
     with pytest.warns(jc.KGLMConvergenceWarning, match="stalled"):
-        m = jc.fit_kglm(K, y, l2=1e-2, tol=1e-300)
-    assert not bool(m.converged) and int(m.n_iter) < 1000
+        m = jc.fit_kglm(K, y, l2=1e-2, tol=1e-300, throw=False)
+    assert not bool(m.converged) and int(m.n_iter) < 1000 and int(m.result) == 2  # Result.stalled
     with pytest.raises(RuntimeError, match="did not converge"):
-        jc.fit_kglm(K, y, l2=1e-4, max_iter=3, throw=True)
+        jc.fit_kglm(K, y, l2=1e-4, max_iter=3)  # throw=True is the default (one convention for every solver)
+    with pytest.raises(RuntimeError, match="stalled"):
+        jc.fit_kglm(K, y, l2=1e-2, tol=1e-300, throw=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert bool(jc.fit_kglm(K, y, l2=1e-2).converged)
@@ -383,3 +387,30 @@ def test_faithfulness_and_attribution_vmap_equal_loops():
     tops = jax.vmap(lambda kk: jc.attribute(m, kk, k=3))(kts)
     for i in range(2):
         np.testing.assert_array_equal(np.asarray(tops.indices[i]), np.asarray(jc.attribute(m, kts[i], k=3).indices))
+
+
+def test_faithfulness_ranks_float32_confident_points_like_float64():
+    # margins of 10-30 logits: float32 softmax probabilities (and log_softmax) of the correct class round to
+    # exactly 1 (0) and tie; the float64 oracle below writes log p_y = -log1p(sum_{j != y} exp(z_j - z_y))
+    rng = np.random.default_rng(0)
+    T, C = 300, 3
+    y = rng.integers(0, C, T)
+    zn = rng.normal(size=(T, C)) * 2
+    zn[np.arange(T), y] += rng.uniform(10, 30, T)
+    zs = zn + rng.normal(size=(T, C)) * 3
+    zn32, zs32 = zn.astype(np.float32), zs.astype(np.float32)
+
+    def logp(z):
+        d = z.astype(np.float64) - z[np.arange(T), y].astype(np.float64)[:, None]
+        d[np.arange(T), y] = -np.inf
+        return -np.log1p(np.exp(d).sum(1))
+
+    want = scipy.stats.kendalltau(logp(zn32), logp(zs32)).statistic
+    got = jc.faithfulness(zn32, zs32, y)
+    assert got.kendall_tau.dtype == np.float32
+    assert abs(float(got.kendall_tau) - want) < 1e-6
+    sm = lambda z: np.exp(z - z.max(1, keepdims=True)) / np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True)  # noqa: E731
+    pn, ps = sm(zn).astype(np.float32), sm(zs).astype(np.float32)
+    assert np.mean(pn[np.arange(T), y] == 1.0) > 0.5  # the saturation the fix is about
+    got_p = jc.faithfulness(zn32, zs32, y, network_probs=pn, surrogate_probs=ps)
+    assert abs(float(got_p.kendall_tau) - want) < 1e-3  # probabilities carry float32 rounding of the small terms

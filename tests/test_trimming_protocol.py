@@ -9,7 +9,6 @@ import scipy.stats
 
 import jaxcompare as jc
 
-
 # all ensemble calls share shapes and static settings (K = 10 models, T = 400 points, 3 candidates, 4 rounds) so
 # that they share one compilation
 CAND, REF, N_BOOT = np.arange(3), np.arange(3, 10), 4
@@ -33,7 +32,7 @@ def test_ensemble_matches_public_functions_round_by_round():
     s = _ensemble_scores(contaminate=1)
     cand, ref = CAND, REF
     key = jax.random.key(7)
-    res = jc.ensemble_alpha_hat(s, key=key, candidates=cand, reference=ref, n_boot=N_BOOT)
+    res = jc.ensemble_alpha_hat(key, s, candidates=cand, reference=ref, n_boot=N_BOOT)
     assert res.boot.shape == (3, N_BOOT) and res.ks.shape == (3, N_BOOT) and res.alpha_hat.shape == (3,)
     np.testing.assert_allclose(np.asarray(res.alpha_hat), np.asarray(res.boot).mean(axis=1), rtol=0, atol=1e-15)
     delta = jc.ks_threshold(200, 200, level=0.01)  # default: n = T // 2 points per half, published DKW level
@@ -55,15 +54,15 @@ def test_ensemble_matches_public_functions_round_by_round():
 def test_ensemble_reproducible_and_batching_invariant():
     s = _ensemble_scores(seed=1)
     kw = dict(candidates=CAND, reference=REF, n_boot=N_BOOT)
-    a = jc.ensemble_alpha_hat(s, key=jax.random.key(0), **kw)
-    b = jc.ensemble_alpha_hat(s, key=jax.random.key(0), round_batch=None, **kw)
-    c = jc.ensemble_alpha_hat(s, key=jax.random.key(1), **kw)
+    a = jc.ensemble_alpha_hat(jax.random.key(0), s, **kw)
+    b = jc.ensemble_alpha_hat(jax.random.key(0), s, round_batch=None, **kw)
+    c = jc.ensemble_alpha_hat(jax.random.key(1), s, **kw)
     np.testing.assert_array_equal(np.asarray(a.boot), np.asarray(b.boot))
     np.testing.assert_array_equal(np.asarray(a.ks), np.asarray(b.ks))
     assert not np.array_equal(np.asarray(a.ks), np.asarray(c.ks))
     # a frozen pytree: flattens and maps like one
     leaves = jax.tree_util.tree_leaves(a)
-    assert len(leaves) == 5
+    assert len(leaves) == 6  # alpha_hat, boot, ks, threshold, converged, result
     with pytest.raises(dataclasses_frozen_error()):
         a.alpha_hat = None
 
@@ -80,7 +79,7 @@ def test_ensemble_flags_the_contaminated_candidate():
     (delta = 0.168 at n = 200), the clean ones less (their KS distance is mostly below delta; 0.07 at most over
     the seeds tried)."""
     s = _ensemble_scores(seed=2, contaminate=2)
-    res = jc.ensemble_alpha_hat(s, key=jax.random.key(3), candidates=CAND, reference=REF, n_boot=N_BOOT)
+    res = jc.ensemble_alpha_hat(jax.random.key(3), s, candidates=CAND, reference=REF, n_boot=N_BOOT)
     a = np.asarray(res.alpha_hat)
     assert a[2] > 0.1
     assert a[2] > np.max(a[:2]) + 0.05
@@ -97,7 +96,7 @@ def test_bootstrap_halves_are_disjoint_and_in_range():
 
 def test_ensemble_float32_kept():
     s = _ensemble_scores(seed=4).astype(np.float32)
-    res = jc.ensemble_alpha_hat(s, key=jax.random.key(0), candidates=CAND, reference=REF, n_boot=N_BOOT)
+    res = jc.ensemble_alpha_hat(jax.random.key(0), s, candidates=CAND, reference=REF, n_boot=N_BOOT)
     assert res.boot.dtype == jnp.float32 and res.alpha_hat.dtype == jnp.float32
 
 
@@ -119,18 +118,18 @@ def test_ensemble_float32_kept():
 def test_ensemble_bad_input(kwargs, match):
     s = _ensemble_scores()
     with pytest.raises((ValueError, TypeError), match=match):
-        jc.ensemble_alpha_hat(s, key=jax.random.key(0), **kwargs)
+        jc.ensemble_alpha_hat(jax.random.key(0), s, **kwargs)
 
 
 def test_ensemble_bad_scores_and_key():
     s = _ensemble_scores()
     s[3, 5] = np.nan
     with pytest.raises(ValueError, match="scores must be finite"):
-        jc.ensemble_alpha_hat(s, key=jax.random.key(0), candidates=[0], reference=[1])
+        jc.ensemble_alpha_hat(jax.random.key(0), s, candidates=[0], reference=[1])
     with pytest.raises(TypeError, match="key"):
-        jc.ensemble_alpha_hat(_ensemble_scores(), key=None, candidates=[0], reference=[1])
+        jc.ensemble_alpha_hat(None, _ensemble_scores(), candidates=[0], reference=[1])
     with pytest.raises(ValueError, match="2 dimensions"):
-        jc.ensemble_alpha_hat(np.ones(10), key=jax.random.key(0), candidates=[0], reference=[1])
+        jc.ensemble_alpha_hat(jax.random.key(0), np.ones(10), candidates=[0], reference=[1])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -227,3 +226,54 @@ GOOD = np.linspace(0, 1, 10)
 def test_bad_input(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# issue 15: too few points for the default threshold; grid_alpha ranges; issue 13: key first
+# ----------------------------------------------------------------------------------------------------------------
+def _dkw_equal(n, level=0.01):
+    # the Wei & Dudley bound written out here (independent of ks_threshold)
+    return np.sqrt(np.log(2 / level) / n) + 1 / n
+
+
+def test_default_threshold_above_one_is_an_error_naming_the_points_needed():
+    need = next(n for n in range(1, 100) if _dkw_equal(n) < 1)  # 8 at level 0.01
+    ref = np.linspace(0.0, 1.0, need - 1)
+    far = ref + 100.0  # 100 standard deviations away: must never read as "alpha_hat = 0"
+    with pytest.raises(ValueError, match=rf"at least {need} points"):
+        jc.alpha_hat(far, ref)
+    assert float(jc.alpha_hat(np.linspace(0, 1, need) + 100.0, np.linspace(0, 1, need))) == 1.0
+    s = np.concatenate([np.zeros((3, 14)), np.full((1, 14), 100.0)])
+    with pytest.raises(ValueError, match=rf"sample_size >= {need}, i.e. >= {2 * need} test points"):
+        jc.ensemble_alpha_hat(jax.random.key(0), s, candidates=[3], reference=[0, 1, 2], n_boot=2)
+    res = jc.ensemble_alpha_hat(jax.random.key(0), np.concatenate([s, s], axis=1), candidates=[3],
+                                reference=[0, 1, 2], n_boot=2)
+    assert float(res.alpha_hat[0]) == 1.0  # 16 test points suffice: the far candidate cannot pass
+    # an explicit threshold is the caller's choice and stays allowed
+    assert float(jc.alpha_hat(far, ref, threshold=1.0)) == 0.0
+
+
+@pytest.mark.parametrize("alpha, grid", [([0.1, 1.5], None), ([-0.2], None), ([0.1], [0.0, 0.5, 2.0]),
+                                         ([0.1], [-1.0, 0.5])])
+def test_grid_alpha_rejects_levels_outside_unit_interval(alpha, grid):
+    kw = {} if grid is None else dict(grid=grid)
+    with pytest.raises(ValueError, match=r"(alpha|grid) must hold trimming levels in \[0, 1\]"):
+        jc.grid_alpha(jnp.asarray(alpha), **kw)
+    with pytest.raises(ValueError, match=r"cap must lie in \[0, 1\]"):
+        jc.grid_alpha(jnp.asarray([0.1]), cap=2.0)
+
+
+def test_ensemble_key_first_and_deprecated_keyword_agree():
+    s = _ensemble_scores()
+    kw = dict(candidates=CAND, reference=REF, n_boot=N_BOOT)
+    new = jc.ensemble_alpha_hat(jax.random.key(5), s, **kw)
+    with pytest.warns(DeprecationWarning, match=r"ensemble_alpha_hat\(key, scores"):
+        old = jc.ensemble_alpha_hat(s, key=jax.random.key(5), **kw)
+    np.testing.assert_array_equal(np.asarray(new.boot), np.asarray(old.boot))
+    assert new.result.tolist() == [0, 0, 0]
+    with pytest.raises(TypeError, match="key twice"):
+        jc.ensemble_alpha_hat(jax.random.key(5), s, key=jax.random.key(5), **kw)
+    with pytest.raises(TypeError, match="missing required positional"):
+        jc.ensemble_alpha_hat(s, **kw)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'seed'"):
+        jc.ensemble_alpha_hat(jax.random.key(5), s, seed=3, **kw)

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._checked import traced_finite, traced_labels
 from .._validation import check_array, check_labels, is_concrete
 
 HIGHEST = jax.lax.Precision.HIGHEST
@@ -20,6 +21,7 @@ def mm(a: jax.Array, b: jax.Array) -> jax.Array:
 def check_data(X: Any, name: str = "X", *, min_samples: int = 2) -> jax.Array:
     """A finite floating ``(n, d)`` matrix with at least ``min_samples`` rows."""
     X = check_array(X, name, ndim=2)
+    traced_finite(X, name)
     if X.shape[0] < min_samples:
         raise ValueError(f"{name} needs at least {min_samples} samples (rows), got shape {tuple(X.shape)}.")
     return X
@@ -37,6 +39,7 @@ def apply_checked(fn: Any, state: Any, X: Any, state_type: type, factory: str, m
         )
     d = getattr(state, mean_field).shape[-1]
     X = check_array(X, "X", ndim=(1, 2))
+    traced_finite(X, "X")
     if X.shape[-1] != d:
         raise ValueError(
             f"X has {X.shape[-1]} features (last axis of shape {tuple(X.shape)}), but the transform was fitted "
@@ -53,6 +56,7 @@ def check_class_labels(labels: Any, n: int, n_classes: int | None, name: str = "
     """
     if labels is None:
         raise TypeError(f"{name} are required: pass one integer source label per sample (shape ({n},)).")
+    traced_labels(labels, name, n_classes)
     y = check_labels(labels, name, n_classes, length=n)
     if n_classes is None:
         if not is_concrete(y):

@@ -90,7 +90,7 @@ def make_demo_embeddings(key: Any, *, n_per_source: int = 400, dim: int = 64, no
       >>> demo = embed.make_demo_embeddings(jax.random.key(0), n_per_source=100, dim=16)
       >>> demo.embeddings.shape, demo.embeddings.dtype, demo.names
       ((200, 16), dtype('float32'), ('original', 'noised'))
-      >>> res = embed.separability(demo.embeddings, demo.labels, key=jax.random.key(1))
+      >>> res = embed.separability(jax.random.key(1), demo.embeddings, demo.labels)
       >>> bool(res.accuracy > res.chance)   # the noised images are told apart better than chance (0.5)
       True
     """

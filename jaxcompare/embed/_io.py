@@ -201,7 +201,7 @@ def load_embeddings(
       ((50, 8), ('human', 'llm'))
       >>> np.bincount(data.labels).tolist()   # samples per source
       [30, 20]
-      >>> res = embed.separability(jnp.asarray(data.embeddings), data.labels, key=jax.random.key(0))
+      >>> res = embed.separability(jax.random.key(0), jnp.asarray(data.embeddings), data.labels)
     """
     if isinstance(path, (list, tuple)):
         if len(path) < 1:

@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._checked import traced_result
+from .._results import Result, report_result
 from .._validation import check_float, check_int, is_concrete
 from ._common import apply_checked, check_class_labels, check_data, mm
 from ._transform import Transform
@@ -28,6 +30,7 @@ __all__ = ["LDAState", "lda"]
         "coef",
         "intercept",
         "shrinkage",
+        "result",
     ],
     meta_fields=[],
 )
@@ -46,6 +49,9 @@ class LDAState:
       intercept: ``(K,)`` so that ``argmax((x - xbar) @ coef.T + intercept)`` is the Bayes rule under shared
         Gaussian class covariances.
       shrinkage: ``()`` shrinkage intensity :math:`\\alpha` that was used (0 without regularisation).
+      result: ``()`` int32 :class:`jaxcompare.Result` code: ``successful``, or ``singular`` when the within-class
+        covariance stays singular even after shrinkage (no within-class scatter); the state then holds a
+        nearest-class-mean rule in the Euclidean metric (:math:`S_w` replaced by :math:`\\mu I`), never NaN.
     """
 
     xbar: jax.Array
@@ -56,6 +62,7 @@ class LDAState:
     coef: jax.Array
     intercept: jax.Array
     shrinkage: jax.Array
+    result: jax.Array | None = None
 
 
 def _ledoit_wolf(R: jax.Array, w: jax.Array, S: jax.Array, ntot: jax.Array) -> jax.Array:
@@ -111,8 +118,12 @@ def _fit_lda(X, y, w, alpha, n_classes, k, mode):
         bad = singular(L0)
         a = jnp.where(bad, _ledoit_wolf(R, w, Sw, ntot), 0.0).astype(dtype)
         L = jax.lax.cond(bad, lambda: jnp.linalg.cholesky(shrunk(a)), lambda: L0)
-    # still singular (e.g. no within-class scatter): poison the result so eager fits raise
-    L = jnp.where(singular(L), jnp.nan, L)
+    # still singular (e.g. no within-class scatter): report it and fall back to the scaled identity (a
+    # nearest-class-mean rule) so that the state stays finite
+    bad = singular(L)
+    fallback = jnp.where(mu > 0, mu, jnp.where(scale > 0, scale, 1.0))
+    L = jnp.where(bad, jnp.sqrt(fallback) * eye, L)
+    result = jnp.where(bad, int(Result.singular), int(Result.successful)).astype(jnp.int32)
 
     Bt = jnp.sqrt(priors)[:, None] * D  # rows of B^T, Sb = B B^T
     solve_l = partial(jax.scipy.linalg.solve_triangular, L, lower=True)
@@ -136,7 +147,7 @@ def _fit_lda(X, y, w, alpha, n_classes, k, mode):
     coef = solve_lt(A).T
     logp = jnp.where(priors > 0, jnp.log(jnp.where(priors > 0, priors, 1.0)), -jnp.inf)
     intercept = -0.5 * jnp.sum(A * A, axis=0) + logp
-    return LDAState(xbar, V, ratio, means, priors, coef, intercept, a)
+    return LDAState(xbar, V, ratio, means, priors, coef, intercept, a, result)
 
 
 @jax.jit
@@ -173,7 +184,8 @@ def _singular_warning(d: int, n: int, n_classes: int) -> None:
     )
 
 
-def lda(n_components: int | None = None, *, shrinkage: Any = None, n_classes: int | None = None) -> Transform:
+def lda(n_components: int | None = None, *, shrinkage: Any = None, n_classes: int | None = None,
+        throw: bool = True) -> Transform:
     r"""Fisher linear discriminant analysis as a ``Transform(fit, apply)`` pair (labels required at fit).
 
     With class means :math:`\mu_c`, proportions :math:`p_c`, overall mean :math:`\bar x = \sum_c p_c\mu_c`, pooled
@@ -198,6 +210,9 @@ def lda(n_components: int | None = None, *, shrinkage: Any = None, n_classes: in
       n_components: number of directions :math:`k \le K-1` (default :math:`\min(K-1, d)`).
       shrinkage: ``None`` (default), ``"auto"`` or a float in ``[0, 1]``.
       n_classes: number of classes :math:`K`; default ``max(labels) + 1`` (needed under ``jit``/``vmap``).
+      throw: ``fit`` raises ``ValueError`` when the fit is singular (``state.result == Result.singular``);
+        ``False`` warns with :class:`jaxcompare.SolverWarning` and returns the flagged state (the package-wide
+        convention, :class:`jaxcompare.Result`). Under ``jit`` the ``result`` field is the report.
 
     Returns:
       ``Transform`` with ``fit(X, labels) -> LDAState`` and ``apply(state, X) -> Z``.
@@ -225,9 +240,11 @@ def lda(n_components: int | None = None, *, shrinkage: Any = None, n_classes: in
     if n_classes is not None:
         n_classes = check_int(n_classes, "n_classes", min=2)
     mode, alpha = _shrinkage_mode(shrinkage)
+    if not isinstance(throw, (bool, np.bool_)):
+        raise TypeError(f"throw must be True or False, got {throw!r}.")
 
     def fit(X: Any, labels: Any = None) -> LDAState:
-        return _fit_checked(X, labels, n_components, n_classes, mode, alpha)
+        return _fit_checked(X, labels, n_components, n_classes, mode, alpha, bool(throw))
 
     def apply(state: LDAState, X: Any) -> jax.Array:
         return apply_checked(_apply_lda, state, X, LDAState, "lda", "xbar")
@@ -235,7 +252,14 @@ def lda(n_components: int | None = None, *, shrinkage: Any = None, n_classes: in
     return Transform(fit, apply)
 
 
-def _fit_checked(X, labels, n_components, n_classes, mode, alpha) -> LDAState:
+SINGULAR_MESSAGE = (
+    "the within-class covariance is singular even after shrinkage (samples equal to their class means, or "
+    "shrinkage=0 with more features than samples or constant features); pass shrinkage='auto' or a positive value, "
+    "or remove constant features."
+)
+
+
+def _fit_checked(X, labels, n_components, n_classes, mode, alpha, throw=True) -> LDAState:
     """Validate, fit, and report regularisation or failure (eagerly)."""
     X = check_data(X, "X")
     n, d = X.shape
@@ -250,13 +274,9 @@ def _fit_checked(X, labels, n_components, n_classes, mode, alpha) -> LDAState:
         _singular_warning(d, n, K)
         mode = "auto"
     state = _fit_lda(X, y, jnp.ones((n,), X.dtype), alpha, K, k, mode)
+    traced_result(state.result, throw, "lda fit")
+    report_result(state.result, throw, "LDA failed: " + SINGULAR_MESSAGE, error=ValueError, stacklevel=4)
     if is_concrete(state.scalings):
-        if not bool(np.all(np.isfinite(np.asarray(state.coef)))):
-            raise ValueError(
-                "LDA failed: the within-class covariance is singular even after shrinkage (samples equal to their "
-                "class means, or shrinkage=0 with more features than samples or constant features); pass "
-                "shrinkage='auto' or a positive value, or remove constant features."
-            )
         if mode == "none" and float(state.shrinkage) > 0:
             warnings.warn(
                 "LDA: the within-class covariance is numerically singular (collinear features); regularised with "

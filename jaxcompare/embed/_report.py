@@ -74,7 +74,7 @@ def microscope_report(
     r = np.asarray(sp.explained_variance_ratio)
     lines += ["Variance explained by the first principal components: "
               + ", ".join(f"PC{i + 1} {100 * v:.1f}%" for i, v in enumerate(r)) + ".", ""]
-    sep = separability(X, y, key=k_sep)
+    sep = separability(k_sep, X, y)
     lines += [
         f"Held-out LDA accuracy (5-fold, Ledoit-Wolf shrinkage): **{float(sep.accuracy):.3f}** "
         f"(95% Wilson interval [{float(sep.ci_low):.3f}, {float(sep.ci_high):.3f}]; chance {float(sep.chance):.3f}).",
@@ -86,7 +86,7 @@ def microscope_report(
     keys = jax.random.split(k_test, max(len(pairs), 1))
     Xn = np.asarray(X)
     for (i, j), kk in zip(pairs, keys):
-        t = two_sample_test(Xn[yn == i], Xn[yn == j], key=kk, n_permutations=n_permutations)
+        t = two_sample_test(kk, Xn[yn == i], Xn[yn == j], n_permutations=n_permutations)
         lines.append(f"| {nm[i]} vs {nm[j]} | {float(t.statistic):.4g} | {float(t.p_value):.4g} | {t.n_permutations} |")
     lines.append("")
     sl = lda(shrinkage="auto").fit(X, y)

@@ -9,16 +9,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._validation import check_int, check_key, check_probability, is_concrete
+from .._checked import traced_result
+from .._results import report_result
+from .._validation import REQUIRED, check_int, check_key, check_probability, is_concrete, key_first
 from ._common import check_class_labels, check_data, stratified_folds, wilson_interval
-from ._lda import _fit_lda, _predict_lda, _shrinkage_mode, _singular_warning
+from ._lda import SINGULAR_MESSAGE, _fit_lda, _predict_lda, _shrinkage_mode, _singular_warning
 
 __all__ = ["Separability", "separability"]
 
 
 @partial(
     jax.tree_util.register_dataclass,
-    data_fields=["accuracy", "ci_low", "ci_high", "fold_accuracies", "chance", "shrinkage"],
+    data_fields=["accuracy", "ci_low", "ci_high", "fold_accuracies", "chance", "shrinkage", "result"],
     meta_fields=["n_samples", "level", "interval"],
 )
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +37,8 @@ class Separability:
       n_samples: number of samples.
       level: confidence level of the interval.
       interval: ``"wilson"``.
+      result: ``()`` int32 :class:`jaxcompare.Result` code: ``singular`` when the LDA fit of some fold was singular
+        (no within-class scatter; that fold then used a nearest-class-mean rule), else ``successful``.
     """
 
     accuracy: jax.Array
@@ -46,6 +50,7 @@ class Separability:
     n_samples: int
     level: float
     interval: str = "wilson"
+    result: jax.Array | None = None
 
 
 @partial(jax.jit, static_argnames=("folds", "n_classes", "mode", "level"))
@@ -58,30 +63,31 @@ def _separability(key, X, y, alpha, folds, n_classes, mode, level):
         state = _fit_lda(X, y, train.astype(X.dtype), alpha, n_classes, n_classes - 1, mode)
         pred = _predict_lda(state, X)
         test = ~train
-        ok = jnp.all(jnp.isfinite(state.coef))
-        return jnp.sum((pred == y) & test), jnp.sum(test), state.shrinkage, ok
+        return jnp.sum((pred == y) & test), jnp.sum(test), state.shrinkage, state.result
 
-    correct, sizes, shrink, ok = jax.lax.map(one_fold, jnp.arange(folds))
-    ok = jnp.all(ok)
+    correct, sizes, shrink, codes = jax.lax.map(one_fold, jnp.arange(folds))
     correct = correct.astype(X.dtype)
     sizes = sizes.astype(X.dtype)
     total = jnp.sum(correct)
-    acc = jnp.where(ok, total / n, jnp.nan)  # NaN only for degenerate data under jit (eager calls raise)
+    acc = total / n
     lo, hi = wilson_interval(total, jnp.asarray(n, X.dtype), level)
     counts = jnp.sum(jax.nn.one_hot(y, n_classes, dtype=X.dtype), axis=0)
     chance = jnp.max(counts) / n
-    return Separability(acc, lo, hi, correct / sizes, chance, shrink, n, level)
+    return Separability(acc, lo, hi, correct / sizes, chance, shrink, n, level, "wilson", jnp.max(codes))
 
 
 def separability(
-    embeddings: Any,
-    labels: Any,
+    key: Any = REQUIRED,
+    embeddings: Any = REQUIRED,
+    labels: Any = REQUIRED,
+    /,
     *,
-    key: Any,
     folds: int = 5,
     shrinkage: Any = "auto",
     level: float = 0.95,
     n_classes: int | None = None,
+    throw: bool = True,
+    **deprecated: Any,
 ) -> Separability:
     r"""How well LDA tells the sources apart on held-out samples.
 
@@ -98,14 +104,17 @@ def separability(
     the data, one residual copy and a :math:`d\times d` covariance.
 
     Args:
+      key: PRNG key for the fold assignment, the first positional argument (``separability(X, labels, key=k)``
+        still works for one release, with a ``DeprecationWarning``).
       embeddings: ``(n, d)`` samples.
       labels: ``(n,)`` integer source labels in ``[0, K)``; at least two sources with two samples each.
-      key: PRNG key for the fold assignment.
       folds: number of folds, ``2 <= folds <= n``.
       shrinkage: LDA shrinkage (``"auto"`` Ledoit-Wolf by default, robust when :math:`d` is close to or above
         :math:`n`; ``None`` or a float in ``[0, 1]`` as in :func:`lda`).
       level: confidence level of the interval, in (0, 1).
       n_classes: number of sources :math:`K` (default ``max(labels) + 1``; needed under ``jit``/``vmap``).
+      throw: raise ``ValueError`` when a fold's LDA fit is singular (``result``); ``False`` warns with
+        :class:`jaxcompare.SolverWarning` and returns the flagged result (:class:`jaxcompare.Result`).
 
     Returns:
       :class:`Separability`.
@@ -114,10 +123,12 @@ def separability(
       >>> X = jax.random.normal(jax.random.key(0), (100, 4), jnp.float32)   # 100 float32 embeddings
       >>> sources = (jnp.arange(100) >= 50).astype(jnp.int32)
       >>> X = X.at[:, 0].add(2.0 * sources)   # source 1 is shifted along feature 0
-      >>> res = embed.separability(X, sources, key=jax.random.key(1))
+      >>> res = embed.separability(jax.random.key(1), X, sources)
       >>> print(f"{res.accuracy:.3f} [{res.ci_low:.3f}, {res.ci_high:.3f}] (chance {res.chance:.2f})")
       0.850 [0.767, 0.907] (chance 0.50)
     """
+    key, embeddings, labels = key_first("separability", (key, embeddings, labels), deprecated,
+                                        ("key", "embeddings", "labels"))
     key = check_key(key)
     X = check_data(embeddings, "embeddings")
     n, d = X.shape
@@ -138,9 +149,7 @@ def separability(
         _singular_warning(d, n_train, K)
         mode = "auto"
     res = _separability(key, X, y, alpha, folds, K, mode, level)
-    if is_concrete(res.accuracy) and not np.isfinite(float(res.accuracy)):
-        raise ValueError(
-            "separability: LDA failed in at least one fold because the within-class scatter is degenerate (samples "
-            "equal to their class means, or constant features with shrinkage 0); remove them or use shrinkage='auto'."
-        )
+    traced_result(res.result, throw, "separability")
+    report_result(res.result, throw, "separability: LDA failed in at least one fold: " + SINGULAR_MESSAGE,
+                  error=ValueError)
     return res

@@ -8,7 +8,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .._validation import check_choice, check_float, check_int, check_key
+from .._validation import REQUIRED, check_choice, check_float, check_int, check_key, key_first
 from ._common import check_data, mm, stratified_folds
 from ._lda import _fit_lda, _predict_lda
 
@@ -45,9 +45,11 @@ class TwoSampleTest:
 
 
 def _sq_dists(Z: jax.Array) -> jax.Array:
+    """Squared distances of the rows of ``Z``; values at the level of rounding (duplicate rows) are exactly 0."""
     sq = jnp.sum(Z * Z, axis=1)
     D2 = sq[:, None] + sq[None, :] - 2.0 * mm(Z, Z.T)
-    D2 = jnp.maximum(D2, 0.0)
+    tol = 16 * jnp.finfo(Z.dtype).eps * (sq[:, None] + sq[None, :])
+    D2 = jnp.where(D2 <= tol, 0.0, D2)
     return D2 * (1.0 - jnp.eye(Z.shape[0], dtype=Z.dtype))
 
 
@@ -63,9 +65,14 @@ def _mmd2_from_gram(Kmat: jax.Array, S: jax.Array, n_a: int, n_b: int) -> jax.Ar
 
 
 def _median_bandwidth(D2: jax.Array) -> jax.Array:
+    """Median heuristic on the *distinct* pairs: the median of the non-zero pairwise distances (duplicate rows would
+    otherwise make it 0 and the kernel 0/0); 1 when every distance is 0 (all rows equal: the kernel is then all ones
+    for any bandwidth, MMD^2 is exactly 0 and the p-value 1)."""
     m = D2.shape[0]
     iu = jnp.triu_indices(m, 1)
-    return jnp.sqrt(jnp.median(D2[iu]))
+    d = D2[iu]
+    med = jnp.nanmedian(jnp.where(d > 0, d, jnp.nan))
+    return jnp.where(jnp.isfinite(med) & (med > 0), jnp.sqrt(jnp.where(med > 0, med, 1.0)), 1.0).astype(D2.dtype)
 
 
 @partial(jax.jit, static_argnames=("n_a", "n_b"))
@@ -74,7 +81,8 @@ def _mmd2_stat(Z, bandwidth, n_a, n_b):
     sigma = jnp.where(bandwidth > 0, bandwidth, _median_bandwidth(D2))
     Kmat = jnp.exp(-D2 / (2.0 * sigma * sigma))
     s0 = (jnp.arange(n_a + n_b) < n_a).astype(Z.dtype)[:, None]
-    return _mmd2_from_gram(Kmat, s0, n_a, n_b)[0], sigma, Kmat
+    same = jnp.all(D2 == 0)  # one point repeated: MMD^2 is exactly 0 (the formula leaves rounding residue)
+    return jnp.where(same, 0.0, _mmd2_from_gram(Kmat, s0, n_a, n_b)[0]).astype(Z.dtype), sigma, Kmat, same
 
 
 def _permutation_stats(key, s0, stat_fn, n_permutations, batch):
@@ -95,9 +103,10 @@ def _p_value(t, null):
 
 @partial(jax.jit, static_argnames=("n_a", "n_b", "n_permutations", "batch"))
 def _mmd_test(key, Z, bandwidth, n_a, n_b, n_permutations, batch):
-    t, sigma, Kmat = _mmd2_stat(Z, bandwidth, n_a, n_b)
+    t, sigma, Kmat, same = _mmd2_stat(Z, bandwidth, n_a, n_b)
     s0 = (jnp.arange(n_a + n_b) < n_a).astype(Z.dtype)
     null = _permutation_stats(key, s0, lambda S: _mmd2_from_gram(Kmat, S, n_a, n_b), n_permutations, batch)
+    null = jnp.where(same, 0.0, null).astype(Z.dtype)
     return TwoSampleTest(t, _p_value(t, null), null, sigma, "mmd", n_permutations, n_a, n_b)
 
 
@@ -131,15 +140,17 @@ def _subsample(key, X, m):
 
 
 def two_sample_test(
-    a: Any,
-    b: Any,
+    key: Any = REQUIRED,
+    a: Any = REQUIRED,
+    b: Any = REQUIRED,
+    /,
     *,
-    key: Any,
     method: str = "mmd",
     n_permutations: int = 1000,
     bandwidth: Any = None,
     max_samples: int = 2000,
     batch: int = 128,
+    **deprecated: Any,
 ) -> TwoSampleTest:
     r"""Do samples ``a`` and ``b`` come from the same distribution? A permutation test with an exact level.
 
@@ -150,7 +161,9 @@ def two_sample_test(
               k(b_i,b_j) - \tfrac{2}{n_a n_b}\sum_{i,j} k(a_i,b_j),
 
     with :math:`\sigma` the median pairwise distance of the pooled sample (median heuristic) unless ``bandwidth`` is
-    given (Gretton et al. 2012). ``method="classifier"``: a classifier two-sample test (Lopez-Paz & Oquab 2017) -- an
+    given (Gretton et al. 2012). The median is taken over the non-zero distances, so duplicate rows cannot make it
+    0; when all rows are equal the samples are identical, the statistic is exactly 0 and the p-value 1.
+    ``method="classifier"``: a classifier two-sample test (Lopez-Paz & Oquab 2017) -- an
     LDA classifier with Ledoit-Wolf shrinkage is fitted on a stratified half and its accuracy on the other half is the
     statistic; the null permutes the labels of the held-out half (valid because, under the null, labels of held-out
     points are exchangeable given the fitted classifier).
@@ -169,9 +182,10 @@ def two_sample_test(
     Works under ``jit`` and ``vmap`` over keys (value checks only run eagerly).
 
     Args:
+      key: PRNG key (subsampling, split, permutations), the first positional argument
+        (``two_sample_test(a, b, key=k)`` still works for one release, with a ``DeprecationWarning``).
       a: ``(n_a, d)`` samples of the first source (``n_a >= 2``; 4 for the classifier test).
       b: ``(n_b, d)`` samples of the second source.
-      key: PRNG key (subsampling, split, permutations).
       method: ``"mmd"`` or ``"classifier"``.
       n_permutations: :math:`B \ge 1`.
       bandwidth: Gaussian kernel :math:`\sigma > 0`; ``None`` for the median heuristic (MMD only).
@@ -185,7 +199,7 @@ def two_sample_test(
       >>> X = jax.random.normal(jax.random.key(0), (60, 3))
       >>> src = jnp.arange(60) % 2
       >>> X = X.at[:, 0].add(1.5 * src)   # source 1 is shifted along feature 0
-      >>> res = embed.two_sample_test(X[src == 0], X[src == 1], key=jax.random.key(0))
+      >>> res = embed.two_sample_test(jax.random.key(0), X[src == 0], X[src == 1])
       >>> res.method, res.n_a, res.n_b, res.null_statistics.shape
       ('mmd', 30, 30, (1000,))
       >>> round(float(res.p_value), 4)   # 1/(1 + 1000), the smallest possible: the sources differ
@@ -196,6 +210,7 @@ def two_sample_test(
       D. Lopez-Paz, M. Oquab, "Revisiting classifier two-sample tests", ICLR 2017;
       B. Phipson, G. Smyth, "Permutation p-values should never be zero", Stat. Appl. Genet. Mol. Biol. 9 (2010).
     """
+    key, a, b = key_first("two_sample_test", (key, a, b), deprecated, ("key", "a", "b"))
     key = check_key(key)
     check_choice(method, "method", ("mmd", "classifier"))
     min_n = 2 if method == "mmd" else 4
@@ -230,7 +245,8 @@ def mmd2(a: Any, b: Any, *, bandwidth: Any = None) -> jax.Array:
     r"""Unbiased squared MMD between samples ``a`` ``(n_a, d)`` and ``b`` ``(n_b, d)`` with a Gaussian kernel.
 
     See :func:`two_sample_test` for the formula; ``bandwidth=None`` uses the median heuristic on the pooled sample.
-    The estimate is unbiased, so it can be slightly negative when the distributions are equal.
+    The estimate is unbiased, so it can be slightly negative when the distributions are equal; it is exactly 0 when
+    every row of both samples is the same point.
 
     Example:
       >>> ka, kb, kc = jax.random.split(jax.random.key(0), 3)

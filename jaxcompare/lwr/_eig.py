@@ -23,9 +23,10 @@ def _host_eigvalsh(m):
 
     m = np.asarray(m)
     flat = m.reshape((-1,) + m.shape[-2:])
-    out = np.empty(flat.shape[:-1], dtype=m.dtype)
+    out = np.full(flat.shape[:-1], np.nan, dtype=m.dtype)
     for i in range(flat.shape[0]):
-        out[i] = scipy.linalg.eigh(flat[i], eigvals_only=True, driver="evd", check_finite=False)
+        if np.all(np.isfinite(flat[i])):  # a non-finite matrix (a failed run) gets NaN, not a LAPACK error
+            out[i] = scipy.linalg.eigh(flat[i], eigvals_only=True, driver="evd", check_finite=False)
     return out.reshape(m.shape[:-1])
 
 
@@ -34,10 +35,11 @@ def _host_eigh(m):
 
     m = np.asarray(m)
     flat = m.reshape((-1,) + m.shape[-2:])
-    w = np.empty(flat.shape[:-1], dtype=m.dtype)
-    v = np.empty(flat.shape, dtype=m.dtype)
+    w = np.full(flat.shape[:-1], np.nan, dtype=m.dtype)
+    v = np.full(flat.shape, np.nan, dtype=m.dtype)
     for i in range(flat.shape[0]):
-        w[i], v[i] = scipy.linalg.eigh(flat[i], driver="evd", check_finite=False)
+        if np.all(np.isfinite(flat[i])):
+            w[i], v[i] = scipy.linalg.eigh(flat[i], driver="evd", check_finite=False)
     return w.reshape(m.shape[:-1]), v.reshape(m.shape)
 
 

@@ -5,7 +5,7 @@ import dataclasses
 
 import numpy as np
 
-from .._validation import check_choice, check_float
+from .._validation import check_choice, check_float, check_real_points
 from ..spectra import (
     bbp_outlier,
     fan_wang_stieltjes,
@@ -80,7 +80,7 @@ def limit_density(cfg: LWRConfig, x, matrix: str = "weights", *, eps: float = 2e
     """
     nu2 = _check(cfg, matrix, nu2)
     eps = float(check_float(eps, "eps", low=0.0, low_open=True))
-    x = np.asarray(x, dtype=np.float64)
+    x = check_real_points(x, "x")
     if matrix == "weights":
         return mp_density(x, cfg.d / cfg.h)
     dens = fan_wang_stieltjes(x + 1j * eps, **_fw_params(cfg, matrix, nu2)).imag / np.pi

@@ -9,7 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from .._checked import traced_finite, traced_result
 from .._progress import progress, progress_enabled
+from .._results import Result, worst_result
 from .._validation import check_choice, check_float, check_int, check_key, is_concrete
 from ..spectra._activations import ACTIVATIONS
 from ._config import LWRConfig
@@ -58,12 +60,18 @@ class TrainResult:
     Attributes:
       params: final :class:`LWRParams` (the last finite ones if training diverged).
       history: :class:`History`.
-      losses: ``(steps,)`` loss of the batch used at each update (full batch for GD; NaN after divergence).
-      diverged: bool, True if a loss or parameter became non-finite.
-      first_bad_step: int, the first update (1-based) that gave a non-finite loss or parameters; -1 if none.
+      losses: ``(steps,)`` loss of the batch used at each update (full batch for GD); the steps after a failure
+        are not taken and hold NaN (``result`` says why).
+      diverged: bool, True if training failed: ``result`` is ``diverged`` or ``nonfinite``.
+      first_bad_step: int, the first update (1-based) that diverged or gave a non-finite loss or parameters; -1 if
+        none.
       lr_bound: full-batch GD stability bound ``2n/λ_max(K_0)`` with ``K = K_W`` (``K_W + K_CK`` if ``train_v``).
       step: int, number of updates done since initialization (counting earlier runs this one resumed).
       opt_state: the optimizer's state after the last update (what ``train(..., resume=result)`` continues from).
+      result: int32 :class:`jaxcompare.Result` code: ``successful``; ``diverged`` when the trained parameters' norm
+        grew past ``max_growth`` times its initial value (finite but exploding, e.g. a step size far above
+        ``lr_bound`` with a bounded activation that keeps the loss finite); ``nonfinite`` when a loss or parameter
+        became NaN/inf. The parameters are then frozen at the last update before the failure.
     """
 
     params: LWRParams
@@ -74,6 +82,7 @@ class TrainResult:
     lr_bound: jax.Array
     step: jax.Array
     opt_state: object
+    result: jax.Array | None = None
 
 
 def _trainable(W, v, train_v: bool) -> dict:
@@ -141,13 +150,18 @@ def _references(W0, v0, X, *, cfg, eig_backend):
     return K0.ck, K0.ntk, 2 * X.shape[0] / lam_max
 
 
+def _tree_norm(tree) -> jax.Array:
+    return jnp.sqrt(sum(jnp.sum(a * a) for a in jax.tree.leaves(tree)))
+
+
 @partial(
     jax.jit,
-    static_argnames=("cfg", "optimizer", "steps", "batch_size", "record_every", "n_top", "eig_backend", "spectra"),
+    static_argnames=("cfg", "optimizer", "steps", "batch_size", "record_every", "n_top", "eig_backend", "spectra",
+                     "max_growth"),
 )
 def _train_core(
     key, W0, v0, X, y, Xt, yt, B, lr, refs, start, *, cfg, optimizer, steps, batch_size, record_every, n_top,
-    eig_backend, spectra,
+    eig_backend, spectra, max_growth=100.0,
 ):
     act = cfg.activation
     n = X.shape[0]
@@ -162,9 +176,12 @@ def _train_core(
         return 0.5 * jnp.mean(r * r)
 
     grad_fn = jax.value_and_grad(loss_fn)
+    n0 = _tree_norm(tp0)
+    size = sum(a.size for a in jax.tree.leaves(tp0))
+    growth_bound = max_growth * jnp.where(n0 > 0, n0, jnp.sqrt(jnp.asarray(size, dt)))
 
     def step(state, _):
-        tp, opt_state, t, diverged, first_bad = state
+        tp, opt_state, t, diverged, first_bad, code = state
         if batch_size is None:
             Xb, yb = X, y
         else:
@@ -174,20 +191,26 @@ def _train_core(
         upd, new_opt = opt.update(g, opt_state, tp)
         new_tp = optax.apply_updates(tp, upd)
         finite = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(new_tp)]))
-        ok = finite & ~diverged
+        grown = finite & (_tree_norm(new_tp) > growth_bound)
+        bad = ~finite | grown
+        ok = ~bad & ~diverged
         keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731
         tp = jax.tree.map(keep, new_tp, tp)
         opt_state = jax.tree.map(keep, new_opt, opt_state)
-        first_bad = jnp.where(~finite & ~diverged, t + 1, first_bad)
+        first = bad & ~diverged
+        first_bad = jnp.where(first, t + 1, first_bad)
+        code = jnp.where(first, jnp.where(finite, int(Result.diverged), int(Result.nonfinite)), code)
         out_loss = jnp.where(diverged, jnp.nan, loss)
-        return (tp, opt_state, t + 1, diverged | ~finite, first_bad), out_loss
+        return (tp, opt_state, t + 1, diverged | bad, first_bad, code.astype(jnp.int32)), out_loss
 
     if start is None:
-        state = (tp0, opt.init(tp0), jnp.asarray(0, jnp.int32), jnp.asarray(False), jnp.asarray(-1, jnp.int32))
+        state = (tp0, opt.init(tp0), jnp.asarray(0, jnp.int32), jnp.asarray(False), jnp.asarray(-1, jnp.int32),
+                 jnp.asarray(int(Result.successful), jnp.int32))
         recs = [jax.tree.map(lambda a: a[None], record(tp0, 0))]
     else:  # resume from the scan state of an earlier run; the first record is the earlier run's last
-        tp, opt_state, t, diverged, first_bad = start
-        state = (tp, opt_state, jnp.asarray(t, jnp.int32), jnp.asarray(diverged), jnp.asarray(first_bad, jnp.int32))
+        tp, opt_state, t, diverged, first_bad, code = start
+        state = (tp, opt_state, jnp.asarray(t, jnp.int32), jnp.asarray(diverged), jnp.asarray(first_bad, jnp.int32),
+                 jnp.asarray(code, jnp.int32))
         recs = []
     r = steps if record_every is None else record_every
     n_chunks, rem = divmod(steps, r)
@@ -217,6 +240,7 @@ def _train_core(
         lr_bound=lr_bound,
         step=state[2],
         opt_state=state[1],
+        result=state[5],
     )
 
 
@@ -237,18 +261,26 @@ def _resume_state(resume, params: LWRParams, cfg: LWRConfig, optimizer, lr):
     if jax.tree.structure(resume.opt_state) != expected:
         raise ValueError("resume.opt_state does not match this optimizer's state: resume with the optimizer (and "
                          "cfg.train_v) of the earlier run.")
-    return tp, resume.opt_state, resume.step, False, -1
+    return tp, resume.opt_state, resume.step, False, -1, int(Result.successful)
+
+
+def _result_of(res: TrainResult) -> jax.Array:
+    """``res.result``, or for results made before the field existed, ``nonfinite`` where ``diverged``."""
+    if res.result is not None:
+        return res.result
+    return jnp.where(res.diverged, int(Result.nonfinite), int(Result.successful)).astype(jnp.int32)
 
 
 def _scan_state(res: TrainResult, train_v: bool):
-    return _trainable(res.params.W, res.params.v, train_v), res.opt_state, res.step, res.diverged, res.first_bad_step
+    return (_trainable(res.params.W, res.params.v, train_v), res.opt_state, res.step, res.diverged,
+            res.first_bad_step, _result_of(res))
 
 
 def concat_results(first: TrainResult, *rest: TrainResult, axis: int = 0) -> TrainResult:
     """Join a run and its resumptions (``train(..., resume=first)``, ...) into one :class:`TrainResult`: histories
     and per-step losses are concatenated along ``axis`` (use ``axis=1`` for results ``vmap``-ed over seeds);
-    parameters, optimizer state, step and bound are the last part's, ``diverged`` is any part's and
-    ``first_bad_step`` the first diverged part's.
+    parameters, optimizer state, step and bound are the last part's, ``diverged`` is any part's,
+    ``first_bad_step`` the first diverged part's and ``result`` the worst part's.
 
     Example:
       >>> from jaxcompare import lwr
@@ -270,7 +302,7 @@ def concat_results(first: TrainResult, *rest: TrainResult, axis: int = 0) -> Tra
         first_bad = jnp.where(diverged, first_bad, r.first_bad_step)
         diverged = diverged | r.diverged
     return dataclasses.replace(
-        parts[-1],
+        parts[-1], result=worst_result(*(_result_of(r) for r in parts)),
         history=jax.tree.map(lambda *a: jnp.concatenate(a, axis=axis), *(r.history for r in parts)),
         losses=jnp.concatenate([r.losses for r in parts], axis=axis),
         diverged=diverged,
@@ -295,6 +327,7 @@ def train(
     throw: bool = True,
     resume: TrainResult | None = None,
     progress_bar: bool | None = None,
+    max_growth: float = 100.0,
 ) -> TrainResult:
     r"""Train ``W`` (and ``v`` if ``cfg.train_v``) on ``L = ‖y − f(X)‖²/(2n)`` and record spectra.
 
@@ -308,8 +341,15 @@ def train(
     batches of distinct indices drawn from ``key`` at every step; the loss is then the batch mean), ``"adam"``
     (full batch, or minibatch with ``batch_size``), or any ``optax.GradientTransformation`` (``lr`` unused).
     The function-space step is ``(η/n) K``, so full-batch GD is stable for ``η < 2n/λ_max(K)``, reported as
-    ``lr_bound``. A non-finite loss or parameter freezes the parameters at their last finite value, sets
-    ``diverged`` and ``first_bad_step``; with ``throw=True`` (eager calls) a ``FloatingPointError`` reports them.
+    ``lr_bound``. Divergence is flagged, not left to overflow: an update is a failure when it makes the loss or a
+    parameter non-finite (``result = nonfinite``), or when the norm of the trained parameters ``‖θ_t‖_F``
+    (``θ = W``, or ``(W, v)`` if ``cfg.train_v``) exceeds ``max_growth · ‖θ_0‖_F`` (``result = diverged``). The
+    second rule catches step sizes far above ``lr_bound`` that a bounded activation keeps at a finite, plausible
+    loss (``tanh``: ``lr = 10⁴ lr_bound`` ends at a flat loss with ``‖W‖`` grown ~10³-fold); stable and
+    edge-of-stability runs grow ``‖W‖`` by a few times at most, so ``max_growth = 100`` leaves a wide margin. A
+    failure freezes the parameters at the last update before it and sets ``diverged``, ``first_bad_step`` and
+    ``result``; with ``throw=True`` (the package-wide default, :class:`jaxcompare.Result`) an eager call raises
+    ``FloatingPointError``, ``throw=False`` returns the flagged result (vmapped runs: check ``result``).
 
     Long runs can be split and resumed: ``train(key, params, data, cfg, ..., resume=earlier)`` with the same
     ``key``, initial ``params``, ``data``, ``cfg`` and optimizer settings continues from ``earlier``'s parameters,
@@ -332,11 +372,14 @@ def train(
         (``jnp.linalg.eigh``; default on accelerators).
       spectra: record eigenvalues and alignments (``False``: only norms and losses; the eigenvalue arrays then
         have 0 columns).
-      throw: raise when training diverged (only when the result is concrete).
+      throw: raise ``FloatingPointError`` when training failed (eager calls; under ``jit`` inside
+        :func:`jaxcompare.checked`); ``False`` returns the flagged result.
       resume: a :class:`TrainResult` of an earlier call to continue (see above); ``None`` starts from ``params``.
       progress_bar: for eager calls with several records, run one compiled chunk per record and show progress
         (default: on unless ``JAXCOMPARE_PROGRESS=0``); the result is the same. Under ``jit``/``vmap`` the whole
         run is one program and shows none.
+      max_growth: divergence bound on ``‖θ_t‖_F / ‖θ_0‖_F`` (``> 1``; ``‖θ_0‖ = 0`` uses ``√(number of
+        parameters)``).
 
     Returns:
       :class:`TrainResult`.
@@ -353,6 +396,9 @@ def train(
     _check_cfg(cfg)
     key = check_key(key)
     params, X, y, Xt, yt, B = _check_model_data(params, data, cfg)
+    for name, a in (("params.W", params.W), ("params.v", params.v), ("data.X", X), ("data.y", y)):
+        traced_finite(a, name)
+    max_growth = float(check_float(max_growth, "max_growth", low=1.0, low_open=True))
     if not isinstance(optimizer, optax.GradientTransformation):
         check_choice(optimizer, "optimizer", OPTIMIZERS)
         if lr is None:
@@ -378,7 +424,7 @@ def train(
             B.astype(dt), lr_arr)
     refs = _references(params.W, args[2], args[3], cfg=cfg, eig_backend=eig_backend)
     static = dict(cfg=cfg, optimizer=optimizer, batch_size=batch_size, n_top=n_top, eig_backend=eig_backend,
-                  spectra=bool(spectra))
+                  spectra=bool(spectra), max_growth=max_growth)
     r = steps if record_every is None else record_every
     chunks = [r] * (steps // r) + ([steps % r] if steps % r else [])
     if len(chunks) > 1 and progress_enabled(progress_bar) and all(is_concrete(a) for a in jax.tree.leaves(args)):
@@ -391,13 +437,18 @@ def train(
         res = concat_results(*parts)
     else:
         res = _train_core(*args, refs, start, steps=steps, record_every=record_every, **static)
-    if throw and is_concrete(res.diverged) and np.any(np.asarray(res.diverged)):
+    traced_result(res.result, throw, "lwr.train")
+    if throw and is_concrete(res.result) and np.any(np.asarray(res.result) != int(Result.successful)):
         bad = np.atleast_1d(np.asarray(res.first_bad_step))
         bound = np.atleast_1d(np.asarray(res.lr_bound))
+        worst = Result(int(np.max(np.asarray(res.result))))
+        what = ("the loss or parameters became non-finite" if worst == Result.nonfinite else
+                f"the parameters' norm grew past max_growth={max_growth:g} times its initial value")
         raise FloatingPointError(
-            f"training diverged: the loss or parameters became non-finite at step {int(bad.max())} of "
-            f"{int(np.max(np.asarray(res.step)))} "
-            f"(optimizer={optimizer!r}, lr={lr}). Full-batch GD is stable for lr < 2n/λ_max(K) = {float(bound.min()):.4g}; "
-            "lower lr, or pass throw=False to get the flagged result (diverged, first_bad_step)."
+            f"training diverged: {what} at step {int(bad.max())} of {int(np.max(np.asarray(res.step)))} "
+            f"(optimizer={optimizer!r}, lr={lr}). Full-batch GD is stable for lr < 2n/λ_max(K) = "
+            f"{float(bound.min()):.4g}; "
+            f"lower lr, or pass throw=False to get the flagged result (result, diverged, first_bad_step) "
+            f"[result={worst.name}]."
         )
     return res

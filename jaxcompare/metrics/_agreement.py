@@ -6,6 +6,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from .._checked import traced_finite, traced_labels
 from .._validation import check_array, check_labels, check_same_length
 from ._labels import _float_dtype, hard_labels
 
@@ -33,6 +34,7 @@ def accuracy(pred: Any, labels: Any) -> jax.Array:
     p = jnp.asarray(pred)
     n_classes = p.shape[1] if p.ndim == 2 else None
     yhat = hard_labels(p, "pred", n_classes)
+    traced_labels(labels, "labels", n_classes)
     y = check_labels(labels, "labels", n_classes)
     check_same_length({"pred": yhat, "labels": y})
     return jnp.mean(yhat == y, dtype=_float_dtype(p))
@@ -46,7 +48,8 @@ def churn(a: Any, b: Any) -> jax.Array:
 
     Args:
       a: ``(n, C)`` scores or ``(n,)`` integer labels of the first model.
-      b: the same for the second model (or the ensemble's ``(n,)`` labels).
+      b: the same for the second model (or the ensemble's ``(n,)`` labels); scores of both models must have the same
+        ``C``, and labels must lie in ``[0, C)`` when the other model gives ``C`` scores.
 
     Returns:
       Scalar ``jax.Array`` in ``[0, 1]``.
@@ -57,7 +60,13 @@ def churn(a: Any, b: Any) -> jax.Array:
       0.25
     """
     pa, pb = jnp.asarray(a), jnp.asarray(b)
-    la, lb = hard_labels(pa, "a"), hard_labels(pb, "b")
+    ca = pa.shape[1] if pa.ndim == 2 else None
+    cb = pb.shape[1] if pb.ndim == 2 else None
+    if ca is not None and cb is not None and ca != cb:
+        raise ValueError(f"a and b must score the same classes: a has {ca} columns (shape {pa.shape}) but b has {cb} "
+                         f"(shape {pb.shape}).")
+    classes = ca if ca is not None else cb  # integer labels are checked against the other model's classes
+    la, lb = hard_labels(pa, "a", classes), hard_labels(pb, "b", classes)
     check_same_length({"a": la, "b": lb})
     return jnp.mean(la != lb, dtype=_float_dtype(pa, pb))
 
@@ -79,6 +88,7 @@ def pairwise_churn(preds: Any) -> jax.Array:
     p = jnp.asarray(preds)
     if p.ndim == 3:
         p = check_array(p, "preds", ndim=3)
+        traced_finite(p, "preds")
         lab = jnp.argmax(p, axis=-1)
     elif p.ndim == 2 and not jnp.issubdtype(p.dtype, jnp.floating):
         lab = check_labels(p.reshape(-1), "preds").reshape(p.shape)

@@ -6,6 +6,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from .._checked import traced_finite, traced_labels
 from .._validation import check_array, check_labels
 
 __all__ = ["hard_labels", "binary_probs", "ensemble_label"]
@@ -38,6 +39,7 @@ def hard_labels(pred: Any, name: str = "pred", n_classes: int | None = None) -> 
     a = jnp.asarray(pred)
     if a.ndim == 2:
         a = check_array(a, name, ndim=2)
+        traced_finite(a, name)
         if n_classes is not None and a.shape[1] != n_classes:
             raise ValueError(f"{name} must have {n_classes} columns (one per class), got shape {a.shape}.")
         return jnp.argmax(a, axis=1).astype(jnp.int32)
@@ -47,6 +49,7 @@ def hard_labels(pred: Any, name: str = "pred", n_classes: int | None = None) -> 
                 f"{name} is a 1-D floating array; pass integer labels, (n, C) scores, or for binary logit gaps "
                 f"s = l1 - l0 use `s > 0` (labels) or `jaxcompare.metrics.binary_probs(s)`."
             )
+        traced_labels(a, name, n_classes)
         return check_labels(a, name, n_classes)
     raise ValueError(f"{name} must be (n, C) scores or (n,) integer labels, got shape {a.shape}.")
 
@@ -69,6 +72,7 @@ def binary_probs(gap: Any) -> jax.Array:
       [0.5, 0.5]
     """
     s = check_array(gap, "gap", min_size=1)
+    traced_finite(s, "gap")
     p1 = jax.nn.sigmoid(s)
     p0 = jax.nn.sigmoid(-s)
     return jnp.stack([p0, p1], axis=-1)
@@ -90,6 +94,7 @@ def ensemble_label(scores: Any) -> jax.Array:
       [1, 0]
     """
     s = check_array(scores, "scores", ndim=(2, 3))
+    traced_finite(s, "scores")
     mean = jnp.mean(s, axis=0)
     if s.ndim == 2:
         return (mean > 0).astype(jnp.int32)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validation import check_float, check_int
-from ._marchenko_pastur import mp_stieltjes
+from .._validation import check_float, check_int, check_real_points, check_upper_half_plane
+from ._marchenko_pastur import _mp_stieltjes, mp_support
 
 __all__ = ["fan_wang_stieltjes", "fan_wang_density"]
 
@@ -37,7 +37,7 @@ def fan_wang_stieltjes(
     ``K_W ≈ A₀ I + A₁ G`` (a shifted, scaled MP law).
 
     Args:
-      z: complex points with ``Im z > 0``, any shape.
+      z: finite complex points with ``Im z > 0``, any shape (others raise ``ValueError``).
       gamma0, gamma1: aspect ratios ``n/d`` and ``n/h``.
       t0, t1, A0, A1: the constants above (``t1 + A1 > 0``).
       g_eigenvalues: optional eigenvalues of ``G = XᵀX/d`` for real data: the empirical Stieltjes transform replaces
@@ -61,13 +61,13 @@ def fan_wang_stieltjes(
     A1 = float(check_float(A1, "A1", low=0.0))
     damping = float(check_float(damping, "damping", low=0.0, high=1.0, low_open=True))
     max_iter = check_int(max_iter, "max_iter", min=1)
+    tol = float(check_float(tol, "tol", low=0.0))
     if t1 + A1 <= 0:
         raise ValueError("t1 + A1 must be positive (the activation needs b = E phi'(xi) != 0).")
-    zt = np.asarray(z, dtype=np.complex128)
-    if np.any(zt.imag <= 0):
-        raise ValueError("z must lie in the upper half-plane (Im z > 0); use a small positive imaginary part.")
+    zt = check_upper_half_plane(z, "z")
     if g_eigenvalues is None:
-        m_g = lambda w: mp_stieltjes(w, g0)  # noqa: E731
+        lo, hi = mp_support(g0)
+        m_g = lambda w: _mp_stieltjes(w, g0, lo, hi)  # noqa: E731
     else:
         lam = np.asarray(g_eigenvalues, dtype=np.float64).ravel()
         if lam.size == 0 or not np.all(np.isfinite(lam)):
@@ -104,7 +104,7 @@ def fan_wang_density(x, *, eps: float = 1e-3, **kwargs) -> np.ndarray:
     in the sense that they appear as spikes of height ``mass/(π ε)`` — plot them separately).
 
     Args:
-      x: real grid, any shape.
+      x: real, finite grid, any shape.
       eps: imaginary part.
       **kwargs: the parameters of :func:`fan_wang_stieltjes`.
 
@@ -112,5 +112,5 @@ def fan_wang_density(x, *, eps: float = 1e-3, **kwargs) -> np.ndarray:
       float64 array shaped like ``x``.
     """
     eps = float(check_float(eps, "eps", low=0.0, low_open=True))
-    x = np.asarray(x, dtype=np.float64)
+    x = check_real_points(x, "x")
     return fan_wang_stieltjes(x + 1j * eps, **kwargs).imag / np.pi

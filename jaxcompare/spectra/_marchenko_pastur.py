@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validation import check_float
+from .._validation import check_float, check_real_points
 
 __all__ = ["mp_support", "mp_density", "mp_atom", "mp_stieltjes"]
 
@@ -39,7 +39,7 @@ def mp_density(x, ratio: float) -> np.ndarray:
     zero outside (the atom of :func:`mp_atom` is not included). ``∫ p = min(1, 1/c)``.
 
     Args:
-      x: points, any shape.
+      x: real, finite points, any shape (NaN, inf or complex points raise ``ValueError``/``TypeError``).
       ratio: ``c > 0``.
 
     Returns:
@@ -51,7 +51,7 @@ def mp_density(x, ratio: float) -> np.ndarray:
     """
     c = _ratio(ratio)
     lo, hi = mp_support(c)
-    x = np.asarray(x, dtype=np.float64)
+    x = check_real_points(x, "x")
     inside = (x > lo) & (x < hi)
     xs = np.where(inside, x, 1.0)
     return np.where(inside, np.sqrt(np.maximum((hi - xs) * (xs - lo), 0.0)) / (2 * np.pi * c * xs), 0.0)
@@ -65,7 +65,8 @@ def mp_stieltjes(z, ratio: float) -> np.ndarray:
     with principal square roots (valid off ``[λ_-, λ_+]``, in particular on the upper half-plane).
 
     Args:
-      z: complex points, any shape (``Im z > 0`` or real outside the support).
+      z: finite complex points, any shape: ``Im z > 0``, or real outside ``[λ_-, λ_+]`` and ``z != 0``. Real points
+        on the support (where the transform has two boundary values), ``Im z < 0`` and NaN/inf raise ``ValueError``.
       ratio: ``c > 0``.
 
     Returns:
@@ -78,5 +79,32 @@ def mp_stieltjes(z, ratio: float) -> np.ndarray:
     """
     c = _ratio(ratio)
     lo, hi = mp_support(c)
-    z = np.asarray(z, dtype=np.complex128)
+    z = _check_z(z, lo, hi)
+    return _mp_stieltjes(z, c, lo, hi)
+
+
+def _mp_stieltjes(z: np.ndarray, c: float, lo: float, hi: float) -> np.ndarray:
+    """The formula, unchecked (internal callers pass points off the support)."""
     return (1 - c - z + np.sqrt(z - hi) * np.sqrt(z - lo)) / (2 * c * z)
+
+
+def _check_z(z, lo: float, hi: float) -> np.ndarray:
+    try:
+        a = np.asarray(z)
+    except Exception as e:  # noqa: BLE001
+        raise TypeError(f"z must be a numeric array, got {type(z).__name__}: {e}") from None
+    if a.dtype.kind not in "biufc":
+        raise TypeError(f"z must be complex points, got dtype {a.dtype}.")
+    a = a.astype(np.complex128)
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"z must be finite, but it has {int(np.sum(~np.isfinite(a)))} NaN/infinite entries.")
+    if np.any(a.imag < 0):
+        raise ValueError(f"z must lie in the upper half-plane (Im z > 0) or on the real axis off the support; got "
+                         f"Im z = {float(a.imag.min()):g}.")
+    real = a.imag == 0
+    on = real & (((a.real >= lo) & (a.real <= hi)) | (a.real == 0))
+    if np.any(on):
+        x = float(a.real[on].ravel()[0])
+        raise ValueError(f"z = {x:g} is real and on the support [{lo:g}, {hi:g}] (or 0) of the Marchenko-Pastur law, "
+                         f"where the Stieltjes transform has two boundary values; use Im z > 0 (e.g. x + 1e-3j).")
+    return a

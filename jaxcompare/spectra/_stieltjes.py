@@ -5,7 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._validation import check_array
+from .._checked import traced_finite, traced_range
+from .._validation import check_array, check_finite, check_upper_half_plane, is_concrete
 
 __all__ = ["empirical_stieltjes", "stieltjes_distance"]
 
@@ -16,8 +17,10 @@ def empirical_stieltjes(eigenvalues, z) -> jax.Array:
     Works under ``jit``/``vmap`` (batch axes of ``eigenvalues`` lead; the last axis holds the spectrum).
 
     Args:
-      eigenvalues: ``(..., n)`` real eigenvalues.
-      z: complex points, shape ``(m,)`` or scalar.
+      eigenvalues: ``(..., n)`` real, finite eigenvalues.
+      z: finite complex points with ``Im z > 0`` (where the transform is single-valued and no point can hit an
+        eigenvalue), shape ``(m,)`` or scalar; others raise ``ValueError`` (checked eagerly, and under ``jit``
+        inside :func:`jaxcompare.checked`).
 
     Returns:
       complex array ``(..., m)`` (or ``(...,)`` for scalar ``z``).
@@ -29,9 +32,14 @@ def empirical_stieltjes(eigenvalues, z) -> jax.Array:
     lam = check_array(eigenvalues, "eigenvalues", ndim=None)
     if lam.ndim < 1:
         raise ValueError("eigenvalues must have at least one axis, got a scalar.")
+    traced_finite(lam, "eigenvalues")
+    if is_concrete(z):
+        check_upper_half_plane(z, "z")
     zz = jnp.asarray(z)
     if not jnp.issubdtype(zz.dtype, jnp.complexfloating):
         zz = zz.astype(jnp.result_type(lam.dtype, jnp.complex64))
+    traced_finite(zz, "z")
+    traced_range(jnp.imag(zz), "Im z", 0.0, low_open=True)
     scalar = zz.ndim == 0
     zz = jnp.atleast_1d(zz)
     if zz.ndim != 1:
@@ -47,16 +55,37 @@ def stieltjes_distance(eigenvalues, limit_stieltjes, z) -> np.ndarray:
     Compare spectra through Stieltjes transforms at ``Im z ≈ 0.1`` (KS distances are fragile near atoms).
 
     Args:
-      eigenvalues: ``(..., n)`` real eigenvalues.
-      limit_stieltjes: complex values of the limiting transform at ``z`` (shape ``(m,)``), e.g. from
+      eigenvalues: ``(..., n)`` real, finite eigenvalues (``n >= 1``).
+      limit_stieltjes: finite complex values of the limiting transform at ``z`` (``m`` of them), e.g. from
         :func:`mp_stieltjes` or :func:`fan_wang_stieltjes`.
-      z: ``(m,)`` complex points.
+      z: ``(m,)`` finite complex points with ``Im z > 0``.
 
     Returns:
       float64 array ``(...)``.
+
+    Example:
+      >>> z = np.array([1.0 + 0.1j, 2.0 + 0.1j])
+      >>> float(stieltjes_distance([1.0, 3.0], empirical_stieltjes(jnp.array([1.0, 3.0]), z), z)) < 1e-6
+      True
     """
-    lam = np.asarray(eigenvalues, dtype=np.float64)
-    z = np.atleast_1d(np.asarray(z, dtype=np.complex128))
-    m = np.asarray(limit_stieltjes, dtype=np.complex128).reshape(z.shape)
+    lam = np.asarray(eigenvalues)
+    if lam.dtype.kind not in "biuf":
+        raise TypeError(f"eigenvalues must be real numbers, got dtype {lam.dtype}.")
+    lam = lam.astype(np.float64)
+    if lam.ndim < 1 or lam.shape[-1] == 0:
+        raise ValueError(f"eigenvalues must have a non-empty last axis (the spectrum), got shape {lam.shape}.")
+    check_finite(lam, "eigenvalues")
+    z = np.atleast_1d(check_upper_half_plane(z, "z"))
+    if z.ndim != 1:
+        raise ValueError(f"z must be a scalar or 1-D, got shape {z.shape}.")
+    m = np.asarray(limit_stieltjes)
+    if m.dtype.kind not in "biufc":
+        raise TypeError(f"limit_stieltjes must be complex numbers, got dtype {m.dtype}.")
+    m = m.astype(np.complex128)
+    if m.size != z.size:
+        raise ValueError(f"limit_stieltjes must hold one value per point of z ({z.size}), got shape {m.shape}.")
+    m = m.reshape(z.shape)
+    if not np.all(np.isfinite(m)):
+        raise ValueError("limit_stieltjes must be finite, but it has NaN/infinite entries.")
     emp = np.mean(1.0 / (lam[..., None, :] - z[:, None]), axis=-1)
     return np.max(np.abs(emp - m), axis=-1)

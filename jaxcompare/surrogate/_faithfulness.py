@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._checked import traced_finite, traced_labels
 from .._validation import check_array, check_choice, check_labels, is_concrete
 
 __all__ = ["Faithfulness", "faithfulness"]
@@ -44,12 +45,25 @@ class Faithfulness:
 
 
 def _correct_logprob(logits: jax.Array, probs: jax.Array | None, y: jax.Array) -> jax.Array:
-    # log-probabilities keep their resolution where float probabilities round to 1 (same ranks, fewer ties)
+    """``log p(y | x)`` of the correct class, accurate where the probability rounds to 1.
+
+    ``log_softmax`` computes ``z_y - logsumexp(z)``, which is exactly 0 in float32 once the margin exceeds ~17:
+    every confident point would tie. Writing ``log p_y = -log1p(Σ_{j≠y} exp(z_j - z_y))`` keeps the small terms
+    (used when ``y`` is the top class, so every term is ``<= 1``; otherwise the usual form is accurate). Given
+    probabilities, ``log p_y = -log1p(Σ_{j≠y} p_j / p_y)`` (rows normalized) does the same from the other classes'
+    probabilities, which keep their resolution when ``p_y`` rounds to 1.
+    """
+    C = (logits if probs is None else probs).shape[1]
+    other = jnp.arange(C)[None, :] != y[:, None]
     if probs is None:
-        logp = jax.nn.log_softmax(logits, axis=1)
-    else:  # an underflowed probability (0) becomes the smallest normal number: same ranks, finite
-        logp = jnp.log(jnp.maximum(probs, jnp.finfo(probs.dtype).tiny))
-    return jnp.take_along_axis(logp, y[:, None], axis=1)[:, 0]
+        zy = jnp.take_along_axis(logits, y[:, None], axis=1)
+        top = jnp.all(jnp.where(other, logits <= zy, True), axis=1)
+        rest = jnp.sum(jnp.where(other, jnp.exp(jnp.minimum(logits - zy, 0.0)), 0.0), axis=1)
+        usual = zy[:, 0] - jax.scipy.special.logsumexp(logits, axis=1)
+        return jnp.where(top, -jnp.log1p(rest), usual)
+    py = jnp.maximum(jnp.take_along_axis(probs, y[:, None], axis=1)[:, 0], jnp.finfo(probs.dtype).tiny)
+    rest = jnp.sum(jnp.where(other, probs, 0.0), axis=1)
+    return -jnp.log1p(rest / py)
 
 
 @jax.jit
@@ -106,8 +120,9 @@ def faithfulness(
     * ``TAD = acc(surrogate) − acc(network)`` (predictions are the argmax of the logits);
     * ``τ_K = τ_b(p_net(y_t | x_t), p_sur(y_t | x_t))`` over test points ``t`` — Kendall's τ-b
       (:func:`jaxcompare.kendall_tau`, as ``scipy.stats.kendalltau``) between the probabilities each model gives
-      the correct class, softmax of the logits unless ``*_probs`` are given (ranked through log-probabilities,
-      which keeps float resolution near 1 and leaves τ unchanged);
+      the correct class, softmax of the logits unless ``*_probs`` are given (ranked through log-probabilities
+      computed from the other classes' terms, ``-log1p(Σ_{j≠y} e^{z_j - z_y})``, which keeps float32 resolution
+      where the probability rounds to 1 and leaves τ unchanged);
     * ``R_Miss = |E_net ∩ E_sur| / |E_net ∪ E_sur|`` with ``E`` the misclassified test points (1 if both are
       perfect);
     * optional ``R²`` of the row-centered network logits (softmax is invariant to a per-row shift) predicted from
@@ -118,8 +133,8 @@ def faithfulness(
       network_logits: ``(T, C)`` the network's logits on the test points.
       surrogate_logits: ``(T, C)`` the surrogate's logits (``kglm_logits``).
       labels: ``(T,)`` true labels in ``[0, C)``.
-      network_probs, surrogate_probs: optional ``(T, C)`` probabilities replacing the softmax for τ_K (e.g.
-        :func:`kglm_proba` of a one-vs-rest kGLM, which normalizes sigmoids as scikit-learn).
+      network_probs, surrogate_probs: optional ``(T, C)`` probabilities (rows summing to 1) replacing the softmax
+        for τ_K (e.g. :func:`kglm_proba` of a one-vs-rest kGLM, which normalizes sigmoids as scikit-learn).
       r2: None, ``"linear"`` or ``"isotonic"``.
 
     Returns:
@@ -134,7 +149,7 @@ def faithfulness(
       >>> nn_logits = 3 * F[20:, :3] + noise                    # stands in for a network's logits on the test points
       >>> report = jc.faithfulness(nn_logits, jc.kglm_logits(model, K[20:, :20]), y[20:])
       >>> round(float(report.tad), 3), round(float(report.kendall_tau), 3), round(float(report.r_miss), 3)
-      (0.0, 0.341, 1.0)
+      (0.0, 0.378, 1.0)
       >>> round(float(report.surrogate_accuracy), 3), round(float(report.network_accuracy), 3)  # the same mistake
       (0.9, 0.9)
     """
@@ -145,12 +160,16 @@ def faithfulness(
     T, C = zn.shape
     if T < 2:
         raise ValueError(f"faithfulness needs at least 2 test points, got {T}.")
+    traced_finite(zn, "network_logits")
+    traced_finite(zs, "surrogate_logits")
+    traced_labels(labels, "labels", C)
     y = check_labels(labels, "labels", C, length=T)
     link = check_choice(r2, "r2", _R2_LINKS)
     probs = []
     for name, p in (("network_probs", network_probs), ("surrogate_probs", surrogate_probs)):
         if p is not None:
             p = check_array(p, name, shape=(T, C))
+            traced_finite(p, name)
             if is_concrete(p) and np.any(np.asarray(p) < 0):
                 raise ValueError(f"{name} must be probabilities (non-negative), got negative entries.")
         probs.append(p)

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._checked import traced_finite, traced_labels, traced_result
+from .._results import Result, SolverWarning
 from .._validation import check_array, check_choice, check_float, check_int, check_labels, is_concrete
 from ._solver import minimize_lbfgs
 
@@ -27,9 +29,9 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 _LOSSES = ("softmax", "ovr")
 
 
-class KGLMConvergenceWarning(RuntimeWarning):
+class KGLMConvergenceWarning(SolverWarning):
     """The kGLM solver stopped before reaching ``tol``: at ``max_iter``, stalled at the dtype's resolution, or on a
-    non-finite objective."""
+    non-finite objective (a :class:`jaxcompare.SolverWarning`, hence a ``RuntimeWarning``)."""
 
 
 @jax.tree_util.register_dataclass
@@ -49,6 +51,9 @@ class KGLM:
       grad_norm: final ``max |∇|`` of the objective.
       objective: final objective value (for ``"ovr"`` the sum of the ``C`` binary objectives).
       loss: ``"softmax"`` or ``"ovr"`` (static).
+      result: int32 :class:`jaxcompare.Result` code (the worst over the one-vs-rest problems): ``successful``
+        (``converged``), ``max_steps_reached``, ``stalled`` (no decrease representable in the dtype) or
+        ``nonfinite`` (objective or weights not finite).
     """
 
     W: jax.Array
@@ -61,6 +66,7 @@ class KGLM:
     grad_norm: jax.Array
     objective: jax.Array
     loss: str = dataclasses.field(default="softmax", metadata=dict(static=True))
+    result: jax.Array | None = None
 
     @property
     def n_classes(self) -> int:
@@ -137,10 +143,12 @@ def _fit(K, y, sample_weight, cw, l2, tol, max_iter, standardize, *, loss, n_cla
         Wstd = jnp.concatenate([-0.5 * Wstd, 0.5 * Wstd])
         b = jnp.concatenate([-0.5 * b, 0.5 * b])
     value, gnorm, n_iter = jnp.sum(res.value), jnp.max(res.grad_norm), jnp.max(res.n_iter)
-    converged = (gnorm <= tol) & jnp.isfinite(value) & jnp.all(jnp.isfinite(Wstd))
+    finite = jnp.isfinite(value) & jnp.all(jnp.isfinite(Wstd))
+    converged = (gnorm <= tol) & finite
+    result = jnp.where(finite, jnp.max(res.result), int(Result.nonfinite)).astype(jnp.int32)
     return KGLM(
         W=Wstd * inv_scale, b=b, scale=scale, l2=l2, class_weight=cw, converged=converged,
-        n_iter=n_iter.astype(jnp.int32), grad_norm=gnorm, objective=value, loss=loss,
+        n_iter=n_iter.astype(jnp.int32), grad_norm=gnorm, objective=value, loss=loss, result=result,
     )
 
 
@@ -157,7 +165,7 @@ def fit_kglm(
     tol: Any = None,
     max_iter: int = 1000,
     memory_size: int = 20,
-    throw: bool = False,
+    throw: bool = True,
 ) -> KGLM:
     r"""Fit a kernel GLM ``logits(x) = W κ(x, X_train) + b`` on a training kernel, deterministically.
 
@@ -199,11 +207,19 @@ def fit_kglm(
       tol: gradient tolerance (max-abs); default ``1e-5`` for float64 kernels and ``1e-4`` (scikit-learn's default)
         for float32, whose objective cannot resolve smaller gradients on ill-conditioned kernels.
       max_iter: iteration cap. memory_size: L-BFGS history length.
-      throw: raise ``RuntimeError`` when not converged (default: warn with :class:`KGLMConvergenceWarning` and
-        flag ``converged=False``). Under ``jit``/``vmap`` the flag is the only report.
+      throw: raise ``RuntimeError`` when the fit did not converge (``result`` not ``successful``; the package-wide
+        default, :class:`jaxcompare.Result`); ``False`` warns with :class:`KGLMConvergenceWarning` and returns the
+        flagged model (``converged=False``, ``result``). Under ``jit``/``vmap`` the fields are the report (and
+        :func:`jaxcompare.checked` turns a failed ``throw=True`` fit into an error).
 
     Returns:
-      :class:`KGLM` with ``W (C, M)``, ``b (C,)`` and the convergence report.
+      :class:`KGLM` with ``W (C, M)``, ``b (C,)`` and the convergence report (``converged``, ``result``, ...).
+
+    Raises:
+      ValueError: bad shapes, NaN/inf kernel or weights, labels outside ``[0, n_classes)`` (under ``jit`` these
+        value checks run inside :func:`jaxcompare.checked` only; otherwise out-of-range labels would silently fit
+        a wrong model).
+      RuntimeError: ``throw=True`` and the solver did not converge.
 
     Example:
       >>> F = jax.random.normal(jax.random.key(0), (30, 5))     # 30 points, 5 random features
@@ -219,6 +235,7 @@ def fit_kglm(
     """
     loss = check_choice(loss, "loss", _LOSSES)
     K = check_array(kernel_train_train, "kernel_train_train", ndim=2)
+    traced_finite(K, "kernel_train_train")
     N, M = K.shape
     if n_classes is None:
         if not is_concrete(labels):
@@ -229,6 +246,7 @@ def fit_kglm(
             raise ValueError("labels hold a single class (0); a classifier needs at least 2 classes "
                              "(pass n_classes= if the others exist but are absent here).")
     C = check_int(n_classes, "n_classes", min=2)
+    traced_labels(labels, "labels", C)
     y = check_labels(labels, "labels", C, length=N)
     l2 = check_float(l2, "l2", low=0.0, low_open=True)
     if tol is None:
@@ -244,6 +262,7 @@ def fit_kglm(
         sw = jnp.ones((N,), dtype)
     else:
         sw = check_array(sample_weight, "sample_weight", shape=(N,)).astype(dtype)
+        traced_finite(sw, "sample_weight")
         if is_concrete(sw) and (np.any(np.asarray(sw) < 0) or not np.any(np.asarray(sw) > 0)):
             raise ValueError("sample_weight must be non-negative with at least one positive entry.")
 
@@ -262,6 +281,7 @@ def fit_kglm(
         cw = jnp.ones((C,), dtype)
     else:
         cw = check_array(class_weight, "class_weight", shape=(C,)).astype(dtype)
+        traced_finite(cw, "class_weight")
         if is_concrete(cw) and np.any(np.asarray(cw) <= 0):
             raise ValueError("class_weight entries must be positive.")
 
@@ -272,7 +292,8 @@ def fit_kglm(
         cw = _balanced_weights(y, C, dtype)
     model = _fit(K, y, sw, cw, l2, tol, max_iter, bool(standardize), loss=loss, n_classes=C,
                  memory_size=memory_size)
-    if is_concrete(model.converged) and not bool(model.converged):
+    traced_result(model.result, throw, "fit_kglm")
+    if is_concrete(model.result) and np.any(np.asarray(model.result) != int(Result.successful)):
         msg = (f"fit_kglm did not converge: max |gradient| = {float(model.grad_norm):.3g} > tol = {float(tol):.3g} "
                f"after {int(model.n_iter)} iterations (max_iter={max_iter}). Raise max_iter, loosen tol, or "
                f"increase l2 (ill-conditioned kernel).")
@@ -282,6 +303,7 @@ def fit_kglm(
                    f"(the resolution of {K.dtype}); loosen tol (or fit in float64).")
         if not np.isfinite(float(model.objective)):
             msg = "fit_kglm diverged: the objective is not finite (check the kernel scale; try standardize=True)."
+        msg = f"{msg} [result={Result(int(model.result)).name}]"
         if throw:
             raise RuntimeError(msg)
         warnings.warn(msg, KGLMConvergenceWarning, stacklevel=2)
@@ -324,6 +346,7 @@ def kglm_logits(model: KGLM, kernel_test_train: Any) -> jax.Array:
     """
     model = _check_model(model)
     K = _check_kernel_rows(model, kernel_test_train)
+    traced_finite(K, "kernel_test_train")
     return _logits(model.W, model.b, K)
 
 

@@ -9,14 +9,18 @@ Per problem: L-BFGS direction (two-loop recursion over the last ``memory_size`` 
 ``f(x + t d) <= f(x) + 1e-4 · t · ∇fᵀd`` holds (halving ``t``), and a pair update only when ``sᵀy > 0`` (always
 for a strictly convex objective). A problem stops when ``max |∇f| <= tol`` (SciPy's ``pgtol``, scikit-learn's
 ``tol`` for ``lbfgs``), when its line search fails or its step leaves ``f`` unchanged (no decrease representable
-in the dtype: "stalled"), or at ``max_iter``. Deterministic, and works under ``jit``/``vmap``.
+in the dtype: "stalled"), or at ``max_iter``. Deterministic, and works under ``jit``/``vmap``. Each problem's
+outcome is a :class:`jaxcompare.Result` code (``successful``, ``max_steps_reached``, ``stalled``, ``nonfinite``).
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from .._results import Result
 
 __all__ = ["LBFGSResult", "minimize_lbfgs"]
 
@@ -25,12 +29,14 @@ _MAX_LINESEARCH = 40
 
 
 class LBFGSResult(NamedTuple):
-    """Output of :func:`minimize_lbfgs`, per problem: iterate ``x (B, D)``, value, ``max |∇f|``, iterations."""
+    """Output of :func:`minimize_lbfgs`, per problem: iterate ``x (B, D)``, value, ``max |∇f|``, iterations and the
+    ``int32`` :class:`jaxcompare.Result` code ``(B,)``."""
 
     x: jax.Array
     value: jax.Array
     grad_norm: jax.Array
     n_iter: jax.Array
+    result: jax.Array
 
 
 def _two_loop(g, S, Y, rho, newest, gamma):
@@ -128,4 +134,9 @@ def minimize_lbfgs(
                     n_iter=st["n_iter"] + step.astype(jnp.int32), k=st["k"] + 1)
 
     st = jax.lax.while_loop(cond, body, init)
-    return LBFGSResult(st["x"], st["f"], gmax(st["g"]), st["n_iter"])
+    gn = gmax(st["g"])
+    finite = jnp.isfinite(st["f"]) & jnp.all(jnp.isfinite(st["x"]), axis=1)
+    code = jnp.where(~finite, int(Result.nonfinite),
+                     jnp.where(gn <= tol, int(Result.successful),
+                               jnp.where(st["active"], int(Result.max_steps_reached), int(Result.stalled))))
+    return LBFGSResult(st["x"], st["f"], gn, st["n_iter"], code.astype(jnp.int32))

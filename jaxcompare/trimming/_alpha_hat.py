@@ -39,7 +39,10 @@ def alpha_hat(candidate: Any, reference: Any, *, threshold: Any = None, level: f
       (~1e-12 in float64, ~1e-6 in float32).
 
     Raises:
-      ValueError: empty or NaN/inf samples, ``threshold`` outside ``(0, 1]``, ``level`` outside ``(0, 1)``.
+      ValueError: empty or NaN/inf samples, ``threshold`` outside ``(0, 1]``, ``level`` outside ``(0, 1)``, or too
+        few points for the default threshold (it would be ``>= 1``: every candidate passes untrimmed); the message
+        says how many points the level needs. Under ``jit``/``vmap`` the value checks (NaN/inf samples, threshold
+        range) run inside :func:`jaxcompare.checked` only; otherwise a NaN sample gives a meaningless number.
 
     Example:
       >>> import jax.numpy as jnp

@@ -9,7 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._validation import check_array, check_choice, check_int, check_key, is_concrete
+from .._checked import traced_finite, traced_range, traced_result
+from .._results import Result, report_result
+from .._validation import REQUIRED, check_array, check_choice, check_float, check_int, check_key, is_concrete, key_first
 from ._common import resolve_threshold
 from ._core import make_grid, solve_alpha_hat, trimmed_distance
 
@@ -31,6 +33,9 @@ class EnsembleAlphaResult:
       threshold: scalar KS threshold ``delta`` used.
       converged: ``(M, B)`` whether the exact solver finished before its (never binding) iteration cap.
       sample_size: points per half-sample ``n`` (static).
+      result: ``(M,)`` int32 :class:`jaxcompare.Result` code per candidate: ``successful``, or
+        ``max_steps_reached`` if the solver hit its cap in some round (the solver's bound of ``m + 2`` steps makes
+        that a bug report, not an expected outcome).
     """
 
     alpha_hat: jax.Array
@@ -39,6 +44,7 @@ class EnsembleAlphaResult:
     threshold: jax.Array
     converged: jax.Array
     sample_size: int = dataclasses.field(metadata=dict(static=True))
+    result: jax.Array | None = None
 
 
 def bootstrap_halves(key: Any, n_test: int, sample_size: int) -> tuple[jax.Array, jax.Array]:
@@ -82,20 +88,23 @@ def _check_models(idx: Any, name: str, n_models: int) -> np.ndarray:
         raise TypeError(f"{name} must be concrete model indices (not traced), got a tracer.")
     a = np.asarray(idx)
     if a.ndim != 1 or a.size == 0:
-        raise ValueError(f"{name} must be a non-empty 1-D array of model indices (rows of scores), got shape {a.shape}.")
+        raise ValueError(f"{name} must be a non-empty 1-D array of model indices (rows of scores), "
+                         f"got shape {a.shape}.")
     if a.dtype.kind not in "iu":
         raise TypeError(f"{name} must hold integer model indices, got dtype {a.dtype}.")
     if a.min() < 0 or a.max() >= n_models:
-        raise ValueError(f"{name} must lie in [0, {n_models}) (rows of scores); found values from {a.min()} to {a.max()}.")
+        raise ValueError(f"{name} must lie in [0, {n_models}) (rows of scores); found values from {a.min()} "
+                         f"to {a.max()}.")
     if len(np.unique(a)) != a.size:
         raise ValueError(f"{name} must not repeat a model index.")
     return a
 
 
 def ensemble_alpha_hat(
-    scores: Any,
+    key: Any = REQUIRED,
+    scores: Any = REQUIRED,
+    /,
     *,
-    key: Any,
     candidates: Any,
     reference: Any,
     n_boot: int = 100,
@@ -104,6 +113,8 @@ def ensemble_alpha_hat(
     level: float = 0.01,
     method: str = "dkw",
     round_batch: int | None = 8,
+    throw: bool = True,
+    **deprecated: Any,
 ) -> EnsembleAlphaResult:
     r"""Exact alpha-hat of many candidate models against a reference ensemble, with the published bootstrap.
 
@@ -115,8 +126,9 @@ def ensemble_alpha_hat(
     (``lax.map`` in batches of ``round_batch``); the same key gives the same result.
 
     Args:
+      key: PRNG key (``jax.random.key``), split into one key per round; the first positional argument
+        (``ensemble_alpha_hat(scores, key=k, ...)`` still works for one release, with a ``DeprecationWarning``).
       scores: ``(K, T)`` scalar soft decisions (e.g. logit gaps) of ``K`` models on ``T`` test points.
-      key: PRNG key (``jax.random.key``), split into one key per round.
       candidates: ``(M,)`` row indices of the candidate models.
       reference: ``(R,)`` row indices of the reference models (disjoint from ``candidates``).
       n_boot: number of bootstrap rounds ``B`` (published: 100).
@@ -127,19 +139,31 @@ def ensemble_alpha_hat(
       method: ``"dkw"`` or ``"asymptotic"`` for the default threshold.
       round_batch: at most this many rounds are evaluated at once (the largest divisor of ``n_boot`` not above it;
         memory ~ ``round_batch * M * n``); ``None`` = all rounds at once.
+      throw: raise ``RuntimeError`` if the solver failed for some candidate (``result`` not ``successful``);
+        ``False`` warns with :class:`jaxcompare.SolverWarning` and returns the flagged result (the package-wide
+        convention, see :class:`jaxcompare.Result`).
 
     Returns:
-      :class:`EnsembleAlphaResult` with ``alpha_hat (M,)``, ``boot (M, B)``, ``ks (M, B)``, ``threshold``.
+      :class:`EnsembleAlphaResult` with ``alpha_hat (M,)``, ``boot (M, B)``, ``ks (M, B)``, ``threshold``,
+      ``result (M,)``.
+
+    Raises:
+      ValueError: bad shapes or indices, NaN/inf scores, or too few test points for the default threshold
+        (``sample_size`` below what ``level`` needs: the threshold would be ``>= 1`` and every candidate would get
+        ``alpha_hat = 0``); the message gives the number of test points needed. Traced ``scores`` are checked for
+        NaN/inf inside :func:`jaxcompare.checked` only.
 
     Example:
       >>> import jax, jax.numpy as jnp
       >>> s = jax.random.normal(jax.random.key(1), (6, 200))
-      >>> res = ensemble_alpha_hat(s, key=jax.random.key(0), candidates=jnp.arange(3), reference=jnp.arange(3, 6),
+      >>> res = ensemble_alpha_hat(jax.random.key(0), s, candidates=jnp.arange(3), reference=jnp.arange(3, 6),
       ...                          n_boot=4)
-      >>> res.alpha_hat.shape, res.boot.shape
-      ((3,), (3, 4))
+      >>> res.alpha_hat.shape, res.boot.shape, res.result.tolist()
+      ((3,), (3, 4), [0, 0, 0])
     """
+    key, scores = key_first("ensemble_alpha_hat", (key, scores), deprecated, ("key", "scores"))
     s = check_array(scores, "scores", ndim=2)
+    traced_finite(s, "scores")
     key = check_key(key)
     n_models, n_test = s.shape
     if n_test < 2:
@@ -159,8 +183,13 @@ def ensemble_alpha_hat(
     delta = jnp.asarray(delta, s.dtype)
     boot, ks, conv = _ensemble(s[jnp.asarray(cand)], s[jnp.asarray(ref)], key, delta, n_boot, sample_size,
                                round_batch)
-    return EnsembleAlphaResult(alpha_hat=jnp.mean(boot, axis=1), boot=boot, ks=ks, threshold=delta,
-                               converged=conv, sample_size=sample_size)
+    result = jnp.where(jnp.all(conv, axis=1), int(Result.successful), int(Result.max_steps_reached)).astype(jnp.int32)
+    res = EnsembleAlphaResult(alpha_hat=jnp.mean(boot, axis=1), boot=boot, ks=ks, threshold=delta,
+                              converged=conv, sample_size=sample_size, result=result)
+    traced_result(result, throw, "ensemble_alpha_hat")
+    report_result(result, throw, lambda r: f"ensemble_alpha_hat: the exact alpha-hat solver failed ({r.message}); "
+                                           "please report this with the scores.")
+    return res
 
 
 @partial(jax.jit, static_argnums=(4, 5, 6))
@@ -194,9 +223,9 @@ def grid_alpha(alpha: Any, grid: Any = PUBLISHED_ALPHA_GRID, cap: float = 0.5) -
     grid level ``>= alpha_hat``; ``cap`` is returned when none is (the published code reported ``>= 0.5`` as 0.5).
 
     Args:
-      alpha: exact alpha-hat values, any shape.
-      grid: increasing trimming levels (default :data:`PUBLISHED_ALPHA_GRID`).
-      cap: value returned above the last level.
+      alpha: exact alpha-hat values in ``[0, 1]``, any shape (checked under ``jit`` in :func:`jaxcompare.checked`).
+      grid: strictly increasing trimming levels in ``[0, 1]`` (default :data:`PUBLISHED_ALPHA_GRID`).
+      cap: value in ``[0, 1]`` returned above the last level.
 
     Returns:
       Array of the shape of ``alpha``.
@@ -208,6 +237,12 @@ def grid_alpha(alpha: Any, grid: Any = PUBLISHED_ALPHA_GRID, cap: float = 0.5) -
     """
     a = check_array(alpha, "alpha", min_size=0)
     g = check_array(grid, "grid", ndim=1).astype(a.dtype)
+    check_float(cap, "cap", low=0.0, high=1.0)
+    for name, v in (("alpha", a), ("grid", g)):
+        if is_concrete(v) and v.size and (np.min(np.asarray(v)) < 0 or np.max(np.asarray(v)) > 1):
+            raise ValueError(f"{name} must hold trimming levels in [0, 1]; found values from "
+                             f"{float(np.min(np.asarray(v))):g} to {float(np.max(np.asarray(v))):g}.")
+        traced_range(v, name, 0.0, 1.0)
     if is_concrete(g) and np.any(np.diff(np.asarray(g)) <= 0):
         raise ValueError("grid must be strictly increasing.")
     pos = jnp.searchsorted(g, a, side="left")

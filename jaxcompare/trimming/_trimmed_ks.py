@@ -5,6 +5,7 @@ from typing import Any
 
 import jax
 
+from .._checked import traced_range
 from .._validation import check_array, check_float
 from ._common import check_samples, sort_input
 from ._core import make_grid, trimmed_distance
@@ -36,7 +37,7 @@ def trimmed_ks(candidate: Any, reference: Any, alpha: Any) -> jax.Array:
 
     Raises:
       ValueError: empty or non-1-D samples, NaN/inf scores, ``alpha`` outside ``[0, 1)`` (value checks apply to
-        concrete inputs only; under ``jit``/``vmap`` only shapes are checked).
+        concrete inputs; under ``jit``/``vmap`` they run inside :func:`jaxcompare.checked` only).
 
     Example:
       >>> import jax.numpy as jnp
@@ -48,6 +49,7 @@ def trimmed_ks(candidate: Any, reference: Any, alpha: Any) -> jax.Array:
     c, r, dtype = check_samples(candidate, reference)
     a = check_array(alpha, "alpha", ndim=0, min_size=0)
     check_float(alpha, "alpha", low=0.0, high=1.0, high_open=True)
+    traced_range(a, "alpha", 0.0, 1.0, high_open=True)
     return _trimmed_ks(c, r, a.astype(dtype))
 
 

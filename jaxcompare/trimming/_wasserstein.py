@@ -6,6 +6,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from .._checked import traced_range
 from .._validation import check_array, check_float
 from ._common import check_samples, sort_input
 
@@ -40,6 +41,7 @@ def w1_excess(candidate: Any, reference: Any, threshold: Any) -> jax.Array:
     c, r, dtype = check_samples(candidate, reference)
     check_array(threshold, "threshold", ndim=0, min_size=0)
     check_float(threshold, "threshold", low=0.0)
+    traced_range(threshold, "threshold", 0.0)
     return _w1_excess(c, r, jnp.asarray(threshold, dtype))
 
 
