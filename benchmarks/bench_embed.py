@@ -73,7 +73,7 @@ def main():
     for method, sk_solver in [("full", "full"), ("covariance", "covariance_eigh"), ("randomized", "randomized")]:
         if method == "full" and args.skip_full:
             continue
-        t = embed.pca(k, method=method, key=jax.random.key(0))
+        t = embed.pca(jax.random.key(0), k, method=method)
         t0 = time.perf_counter()
         jax.block_until_ready(t.fit(Xj))
         compile_s = time.perf_counter() - t0

@@ -41,7 +41,7 @@ print(gaps.shape)
 # DKW bound at level 0.01 for `n = T/2` points, `δ = sqrt(ln(2/0.01)/n) + 1/n`.
 
 # %%
-res = jc.ensemble_alpha_hat(gaps, key=jax.random.key(0), candidates=candidates, reference=reference, n_boot=10)
+res = jc.ensemble_alpha_hat(jax.random.key(0), gaps, candidates=candidates, reference=reference, n_boot=10)
 print(f"threshold delta = {float(res.threshold):.4f} (n = {res.sample_size} points per half)")
 print("alpha-hat per candidate:", np.round(np.asarray(res.alpha_hat), 3))
 print("bootstrap sd           :", np.round(np.asarray(res.boot).std(axis=1), 3))

@@ -50,12 +50,12 @@ embed.plot_projection(Zl, src, names=demo.names, axis_label='LD', title='LDA')
 # `separability` = 5-fold held-out LDA accuracy with a 95% Wilson interval; `two_sample_test` = permutation test (MMD with a median-heuristic Gaussian kernel, or a classifier test), p-value `(1 + #{T_perm >= T}) / (1 + B)`.
 
 # %%
-sep = embed.separability(X, src, key=k_sep)
+sep = embed.separability(k_sep, X, src)
 print(f'held-out accuracy {float(sep.accuracy):.3f} [{float(sep.ci_low):.3f}, {float(sep.ci_high):.3f}], '
       f'chance {float(sep.chance):.2f}')
 a, b = X[src == 0], X[src == 1]
 for method in ['mmd', 'classifier']:
-    r = embed.two_sample_test(a, b, key=k_test, method=method, n_permutations=200)
+    r = embed.two_sample_test(k_test, a, b, method=method, n_permutations=200)
     print(f'{method:10s} statistic {float(r.statistic):.4f}  p = {float(r.p_value):.4f}')
 
 # %% [markdown]
@@ -63,9 +63,9 @@ for method in ['mmd', 'classifier']:
 
 # %%
 null = embed.make_demo_embeddings(k_data, n_per_source=200, dim=64, noise=0.0)
-r0 = embed.two_sample_test(null.embeddings[null.labels == 0], null.embeddings[null.labels == 1],
-                           key=k_null, n_permutations=200)
-s0 = embed.separability(null.embeddings, null.labels, key=k_sep)
+r0 = embed.two_sample_test(k_null, null.embeddings[null.labels == 0], null.embeddings[null.labels == 1],
+                           n_permutations=200)
+s0 = embed.separability(k_sep, null.embeddings, null.labels)
 print(f'p = {float(r0.p_value):.3f}; accuracy {float(s0.accuracy):.3f} '
       f'[{float(s0.ci_low):.3f}, {float(s0.ci_high):.3f}]')
 

@@ -1,7 +1,6 @@
 """``compare_models``: accuracy, churn, ECE and α̂ of many models of one architecture, with findings."""
 from __future__ import annotations
 
-import inspect
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -29,12 +28,8 @@ SECTIONS = {
 
 
 def _call_alpha(key: jax.Array, scores: jax.Array, cand: np.ndarray, ref: np.ndarray, n_boot: int, level: float):
-    """``ensemble_alpha_hat`` with the key first when its signature takes it first, else as ``key=``."""
-    first = next(iter(inspect.signature(ensemble_alpha_hat).parameters))
-    kw = dict(candidates=cand, reference=ref, n_boot=n_boot, level=level)
-    if first == "key":
-        return ensemble_alpha_hat(key, scores, **kw)
-    return ensemble_alpha_hat(scores, key=key, **kw)
+    """``ensemble_alpha_hat`` on the given candidate and reference rows."""
+    return ensemble_alpha_hat(key, scores, candidates=cand, reference=ref, n_boot=n_boot, level=level)
 
 
 def _logits(apply_fn: Callable, params_list: list, x: jax.Array, n_classes: int | None, batch_size: int | None,

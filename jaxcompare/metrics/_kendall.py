@@ -9,6 +9,7 @@ import numpy as np
 import scipy.special
 from jax import lax
 
+from .._checked import traced_finite
 from .._validation import check_array, check_same_length, is_concrete
 from ._labels import _float_dtype
 from ._runs import run_bounds, run_lengths
@@ -198,6 +199,8 @@ def _kendall(xa: jax.Array, ya: jax.Array, pvalue: bool) -> tuple[jax.Array, jax
 def _check_pair(x: Any, y: Any, min_n: int) -> tuple[jax.Array, jax.Array]:
     xa = check_array(x, "x", ndim=1)
     ya = check_array(y, "y", ndim=1)
+    traced_finite(xa, "x")
+    traced_finite(ya, "y")
     n = check_same_length({"x": xa, "y": ya})
     if n < min_n:
         raise ValueError(f"x and y need at least {min_n} points, got {n}.")
