@@ -1,5 +1,6 @@
 """The command line end to end on tiny inputs: each command's success path and each failure path (one clear line on
 stderr, exit status 2, no traceback)."""
+
 import json
 import os
 import subprocess
@@ -16,8 +17,9 @@ ENV = {**os.environ, "JAXCOMPARE_PROGRESS": "0", "MPLBACKEND": "Agg"}
 
 def run_cli(*args, cwd=None):
     """Run as a real process (what a user sees)."""
-    p = subprocess.run([sys.executable, "-m", "jaxcompare", *args], capture_output=True, text=True, cwd=cwd, env=ENV,
-                       timeout=600)
+    p = subprocess.run(
+        [sys.executable, "-m", "jaxcompare", *args], capture_output=True, text=True, cwd=cwd, env=ENV, timeout=600
+    )
     return p.returncode, p.stdout, p.stderr
 
 
@@ -53,13 +55,35 @@ def test_help_for_every_command(capsys):
         with pytest.raises(SystemExit) as e:
             main([*cmd, "--help"])
         assert e.value.code == 0
-        assert "usage: jaxcompare" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert "usage: jaxcompare" in out
+        if cmd:
+            assert "(default: " in out and "--debug" in out, out
+    main_help = {}
+    for cmd in ("alpha", "lwr", "ntk"):
+        with pytest.raises(SystemExit):
+            main([cmd, "--help"])
+        main_help[cmd] = " ".join(capsys.readouterr().out.split())
+    assert "{margin,logit_gap,true_logprob}" in main_help["alpha"]
+    assert "{gd,sgd,adam}" in main_help["lwr"] and "adam 0.01" in main_help["lwr"]
+    import jaxcompare.ntk as ntk
+
+    assert "{" + ",".join(ntk.KERNELS) + "}" in main_help["ntk"]
 
 
 def test_alpha_exact_and_bootstrap(score_files, tmp_path):
     out = tmp_path / "a.json"
-    rc, so, se = run_cli("alpha", "--candidates", str(score_files / "cand.npz"), "--reference",
-                         str(score_files / "ref.csv"), "--bootstrap", "0", "--out", str(out))
+    rc, so, se = run_cli(
+        "alpha",
+        "--candidates",
+        str(score_files / "cand.npz"),
+        "--reference",
+        str(score_files / "ref.csv"),
+        "--bootstrap",
+        "0",
+        "--out",
+        str(out),
+    )
     assert rc == 0, se
     res = json.loads(out.read_text())
     a = np.array(res["alpha_hat"])
@@ -67,7 +91,6 @@ def test_alpha_exact_and_bootstrap(score_files, tmp_path):
     # the shifted candidate (mean +2 sd) must be far less typical than the two null candidates
     assert a[2] > 0.5 and a[:2].max() < 0.3
     # oracle: the same quantity through the library
-    import jax
 
     import jaxcompare as jc
 
@@ -75,20 +98,39 @@ def test_alpha_exact_and_bootstrap(score_files, tmp_path):
     ref = np.load(score_files / "ref.npy")
     thr = jc.ks_threshold(200, 200, 0.01)
     np.testing.assert_allclose(a, [float(jc.alpha_hat(c, ref.reshape(-1), threshold=thr)) for c in cand], atol=1e-9)
-    rc, so, se = run_cli("alpha", "--candidates", str(score_files / "cand.npz"), "--reference",
-                         str(score_files / "ref.npy"), "--bootstrap", "5")
+    rc, so, se = run_cli(
+        "alpha",
+        "--candidates",
+        str(score_files / "cand.npz"),
+        "--reference",
+        str(score_files / "ref.npy"),
+        "--bootstrap",
+        "5",
+    )
     assert rc == 0, se
     assert "bootstrap (5 rounds" in so
 
 
-@pytest.mark.parametrize("case,needle", [
-    ("missing", "not found"), ("nan", "NaN"), ("short", "same test points"), ("obj", "pickles"),
-    ("garbage", "could not be read"), ("ext", ".npy, .npz or .csv"),
-])
+@pytest.mark.parametrize(
+    "case,needle",
+    [
+        ("missing", "not found"),
+        ("nan", "NaN"),
+        ("short", "same test points"),
+        ("obj", "pickles"),
+        ("garbage", "could not be read"),
+        ("ext", ".npy, .npz or .csv"),
+    ],
+)
 def test_alpha_bad_files(score_files, tmp_path, case, needle):
-    cand = {"missing": str(tmp_path / "nope.npy"), "nan": str(score_files / "nan.npy"),
-            "short": str(score_files / "short.npy"), "obj": str(score_files / "obj.npy"),
-            "garbage": str(score_files / "garbage.csv"), "ext": str(tmp_path / "x.json")}[case]
+    cand = {
+        "missing": str(tmp_path / "nope.npy"),
+        "nan": str(score_files / "nan.npy"),
+        "short": str(score_files / "short.npy"),
+        "obj": str(score_files / "obj.npy"),
+        "garbage": str(score_files / "garbage.csv"),
+        "ext": str(tmp_path / "x.json"),
+    }[case]
     if case == "ext":
         (tmp_path / "x.json").write_text("{}")
     rc, so, se = run_cli("alpha", "--candidates", cand, "--reference", str(score_files / "ref.npy"))
@@ -96,8 +138,15 @@ def test_alpha_bad_files(score_files, tmp_path, case, needle):
 
 
 def test_alpha_bad_level(score_files):
-    rc, so, se = run_cli("alpha", "--candidates", str(score_files / "cand.npz"), "--reference",
-                         str(score_files / "ref.npy"), "--level", "1.5")
+    rc, so, se = run_cli(
+        "alpha",
+        "--candidates",
+        str(score_files / "cand.npz"),
+        "--reference",
+        str(score_files / "ref.npy"),
+        "--level",
+        "1.5",
+    )
     assert rc == 2 and "(0, 1)" in se and "Traceback" not in se
 
 
@@ -122,9 +171,24 @@ def ntk_files(tmp_path_factory):
 
 
 def test_ntk_command_matches_library(ntk_files):
-    rc, so, se = run_cli("ntk", "--model", "mymodel:apply_fn", "--params", "params.npz", "--data", "x.npy",
-                         "--kernel", "trace0", "--block-size", "3", "--out", "k.npy", cwd=ntk_files)
+    rc, so, se = run_cli(
+        "ntk",
+        "--model",
+        "mymodel:apply_fn",
+        "--params",
+        "params.npz",
+        "--data",
+        "x.npy",
+        "--kernel",
+        "trntk0",
+        "--block-size",
+        "3",
+        "--out",
+        "k.npy",
+        cwd=ntk_files,
+    )
     assert rc == 0, se
+    assert "deprecated" not in se
     k = np.load(ntk_files / "k.npy")
     # oracle, derived by hand for f = tanh(x W1) W2 (no biases), trNTK⁰ = sum over classes:
     #   W2 block: d f_c / d W2[a, c'] = h_a [c == c']          -> C * (h h^T)
@@ -132,19 +196,22 @@ def test_ntk_command_matches_library(ntk_files):
     p = np.load(ntk_files / "params.npz")
     w1, w2, x = p["l1/w"], p["l2/w"], np.load(ntk_files / "x.npy")
     h = np.tanh(x @ w1)
-    dh = 1 - h ** 2
+    dh = 1 - h**2
     oracle = w2.shape[1] * (h @ h.T) + (x @ x.T) * np.einsum("ia,ja,ac,ac->ij", dh, dh, w2, w2)
     np.testing.assert_allclose(k, oracle, rtol=1e-6)
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--model", "nosuchmod:f"], "could not import"),
-    (["--model", "mymodel:nothing"], "no function"),
-    (["--model", "mymodel"], "module:function"),
-    (["--model", "mymodel:bad_fn"], "(N, C)"),
-    (["--model", "mymodel:apply_fn", "--data", "x_bad.npy"], "failed"),
-    (["--model", "mymodel:apply_fn", "--params", "x.npy"], ".npz"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--model", "nosuchmod:f"], "could not import"),
+        (["--model", "mymodel:nothing"], "no function"),
+        (["--model", "mymodel"], "module:function"),
+        (["--model", "mymodel:bad_fn"], "(N, C)"),
+        (["--model", "mymodel:apply_fn", "--data", "x_bad.npy"], "failed"),
+        (["--model", "mymodel:apply_fn", "--params", "x.npy"], ".npz"),
+    ],
+)
 def test_ntk_command_failures(ntk_files, args, needle):
     base = {"--params": "params.npz", "--data": "x.npy", "--out": "o.npy"}
     merged = dict(base)
@@ -169,8 +236,11 @@ def test_lwr_command(tmp_path):
     assert res["config"]["n"] == 60
     rc, so, se = run_cli("lwr", "--n", "0")
     assert rc == 2 and "positive integer" in se
-    rc, so, se = run_cli("lwr", "--n", "60", "--d", "30", "--h", "45", "--optimizer", "sgd")
+    rc, so, se = run_cli(
+        "lwr", "--n", "60", "--d", "30", "--h", "45", "--optimizer", "sgd", "--out", str(tmp_path / "sgd")
+    )
     assert_one_line_error(rc, se, "--batch-size")
+    assert not (tmp_path / "sgd").exists()  # argument errors are found before the output directory is made
 
 
 @pytest.mark.slow
@@ -183,7 +253,490 @@ def test_demo_quick_end_to_end(tmp_path):
     for sec in ("ensembles", "surrogates", "lwr", "microscope"):
         assert sec in res, sec
     assert html.count("<img") >= 6
+    assert "What this report found" in html and "|&lt;u1, β&gt;|" in html
     ens = res["ensembles"]["multiclass"]
     assert len(ens["candidates"]) > 0 and 0 <= ens["candidates"][0]["alpha_hat"] <= 1
     rc, so, se = run_cli("demo", "--quick", "--out", str(out), "--sections", "nonsense")
     assert_one_line_error(rc, se, "unknown section")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# failure paths (issue 15): one stderr line, exit status 2, output paths checked before any work
+# ----------------------------------------------------------------------------------------------------------------
+def run_main(capsys, *args):
+    """In-process (fast); the same code path as the console script."""
+    try:
+        rc = main(list(args))
+    except SystemExit as e:  # argparse errors
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _huge_header_npy(path, shape=(10**12,)):
+    """A valid .npy header that declares ``shape`` float64 entries, followed by 16 bytes of data."""
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f8", "fortran_order": False, "shape": shape})
+        f.write(b"\0" * 16)
+
+
+@pytest.fixture()
+def bad_files(score_files, tmp_path):
+    full = tmp_path / "full.npz"
+    np.savez(full, scores=np.ones((3, 200)))
+    raw = full.read_bytes()
+    (tmp_path / "trunc.npz").write_bytes(raw[: len(raw) // 2])
+    (tmp_path / "trunc.npy").write_bytes((score_files / "ref.npy").read_bytes()[:300])
+    _huge_header_npy(tmp_path / "huge.npy")
+    (tmp_path / "afile").write_text("x")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "case,needles",
+    [
+        ("trunc_npz", ["truncated or corrupt"]),
+        ("trunc_npy", ["truncated or corrupt"]),
+        ("huge", ["1000000000000", "truncated or corrupt"]),
+    ],
+)
+def test_alpha_corrupt_files(capsys, score_files, bad_files, case, needles):
+    path = {"trunc_npz": bad_files / "trunc.npz", "trunc_npy": bad_files / "trunc.npy", "huge": bad_files / "huge.npy"}[
+        case
+    ]
+    rc, out, err = run_main(capsys, "alpha", "--candidates", str(path), "--reference", str(score_files / "ref.npy"))
+    assert_one_line_error(rc, err, "jaxcompare alpha: error:", *needles)
+
+
+def test_huge_header_inside_npz_refused(capsys, score_files, tmp_path):
+    import zipfile
+
+    _huge_header_npy(tmp_path / "scores.npy", shape=(10**6, 10**6))
+    with zipfile.ZipFile(tmp_path / "h.npz", "w") as z:
+        z.write(tmp_path / "scores.npy", "scores.npy")
+    rc, out, err = run_main(
+        capsys, "alpha", "--candidates", str(tmp_path / "h.npz"), "--reference", str(score_files / "ref.npy")
+    )
+    assert_one_line_error(rc, err, "'scores'", "truncated or corrupt")
+
+
+@pytest.mark.parametrize(
+    "argv,needles",
+    [
+        (["demo", "--seed", str(2**70)], ["jaxcompare demo: error:", "--seed", "[0, 2**63 - 1]"]),
+        (["alpha", "--candidates", "c", "--reference", "r", "--seed", "-1"], ["--seed"]),
+        (["lwr", "--lr", "1e400"], ["--lr", "positive finite"]),
+        (["lwr", "--lr", "nan"], ["--lr"]),
+        (["alpha", "--candidates", "c", "--reference", "r", "--score", "gap"], ["--score", "invalid choice"]),
+        (["ntk", "--model", "m:f", "--params", "p", "--data", "d", "--out", "o", "--kernel", "nope"], ["--kernel"]),
+    ],
+)
+def test_argument_errors_are_one_line(capsys, argv, needles):
+    rc, out, err = run_main(capsys, *argv)
+    assert_one_line_error(rc, err, *needles)
+
+
+def test_unwritable_out_fails_before_any_work(capsys, score_files, bad_files, monkeypatch):
+    import jaxcompare.study as study
+
+    not_dir = str(bad_files / "afile" / "sub")  # a path under a regular file: no one can write there
+    rc, _, err = run_main(
+        capsys,
+        "alpha",
+        "--candidates",
+        str(score_files / "cand.npz"),
+        "--reference",
+        str(score_files / "ref.npy"),
+        "--out",
+        str(bad_files / "afile" / "a.json"),
+    )
+    assert_one_line_error(rc, err, "--out", "is not a directory")
+    rc, _, err = run_main(
+        capsys,
+        "alpha",
+        "--candidates",
+        str(score_files / "cand.npz"),
+        "--reference",
+        str(score_files / "ref.npy"),
+        "--out",
+        not_dir + "/a.json",
+    )
+    assert_one_line_error(rc, err, "--out", "does not exist")
+    rc, _, err = run_main(
+        capsys,
+        "alpha",
+        "--candidates",
+        str(score_files / "cand.npz"),
+        "--reference",
+        str(score_files / "ref.npy"),
+        "--out",
+        str(bad_files),
+    )
+    assert_one_line_error(rc, err, "--out must name a file")
+
+    def no_work(*a, **k):
+        raise AssertionError("the study started although --out is unwritable")
+
+    monkeypatch.setattr(study, "run_study", no_work)
+    rc, _, err = run_main(capsys, "demo", "--quick", "--out", not_dir)
+    assert_one_line_error(rc, err, "jaxcompare demo: error: --out")
+    rc, _, err = run_main(capsys, "demo", "--quick", "--out", str(bad_files / "afile"))
+    assert_one_line_error(rc, err, "is a file")
+    rc, _, err = run_main(capsys, "lwr", "--n", "20", "--out", not_dir)
+    assert_one_line_error(rc, err, "jaxcompare lwr: error: --out")
+    rc, _, err = run_main(
+        capsys, "ntk", "--model", "m:f", "--params", "p.npz", "--data", "x.npy", "--out", not_dir + "/k.npy"
+    )
+    assert_one_line_error(rc, err, "jaxcompare ntk: error: --out")
+    rc, _, err = run_main(capsys, "demo", "--quick", "--sections", "nonsense", "--out", str(bad_files / "o"))
+    assert_one_line_error(rc, err, "unknown section")
+
+
+def test_alpha_too_few_points_names_what_the_user_set(capsys, tmp_path):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "c.npy", rng.normal(size=(2, 10)))
+    np.save(tmp_path / "r.npy", rng.normal(size=(3, 10)))
+    rc, _, err = run_main(
+        capsys, "alpha", "--candidates", str(tmp_path / "c.npy"), "--reference", str(tmp_path / "r.npy")
+    )
+    assert_one_line_error(rc, err, "10 test points", "--level", "at least")
+    assert "threshold must lie" not in err
+    # the number of points the message asks for is enough: the bootstrap compares halves of n = T // 2 points, and
+    # the DKW threshold δ_n = sqrt(ln(2/0.01)/n) + 1/n (closed form) must be ≤ 1
+    need = int(err.split("use at least ")[1].split()[0])
+    dkw = lambda n: np.sqrt(np.log(2 / 0.01) / n) + 1 / n  # noqa: E731
+    assert need % 2 == 0 and dkw(need // 2) <= 1 < dkw(need // 2 - 1)
+
+
+def test_lwr_small_d_has_no_n_top_message(capsys, tmp_path):
+    rc, out, err = run_main(
+        capsys, "lwr", "--n", "12", "--d", "2", "--h", "8", "--steps", "2", "--out", str(tmp_path / "o")
+    )
+    assert "n_top" not in err and rc in (0, 1), err
+
+
+def test_lwr_absurd_lr_is_refused_before_training(capsys, tmp_path):
+    rc, _, err = run_main(
+        capsys, "lwr", "--n", "40", "--d", "20", "--h", "30", "--lr", "1e30", "--out", str(tmp_path / "o")
+    )
+    assert_one_line_error(rc, err, "--lr 1e+30", "stability bound")
+    rc, _, err = run_main(
+        capsys,
+        "lwr",
+        "--n",
+        "40",
+        "--d",
+        "20",
+        "--h",
+        "30",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "1e30",
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert_one_line_error(rc, err, "--lr 1e+30", "Adam")
+
+
+EXIT_MODEL = "import sys\nsys.exit(0)\n"
+RAISE_MODEL = "def apply_fn(params, x):\n    raise RuntimeError('boom in user code')\n"
+
+
+def test_model_module_that_exits_at_import(ntk_files):
+    (ntk_files / "exitmod.py").write_text(EXIT_MODEL)
+    rc, so, se = run_cli(
+        "ntk", "--model", "exitmod:f", "--params", "params.npz", "--data", "x.npy", "--out", "o.npy", cwd=ntk_files
+    )
+    assert_one_line_error(rc, se, "sys.exit(0)")
+    assert so == ""
+
+
+def test_debug_prints_the_traceback_of_user_code(capsys, ntk_files, monkeypatch):
+    monkeypatch.chdir(ntk_files)
+    (ntk_files / "raisemod.py").write_text(RAISE_MODEL)
+    base = ["ntk", "--model", "raisemod:apply_fn", "--params", "params.npz", "--data", "x.npy", "--out", "o.npy"]
+    rc, _, err = run_main(capsys, *base)
+    assert_one_line_error(rc, err, "RuntimeError: boom in user code", "--debug")
+    rc, _, err = run_main(capsys, *base, "--debug")
+    assert rc == 2 and "Traceback" in err and "raisemod.py" in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("jaxcompare ntk: error:") and "RuntimeError: boom in user code" in last
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# alpha: per-file keys, logits with --score, metrics, progress, settings in the JSON
+# ----------------------------------------------------------------------------------------------------------------
+def test_alpha_per_file_keys(capsys, tmp_path):
+    rng = np.random.default_rng(5)
+    ref = rng.normal(size=(4, 100))
+    cand = rng.normal(3.0, 1.0, size=(2, 100))  # far from the reference
+    np.savez(tmp_path / "s.npz", cand=cand, ref=ref)
+    s = str(tmp_path / "s.npz")
+    # --key names the array in both files: candidates scored against themselves -> α̂ = 0 (the reported trap)
+    rc, _, err = run_main(
+        capsys,
+        "alpha",
+        "--candidates",
+        s,
+        "--reference",
+        s,
+        "--key",
+        "cand",
+        "--bootstrap",
+        "0",
+        "--out",
+        str(tmp_path / "same.json"),
+    )
+    assert rc == 0, err
+    rc, _, err = run_main(
+        capsys,
+        "alpha",
+        "--candidates",
+        s,
+        "--reference",
+        s,
+        "--candidates-key",
+        "cand",
+        "--reference-key",
+        "ref",
+        "--bootstrap",
+        "0",
+        "--out",
+        str(tmp_path / "a.json"),
+    )
+    assert rc == 0, err
+    res = json.loads((tmp_path / "a.json").read_text())
+    assert min(res["alpha_hat"]) > 0.5
+    assert res["settings"]["candidates_key"] == "cand" and res["settings"]["reference_key"] == "ref"
+    rc, _, err = run_main(capsys, "alpha", "--candidates", s, "--reference", s)
+    assert_one_line_error(rc, err, "several arrays", "--candidates-key")
+    rc, _, err = run_main(
+        capsys, "alpha", "--candidates", s, "--reference", s, "--key", "cand", "--reference-key", "ref"
+    )
+    assert_one_line_error(rc, err, "--key")
+
+
+@pytest.fixture(scope="module")
+def logit_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("logits")
+    rng = np.random.default_rng(7)
+    T, C = 120, 4
+    y = rng.integers(0, C, T)
+    onehot = np.eye(C)[y]
+    ref = 2.0 * onehot[None] + rng.normal(size=(5, T, C))
+    cand = np.concatenate([2.0 * onehot[None] + rng.normal(size=(2, T, C)), rng.normal(size=(1, T, C))])
+    np.save(d / "cand.npy", cand)
+    np.save(d / "ref.npy", ref)
+    np.save(d / "y.npy", y)
+    return d
+
+
+def test_alpha_logits_with_labels_prints_metrics(capsys, logit_files, tmp_path):
+    d = logit_files
+    out = tmp_path / "a.json"
+    rc, so, err = run_main(
+        capsys,
+        "alpha",
+        "--candidates",
+        str(d / "cand.npy"),
+        "--reference",
+        str(d / "ref.npy"),
+        "--labels",
+        str(d / "y.npy"),
+        "--bootstrap",
+        "4",
+        "--seed",
+        "3",
+        "--out",
+        str(out),
+    )
+    assert rc == 0, err
+    assert "accuracy" in so and "churn" in so and "ece" in so
+    res = json.loads(out.read_text())
+    st = res["settings"]
+    assert st["score"] == "margin" and st["input"] == "logits" and st["bootstrap"] == 4 and st["seed"] == 3
+    cand, ref, y = np.load(d / "cand.npy"), np.load(d / "ref.npy"), np.load(d / "y.npy")
+    # oracles written here: accuracy, churn against the soft-vote ensemble label, 15-bin ECE
+    p = np.exp(cand - cand.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    pr = np.exp(ref - ref.max(-1, keepdims=True))
+    pr /= pr.sum(-1, keepdims=True)
+    ens = pr.mean(0).argmax(-1)
+    for i, row in enumerate(res["candidates"]):
+        assert row["accuracy"] == pytest.approx(np.mean(p[i].argmax(-1) == y), abs=1e-12)
+        assert row["churn"] == pytest.approx(np.mean(p[i].argmax(-1) != ens), abs=1e-12)
+        conf, pred = p[i].max(-1), p[i].argmax(-1)
+        bins = np.minimum((conf * 15).astype(int), 14)
+        ece = sum(
+            abs(np.mean(pred[bins == b] == y[bins == b]) - conf[bins == b].mean()) * np.mean(bins == b)
+            for b in range(15)
+            if np.any(bins == b)
+        )
+        assert row["ece"] == pytest.approx(ece, abs=1e-6)
+    # the random-logit candidate is the atypical one
+    assert np.argmax(res["alpha_hat"]) == 2
+    # the margin scores match a direct reduction fed to the scores path
+    marg = np.array([[l[t] - np.delete(l, t).max() for l, t in zip(m, y)] for m in cand])
+    np.save(tmp_path / "cm.npy", marg)
+    np.save(tmp_path / "rm.npy", np.array([[l[t] - np.delete(l, t).max() for l, t in zip(m, y)] for m in ref]))
+    rc, _, err = run_main(
+        capsys,
+        "alpha",
+        "--candidates",
+        str(tmp_path / "cm.npy"),
+        "--reference",
+        str(tmp_path / "rm.npy"),
+        "--bootstrap",
+        "4",
+        "--seed",
+        "3",
+        "--out",
+        str(tmp_path / "m.json"),
+    )
+    assert rc == 0, err
+    np.testing.assert_allclose(json.loads((tmp_path / "m.json").read_text())["alpha_hat"], res["alpha_hat"], atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "argv,needles",
+    [
+        (["--score", "margin"], ["--score margin needs --labels"]),
+        (["--labels", "y.npy", "--score", "bogus"], ["invalid choice"]),
+    ],
+)
+def test_alpha_logit_errors(capsys, logit_files, monkeypatch, argv, needles):
+    monkeypatch.chdir(logit_files)
+    rc, _, err = run_main(capsys, "alpha", "--candidates", "cand.npy", "--reference", "ref.npy", *argv)
+    assert_one_line_error(rc, err, *needles)
+
+
+def test_alpha_progress_bar_same_numbers(capsys, logit_files, tmp_path):
+    d = logit_files
+    base = [
+        "alpha",
+        "--candidates",
+        str(d / "cand.npy"),
+        "--reference",
+        str(d / "ref.npy"),
+        "--score",
+        "logit_gap",
+        "--bootstrap",
+        "3",
+    ]
+    rc, _, err_quiet = run_main(capsys, *base, "--out", str(tmp_path / "q.json"))
+    assert rc == 0 and "α̂ bootstrap" not in err_quiet  # not a terminal: no bar
+    rc, _, err = run_main(capsys, *base, "--progress", "always", "--out", str(tmp_path / "p.json"))
+    assert rc == 0 and "α̂ bootstrap" in err
+    q, p = (json.loads((tmp_path / f).read_text()) for f in ("q.json", "p.json"))
+    np.testing.assert_array_equal(q["alpha_hat"], p["alpha_hat"])  # per-candidate chunks: same numbers
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# lwr: per-optimizer default step, loss and bound printed, divergence flagged (exit 1)
+# ----------------------------------------------------------------------------------------------------------------
+def test_lwr_adam_default_step_and_report(capsys, tmp_path):
+    rc, so, err = run_main(
+        capsys,
+        "lwr",
+        "--n",
+        "60",
+        "--d",
+        "30",
+        "--h",
+        "45",
+        "--steps",
+        "10",
+        "--optimizer",
+        "adam",
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert rc == 0, err
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert res["config"]["lr"] == 0.01 and res["config"]["lr_is_default"]
+    assert "stability bound" in so and "train loss" in so
+    assert res["train_loss_final"] < res["train_loss_init"] and not res["flags"]
+
+
+def test_lwr_divergence_flagged(capsys, tmp_path):
+    # GD at ~17x the stability bound 2n/λ_max(K_0): the top mode of the linearized dynamics is multiplied by
+    # |1 - η λ_max/n| ≈ 33 per step; tanh saturation may keep the loss finite, the run must still be flagged
+    rc, so, err = run_main(
+        capsys,
+        "lwr",
+        "--n",
+        "60",
+        "--d",
+        "30",
+        "--h",
+        "45",
+        "--steps",
+        "10",
+        "--lr",
+        "1000",
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert rc == 1, err
+    assert "warning" in err and "Traceback" not in err
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert res["flags"] and res["above_stability_bound"]
+    assert res["config"]["lr"] > res["lr_bound"]
+    assert (tmp_path / "o" / "spectra.png").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# ntk: registry names, deprecated names, parameters written by save_params
+# ----------------------------------------------------------------------------------------------------------------
+def test_ntk_deprecated_name_and_save_params(capsys, ntk_files, monkeypatch):
+    import jax
+
+    import jaxcompare as jc
+    from jaxcompare.cli import save_params
+
+    monkeypatch.chdir(ntk_files)
+    p = np.load("params.npz")
+    save_params({"l1": {"w": p["l1/w"]}, "l2": {"w": p["l2/w"]}}, "saved.npz")
+    rc, so, err = run_main(
+        capsys,
+        "ntk",
+        "--model",
+        "mymodel:apply_fn",
+        "--params",
+        "saved.npz",
+        "--data",
+        "x.npy",
+        "--kernel",
+        "pseudo",
+        "--out",
+        "k_old.npy",
+    )
+    assert rc == 0, err
+    assert "deprecated" in err and "pntk0" in err
+    rc, so, err = run_main(
+        capsys,
+        "ntk",
+        "--model",
+        "mymodel:apply_fn",
+        "--params",
+        "saved.npz",
+        "--data",
+        "x.npy",
+        "--kernel",
+        "pntk0",
+        "--out",
+        "k_new.npy",
+    )
+    assert rc == 0 and err == "", err
+    k = np.load("k_new.npy")
+    np.testing.assert_array_equal(np.load("k_old.npy"), k)
+    # oracle: pNTK⁰ = (1/C) <∇ Σ_c f_c(x_i), ∇ Σ_c f_c(x_j)>, by hand for f = tanh(x W1) W2
+    w1, w2, x = p["l1/w"], p["l2/w"], np.load("x.npy")
+    h = np.tanh(x @ w1)
+    s = w2.sum(1)  # d Σ_c f_c / d h
+    g_w2 = np.einsum("ia,c->iac", h, np.ones(w2.shape[1]))
+    g_w1 = np.einsum("ik,ia->ika", x, (1 - h**2) * s)
+    oracle = (np.einsum("iac,jac->ij", g_w2, g_w2) + np.einsum("ika,jka->ij", g_w1, g_w1)) / w2.shape[1]
+    np.testing.assert_allclose(k, oracle, rtol=1e-6)
+    del jax, jc

@@ -15,8 +15,14 @@ import numpy as np
 import optax
 import pytest
 
-from jaxcompare.compare import compare_models, load_checkpoints, load_comparison, save_params, score_reduction
+from jaxcompare.compare import compare_models, load_checkpoints, load_comparison, save_params
 from jaxcompare.compare._command import add_parser, run
+from jaxcompare.metrics import logit_scores
+
+
+def score_reduction(z, y=None, kind="margin"):
+    return logit_scores(z, y, score=kind)
+
 
 N_STD, N_NOISY = 5, 3
 

@@ -1,12 +1,16 @@
-"""Reading users' files for the CLI: scores (.npz/.npy/.csv), parameter pytrees (.npz), data arrays."""
+"""Reading users' files and checking output paths for the CLI (one-line errors, never a traceback)."""
+
 from __future__ import annotations
 
 import os
-from typing import Any
+import tempfile
+import zipfile
+import zlib
+from typing import IO
 
 import numpy as np
 
-__all__ = ["CLIError", "load_matrix", "load_params", "load_array"]
+__all__ = ["CLIError", "load_array", "load_matrix", "check_output_file", "check_output_dir", "check_npy_header"]
 
 
 class CLIError(Exception):
@@ -20,11 +24,48 @@ def _exists(path: str, what: str) -> None:
         raise CLIError(f"{what} must be a file, got a directory: {path}")
 
 
-def load_array(path: str, what: str, *, key: str | None = None) -> np.ndarray:
+def check_npy_header(f: IO[bytes], available: int, where: str) -> None:
+    """Read an ``.npy`` header from ``f`` and check that the data it declares fits in the ``available`` bytes of the
+    file (a header declaring 10¹² entries in a small file is refused before anything is allocated)."""
+    try:
+        version = np.lib.format.read_magic(f)
+        start = f.tell()
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    except (ValueError, EOFError, OSError, SyntaxError) as e:
+        raise CLIError(f"{where} is not a valid .npy array (bad header: {str(e).splitlines()[0]})") from None
+    if dtype.hasobject:
+        raise CLIError(f"{where} contains Python objects (pickles are refused); save plain numeric arrays")
+    need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    have = available - (f.tell() - start) - 6 - 2  # magic string (6) and version (2) precede the header
+    if need > have:
+        raise CLIError(
+            f"{where} declares shape {tuple(shape)} of {dtype} ({need:,} bytes) but holds only "
+            f"{max(have, 0):,} bytes of data: the file is truncated or corrupt"
+        )
+
+
+def _check_headers(path: str, what: str, ext: str) -> None:
+    if ext == ".npy":
+        with open(path, "rb") as f:
+            check_npy_header(f, os.path.getsize(path), f"{what} file {path}")
+        return
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            if info.filename.endswith(".npy"):
+                with zf.open(info) as f:
+                    check_npy_header(f, info.file_size, f"array {info.filename[:-4]!r} of {what} file {path}")
+
+
+def load_array(path: str, what: str, *, key: str | None = None, key_flag: str = "--key") -> np.ndarray:
     """One array from ``.npy``, ``.npz`` (the only array or ``key``; pickles refused) or ``.csv`` (numbers only)."""
     _exists(path, what)
     ext = os.path.splitext(path)[1].lower()
     try:
+        if ext in (".npy", ".npz"):
+            _check_headers(path, what, ext)
         if ext == ".npy":
             a = np.load(path, allow_pickle=False)
         elif ext == ".npz":
@@ -36,8 +77,10 @@ def load_array(path: str, what: str, *, key: str | None = None) -> np.ndarray:
                     a = z[key]
                 elif len(names) == 1:
                     a = z[names[0]]
+                elif not names:
+                    raise CLIError(f"{what} file {path} holds no arrays")
                 else:
-                    raise CLIError(f"{what} file {path} holds several arrays {names}; name one with --key")
+                    raise CLIError(f"{what} file {path} holds several arrays {names}; name one with {key_flag}")
         elif ext in (".csv", ".txt"):
             a = np.loadtxt(path, delimiter="," if ext == ".csv" else None, ndmin=2)
         else:
@@ -45,12 +88,18 @@ def load_array(path: str, what: str, *, key: str | None = None) -> np.ndarray:
     except CLIError:
         raise
     except ValueError as e:
-        msg = str(e).splitlines()[0]
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "pickle" in msg.lower():
-            raise CLIError(f"{what} file {path} contains Python objects (pickles are refused); save plain arrays")
+            raise CLIError(
+                f"{what} file {path} contains Python objects (pickles are refused); save plain arrays"
+            ) from None
         raise CLIError(f"{what} file {path} could not be read as numbers: {msg}") from None
-    except (OSError, EOFError) as e:
-        raise CLIError(f"{what} file {path} could not be read: {e}") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+        raise CLIError(f"{what} file {path} is truncated or corrupt ({type(e).__name__}: {e})") from None
+    except OSError as e:
+        raise CLIError(f"{what} file {path} could not be read: {e.strerror or e}") from None
+    except MemoryError:
+        raise CLIError(f"{what} file {path} is too large to load into memory") from None
     if a.dtype.kind not in "biuf":
         raise CLIError(f"{what} file {path} must hold numbers, got dtype {a.dtype}")
     if a.size == 0:
@@ -60,39 +109,51 @@ def load_array(path: str, what: str, *, key: str | None = None) -> np.ndarray:
     return a
 
 
-def load_matrix(path: str, what: str, *, key: str | None = None) -> np.ndarray:
-    """A ``(models, points)`` score matrix; a single row ``(points,)`` becomes ``(1, points)``."""
-    a = load_array(path, what, key=key).astype(np.float64)
+def load_matrix(
+    path: str, what: str, *, key: str | None = None, key_flag: str = "--key", max_ndim: int = 2
+) -> np.ndarray:
+    """A ``(models, points)`` score matrix (or ``(models, points, classes)`` logits when ``max_ndim=3``); a single
+    row ``(points,)`` becomes ``(1, points)``."""
+    a = load_array(path, what, key=key, key_flag=key_flag)
     if a.ndim == 1:
         a = a[None, :]
-    if a.ndim != 2:
-        raise CLIError(f"{what} must be a 2-D array (models × test points), got shape {a.shape}")
-    return a
+    if not 2 <= a.ndim <= max_ndim:
+        exp = "a 2-D array (models × test points)" + (
+            " or 3-D logits (models × test points × classes)" if max_ndim == 3 else ""
+        )
+        raise CLIError(f"{what} must be {exp}, got shape {a.shape}")
+    return a.astype(np.float64) if a.dtype.kind != "f" else a
 
 
-def load_params(path: str) -> dict[str, Any]:
-    """A parameter pytree from ``.npz``: keys with ``/`` become nested dicts (``"Dense_0/kernel"``)."""
-    _exists(path, "params")
-    if not path.lower().endswith(".npz"):
-        raise CLIError(f"params must be an .npz file of named arrays (nested names joined by '/'), got {path!r}")
+def _probe_dir(d: str, flag: str) -> None:
     try:
-        with np.load(path, allow_pickle=False) as z:
-            flat = {k: z[k] for k in z.keys()}
-    except ValueError as e:
-        raise CLIError(f"params file {path} could not be read (pickles are refused): {e}") from None
-    except (OSError, EOFError) as e:
-        raise CLIError(f"params file {path} could not be read: {e}") from None
-    if not flat:
-        raise CLIError(f"params file {path} holds no arrays")
-    tree: dict[str, Any] = {}
-    for k, v in flat.items():
-        if v.dtype.kind == "f" and not np.all(np.isfinite(v)):
-            raise CLIError(f"params array {k!r} in {path} has NaN/inf values")
-        node = tree
-        parts = k.split("/")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise CLIError(f"params file {path}: {k!r} clashes with an array of the same prefix")
-        node[parts[-1]] = v
-    return tree
+        with tempfile.NamedTemporaryFile(dir=d, prefix=".jaxcompare-probe-"):
+            pass
+    except OSError as e:
+        raise CLIError(f"{flag}: cannot write in directory {d}: {e.strerror or e}") from None
+
+
+def check_output_file(path: str, flag: str = "--out") -> str:
+    """Fail now (before any work) if ``path`` cannot be written: its directory must exist and accept a file."""
+    if os.path.isdir(path):
+        raise CLIError(f"{flag} must name a file, got the directory {path}")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        what = "is not a directory" if os.path.exists(parent) else "does not exist"
+        raise CLIError(f"{flag}: the directory {parent} of {path} {what}")
+    _probe_dir(parent, flag)
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise CLIError(f"{flag}: {path} exists and is not writable")
+    return path
+
+
+def check_output_dir(path: str, flag: str = "--out") -> str:
+    """Create the output directory ``path`` if needed and check that files can be written in it (before any work)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise CLIError(f"{flag} must be a directory, but {path} is a file")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise CLIError(f"{flag}: cannot create directory {path}: {e.strerror or e}") from None
+    _probe_dir(path, flag)
+    return path

@@ -5,7 +5,7 @@
   ``.npz``/``.safetensors``.
 * :func:`compare_models` computes accuracy, churn, ECE and α̂ (published bootstrap protocol) of every model against
   a reference group (or leave-one-out), names the atypical models and says which statistics agree;
-  :func:`score_reduction` turns multiclass logits into the scalar scores α̂ compares.
+  :func:`jaxcompare.metrics.logit_scores` turns multiclass logits into the scalar scores α̂ compares.
 * The :class:`ComparisonResult` has a tidy table (``.rows``, ``.to_dict()``, ``.to_pandas()``), ``.save(dir)`` /
   :func:`load_comparison` (JSON + ``.npz``) and ``.report(dir)`` (self-contained HTML, ``results.json``,
   ``models.csv``, figures).
@@ -13,7 +13,6 @@
 from ._checkpoints import CHECKPOINT_FORMATS, load_checkpoint, load_checkpoints, save_params
 from ._compare import SECTIONS, compare_models
 from ._result import ComparisonResult, load_comparison
-from ._scores import SCORE_KINDS, score_reduction
 
 __all__ = [
     "compare_models",
@@ -22,8 +21,6 @@ __all__ = [
     "load_checkpoint",
     "load_checkpoints",
     "save_params",
-    "score_reduction",
-    "SCORE_KINDS",
     "SECTIONS",
     "CHECKPOINT_FORMATS",
 ]

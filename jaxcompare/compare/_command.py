@@ -48,8 +48,8 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 
 def add_parser(subparsers: Any, **kwargs: Any) -> argparse.ArgumentParser:
     """Add the ``compare`` sub-command to ``subparsers`` (extra ``kwargs`` go to ``add_parser``, e.g. parents)."""
+    from ..metrics._scores import SCORE_REDUCTIONS
     from ._compare import SECTIONS
-    from ._scores import SCORE_KINDS
 
     kwargs.setdefault("formatter_class", _Formatter)
     c = subparsers.add_parser("compare", help="compare your own checkpoints on your data and write a report",
@@ -62,7 +62,7 @@ def add_parser(subparsers: Any, **kwargs: Any) -> argparse.ArgumentParser:
     c.add_argument("--reference", default=None, help="the reference group (default: the largest)")
     c.add_argument("--sections", nargs="+", default=None, metavar="SECTION",
                    help=f"optional sections, any of: {', '.join(SECTIONS)} (default: all)")
-    c.add_argument("--score", choices=tuple(SCORE_KINDS), default="margin",
+    c.add_argument("--score", choices=SCORE_REDUCTIONS, default="margin",
                    help="reduction of the logits to the score α̂ compares")
     c.add_argument("--n-boot", type=int, default=100, help="bootstrap rounds of α̂")
     c.add_argument("--batch-size", type=int, default=None, help="evaluate the model on this many points at a time")

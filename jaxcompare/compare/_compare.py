@@ -13,14 +13,21 @@ from .._progress import progress
 from .._validation import check_array, check_choice, check_finite, check_int, check_key, check_labels, check_probability
 from ..metrics import accuracy, churn, ece, ensemble_label
 from ..metrics._auroc import auroc
+from ..metrics._scores import SCORE_REDUCTIONS, logit_scores
 from ..trimming import ensemble_alpha_hat
 from ._findings import STATISTICS, findings_sentences, flag_bounds
 from ._result import ComparisonResult, to_jsonable
-from ._scores import SCORE_KINDS, score_reduction
 
 __all__ = ["compare_models", "SECTIONS"]
 
 #: Optional sections of :func:`compare_models` (the classic metrics are always computed).
+# one line per score reduction, written into results.json
+_SCORE_DEFINITIONS = {
+    "margin": "true-class logit minus the largest other logit (negative where the model errs)",
+    "logit_gap": "l1 - l0 for two classes; else the largest logit minus the second largest (label-free)",
+    "true_logprob": "log-probability of the true class, log softmax(logits)[y]",
+}
+
 SECTIONS = {
     "alpha": "α̂ ± sd by the published bootstrap protocol, the atypical-model rule and the detection AUROCs",
     "spectra": "per-layer weight spectra of every model (jaxcompare.spectra.analyze_params, when available)",
@@ -121,7 +128,7 @@ def compare_models(
       accuracy|``; with ``x_train, y_train`` also ``train_accuracy`` and ``generalization_gap``;
     * ``alpha_hat`` and ``alpha_hat_sd`` (mean and standard deviation over the ``n_boot`` bootstrap rounds of the
       published protocol, :func:`jaxcompare.ensemble_alpha_hat`) of the model's scores
-      ``score_reduction(ℓ_k, y_test, score)`` against the reference models' pooled scores.
+      ``logit_scores(ℓ_k, y_test, score=score)`` against the reference models' pooled scores.
 
     **Reference.** With ``groups``, the reference models are those of group ``reference`` (default: the largest
     group); every other model is a candidate compared with all of them, and each reference model is compared with
@@ -146,7 +153,8 @@ def compare_models(
       x_train, y_train: optional training data (both or neither) for the train accuracy.
       groups: ``K`` group labels (e.g. the training recipe), or ``None``.
       reference: the reference group (with ``groups``; default the largest, ties: first seen).
-      score: the score reduction of :func:`score_reduction` (``"margin"``, ``"logit_gap"``, ``"true_logprob"``).
+      score: the score reduction of :func:`jaxcompare.metrics.logit_scores` (``"margin"``, ``"logit_gap"``,
+        ``"true_logprob"``).
       n_boot: bootstrap rounds of α̂ (published: 100).
       level: KS acceptance level of the α̂ threshold (published: 0.01).
       n_bins: ECE bins.
@@ -183,7 +191,7 @@ def compare_models(
     y = np.asarray(check_labels(y_test, "y_test", length=x.shape[0]))
     if (x_train is None) != (y_train is None):
         raise ValueError("x_train and y_train must be given together (or neither).")
-    check_choice(score, "score", tuple(SCORE_KINDS))
+    check_choice(score, "score", SCORE_REDUCTIONS)
     n_boot = check_int(n_boot, "n_boot", min=1)
     level = float(check_probability(level, "level"))
     n_bins = check_int(n_bins, "n_bins", min=1)
@@ -200,7 +208,7 @@ def compare_models(
         raise ValueError(f"y_test must lie in [0, {n_classes}) (the models return {n_classes} classes); found "
                          f"{int(y.max())}.")
     probs = np.asarray(jax.nn.softmax(jnp.asarray(logits), axis=-1))
-    scores = np.asarray(score_reduction(logits, y, score))  # (K, T)
+    scores = np.asarray(logit_scores(logits, y, score=score))  # (K, T)
 
     if grp is None:
         ref_of = {i: [j for j in range(k) if j != i] for i in range(k)}
@@ -231,7 +239,8 @@ def compare_models(
 
     settings: dict[str, Any] = {
         "n_models": k, "n_test": n_test, "n_classes": n_classes, "score": score, "score_definition":
-        SCORE_KINDS[score], "n_boot": n_boot, "level": level, "n_bins": n_bins, "ece": "top-label, equal-width bins",
+        _SCORE_DEFINITIONS[score], "n_boot": n_boot, "level": level, "n_bins": n_bins,
+        "ece": "top-label, equal-width bins",
         "sections": list(sections), "reference": ref_group, "groups": grp, "names": names,
         "key": np.asarray(jax.random.key_data(key)).tolist(), "x_test_shape": list(x.shape),
         "train_data": x_train is not None,
