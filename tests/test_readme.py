@@ -58,3 +58,21 @@ def test_microscope_example(tmp_path, monkeypatch):
     # "accuracy 0.924, 95% Wilson [0.903, 0.940]" and "MMD²_u = 0.042, p = 0.001"
     np.testing.assert_allclose([sep.accuracy, sep.ci_low, sep.ci_high], [0.924, 0.903, 0.940], atol=1.5e-3)
     assert abs(float(res.statistic) - 0.042) < 1.5e-3 and float(res.p_value) < 0.0015
+
+
+def test_per_layer_spectra_example(tmp_path, monkeypatch):
+    g = _run(_find("jc.spectra.analyze_params(jax.random.key(0), params"), tmp_path, monkeypatch)
+    assert round(g["res"].row("Dense_0/kernel")["alpha"], 2) == 6.02  # "6.02"
+
+
+def test_calibration_example(tmp_path, monkeypatch):
+    g = _run(_find("jc.smooth_ece_interval(jax.random.key(0), f, y"), tmp_path, monkeypatch)
+    assert round(float(g["jc"].smooth_ece(g["f"], g["y"])), 4) == 0.1074  # "0.1074 (= relplot.smECE(f, y))"
+    assert (round(float(g["ci"].lower), 4), round(float(g["ci"].upper), 4)) == (0.1016, 0.1138)
+
+
+@pytest.mark.slow
+def test_compare_example(tmp_path, monkeypatch):
+    g = _run(_find('load_checkpoints("ckpts")'), tmp_path, monkeypatch)
+    assert sorted(g["res"].atypical) == ["model4", "model5"]  # "['model4', 'model5']"
+    assert (tmp_path / "compare-report" / "index.html").exists()
