@@ -65,13 +65,13 @@ def test_score_reduction_against_numpy(kind, shape, dtype):
 
 def test_score_reduction_errors():
     z = np.zeros((4, 3))
-    with pytest.raises(ValueError, match="labels are required"):
+    with pytest.raises(ValueError, match="needs the true labels"):
         score_reduction(z, None, "margin")
-    with pytest.raises(ValueError, match="kind"):
+    with pytest.raises(ValueError, match="score must be one of"):
         score_reduction(z, np.zeros(4, int), "entropy")
-    with pytest.raises(ValueError, match="at least 2 classes"):
+    with pytest.raises(ValueError, match="C >= 2 classes"):
         score_reduction(np.zeros((4, 1)), np.zeros(4, int))
-    with pytest.raises(ValueError, match=r"labels must have shape \(4,\)"):
+    with pytest.raises(ValueError, match="labels must have length 4"):
         score_reduction(z, np.zeros(5, int))
     with pytest.raises(ValueError, match="labels must lie in"):
         score_reduction(z, np.array([0, 1, 2, 3]))

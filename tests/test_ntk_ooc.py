@@ -13,10 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from ntk_models import mlp, oracle_kernels
 
 import jaxcompare as jc
-
-from ntk_models import mlp, oracle_kernels
 
 TOL64 = dict(rtol=1e-10, atol=1e-10)
 
@@ -40,6 +39,11 @@ def test_matches_in_memory_kernels(tmp_path):
     # trailing class axes swap in mirrored tiles
     e = jc.kernel_to_disk(jc.empirical_ntk(f), p, x1, path=tmp_path / "c", block_size=4, progress_bar=False)
     np.testing.assert_allclose(e, o11["full"], **TOL64)
+
+    # a projected kernel (its record holds a key: compared by identity, not hashed)
+    kp = jc.trace_ntk(f, projection=jc.random_projection(jax.random.key(3), 64))
+    np.testing.assert_allclose(jc.kernel_to_disk(kp, p, x1, path=tmp_path / "p", block_size=4, progress_bar=False),
+                               kp(p, x1), **TOL64)
 
     def rbf(q, a, b=None):  # a user's kernel without a spec
         return jnp.exp(-q * jnp.sum((a[:, None] - (a if b is None else b)[None]) ** 2, -1))
@@ -137,3 +141,32 @@ def test_killed_run_resumes_to_identical_kernel(tmp_path):
                                        progress_bar=False))
     assert np.array_equal(resumed, fresh)
     np.testing.assert_allclose(resumed, oracle_kernels(f, p, x, x)["trntk"], **TOL64)
+
+
+def test_progress_counts_resumed_tiles_and_norms_durable(tmp_path, monkeypatch):
+    """A resumed run's bar starts at the tiles already done (3/6, not 0/3) and the norm phase has its own bar;
+    durable=True (fsync per tile) gives the same kernel."""
+    import jaxcompare.ntk._ooc as ooc
+
+    f, p, x1, _ = _data(11)
+    k = jc.trace_ntk(f)
+    want = oracle_kernels(f, p, x1, x1)["trntk"]
+    np.testing.assert_allclose(jc.kernel_to_disk(k, p, x1, path=tmp_path, block_size=4, durable=True,
+                                                 progress_bar=False), want, **TOL64)
+    state = json.loads((tmp_path / "state.json").read_text())
+    state["done"] = [1, 3, 5]  # tiles 0, 2, 4 "not yet written"
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    (tmp_path / "norms.npy").unlink()
+    bars = []
+    real = ooc.progress
+
+    def spy(it, *, total, desc, enabled):
+        items = list(it)
+        bars.append((desc, total, items))
+        return real(items, total=total, desc=desc, enabled=False)
+
+    monkeypatch.setattr(ooc, "progress", spy)
+    np.testing.assert_allclose(jc.kernel_to_disk(k, p, x1, path=tmp_path, block_size=4), want, **TOL64)
+    (nd, nt, norm_items), (td, tt, tiles) = bars
+    assert "norms" in nd and nt == 3 and len(norm_items) == 3  # 3 blocks of x1 (x2=None)
+    assert "tiles" in td and tt == 6 and tiles[:3] == [1, 3, 5] and sorted(tiles[3:]) == [0, 2, 4]

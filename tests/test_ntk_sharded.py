@@ -36,11 +36,35 @@ _SCRIPT = textwrap.dedent(
         assert len(k.sharding.device_set) == 8 and k.sharding.spec[0] is not None, k.sharding
         np.testing.assert_allclose(k, o11["trntk"], **tol)
         np.testing.assert_allclose(t(p, x1, x2), o12["trntk"], **tol)
-        np.testing.assert_allclose(t(p, x_odd), o11["trntk"][:13, :13], **tol)
+        kp = jc.sharded(jc.trace_ntk(f, implementation=impl), block_size=bs, pad=True)(p, x_odd)
+        assert kp.shape == (16, 13) and len(kp.sharding.device_set) == 8 and kp.sharding.spec[0] is not None
+        np.testing.assert_allclose(kp[:13], o11["trntk"][:13, :13], **tol)
+        assert np.all(np.asarray(kp[13:]) == 0)  # padding rows masked
+        try:
+            t(p, x_odd)
+            raise AssertionError("13 rows over 8 devices without pad=True must raise")
+        except ValueError as e:
+            assert "pad=True" in str(e) and "13 rows" in str(e), e
         e = jc.sharded(jc.empirical_ntk(f, implementation=impl), block_size=bs)(p, x1, x2)
         np.testing.assert_allclose(e, o12["full"], **tol)
         pn = jc.sharded(jc.pseudo_ntk(f, normalize=True, implementation=impl), block_size=bs)(p, x1, x2)
         np.testing.assert_allclose(pn, o12["pntk_norm"], **tol)
+    # the symmetric scheme on 1..8 devices (odd and even counts, odd rows per device), class axes, no block size
+    for nd in (1, 2, 3, 5, 6, 8):
+        sub = Mesh(np.array(jax.devices()[:nd]), ("r",))
+        for n in (nd * 3, nd * 2):
+            xs = x1[:n] if n <= 16 else jnp.concatenate([x1, x1[: n - 16] + 0.5])
+            oo = oracle_kernels(f, p, xs, xs)
+            np.testing.assert_allclose(jc.sharded(jc.trace_ntk(f), sub, block_size=2)(p, xs), oo["trntk"], **tol)
+            np.testing.assert_allclose(jc.sharded(jc.empirical_ntk(f), sub)(p, xs), oo["full"], **tol)
+    # the output of the symmetric scheme is row-sharded and gathers/saves to the oracle
+    k = jc.sharded(jc.trace_ntk(f), block_size=4)(p, x1)
+    np.testing.assert_allclose(jc.gather(k), o11["trntk"], **tol)
+    import tempfile
+    np.testing.assert_allclose(jc.save_rows(k, os.path.join(tempfile.mkdtemp(), "K.npy")), o11["trntk"], **tol)
+    kp = jc.sharded(jc.trace_ntk(f), pad=True)(p, x_odd)
+    np.testing.assert_allclose(jc.save_rows(kp, os.path.join(tempfile.mkdtemp(), "K.npy"), rows=13),
+                               o11["trntk"][:13, :13], **tol)
     # a 2-D mesh: rows split over both axes
     mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ("a", "b"))
     k = jc.sharded(jc.trace_ntk(f, normalize=False), mesh)(p, x1, x2)
@@ -65,7 +89,6 @@ _SCRIPT = textwrap.dedent(
     assert k.spec.transforms == ("sharded",)
     np.testing.assert_allclose(jc.batched(k, 16)(p, x32), o32["trntk"], **tol)
     assert 2 in seen and 16 not in seen, seen
-    import tempfile
     k, seen = spy()
     d = jc.kernel_to_disk(k, p, x32, path=tempfile.mkdtemp(), block_size=16, progress_bar=False)
     np.testing.assert_allclose(d, o32["trntk"], **tol)
@@ -89,7 +112,6 @@ def test_sharded_on_eight_cpu_devices(tmp_path):
 def test_sharded_single_device_and_validation():
     """In this process (one device) sharded is the identity transform; bad arguments raise clear errors."""
     import numpy as np
-
     from ntk_models import mlp
 
     f, p = mlp(jax.random.key(0))

@@ -45,7 +45,7 @@ def test_kernels_quickstart_and_variants(tmp_path, monkeypatch):
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_trimming_example(tmp_path, monkeypatch):
-    g = _run(_find("jc.ensemble_alpha_hat(gaps"), tmp_path, monkeypatch)
+    g = _run(_find("jc.ensemble_alpha_hat(jax.random.key(0), gaps"), tmp_path, monkeypatch)
     a = np.asarray(g["res"].alpha_hat)
     assert abs(a[0] - 0.21) < 0.01 and np.all(a[1:3] < 0.005)  # "≈ [0.21, 0.00, 0.00]"
     assert abs(float(g["delta"]) - 0.0520) < 5e-5  # "0.0520"

@@ -12,7 +12,10 @@ from ._explain import Explanation, explain
 from ._registry import KERNELS, KernelInfo, kernel, kernel_label
 from ._sharding import sharded
 from ._ooc import kernel_to_disk
+from ._gather import gather, save_rows
 from ._kron import KroneckerProjection, kronecker_projection
+from ._sketch import StructuredProjection, structured_projection
+from ._project_gradients import ProjectedKernel, project_gradients, projected_kernel
 
 __all__ = [
     "empirical_ntk",
@@ -23,10 +26,17 @@ __all__ = [
     "batched",
     "sharded",
     "kernel_to_disk",
+    "gather",
+    "save_rows",
     "random_projection",
     "RandomProjection",
     "kronecker_projection",
     "KroneckerProjection",
+    "structured_projection",
+    "StructuredProjection",
+    "project_gradients",
+    "projected_kernel",
+    "ProjectedKernel",
     "KernelSpec",
     "Kernel",
     "KERNELS",

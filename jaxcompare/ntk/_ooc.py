@@ -1,37 +1,46 @@
-"""Out-of-core kernels: compute a kernel tile by tile into an on-disk ``.npy`` array, resumable after interruption.
+"""Out-of-core kernels: compute a kernel tile by tile into an on-disk ``.npy`` array, resumable after interruption,
+by one process or by several at once (the hosts of a cluster, the tasks of an array job) on a shared directory.
 
 Layout of the directory ``path``:
 
-- ``kernel.npy``: the kernel, a standard ``.npy`` file written through ``numpy.lib.format.open_memmap``
-  (read it with ``np.load(path / "kernel.npy", mmap_mode="r")``);
+- ``kernel.npy``: the kernel, a standard ``.npy`` file (read it with ``np.load(path / "kernel.npy", mmap_mode="r")``);
 - ``norms.npy``: the per-point norms ``[d1; d2]`` of a normalized kernel (computed first, block by block);
-- ``state.json``: the ledger — fingerprints of the data and of the model, the shape and dtype, the block size, the
-  finished tiles and a CRC-32 checksum of each finished tile (and of the norms);
-- ``.lock``: held (``fcntl.flock``) while a process writes; a second writer on the same path is refused.
+- ``state.json``: the store's header — fingerprints of the data and of the model, shape, dtype, block size, the
+  checksum of the norms — and the ledger of process 0: its finished tiles with a CRC-32 checksum of each;
+  ``state.<p>.json``: the ledger of process ``p > 0``;
+- ``.lock``, ``.lock.setup``, ``.lock.<p>``: the writers' locks (:mod:`._disk`); a second writer with the same
+  process index is refused, a store in use is never discarded.
 
-Each tile is computed by one jitted function of fixed shape (inputs padded to whole blocks), normalized with the
-stored norms, written, flushed, and only then recorded in the ledger (atomic ``os.replace`` of a file named after the
-process). A run killed at any point therefore leaves only tiles that are either complete and recorded, or unrecorded
-and recomputed on resume; the resumed kernel is bit-for-bit the one an uninterrupted run writes.
+Work split: the tiles (on and above the diagonal when ``x2 is None``) are numbered row by row and tile ``t`` belongs
+to process ``t mod process_count``. Each process writes its tiles and their mirrors directly (no assembly step);
+the norms are computed once, by the first process to open the store, before any tile. Each tile is computed by one
+jitted function of fixed shape (inputs padded to whole blocks; normalization and the mirror transpose inside),
+handed to a writer thread (the device computes the next tile meanwhile), written, and only then recorded in the
+process's ledger (atomic ``os.replace``; ``fsync`` only with ``durable=True``). A run killed at any point leaves
+tiles that are complete and recorded, or unrecorded and recomputed on resume; the kernel is bit-for-bit the one an
+uninterrupted single-process run writes, whatever the process count.
 
 What is verified before the store is trusted (resume or reopen): the data fingerprint (SHA-256 of params, ``x1``,
 ``x2``, kernel name, options, block size) and the model fingerprint (SHA-256 of the jaxpr of the tile function at the
 tile shapes and of the code the kernel closes over, see :mod:`._fingerprint`) must match — else an error, or a fresh
 start with ``overwrite=True``; ``kernel.npy`` must have the recorded shape, dtype and file size (a truncated or
-replaced file is recomputed, with a warning); every recorded tile and the norms must match their checksums (edited
-ones are recomputed, with a warning). A ledger that cannot be read is an error unless ``overwrite=True``, which always
-starts afresh. Free disk space is checked and the file preallocated before any tile is computed.
+replaced file is recomputed, with a warning); every recorded tile of the process's share and the norms must match
+their checksums (edited ones are recomputed, with a warning). A ledger that cannot be read is an error unless
+``overwrite=True``, which always starts afresh. Free disk space is checked and the file preallocated before any tile
+is computed.
 """
 from __future__ import annotations
 
-import contextlib
+import functools
 import json
 import os
-import shutil
+import queue
+import shutil  # noqa: F401 - patched by tests through this module (disk space)
+import threading
 import warnings
-import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -40,59 +49,30 @@ import numpy as np
 from .._progress import progress
 from .._validation import check_int
 from ._common import cosine_normalize, validate_pair, warn_zero_norm
+from ._disk import DirLock, atomic_json, atomic_npy, crc, create_npy, open_npy
 from ._fingerprint import data_fingerprint, model_fingerprint
 from ._tiling import TilePlan, check_transform_args, kernel_parts, swap
 
 __all__ = ["kernel_to_disk"]
 
-_VERSION = 2
-_SPACE_MARGIN = 64 * 1024**2  # bytes kept free beyond the kernel file
+_VERSION = 3
+_LEDGER_KEYS = ("fingerprint", "model", "done", "checksums")
 
 
-def _tmp(path: Path) -> Path:
-    return path.with_name(f"{path.name}.{os.getpid()}.tmp")
+def _ledger_path(root: Path, index: int) -> Path:
+    return root / ("state.json" if index == 0 else f"state.{index}.json")
 
 
-def _atomic_json(path: Path, obj: dict) -> None:
-    tmp = _tmp(path)
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_npy(path: Path, a: np.ndarray) -> None:
-    tmp = _tmp(path)
-    with open(tmp, "wb") as f:
-        np.save(f, a)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _crc(a: np.ndarray) -> int:
-    return zlib.crc32(np.ascontiguousarray(a).tobytes())
-
-
-@contextlib.contextmanager
-def _lock(root: Path):
-    """Exclusive lock of the run directory (POSIX ``flock``; on other systems per-process temporary names only)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    with open(root / ".lock", "a+") as f:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise RuntimeError(f"{root} is being written by another process (kernel_to_disk holds {root / '.lock'});"
-                               " wait for it to finish or use another path.") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+def processes(process_index: Any, process_count: Any) -> tuple[int, int, bool]:
+    """``(index, count, from_runtime)``: JAX's multi-process runtime unless both overrides are given."""
+    if process_index is None and process_count is None:
+        return jax.process_index(), jax.process_count(), True
+    if process_index is None or process_count is None:
+        raise ValueError("process_index and process_count go together: give both (e.g. an array job's task id and "
+                         f"task count) or neither (JAX's runtime), got process_index={process_index!r}, "
+                         f"process_count={process_count!r}.")
+    count = check_int(process_count, "process_count", min=1)
+    return check_int(process_index, "process_index", min=0, max=count - 1), count, False
 
 
 def _read_state(state_path: Path, overwrite: bool) -> dict | None:
@@ -103,7 +83,7 @@ def _read_state(state_path: Path, overwrite: bool) -> dict | None:
             state = json.load(f)
         if not isinstance(state, dict) or state.get("version") != _VERSION:
             raise ValueError("not a ledger of this version")
-        for k in ("fingerprint", "model", "shape", "dtype", "done", "checksums", "norms"):
+        for k in _LEDGER_KEYS + ("shape", "dtype", "norms"):
             state[k]  # noqa: B018 - presence check
         return state
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -113,45 +93,20 @@ def _read_state(state_path: Path, overwrite: bool) -> dict | None:
                          "overwrite=True to start afresh, or use another path.") from None
 
 
-def _open_kernel(kpath: Path, shape: tuple, dtype: np.dtype) -> np.memmap | None:
-    """The stored kernel when its header has the recorded shape and dtype and the file its full size, else None.
-
-    The size is checked before opening: ``np.load(mmap_mode="r+")`` would silently zero-extend a truncated file.
-    """
-    try:
-        with open(kpath, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            hshape, fortran, hdtype = read(f)
-            offset = f.tell()
-    except (OSError, ValueError, EOFError, SyntaxError):
-        return None
-    need = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if tuple(hshape) != tuple(shape) or np.dtype(hdtype) != dtype or fortran or kpath.stat().st_size != need:
-        return None
-    return np.load(kpath, mmap_mode="r+")
-
-
-def _create_kernel(root: Path, kpath: Path, shape: tuple, dtype: np.dtype) -> None:
-    need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    free = shutil.disk_usage(root).free + (kpath.stat().st_size if kpath.exists() else 0)
-    if need + _SPACE_MARGIN > free:
-        raise OSError(f"not enough free disk space in {root} for a kernel of shape {shape} ({dtype}): it needs "
-                      f"{need / 1e9:.2f} GB (+{_SPACE_MARGIN // 1024**2} MB margin), {free / 1e9:.2f} GB are free.")
-    tmp = _tmp(kpath)
-    mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
-    offset = mm.offset
-    del mm
-    if need and hasattr(os, "posix_fallocate"):  # reserve the blocks now: a full disk is an error here, not a SIGBUS
-        fd = os.open(tmp, os.O_RDWR)
+def _ledgers(root: Path, header: dict) -> dict[int, dict]:
+    """Every process's ledger of this store (``{index: ledger}``); unreadable or foreign ones are skipped (a ledger
+    being replaced is read whole or not at all)."""
+    out = {0: header}
+    for p in root.glob("state.*.json"):
         try:
-            os.posix_fallocate(fd, 0, offset + need)
-        except OSError as e:
-            os.close(fd)
-            tmp.unlink()
-            raise OSError(f"cannot reserve {need / 1e9:.2f} GB in {root} for the kernel: {e}") from None
-        os.close(fd)
-    os.replace(tmp, kpath)
+            index = int(p.name.split(".")[1])
+            with open(p) as f:
+                led = json.load(f)
+            if all(led.get(k) == header[k] for k in ("fingerprint", "model")):
+                out[index] = led
+        except (OSError, ValueError, TypeError, AttributeError, KeyError, IndexError):
+            continue
+    return out
 
 
 def _regions(plan: TilePlan, t: int, n1: int, n2: int) -> list[tuple[slice, slice]]:
@@ -164,21 +119,119 @@ def _regions(plan: TilePlan, t: int, n1: int, n2: int) -> list[tuple[slice, slic
     return out
 
 
-def _verified_tiles(mm: np.memmap, plan: TilePlan, state: dict, n1: int, n2: int) -> set:
-    """Recorded tiles whose stored values match their checksums; the others are recomputed (with a warning)."""
-    ok, bad = set(), []
-    for t in state["done"]:
-        sums = state["checksums"].get(str(t))
-        regions = _regions(plan, int(t), n1, n2)
-        if sums is not None and len(sums) == len(regions) and all(
-                _crc(mm[r]) == c for r, c in zip(regions, sums)):
-            ok.add(int(t))
-        else:
-            bad.append(int(t))
+def _verified_tiles(mm: np.memmap, plan: TilePlan, ledgers: dict, share: set, n1: int, n2: int) -> set:
+    """Tiles of ``share`` recorded by any process whose stored values match their checksums; the others are
+    recomputed (with a warning when a record did not match)."""
+    records: dict[int, list] = {}
+    for led in ledgers.values():
+        for t in led["done"]:
+            sums = led["checksums"].get(str(t))
+            if int(t) in share and sums is not None:
+                records.setdefault(int(t), []).append(sums)
+    ok, bad = set(), 0
+    for t, options in records.items():
+        regions = _regions(plan, t, n1, n2)
+        actual = None
+        for sums in options:
+            if len(sums) == len(regions):
+                actual = actual or [crc(mm[r]) for r in regions]
+                if actual == list(sums):
+                    ok.add(t)
+                    break
+        bad += t not in ok
     if bad:
-        warnings.warn(f"{len(bad)} stored tile(s) do not match their checksums (edited or damaged); recomputing "
-                      "them.", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"{bad} stored tile(s) do not match their checksums (edited or damaged); recomputing them.",
+                      RuntimeWarning, stacklevel=3)
     return ok
+
+
+class _Writer:
+    """A thread that moves computed tiles to the kernel file, checksums them and records them in the ledger, while
+    the device computes the next tiles (at most ``depth`` tiles wait)."""
+
+    def __init__(self, mm, plan, n1, n2, ledger_path, ledger, durable, depth=2):
+        self.mm, self.plan, self.n1, self.n2 = mm, plan, n1, n2
+        self.ledger_path, self.ledger, self.durable = ledger_path, ledger, durable
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="jaxcompare-kernel-writer", daemon=True)
+        self.thread.start()
+
+    def submit(self, t: int, out: tuple) -> None:
+        while True:
+            if self.error is not None:
+                raise self.error
+            try:
+                self.queue.put((t, out), timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            if self.error is not None:
+                continue
+            try:
+                self._write(*item)
+            except BaseException as e:  # re-raised in the computing thread
+                self.error = e
+
+    def _write(self, t: int, out: tuple) -> None:
+        sums = []
+        for (rows, cols), a in zip(_regions(self.plan, t, self.n1, self.n2), out):
+            a = np.asarray(a)[: rows.stop - rows.start, : cols.stop - cols.start]  # crop padding (a view)
+            self.mm[rows, cols] = a  # contiguous rows: the mirror was transposed on the device
+            sums.append(crc(a))
+        if self.durable:
+            self.mm.flush()
+        self.ledger["checksums"][str(t)] = sums
+        self.ledger["done"] = sorted(set(self.ledger["done"]) | {t})
+        atomic_json(self.ledger_path, self.ledger, self.durable)
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+@functools.partial(jax.jit, static_argnames=("bs",))
+def _block(x: jax.Array, i: Any, bs: int) -> jax.Array:
+    """Block ``i`` (traced: one program for all blocks) of ``bs`` rows of a padded array."""
+    return jax.lax.dynamic_slice_in_dim(x, i * bs, bs)
+
+
+class _Same:
+    """A static argument compared by identity: kernel records may hold arrays (keys, projections), not hashable."""
+
+    __slots__ = ("fn", "flag")
+
+    def __init__(self, fn: Callable, flag: bool = False):
+        self.fn, self.flag = fn, flag
+
+    def __hash__(self) -> int:
+        return hash((id(self.fn), self.flag))
+
+    def __eq__(self, other: Any) -> bool:
+        return isinstance(other, _Same) and other.fn is self.fn and other.flag == self.flag
+
+
+@functools.partial(jax.jit, static_argnames=("diag",))
+def _diag_step(params, a, *, diag):
+    return diag.fn(params, a)
+
+
+@functools.partial(jax.jit, static_argnames=("tile", "use_norm", "mirror"))
+def _tile_step(params, a, b, da, db, *, tile, use_norm, mirror):
+    """Tile ``k(a, b)`` (normalized with the stored norms) and, for ``mirror``, its transpose (``tile.flag``: swap
+    the class axes too): one program, cached across calls and sizes (its arguments are blocks)."""
+    k = tile.fn(params, a, b)
+    if use_norm:
+        k = cosine_normalize(k, da, db)
+    return (k, swap(k, tile.flag)) if mirror else (k,)
 
 
 def kernel_to_disk(
@@ -191,28 +244,46 @@ def kernel_to_disk(
     block_size: int,
     progress_bar: bool | None = None,
     overwrite: bool = False,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    durable: bool = False,
 ) -> np.memmap:
-    """Compute ``kernel_fn(params, x1, x2)`` tile by tile into ``path/kernel.npy``; resume an interrupted run.
+    """Compute ``kernel_fn(params, x1, x2)`` tile by tile into ``path/kernel.npy``; resume an interrupted run; split
+    the tiles over processes sharing ``path``.
 
-    Memory is that of one ``block_size × block_size`` tile plus the per-point norms; the kernel itself lives on
+    Memory is that of a few ``block_size × block_size`` tiles plus the per-point norms; the kernel itself lives on
     disk (a dense float32 kernel of 60,000 points is 14.4 GB). With ``x2=None`` only tiles on and above the
     diagonal are computed and mirrored. The package's normalized kernels are normalized tile by tile with norms
     computed first, so the file holds the final kernel. Calling again with the same arguments after an interruption
     (Ctrl-C, a killed job) continues with the missing tiles and yields the identical kernel; calling again after
     completion just opens the file.
 
+    Several processes: every process calls ``kernel_to_disk`` with the same arguments and the same (shared) ``path``;
+    process ``p`` of ``P`` computes tiles ``t`` with ``t mod P == p`` (``p, P`` = ``jax.process_index()``,
+    ``jax.process_count()`` after ``jax.distributed.initialize()``, or ``process_index=``/``process_count=`` for
+    launchers without JAX's runtime, e.g. an array job). Under JAX's runtime every process returns when all tiles
+    are written (a barrier); with the overrides a process returns after its own share and warns when other shares
+    are still missing — rerun any process (or one with ``process_count=1``) to complete or reopen the kernel. A
+    process that died is resumed by rerunning it alone; the kernel is bit-identical to a single-process run.
+
     Args:
       kernel_fn: a kernel function ``(params, x1, x2=None) -> (N1, N2, ...)`` (from this package or your own).
       params, x1, x2: its arguments (concrete arrays; this is a host-side loop, not traceable).
-      path: a directory (created if missing) for ``kernel.npy``, ``norms.npy`` and the ledger ``state.json``.
+      path: a directory (created if missing) for ``kernel.npy``, ``norms.npy`` and the ledgers ``state*.json``.
       block_size: rows per tile (``>= 1``).
-      progress_bar: show progress (default: on unless ``JAXCOMPARE_PROGRESS=0``).
+      progress_bar: show progress of the norms and the tiles, resumed tiles counted as done (default: on unless
+        ``JAXCOMPARE_PROGRESS=0``).
       overwrite: start afresh when ``path`` holds a run with different inputs or model, or an unreadable ledger
         (otherwise that is an error); a run with the same inputs and model is resumed either way.
+      process_index, process_count: this process's share (``0 <= process_index < process_count``); both or neither.
+      durable: ``fsync`` the kernel and the ledger after every tile (survives a power failure without recomputing;
+        slower). Without it a tile lost by a crash of the machine is detected by its checksum and recomputed.
 
     Raises:
-      ValueError: ``path`` holds another run (or an unreadable ledger) and ``overwrite`` is False.
-      RuntimeError: another process is writing to ``path``.
+      ValueError: ``path`` holds another run (or an unreadable ledger) and ``overwrite`` is False; bad
+        ``process_index``/``process_count``.
+      RuntimeError: another process is writing to ``path`` with the same process index, or holds the store while
+        this call would discard it.
       OSError: not enough free disk space for the kernel.
 
     Returns:
@@ -227,16 +298,27 @@ def kernel_to_disk(
       >>> import os, tempfile
       >>> run = os.path.join(tempfile.mkdtemp(), "ntk_run")
       >>> K = jc.kernel_to_disk(jc.trace_ntk(apply_fn), params, x_train, path=run, block_size=4)
-      >>> K.shape, sorted(os.listdir(run))                                    # .lock: the writers' lock
-      ((10, 10), ['.lock', 'kernel.npy', 'norms.npy', 'state.json'])
+      >>> K.shape, sorted(f for f in os.listdir(run) if not f.startswith("."))   # and the .lock* files
+      ((10, 10), ['kernel.npy', 'norms.npy', 'state.json'])
       >>> K = np.load(os.path.join(run, "kernel.npy"), mmap_mode="r")      # later, in another process
       >>> bool(np.allclose(K, jc.trace_ntk(apply_fn)(params, x_train)))
+      True
+      >>> # two tasks of an array job (run at the same time, on any hosts sharing the directory):
+      >>> run2 = os.path.join(tempfile.mkdtemp(), "ntk_run")
+      >>> import warnings
+      >>> with warnings.catch_warnings():      # task 0 returns first and warns that task 1's tiles are missing
+      ...     warnings.simplefilter("ignore", RuntimeWarning)
+      ...     for task in (0, 1):
+      ...         K2 = jc.kernel_to_disk(jc.trace_ntk(apply_fn), params, x_train, path=run2, block_size=4,
+      ...                                process_index=task, process_count=2, progress_bar=False)
+      >>> bool(np.array_equal(K2, K))
       True
     """
     parts = kernel_parts(kernel_fn, "kernel_to_disk")
     bs = check_int(block_size, "block_size", min=1)
     if path is None:
         raise TypeError("path is required: a directory for kernel.npy and its ledger.")
+    pi, pc, runtime = processes(process_index, process_count)
     x1, x2 = validate_pair(x1, x2)
     leaves = jax.tree_util.tree_leaves((params, x1, x2))
     if any(isinstance(l, jax.core.Tracer) for l in leaves):
@@ -245,13 +327,11 @@ def kernel_to_disk(
     spec = parts.spec
     use_norm = parts.use_norm
     n1 = x1.shape[0]
-    xx2 = x1 if x2 is None else x2
-    n2 = xx2.shape[0]
+    n2 = (x1 if x2 is None else x2).shape[0]
     plan = TilePlan(n1, n2, bs, x2 is None and parts.symmetric_known)
     x1p = plan.padded(jnp.asarray(x1))
     x2p = x1p if x2 is None else plan.padded(jnp.asarray(x2))
-    tile_jit = jax.jit(lambda p, a, b: parts.tile_fn(p, a, b))
-    out = jax.eval_shape(tile_jit, params, x1p[:bs], x2p[:bs])
+    out = jax.eval_shape(lambda p, a, b: parts.tile_fn(p, a, b), params, x1p[:bs], x2p[:bs])
     shape = (n1, n2) + tuple(out.shape[2:])
     dtype = np.dtype(out.dtype)
 
@@ -268,85 +348,151 @@ def kernel_to_disk(
 
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
-    state_path, kpath, npath = root / "state.json", root / "kernel.npy", root / "norms.npy"
-    with _lock(root):
-        state = _read_state(state_path, overwrite)
-        if state is not None and (state["fingerprint"] != fp or state["model"] != model_fp):
-            if not overwrite:
-                what = "inputs (params, x1, x2, kernel or block size)" if state["fingerprint"] != fp else \
-                    "model (apply_fn or kernel function)"
-                raise ValueError(f"{root} holds a kernel run with different {what}; pass overwrite=True to start "
-                                 "afresh, or use another path.")
-            state = None
-        if state is not None and (tuple(state["shape"]) != shape or state["dtype"] != dtype.str):
-            state = None  # cannot happen with matching fingerprints unless the ledger was edited
-        mm = _open_kernel(kpath, shape, dtype) if state is not None else None
-        if state is not None and mm is None:
-            warnings.warn(f"{kpath} is missing, truncated or has another shape/dtype than recorded; recomputing the "
-                          "kernel.", RuntimeWarning, stacklevel=2)
-            state = None
-        if state is None:
-            mm = None
-            _create_kernel(root, kpath, shape, dtype)
-            if npath.exists():
-                npath.unlink()
-            state = dict(version=_VERSION, fingerprint=fp, model=model_fp, shape=list(shape), dtype=dtype.str,
-                         block_size=bs, symmetric=plan.symmetric, normalized=use_norm, kernel=parts.name,
-                         norms=None, done=[], checksums={})
-            _atomic_json(state_path, state)
-            mm = _open_kernel(kpath, shape, dtype)
-        done = _verified_tiles(mm, plan, state, n1, n2)
-        d1 = d2 = None
-        if use_norm:
-            d1, d2 = _norms(parts.diag_fn, params, x1p, x2p, plan, n1, n2, x2 is None, npath, state, state_path)
-        todo = [(t, ij) for t, ij in enumerate(plan.pairs) if t not in done]
-        for t, (i, j) in progress(todo, total=len(todo), desc=f"{parts.name} tiles -> {root.name}",
-                                  enabled=progress_bar):
-            r0, r1 = plan.rows(i, n1)
-            c0, c1 = plan.rows(j, n2)
-            tile = tile_jit(params, plan.block(x1p, i), plan.block(x2p, j))
+    kpath = root / "kernel.npy"
+    lock = DirLock(root)
+    desc = f"{parts.name} -> {root.name}" + (f" [{pi + 1}/{pc}]" if pc > 1 else "")
+    try:
+        with lock.held(DirLock.SETUP):
+            state, mm = _setup(root, lock, fp, model_fp, shape, dtype, plan, use_norm, parts.name, overwrite)
+            if not lock.acquire(DirLock.writer(pi), block=False):
+                raise RuntimeError(f"{root} is being written by another process with process_index={pi} (it holds "
+                                   f"{root / DirLock.writer(pi)}); wait for it to finish or give each process its "
+                                   "own index.")
+            d1 = d2 = None
             if use_norm:
-                tile = cosine_normalize(tile, jnp.asarray(_pad_np(d1[r0:r1], bs)), jnp.asarray(_pad_np(d2[c0:c1], bs)))
-            tile = np.asarray(tile)[: r1 - r0, : c1 - c0]
-            mm[r0:r1, c0:c1] = tile
-            sums = [_crc(mm[r0:r1, c0:c1])]
-            if plan.symmetric and i != j:
-                mm[c0:c1, r0:r1] = swap(tile, parts.swap_trailing)
-                sums.append(_crc(mm[c0:c1, r0:r1]))
-            mm.flush()
-            done.add(t)
-            state["done"] = sorted(done)
-            state["checksums"][str(t)] = sums
-            _atomic_json(state_path, state)
-        if len(state["done"]) != len(done):  # drop records of tiles found damaged and not (yet) rewritten
-            state["done"] = sorted(done)
-            _atomic_json(state_path, state)
+                d1, d2 = _norms(parts.diag_fn, params, x1p, x2p, plan, x2 is None, root / "norms.npy", state,
+                                progress_bar, desc)
+        share = set(range(pi, len(plan.pairs), pc))
+        ledgers = _ledgers(root, state)
+        done = _verified_tiles(mm, plan, ledgers, share, n1, n2)
+        mine = ledgers.get(pi, dict(version=_VERSION, fingerprint=fp, model=model_fp, done=[], checksums={}))
+        keep = [t for t in mine["done"] if t not in share or t in done]
+        mine = dict(mine, done=keep, checksums={str(t): mine["checksums"][str(t)] for t in keep})
+        if pi == 0:
+            mine = dict(state, done=keep, checksums=mine["checksums"])
+        _compute(parts, use_norm, params, x1p, x2p, d1, d2, plan, mm, share, done, mine,
+                 _ledger_path(root, pi), durable, progress_bar, desc)
         del mm
-        if use_norm and x2 is None:
-            warn_zero_norm(d1, "norm")
+    finally:
+        lock.close()
+    if runtime and pc > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"jaxcompare.kernel_to_disk:{fp[:16]}")
+    recorded = set().union(*(map(int, led["done"]) for led in _ledgers(root, _read_state(root / "state.json", True)
+                                                                      or state).values()))
+    missing = len(plan.pairs) - len(recorded & set(range(len(plan.pairs))))
+    if missing:
+        warnings.warn(f"{missing} of {len(plan.pairs)} tiles of {kpath} are not written yet (the shares of other "
+                      "processes still running or stopped); those entries are 0 until then. Rerun the missing "
+                      "processes, or any process with process_count=1, to complete the kernel.", RuntimeWarning,
+                      stacklevel=2)
+    if use_norm and x2 is None:
+        warn_zero_norm(d1, "norm")
     return np.load(kpath, mmap_mode="r")
 
 
-def _norms(diag_fn, params, x1p, x2p, plan, n1, n2, symmetric_x, npath, state, state_path):
+def _setup(root, lock, fp, model_fp, shape, dtype, plan, use_norm, name, overwrite):
+    """Under the setup lock: the store's header and the open kernel file, created afresh when missing, of other
+    inputs (with ``overwrite``) or damaged; takes the shared store lock."""
+    state_path, kpath = root / "state.json", root / "kernel.npy"
+    state = _read_state(state_path, overwrite)
+    if state is not None and (state["fingerprint"] != fp or state["model"] != model_fp):
+        if not overwrite:
+            what = "inputs (params, x1, x2, kernel or block size)" if state["fingerprint"] != fp else \
+                "model (apply_fn or kernel function)"
+            raise ValueError(f"{root} holds a kernel run with different {what}; pass overwrite=True to start "
+                             "afresh, or use another path.")
+        state = None
+    if state is not None and (tuple(state["shape"]) != shape or state["dtype"] != dtype.str):
+        state = None  # cannot happen with matching fingerprints unless the ledger was edited
+    mm = open_npy(kpath, shape, dtype) if state is not None else None
+    if state is not None and mm is None:
+        warnings.warn(f"{kpath} is missing, truncated or has another shape/dtype than recorded; recomputing the "
+                      "kernel.", RuntimeWarning, stacklevel=3)
+        state = None
+    busy = RuntimeError(f"{root} is being written by another process (kernel_to_disk holds {root / '.lock'}); wait "
+                        "for it to finish or use another path.")
+    if state is None:
+        if not lock.acquire(DirLock.STORE, block=False):  # discarding a store nobody writes
+            raise busy
+        try:
+            mm = None
+            create_npy(root, kpath, shape, dtype)
+            for old in [root / "norms.npy", *root.glob("state.*.json")]:
+                old.unlink(missing_ok=True)
+            state = dict(version=_VERSION, fingerprint=fp, model=model_fp, shape=list(shape), dtype=dtype.str,
+                         block_size=plan.block_size, symmetric=plan.symmetric, normalized=use_norm, kernel=name,
+                         norms=None, done=[], checksums={})
+            atomic_json(state_path, state)
+            mm = open_npy(kpath, shape, dtype)
+        finally:
+            lock.release(DirLock.STORE)
+    if not lock.acquire(DirLock.STORE, shared=True, block=False):
+        raise busy
+    return state, mm
+
+
+def _compute(parts, use_norm, params, x1p, x2p, d1, d2, plan, mm, share, done, ledger, ledger_path, durable,
+             progress_bar, desc):
+    """This process's missing tiles: dispatched to the device in order, written by a :class:`_Writer`."""
+    bs = plan.block_size
+    d1p = d2p = None
+    if use_norm:
+        d1p = jnp.asarray(_pad_np(d1, plan.nb1 * bs))
+        d2p = jnp.asarray(_pad_np(d2, plan.nb2 * bs))
+    tile = _Same(parts.tile_fn, parts.swap_trailing)
+    order = sorted(share & done) + sorted(share - done)  # resumed tiles first: the bar starts at len(done)
+    atomic_json(ledger_path, ledger, durable)
+    writer = _Writer(mm, plan, plan.n1, plan.n2, ledger_path, ledger, durable)
+    try:
+        for t in progress(order, total=len(order), desc=f"{desc} tiles", enabled=progress_bar):
+            if t in done:
+                continue
+            i, j = plan.pairs[t]
+            da = db = None
+            if use_norm:
+                da, db = _block(d1p, i, bs), _block(d2p, j, bs)
+            writer.submit(t, _tile_step(params, _block(x1p, i, bs), _block(x2p, j, bs), da, db, tile=tile,
+                                        use_norm=use_norm, mirror=plan.symmetric and i != j))
+    finally:
+        writer.close()
+    mm.flush()
+    atomic_json(ledger_path, ledger, durable)
+
+
+def _norms(diag_fn, params, x1p, x2p, plan, symmetric_x, npath, state, progress_bar, desc):
     """The stored norms when they match their checksum, else computed (block by block) and stored."""
+    n1, n2 = plan.n1, plan.n2
     if state["norms"] is not None and npath.exists():
         try:
             d = np.load(npath)
-            if d.shape == (n1 + n2,) and _crc(d) == state["norms"]:
+            if d.shape == (n1 + n2,) and crc(d) == state["norms"]:
                 return d[:n1], d[n1:]
         except (OSError, ValueError, EOFError):
             pass
         warnings.warn(f"{npath} does not match its checksum (edited or damaged); recomputing the norms.",
                       RuntimeWarning, stacklevel=3)
-    diag_jit = jax.jit(lambda p, a: diag_fn(p, a))
-    d1 = np.concatenate([np.asarray(diag_jit(params, plan.block(x1p, i))) for i in range(plan.nb1)])[:n1]
-    d2 = d1 if symmetric_x else np.concatenate(
-        [np.asarray(diag_jit(params, plan.block(x2p, j))) for j in range(plan.nb2)])[:n2]
+    bs = plan.block_size
+    blocks = [(x1p, i) for i in range(plan.nb1)] + ([] if symmetric_x else [(x2p, j) for j in range(plan.nb2)])
+    ds = [np.asarray(_diag_step(params, _block(x, i, bs), diag=_Same(diag_fn)))
+          for x, i in progress(blocks, total=len(blocks), desc=f"{desc} norms", enabled=progress_bar)]
+    d1 = np.concatenate(ds[:plan.nb1])[:n1]
+    d2 = d1 if symmetric_x else np.concatenate(ds[plan.nb1:])[:n2]
     d = np.concatenate([d1, d2])
-    _atomic_npy(npath, d)
-    state["norms"] = _crc(d)
-    _atomic_json(state_path, state)
+    atomic_npy(npath, d)
+    if state["norms"] != crc(d):
+        state["norms"] = crc(d)
+        atomic_json(npath.with_name("state.json"), dict(state, **_current_ledger0(npath.parent, state)))
     return d1, d2
+
+
+def _current_ledger0(root: Path, state: dict) -> dict:
+    """Process 0's records as they are on disk now (kept when another process rewrites the header)."""
+    now = _read_state(root / "state.json", True)
+    if now is None or now["fingerprint"] != state["fingerprint"]:
+        return dict(done=state["done"], checksums=state["checksums"])
+    return dict(done=now["done"], checksums=now["checksums"])
 
 
 def _pad_np(d: np.ndarray, n: int) -> np.ndarray:

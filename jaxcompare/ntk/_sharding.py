@@ -1,27 +1,40 @@
-"""``sharded``: compute any kernel function with its rows distributed over all devices of a mesh.
+"""``sharded``: compute any kernel function with its rows distributed over all devices of a mesh (of one process or
+of every process of a cluster under ``jax.distributed``).
 
-The rows of ``x1`` are split into one contiguous block per device (``shard_map`` over every axis of the mesh);
-each device computes its ``(N1 / n_devices) × N2`` strip of the unnormalized kernel (optionally tile by tile with
-``block_size``, so its memory is that of one tile), and the per-point norms of the package's normalized kernels
-are computed the same way, then applied once. The result is a ``jax.Array`` sharded by rows over the mesh.
+The rows of ``x1`` are split into one contiguous block of ``b`` rows per device (``shard_map`` over every axis of the
+mesh); device ``x`` computes its ``b × N2`` strip of the unnormalized kernel (tile by tile with ``block_size``, so its
+memory is that of one tile), and the per-point norms of the package's normalized kernels are computed the same way,
+then applied once. The result is a ``jax.Array`` sharded by rows over the mesh — never replicated.
+
+Symmetric saving (``x2=None``, kernels of this package): with ``D`` devices, device ``x`` computes its diagonal block
+(only tiles on and above its diagonal) and the blocks ``(x, x + k mod D)`` for ``1 <= k < D/2``; it receives the
+transposes of blocks ``(x - k, x)`` from device ``x - k`` (``lax.ppermute``: one shift per ``k``). For even ``D``,
+the block ``(x, x + D/2)`` is computed in halves by the two devices it concerns, which exchange them. Each pair of
+row blocks is thus computed once: ``D (D + 1) / 2`` blocks instead of ``D²``.
+
+Rows that do not split evenly: a row-sharded ``jax.Array`` must split evenly, so with ``N1`` not a multiple of ``D``
+``sharded(..., pad=True)`` returns the kernel padded to ``ceil(N1 / D) · D`` rows, the padding rows set to 0 (the
+first ``N1`` rows are the kernel); without ``pad`` that case is an error that says so.
 
 Multi-host: call ``jax.distributed.initialize()`` on every process first; ``jax.devices()`` then lists the devices
 of all hosts and the default mesh spans them. Pass the same ``params``, ``x1``, ``x2`` on every process (they are
-replicated inputs); each process holds the rows of its own devices in the result (gather them with
-``jax.experimental.multihost_utils.process_allgather`` if one process needs the whole kernel).
+replicated inputs); each process holds the rows of its own devices in the result: :func:`gather` collects the whole
+kernel on every process, :func:`save_rows` writes each process's rows to one shared ``.npy`` file without gathering.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from .._validation import check_int, is_concrete
-from ._batching import batched
+from ._batching import _traced
 from ._common import cosine_normalize, validate_pair, warn_zero_norm
-from ._tiling import check_transform_args, diag_blocks, kernel_parts, pad_rows, transformed
+from ._tiling import TilePlan, check_transform_args, diag_blocks, kernel_parts, pad_rows, swap, transformed
 
 __all__ = ["sharded"]
 
@@ -43,21 +56,54 @@ def default_mesh() -> Mesh:
     return Mesh(np.array(jax.devices()), ("devices",))
 
 
-def sharded(kernel_fn: Callable, mesh: Mesh | None = None, *, block_size: int | None = None) -> Any:
+def _symmetric_strip(tile, diag_tile, swap_trailing, names, n_dev, b):
+    """The per-device program of the symmetric scheme (module docstring): ``(params, x_all) -> (b, D·b, ...)``."""
+
+    def strip(p, x_all):
+        me = jax.lax.axis_index(names)
+
+        def rows(start, size):
+            return jax.lax.dynamic_slice_in_dim(x_all, start, size)
+
+        own = rows(me * b, b)
+        tiles = [diag_tile(p, own)] + [None] * (n_dev - 1)
+        for k in range(1, (n_dev + 1) // 2):
+            t = tile(p, own, rows(((me + k) % n_dev) * b, b))
+            tiles[k] = t
+            tiles[n_dev - k] = jax.lax.ppermute(swap(t, swap_trailing), names,
+                                                [(s, (s + k) % n_dev) for s in range(n_dev)])
+        if n_dev % 2 == 0:
+            h, hb = n_dev // 2, -(-b // 2)
+            lo = me < h
+            d = jnp.where(lo, me, me - h)  # the pair (d, d + h); T = K[rows_d, cols_{d+h}]
+            piece = tile(p, rows(d * b + jnp.where(lo, 0, b - hb), hb), rows((d + h) * b, b))
+            other = jax.lax.ppermute(piece, names, [(s, (s + h) % n_dev) for s in range(n_dev)])
+            top, bottom = jnp.where(lo, piece, other), jnp.where(lo, other, piece)
+            t = jnp.concatenate([top, bottom[2 * hb - b:]], axis=0)
+            tiles[h] = jnp.where(lo, t, swap(t, swap_trailing))
+        return jnp.roll(jnp.concatenate(tiles, axis=1), me * b, axis=1)  # relative block k -> block me + k
+
+    return strip
+
+
+def sharded(kernel_fn: Callable, mesh: Mesh | None = None, *, block_size: int | None = None,
+            pad: bool = False) -> Any:
     """Distribute ``kernel_fn`` over the devices of ``mesh``: same signature, same result, rows sharded.
 
-    Each device computes the rows of ``x1`` assigned to it against all of ``x2`` (``x2=None``: ``x1``). For the
-    package's normalized kernels (``trace_ntk``, ``pseudo_ntk(normalize=True)``, CK/Em...) the unnormalized kernel
-    and the per-point norms are computed sharded and the cosine normalization is applied once, so the result equals
-    ``kernel_fn(params, x1, x2)``. Any other ``kernel_fn(params, x1, x2) -> (N1, N2, ...)`` is sharded as is.
-    ``x1`` is padded to a multiple of the device count by repeating its first row; padding is dropped (when ``N1``
-    is not a multiple of the device count the result cannot be split evenly and JAX chooses its layout).
+    Each device computes the rows of ``x1`` assigned to it against all of ``x2`` (``x2=None``: ``x1``, computing each
+    pair of row blocks once, see the module docstring). For the package's normalized kernels (``trace_ntk``,
+    ``pseudo_ntk(normalize=True)``, CK/Em...) the unnormalized kernel and the per-point norms are computed sharded
+    and the cosine normalization is applied once, so the result equals ``kernel_fn(params, x1, x2)``. Any other
+    ``kernel_fn(params, x1, x2) -> (N1, N2, ...)`` is sharded as is (never assumed symmetric). Works the same in one
+    process and under ``jax.distributed`` (no value is fetched to the host: zero norms are counted on the devices).
 
     Args:
       kernel_fn: a kernel function (from this package or your own, with rows independent of each other).
       mesh: a ``jax.sharding.Mesh``; rows are split over all its axes. Default: all devices, one axis.
-      block_size: if given, each device computes its strip in ``block_size × block_size`` tiles
+      block_size: if given, each device computes its blocks in ``block_size × block_size`` tiles
         (:func:`batched`), so its memory is bounded by one tile.
+      pad: allow ``N1`` not divisible by the device count ``D``: the result then has ``ceil(N1 / D) · D`` rows, the
+        padding rows 0. Without it such an ``N1`` raises (a row-sharded array must split evenly).
 
     Returns:
       ``kernel_fn(params, x1, x2=None)`` returning a ``jax.Array`` sharded by rows over ``mesh``: a :class:`Kernel`
@@ -78,47 +124,45 @@ def sharded(kernel_fn: Callable, mesh: Mesh | None = None, *, block_size: int | 
       >>> mesh = jax.sharding.Mesh(np.array(jax.devices()), ("rows",))      # or an explicit mesh
       >>> jc.sharded(jc.trace_ntk(apply_fn), mesh)(params, x).shape
       (10, 10)
+      >>> jc.gather(K).shape                                  # the whole kernel on every process (NumPy)
+      (10, 10)
     """
     parts = kernel_parts(kernel_fn, "sharded")
     if mesh is not None and not isinstance(mesh, Mesh):
         raise TypeError(f"mesh must be a jax.sharding.Mesh or None, got {type(mesh).__name__}.")
     if block_size is not None:
         block_size = check_int(block_size, "block_size", min=1)
-    tile_fn = parts.tile_fn
+    if not isinstance(pad, bool):
+        raise TypeError(f"pad must be True or False, got {pad!r}.")
     diag_fn = parts.spec.diag if parts.spec is not None else None
-    if block_size is not None:
-        tile_fn = batched(tile_fn, block_size, progress_bar=False)
+    bs = block_size
+
+    def tile(p, a, b):
+        if bs is None:
+            return parts.tile_fn(p, a, b)
+        return _traced(parts.tile_fn, p, a, b, TilePlan(a.shape[0], b.shape[0], bs, False), parts.swap_trailing)
+
+    def diag_tile(p, a):
+        if bs is None:
+            return parts.tile_fn(p, a, a)
+        return _traced(parts.tile_fn, p, a, a, TilePlan(a.shape[0], a.shape[0], bs, True), parts.swap_trailing)
+
     compiled: dict = {}
 
-    def programs(m: Mesh):
-        key = id(m)
+    def program(m: Mesh, kind: str, b: int = 0):
+        key = (id(m), kind, b)
         if key not in compiled:
-            rows = PartitionSpec(m.axis_names)
-            strip = _shard_map(lambda p, a, b: tile_fn(p, a, b), m, (PartitionSpec(), rows, PartitionSpec()), rows)
-            if diag_fn is not None:
-                if block_size is not None:
-                    def diag_local(p, a):
-                        return diag_blocks(diag_fn, p, a, block_size, traced=True)
-                else:
-                    diag_local = diag_fn
-                diag = jax.jit(_shard_map(diag_local, m, (PartitionSpec(), rows), rows))
-            else:
-                diag = None
-            out_sharding = NamedSharding(m, rows)
-
-            def finish(k, n1, d1=None, d2=None):
-                k = k[:n1]
-                return k if d1 is None else cosine_normalize(k, d1, d2)
-
-            finish_sharded = jax.jit(finish, static_argnums=1, out_shardings=out_sharding)
-            finish_plain = jax.jit(finish, static_argnums=1)
-
-            def finish_any(k, n1, d1=None, d2=None):
-                # rows stay sharded when they split evenly (jax.Array shardings must divide the shape)
-                return (finish_sharded if n1 % m.size == 0 else finish_plain)(k, n1, d1, d2)
-
-            compiled[key] = (m, jax.jit(strip), diag, finish_any)
-        return compiled[key][1:]
+            rows, rep = PartitionSpec(m.axis_names), PartitionSpec()
+            if kind == "strip":
+                f = _shard_map(tile, m, (rep, rows, rep), rows)
+            elif kind == "sym":
+                f = _shard_map(_symmetric_strip(tile, diag_tile, parts.swap_trailing, m.axis_names, m.size, b),
+                               m, (rep, rep), rows)
+            else:  # norms
+                f = _shard_map((lambda p, a: diag_blocks(diag_fn, p, a, bs, traced=True)) if bs else diag_fn,
+                               m, (rep, rows), rows)
+            compiled[key] = (m, jax.jit(f))
+        return compiled[key][1]
 
     def _mesh():
         return mesh if mesh is not None else default_mesh()
@@ -127,37 +171,76 @@ def sharded(kernel_fn: Callable, mesh: Mesh | None = None, *, block_size: int | 
         if all(is_concrete(l) for l in jax.tree_util.tree_leaves((params, xs))):
             check_transform_args(params)
 
-    def base(params, x1, x2=None):
-        """The un-normalized kernel (the kernel itself for a plain callable), rows sharded."""
+    def _padded_norms(m, params, x, n_to):
+        return program(m, "norms")(params, pad_rows(x, n_to))
+
+    def run(params, x1, x2, *, normalize: bool, strict: bool):
         x1, x2 = validate_pair(x1, x2)
         _check(params, x1, x2)
         m = _mesh()
-        strip, _, finish = programs(m)
         n1 = x1.shape[0]
-        x1p = pad_rows(x1, -(-n1 // m.size) * m.size)
-        return finish(strip(params, x1p, x1 if x2 is None else x2), n1)
+        n_pad = -(-n1 // m.size) * m.size
+        if strict and n_pad != n1 and not pad:
+            raise ValueError(f"x1 has {n1} rows, not a multiple of the {m.size} devices of the mesh: a row-sharded "
+                             f"jax.Array must split evenly. Pass pad=True to get the kernel with {n_pad} rows (the "
+                             f"last {n_pad - n1} are padding, set to 0), or give x1 a multiple of {m.size} rows.")
+        x1p = pad_rows(x1, n_pad)
+        if x2 is None and parts.symmetric_known and m.size > 1:
+            k = program(m, "sym", n_pad // m.size)(params, x1p)
+        else:
+            k = program(m, "strip")(params, x1p, x1p if x2 is None else x2)
+        n2 = n1 if x2 is None else x2.shape[0]
+        d1 = d2 = None
+        if normalize:
+            d1 = _padded_norms(m, params, x1, n_pad)
+            d2 = d1 if x2 is None else _padded_norms(m, params, x2, -(-n2 // m.size) * m.size)
+            if x2 is None and is_concrete(d1):
+                n_zero = int(_count_zero(d1, n1))  # a replicated scalar: no global array reaches the host
+                if n_zero:
+                    warn_zero_norm(np.zeros(n_zero), "norm")
+        keep = n_pad if (strict and pad) else n1
+        out = NamedSharding(m, PartitionSpec(m.axis_names)) if keep % m.size == 0 else None
+        return _finish(k, d1, d2, n1, n2, keep, out)
+
+    def base(params, x1, x2=None):
+        """The un-normalized kernel (the kernel itself for a plain callable), rows sharded."""
+        return run(params, x1, x2, normalize=False, strict=False)
 
     def diag(params, x):
         x, _ = validate_pair(x, None)
         _check(params, x)
         m = _mesh()
         n = x.shape[0]
-        return programs(m)[1](params, pad_rows(x, -(-n // m.size) * m.size))[:n]
+        return _padded_norms(m, params, x, -(-n // m.size) * m.size)[:n]
 
     def fn(params, x1, x2=None):
-        if not parts.use_norm:
-            return base(params, x1, x2)
-        x1, x2 = validate_pair(x1, x2)
-        _check(params, x1, x2)
-        m = _mesh()
-        strip, _, finish = programs(m)
-        n1 = x1.shape[0]
-        x1p = pad_rows(x1, -(-n1 // m.size) * m.size)
-        k = strip(params, x1p, x1 if x2 is None else x2)
-        d1 = diag(params, x1)
-        d2 = d1 if x2 is None else diag(params, x2)
-        if x2 is None:
-            warn_zero_norm(d1, "norm")
-        return finish(k, n1, d1, d2)
+        return run(params, x1, x2, normalize=parts.use_norm, strict=True)
 
     return transformed(kernel_fn, parts, fn, base, diag if diag_fn is not None else None, "sharded")
+
+
+@jax.jit
+def _count_zero(d: jax.Array, n: int) -> jax.Array:
+    return jnp.sum(jnp.where(jnp.arange(d.shape[0]) < n, d <= 0, False))
+
+
+def _finish(k, d1, d2, n1, n2, keep, out_sharding):
+    """Crop the padding columns, normalize, and crop (or zero) the padding rows; rows stay sharded."""
+    f = _finish_jit.get(out_sharding)
+    if f is None:
+        f = jax.jit(_finish_body, static_argnums=(3, 4, 5), out_shardings=out_sharding)
+        _finish_jit[out_sharding] = f
+    return f(k, d1, d2, n1, n2, keep)
+
+
+_finish_jit: dict = {}
+
+
+def _finish_body(k, d1, d2, n1, n2, keep):
+    k = k[:keep, :n2]
+    if d1 is not None:
+        k = cosine_normalize(k, d1[:keep], d2[:n2])
+    if keep != n1:
+        valid = (jnp.arange(keep) < n1).reshape((keep,) + (1,) * (k.ndim - 1))
+        k = jnp.where(valid, k, jnp.zeros((), k.dtype))
+    return k

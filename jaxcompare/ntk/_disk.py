@@ -1,0 +1,168 @@
+"""On-disk primitives of the kernel stores (:func:`kernel_to_disk`, :func:`save_rows`): atomic files, checksums,
+preallocated ``.npy`` arrays and the directory lock.
+
+Several processes (one per host of a cluster, or the tasks of an array job) may write one directory at the same time.
+They coordinate through advisory locks (``fcntl.flock``; Linux NFS clients forward them to the server's lock
+manager) on small files of the directory:
+
+- ``.lock.setup``, exclusive, short: *setup* — reading the ledger, creating the kernel file, computing the norms;
+  one process at a time, the others wait;
+- ``.lock``, shared while a process writes tiles, exclusive to discard a store (``overwrite=True`` on a store of
+  other inputs): a store in use by any writer is never discarded under it;
+- ``.lock.<p>``, exclusive while the writer with ``process_index=p`` runs: two writers with the same index are
+  refused (they would share a ledger).
+
+Every file is replaced atomically (written under a name unique to the process, then ``os.replace``); ``fsync`` only
+when asked (``durable=True``): the checksums recorded in the ledgers detect tiles lost to a power failure, which are
+then recomputed.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["tmp_name", "atomic_json", "atomic_npy", "crc", "open_npy", "create_npy", "DirLock", "SPACE_MARGIN"]
+
+SPACE_MARGIN = 64 * 1024**2  # bytes kept free beyond a kernel file
+
+
+def tmp_name(path: Path) -> Path:
+    """A temporary name next to ``path``, unique to this process on this host (hosts may share the directory)."""
+    return path.with_name(f"{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+
+
+def atomic_json(path: Path, obj: dict, durable: bool = False) -> None:
+    tmp = tmp_name(path)
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_npy(path: Path, a: np.ndarray, durable: bool = False) -> None:
+    tmp = tmp_name(path)
+    with open(tmp, "wb") as f:
+        np.save(f, a)
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def crc(a: np.ndarray) -> int:
+    """CRC-32 of the C-ordered bytes of ``a`` (no copy when ``a`` is contiguous)."""
+    return zlib.crc32(memoryview(np.ascontiguousarray(a)).cast("B"))
+
+
+def open_npy(kpath: Path, shape: tuple, dtype: np.dtype, mode: str = "r+") -> np.memmap | None:
+    """The stored array when its header has ``shape`` and ``dtype`` and the file its full size, else None.
+
+    The size is checked before opening: ``np.load(mmap_mode="r+")`` would silently zero-extend a truncated file.
+    """
+    try:
+        with open(kpath, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            hshape, fortran, hdtype = read(f)
+            offset = f.tell()
+    except (OSError, ValueError, EOFError, SyntaxError):
+        return None
+    need = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if tuple(hshape) != tuple(shape) or np.dtype(hdtype) != dtype or fortran or kpath.stat().st_size != need:
+        return None
+    return np.load(kpath, mmap_mode=mode)
+
+
+def create_npy(root: Path, kpath: Path, shape: tuple, dtype: np.dtype, *, exclusive: bool = False) -> bool:
+    """Create ``kpath`` as a zero ``.npy`` array with its blocks reserved (a full disk is an error here, not a SIGBUS
+    later). The file appears complete or not at all; ``exclusive``: keep an existing file (another process created
+    it first) and return False."""
+    need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    free = shutil.disk_usage(root).free + (kpath.stat().st_size if kpath.exists() and not exclusive else 0)
+    if need + SPACE_MARGIN > free:
+        raise OSError(f"not enough free disk space in {root} for an array of shape {shape} ({dtype}): it needs "
+                      f"{need / 1e9:.2f} GB (+{SPACE_MARGIN // 1024**2} MB margin), {free / 1e9:.2f} GB are free.")
+    tmp = tmp_name(kpath)
+    mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+    offset = mm.offset
+    del mm
+    if need and hasattr(os, "posix_fallocate"):
+        fd = os.open(tmp, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, offset + need)
+        except OSError as e:
+            os.close(fd)
+            tmp.unlink()
+            raise OSError(f"cannot reserve {need / 1e9:.2f} GB in {root} for the kernel: {e}") from None
+        os.close(fd)
+    if not exclusive:
+        os.replace(tmp, kpath)
+        return True
+    try:
+        os.link(tmp, kpath)  # atomic and fails when the file exists
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink()
+
+
+class DirLock:
+    """Advisory locks (``fcntl.flock``) on files of ``root``, held until :meth:`close` (see the module docstring);
+    no-ops where ``fcntl`` is missing."""
+
+    STORE, SETUP = ".lock", ".lock.setup"
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._held: dict = {}
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: per-process temporary names only
+            fcntl = None
+        self._fcntl = fcntl
+
+    @staticmethod
+    def writer(index: int) -> str:
+        return f".lock.{index}"
+
+    def acquire(self, name: str, *, shared: bool = False, block: bool = True) -> bool:
+        if self._fcntl is None:
+            return True
+        fc = self._fcntl
+        f = open(self.root / name, "a+")
+        try:
+            fc.flock(f.fileno(), (fc.LOCK_SH if shared else fc.LOCK_EX) | (0 if block else fc.LOCK_NB))
+        except OSError:
+            f.close()
+            return False
+        self._held[name] = f
+        return True
+
+    def release(self, name: str) -> None:
+        f = self._held.pop(name, None)
+        if f is not None:
+            self._fcntl.flock(f.fileno(), self._fcntl.LOCK_UN)
+            f.close()
+
+    def close(self) -> None:
+        for name in list(self._held):
+            self.release(name)
+
+    @contextlib.contextmanager
+    def held(self, name: str) -> Iterator[None]:
+        self.acquire(name)
+        try:
+            yield
+        finally:
+            self.release(name)

@@ -1,0 +1,65 @@
+"""One process of the multi-process jobs of tests/test_distributed.py (the README's multi-host recipe, verbatim).
+
+    python _distributed_worker.py MODE PROCESS_ID NUM_PROCESSES PORT OUTDIR
+
+MODE ``sharded``: ``jax.distributed`` over gloo, 2 CPU devices per process; ``jc.sharded`` of several kernels,
+gathered with ``jc.gather`` and written with ``jc.save_rows``. MODE ``disk``: ``jax.distributed``; every process calls
+``jc.kernel_to_disk`` on one shared path. MODE ``array``: no JAX runtime; ``process_index=``/``process_count=``.
+Each process writes what it computed to OUTDIR for the test to compare with a one-process run.
+"""
+import json
+import os
+import sys
+
+mode, pid, nproc, port, outdir = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+if mode != "array":
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"  # before importing jax
+
+import jax  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_rank_promotion", "raise")
+if mode != "array":
+    # --- the multi-host recipe: the same script on every host -----------------------------------------------------
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives across processes
+    jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=nproc, process_id=pid)
+
+import numpy as np  # noqa: E402
+from ntk_models import mlp  # noqa: E402
+
+import jaxcompare as jc  # noqa: E402
+
+f, params = mlp(jax.random.key(0))  # the same params and data on every process (same keys)
+x = jax.random.normal(jax.random.key(1), (16, 5))
+x2 = jax.random.normal(jax.random.key(2), (6, 5))
+out = {}
+
+if mode == "sharded":
+    assert jax.process_count() == nproc and jax.device_count() == 2 * nproc, jax.devices()
+    proj = jc.random_projection(jax.random.key(3), 64)
+    cases = {
+        "trntk": (jc.trace_ntk(f), (x,), {}),
+        "trntk_x2": (jc.trace_ntk(f), (x, x2), {}),
+        "trntk_odd": (jc.trace_ntk(f), (x[:13],), dict(pad=True)),
+        "full": (jc.empirical_ntk(f), (x,), {}),
+        "projected": (jc.trace_ntk(f, projection=proj), (x,), {}),
+    }
+    for name, (kfn, args, kw) in cases.items():
+        K = jc.sharded(kfn, block_size=4, **kw)(params, *args)  # rows sharded over all 2·nproc devices
+        assert len(K.sharding.device_set) == 2 * nproc and not K.sharding.is_fully_replicated, (name, K.sharding)
+        local = {s.index[0].start for s in K.addressable_shards}
+        assert len(local) == 2, (name, local)  # this process holds the rows of its own two devices only
+        out[name] = jc.gather(K)  # collective: every process calls it
+        if name == "trntk_odd":  # each process writes its own rows (no gathering), padding rows dropped
+            out["save_rows"] = np.array(jc.save_rows(K, os.path.join(outdir, "rows.npy"), rows=13))
+elif mode in ("disk", "array"):
+    kw = dict(process_index=pid, process_count=nproc) if mode == "array" else {}
+    K = jc.kernel_to_disk(jc.trace_ntk(f), params, x, path=os.path.join(outdir, "store"), block_size=3,
+                          progress_bar=False, **kw)
+    ledger = os.path.join(outdir, "store", "state.json" if pid == 0 else f"state.{pid}.json")
+    with open(ledger) as fh:
+        json.dump(json.load(fh)["done"], open(os.path.join(outdir, f"tiles.{pid}.json"), "w"))
+    if mode == "disk":
+        out["kernel"] = np.array(K)  # complete on every process: kernel_to_disk ends with a barrier
+np.savez(os.path.join(outdir, f"{mode}.{pid}.npz"), **out)
+print(f"WORKER-OK {mode} {pid}", flush=True)

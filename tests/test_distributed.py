@@ -1,0 +1,143 @@
+"""Multi-process jobs on localhost (CPU): ``jax.distributed`` over gloo with 2 CPU devices per process, and an array
+job without JAX's runtime (``process_index=``/``process_count=``). Each job runs tests/_distributed_worker.py (the
+README's multi-host recipe) in 2 subprocesses, each bounded by a 120 s timeout.
+
+Oracles: the float64 forward-mode Jacobian kernels of ntk_models (independent of the package) for ``sharded``
+(close), and a one-process ``kernel_to_disk`` run in this process for the shared-path stores (bit-identical).
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from ntk_models import mlp, oracle_kernels
+
+import jaxcompare as jc
+
+HERE = Path(__file__).parent
+TIMEOUT = 120
+TOL = dict(rtol=1e-10, atol=1e-10)
+
+
+def _has_gloo() -> bool:
+    from jax._src import lib
+
+    return hasattr(getattr(lib, "_jax", None), "make_gloo_tcp_collectives")
+
+
+needs_gloo = pytest.mark.skipif(not _has_gloo(), reason="this jaxlib has no gloo CPU collectives "
+                                "(jax_cpu_collectives_implementation='gloo'), needed for jax.distributed on CPU")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _run_job(mode: str, outdir: Path, nproc: int = 2) -> None:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+               JAX_PLATFORMS="cpu", JAXCOMPARE_PROGRESS="0")
+    env.pop("XLA_FLAGS", None)
+    port = str(_free_port())
+    procs = [subprocess.Popen([sys.executable, str(HERE / "_distributed_worker.py"), mode, str(i), str(nproc), port,
+                               str(outdir)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(nproc)]
+    logs = []
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=TIMEOUT)
+            logs.append((p.returncode, out, err))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for i, (rc, out, err) in enumerate(logs):
+        assert rc == 0 and f"WORKER-OK {mode} {i}" in out, f"process {i} of the {mode} job failed:\n{err[-4000:]}"
+
+
+def _data():
+    f, p = mlp(jax.random.key(0))
+    return f, p, jax.random.normal(jax.random.key(1), (16, 5)), jax.random.normal(jax.random.key(2), (6, 5))
+
+
+@needs_gloo
+def test_sharded_two_processes(tmp_path):
+    """Every kernel/argument combination, rows over 4 devices of 2 processes: gathered == the oracle on both."""
+    _run_job("sharded", tmp_path)
+    f, p, x, x2 = _data()
+    o11, o12 = oracle_kernels(f, p, x, x), oracle_kernels(f, p, x, x2)
+    proj = jc.random_projection(jax.random.key(3), 64)
+    want = dict(trntk=o11["trntk"], trntk_x2=o12["trntk"], full=o11["full"],
+                projected=np.asarray(jc.trace_ntk(f, projection=proj)(p, x)))  # one-process run (projection)
+    for pid in (0, 1):
+        got = np.load(tmp_path / f"sharded.{pid}.npz")
+        for name, w in want.items():
+            np.testing.assert_allclose(got[name], w, **TOL, err_msg=f"{name}, process {pid}")
+        odd = got["trntk_odd"]
+        assert odd.shape == (16, 13) and np.all(odd[13:] == 0)
+        np.testing.assert_allclose(odd[:13], o11["trntk"][:13, :13], **TOL)
+        np.testing.assert_allclose(got["save_rows"], o11["trntk"][:13, :13], **TOL)
+
+
+def _share(tmp_path, pid):
+    return set(json.loads((tmp_path / f"tiles.{pid}.json").read_text()))
+
+
+@needs_gloo
+def test_kernel_to_disk_two_processes_shared_path(tmp_path):
+    """jax.distributed: disjoint shares (tile t -> process t mod 2), result bit-identical to one process."""
+    _run_job("disk", tmp_path)
+    f, p, x, _ = _data()
+    one = np.array(jc.kernel_to_disk(jc.trace_ntk(f), p, x, path=tmp_path / "one", block_size=3, progress_bar=False))
+    n_tiles = 21  # 6 blocks of 3 rows: tiles on and above the diagonal
+    s0, s1 = _share(tmp_path, 0), _share(tmp_path, 1)
+    assert s0 == set(range(0, n_tiles, 2)) and s1 == set(range(1, n_tiles, 2))
+    for pid in (0, 1):
+        assert np.array_equal(np.load(tmp_path / f"disk.{pid}.npz")["kernel"], one)
+    assert np.array_equal(np.load(tmp_path / "store" / "kernel.npy"), one)
+    np.testing.assert_allclose(one, oracle_kernels(f, p, x, x)["trntk"], **TOL)
+
+
+def test_array_job_without_runtime(tmp_path):
+    """Two plain processes with process_index=/process_count= on one path, at the same time: disjoint shares of at
+    most 55% each, the union all tiles, the kernel bit-identical to one process; then a rerun of one task alone
+    (its ledger removed: "it died") recomputes only its share."""
+    _run_job("array", tmp_path)
+    f, p, x, _ = _data()
+    k = jc.trace_ntk(f)
+    one = np.array(jc.kernel_to_disk(k, p, x, path=tmp_path / "one", block_size=3, progress_bar=False))
+    s0, s1 = _share(tmp_path, 0), _share(tmp_path, 1)
+    assert not s0 & s1 and s0 | s1 == set(range(21)) and max(len(s0), len(s1)) <= 0.55 * 21
+    store = tmp_path / "store"
+    assert np.array_equal(np.load(store / "kernel.npy"), one)
+    # task 1 "died" before recording anything: its ledger is gone and its tiles are zero. Task 0 rerun alone has
+    # nothing to do (and says that tiles are missing); task 1 rerun alone recomputes exactly its share.
+    (store / "state.1.json").unlink()
+    pairs = [(i, j) for i in range(6) for j in range(i, 6)]
+    mm = np.load(store / "kernel.npy", mmap_mode="r+")
+    for t in s1:
+        i, j = pairs[t]
+        mm[3 * i:3 * i + 3, 3 * j:3 * j + 3] = 0
+        mm[3 * j:3 * j + 3, 3 * i:3 * i + 3] = 0
+    mm.flush()
+    del mm
+    with pytest.warns(RuntimeWarning, match="not written yet"):
+        jc.kernel_to_disk(k, p, x, path=store, block_size=3, progress_bar=False, process_index=0, process_count=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = jc.kernel_to_disk(k, p, x, path=store, block_size=3, progress_bar=False, process_index=1,
+                                  process_count=2)
+    assert np.array_equal(again, one) and _share(tmp_path, 1) == s1
+    assert set(json.loads((store / "state.1.json").read_text())["done"]) == s1
+    with pytest.raises(ValueError, match="process_index and process_count go together"):
+        jc.kernel_to_disk(k, p, x, path=store, block_size=3, process_index=0)
+    with pytest.raises(ValueError, match="process_index must be <= 1"):
+        jc.kernel_to_disk(k, p, x, path=store, block_size=3, process_index=2, process_count=2)
