@@ -90,7 +90,8 @@ def test_compare_example(tmp_path, monkeypatch):
 
 def test_kernel_similarity_example(tmp_path, monkeypatch):
     g = _run(_find("jc.kernel_similarity(jax.random.key(2), models, x"), tmp_path, monkeypatch)
-    biased, debiased = float(g["jc"].linear_cka(g["X"], g["Y"])), float(g["jc"].linear_cka(g["X"], g["Y"], debiased=True))
+    lin = g["jc"].linear_cka
+    biased, debiased = float(lin(g["X"], g["Y"])), float(lin(g["X"], g["Y"], debiased=True))
     assert 0.5 < biased < 0.8 and abs(debiased) < 0.15  # "≈ 0.65 (spurious) vs ≈ 0 ± 0.05" (3 sd)
     cka = np.asarray(g["res"].cka)
     assert cka.shape == (3, 3) and np.allclose(np.diag(cka), 1.0, atol=1e-5)
