@@ -3,12 +3,15 @@
 that composes with ``jax.jit``, ``jax.vmap`` and the package's transforms (``batched``...)."""
 from __future__ import annotations
 
-from typing import Any, Callable
+import collections
+import warnings
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from .._validation import check_choice, check_finite_tree
+from .._validation import check_choice, check_finite_tree, is_concrete
 from ._common import (
     HIGHEST,
     Kernel,
@@ -38,8 +41,9 @@ def _check_implementation(implementation: str) -> None:
 def _check_projection(projection: Any) -> None:
     if projection is not None and not hasattr(projection, "features"):
         raise TypeError(
-            "projection must come from jaxcompare.random_projection(key, dim, kind) or "
-            "jaxcompare.kronecker_projection(key, dim_in, dim_out) (an object with a `features` method), "
+            "projection must come from jaxcompare.structured_projection(key, dim), "
+            "jaxcompare.random_projection(key, dim, kind) or jaxcompare.kronecker_projection(key, dim_in, dim_out) "
+            "(an object with a `features` method), "
             f"got {type(projection).__name__}."
         )
 
@@ -101,8 +105,51 @@ def _entry_points(run: Callable, normalize: bool) -> tuple[Callable, Callable]:
     return base, kernel_fn
 
 
-def _gradient_kernel(apply_fn: Callable, mode: str, *, normalize: bool, projection: Any, implementation: str):
-    """Shared builder of the three gradient kernels: ``(kernel_fn, base, diag)``."""
+_BYTES_CACHE: collections.OrderedDict = collections.OrderedDict()  # memo of a pure function of static data
+
+
+def _memory_plan(apply_fn, params, x1, x2, n_classes, impl_name, mode) -> int | None:
+    """Block size for an eager exact call whose estimated memory exceeds the budget (None: it fits); raises, before
+    any work, when even one block (or the output) does not fit. See :mod:`jaxcompare.ntk._memory`."""
+    from ._implementations import _auto_key
+    from ._memory import format_bytes, kernel_bytes, memory_budget
+
+    try:
+        key = (_auto_key(apply_fn, params, x1, x2, n_classes), impl_name, mode)
+        hit = _BYTES_CACHE.get(key)
+    except TypeError:  # unhashable apply_fn
+        key, hit = None, None
+    if hit is None:
+        hit = kernel_bytes(apply_fn, params, x1, x2, n_classes, impl_name, mode)  # traces the model: memoized
+        if key is not None:
+            _BYTES_CACHE[key] = hit
+            while len(_BYTES_CACHE) > 256:
+                _BYTES_CACHE.popitem(last=False)
+    per, fixed = hit
+    n = x1.shape[0] + (0 if x2 is None else x2.shape[0])
+    budget = memory_budget()
+    need = per * n + fixed
+    if per == 0 or need <= budget:
+        return None
+    bs = int((budget - fixed) // (2 * per)) if budget > fixed else 0
+    if bs < 1 or fixed > budget // 2:
+        raise ValueError(
+            f"the {mode} kernel of {n} points needs an estimated {format_bytes(need)} (output {format_bytes(fixed)},"
+            f" {format_bytes(per)} per point held at once), more than the memory budget {format_bytes(budget)} "
+            "(JAXCOMPARE_MEMORY_BUDGET, default half the available memory); nothing was computed. Use "
+            "jaxcompare.kernel_to_disk for outputs that do not fit, a projection (jaxcompare.project_gradients), or a "
+            "larger budget.")
+    warnings.warn(
+        f"the {mode} kernel of {n} points needs an estimated {format_bytes(need)}, more than the memory budget "
+        f"{format_bytes(budget)}: computing it in blocks of {bs} points (batched(kernel_fn, {bs})). Set "
+        "JAXCOMPARE_MEMORY_BUDGET or call batched yourself to choose.", RuntimeWarning, stacklevel=4)
+    return bs
+
+
+def _gradient_kernel(apply_fn: Callable, mode: str, *, normalize: bool, projection: Any, implementation: str,
+                     record: Callable | None = None):
+    """Shared builder of the three gradient kernels: ``(kernel_fn, base, diag)``. ``record()`` returns the kernel
+    record, which eager calls over the memory budget compute through :func:`batched`."""
 
     def resolve(params, x1, x2, n_classes):
         if projection is not None:
@@ -113,8 +160,17 @@ def _gradient_kernel(apply_fn: Callable, mode: str, *, normalize: bool, projecti
 
     def run(params, x1, x2, with_norm):
         x1, x2, n_classes = validate_kernel_args(params, x1, x2, apply_fn=apply_fn)
+        impl_name = resolve(params, x1, x2, n_classes)
+        if (record is not None and projection is None
+                and all(is_concrete(l) for l in jax.tree_util.tree_leaves((params, x1, x2)))):
+            bs = _memory_plan(apply_fn, params, x1, x2, n_classes, impl_name, mode)
+            if bs is not None:
+                from ._batching import batched
+
+                planned = batched(record(), bs, progress_bar=False)
+                return planned(params, x1, x2) if with_norm else planned.spec.base(params, x1, x2)
         k, d1 = _compute_jit(params, x1, x2, projection, apply_fn=apply_fn, mode=mode,
-                             impl_name=resolve(params, x1, x2, n_classes), with_norm=with_norm)
+                             impl_name=impl_name, with_norm=with_norm)
         if with_norm and x2 is None:
             warn_zero_norm(d1, "gradient")
         return k
@@ -134,12 +190,14 @@ def _public_gradient_kernel(apply_fn: Callable, mode: str, name: str, *, normali
     _check_apply_fn(apply_fn)
     _check_implementation(implementation)
     _check_projection(projection)
+    made: list = []  # the record, set once below (eager calls over the memory budget tile it with batched)
     kernel_fn, base, diag = _gradient_kernel(apply_fn, mode, normalize=normalize, projection=projection,
-                                             implementation=implementation)
+                                             implementation=implementation, record=lambda: made[0])
     full = mode == "full"
     spec = KernelSpec(name, base, None if full else diag, normalize, full, apply_fn,
                       (("implementation", implementation), ("projection", projection)), _label(name))
-    return Kernel(kernel_fn, spec)
+    made.append(Kernel(kernel_fn, spec))
+    return made[0]
 
 
 def _label(name: str) -> str:
@@ -206,9 +264,11 @@ def trace_ntk(
     Args:
       apply_fn: ``apply_fn(params, x) -> (N, C)`` logits.
       normalize: cosine normalization (trNTK) or not (trNTK⁰).
-      projection: a :func:`random_projection`; the kernel of the projected gradients ``R g_c``.
-      implementation: ``"auto"``, ``"structured"``, ``"jacobian"`` or ``"ntvp"`` (see :func:`empirical_ntk`); ignored with a
-        projection.
+      projection: a :func:`structured_projection` (fast: a CountSketch of each layer's gradient formed from its
+        factors) or a :func:`random_projection`; the kernel of the projected gradients ``R g_c``, a Gram product of
+        the features of :func:`project_gradients`.
+      implementation: ``"auto"``, ``"structured"``, ``"jacobian"`` or ``"ntvp"`` (see :func:`empirical_ntk`);
+        ignored with a projection.
 
     Returns:
       ``kernel_fn(params, x1, x2=None) -> (N1, N2)``.

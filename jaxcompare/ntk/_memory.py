@@ -1,0 +1,109 @@
+"""Memory policy of the NTK family: the budget a call may use and estimates of what a computation needs.
+
+Budget (bytes): ``memory_budget=`` where a function takes it, else the environment variable
+``JAXCOMPARE_MEMORY_BUDGET`` (bytes, or a suffix ``K``/``M``/``G``/``GiB``, or a fraction of the available memory
+such as ``0.25``), else half of the memory the operating system reports as available (``MemAvailable`` of
+``/proc/meminfo``; ``os.sysconf`` pages elsewhere; 4 GiB when neither is known). Estimates are made from shapes
+before any work; a computation that does not fit plans its own blocks or raises with the estimate and a block size
+that fits — never an out-of-memory kill.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+__all__ = ["available_bytes", "memory_budget", "format_bytes"]
+
+_DEFAULT_FRACTION = 0.5
+_FALLBACK = 4 * 1024**3
+_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2, "mib": 1024**2,
+          "g": 1024**3, "gb": 1024**3, "gib": 1024**3, "t": 1024**4, "tb": 1024**4, "tib": 1024**4}
+
+
+def available_bytes() -> int:
+    """Memory available to new allocations (``MemAvailable``), or total physical memory, or 4 GiB if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return _FALLBACK
+
+
+def _parse(text: str, what: str) -> int:
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
+    if m is None or m.group(2).lower() not in _UNITS:
+        raise ValueError(f"{what} must be a number of bytes (optionally with a unit K/M/G/GiB) or a fraction of the "
+                         f"available memory in (0, 1]; got {text!r}.")
+    v = float(m.group(1))
+    if not m.group(2) and 0 < v <= 1:
+        return int(v * available_bytes())
+    v *= _UNITS[m.group(2).lower()]
+    if v < 1:
+        raise ValueError(f"{what} must be positive, got {text!r}.")
+    return int(v)
+
+
+def memory_budget(budget: int | float | str | None = None) -> int:
+    """The memory budget in bytes (see module docstring): ``budget`` if given (bytes, a string with a unit, or a
+    fraction in (0, 1] of the available memory), else ``JAXCOMPARE_MEMORY_BUDGET``, else half the available memory.
+
+    Example:
+      >>> from jaxcompare.ntk._memory import memory_budget
+      >>> memory_budget("512M")
+      536870912
+      >>> memory_budget(2**30)
+      1073741824
+    """
+    if budget is None:
+        env = os.environ.get("JAXCOMPARE_MEMORY_BUDGET")
+        if env:
+            return _parse(env, "JAXCOMPARE_MEMORY_BUDGET")
+        return int(_DEFAULT_FRACTION * available_bytes())
+    if isinstance(budget, bool):
+        raise TypeError(f"memory_budget must be a number of bytes or a string, got {budget!r}.")
+    if isinstance(budget, (int, float)):
+        if not budget > 0:
+            raise ValueError(f"memory_budget must be positive, got {budget!r}.")
+        return int(budget * available_bytes()) if budget <= 1 and isinstance(budget, float) else int(budget)
+    return _parse(budget, "memory_budget")
+
+
+def format_bytes(n: float) -> str:
+    """``1.5 GiB``-style text."""
+    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def kernel_bytes(apply_fn, params, x1, x2, n_classes: int, impl_name: str, mode: str) -> tuple[int, int]:
+    """``(per_example, fixed)`` estimated bytes of an exact gradient kernel from shapes only: ``per_example`` grows
+    with the number of points held at once (per-example gradients, layer factors, activations kept for the
+    backward passes), ``fixed`` is the output. ``(0, 0)`` for implementations whose memory does not grow with N."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    itemsize = max(4, jnp.dtype(jax.eval_shape(apply_fn, params, x1[:1]).dtype).itemsize)
+    n2 = x1.shape[0] if x2 is None else x2.shape[0]
+    c = 1 if mode == "pseudo" else n_classes
+    out = x1.shape[0] * n2 * (n_classes * n_classes if mode == "full" else 1) * itemsize
+    n_par = int(sum(np.prod(jnp.shape(l), dtype=np.int64) for l in jax.tree_util.tree_leaves(params)))
+    if impl_name == "jacobian":
+        return c * n_par * itemsize, out
+    if impl_name != "structured":
+        return 0, out
+    from ._structured import analyze, factors
+
+    plan = analyze(apply_fn, params, tuple(x1.shape[1:]), x1.dtype)
+    a, g, j = jax.eval_shape(lambda p, xx: factors(plan, p, xx, summed=mode == "pseudo"), params, x1[:1])
+    act = sum(int(np.prod(s[0], dtype=np.int64)) for e in plan.prog.eqns for s in e.shapes)
+    fac = sum(int(np.prod(s.shape[1:], dtype=np.int64)) for s in (*a, *g, *j))
+    grads = sum(c * aa.shape[-1] * gg.shape[-1] for aa, gg in zip(a, g) if gg.shape[2] > 1)
+    return itemsize * ((2 + c) * act + fac + grads), out

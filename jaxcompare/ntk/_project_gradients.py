@@ -1,0 +1,290 @@
+"""Projected per-example gradients as a first-class, linear-in-N path (the TRAK workflow): features, optionally
+written to disk resumably, and kernels from them (Gram products) with an error estimate.
+
+``φ_c(x) = R g_c(x)`` for a projection ``R`` (``dim × P``) with ``E[Rᵀ R] = I``: :func:`structured_projection`
+(the fast one: a CountSketch formed from each layer's factors) or :func:`random_projection`. Kernels from features:
+``K0[i, j] = Σ_c <φ_c(x_i), φ_c(x_j)>`` (proj-trNTK⁰), cosine-normalized for the proj-trNTK.
+
+On-disk layout of ``path`` (a directory): ``block_000000.npy``… (one per block of ``block_size`` examples),
+``state.json`` (ledger: fingerprint of the data, options and model; CRC-32 of every finished block), ``features.npy``
+(all blocks, written once every block is done) and ``.lock`` while a process writes. A block is written atomically and
+only then recorded, so a run killed at any point resumes with the finished blocks (verified against their checksums)
+and returns what an uninterrupted run returns.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._validation import check_finite, check_int
+from ._common import HIGHEST, cosine_normalize, validate_kernel_args
+from ._disk import DirLock
+from ._disk import atomic_json as _atomic_json
+from ._disk import atomic_npy as _atomic_npy
+from ._disk import crc as _crc
+from ._fingerprint import data_fingerprint, model_fingerprint
+
+__all__ = ["project_gradients", "projected_kernel", "ProjectedKernel"]
+
+_VERSION = 1
+_DEFAULT_BLOCK = 256
+
+
+def _check_projection(projection: Any) -> None:
+    if not hasattr(projection, "features") or not hasattr(projection, "key"):
+        raise TypeError("projection must come from jaxcompare.structured_projection(key, dim) or "
+                        f"jaxcompare.random_projection(key, dim, kind), got {type(projection).__name__}.")
+
+
+def _features(proj, params, xb, *, apply_fn, summed):
+    return proj.features(apply_fn, params, xb, summed=summed)
+
+
+# module-level jit: calls with the same model, shapes and projection dimension share compiled code (the projection
+# is a pytree argument: a new key does not recompile)
+_features_jit = jax.jit(_features, static_argnames=("apply_fn", "summed"))
+
+
+def project_gradients(apply_fn: Callable, params: Any, x: Any, projection: Any, *, summed: bool = False,
+                      block_size: int | None = None, path: str | Path | None = None,
+                      overwrite: bool = False) -> Any:
+    """Per-example projected gradients ``φ_c(x_i) = R g_c(x_i)``, computed block by block (time and memory linear in
+    ``N``; per-example gradients never held for more than one block and, with :func:`structured_projection`,
+    one layer).
+
+    Kernels from features are Gram products: ``Σ_c <φ_c(x_i), φ_c(x_j)>`` is the proj-trNTK⁰ (unbiased for the
+    trNTK⁰) — :func:`projected_kernel` forms it with a standard error; ``trace_ntk(apply_fn, projection=...)``
+    computes the same kernel directly.
+
+    Args:
+      apply_fn: ``apply_fn(params, x) -> (N, C)`` logits.
+      params: parameter pytree (floating-point leaves).
+      x: inputs ``(N, ...)``.
+      projection: :func:`structured_projection` (fast: ``O(P)`` per gradient) or :func:`random_projection`.
+      summed: project the gradient of the summed logits (for the pNTK): ``(N, dim)``.
+      block_size: examples per block (default: the projection's automatic block for a structured projection, else
+        256; never more than ``N``, so small inputs are not padded).
+      path: directory to write the features to, resumably (module docstring); the result is then a read-only
+        ``numpy.memmap`` of ``path/features.npy``.
+      overwrite: with ``path``, discard a store made from other data or options instead of raising.
+
+    Returns:
+      ``(N, C, dim)`` (``(N, dim)`` when ``summed``): a ``jax.Array``, or a ``numpy.memmap`` with ``path``.
+
+    Example:
+      >>> def apply_fn(params, x):                         # a tiny two-layer MLP: (N, 3) -> (N, 2) logits
+      ...     return jnp.tanh(x @ params["w1"]) @ params["w2"]
+      >>> k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+      >>> params = {"w1": jax.random.normal(k1, (3, 16)), "w2": jax.random.normal(k2, (16, 2))}
+      >>> x = jax.random.normal(k3, (10, 3))
+      >>> phi = jc.project_gradients(apply_fn, params, x, jc.structured_projection(jax.random.key(1), 256))
+      >>> phi.shape                                        # (N, C, dim)
+      (10, 2, 256)
+      >>> pk = jc.projected_kernel(phi)                    # cosine-normalized proj-trNTK and its standard error
+      >>> exact = jc.trace_ntk(apply_fn)(params, x)
+      >>> bool(jnp.abs(pk.kernel - exact).max() < 0.1), bool(pk.mean_abs_error < 0.05)
+      (True, True)
+    """
+    if not callable(apply_fn):
+        raise TypeError(f"apply_fn must be a callable (params, x) -> (N, C), got {type(apply_fn).__name__}.")
+    _check_projection(projection)
+    x, _, _ = validate_kernel_args(params, x, None, apply_fn=apply_fn)
+    summed = bool(summed)
+    n = x.shape[0]
+    if block_size is not None:
+        bs = check_int(block_size, "block_size", min=1)
+    elif hasattr(projection, "block_for"):
+        bs = projection.block_for(apply_fn, params, x, summed=summed)
+    else:
+        bs = _DEFAULT_BLOCK
+    bs = min(bs, n)
+    fn = functools.partial(_features_jit, apply_fn=apply_fn, summed=summed)
+    nb = -(-n // bs)
+
+    def block(i):
+        lo, hi = i * bs, min((i + 1) * bs, n)
+        xb = x[lo:hi]
+        if hi - lo < bs:  # one compiled shape: pad the last block with its first row, drop the padding
+            xb = jnp.concatenate([xb, jnp.broadcast_to(xb[:1], (bs - (hi - lo),) + xb.shape[1:])])
+        return fn(projection, params, xb)[: hi - lo]
+
+    if path is None:
+        return jnp.concatenate([block(i) for i in range(nb)], axis=0) if nb > 1 else block(0)
+    return _to_disk(Path(path), block, nb, bs, n, apply_fn, params, x, projection, summed, bool(overwrite))
+
+
+def _to_disk(root: Path, block: Callable, nb: int, bs: int, n: int, apply_fn, params, x, projection, summed,
+             overwrite: bool) -> np.ndarray:
+    root.mkdir(parents=True, exist_ok=True)
+    options = (type(projection).__name__, int(projection.dim), str(getattr(projection, "kind", "")), summed, bs)
+    fp = data_fingerprint(f"project_gradients v{_VERSION}",
+                          {"params": params, "x": x, "key": projection.key, "options": repr(options)})
+    fp += model_fingerprint({}, {"model": (apply_fn, (params, jax.ShapeDtypeStruct((1,) + x.shape[1:], x.dtype)))},
+                            apply_fn)
+    state_path, out_path = root / "state.json", root / "features.npy"
+    lock = DirLock(root)
+    if not lock.acquire(DirLock.STORE, block=False):
+        raise RuntimeError(f"{root} is being written by another process (it holds {root / DirLock.STORE}); wait for "
+                           "it to finish or use another path.")
+    try:
+        state = None
+        if state_path.exists():
+            try:
+                state = json.loads(state_path.read_text())
+            except (OSError, ValueError) as e:
+                if not overwrite:
+                    raise ValueError(f"{state_path} cannot be read ({e}); pass overwrite=True to start afresh.") from e
+        if state is not None and state.get("fingerprint") != fp:
+            if not overwrite:
+                raise ValueError(f"{root} holds features of other data, options or model (fingerprint mismatch); "
+                                 "use another path or overwrite=True.")
+            state = None
+        if state is None:
+            state = {"version": _VERSION, "fingerprint": fp, "n": n, "block_size": bs, "blocks": {}}
+            out_path.unlink(missing_ok=True)
+            _atomic_json(state_path, state)
+        shape = None
+        for i in range(nb):
+            bpath = root / f"block_{i:06d}.npy"
+            crc = state["blocks"].get(str(i))
+            ok = False
+            if crc is not None and bpath.exists():
+                try:
+                    a = np.load(bpath)
+                    ok = _crc(a) == crc
+                except (OSError, ValueError):
+                    ok = False
+            if not ok:
+                a = np.asarray(block(i))
+                _atomic_npy(bpath, a)
+                state["blocks"][str(i)] = _crc(a)
+                state.pop("complete", None)
+                _atomic_json(state_path, state)
+            shape = (n,) + a.shape[1:]
+            dtype = a.dtype
+        if not state.get("complete") or not out_path.exists():
+            tmp = out_path.with_name(f"features.{os.getpid()}.tmp.npy")
+            mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+            for i in range(nb):  # one block in memory at a time
+                mm[i * bs:min((i + 1) * bs, n)] = np.load(root / f"block_{i:06d}.npy")
+            mm.flush()
+            del mm
+            os.replace(tmp, out_path)
+            state["complete"] = True
+            _atomic_json(state_path, state)
+    finally:
+        lock.close()
+    return np.load(out_path, mmap_mode="r")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class ProjectedKernel:
+    """A kernel from projected features and its estimated error (:func:`projected_kernel`).
+
+    Attributes:
+      kernel: ``(N1, N2)`` the projected kernel (cosine-normalized unless ``normalize=False``).
+      stderr: ``(N1, N2)`` one-sample estimate of each entry's standard error, ``|K_a − K_b| / 2`` from the kernels
+        ``K_a``, ``K_b`` of the two halves of the features (independent sketches of half the dimension).
+      mean_abs_error: scalar, the expected mean ``|K − K_exact|`` over the entries, ``sqrt(2/π) · RMS(stderr)``
+        (Gaussian errors; the diagonal of a normalized symmetric kernel, exact, is excluded).
+    """
+
+    kernel: jax.Array
+    stderr: jax.Array
+    mean_abs_error: jax.Array
+
+
+def _gram(f1, f2):
+    spec = "ick,jck->ij" if f1.ndim == 3 else "ik,jk->ij"
+    return jnp.einsum(spec, f1, f2, precision=HIGHEST)
+
+
+def _sq(f):
+    return jnp.sum(f * f, axis=tuple(range(1, f.ndim)))
+
+
+def _kernel_of(f1, f2, sym, normalize):
+    k = _gram(f1, f2)
+    if not normalize:
+        return k
+    d1 = _sq(f1)
+    return cosine_normalize(k, d1, d1 if sym else _sq(f2))
+
+
+@functools.partial(jax.jit, static_argnames=("sym", "normalize"))
+def _pk_compute(f1, f2, *, sym: bool, normalize: bool):
+    h = f1.shape[-1] // 2
+    a1, b1, a2, b2 = f1[..., :h], f1[..., h:], f2[..., :h], f2[..., h:]
+    if normalize:
+        k = _kernel_of(f1, f2, sym, True)
+        ka, kb = _kernel_of(a1, a2, sym, True), _kernel_of(b1, b2, sym, True)
+    else:
+        ka, kb = 2 * _gram(a1, a2), 2 * _gram(b1, b2)
+        k = (ka + kb) / 2
+    se = jnp.abs(ka - kb) / 2
+    if sym and normalize:  # the diagonal of a normalized symmetric kernel is exactly 1: not an error
+        off = 1.0 - jnp.eye(se.shape[0], dtype=se.dtype)
+        se = se * off
+        ms = jnp.sum(se * se * off) / max(se.shape[0] * (se.shape[0] - 1), 1)
+    else:
+        ms = jnp.mean(se * se)
+    return k, se, jnp.sqrt(2 / jnp.pi * ms).astype(se.dtype)
+
+
+def projected_kernel(features1: Any, features2: Any = None, *, normalize: bool = True) -> ProjectedKernel:
+    """The kernel of projected features and its standard error, from the two halves of the features.
+
+    ``K0[i, j] = Σ_c <φ_c(x1_i), φ_c(x2_j)>`` for features ``(N, C, dim)`` (``<φ(x1_i), φ(x2_j)>`` for ``(N, dim)``:
+    the pNTK⁰ is this divided by ``C``); ``normalize=True`` gives the cosine-normalized kernel (proj-trNTK).
+    Error estimate: for :func:`structured_projection` and the dense :func:`random_projection` kinds the first and
+    last ``dim/2`` features are two independent sketches of half the dimension, each giving an unbiased kernel
+    ``K_a``, ``K_b`` with twice the variance of ``K``; so ``|K_a − K_b| / 2`` estimates the standard error of each
+    entry of ``K``. Not valid for ``kind="sparse"`` or the Kronecker projection (their halves are not independent).
+
+    Args:
+      features1: ``(N1, C, dim)`` or ``(N1, dim)`` from :func:`project_gradients`; ``dim`` even.
+      features2: same layout for ``x2``, or None (``x2 = x1``).
+      normalize: cosine normalization.
+
+    Returns:
+      :class:`ProjectedKernel` ``(kernel, stderr, mean_abs_error)``.
+
+    Example:
+      >>> phi = jax.random.normal(jax.random.key(0), (5, 3, 64))
+      >>> pk = jc.projected_kernel(phi)
+      >>> pk.kernel.shape, pk.stderr.shape, pk.mean_abs_error.shape
+      ((5, 5), (5, 5), ())
+    """
+    f1 = _check_features(features1, "features1")
+    sym = features2 is None
+    f2 = f1 if sym else _check_features(features2, "features2")
+    if f1.shape[1:] != f2.shape[1:]:
+        raise ValueError(f"features1 and features2 must have the same per-example shape, got {f1.shape[1:]} and "
+                         f"{f2.shape[1:]}.")
+    if f1.shape[-1] % 2:
+        raise ValueError(f"the feature dimension must be even (two halves give the error), got {f1.shape[-1]}.")
+    k, se, mae = _pk_compute(f1, f2, sym=sym, normalize=bool(normalize))
+    return ProjectedKernel(k, se, mae)
+
+
+def _check_features(f: Any, name: str) -> jax.Array:
+    if not hasattr(f, "shape"):
+        f = jnp.asarray(f)
+    if len(f.shape) not in (2, 3) or min(f.shape) < 1:
+        raise ValueError(f"{name} must be projected features of shape (N, C, dim) or (N, dim), got shape "
+                         f"{tuple(f.shape)}.")
+    if not jnp.issubdtype(f.dtype, jnp.floating):
+        raise TypeError(f"{name} must be floating-point, got dtype {f.dtype}.")
+    check_finite(f, name)
+    return jnp.asarray(f)
+

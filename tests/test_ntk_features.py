@@ -1,0 +1,202 @@
+"""Projected per-example gradients (``project_gradients``, ``structured_projection``, ``projected_kernel``):
+unbiasedness and accuracy against the float64 Jacobian oracle (tests/ntk_models.py), the accuracy of a dense
+Rademacher projection at equal dimension, the error estimate, block invariance and the resumable on-disk store.
+
+Statistical tests state their false-failure probability (normal approximation of means over independent keys)."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from ntk_models import flax_cnn, mlp, oracle_jacobian, oracle_kernels, shared_weight
+
+import jaxcompare as jc
+from jaxcompare.ntk._sketch import _hash_tables, _sketch
+
+
+def _x(seed, shape):
+    return jax.random.normal(jax.random.key(seed), shape)
+
+
+def test_sketch_of_a_vector_matches_a_naive_countsketch():
+    # oracle: the explicit K x P CountSketch matrix built from the hash tables with NumPy, applied to a vector
+    p, k = 37, 8
+    buckets, signs = _hash_tables(jax.random.key(0), p, k)
+    buckets, signs = np.asarray(buckets), np.asarray(signs)
+    assert buckets.shape == (p,) and buckets.min() >= 0 and buckets.max() < k and set(signs) == {-1, 1}
+    assert np.bincount(buckets, minlength=k).max() <= -(-p // k)  # a permutation modulo k: balanced buckets
+    s = np.zeros((k, p))
+    s[buckets, np.arange(p)] = signs
+    v = np.asarray(_x(1, (3, p)), np.float64)
+    np.testing.assert_allclose(np.asarray(_sketch(jnp.asarray(v), jnp.asarray(buckets), jnp.asarray(signs), k)),
+                               v @ s.T, rtol=1e-12, atol=1e-12)
+    assert np.all(np.abs(s).sum(0) == 1)  # one nonzero ±1 per column
+
+
+@pytest.mark.parametrize("model", ["mlp", "shared"])
+def test_unbiased_kernel(model):
+    """E[<φ_c(x_i), φ_c(x_j)>] = trNTK⁰: the mean over 300 keys is within 4.5 standard errors of the oracle on each
+    of the 15 entries (false failure < 15 · 7e-6 ≈ 1e-4). The shared-weight model exercises the fallback leaves."""
+    f, p = mlp(jax.random.key(0)) if model == "mlp" else shared_weight(jax.random.key(0))
+    x = _x(1, (5, 5 if model == "mlp" else 6))
+    exact = oracle_kernels(f, p, x, x)["trntk0"]
+
+    def k0(key):
+        phi = jc.structured_projection(key, 16).features(f, p, x)
+        return jnp.einsum("ick,jck->ij", phi, phi)
+
+    ks = np.asarray(jax.jit(jax.vmap(k0))(jax.random.split(jax.random.key(2), 300)))
+    iu = np.triu_indices(5)
+    t = (ks.mean(0) - exact)[iu] / (ks.std(0, ddof=1)[iu] / np.sqrt(300))
+    assert np.all(np.abs(t) < 4.5), t
+    # and not trivially: a single key is noticeably off
+    assert np.abs(ks[0] - exact).max() > 1e-3 * np.abs(exact).max()
+
+
+@pytest.mark.slow
+def test_accuracy_matches_dense_rademacher_at_equal_dim():
+    """mean |Δcos| of the normalized proj-trNTK against the exact trNTK (off-diagonal), 10 keys each, dim = 64, on a
+    CNN (two convolutions, a dense layer, fused biases; P = 335). The structured sketch's mean error must not exceed
+    the dense Rademacher projection's by more than 4 standard errors of the difference (observed spread over the
+    keys; false failure ≈ 3e-5 when their errors are equal — the sketch's variance is at most the dense one's)."""
+    f, p = flax_cnn(jax.random.key(0))
+    x = _x(1, (16, 6, 6, 2))
+    exact = oracle_kernels(f, p, x, x)["trntk"]
+    iu = np.triu_indices(16, 1)
+    errs = {"structured": [], "rademacher": []}
+    for s in range(10):
+        for kind in errs:
+            key = jax.random.key(100 + s)
+            proj = jc.structured_projection(key, 64) if kind == "structured" else jc.random_projection(key, 64)
+            k = np.asarray(jc.trace_ntk(f, projection=proj)(p, x))
+            errs[kind].append(np.abs(k - exact)[iu].mean())
+    a, b = np.array(errs["structured"]), np.array(errs["rademacher"])
+    se = np.sqrt(a.var(ddof=1) / a.size + b.var(ddof=1) / b.size)
+    assert a.mean() - b.mean() < 4 * se, (a.mean(), b.mean(), se)
+    assert 0.005 < a.mean() < 0.2  # a real sketch error, of the JL order ~ 1/sqrt(dim)
+
+
+@pytest.mark.parametrize("kind", ["structured", "rademacher"])
+def test_error_estimate_is_calibrated(kind):
+    """ProjectedKernel.mean_abs_error predicts the mean |Δcos| against the oracle: over 8 keys the ratio of the mean
+    predicted to the mean observed error lies in [0.6, 1.8] (observed spread of the ratio ≈ 0.1; false failure
+    < 1e-4 by the normal approximation)."""
+    f, p = flax_cnn(jax.random.key(0))
+    x = _x(2, (16, 6, 6, 2))
+    exact = oracle_kernels(f, p, x, x)["trntk"]
+    iu = np.triu_indices(16, 1)
+    pred, obs = [], []
+    for s in range(8):
+        key = jax.random.key(200 + s)
+        proj = jc.structured_projection(key, 64) if kind == "structured" else jc.random_projection(key, 64)
+        pk = jc.projected_kernel(jc.project_gradients(f, p, x, proj))
+        pred.append(float(pk.mean_abs_error))
+        obs.append(np.abs(np.asarray(pk.kernel) - exact)[iu].mean())
+        assert pk.stderr.shape == (16, 16) and float(jnp.abs(jnp.diag(pk.stderr)).max()) == 0.0
+    ratio = np.mean(pred) / np.mean(obs)
+    assert 0.6 < ratio < 1.8, ratio
+
+
+def test_features_equal_explicit_projection_of_oracle_gradients_in_expectation_and_are_linear():
+    """Features are a fixed linear map of the gradient: φ of the summed logit equals the sum of the per-class φ
+    (exactly), and the pNTK from features is unbiased like the trace (mean over 200 keys within 4.5 standard errors
+    of the oracle pNTK; false failure < 1e-4)."""
+    f, p = mlp(jax.random.key(3))
+    x = _x(4, (4, 5))
+    proj = jc.structured_projection(jax.random.key(5), 32)
+    phi = jc.project_gradients(f, p, x, proj)
+    phis = jc.project_gradients(f, p, x, proj, summed=True)
+    np.testing.assert_allclose(phis, phi.sum(1), rtol=1e-12, atol=1e-12)
+    g = oracle_jacobian(f, p, x).sum(1)
+    exact = g @ g.T / 3
+
+    def pk(key):
+        ph = jc.structured_projection(key, 32).features(f, p, x, summed=True)
+        return ph @ ph.T / 3
+
+    ks = np.asarray(jax.jit(jax.vmap(pk))(jax.random.split(jax.random.key(6), 200)))
+    t = (ks.mean(0) - exact) / (ks.std(0, ddof=1) / np.sqrt(200))
+    assert np.all(np.abs(t[np.triu_indices(4)]) < 4.5), t
+    kp = jc.pseudo_ntk(f, projection=proj)(p, x)
+    np.testing.assert_allclose(kp, np.asarray(phis) @ np.asarray(phis).T / 3, rtol=1e-12)
+
+
+@pytest.mark.slow
+def test_block_invariance_jit_and_dtype():
+    f, p = flax_cnn(jax.random.key(0), dtype=jnp.float32)
+    x = _x(1, (11, 6, 6, 2)).astype(jnp.float32)
+    proj = jc.structured_projection(jax.random.key(7), 32)
+    ref = jc.project_gradients(f, p, x, proj, block_size=11)
+    assert ref.dtype == jnp.float32 and ref.shape == (11, 3, 32)
+    for bs in (4,):
+        np.testing.assert_allclose(jc.project_gradients(f, p, x, proj, block_size=bs), ref, rtol=1e-5, atol=1e-5)
+    inner = jc.structured_projection(jax.random.key(7), 32, block_size=3)  # blocks inside one jitted call
+    np.testing.assert_allclose(jax.jit(lambda pp, xx: inner.features(f, pp, xx))(p, x), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_disk_store_resumes_and_verifies(tmp_path):
+    f, p = mlp(jax.random.key(0))
+    x = _x(1, (10, 5))
+    proj = jc.structured_projection(jax.random.key(8), 16)
+    ref = np.asarray(jc.project_gradients(f, p, x, proj, block_size=4))
+    out = jc.project_gradients(f, p, x, proj, block_size=4, path=tmp_path)
+    assert isinstance(out, np.memmap)
+    np.testing.assert_array_equal(out, ref)
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert sorted(state["blocks"]) == ["0", "1", "2"] and state["complete"]
+    # an interrupted run: block 1 lost, block 2 edited, the final file gone -> recomputed, same result
+    (tmp_path / "block_000001.npy").unlink()
+    b2 = np.load(tmp_path / "block_000002.npy")
+    np.save(tmp_path / "block_000002.npy", b2 + 1.0)
+    (tmp_path / "features.npy").unlink()
+    np.testing.assert_array_equal(jc.project_gradients(f, p, x, proj, block_size=4, path=tmp_path), ref)
+    # other data: refused, unless overwrite=True
+    with pytest.raises(ValueError, match="fingerprint"):
+        jc.project_gradients(f, p, x + 1.0, proj, block_size=4, path=tmp_path)
+    out2 = jc.project_gradients(f, p, x + 1.0, proj, block_size=4, path=tmp_path, overwrite=True)
+    assert not np.allclose(out2, ref)
+
+
+def test_validation():
+    f, p = mlp(jax.random.key(0))
+    x = _x(1, (4, 5))
+    proj = jc.structured_projection(jax.random.key(0), 8)
+    with pytest.raises(ValueError, match="dim must be even"):
+        jc.structured_projection(jax.random.key(0), 9)
+    with pytest.raises(ValueError, match="dim"):
+        jc.structured_projection(jax.random.key(0), 0)
+    with pytest.raises(TypeError, match="key"):
+        jc.structured_projection(0, 8)
+    with pytest.raises(TypeError, match="projection"):
+        jc.project_gradients(f, p, x, "rademacher")
+    with pytest.raises(ValueError, match="block_size"):
+        jc.project_gradients(f, p, x, proj, block_size=0)
+    with pytest.raises(ValueError, match="x1"):
+        jc.project_gradients(f, p, x.at[0, 0].set(jnp.nan), proj)
+    with pytest.raises(ValueError, match="features1"):
+        jc.projected_kernel(jnp.ones((4,)))
+    with pytest.raises(ValueError, match="even"):
+        jc.projected_kernel(jnp.ones((4, 3, 5)))
+    with pytest.raises(ValueError, match="same per-example shape"):
+        jc.projected_kernel(jnp.ones((4, 3, 4)), jnp.ones((4, 2, 4)))
+    with pytest.raises(ValueError, match="memory_budget"):
+        jc.structured_projection(jax.random.key(0), 8, memory_budget="lots")
+
+
+def test_memory_plan_blocks_or_raises_before_work(monkeypatch):
+    """The default exact call estimates its memory first: over the budget it computes in blocks (same kernel as
+    the unplanned call and as the float64 oracle), and when not even one block fits it raises with the estimate."""
+    f, p = flax_cnn(jax.random.key(0))
+    x = _x(1, (12, 6, 6, 2))
+    exact = oracle_kernels(f, p, x, x)["trntk"]
+    monkeypatch.setenv("JAXCOMPARE_MEMORY_BUDGET", "100K")
+    with pytest.warns(RuntimeWarning, match="in blocks of"):
+        k = jc.trace_ntk(f)(p, x)
+    np.testing.assert_allclose(k, exact, rtol=1e-10, atol=1e-10)
+    monkeypatch.setenv("JAXCOMPARE_MEMORY_BUDGET", "2K")
+    with pytest.raises(ValueError, match="memory budget"):
+        jc.trace_ntk(f)(p, x)
+    monkeypatch.setenv("JAXCOMPARE_MEMORY_BUDGET", "a lot")
+    with pytest.raises(ValueError, match="JAXCOMPARE_MEMORY_BUDGET"):
+        jc.trace_ntk(f)(p, x)
