@@ -19,6 +19,7 @@ SciPy at 10⁶ points with ties, same value to ``1e-7``.
     python benchmarks/bench_calibration.py                 # everything (about a minute)
     python benchmarks/bench_calibration.py --skip-relplot  # kendall only
 """
+
 from __future__ import annotations
 
 import argparse
@@ -80,19 +81,19 @@ def cases(n_time: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     f = rng.random(20_000)
     out["calibrated"] = (f, (rng.random(20_000) < f).astype(np.int64))
     f = rng.beta(5, 2, 20_000)
-    out["overconfident"] = (f, (rng.random(20_000) < f ** 2).astype(np.int64))
+    out["overconfident"] = (f, (rng.random(20_000) < f**2).astype(np.int64))
     f = rng.random(50)
     out["small"] = (f, (rng.random(50) < f).astype(np.int64))
     logits = 2.5 * rng.normal(size=(5_000, 10))
     p = np.exp(logits - logits.max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)
-    y = np.array([rng.choice(10, p=row ** 1.5 / (row ** 1.5).sum()) for row in p])
+    y = np.array([rng.choice(10, p=row**1.5 / (row**1.5).sum()) for row in p])
     out["multiclass"] = (p, y)
     f = rng.random(100_000)
     out["random1e5"] = (f, (rng.random(100_000) < 0.5 + 0.8 * (f - 0.5) ** 3 + 0.1 * f).astype(np.int64))
     if n_time:  # drawn last: the cases above do not depend on it (tests/test_calibration.py uses cases(0))
         f = rng.random(n_time)
-        out["timing"] = (f, (rng.random(n_time) < f ** 1.2).astype(np.int64))
+        out["timing"] = (f, (rng.random(n_time) < f**1.2).astype(np.int64))
     return out
 
 
@@ -126,8 +127,10 @@ def bench_smooth_ece(repeat: int, n_time: int) -> list[str]:
         d = abs(float(v) - ref["values"][name])
         worst = max(worst, d)
         same = "same" if float(s) == ref["sigma"][name] else f"{float(s):.6g} vs {ref['sigma'][name]:.6g}"
-        rows.append(f"| {name} | {len(y)} | {ref['values'][name]!r} | {float(v)!r} | {d:.1e} | "
-                    f"{ref['sigma'][name]:.10g} {same} |")
+        rows.append(
+            f"| {name} | {len(y)} | {ref['values'][name]!r} | {float(v)!r} | {d:.1e} | "
+            f"{ref['sigma'][name]:.10g} {same} |"
+        )
     p, y = data["timing"]
     pj, yj = jax.device_put(p), jax.device_put(y)
     p32 = jax.device_put(p.astype(np.float32))
@@ -136,12 +139,17 @@ def bench_smooth_ece(repeat: int, n_time: int) -> list[str]:
     t64 = best_of(lambda: jc.smooth_ece(pj, yj).block_until_ready(), repeat)
     t32 = best_of(lambda: jc.smooth_ece(p32, yj).block_until_ready(), repeat)
     tnp = best_of(lambda: jc.smooth_ece(p, y).block_until_ready(), repeat)
-    rows += ["", f"worst |diff| = {worst:.2e} (goal <= 1e-4)", "",
-             f"| smooth_ece at n = {n_time:.0e} | time (s) | speed-up vs relplot |", "|---|---|---|",
-             f"| relplot 1.0.3 (NumPy) | {ref['time']:.3f} | 1.0x |",
-             f"| jaxcompare float64, device arrays | {t64:.4f} | {ref['time'] / t64:.1f}x |",
-             f"| jaxcompare float32, device arrays | {t32:.4f} | {ref['time'] / t32:.1f}x |",
-             f"| jaxcompare float64, NumPy input (incl. validation, transfer) | {tnp:.4f} | {ref['time'] / tnp:.1f}x |"]
+    rows += [
+        "",
+        f"worst |diff| = {worst:.2e} (goal <= 1e-4)",
+        "",
+        f"| smooth_ece at n = {n_time:.0e} | time (s) | speed-up vs relplot |",
+        "|---|---|---|",
+        f"| relplot 1.0.3 (NumPy) | {ref['time']:.3f} | 1.0x |",
+        f"| jaxcompare float64, device arrays | {t64:.4f} | {ref['time'] / t64:.1f}x |",
+        f"| jaxcompare float32, device arrays | {t32:.4f} | {ref['time'] / t32:.1f}x |",
+        f"| jaxcompare float64, NumPy input (incl. validation, transfer) | {tnp:.4f} | {ref['time'] / tnp:.1f}x |",
+    ]
     return rows
 
 
@@ -151,16 +159,19 @@ def bench_kendall(repeat: int, n: int) -> list[str]:
     import jaxcompare as jc
 
     rng = np.random.default_rng(7)
-    sets = {"integer scores 0..999 (both)": (rng.integers(0, 1000, n).astype(float),
-                                             rng.integers(0, 1000, n).astype(float))}
+    sets = {
+        "integer scores 0..999 (both)": (rng.integers(0, 1000, n).astype(float), rng.integers(0, 1000, n).astype(float))
+    }
     x = rng.integers(0, 1000, n).astype(float)
     sets["x: 0..999, y: integer + 0.3x"] = (x, rng.integers(0, 1000, n) + 0.3 * x)
     x = rng.integers(0, 100, n).astype(float)
     sets["x: 0..99, y: continuous"] = (x, x + 30 * rng.normal(size=n))
     x = rng.normal(size=n)
     sets["continuous (no ties)"] = (x, x + rng.normal(size=n))
-    rows = [f"| kendall_tau at n = {n:.0e} | scipy (s) | jaxcompare (s) | speed vs scipy | abs diff |",
-            "|---|---|---|---|---|"]
+    rows = [
+        f"| kendall_tau at n = {n:.0e} | scipy (s) | jaxcompare (s) | speed vs scipy | abs diff |",
+        "|---|---|---|---|---|",
+    ]
     for name, (x, y) in sets.items():
         ts = best_of(lambda x=x, y=y: scipy.stats.kendalltau(x, y), repeat)
         to = best_of(lambda x=x, y=y: float(jc.kendall_tau(x, y)), repeat)
@@ -179,8 +190,10 @@ def main() -> None:
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; jax {jax.__version__}, "
-          f"{jax.devices()[0].platform}")
+    print(
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; jax {jax.__version__}, "
+        f"{jax.devices()[0].platform}"
+    )
     if not args.skip_relplot:
         print("\n".join(bench_smooth_ece(args.repeat, args.n_time)))
         print()

@@ -12,6 +12,7 @@ exact ("full") PCA, for ours and for the scikit-learn solver of the same kind, `
 largest angle defect between matched leading components (the top 10; trailing ones can be nearly degenerate) or
 between the LDA directions, ``pred`` the share of equal LDA predictions.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -77,12 +78,12 @@ def main():
         t0 = time.perf_counter()
         jax.block_until_ready(t.fit(Xj))
         compile_s = time.perf_counter() - t0
-        ours_s, st = _best(lambda: t.fit(Xj), args.repeat)
+        ours_s, st = _best(lambda: t.fit(Xj), args.repeat)  # noqa: B023
         if sk_solver == "full":
             sk_s, sk_ev = t_ref, ref_ev
         else:
             kw = {"random_state": 0} if sk_solver == "randomized" else {}
-            sk_s, skm = _best(lambda: PCA(k, svd_solver=sk_solver, **kw).fit(X), args.repeat)
+            sk_s, skm = _best(lambda: PCA(k, svd_solver=sk_solver, **kw).fit(X), args.repeat)  # noqa: B023
             sk_ev = skm.explained_variance_
         ev = np.asarray(st.explained_variance, np.float64)
         ev_rel = np.max(np.abs(ev - ref_ev) / ref_ev)
@@ -106,8 +107,10 @@ def main():
     agree = np.mean(np.asarray(_predict_lda(st, Xj)) == sk.predict(X))
     rows.append(("lda", ours_s, compile_s, "sklearn svd", sk_s, float("nan"), float("nan"), 1 - cos, f"{agree:.4f}"))
 
-    print("| ours | time (s) | compile (s) | scikit-learn | time (s) | speed-up | ev_rel ours | ev_rel sklearn "
-          "| 1-\\|cos\\| | pred |")
+    print(
+        "| ours | time (s) | compile (s) | scikit-learn | time (s) | speed-up | ev_rel ours | ev_rel sklearn "
+        "| 1-\\|cos\\| | pred |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, o, c, skn, s, ev, skev, ang, pred in rows:
         evs = "" if np.isnan(ev) else f"{ev:.1e}"

@@ -14,6 +14,7 @@ K_structured| / max |K_structured| in the same run.
 Issue-2 table (time and peak memory of trace_ntk per implementation) and issue-5 goals (>= 60% of matmul peak
 where Gram products dominate; N = 16384 within 8 GiB) are read off this output.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,14 +84,18 @@ def child(args) -> None:
         print(json.dumps({"gflops": 2 * 4096**3 / best / 1e9}))
         return
     if args.impl == "naive":
+
         def single(p, xi):
             return apply_fn(p, xi[None])[0]
 
         def fn(p, xx):
             j = jax.vmap(jax.jacrev(single), in_axes=(None, 0))(p, xx)
             leaves = jax.tree_util.tree_leaves(j)
-            return sum(jnp.einsum("icp,jcp->ij", l.reshape(l.shape[0], l.shape[1], -1),
-                                  l.reshape(l.shape[0], l.shape[1], -1)) for l in leaves)
+            return sum(
+                jnp.einsum("icp,jcp->ij", l.reshape(l.shape[0], l.shape[1], -1), l.reshape(l.shape[0], l.shape[1], -1))
+                for l in leaves
+            )
+
         kfn = jax.jit(fn)
     elif args.impl.startswith("structured-batched"):
         bs = int(args.impl.split("batched")[1])
@@ -114,8 +119,23 @@ def child(args) -> None:
 
 
 def run_child(model, impl, n, npz, repeat, save=None, timeout=900, x64=False) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--model", model, "--impl", impl, "--npz",
-           str(npz), "--repeat", str(repeat)] + (["--save", str(save)] if save else []) + (["--x64"] if x64 else [])
+    cmd = (
+        [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--child",
+            "--model",
+            model,
+            "--impl",
+            impl,
+            "--npz",
+            str(npz),
+            "--repeat",
+            str(repeat),
+        ]
+        + (["--save", str(save)] if save else [])
+        + (["--x64"] if x64 else [])
+    )
     env = dict(os.environ, JAXCOMPARE_PROGRESS="0")
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -149,13 +169,17 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench_ntk_"))
     models.save(tmp / "mm.npz", models.mlp_init(0), models.inputs("mlp", 2))
     peak = run_child("mlp", "matmul", 2, tmp / "mm.npz", args.repeat).get("gflops", float("nan"))
-    print(f"float32 matmul peak (4096², best of {args.repeat + 2}): {peak:.1f} GFLOP/s; "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(
+        f"float32 matmul peak (4096², best of {args.repeat + 2}): {peak:.1f} GFLOP/s; "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    )
     configs = [("mlp", n) for n in args.mlp_n] + [("cnn", n) for n in args.cnn_n]
     if args.big:
         configs.append(("mlp", 16384))
-    header = f"{'model':5} {'N':>6} {'implementation':22} {'time s':>9} {'compile s':>9} {'peak RSS':>9} " \
-             f"{'GFLOP/s':>8} {'% peak':>7} {'agree':>8}"
+    header = (
+        f"{'model':5} {'N':>6} {'implementation':22} {'time s':>9} {'compile s':>9} {'peak RSS':>9} "
+        f"{'GFLOP/s':>8} {'% peak':>7} {'agree':>8}"
+    )
     print(header)
     print("-" * len(header))
     for model, n in configs:
@@ -186,11 +210,16 @@ def main() -> None:
             gf = computed_gram_flops(model, n) / r["time"] / 1e9 if impl == "structured" else float("nan")
             pct = f"{100 * gf / peak:6.0f}%" if gf == gf else ""
             gfs = f"{gf:8.1f}" if gf == gf else ""
-            print(f"{model:5} {n:>6} {name:22} {r['time']:9.3f} {r['first'] - r['time']:9.1f} "
-                  f"{r['rss'] / 2**30:8.2f}G {gfs:>8} {pct:>7} {agree:>8}", flush=True)
-    print("\nGFLOP/s: Gram-product FLOPs the structured kernel performs (bench_ntk_models.gram_flops, only the "
-          "tiles on and above the diagonal) / time; forward and C backward passes are not counted. "
-          "compile s = first call minus best call.")
+            print(
+                f"{model:5} {n:>6} {name:22} {r['time']:9.3f} {r['first'] - r['time']:9.1f} "
+                f"{r['rss'] / 2**30:8.2f}G {gfs:>8} {pct:>7} {agree:>8}",
+                flush=True,
+            )
+    print(
+        "\nGFLOP/s: Gram-product FLOPs the structured kernel performs (bench_ntk_models.gram_flops, only the "
+        "tiles on and above the diagonal) / time; forward and C backward passes are not counted. "
+        "compile s = first call minus best call."
+    )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ neural-tangents' Jacobian contraction (1) and NTK-vector products (2) are run wh
 (``--nt-big``: 16 GiB and 1e13, best of 1); above, they are printed as skipped with the estimate (the spec's anchor
 figures: out of memory at N = 1024).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,14 @@ import bench_ntk as ours  # noqa: E402
 import bench_ntk_models as models  # noqa: E402
 
 ENV = HERE / ".nt-env"
-PINS = ["jax==0.4.25", "jaxlib==0.4.25", "neural-tangents==0.6.5", "numpy<2", "tensorflow-cpu>=2.15,<2.17",
-        "scipy<1.13"]
+PINS = [
+    "jax==0.4.25",
+    "jaxlib==0.4.25",
+    "neural-tangents==0.6.5",
+    "numpy<2",
+    "tensorflow-cpu>=2.15,<2.17",
+    "scipy<1.13",
+]
 NT_NAMES = {1: "NT jacobian", 2: "NT ntvp", 3: "NT structured"}
 # (bytes, FLOPs) up to which neural-tangents' jacobian/ntvp are run: default, and with --nt-big (then best of 1)
 NT_CAPS = {False: (ours.MAX_BYTES, 2e12), True: (16 * 2**30, 1e13)}
@@ -85,8 +92,13 @@ def run_nt(py: Path, model: str, npz: Path, impl: int, repeat: int, save: Path, 
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
     try:
-        r = subprocess.run([str(py), str(runner), str(HERE), model, str(npz), str(impl), str(repeat), str(save)],
-                           capture_output=True, text=True, timeout=timeout, env=env)
+        r = subprocess.run(
+            [str(py), str(runner), str(HERE), model, str(npz), str(impl), str(repeat), str(save)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"timeout after {timeout} s"}
     if r.returncode != 0:
@@ -102,9 +114,12 @@ def main() -> None:
     ap.add_argument("--cnn-n", type=int, nargs="+", default=[256, 1024])
     ap.add_argument("--nt-impls", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--nt-big", action="store_true",
-                    help="also run neural-tangents' jacobian/ntvp where they need up to 16 GiB / 1e13 FLOPs "
-                         "(best of 1 after warm-up; minutes)")
+    ap.add_argument(
+        "--nt-big",
+        action="store_true",
+        help="also run neural-tangents' jacobian/ntvp where they need up to 16 GiB / 1e13 FLOPs "
+        "(best of 1 after warm-up; minutes)",
+    )
     args = ap.parse_args()
     import numpy as np
 
@@ -154,12 +169,18 @@ def main() -> None:
             # the scale of float32 agreement: the same kernel of ours in float64 (one untimed call)
             save64 = tmp / f"ours64_{model}_{n}.npy"
             r64 = ours.run_child(model, "structured", n, npz, 0, save=save64, x64=True)
-            cells.append(r64["error"][:15] if "error" in r64 else
-                         f"{np.abs(k - np.load(save64)).max() / np.abs(np.load(save64)).max():.1e}")
+            cells.append(
+                r64["error"][:15]
+                if "error" in r64
+                else f"{np.abs(k - np.load(save64)).max() / np.abs(np.load(save64)).max():.1e}"
+            )
         print(f"{model:5} {n:>6} " + " ".join(f"{c:>15}" for c in cells), flush=True)
-    print(f"\nneural-tangents side: {versions}; ours: current JAX. Times in seconds, best of {args.repeat} after warm-up; "
-          "speedup = fastest neural-tangents / ours; agree = max |ours − C·NT| / max |ours|; "
-          "ours f32 vs f64 = the same relative difference between our float32 and float64 kernels.")
+    print(
+        f"\nneural-tangents side: {versions}; ours: current JAX. Times in seconds, best of {args.repeat} "
+        "after warm-up; "
+        "speedup = fastest neural-tangents / ours; agree = max |ours − C·NT| / max |ours|; "
+        "ours f32 vs f64 = the same relative difference between our float32 and float64 kernels."
+    )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ process computes the same kernel into another directory and the two files are co
 ``batched(kernel, block)`` in memory (goal ≥ 0.8×), each after a warm-up call at a small size compiles the tile
 function. The machine's 1-minute load is printed beside the timings (the 2-core machine is shared: timings are noisy).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,11 +71,25 @@ def part_shared(n: int, block: int, width: int) -> None:
             s.bind(("localhost", 0))
             port = str(s.getsockname()[1])
         env = dict(os.environ, JAX_PLATFORMS="cpu", JAXCOMPARE_PROGRESS="0")
-        cmd = [sys.executable, __file__, "--worker", "--port", port, "--path", str(root / "shared"), "--n", str(n),
-               "--block", str(block), "--width", str(width)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            "--port",
+            port,
+            "--path",
+            str(root / "shared"),
+            "--n",
+            str(n),
+            "--block",
+            str(block),
+            "--width",
+            str(width),
+        ]
         t0 = time.perf_counter()
-        procs = [subprocess.Popen(cmd + ["--pid", str(i)], env=env, stdout=subprocess.PIPE, text=True)
-                 for i in range(2)]
+        procs = [
+            subprocess.Popen(cmd + ["--pid", str(i)], env=env, stdout=subprocess.PIPE, text=True) for i in range(2)
+        ]
         outs = [json.loads(p.communicate(timeout=1800)[0].strip().splitlines()[-1]) for p in procs]
         wall2 = time.perf_counter() - t0
         nb = -(-n // block)
@@ -85,12 +100,15 @@ def part_shared(n: int, block: int, width: int) -> None:
         one = jc.kernel_to_disk(k, params, x, path=root / "one", block_size=block, progress_bar=False)
         wall1 = time.perf_counter() - t0
         same = bool(np.array_equal(np.load(root / "shared" / "kernel.npy", mmap_mode="r"), one))
-        print(f"\n## shared path: 2 processes x 1 CPU device, N = {n}, block {block}, MLP 784-{width}-{width}-10 "
-              f"trNTK, {total} tiles")
+        print(
+            f"\n## shared path: 2 processes x 1 CPU device, N = {n}, block {block}, MLP 784-{width}-{width}-10 "
+            f"trNTK, {total} tiles"
+        )
         print("| run | tiles | share | seconds | load |\n|---|---|---|---|---|")
         for o in outs:
-            print(f"| process {o['process']} of 2 | {o['tiles']} | {o['tiles'] / total:.1%} | {o['seconds']} | "
-                  f"{load2} |")
+            print(
+                f"| process {o['process']} of 2 | {o['tiles']} | {o['tiles'] / total:.1%} | {o['seconds']} | {load2} |"
+            )
         print(f"| 2 processes, wall (incl. start-up) | {total} | 100% | {wall2:.1f} | {load2} |")
         print(f"| 1 process | {total} | 100% | {wall1:.1f} | {_load()} |")
         print(f"\nbit-identical to one process: {same}")
@@ -116,13 +134,17 @@ def part_throughput(n: int, block: int, width: int, repeat: int) -> None:
             td = time.perf_counter() - t0
             rows.append((tb, td, _load()))
             shutil.rmtree(root / f"disk{r}", ignore_errors=True)
-        print(f"\n## one process: kernel_to_disk vs batched in memory, N = {n}, block {block}, "
-              f"MLP 784-{width}-{width}-10 trNTK (float32)")
+        print(
+            f"\n## one process: kernel_to_disk vs batched in memory, N = {n}, block {block}, "
+            f"MLP 784-{width}-{width}-10 trNTK (float32)"
+        )
         print("| repeat | batched s | batched M entries/s | to disk s | to disk M entries/s | disk / memory | load |")
         print("|---|---|---|---|---|---|---|")
         for r, (tb, td, load) in enumerate(rows):
-            print(f"| {r} | {tb:.1f} | {n * n / tb / 1e6:.2f} | {td:.1f} | {n * n / td / 1e6:.2f} | {tb / td:.2f} | "
-                  f"{load} |")
+            print(
+                f"| {r} | {tb:.1f} | {n * n / tb / 1e6:.2f} | {td:.1f} | {n * n / td / 1e6:.2f} | {tb / td:.2f} | "
+                f"{load} |"
+            )
         tb, td = min(r[0] for r in rows), min(r[1] for r in rows)
         print(f"\nbest of {repeat}: kernel_to_disk / batched throughput = {tb / td:.2f} (goal >= 0.8)")
     finally:

@@ -3,6 +3,7 @@ current JAX and on the pinned old JAX of neural-tangents (benchmarks/.nt-env): M
 
 Parameters are lists of dicts of float32 arrays saved to / loaded from .npz files (``save``/``load``), so both
 environments compute kernels of identical parameters and inputs."""
+
 from __future__ import annotations
 
 import time
@@ -31,11 +32,20 @@ _CNN = [(1, 16, 1), (16, 32, 2), (32, 32, 2)]  # (in channels, out channels, str
 
 def cnn_init(seed: int, n_classes: int = 10):
     rng = np.random.default_rng(seed)
-    params = [{"w": (rng.standard_normal((3, 3, ci, co)) / np.sqrt(9 * ci)).astype(np.float32),
-               "b": (0.1 * rng.standard_normal(co)).astype(np.float32)} for ci, co, _ in _CNN]
+    params = [
+        {
+            "w": (rng.standard_normal((3, 3, ci, co)) / np.sqrt(9 * ci)).astype(np.float32),
+            "b": (0.1 * rng.standard_normal(co)).astype(np.float32),
+        }
+        for ci, co, _ in _CNN
+    ]
     d = 7 * 7 * 32
-    params.append({"w": (rng.standard_normal((d, n_classes)) / np.sqrt(d)).astype(np.float32),
-                   "b": (0.1 * rng.standard_normal(n_classes)).astype(np.float32)})
+    params.append(
+        {
+            "w": (rng.standard_normal((d, n_classes)) / np.sqrt(d)).astype(np.float32),
+            "b": (0.1 * rng.standard_normal(n_classes)).astype(np.float32),
+        }
+    )
     return params
 
 
@@ -61,8 +71,10 @@ def resnet_init(seed: int, n_classes: int = 10, widths=_RESNET_WIDTHS):
         return (rng.standard_normal((k, k, ci, co)) * np.sqrt(2.0 / (k * k * ci))).astype(np.float32)
 
     def bn(co):
-        return {"s": (1.0 + 0.1 * rng.standard_normal(co)).astype(np.float32),
-                "t": (0.1 * rng.standard_normal(co)).astype(np.float32)}
+        return {
+            "s": (1.0 + 0.1 * rng.standard_normal(co)).astype(np.float32),
+            "t": (0.1 * rng.standard_normal(co)).astype(np.float32),
+        }
 
     params = [{"w": conv(3, 3, widths[0]), **bn(widths[0])}]
     ci = widths[0]
@@ -77,8 +89,12 @@ def resnet_init(seed: int, n_classes: int = 10, widths=_RESNET_WIDTHS):
                 layer.update({k + "d": v for k, v in bn(co).items()})
             params.append(layer)
             ci = co
-    params.append({"w": (rng.standard_normal((ci, n_classes)) / np.sqrt(ci)).astype(np.float32),
-                   "b": np.zeros(n_classes, np.float32)})
+    params.append(
+        {
+            "w": (rng.standard_normal((ci, n_classes)) / np.sqrt(ci)).astype(np.float32),
+            "b": np.zeros(n_classes, np.float32),
+        }
+    )
     return params
 
 
@@ -101,8 +117,11 @@ def resnet_apply(params, x):
     return h @ params[-1]["w"] + params[-1]["b"][None, :]
 
 
-MODELS = {"mlp": (mlp_init, mlp_apply, (784,)), "cnn": (cnn_init, cnn_apply, (28, 28, 1)),
-          "resnet_q": (resnet_init, resnet_apply, (32, 32, 3))}
+MODELS = {
+    "mlp": (mlp_init, mlp_apply, (784,)),
+    "cnn": (cnn_init, cnn_apply, (28, 28, 1)),
+    "resnet_q": (resnet_init, resnet_apply, (32, 32, 3)),
+}
 
 
 def inputs(model: str, n: int, seed: int = 1) -> np.ndarray:
@@ -121,8 +140,9 @@ def save(path, params, x) -> None:
 def load(path):
     z = np.load(path)
     n_layers = 1 + max(int(k[1:].split("_")[0]) for k in z.files if k.startswith("p"))
-    params = [{k.split("_", 1)[1]: jnp.asarray(z[k]) for k in z.files if k.startswith(f"p{i}_")}
-              for i in range(n_layers)]
+    params = [
+        {k.split("_", 1)[1]: jnp.asarray(z[k]) for k in z.files if k.startswith(f"p{i}_")} for i in range(n_layers)
+    ]
     return params, jnp.asarray(z["x"])
 
 
@@ -208,8 +228,12 @@ def _child(cfg: dict) -> dict:
         t0 = time.perf_counter()
         kern = np.asarray(jax.block_until_ready(run()))
         t = time.perf_counter() - t0
-    out = {"time": t, "first": first, "rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
-           "est": est}
+    out = {
+        "time": t,
+        "first": first,
+        "rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
+        "est": est,
+    }
     if method == "exact":
         _CACHE.mkdir(parents=True, exist_ok=True)
         np.save(exact_path, kern)
@@ -263,8 +287,11 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", default=["cnn", "resnet_q"], choices=["cnn", "resnet_q"])
     ap.add_argument("--slow", action="store_true", help="also the slow peers (minutes each on 2 cores)")
     ap.add_argument("--timeout", type=float, default=600.0)
-    ap.add_argument("--reuse-exact", action="store_true",
-                    help="skip the exact rows whose kernel is cached in benchmarks/results/ntk_models")
+    ap.add_argument(
+        "--reuse-exact",
+        action="store_true",
+        help="skip the exact rows whose kernel is cached in benchmarks/results/ntk_models",
+    )
     ap.add_argument("--budget", default="2G", help="JAXCOMPARE_MEMORY_BUDGET of the children (default 2G)")
     args = ap.parse_args()
     if args.child:
@@ -272,17 +299,24 @@ def main() -> None:
         return
     peak = _matmul_peak()
     print(f"matmul peak (float32, 2048², this run): {peak / 1e9:.0f} GFLOP/s; load {os.getloadavg()}", flush=True)
-    print(f"{'model':9} {'N':>4} {'method':11} {'K':>5} {'time s':>8} {'1st s':>7} {'RSS GiB':>7} {'mean|Δcos|':>10} "
-          f"{'est.':>7} {'load':>5} {'× exact':>7} {'× floor':>7}", flush=True)
+    print(
+        f"{'model':9} {'N':>4} {'method':11} {'K':>5} {'time s':>8} {'1st s':>7} {'RSS GiB':>7} {'mean|Δcos|':>10} "
+        f"{'est.':>7} {'load':>5} {'× exact':>7} {'× floor':>7}",
+        flush=True,
+    )
     exact_t, floors = {}, {}
     for cfg in _configs(args.only, args.slow):
         if args.reuse_exact and cfg["method"] == "exact" and (_CACHE / f"exact_{cfg['model']}_{cfg['n']}.npy").exists():
             continue
         load = os.getloadavg()[0]
         try:
-            proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(cfg)], capture_output=True,
-                                  text=True, timeout=args.timeout, env={**os.environ, "JAXCOMPARE_PROGRESS": "0",
-                                                                   "JAXCOMPARE_MEMORY_BUDGET": args.budget})
+            proc = subprocess.run(
+                [sys.executable, __file__, "--child", json.dumps(cfg)],
+                capture_output=True,
+                text=True,
+                timeout=args.timeout,
+                env={**os.environ, "JAXCOMPARE_PROGRESS": "0", "JAXCOMPARE_MEMORY_BUDGET": args.budget},
+            )
             line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if not line:
                 print(f"{cfg}: failed\n{proc.stderr[-2000:]}", flush=True)
@@ -294,18 +328,26 @@ def main() -> None:
         m = (cfg["model"], cfg["n"])
         if cfg["method"] == "exact":
             exact_t[m], fl = r["time"], r["floors"]
-            floors[m] = {"exact": (fl["passes"] + fl["layer_grads"] + fl["gram"]) / peak,
-                         "proj": (fl["passes"] + fl["layer_grads"]) / peak}
-            print(f"  floors {m}: passes {fl['passes']:.2e}, layer gradients {fl['layer_grads']:.2e}, Gram "
-                  f"{fl['gram']:.2e} FLOPs -> exact {floors[m]['exact']:.2f} s, projected {floors[m]['proj']:.2f} s "
-                  "at the matmul peak", flush=True)
+            floors[m] = {
+                "exact": (fl["passes"] + fl["layer_grads"] + fl["gram"]) / peak,
+                "proj": (fl["passes"] + fl["layer_grads"]) / peak,
+            }
+            print(
+                f"  floors {m}: passes {fl['passes']:.2e}, layer gradients {fl['layer_grads']:.2e}, Gram "
+                f"{fl['gram']:.2e} FLOPs -> exact {floors[m]['exact']:.2f} s, projected {floors[m]['proj']:.2f} s "
+                "at the matmul peak",
+                flush=True,
+            )
         fl = floors.get(m, {}).get("exact" if cfg["method"] == "exact" else "proj")
         name = cfg["method"] + (f"/b{cfg['block']}" if cfg.get("block") else "")
-        print(f"{cfg['model']:9} {cfg['n']:>4} {name:11} {cfg.get('k') or '':>5} {r['time']:8.2f} {r['first']:7.2f} "
-              f"{r['rss_gib']:7.2f} {r.get('err', float('nan')):10.4f} "
-              f"{r['est'] if r['est'] is not None else float('nan'):7.4f} {load:5.1f} "
-              f"{r['time'] / exact_t[m] if m in exact_t else float('nan'):7.2f} "
-              f"{r['time'] / fl if fl else float('nan'):7.2f}", flush=True)
+        print(
+            f"{cfg['model']:9} {cfg['n']:>4} {name:11} {cfg.get('k') or '':>5} {r['time']:8.2f} {r['first']:7.2f} "
+            f"{r['rss_gib']:7.2f} {r.get('err', float('nan')):10.4f} "
+            f"{r['est'] if r['est'] is not None else float('nan'):7.4f} {load:5.1f} "
+            f"{r['time'] / exact_t[m] if m in exact_t else float('nan'):7.2f} "
+            f"{r['time'] / fl if fl else float('nan'):7.2f}",
+            flush=True,
+        )
     print(f"matmul peak at the end: {_matmul_peak() / 1e9:.0f} GFLOP/s; load {os.getloadavg()}")
 
 

@@ -10,6 +10,7 @@ Columns: mean and max over the off-diagonal entries of |cos_proj - cos_exact| (m
 ``a`` in ``|Δcos| ≈ a / k``), and the time of one projected kernel (after compilation).
 For the Kronecker projection ``dim`` is its total feature dimension (sum over layers of k_in·k_out).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,11 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_ntk_models as models  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-import bench_ntk_models as models  # noqa: E402
 import jaxcompare as jc  # noqa: E402
 
 
@@ -52,8 +53,9 @@ def main() -> None:
         "kronecker": kron,
     }
     print(f"MLP 784-512-512-10, N = {args.n}, float32, {args.keys} keys per cell")
-    print(f"{'projection':16} {'dim':>6} {'mean|Δcos|':>11} {'max|Δcos|':>10} {'mean·√k':>8} {'mean·k':>8} "
-          f"{'time s':>8}")
+    print(
+        f"{'projection':16} {'dim':>6} {'mean|Δcos|':>11} {'max|Δcos|':>10} {'mean·√k':>8} {'mean·k':>8} {'time s':>8}"
+    )
     for name, make in makers.items():
         for d in args.dims:
             errs, maxs, times = [], [], []
@@ -71,8 +73,11 @@ def main() -> None:
                 errs.append(e.mean())
                 maxs.append(e.max())
             m = float(np.mean(errs))
-            print(f"{name:16} {dim:>6} {m:11.4f} {np.mean(maxs):10.4f} {m * np.sqrt(dim):8.2f} {m * dim:8.1f} "
-                  f"{np.min(times):8.3f}", flush=True)
+            print(
+                f"{name:16} {dim:>6} {m:11.4f} {np.mean(maxs):10.4f} {m * np.sqrt(dim):8.2f} {m * dim:8.1f} "
+                f"{np.min(times):8.3f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ selection kept.
 
 Usage: ``python benchmarks/bench_recipes.py [--size 200 100 150] [--pool 6] [--held 6] [--n-std 10] [--n-bad 6]``
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,10 +34,12 @@ RUNS = {
     "SGD large": dict(optimizer="sgd", lr=150.0, batch_size=32, steps=50),
     "Adam": dict(optimizer="adam", lr=0.3, batch_size=32, steps=150),
 }
-RULE_TO_RECIPE = {"heavy tails: adaptive optimizer (Adam-like)": "Adam",
-                  "aligned spike: large-step (S)GD": "SGD large",
-                  "bulk unchanged: GD or small-step SGD": "GD or SGD small",
-                  "outliers without alignment": "outliers"}
+RULE_TO_RECIPE = {
+    "heavy tails: adaptive optimizer (Adam-like)": "Adam",
+    "aligned spike: large-step (S)GD": "SGD large",
+    "bulk unchanged: GD or small-step SGD": "GD or SGD small",
+    "outliers without alignment": "outliers",
+}
 
 
 def simulate(cfg, n_seeds):
@@ -54,11 +57,18 @@ def simulate(cfg, n_seeds):
         def one(seed, kw=kw):
             kd, kp, kt = jax.random.split(jax.random.key(seed), 3)
             data = lwr.sample_data(kd, cfg)
-            res = lwr.train(kt, lwr.init_params(kp, cfg), data, cfg, throw=False, progress_bar=False,
-                            eig_backend="jax", **kw)
+            res = lwr.train(
+                kt, lwr.init_params(kp, cfg), data, cfg, throw=False, progress_bar=False, eig_backend="jax", **kw
+            )
             h = res.history
-            return dict(weights=h.eig_weights[-1], ck=h.eig_ck[-1], ntk=h.eig_ntk[-1], init=h.eig_weights[0],
-                        align=jnp.max(h.align[-1], axis=-1)[0], result=res.result)
+            return dict(
+                weights=h.eig_weights[-1],
+                ck=h.eig_ck[-1],
+                ntk=h.eig_ntk[-1],
+                init=h.eig_weights[0],
+                align=jnp.max(h.align[-1], axis=-1)[0],
+                result=res.result,
+            )
 
         t0 = time.perf_counter()
         res = jax.jit(jax.vmap(one))(jnp.arange(n_seeds))
@@ -75,16 +85,23 @@ def part_identification(args):
 
     n, d, h = args.size
     cfg = lwr.LWRConfig(n=n, d=d, h=h)
-    print(f"## Part 1: which optimizer? (n, d, h) = ({n}, {d}, {h}); pools seeds 0..{args.pool - 1}, "
-          f"held-out seeds {args.pool}..{args.pool + args.held - 1}")
+    print(
+        f"## Part 1: which optimizer? (n, d, h) = ({n}, {d}, {h}); pools seeds 0..{args.pool - 1}, "
+        f"held-out seeds {args.pool}..{args.pool + args.held - 1}"
+    )
     sims = simulate(cfg, args.pool + args.held)
     for feat in ("weights", "ck", "ntk"):
         for th in (None, "pool"):
             t0 = time.perf_counter()
-            rep = evaluate_identification({k: v[feat][args.pool:] for k, v in sims.items()},
-                                          {k: v[feat][:args.pool] for k, v in sims.items()}, threshold=th)
-            print(f"\nfeature={feat}, threshold={th or 'DKW'}: accuracy {rep.accuracy:.3f} "
-                  f"({int(np.trace(rep.confusion))}/{int(rep.confusion.sum())}), {time.perf_counter() - t0:.2f}s")
+            rep = evaluate_identification(
+                {k: v[feat][args.pool :] for k, v in sims.items()},
+                {k: v[feat][: args.pool] for k, v in sims.items()},
+                threshold=th,
+            )
+            print(
+                f"\nfeature={feat}, threshold={th or 'DKW'}: accuracy {rep.accuracy:.3f} "
+                f"({int(np.trace(rep.confusion))}/{int(rep.confusion.sum())}), {time.perf_counter() - t0:.2f}s"
+            )
             print(rep.table())
     cols = ["GD or SGD small", "SGD large", "Adam", "outliers"]
     print("\nHand-set rule (lwr.spectral_diagnosis) on the same held-out runs (rows true, columns verdict):")
@@ -99,8 +116,10 @@ def part_identification(args):
         print(name.ljust(12) + "".join(str(conf[name][c]).rjust(18) for c in cols))
         ok += conf[name]["GD or SGD small" if name in ("GD", "SGD small") else name]
     total = 4 * args.held
-    print(f"rule: {ok}/{total} in the right coarse class (3 classes; it cannot separate GD from small-step SGD: "
-          f"at most {total // 2 + total // 4}/{total} = {(total // 2 + total // 4) / total:.2f} on 4 classes)")
+    print(
+        f"rule: {ok}/{total} in the right coarse class (3 classes; it cannot separate GD from small-step SGD: "
+        f"at most {total // 2 + total // 4}/{total} = {(total // 2 + total // 4) / total:.2f} on 4 classes)"
+    )
 
 
 def part_ensembles(args):
@@ -117,8 +136,10 @@ def part_ensembles(args):
     x_ev, y_ev = task.x_test[half:], task.y_test[half:]
     module = make_mlp(10, width=32)
     std = RECIPES["standard"]
-    print(f"\n## Part 2: α̂-guided ensembles (digits, {args.n_std} standard + {args.n_bad} perturbed, keep "
-          f"k = {args.k}; selection on {half} test points, evaluation on {x_ev.shape[0]})")
+    print(
+        f"\n## Part 2: α̂-guided ensembles (digits, {args.n_std} standard + {args.n_bad} perturbed, keep "
+        f"k = {args.k}; selection on {half} test points, evaluation on {x_ev.shape[0]})"
+    )
     print("| perturbed recipe | ensemble | kept perturbed | accuracy | NLL | ECE |")
     print("|---|---|---|---|---|---|")
     for i, bad_name in enumerate(n for n in RECIPES if n != "standard"):
@@ -133,15 +154,21 @@ def part_ensembles(args):
         acc_sel = np.asarray(jnp.mean(jnp.argmax(l_sel, -1) == jnp.asarray(y_sel)[None], axis=1))
         by_acc = np.argsort(-acc_sel, kind="stable")[: args.k]
         is_bad = np.arange(len(recipes)) >= args.n_std
-        for label, members in (("naive (all)", np.arange(len(recipes))), ("α̂-selected (pool trimmed)", sel),
-                               ("α̂-selected (model trimmed)", sel_c), ("accuracy-selected", by_acc)):
+        for label, members in (
+            ("naive (all)", np.arange(len(recipes))),
+            ("α̂-selected (pool trimmed)", sel),
+            ("α̂-selected (model trimmed)", sel_c),
+            ("accuracy-selected", by_acc),
+        ):
             p = jnp.mean(jax.nn.softmax(l_ev[jnp.asarray(members)], axis=-1), axis=0)
             y = jnp.asarray(y_ev)
             acc = float(jnp.mean(jnp.argmax(p, -1) == y))
             nll = float(-jnp.mean(jnp.log(jnp.clip(p[jnp.arange(y.shape[0]), y], 1e-12))))
             e = float(ece(p, y))
-            print(f"| {bad_name} | {label} | {int(is_bad[members].sum())}/{len(members)} | {acc:.4f} | {nll:.4f} "
-                  f"| {e:.4f} |")
+            print(
+                f"| {bad_name} | {label} | {int(is_bad[members].sum())}/{len(members)} | {acc:.4f} | {nll:.4f} "
+                f"| {e:.4f} |"
+            )
         print(f"<!-- {bad_name}: {time.perf_counter() - t0:.1f}s -->")
 
 

@@ -15,6 +15,7 @@ No peer implementation is run: the CKA packages on PyPI (cka-pytorch, ckatorch, 
 install in a benchmark environment within the time budget; the NumPy oracle in tests/test_similarity.py is the
 reference for values.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,14 +71,22 @@ def bias(n_draws: int = 100, n: int = 32, p: int = 64) -> list[dict]:
 
         for debiased in (False, True):
             v = np.asarray(jax.jit(jax.vmap(functools.partial(draw, debiased=debiased)))(keys), np.float64)
-            rows.append(dict(dtype=jnp.dtype(dtype).name, debiased=debiased, mean=v.mean(), sd=v.std(ddof=1),
-                             se=v.std(ddof=1) / np.sqrt(n_draws)))
+            rows.append(
+                dict(
+                    dtype=jnp.dtype(dtype).name,
+                    debiased=debiased,
+                    mean=v.mean(),
+                    sd=v.std(ddof=1),
+                    se=v.std(ddof=1) / np.sqrt(n_draws),
+                )
+            )
     return rows
 
 
 def calibration(n_draws: int = 200, n: int = 32, p: int = 64, B: int = 999) -> list[dict]:
     rows = []
     for debiased in (True, False):
+
         def one(k, debiased=debiased):
             kx, ky, kt = jax.random.split(k, 3)
             X = jax.random.normal(kx, (n, p))
@@ -93,9 +102,17 @@ def calibration(n_draws: int = 200, n: int = 32, p: int = 64, B: int = 999) -> l
         u = np.random.default_rng(2).uniform(size=n_draws)
         ks_rand = scipy.stats.kstest(pv - u / (B + 1), "uniform").pvalue
         ks_plain = scipy.stats.kstest(pv, "uniform").pvalue
-        rows.append(dict(debiased=debiased, ks_randomized=ks_rand, ks_plain=ks_plain,
-                         frac_below_05=np.mean(pv <= 0.05), mean_stat=stat.mean(),
-                         mean_null_mean=null_mean.mean(), seconds=sec))
+        rows.append(
+            dict(
+                debiased=debiased,
+                ks_randomized=ks_rand,
+                ks_plain=ks_plain,
+                frac_below_05=np.mean(pv <= 0.05),
+                mean_stat=stat.mean(),
+                mean_null_mean=null_mean.mean(),
+                seconds=sec,
+            )
+        )
     return rows
 
 
@@ -116,19 +133,26 @@ def speed(quick: bool, gram_n: int):
             yield dict(case=f"linear_cka N={n} d={d} debiased={debiased}", first=first, best=best, value=float(val))
     n = gram_n
     # the N×N path runs in a child process so that its memory is its own (peak RSS reported)
-    child = subprocess.run([sys.executable, __file__, "--gram-child", str(n), str(d)], capture_output=True, text=True,
-                           check=True)
+    child = subprocess.run(
+        [sys.executable, __file__, "--gram-child", str(n), str(d)], capture_output=True, text=True, check=True
+    )
     for line in child.stdout.splitlines():
         yield json.loads(line)
-    for n_test in ((500, 1000) if quick else (1000, 2000)):
+    for n_test in (500, 1000) if quick else (1000, 2000):
         A = jax.random.normal(jax.random.key(4), (n_test, 32), jnp.float32)
         Bm = A[:, :16] @ jax.random.normal(jax.random.key(5), (16, 32), jnp.float32) + jax.random.normal(
-            jax.random.key(6), (n_test, 32), jnp.float32)
+            jax.random.key(6), (n_test, 32), jnp.float32
+        )
         K, L = A @ A.T, Bm @ Bm.T
         run = functools.partial(cka_test, jax.random.key(7), K, L, n_permutations=999)
         first, best, r = best_of(run, 1)
-        yield dict(case=f"cka_test N={n_test} B=999 debiased", first=first, best=best, value=float(r.statistic),
-                   p=float(r.p_value))
+        yield dict(
+            case=f"cka_test N={n_test} B=999 debiased",
+            first=first,
+            best=best,
+            value=float(r.statistic),
+            p=float(r.p_value),
+        )
 
 
 def gram_child(n: int, d: int) -> None:
@@ -139,19 +163,43 @@ def gram_child(n: int, d: int) -> None:
     K = jax.block_until_ready(gram(X))
     L = jax.block_until_ready(gram(Y))
     t_gram = time.perf_counter() - t0
-    print(json.dumps(dict(case=f"form the two N×N Grams N={n} d={d} (child process)", first=t_gram, best=t_gram,
-                          value=float("nan"), rss=peak_gib())), flush=True)
+    print(
+        json.dumps(
+            dict(
+                case=f"form the two N×N Grams N={n} d={d} (child process)",
+                first=t_gram,
+                best=t_gram,
+                value=float("nan"),
+                rss=peak_gib(),
+            )
+        ),
+        flush=True,
+    )
     for debiased in (False, True):
         first, best, val = best_of(functools.partial(cka, K, L, debiased=debiased), 1)
-        print(json.dumps(dict(case=f"cka on the N×N Grams N={n} debiased={debiased} (+ Grams: {t_gram + best:.1f} s)",
-                              first=first, best=best, value=float(val), rss=peak_gib())), flush=True)
+        print(
+            json.dumps(
+                dict(
+                    case=f"cka on the N×N Grams N={n} debiased={debiased} (+ Grams: {t_gram + best:.1f} s)",
+                    first=first,
+                    best=best,
+                    value=float(val),
+                    rss=peak_gib(),
+                )
+            ),
+            flush=True,
+        )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller speed cases")
-    ap.add_argument("--gram-n", type=int, default=None,
-                    help="N of the N×N comparison (default 7000, --quick 4000; 10000 peaks at ~5 GiB)")
+    ap.add_argument(
+        "--gram-n",
+        type=int,
+        default=None,
+        help="N of the N×N comparison (default 7000, --quick 4000; 10000 peaks at ~5 GiB)",
+    )
     ap.add_argument("--gram-child", nargs=2, type=int, metavar=("N", "D"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.gram_child:
@@ -164,19 +212,26 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for r in bias():
         goal = ("met" if abs(r["mean"]) <= 0.02 else "NOT met") if r["debiased"] else "-"
-        print(f"| {r['dtype']} | {'debiased' if r['debiased'] else 'biased'} | {r['mean']:+.4f} | {r['sd']:.4f} | "
-              f"{r['se']:.4f} | {goal} |")
+        print(
+            f"| {r['dtype']} | {'debiased' if r['debiased'] else 'biased'} | {r['mean']:+.4f} | {r['sd']:.4f} | "
+            f"{r['se']:.4f} | {goal} |"
+        )
 
-    print("\n## 2. cka_test p-values on independent data, N = 32, p = q = 64, B = 999, 200 draws "
-          "(goal: KS does not reject at 0.01)")
-    print("| estimator | KS p (randomized) | KS p (plain) | P(p <= 0.05) | mean CKA | mean null mean | seconds "
-          "| goal |")
+    print(
+        "\n## 2. cka_test p-values on independent data, N = 32, p = q = 64, B = 999, 200 draws "
+        "(goal: KS does not reject at 0.01)"
+    )
+    print(
+        "| estimator | KS p (randomized) | KS p (plain) | P(p <= 0.05) | mean CKA | mean null mean | seconds | goal |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in calibration():
         goal = "met" if r["ks_randomized"] > 0.01 else "NOT met"
-        print(f"| {'debiased' if r['debiased'] else 'biased'} | {r['ks_randomized']:.3f} | {r['ks_plain']:.3f} | "
-              f"{r['frac_below_05']:.3f} | {r['mean_stat']:+.4f} | {r['mean_null_mean']:+.4f} | "
-              f"{r['seconds']:.1f} | {goal} |")
+        print(
+            f"| {'debiased' if r['debiased'] else 'biased'} | {r['ks_randomized']:.3f} | {r['ks_plain']:.3f} | "
+            f"{r['frac_below_05']:.3f} | {r['mean_stat']:+.4f} | {r['mean_null_mean']:+.4f} | "
+            f"{r['seconds']:.1f} | {goal} |"
+        )
 
     print(f"\n## 3. Speed (float32, load {load()})")
     print(f"peak RSS before: {peak_gib():.2f} GiB")
@@ -185,8 +240,7 @@ def main() -> None:
     for r in speed(args.quick, args.gram_n or (4000 if args.quick else 7000)):
         extra = f", p = {r['p']:.3f}" if "p" in r else ""
         rss = r.get("rss", peak_gib())
-        print(f"| {r['case']} | {r['first']:.3f} | {r['best']:.3f} | {r['value']:.4f}{extra} | {rss:.2f} |",
-              flush=True)
+        print(f"| {r['case']} | {r['first']:.3f} | {r['best']:.3f} | {r['value']:.4f}{extra} | {rss:.2f} |", flush=True)
     print(f"\npeak RSS {peak_gib():.2f} GiB, load {load()}")
 
 

@@ -18,6 +18,7 @@ run both ways, ``default`` and ``free`` (``parameter_ranges={"alpha": [1, None]}
     python benchmarks/bench_spectra.py               # < 2 min incl. the env, once built
     python benchmarks/bench_spectra.py --repeat 5
 """
+
 from __future__ import annotations
 
 import argparse

@@ -12,6 +12,7 @@ from the softmax of the logits / one-vs-rest margins and from ``predict_proba``,
 wall time (ours after a one-iteration warm-up that compiles, reported separately) and convergence.
 Run: ``python benchmarks/bench_surrogate.py [--n-train 5000]``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,12 +30,25 @@ import jaxcompare as jc
 def _data_and_network(n_train: int, n_test: int, seed: int = 0):
     from sklearn.datasets import make_classification
 
-    X, y = make_classification(n_samples=n_train + n_test, n_features=40, n_informative=20, n_redundant=5,
-                               n_classes=10, n_clusters_per_class=2, class_sep=2.5, flip_y=0.02, random_state=seed)
+    X, y = make_classification(
+        n_samples=n_train + n_test,
+        n_features=40,
+        n_informative=20,
+        n_redundant=5,
+        n_classes=10,
+        n_clusters_per_class=2,
+        class_sep=2.5,
+        flip_y=0.02,
+        random_state=seed,
+    )
     X = ((X - X.mean(0)) / X.std(0)).astype(np.float32)
     k1, k2 = jax.random.split(jax.random.key(seed))
-    params = {"W1": jax.random.normal(k1, (40, 64), jnp.float32) / np.sqrt(40), "b1": jnp.zeros(64, jnp.float32),
-              "W2": jax.random.normal(k2, (64, 10), jnp.float32) / 8.0, "b2": jnp.zeros(10, jnp.float32)}
+    params = {
+        "W1": jax.random.normal(k1, (40, 64), jnp.float32) / np.sqrt(40),
+        "b1": jnp.zeros(64, jnp.float32),
+        "W2": jax.random.normal(k2, (64, 10), jnp.float32) / 8.0,
+        "b2": jnp.zeros(10, jnp.float32),
+    }
 
     def apply_fn(p, x):
         return jnp.tanh(x @ p["W1"] + p["b1"][None, :]) @ p["W2"] + p["b2"][None, :]
@@ -76,9 +90,11 @@ def main() -> None:
     K_tr = np.asarray(kfn(params, x_tr), np.float32)
     K_te = np.asarray(kfn(params, x_te, x_tr), np.float32)
     t_kernel = time.perf_counter() - t0
-    print(f"# kGLM fit benchmark: trNTK of a 40-64-10 MLP, N_train={n}, N_test={args.n_test}, C=10, float32, "
-          f"l2={l2:g} (sklearn C={1 / (l2 * n):g}); network test acc {nn_acc:.4f}; kernel {t_kernel:.1f} s; "
-          f"{jax.devices()[0].platform}, jax {jax.__version__}")
+    print(
+        f"# kGLM fit benchmark: trNTK of a 40-64-10 MLP, N_train={n}, N_test={args.n_test}, C=10, float32, "
+        f"l2={l2:g} (sklearn C={1 / (l2 * n):g}); network test acc {nn_acc:.4f}; kernel {t_kernel:.1f} s; "
+        f"{jax.devices()[0].platform}, jax {jax.__version__}"
+    )
     rows = []
 
     def report(name, logits, proba, seconds, note):
@@ -91,13 +107,21 @@ def main() -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             # max_iter is a traced argument: one iteration compiles the same executable as the real fit
-            _, t_compile = _timed(lambda: jc.fit_kglm(K_tr, y_tr, loss=loss, l2=l2, class_weight=cw, max_iter=1,
-                                                              throw=False))
-            model, t_fit = _timed(lambda: jc.fit_kglm(K_tr, y_tr, loss=loss, l2=l2, class_weight=cw))
-        note = (f"{'converged' if bool(model.converged) else 'NOT converged'} in {int(model.n_iter)} it "
-                f"(max|grad| {float(model.grad_norm):.1e} <= tol 1e-4); compile + 1 it: {t_compile:.1f} s")
-        report(f"jaxcompare fit_kglm {loss}" + (" balanced" if cw else ""), jc.kglm_logits(model, K_te),
-               jc.kglm_proba(model, K_te), t_fit, note)
+            _, t_compile = _timed(
+                lambda: jc.fit_kglm(K_tr, y_tr, loss=loss, l2=l2, class_weight=cw, max_iter=1, throw=False)  # noqa: B023
+            )
+            model, t_fit = _timed(lambda: jc.fit_kglm(K_tr, y_tr, loss=loss, l2=l2, class_weight=cw))  # noqa: B023
+        note = (
+            f"{'converged' if bool(model.converged) else 'NOT converged'} in {int(model.n_iter)} it "
+            f"(max|grad| {float(model.grad_norm):.1e} <= tol 1e-4); compile + 1 it: {t_compile:.1f} s"
+        )
+        report(
+            f"jaxcompare fit_kglm {loss}" + (" balanced" if cw else ""),
+            jc.kglm_logits(model, K_te),
+            jc.kglm_proba(model, K_te),
+            t_fit,
+            note,
+        )
 
     sgd = SGDClassifier(loss="log_loss", penalty="l2", alpha=l2, class_weight="balanced", random_state=0)
     with warnings.catch_warnings(record=True) as w:
@@ -105,8 +129,13 @@ def main() -> None:
         t0 = time.perf_counter()
         sgd.fit(K_tr, y_tr)
         t_sgd = time.perf_counter() - t0
-    report("sklearn SGDClassifier log_loss balanced (published)", sgd.decision_function(K_te),
-           sgd.predict_proba(K_te), t_sgd, f"{sgd.n_iter_} epochs" + (", ConvergenceWarning" if w else ""))
+    report(
+        "sklearn SGDClassifier log_loss balanced (published)",
+        sgd.decision_function(K_te),
+        sgd.predict_proba(K_te),
+        t_sgd,
+        f"{sgd.n_iter_} epochs" + (", ConvergenceWarning" if w else ""),
+    )
     for max_iter in (100, 1000):
         lr = LogisticRegression(C=1.0 / (l2 * n), max_iter=max_iter)
         with warnings.catch_warnings(record=True) as w:
@@ -115,8 +144,13 @@ def main() -> None:
             lr.fit(K_tr, y_tr)
             t_lr = time.perf_counter() - t0
         conv = any("converge" in str(x.message).lower() for x in w)
-        report(f"sklearn LogisticRegression lbfgs max_iter={max_iter}", lr.decision_function(K_te),
-               lr.predict_proba(K_te), t_lr, f"{int(lr.n_iter_[0])} it" + (", did not converge" if conv else ""))
+        report(
+            f"sklearn LogisticRegression lbfgs max_iter={max_iter}",
+            lr.decision_function(K_te),
+            lr.predict_proba(K_te),
+            t_lr,
+            f"{int(lr.n_iter_[0])} it" + (", did not converge" if conv else ""),
+        )
 
     print("| fit | test acc | τ_K (softmax of logits) | τ_K (predict_proba) | time | notes |")
     print("|---|---|---|---|---|---|")

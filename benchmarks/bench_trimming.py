@@ -13,6 +13,7 @@ search on every candidate, and ours equals the LP optimum on the candidates the 
 
 Usage: ``python benchmarks/bench_trimming.py [--repeat 3] [--lp 2] [--gpu] [--float32]``
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,15 +70,16 @@ def lp_alpha_hat(cand: np.ndarray, ref_sorted: np.ndarray, delta: float) -> floa
     b_eq = np.zeros(Z + 1)
     b_eq[Z] = 1.0
     A_ub = sp.hstack([sp.eye(K), sp.csr_matrix((K, Z)), sp.csr_matrix(-p[:, None])]).tocsr()
-    bounds = np.concatenate([
-        np.column_stack([np.zeros(K), np.full(K, np.inf)]),
-        np.column_stack([np.maximum(f0 - delta, 0), np.minimum(f0 + delta, 1)]),
-        [[1.0, np.inf]],
-    ])
+    bounds = np.concatenate(
+        [
+            np.column_stack([np.zeros(K), np.full(K, np.inf)]),
+            np.column_stack([np.maximum(f0 - delta, 0), np.minimum(f0 + delta, 1)]),
+            [[1.0, np.inf]],
+        ]
+    )
     c = np.zeros(K + Z + 1)
     c[-1] = 1.0
-    res = scipy.optimize.linprog(c, A_ub=A_ub, b_ub=np.zeros(K), A_eq=A_eq, b_eq=b_eq, bounds=bounds,
-                                 method="highs")
+    res = scipy.optimize.linprog(c, A_ub=A_ub, b_ub=np.zeros(K), A_eq=A_eq, b_eq=b_eq, bounds=bounds, method="highs")
     if res.status == 2:
         return 1.0
     return 1.0 - 1.0 / res.x[-1]
@@ -119,8 +121,7 @@ def run_case(name: str, M: int, m: int, n: int, repeat: int, n_lp: int, float32:
     ours_fn = jax.jit(jax.vmap(lambda c, r: jc.alpha_hat(c, r, threshold=delta), in_axes=(0, None)))
     t_ours, a = best_of(lambda: np.asarray(ours_fn(C, R).block_until_ready()), repeat)
 
-    t_grid, g = best_of(lambda: np.array([grid_search_numpy(c, ref_sorted, delta) for c in cands]),
-                        max(1, repeat // 2))
+    t_grid, g = best_of(lambda: np.array([grid_search_numpy(c, ref_sorted, delta) for c in cands]), max(1, repeat // 2))
     grid_ok = bool(np.all(np.asarray(jc.grid_alpha(jnp.asarray(a, jnp.float64))) == g)) if not float32 else None
 
     row = dict(case=name, M=M, m=m, n=n, ours_s=t_ours, grid_s=t_grid, speedup=t_grid / t_ours, grid_agrees=grid_ok)
@@ -128,7 +129,9 @@ def run_case(name: str, M: int, m: int, n: int, repeat: int, n_lp: int, float32:
         t0 = time.perf_counter()
         lp = np.array([lp_alpha_hat(c, ref_sorted, delta) for c in cands[:n_lp]])
         t_lp = (time.perf_counter() - t0) / n_lp
-        row.update(lp_s_per_candidate=t_lp, lp_s_extrapolated=t_lp * M, lp_max_abs_diff=float(np.max(np.abs(lp - a[:n_lp]))))
+        row.update(
+            lp_s_per_candidate=t_lp, lp_s_extrapolated=t_lp * M, lp_max_abs_diff=float(np.max(np.abs(lp - a[:n_lp])))
+        )
     return row
 
 
@@ -149,15 +152,23 @@ def main() -> None:
     sizes = {"sample": (200, 2000, 2000), "pooled": (200, 2000, 400_000), "gpu": (1000, 10_000, 10_000)}
     cases = args.cases.split(",") + (["gpu"] if args.gpu else [])
     rows = [run_case(c, *sizes[c], args.repeat, args.lp if c != "gpu" else 0, args.float32) for c in cases]
-    head = ("| case | M x m, n | exact alpha-hat (ours) | grid search, 13 levels (NumPy) | speed-up | "
-            "LP (HiGHS), per candidate | LP for all M (extrapolated) | max abs diff vs LP | grid agrees |")
+    head = (
+        "| case | M x m, n | exact alpha-hat (ours) | grid search, 13 levels (NumPy) | speed-up | "
+        "LP (HiGHS), per candidate | LP for all M (extrapolated) | max abs diff vs LP | grid agrees |"
+    )
     print(head)
     print("|" + "---|" * 9)
     for r in rows:
-        lp = (f"{r['lp_s_per_candidate']:.2f} s", f"{r['lp_s_extrapolated']:.0f} s", f"{r['lp_max_abs_diff']:.1e}") \
-            if "lp_s_per_candidate" in r else ("-", "-", "-")
-        print(f"| {r['case']} | {r['M']} x {r['m']}, {r['n']} | {r['ours_s'] * 1e3:.0f} ms | {r['grid_s'] * 1e3:.0f} ms | "
-              f"{r['speedup']:.1f}x | {lp[0]} | {lp[1]} | {lp[2]} | {r['grid_agrees']} |")
+        lp = (
+            (f"{r['lp_s_per_candidate']:.2f} s", f"{r['lp_s_extrapolated']:.0f} s", f"{r['lp_max_abs_diff']:.1e}")
+            if "lp_s_per_candidate" in r
+            else ("-", "-", "-")
+        )
+        print(
+            f"| {r['case']} | {r['M']} x {r['m']}, {r['n']} | {r['ours_s'] * 1e3:.0f} ms | "
+            f"{r['grid_s'] * 1e3:.0f} ms | "
+            f"{r['speedup']:.1f}x | {lp[0]} | {lp[1]} | {lp[2]} | {r['grid_agrees']} |"
+        )
 
 
 if __name__ == "__main__":

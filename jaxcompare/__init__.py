@@ -6,20 +6,20 @@ in subpackages: ``jaxcompare.lwr`` (linear-width simulator), ``jaxcompare.spectr
 ``jaxcompare.embed`` (embedding microscope), ``jaxcompare.compare`` (your own checkpoints). Kernel similarity (``cka``,
 ``kernel_similarity``...) lives in ``jaxcompare.similarity`` and is flat too.
 """
+
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import metrics, ntk, similarity, surrogate, trimming  # noqa: E402
+from . import compare, embed, lwr, metrics, ntk, similarity, spectra, surrogate, trimming  # noqa: E402  # noqa: E402,F401
 from ._checked import checked  # noqa: E402
 from ._results import Result, SolverWarning  # noqa: E402
+from .compare import compare_models, load_checkpoint, load_checkpoints, load_comparison, save_params  # noqa: E402
 from .metrics import *  # noqa: F401,F403,E402
 from .ntk import *  # noqa: F401,F403,E402
 from .similarity import *  # noqa: F401,F403,E402
 from .surrogate import *  # noqa: F401,F403,E402
 from .trimming import *  # noqa: F401,F403,E402
-from . import compare, embed, lwr, spectra  # noqa: E402,F401
-from .compare import compare_models, load_checkpoint, load_checkpoints, load_comparison, save_params  # noqa: E402
 
 __all__ = [
     *ntk.__all__,

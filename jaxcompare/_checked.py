@@ -36,6 +36,7 @@ Example:
   ...     print(type(e).__name__, str(e).split(" (found")[0])
   JaxRuntimeError candidate must be finite: 1 NaN/inf entries
 """
+
 from __future__ import annotations
 
 import functools
@@ -101,8 +102,15 @@ def traced_finite(x: Any, name: str) -> None:
     checkify.debug_check(bad == 0, f"{name} must be finite: {{}} NaN/inf entries (found under jit).", bad)
 
 
-def traced_range(x: Any, name: str, low: float | None = None, high: float | None = None, *,
-                 low_open: bool = False, high_open: bool = False) -> None:
+def traced_range(
+    x: Any,
+    name: str,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
     """Checked-mode check that every entry of a traced array lies in an interval (NaN fails)."""
     if is_concrete(x):
         return
@@ -115,8 +123,11 @@ def traced_range(x: Any, name: str, low: float | None = None, high: float | None
     lb, hb = ("(" if low_open else "["), (")" if high_open else "]")
     lo = "-inf" if low is None else f"{low:g}"
     hi = "inf" if high is None else f"{high:g}"
-    checkify.debug_check(jnp.all(ok), f"{name} must lie in {lb}{lo}, {hi}{hb} (found under jit); got {{}}.",
-                         jnp.where(jnp.all(ok), jnp.zeros((), x.dtype), x.reshape(-1)[jnp.argmin(ok.reshape(-1))]))
+    checkify.debug_check(
+        jnp.all(ok),
+        f"{name} must lie in {lb}{lo}, {hi}{hb} (found under jit); got {{}}.",
+        jnp.where(jnp.all(ok), jnp.zeros((), x.dtype), x.reshape(-1)[jnp.argmin(ok.reshape(-1))]),
+    )
 
 
 def traced_labels(y: Any, name: str, n_classes: int | None = None) -> None:
@@ -126,8 +137,9 @@ def traced_labels(y: Any, name: str, n_classes: int | None = None) -> None:
     y = jnp.asarray(y)
     if jnp.issubdtype(y.dtype, jnp.floating):
         whole = jnp.all(jnp.isfinite(y) & (y == jnp.round(y)))
-        checkify.debug_check(whole, f"{name} must hold whole-number class labels (found NaN/inf or fractions "
-                                    f"under jit).")
+        checkify.debug_check(
+            whole, f"{name} must hold whole-number class labels (found NaN/inf or fractions under jit)."
+        )
     if jnp.issubdtype(y.dtype, jnp.bool_):
         return
     lo, hi = jnp.min(y), jnp.max(y)
@@ -141,5 +153,9 @@ def traced_result(result: Any, throw: bool, name: str) -> None:
     if not throw or is_concrete(result):
         return
     code = jnp.max(result)
-    checkify.debug_check(code == 0, f"{name} failed under jit: result code {{}} (see jaxcompare.Result; "
-                                    f"pass throw=False to return the flagged result).", code)
+    checkify.debug_check(
+        code == 0,
+        f"{name} failed under jit: result code {{}} (see jaxcompare.Result; "
+        f"pass throw=False to return the flagged result).",
+        code,
+    )

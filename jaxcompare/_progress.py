@@ -1,10 +1,12 @@
 """Progress reporting for long host-side loops (tqdm when installed, a plain stderr line otherwise)."""
+
 from __future__ import annotations
 
 import os
 import sys
 import time
-from typing import Iterable, Iterator, TypeVar
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 T = TypeVar("T")
 

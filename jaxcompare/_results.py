@@ -20,6 +20,7 @@ Example:
   >>> Result(3).name, Result.diverged.message
   ('diverged', 'the iterates grew past their divergence bound')
 """
+
 from __future__ import annotations
 
 import enum
@@ -86,8 +87,15 @@ def worst_result(*codes: jax.Array) -> jax.Array:
     return out
 
 
-def report_result(result: Any, throw: bool, message: Any, *, error: type = RuntimeError,
-                  warning: type = SolverWarning, stacklevel: int = 3) -> None:
+def report_result(
+    result: Any,
+    throw: bool,
+    message: Any,
+    *,
+    error: type = RuntimeError,
+    warning: type = SolverWarning,
+    stacklevel: int = 3,
+) -> None:
     """Raise ``error`` (``throw=True``) or warn with ``warning`` when a concrete ``result`` is not successful.
 
     ``message`` is a string or a callable ``(Result) -> str`` given the worst outcome; several codes (``vmap``)

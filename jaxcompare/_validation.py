@@ -4,9 +4,11 @@ Rules (see shared/style.md): validate at the public boundary, in Python, before 
 what was expected. Value checks (finite, ranges of data) run only on concrete arrays: under ``jit``/``vmap`` the
 inputs are tracers and only shapes/dtypes can be checked, which is documented on each public function.
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -107,7 +109,9 @@ def check_array(
         allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
         if a.ndim not in allowed:
             exp = " or ".join(str(d) for d in allowed)
-            raise ValueError(f"{name} must have {exp} dimensions, got shape {_shape_str(a.shape)} ({a.ndim} dimensions).")
+            raise ValueError(
+                f"{name} must have {exp} dimensions, got shape {_shape_str(a.shape)} ({a.ndim} dimensions)."
+            )
     if shape is not None:
         if a.ndim != len(shape) or any(s is not None and s != t for s, t in zip(shape, a.shape)):
             exp = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
@@ -257,14 +261,17 @@ def key_first(fn_name: str, args: tuple, deprecated: dict, names: Sequence[str])
     data_names = list(names[1:])
     unknown = sorted(set(deprecated) - set(names))
     if unknown:
-        raise TypeError(f"{fn_name}() got an unexpected keyword argument {unknown[0]!r}; "
-                        f"the signature is {fn_name}({', '.join(names)}, ...) with these passed by position.")
+        raise TypeError(
+            f"{fn_name}() got an unexpected keyword argument {unknown[0]!r}; "
+            f"the signature is {fn_name}({', '.join(names)}, ...) with these passed by position."
+        )
     usage = f"{fn_name}({', '.join(names)}, ...)"
     if "key" in deprecated:
         given = [a for a in args if a is not REQUIRED]
         if len(given) > len(data_names):
-            raise TypeError(f"{fn_name}() got the PRNG key twice: pass it only as the first positional argument, "
-                            f"{usage}.")
+            raise TypeError(
+                f"{fn_name}() got the PRNG key twice: pass it only as the first positional argument, {usage}."
+            )
         key, data = deprecated["key"], given + [REQUIRED] * (len(data_names) - len(given))
     else:
         key, data = args[0], list(args[1:])
@@ -274,14 +281,19 @@ def key_first(fn_name: str, args: tuple, deprecated: dict, names: Sequence[str])
                 raise TypeError(f"{fn_name}() got multiple values for argument {n!r}.")
             data[i] = deprecated[n]
     if deprecated:
-        warnings.warn(f"{fn_name}() with {', '.join(sorted(deprecated))} passed by keyword is deprecated and will be "
-                      f"removed in the next release: pass the key as the first positional argument, {usage}.",
-                      DeprecationWarning, stacklevel=3)
+        warnings.warn(
+            f"{fn_name}() with {', '.join(sorted(deprecated))} passed by keyword is deprecated and will be "
+            f"removed in the next release: pass the key as the first positional argument, {usage}.",
+            DeprecationWarning,
+            stacklevel=3,
+        )
     out = (key, *data)
     missing = [n for n, a in zip(names, out) if a is REQUIRED]
     if missing:
-        raise TypeError(f"{fn_name}() missing required positional argument(s) {', '.join(missing)}: call "
-                        f"{usage} with an explicit key, e.g. jax.random.key(0).")
+        raise TypeError(
+            f"{fn_name}() missing required positional argument(s) {', '.join(missing)}: call "
+            f"{usage} with an explicit key, e.g. jax.random.key(0)."
+        )
     return out
 
 
@@ -292,8 +304,10 @@ def check_real_points(x: Any, name: str) -> np.ndarray:
     except Exception as e:  # noqa: BLE001 - ragged lists, objects
         raise TypeError(f"{name} must be a numeric array, got {type(x).__name__}: {e}") from None
     if a.dtype.kind == "c":
-        raise TypeError(f"{name} must be real points, got dtype {a.dtype}; pass the real grid (use the Stieltjes "
-                        f"transform for complex points).")
+        raise TypeError(
+            f"{name} must be real points, got dtype {a.dtype}; pass the real grid (use the Stieltjes "
+            f"transform for complex points)."
+        )
     if a.dtype.kind not in "biuf":
         raise TypeError(f"{name} must be a numeric array, got dtype {a.dtype}.")
     a = a.astype(np.float64)
@@ -317,7 +331,9 @@ def check_upper_half_plane(z: Any, name: str = "z") -> np.ndarray:
         raise ValueError(f"{name} must be finite, but it has {int(bad.sum())} NaN/infinite entries.")
     if np.any(a.imag <= 0):
         low = float(a.imag.min())
-        raise ValueError(f"{name} must lie in the upper half-plane (Im z > 0), where the Stieltjes transform is "
-                         f"single-valued; got Im z = {low:g}. On the real axis use a small positive imaginary part, "
-                         f"e.g. x + 1e-3j.")
+        raise ValueError(
+            f"{name} must lie in the upper half-plane (Im z > 0), where the Stieltjes transform is "
+            f"single-valued; got Im z = {low:g}. On the real axis use a small positive imaginary part, "
+            f"e.g. x + 1e-3j."
+        )
     return a

@@ -7,6 +7,7 @@ gathered with ``jc.gather`` and written with ``jc.save_rows``. MODE ``disk``: ``
 ``jc.kernel_to_disk`` on one shared path. MODE ``array``: no JAX runtime; ``process_index=``/``process_count=``.
 Each process writes what it computed to OUTDIR for the test to compare with a one-process run.
 """
+
 import json
 import os
 import sys
@@ -54,8 +55,9 @@ if mode == "sharded":
             out["save_rows"] = np.array(jc.save_rows(K, os.path.join(outdir, "rows.npy"), rows=13))
 elif mode in ("disk", "array"):
     kw = dict(process_index=pid, process_count=nproc) if mode == "array" else {}
-    K = jc.kernel_to_disk(jc.trace_ntk(f), params, x, path=os.path.join(outdir, "store"), block_size=3,
-                          progress_bar=False, **kw)
+    K = jc.kernel_to_disk(
+        jc.trace_ntk(f), params, x, path=os.path.join(outdir, "store"), block_size=3, progress_bar=False, **kw
+    )
     ledger = os.path.join(outdir, "store", "state.json" if pid == 0 else f"state.{pid}.json")
     with open(ledger) as fh:
         json.dump(json.load(fh)["done"], open(os.path.join(outdir, f"tiles.{pid}.json"), "w"))

@@ -1,4 +1,5 @@
 """Test configuration (shared/style.md): float64 available for oracles, strict rank promotion, quiet progress bars."""
+
 import os
 
 os.environ.setdefault("JAXCOMPARE_PROGRESS", "0")

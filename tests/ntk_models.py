@@ -1,4 +1,5 @@
 """Small models shared by the NTK tests: an MLP with biases, a flax CNN, a model reusing one weight matrix."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,8 +24,10 @@ def mlp(key, d_in=5, width=7, n_classes=3, dtype=jnp.float64):
 def shared_weight(key, d=6, n_classes=4, dtype=jnp.float64):
     """f(x) = V tanh(W tanh(W x)): W is used twice (weight sharing)."""
     k1, k2 = jax.random.split(key)
-    params = {"W": jax.random.normal(k1, (d, d), dtype) / np.sqrt(d),
-              "V": jax.random.normal(k2, (d, n_classes), dtype) / np.sqrt(d)}
+    params = {
+        "W": jax.random.normal(k1, (d, d), dtype) / np.sqrt(d),
+        "V": jax.random.normal(k2, (d, n_classes), dtype) / np.sqrt(d),
+    }
 
     def apply_fn(p, x):
         h = jnp.tanh(x @ p["W"])
@@ -74,5 +77,10 @@ def oracle_kernels(apply_fn, params, x1, x2):
     trntk = k0 / np.sqrt(np.outer(d1, d2))
     g1, g2 = j1.sum(1), j2.sum(1)
     pntk = g1 @ g2.T / c
-    return dict(full=full, trntk0=k0, trntk=trntk, pntk=pntk,
-                pntk_norm=(g1 @ g2.T) / np.sqrt(np.outer((g1 * g1).sum(1), (g2 * g2).sum(1))))
+    return dict(
+        full=full,
+        trntk0=k0,
+        trntk=trntk,
+        pntk=pntk,
+        pntk_norm=(g1 @ g2.T) / np.sqrt(np.outer((g1 * g1).sum(1), (g2 * g2).sum(1))),
+    )

@@ -5,6 +5,7 @@ Oracles: (1) relplot's discretized estimator re-implemented here in float64 NumP
 definition of Błasiok–Nakkiran evaluated by direct O(n·T) kernel sums; (3) relplot 1.0.3 values pinned from
 ``python benchmarks/bench_calibration.py`` (recorded in its output and in docs/benchmarks.md); (4) SciPy for Kendall.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -34,9 +35,9 @@ def _np_grid_smooth(f, q, sigma):
     np.add.at(vals, k, (1 - frac) * q)
     np.add.at(vals, k + 1, frac * q)
     tk = np.linspace(0, 1, e)
-    ker = np.exp(-(tk - 0.5) ** 2 / (2 * sigma ** 2)) / (np.sqrt(2 * np.pi) * sigma)
+    ker = np.exp(-((tk - 0.5) ** 2) / (2 * sigma**2)) / (np.sqrt(2 * np.pi) * sigma)
     ext = np.concatenate([vals[::-1][:-1], vals, vals[::-1][1:]])
-    sm = np.convolve(ext, ker, "valid")[e // 2: e // 2 + e]
+    sm = np.convolve(ext, ker, "valid")[e // 2 : e // 2 + e]
     t = np.linspace(0, 1, max(round(10 / sigma), 200))
     i = np.clip((t * (e - 1)).astype(int), 0, e - 2)
     w = t * (e - 1) - i
@@ -71,7 +72,7 @@ def continuous_smece_sigma(f, y, sigma):
     evaluated at relplot's points ``t_j = j/(T-1)``."""
     f, y = np.asarray(f, np.float64), np.asarray(y, np.float64)
     t = np.linspace(0, 1, max(round(10 / sigma), 200))[:, None]
-    k = sum(np.exp(-(t - g) ** 2 / (2 * sigma ** 2)) for g in (f, -f, 2 - f)) / (np.sqrt(2 * np.pi) * sigma)
+    k = sum(np.exp(-((t - g) ** 2) / (2 * sigma**2)) for g in (f, -f, 2 - f)) / (np.sqrt(2 * np.pi) * sigma)
     r_hat = k @ (f - y)
     dens = k.sum(1)
     return np.sum(np.abs(r_hat)) / np.sum(dens)
@@ -91,7 +92,7 @@ def continuous_smece(f, y, eps=1e-3):
 def _binary(n, seed, power=1.0):
     rng = np.random.default_rng(seed)
     f = rng.random(n)
-    return f, (rng.random(n) < f ** power).astype(np.int64)
+    return f, (rng.random(n) < f**power).astype(np.int64)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -381,5 +382,5 @@ def test_constants_documented():
     from jaxcompare.metrics import _smooth_ece as S
 
     assert S.E_MAX == 10241 and S.T_MAX == 10240 and S.FFT_LEN >= 3 * S.E_MAX - 2
-    assert S.N_CELLS % 1000 == 0 and S.N_CELLS * (S.E_MAX - 1) < 2 ** 31
-    assert math.isclose(S.SIGMA_MIN, 2 ** -10)
+    assert S.N_CELLS % 1000 == 0 and S.N_CELLS * (S.E_MAX - 1) < 2**31
+    assert math.isclose(S.SIGMA_MIN, 2**-10)

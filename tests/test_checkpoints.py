@@ -1,4 +1,5 @@
 """Checkpoint loaders of jaxcompare.compare against independently written bytes, and every failure path."""
+
 import importlib.util
 import json
 import os
@@ -13,8 +14,15 @@ from jaxcompare.compare import load_checkpoint, load_checkpoints, save_params
 
 def _st_bytes(tensors, *, metadata=None, pad=0, order=None):
     """A safetensors file built byte by byte from the format description (not with our writer)."""
-    codes = {np.dtype("float32"): "F32", np.dtype("float64"): "F64", np.dtype("float16"): "F16",
-             np.dtype("int64"): "I64", np.dtype("int32"): "I32", np.dtype("bool"): "BOOL", np.dtype("uint8"): "U8"}
+    codes = {
+        np.dtype("float32"): "F32",
+        np.dtype("float64"): "F64",
+        np.dtype("float16"): "F16",
+        np.dtype("int64"): "I64",
+        np.dtype("int32"): "I32",
+        np.dtype("bool"): "BOOL",
+        np.dtype("uint8"): "U8",
+    }
     header, blobs, pos = {}, [], 0
     for name in order or list(tensors):
         a = np.ascontiguousarray(tensors[name])
@@ -44,11 +52,13 @@ def _write(tmp_path, name, data: bytes):
 
 def test_safetensors_built_by_hand(tmp_path):
     rng = np.random.default_rng(0)
-    t = {"encoder.layer.0.weight": rng.standard_normal((3, 4)).astype(np.float32),
-         "encoder.layer.0.bias": rng.standard_normal(4),
-         "encoder.steps": np.array([7], np.int64),
-         "head.mask": np.array([True, False, True]),
-         "head.half": rng.standard_normal((2, 2)).astype(np.float16)}
+    t = {
+        "encoder.layer.0.weight": rng.standard_normal((3, 4)).astype(np.float32),
+        "encoder.layer.0.bias": rng.standard_normal(4),
+        "encoder.steps": np.array([7], np.int64),
+        "head.mask": np.array([True, False, True]),
+        "head.half": rng.standard_normal((2, 2)).astype(np.float16),
+    }
     p = _write(tmp_path, "m.safetensors", _st_bytes(t, metadata={"format": "pt"}, pad=5))
     tree = load_checkpoint(p)
     assert set(tree) == {"encoder", "head"}
@@ -61,8 +71,7 @@ def test_safetensors_built_by_hand(tmp_path):
 
 
 def test_safetensors_slash_names_and_zero_size(tmp_path):
-    t = {"Dense_0/kernel": np.arange(6.0).reshape(2, 3), "Dense_0/bias": np.zeros((0,), np.float32),
-         "v.1": np.ones(2)}
+    t = {"Dense_0/kernel": np.arange(6.0).reshape(2, 3), "Dense_0/bias": np.zeros((0,), np.float32), "v.1": np.ones(2)}
     tree = load_checkpoint(_write(tmp_path, "m.safetensors", _st_bytes(t)))
     assert set(tree) == {"Dense_0", "v.1"}  # '/' present: '.' is part of a name
     np.testing.assert_array_equal(tree["Dense_0"]["kernel"], t["Dense_0/kernel"])
@@ -76,15 +85,15 @@ def test_save_params_safetensors_is_the_documented_format(tmp_path):
     save_params(params, p)
     raw = p.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + n])
-    buf = raw[8 + n:]
+    header = json.loads(raw[8 : 8 + n])
+    buf = raw[8 + n :]
     w = header["a/w"]
     assert w["dtype"] == "F32" and w["shape"] == [3, 4]
     b0, b1 = w["data_offsets"]
     np.testing.assert_array_equal(np.frombuffer(buf[b0:b1], "<f4").reshape(3, 4), params["a"]["w"])
     b = header["b"]
     assert b["dtype"] == "I32"
-    np.testing.assert_array_equal(np.frombuffer(buf[b["data_offsets"][0]:b["data_offsets"][1]], "<i4"), [1, 2, 3])
+    np.testing.assert_array_equal(np.frombuffer(buf[b["data_offsets"][0] : b["data_offsets"][1]], "<i4"), [1, 2, 3])
     assert sum(e["data_offsets"][1] - e["data_offsets"][0] for e in header.values()) == len(buf)
 
 
@@ -102,8 +111,10 @@ def test_npz_roundtrip_and_sequences(tmp_path):
 def test_msgpack_from_flax_to_bytes(tmp_path):
     serialization = pytest.importorskip("flax.serialization")
     rng = np.random.default_rng(1)
-    params = {"Dense_0": {"kernel": rng.standard_normal((4, 3)).astype(np.float32), "bias": np.zeros(3, np.float32)},
-              "Dense_1": {"kernel": rng.standard_normal((3, 2))}}
+    params = {
+        "Dense_0": {"kernel": rng.standard_normal((4, 3)).astype(np.float32), "bias": np.zeros(3, np.float32)},
+        "Dense_1": {"kernel": rng.standard_normal((3, 2))},
+    }
     p = _write(tmp_path, "m.msgpack", serialization.to_bytes(params))
     tree = load_checkpoint(p)
     np.testing.assert_array_equal(tree["Dense_0"]["kernel"], params["Dense_0"]["kernel"])
@@ -113,8 +124,9 @@ def test_msgpack_from_flax_to_bytes(tmp_path):
     np.testing.assert_array_equal(load_checkpoint(q)["Dense_0"]["bias"], np.zeros(3))
 
 
-@pytest.mark.skipif(importlib.util.find_spec("orbax") is None,
-                    reason="orbax-checkpoint is not installed (pip install orbax-checkpoint)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("orbax") is None, reason="orbax-checkpoint is not installed (pip install orbax-checkpoint)"
+)
 def test_orbax_standard_checkpointer(tmp_path):
     import orbax.checkpoint as ocp
 
@@ -126,7 +138,7 @@ def test_orbax_standard_checkpointer(tmp_path):
     tree = load_checkpoint(d)
     np.testing.assert_array_equal(tree["Dense_0"]["kernel"], params["Dense_0"]["kernel"])
     assert tree["Dense_0"]["kernel"].dtype == np.float32
-    (name, t2), = load_checkpoints([d])
+    ((name, t2),) = load_checkpoints([d])
     assert name == "ck" and set(t2) == {"Dense_0"}
 
 
@@ -162,23 +174,26 @@ def test_mismatched_leaves_name_checkpoint_and_leaf(tmp_path):
         load_checkpoints([tmp_path / "a.npz", tmp_path / "x" / "a.npz"])
 
 
-@pytest.mark.parametrize("case, match", [
-    ("short", "only 4 bytes"),
-    ("huge_header", "exceeds the 100 MB limit"),
-    ("header_past_end", "runs past the end"),
-    ("not_json", "not UTF-8 JSON"),
-    ("not_object", "must be a JSON object"),
-    ("bad_dtype", "unsupported dtype 'F7'"),
-    ("bad_shape", "invalid shape"),
-    ("bad_keys", "exactly the keys"),
-    ("offsets_outside", "outside the"),
-    ("size_mismatch", "need 24"),
-    ("overlap", "overlaps"),
-    ("hole", "a hole"),
-    ("trailing", "trailing bytes"),
-    ("metadata", "__metadata__"),
-    ("truncated_data", "outside the"),
-])
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("short", "only 4 bytes"),
+        ("huge_header", "exceeds the 100 MB limit"),
+        ("header_past_end", "runs past the end"),
+        ("not_json", "not UTF-8 JSON"),
+        ("not_object", "must be a JSON object"),
+        ("bad_dtype", "unsupported dtype 'F7'"),
+        ("bad_shape", "invalid shape"),
+        ("bad_keys", "exactly the keys"),
+        ("offsets_outside", "outside the"),
+        ("size_mismatch", "need 24"),
+        ("overlap", "overlaps"),
+        ("hole", "a hole"),
+        ("trailing", "trailing bytes"),
+        ("metadata", "__metadata__"),
+        ("truncated_data", "outside the"),
+    ],
+)
 def test_safetensors_bad_files(tmp_path, case, match):
     f8 = np.arange(3.0).tobytes()
     good = {"w": {"dtype": "F64", "shape": [3], "data_offsets": [0, 24]}}
@@ -193,8 +208,13 @@ def test_safetensors_bad_files(tmp_path, case, match):
         "bad_keys": _raw({"w": {"dtype": "F64", "shape": [3]}}, f8),
         "offsets_outside": _raw({"w": {"dtype": "F64", "shape": [3], "data_offsets": [0, 32]}}, f8),
         "size_mismatch": _raw({"w": {"dtype": "F64", "shape": [3], "data_offsets": [0, 16]}}, f8[:16]),
-        "overlap": _raw({"w": {"dtype": "F64", "shape": [3], "data_offsets": [0, 24]},
-                         "v": {"dtype": "F64", "shape": [1], "data_offsets": [16, 24]}}, f8),
+        "overlap": _raw(
+            {
+                "w": {"dtype": "F64", "shape": [3], "data_offsets": [0, 24]},
+                "v": {"dtype": "F64", "shape": [1], "data_offsets": [16, 24]},
+            },
+            f8,
+        ),
         "hole": _raw({"w": {"dtype": "F64", "shape": [2], "data_offsets": [8, 24]}}, f8),
         "trailing": _raw(good, f8 + b"\x00" * 8),
         "metadata": _raw({**good, "__metadata__": {"a": 1}}, f8),

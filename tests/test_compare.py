@@ -1,5 +1,6 @@
 """jaxcompare.compare: score reductions, compare_models end to end on checkpoints in mixed formats, the result's
 save/load and report, the ``compare`` command and its failure paths."""
+
 import argparse
 import csv
 import html
@@ -59,8 +60,11 @@ def test_score_reduction_against_numpy(kind, shape, dtype):
     jitted = jax.jit(lambda a, b: score_reduction(a, b, kind))(z, y)
     np.testing.assert_allclose(np.asarray(jitted), np.asarray(got), rtol=tol, atol=tol)
     if kind != "logit_gap":  # shifting every logit changes nothing
-        np.testing.assert_allclose(np.asarray(score_reduction(z + dtype(5), y, kind), np.float64),
-                                   np.asarray(got, np.float64), atol=1e-4 if dtype == np.float32 else 1e-10)
+        np.testing.assert_allclose(
+            np.asarray(score_reduction(z + dtype(5), y, kind), np.float64),
+            np.asarray(got, np.float64),
+            atol=1e-4 if dtype == np.float32 else 1e-10,
+        )
 
 
 def test_score_reduction_errors():
@@ -90,9 +94,11 @@ def _apply(p, x):
 def _task(seed=0, n_train=600, n_test=1000, d=6, c=3):
     rng = np.random.default_rng(seed)
     means = rng.standard_normal((c, d)) * 1.6
+
     def draw(n):
         y = rng.integers(0, c, n)
         return (means[y] + rng.standard_normal((n, d))).astype(np.float32), y.astype(np.int32)
+
     return (*draw(n_train), *draw(n_test))
 
 
@@ -100,8 +106,10 @@ def _train(key, x, y, noise, steps=300, width=16, c=3):
     k_init, k_noise = jax.random.split(key)
     d = x.shape[1]
     k1, k2 = jax.random.split(k_init)
-    p = {"hidden": {"kernel": jax.random.normal(k1, (d, width)) / np.sqrt(d), "bias": jnp.zeros(width)},
-         "out": {"kernel": jax.random.normal(k2, (width, c)) / np.sqrt(width), "bias": jnp.zeros(c)}}
+    p = {
+        "hidden": {"kernel": jax.random.normal(k1, (d, width)) / np.sqrt(d), "bias": jnp.zeros(width)},
+        "out": {"kernel": jax.random.normal(k2, (width, c)) / np.sqrt(width), "bias": jnp.zeros(c)},
+    }
     flip = jax.random.uniform(k_noise, y.shape) < noise
     y_used = jnp.where(flip, jax.random.randint(k_noise, y.shape, 0, c), y)
     opt = optax.adam(0.03)
@@ -148,8 +156,16 @@ def population(tmp_path_factory):
         groups.append("standard" if i < N_STD else "label noise")
     data = d.parent / "data.npz"
     np.savez(data, x_test=x_te, y_test=y_te, x_train=x_tr, y_train=y_tr)
-    return {"dir": d, "names": names, "groups": groups, "x_test": x_te, "y_test": y_te, "x_train": x_tr,
-            "y_train": y_tr, "data": data}
+    return {
+        "dir": d,
+        "names": names,
+        "groups": groups,
+        "x_test": x_te,
+        "y_test": y_te,
+        "x_train": x_tr,
+        "y_train": y_tr,
+        "data": data,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -157,9 +173,18 @@ def grouped(population):
     loaded = load_checkpoints(population["dir"])
     gmap = dict(zip(population["names"], population["groups"]))
     groups = [gmap[n] for n, _ in loaded]
-    res = compare_models(jax.random.key(3), _apply, loaded, population["x_test"], population["y_test"],
-                         x_train=population["x_train"], y_train=population["y_train"], groups=groups, n_boot=40,
-                         progress_bar=False)
+    res = compare_models(
+        jax.random.key(3),
+        _apply,
+        loaded,
+        population["x_test"],
+        population["y_test"],
+        x_train=population["x_train"],
+        y_train=population["y_train"],
+        groups=groups,
+        n_boot=40,
+        progress_bar=False,
+    )
     return loaded, groups, res
 
 
@@ -240,8 +265,16 @@ def test_detection_auroc_against_sklearn(grouped):
 @pytest.mark.slow
 def test_without_groups_leave_one_out(population, grouped):
     loaded, _, _ = grouped
-    res = compare_models(jax.random.key(4), _apply, loaded, population["x_test"], population["y_test"], n_boot=40,
-                         sections=("alpha",), progress_bar=False)
+    res = compare_models(
+        jax.random.key(4),
+        _apply,
+        loaded,
+        population["x_test"],
+        population["y_test"],
+        n_boot=40,
+        sections=("alpha",),
+        progress_bar=False,
+    )
     assert {r["role"] for r in res.rows} == {"leave-one-out"}
     assert set(res.atypical) == {n for n in population["names"] if n.startswith("noisy")}
     assert "leave-one-out" in res.findings[0]
@@ -286,15 +319,17 @@ def test_report_escapes_text(tmp_path, grouped):
     _, _, res = grouped
     nasty = {n: v for n, v in zip(res.names, ["<script>alert(1)</script>", "a & b", "|<u1, β>|"])}
     rename = lambda t: t if not isinstance(t, str) else next((v for k, v in nasty.items() if k == t), t)
-    rows = [dict(r, name=rename(r["name"]), group="<g>" if r["group"] == "standard" else r["group"])
-            for r in res.rows]
+    rows = [dict(r, name=rename(r["name"]), group="<g>" if r["group"] == "standard" else r["group"]) for r in res.rows]
     findings = list(res.findings) + [f"model {v} is odd" for v in nasty.values()]
     res = dataclasses.replace(res, rows=rows, findings=findings)
     page = open(res.report(tmp_path), encoding="utf-8").read()
     assert "<script>" not in page and "<g>" not in page and "|<u1" not in page
     assert html.escape("|<u1, β>|") in page and "a &amp; b" in page and "&lt;g&gt;" in page
-    assert not re.search(r"<(?!/?(html|head|meta|title|style|body|h1|h2|section|p|div|span|b|table|thead|tbody|tr|"
-                         r"th|td|figure|img|figcaption|details|summary|pre|footer)\b|!DOCTYPE)", page)
+    assert not re.search(
+        r"<(?!/?(html|head|meta|title|style|body|h1|h2|section|p|div|span|b|table|thead|tbody|tr|"
+        r"th|td|figure|img|figcaption|details|summary|pre|footer)\b|!DOCTYPE)",
+        page,
+    )
 
 
 @pytest.mark.slow  # shares the trained population (about 45 s on 2 loaded cores)
@@ -326,32 +361,44 @@ def test_spectra_section(grouped, population):
         assert set(res.spectra) == set(res.names)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(params_list=[{"w": np.ones(2)}]), "at least 2 models"),
-    (dict(names=["a"]), "names must have one entry per model"),
-    (dict(names=["a", "a"]), "names must be unique"),
-    (dict(groups=["g"]), "groups must have one entry per model"),
-    (dict(groups=["g", "h"]), "needs at least 2 models"),
-    (dict(groups=["g", "g"], reference="h"), "reference group 'h' is not among"),
-    (dict(reference="g"), "groups must be given"),
-    (dict(x_train=np.ones((8, 2))), "x_train and y_train must be given together"),
-    (dict(sections=("alpha", "kernels")), "sections"),
-    (dict(score="entropy"), "score"),
-    (dict(n_boot=0), "n_boot"),
-    (dict(y_test=np.array([0, 1, 2, 0, 1, 0, 1, 0])), r"y_test must lie in \[0, 2\)"),
-    (dict(y_test=np.zeros(7, int)), "y_test must have length 8"),
-    (dict(x_test=np.ones((3, 2)), y_test=np.zeros(3, int)), "at least 4 points"),
-    (dict(apply_fn=lambda p, x: x @ p["w"]), r"must return \(N, C\) logits"),
-    (dict(apply_fn=lambda p, x: jnp.full((x.shape[0], 2), jnp.nan)), "must be finite"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(params_list=[{"w": np.ones(2)}]), "at least 2 models"),
+        (dict(names=["a"]), "names must have one entry per model"),
+        (dict(names=["a", "a"]), "names must be unique"),
+        (dict(groups=["g"]), "groups must have one entry per model"),
+        (dict(groups=["g", "h"]), "needs at least 2 models"),
+        (dict(groups=["g", "g"], reference="h"), "reference group 'h' is not among"),
+        (dict(reference="g"), "groups must be given"),
+        (dict(x_train=np.ones((8, 2))), "x_train and y_train must be given together"),
+        (dict(sections=("alpha", "kernels")), "sections"),
+        (dict(score="entropy"), "score"),
+        (dict(n_boot=0), "n_boot"),
+        (dict(y_test=np.array([0, 1, 2, 0, 1, 0, 1, 0])), r"y_test must lie in \[0, 2\)"),
+        (dict(y_test=np.zeros(7, int)), "y_test must have length 8"),
+        (dict(x_test=np.ones((3, 2)), y_test=np.zeros(3, int)), "at least 4 points"),
+        (dict(apply_fn=lambda p, x: x @ p["w"]), r"must return \(N, C\) logits"),
+        (dict(apply_fn=lambda p, x: jnp.full((x.shape[0], 2), jnp.nan)), "must be finite"),
+    ],
+)
 def test_compare_models_errors(kwargs, match):
-    base = dict(apply_fn=lambda p, x: jnp.stack([x @ p["w"], -x @ p["w"]], axis=1),
-                params_list=[{"w": np.ones(2)}, {"w": np.array([1.0, 0.5])}],
-                x_test=np.random.default_rng(0).standard_normal((8, 2)), y_test=np.array([0, 1] * 4))
+    base = dict(
+        apply_fn=lambda p, x: jnp.stack([x @ p["w"], -x @ p["w"]], axis=1),
+        params_list=[{"w": np.ones(2)}, {"w": np.array([1.0, 0.5])}],
+        x_test=np.random.default_rng(0).standard_normal((8, 2)),
+        y_test=np.array([0, 1] * 4),
+    )
     base.update(kwargs)
     with pytest.raises((ValueError, TypeError), match=match):
-        compare_models(jax.random.key(0), base.pop("apply_fn"), base.pop("params_list"), base.pop("x_test"),
-                       base.pop("y_test"), **base)
+        compare_models(
+            jax.random.key(0),
+            base.pop("apply_fn"),
+            base.pop("params_list"),
+            base.pop("x_test"),
+            base.pop("y_test"),
+            **base,
+        )
 
 
 # ---------------------------------------------------------------- the command
@@ -363,7 +410,8 @@ def model_module(tmp_path, monkeypatch):
         "import jax.numpy as jnp\n"
         "def apply(p, x):\n"
         "    h = jnp.tanh(x @ p['hidden']['kernel'] + p['hidden']['bias'][None, :])\n"
-        "    return h @ p['out']['kernel'] + p['out']['bias'][None, :]\n")
+        "    return h @ p['out']['kernel'] + p['out']['bias'][None, :]\n"
+    )
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     yield "my_mlp:apply"
@@ -380,12 +428,29 @@ def _parse(argv):
 @pytest.mark.slow  # shares the trained population (about 45 s on 2 loaded cores)
 def test_command_end_to_end(tmp_path, population, model_module, capsys):
     csv_path = tmp_path / "groups.csv"
-    csv_path.write_text("checkpoint,group\n" + "".join(f"{n},{g}\n" for n, g in
-                                                       zip(population["names"], population["groups"])))
+    csv_path.write_text(
+        "checkpoint,group\n" + "".join(f"{n},{g}\n" for n, g in zip(population["names"], population["groups"]))
+    )
     out = tmp_path / "out"
-    args = _parse(["compare", "--model", model_module, "--checkpoints", str(population["dir"]), "--data",
-                   str(population["data"]), "--groups", str(csv_path), "--n-boot", "40", "--sections", "alpha",
-                   "--out", str(out)])
+    args = _parse(
+        [
+            "compare",
+            "--model",
+            model_module,
+            "--checkpoints",
+            str(population["dir"]),
+            "--data",
+            str(population["data"]),
+            "--groups",
+            str(csv_path),
+            "--n-boot",
+            "40",
+            "--sections",
+            "alpha",
+            "--out",
+            str(out),
+        ]
+    )
     assert run(args) == 0
     printed = capsys.readouterr().out
     assert "noisy0" in printed and "report written to" in printed
@@ -404,8 +469,13 @@ def untrained(tmp_path):
     d.mkdir()
     names = ["std0", "std1", "noisy0"]
     for n in names:
-        save_params({"hidden": {"kernel": rng.standard_normal((6, 16)), "bias": np.zeros(16)},
-                     "out": {"kernel": rng.standard_normal((16, 3)), "bias": np.zeros(3)}}, d / f"{n}.npz")
+        save_params(
+            {
+                "hidden": {"kernel": rng.standard_normal((6, 16)), "bias": np.zeros(16)},
+                "out": {"kernel": rng.standard_normal((16, 3)), "bias": np.zeros(3)},
+            },
+            d / f"{n}.npz",
+        )
     data = tmp_path / "data.npz"
     np.savez(data, x_test=rng.standard_normal((20, 6)), y_test=rng.integers(0, 3, 20))
     return {"dir": d, "data": data, "names": names}
@@ -413,8 +483,17 @@ def untrained(tmp_path):
 
 def test_command_failures(tmp_path, untrained, model_module):
     population = untrained
-    base = ["compare", "--model", model_module, "--checkpoints", str(population["dir"]), "--data",
-            str(population["data"]), "--out", str(tmp_path / "o")]
+    base = [
+        "compare",
+        "--model",
+        model_module,
+        "--checkpoints",
+        str(population["dir"]),
+        "--data",
+        str(population["data"]),
+        "--out",
+        str(tmp_path / "o"),
+    ]
 
     def fails(extra, exc, match, replace=None):
         argv = list(base)
@@ -436,10 +515,20 @@ def test_command_failures(tmp_path, untrained, model_module):
     fails(["--reference", "standard"], ValueError, "--groups is needed")
     bad = tmp_path / "bad"
     bad.mkdir()
-    save_params({"hidden": {"kernel": np.ones((6, 16)), "bias": np.ones(16)},
-                 "out": {"kernel": np.ones((16, 3)), "bias": np.ones(3)}}, bad / "a.npz")
-    save_params({"hidden": {"kernel": np.ones((6, 8)), "bias": np.ones(8)},
-                 "out": {"kernel": np.ones((8, 3)), "bias": np.ones(3)}}, bad / "b.npz")
+    save_params(
+        {
+            "hidden": {"kernel": np.ones((6, 16)), "bias": np.ones(16)},
+            "out": {"kernel": np.ones((16, 3)), "bias": np.ones(3)},
+        },
+        bad / "a.npz",
+    )
+    save_params(
+        {
+            "hidden": {"kernel": np.ones((6, 8)), "bias": np.ones(8)},
+            "out": {"kernel": np.ones((8, 3)), "bias": np.ones(3)},
+        },
+        bad / "b.npz",
+    )
     fails([], ValueError, r"b\.npz: parameter 'hidden/bias' has shape", {"--checkpoints": str(bad)})
     (tmp_path / "out_file").write_text("")
     fails([], ValueError, "--out must be a directory", {"--out": str(tmp_path / "out_file")})
@@ -457,8 +546,19 @@ def test_cli_main_exit_2_one_line(tmp_path, untrained, model_module, capsys):
         pytest.skip("the compare sub-command is not wired into jaxcompare.cli yet")
     from jaxcompare.cli import main
 
-    rc = main(["compare", "--model", model_module, "--checkpoints", str(population["dir"]), "--data",
-               str(tmp_path / "none.npz"), "--out", str(tmp_path / "o")])
+    rc = main(
+        [
+            "compare",
+            "--model",
+            model_module,
+            "--checkpoints",
+            str(population["dir"]),
+            "--data",
+            str(tmp_path / "none.npz"),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("jaxcompare compare: error:")
 
@@ -495,8 +595,9 @@ def test_spectra_section_with_analysable_layers(tmp_path):
     ps = [{"w": rng.standard_normal((40, 12))} for _ in range(2)]
     x = rng.standard_normal((30, 40))
     y = rng.integers(0, 12, 30)
-    res = compare_models(jax.random.key(0), lambda p, x: x @ p["w"], ps, x, y, sections=("spectra",),
-                         progress_bar=False)
+    res = compare_models(
+        jax.random.key(0), lambda p, x: x @ p["w"], ps, x, y, sections=("spectra",), progress_bar=False
+    )
     assert res.skipped == {} and set(res.spectra) == {"model 0", "model 1"}
     layer = res.spectra["model 0"]["layers"][0]
     assert layer["path"] == "w" and layer["n"] == 40 and layer["m"] == 12

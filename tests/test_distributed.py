@@ -5,6 +5,7 @@ README's multi-host recipe) in 2 subprocesses, each bounded by a 120 s timeout.
 Oracles: the float64 forward-mode Jacobian kernels of ntk_models (independent of the package) for ``sharded``
 (close), and a one-process ``kernel_to_disk`` run in this process for the shared-path stores (bit-identical).
 """
+
 import json
 import os
 import socket
@@ -31,8 +32,11 @@ def _has_gloo() -> bool:
     return hasattr(getattr(lib, "_jax", None), "make_gloo_tcp_collectives")
 
 
-needs_gloo = pytest.mark.skipif(not _has_gloo(), reason="this jaxlib has no gloo CPU collectives "
-                                "(jax_cpu_collectives_implementation='gloo'), needed for jax.distributed on CPU")
+needs_gloo = pytest.mark.skipif(
+    not _has_gloo(),
+    reason="this jaxlib has no gloo CPU collectives "
+    "(jax_cpu_collectives_implementation='gloo'), needed for jax.distributed on CPU",
+)
 
 
 def _free_port() -> int:
@@ -42,13 +46,24 @@ def _free_port() -> int:
 
 
 def _run_job(mode: str, outdir: Path, nproc: int = 2) -> None:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
-               JAX_PLATFORMS="cpu", JAXCOMPARE_PROGRESS="0")
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+        JAX_PLATFORMS="cpu",
+        JAXCOMPARE_PROGRESS="0",
+    )
     env.pop("XLA_FLAGS", None)
     port = str(_free_port())
-    procs = [subprocess.Popen([sys.executable, str(HERE / "_distributed_worker.py"), mode, str(i), str(nproc), port,
-                               str(outdir)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(nproc)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(HERE / "_distributed_worker.py"), mode, str(i), str(nproc), port, str(outdir)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(nproc)
+    ]
     logs = []
     try:
         for p in procs:
@@ -75,8 +90,12 @@ def test_sharded_two_processes(tmp_path):
     f, p, x, x2 = _data()
     o11, o12 = oracle_kernels(f, p, x, x), oracle_kernels(f, p, x, x2)
     proj = jc.random_projection(jax.random.key(3), 64)
-    want = dict(trntk=o11["trntk"], trntk_x2=o12["trntk"], full=o11["full"],
-                projected=np.asarray(jc.trace_ntk(f, projection=proj)(p, x)))  # one-process run (projection)
+    want = dict(
+        trntk=o11["trntk"],
+        trntk_x2=o12["trntk"],
+        full=o11["full"],
+        projected=np.asarray(jc.trace_ntk(f, projection=proj)(p, x)),
+    )  # one-process run (projection)
     for pid in (0, 1):
         got = np.load(tmp_path / f"sharded.{pid}.npz")
         for name, w in want.items():
@@ -125,16 +144,17 @@ def test_array_job_without_runtime(tmp_path):
     mm = np.load(store / "kernel.npy", mmap_mode="r+")
     for t in s1:
         i, j = pairs[t]
-        mm[3 * i:3 * i + 3, 3 * j:3 * j + 3] = 0
-        mm[3 * j:3 * j + 3, 3 * i:3 * i + 3] = 0
+        mm[3 * i : 3 * i + 3, 3 * j : 3 * j + 3] = 0
+        mm[3 * j : 3 * j + 3, 3 * i : 3 * i + 3] = 0
     mm.flush()
     del mm
     with pytest.warns(RuntimeWarning, match="not written yet"):
         jc.kernel_to_disk(k, p, x, path=store, block_size=3, progress_bar=False, process_index=0, process_count=2)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        again = jc.kernel_to_disk(k, p, x, path=store, block_size=3, progress_bar=False, process_index=1,
-                                  process_count=2)
+        again = jc.kernel_to_disk(
+            k, p, x, path=store, block_size=3, progress_bar=False, process_index=1, process_count=2
+        )
     assert np.array_equal(again, one) and _share(tmp_path, 1) == s1
     assert set(json.loads((store / "state.1.json").read_text())["done"]) == s1
     with pytest.raises(ValueError, match="process_index and process_count go together"):

@@ -4,6 +4,7 @@ The examples see ``jax``, ``jnp``, ``np``, ``jc`` (``jaxcompare``) and the subpa
 ``ntk``, ``surrogate``, ``trimming``, ``metrics``, ``spectra``); anything else they import themselves. They run in a
 temporary working directory, under the suite's settings (float64 enabled, strict rank promotion).
 """
+
 import doctest
 import importlib
 import pkgutil

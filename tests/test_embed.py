@@ -1,4 +1,5 @@
 """jaxcompare.embed transforms: PCA, LDA, chain, randomized SVD (oracles: scikit-learn, NumPy/SciPy in float64)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -163,8 +164,9 @@ def test_randomized_svd_matches_numpy():
     u, s_ref, vt = np.linalg.svd(A, full_matrices=False)
     np.testing.assert_allclose(sk_, s_ref[:6], rtol=1e-8)
     np.testing.assert_allclose(np.abs(np.sum(np.asarray(Vtk) * vt[:6], axis=1)), 1.0, atol=1e-8)
-    np.testing.assert_allclose((np.asarray(Uk) * np.asarray(sk_)) @ np.asarray(Vtk), (u[:, :6] * s_ref[:6]) @ vt[:6],
-                               atol=1e-10)
+    np.testing.assert_allclose(
+        (np.asarray(Uk) * np.asarray(sk_)) @ np.asarray(Vtk), (u[:, :6] * s_ref[:6]) @ vt[:6], atol=1e-10
+    )
     with pytest.raises(ValueError, match="k must be <="):
         embed.randomized_svd(jax.random.key(0), A, 121)
 

@@ -1,4 +1,5 @@
 """jaxcompare.embed loaders, demo data, figures and report section."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -132,8 +133,14 @@ def test_plots_return_figures():
 @pytest.mark.slow
 def test_report_section(tmp_path):
     demo = embed.make_demo_embeddings(jax.random.key(0), n_per_source=60, dim=8)
-    md = embed.microscope_report(demo.embeddings, demo.labels, key=jax.random.key(1), names=demo.names,
-                                 figure_path=tmp_path / "m.png", n_permutations=49)
+    md = embed.microscope_report(
+        demo.embeddings,
+        demo.labels,
+        key=jax.random.key(1),
+        names=demo.names,
+        figure_path=tmp_path / "m.png",
+        n_permutations=49,
+    )
     assert md.startswith("## Embedding microscope")
     assert "original vs noised" in md and "(m.png)" in md
     assert (tmp_path / "m.png").stat().st_size > 0

@@ -1,4 +1,5 @@
 """jaxcompare.embed statistics: separability, two-sample tests, extremes (oracles: scikit-learn, SciPy, NumPy)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -114,8 +115,9 @@ def _naive_mmd2(a, b, sigma):
     k = lambda u, v: np.exp(-cdist(u, v, "sqeuclidean") / (2 * sigma**2))  # noqa: E731
     na, nb = len(a), len(b)
     kaa, kbb, kab = k(a, a), k(b, b), k(a, b)
-    return ((kaa.sum() - np.trace(kaa)) / (na * (na - 1)) + (kbb.sum() - np.trace(kbb)) / (nb * (nb - 1))
-            - 2 * kab.mean())
+    return (
+        (kaa.sum() - np.trace(kaa)) / (na * (na - 1)) + (kbb.sum() - np.trace(kbb)) / (nb * (nb - 1)) - 2 * kab.mean()
+    )
 
 
 def test_mmd2_matches_naive_float64():
@@ -253,8 +255,11 @@ def _mmd2_naive(a, b, sigma):
     k = lambda x, y: np.exp(-cdist(x, y, "sqeuclidean") / (2 * sigma**2))  # noqa: E731
     na, nb = len(a), len(b)
     kaa, kbb = k(a, a), k(b, b)
-    return ((kaa.sum() - np.trace(kaa)) / (na * (na - 1)) + (kbb.sum() - np.trace(kbb)) / (nb * (nb - 1))
-            - 2 * k(a, b).mean())
+    return (
+        (kaa.sum() - np.trace(kaa)) / (na * (na - 1))
+        + (kbb.sum() - np.trace(kbb)) / (nb * (nb - 1))
+        - 2 * k(a, b).mean()
+    )
 
 
 def test_duplicate_rows_never_give_a_false_significant_difference():

@@ -1,5 +1,6 @@
 """Tests of the jaxcompare.lwr simulator against independent float64 NumPy oracles (closed-form gradients, Jacobian
 Grams by autodiff, LAPACK eigenvalues, Adam written out by hand)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -134,8 +135,9 @@ def test_gd_steps_match_numpy_gradient_and_history(small):
     np.testing.assert_allclose(np.asarray(res.losses), losses, rtol=1e-10)
     H = res.history
     np.testing.assert_array_equal(np.asarray(H.step), [0, 2, 3])
-    np.testing.assert_allclose(np.asarray(H.eig_weights[-1]), np.linalg.eigvalsh(Wn.T @ Wn / 24)[::-1], rtol=1e-9,
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        np.asarray(H.eig_weights[-1]), np.linalg.eigvalsh(Wn.T @ Wn / 24)[::-1], rtol=1e-9, atol=1e-12
+    )
     U, f = _np_forward(Wn, v, X)
     Fp = (1 - np.tanh(U) ** 2) * v
     ntk = (X @ X.T / 16) * (Fp @ Fp.T) / 24 + np.tanh(U) @ np.tanh(U).T / 24
@@ -197,15 +199,15 @@ def test_vmap_over_keys_equals_loop_and_float32_kept():
         one = run(keys[i])
         assert one.params.W.dtype == jnp.float32 and one.history.eig_weights.dtype == jnp.float32
         np.testing.assert_allclose(np.asarray(batched.params.W[i]), np.asarray(one.params.W), rtol=2e-5, atol=1e-6)
-        np.testing.assert_allclose(np.asarray(batched.history.eig_ck[i]), np.asarray(one.history.eig_ck),
-                                   rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            np.asarray(batched.history.eig_ck[i]), np.asarray(one.history.eig_ck), rtol=1e-4, atol=1e-5
+        )
     # same key, same result; different keys, different minibatches
     np.testing.assert_array_equal(np.asarray(run(keys[0]).params.W), np.asarray(run(keys[0]).params.W))
     assert not np.allclose(np.asarray(batched.params.W[0]), np.asarray(batched.params.W[1]))
 
 
-@pytest.mark.parametrize("optimizer, batch_size, train_v", [("gd", None, False), ("sgd", 8, False),
-                                                            ("adam", 16, True)])
+@pytest.mark.parametrize("optimizer, batch_size, train_v", [("gd", None, False), ("sgd", 8, False), ("adam", 16, True)])
 def test_resume_equals_one_long_run(optimizer, batch_size, train_v):
     # Oracle: one uninterrupted run. Split runs must continue the optimizer state and the minibatch stream exactly.
     cfg = lwr.LWRConfig(n=48, d=16, h=24, train_v=train_v, dtype="float64")
@@ -237,8 +239,9 @@ def test_resume_vmapped_over_seeds_and_bad_input(small):
 
     def run(k, steps, resume=None):
         p = lwr.init_params(jax.random.fold_in(k, 1), cfg)
-        return lwr.train(k, p, data, cfg, optimizer="sgd", batch_size=8, lr=2.0, steps=steps, record_every=3,
-                         resume=resume)
+        return lwr.train(
+            k, p, data, cfg, optimizer="sgd", batch_size=8, lr=2.0, steps=steps, record_every=3, resume=resume
+        )
 
     full = jax.vmap(lambda k: run(k, 12))(keys)
     a = jax.vmap(lambda k: run(k, 6))(keys)
@@ -267,8 +270,9 @@ def test_eig_backends_agree(small):
     a = lwr.train(jax.random.key(0), p, data, CFG64, lr=3.0, steps=2, eig_backend="lapack")
     b = lwr.train(jax.random.key(0), p, data, CFG64, lr=3.0, steps=2, eig_backend="jax")
     for name in ("eig_weights", "eig_ck", "eig_ntk", "align"):
-        np.testing.assert_allclose(np.asarray(getattr(a.history, name)), np.asarray(getattr(b.history, name)),
-                                   rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(
+            np.asarray(getattr(a.history, name)), np.asarray(getattr(b.history, name)), rtol=1e-9, atol=1e-12
+        )
 
 
 def test_divergence_is_flagged_with_step_and_bound():
@@ -341,8 +345,9 @@ def test_several_planted_directions_recorded():
     assert res.history.align.shape == (2, 2, 2)
     W = np.asarray(res.params.W)
     vecs = np.linalg.eigh(W.T @ W)[1][:, ::-1][:, :2]
-    np.testing.assert_allclose(np.asarray(res.history.align[-1]), np.abs(vecs.T @ np.asarray(data.beta).T),
-                               rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(
+        np.asarray(res.history.align[-1]), np.abs(vecs.T @ np.asarray(data.beta).T), rtol=1e-8, atol=1e-12
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- issue 15 / 13
@@ -371,8 +376,9 @@ def test_huge_learning_rate_raises_floating_point_error_not_lapack():
     data, p = lwr.sample_data(jax.random.key(0), cfg), lwr.init_params(jax.random.key(1), cfg)
     with pytest.raises(FloatingPointError, match="training diverged"):
         lwr.train(jax.random.key(2), p, data, cfg, lr=1e30, steps=3, record_every=1, eig_backend="lapack")
-    res = lwr.train(jax.random.key(2), p, data, cfg, lr=1e30, steps=3, record_every=1, eig_backend="lapack",
-                    throw=False)
+    res = lwr.train(
+        jax.random.key(2), p, data, cfg, lr=1e30, steps=3, record_every=1, eig_backend="lapack", throw=False
+    )
     assert int(res.result) in (3, 4) and int(res.first_bad_step) == 1
     assert np.all(np.isfinite(np.asarray(res.history.eig_weights)))  # recorded from the frozen parameters
 
@@ -387,6 +393,7 @@ def test_result_survives_chunks_resume_and_concat():
     a = lwr.train(jax.random.key(2), p, data, cfg, lr=1.0, steps=3, spectra=False)
     b = lwr.train(jax.random.key(2), p, data, cfg, lr=1.0, steps=3, spectra=False, resume=a)
     assert int(lwr.concat_results(a, b).result) == 0
-    vm = jax.vmap(lambda lr: lwr.train(jax.random.key(2), p, data, cfg, lr=lr, steps=5, spectra=False,
-                                       throw=False).result)(jnp.array([1.0, 1e6]))
+    vm = jax.vmap(
+        lambda lr: lwr.train(jax.random.key(2), p, data, cfg, lr=lr, steps=5, spectra=False, throw=False).result
+    )(jnp.array([1.0, 1e6]))
     assert vm.tolist() == [0, 3]

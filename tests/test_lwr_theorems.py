@@ -2,6 +2,7 @@
 
 Each check runs at one fixed seed (so the suite is deterministic); for each assertion the comment gives the margin
 relative to the spread seen across seeds, i.e. the false-failure probability for a random seed."""
+
 import dataclasses
 
 import jax

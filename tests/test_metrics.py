@@ -1,4 +1,5 @@
 """Metrics against scikit-learn / SciPy / direct NumPy oracles (float64), plus jit/vmap/dtype and bad input."""
+
 from __future__ import annotations
 
 import jax
@@ -39,8 +40,9 @@ def test_accuracy_matches_sklearn():
     assert jc.accuracy(p32, y).dtype == jnp.float32
     # vmap over models == loop
     ps = np.stack([_probs(rng, 300, 4) for _ in range(3)])
-    np.testing.assert_allclose(np.asarray(jax.vmap(jc.accuracy, in_axes=(0, None))(ps, y)),
-                               [np.mean(q.argmax(1) == y) for q in ps], atol=1e-15)
+    np.testing.assert_allclose(
+        np.asarray(jax.vmap(jc.accuracy, in_axes=(0, None))(ps, y)), [np.mean(q.argmax(1) == y) for q in ps], atol=1e-15
+    )
 
 
 def test_churn_rejects_scores_of_different_class_counts():
@@ -156,7 +158,8 @@ def test_ece_jit_vmap_dtype():
     loop = [ece_oracle(q, y) for q in ps]
     np.testing.assert_allclose(np.asarray(jax.vmap(lambda q: jc.ece(q, y))(ps)), loop, atol=1e-13)
     assert float(jax.jit(lambda q: jc.ece(q, y, binning="quantile"))(ps[0])) == pytest.approx(
-        ece_oracle(ps[0], y, 15, "quantile"), abs=1e-13)
+        ece_oracle(ps[0], y, 15, "quantile"), abs=1e-13
+    )
     e32 = jc.ece(ps[0].astype(np.float32), y)
     assert e32.dtype == jnp.float32 and float(e32) == pytest.approx(loop[0], abs=1e-5)
 

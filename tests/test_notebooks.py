@@ -1,4 +1,5 @@
 """Every notebook in notebooks/ runs top to bottom (small sizes), executed with nbclient in a fresh kernel."""
+
 import glob
 import os
 
@@ -15,8 +16,9 @@ def test_notebook_runs(path, tmp_path):
     nb = nbformat.read(path, as_version=4)
     os.environ.setdefault("JAXCOMPARE_PROGRESS", "0")
     os.environ.setdefault("MPLBACKEND", "Agg")
-    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                                     resources={"metadata": {"path": str(tmp_path)}})
+    client = nbclient.NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
     client.execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors, errors

@@ -1,22 +1,23 @@
 """The NTK family against an independent float64 forward-mode flattened-Jacobian oracle; all implementations
 against each other (conformance suite); transforms (batched, jit, vmap); validation."""
+
 import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from ntk_models import flax_cnn, mlp, oracle_kernels, shared_weight
 
 import jaxcompare as jc
 from jaxcompare.ntk._implementations import IMPLEMENTATIONS
-
-from ntk_models import flax_cnn, mlp, oracle_kernels, shared_weight
 
 IMPLS = sorted(IMPLEMENTATIONS)  # every registered implementation is held to the same oracle
 TOL64 = dict(rtol=1e-10, atol=1e-10)
 
 
-def _model(name, key=jax.random.key(0)):
+def _model(name, key=None):
+    key = jax.random.key(0) if key is None else key
     if name == "mlp":
         f, p = mlp(key)
         x1 = jax.random.normal(jax.random.key(1), (7, 5))
@@ -45,13 +46,13 @@ def case(request):
 def test_kernels_match_oracle(case, impl):
     f, p, x1, x2, o12, o11 = case
     np.testing.assert_allclose(jc.empirical_ntk(f, implementation=impl)(p, x1, x2), o12["full"], **TOL64)
-    np.testing.assert_allclose(jc.trace_ntk(f, normalize=False, implementation=impl)(p, x1, x2), o12["trntk0"],
-                               **TOL64)
+    np.testing.assert_allclose(jc.trace_ntk(f, normalize=False, implementation=impl)(p, x1, x2), o12["trntk0"], **TOL64)
     np.testing.assert_allclose(jc.trace_ntk(f, implementation=impl)(p, x1, x2), o12["trntk"], **TOL64)
     np.testing.assert_allclose(jc.trace_ntk(f, implementation=impl)(p, x1), o11["trntk"], **TOL64)
     np.testing.assert_allclose(jc.pseudo_ntk(f, implementation=impl)(p, x1, x2), o12["pntk"], **TOL64)
-    np.testing.assert_allclose(jc.pseudo_ntk(f, normalize=True, implementation=impl)(p, x1, x2),
-                               o12["pntk_norm"], **TOL64)
+    np.testing.assert_allclose(
+        jc.pseudo_ntk(f, normalize=True, implementation=impl)(p, x1, x2), o12["pntk_norm"], **TOL64
+    )
 
 
 def test_trace_is_sum_and_pseudo_is_mean_of_blocks(case):
@@ -65,8 +66,11 @@ def test_trace_is_sum_and_pseudo_is_mean_of_blocks(case):
 @pytest.mark.parametrize("impl", IMPLS)
 def test_x2_none_equals_x1_symmetric_psd_unit_diagonal(impl):
     f, p, x1, _ = _model("mlp")
-    for k in (jc.trace_ntk(f, implementation=impl), jc.trace_ntk(f, normalize=False, implementation=impl),
-              jc.pseudo_ntk(f, implementation=impl)):
+    for k in (
+        jc.trace_ntk(f, implementation=impl),
+        jc.trace_ntk(f, normalize=False, implementation=impl),
+        jc.pseudo_ntk(f, implementation=impl),
+    ):
         a = np.asarray(k(p, x1))
         np.testing.assert_allclose(a, k(p, x1, x1), **TOL64)
         np.testing.assert_allclose(a, a.T, **TOL64)
@@ -83,8 +87,12 @@ def test_x2_none_equals_x1_symmetric_psd_unit_diagonal(impl):
 @pytest.mark.parametrize("kind", ["trntk", "trntk0", "pntk", "entk"])
 def test_batched_equals_unbatched(kind, block):
     f, p, x1, x2 = _model("mlp")
-    k = {"trntk": jc.trace_ntk(f), "trntk0": jc.trace_ntk(f, normalize=False), "pntk": jc.pseudo_ntk(f),
-         "entk": jc.empirical_ntk(f)}[kind]
+    k = {
+        "trntk": jc.trace_ntk(f),
+        "trntk0": jc.trace_ntk(f, normalize=False),
+        "pntk": jc.pseudo_ntk(f),
+        "entk": jc.empirical_ntk(f),
+    }[kind]
     b = jc.batched(k, block_size=block, progress_bar=False)
     for args in ((p, x1), (p, x1, x2), (p, x2, x1)):
         ref = np.asarray(k(*args))
@@ -110,7 +118,7 @@ def test_jit_equals_eager_and_vmap_over_seeds(impl):
     k = jc.trace_ntk(f, implementation=impl)
     np.testing.assert_allclose(jax.jit(k)(mlp(keys[0])[1], x1, x2), k(mlp(keys[0])[1], x1, x2), **TOL64)
     vm = jax.vmap(k, in_axes=(0, None, None))(stacked, x1, x2)
-    loop = np.stack([k(jax.tree_util.tree_map(lambda l: l[i], stacked), x1, x2) for i in range(3)])
+    loop = np.stack([k(jax.tree_util.tree_map(lambda l: l[i], stacked), x1, x2) for i in range(3)])  # noqa: B023
     np.testing.assert_allclose(vm, loop, **TOL64)
 
 
@@ -137,10 +145,11 @@ def test_projection_unbiased_and_error_shrinks_like_inverse_sqrt_dim():
     f, p, x1, x2 = _model("mlp")
     exact = np.asarray(jc.trace_ntk(f, normalize=False)(p, x1, x2))
     for kind in ("rademacher", "gaussian"):
+
         def mse(dim, n):
             errs = []
             for s in range(n):
-                proj = jc.random_projection(jax.random.key(100 + s), dim, kind)
+                proj = jc.random_projection(jax.random.key(100 + s), dim, kind)  # noqa: B023
                 errs.append(np.asarray(jc.trace_ntk(f, normalize=False, projection=proj)(p, x1, x2)) - exact)
             return np.mean(np.square(errs)), np.mean(errs, axis=0)
 
@@ -148,8 +157,12 @@ def test_projection_unbiased_and_error_shrinks_like_inverse_sqrt_dim():
         m_big, _ = mse(4096, 12)
         assert 1 / 32 < m_big / m_small < 1 / 8, (kind, m_big / m_small)
     # unbiasedness: mean of 64 draws at dim 64 is within 4 standard errors of the exact kernel
-    draws = np.stack([jc.trace_ntk(f, normalize=False, projection=jc.random_projection(jax.random.key(s), 64))(
-        p, x1, x2) for s in range(64)])
+    draws = np.stack(
+        [
+            jc.trace_ntk(f, normalize=False, projection=jc.random_projection(jax.random.key(s), 64))(p, x1, x2)
+            for s in range(64)
+        ]
+    )
     se = draws.std(0) / np.sqrt(64)
     assert np.all(np.abs(draws.mean(0) - exact) < 4 * se + 1e-12)
 
@@ -164,8 +177,11 @@ def test_projection_consistency_and_pseudo():
     np.testing.assert_allclose(ka, jc.trace_ntk(f, projection=a)(p, x1, x2), rtol=0, atol=0)
     np.testing.assert_allclose(np.diag(jc.trace_ntk(f, projection=a)(p, x1)), 1.0, atol=1e-12)
     # batched projected kernel equals unbatched (R is shared across tiles)
-    np.testing.assert_allclose(jc.batched(jc.trace_ntk(f, projection=a), 3, progress_bar=False)(p, x1),
-                               jc.trace_ntk(f, projection=a)(p, x1), **TOL64)
+    np.testing.assert_allclose(
+        jc.batched(jc.trace_ntk(f, projection=a), 3, progress_bar=False)(p, x1),
+        jc.trace_ntk(f, projection=a)(p, x1),
+        **TOL64,
+    )
     exact = np.asarray(jc.pseudo_ntk(f)(p, x1, x2))
     big = jc.pseudo_ntk(f, projection=jc.random_projection(jax.random.key(9), 20000))(p, x1, x2)
     np.testing.assert_allclose(big, exact, atol=0.05 * np.abs(exact).max())
@@ -184,16 +200,20 @@ def test_conjugate_and_embedding_kernels_against_numpy():
     h1, h2 = np.asarray(feats(p, x1)), np.asarray(feats(p, x2))
     np.testing.assert_allclose(jc.conjugate_kernel(feats)(p, x1, x2), h1 @ h2.T, **TOL64)
     n1, n2 = np.linalg.norm(h1, axis=1), np.linalg.norm(h2, axis=1)
-    np.testing.assert_allclose(jc.conjugate_kernel(feats, normalize=True)(p, x1, x2), h1 @ h2.T / np.outer(n1, n2),
-                               **TOL64)
+    np.testing.assert_allclose(
+        jc.conjugate_kernel(feats, normalize=True)(p, x1, x2), h1 @ h2.T / np.outer(n1, n2), **TOL64
+    )
     o1, o2 = np.asarray(f(p, x1)), np.asarray(f(p, x2))
     raw = h1 @ h2.T + o1 @ o2.T
-    d1 = (h1 ** 2).sum(1) + (o1 ** 2).sum(1)
-    d2 = (h2 ** 2).sum(1) + (o2 ** 2).sum(1)
+    d1 = (h1**2).sum(1) + (o1**2).sum(1)
+    d2 = (h2**2).sum(1) + (o2**2).sum(1)
     np.testing.assert_allclose(jc.embedding_kernel(layers)(p, x1, x2), raw / np.sqrt(np.outer(d1, d2)), **TOL64)
     np.testing.assert_allclose(jc.embedding_kernel(layers, normalize=False)(p, x1, x2), raw, **TOL64)
-    np.testing.assert_allclose(jc.batched(jc.embedding_kernel(layers), 2, progress_bar=False)(p, x1),
-                               jc.embedding_kernel(layers)(p, x1), **TOL64)
+    np.testing.assert_allclose(
+        jc.batched(jc.embedding_kernel(layers), 2, progress_bar=False)(p, x1),
+        jc.embedding_kernel(layers)(p, x1),
+        **TOL64,
+    )
 
 
 def test_linen_layers_fn_embedding_kernel():
@@ -250,8 +270,7 @@ def test_zero_gradient_points_give_zero_rows_not_nan():
     f0 = lambda p, x: jnp.tanh(x @ p["W1"]) @ p["W2"]  # no biases: x = 0 has a zero gradient
     _, p = mlp(jax.random.key(0))
     x = jax.random.normal(jax.random.key(1), (4, 5)).at[2].set(0.0)
-    for k in (jc.trace_ntk(f0), jc.pseudo_ntk(f0, normalize=True),
-              jc.batched(jc.trace_ntk(f0), 3, progress_bar=False)):
+    for k in (jc.trace_ntk(f0), jc.pseudo_ntk(f0, normalize=True), jc.batched(jc.trace_ntk(f0), 3, progress_bar=False)):
         with pytest.warns(RuntimeWarning, match="zero"):
             a = np.asarray(k(p, x))
         assert np.all(np.isfinite(a))

@@ -3,6 +3,7 @@ unbiasedness and accuracy against the float64 Jacobian oracle (tests/ntk_models.
 Rademacher projection at equal dimension, the error estimate, block invariance and the resumable on-disk store.
 
 Statistical tests state their false-failure probability (normal approximation of means over independent keys)."""
+
 import json
 
 import jax
@@ -29,8 +30,12 @@ def test_sketch_of_a_vector_matches_a_naive_countsketch():
     s = np.zeros((k, p))
     s[buckets, np.arange(p)] = signs
     v = np.asarray(_x(1, (3, p)), np.float64)
-    np.testing.assert_allclose(np.asarray(_sketch(jnp.asarray(v), jnp.asarray(buckets), jnp.asarray(signs), k)),
-                               v @ s.T, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        np.asarray(_sketch(jnp.asarray(v), jnp.asarray(buckets), jnp.asarray(signs), k)),
+        v @ s.T,
+        rtol=1e-12,
+        atol=1e-12,
+    )
     assert np.all(np.abs(s).sum(0) == 1)  # one nonzero ±1 per column
 
 

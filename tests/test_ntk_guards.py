@@ -2,6 +2,7 @@
 it trusts (model fingerprint, truncated/replaced/edited files, corrupt ledger, concurrent writers, free space);
 weights cast through an integer type have zero gradient (float64 Jacobian oracle); transforms check parameters;
 integer parameters and complex inputs are refused. Also: jc.ntk.explain and the layer analysis on its own."""
+
 import json
 import warnings
 
@@ -9,12 +10,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from ntk_models import mlp, oracle_kernels
 
 import jaxcompare as jc
 from jaxcompare.ntk import _ooc
 from jaxcompare.ntk._structured import analyze
-
-from ntk_models import mlp, oracle_kernels
 
 TOL64 = dict(rtol=1e-10, atol=1e-10)
 
@@ -37,8 +37,9 @@ def test_store_fingerprints_the_model(tmp_path):
     _run(jc.trace_ntk(f), p, x, tmp_path)
     with pytest.raises(ValueError, match="different model"):
         _run(jc.trace_ntk(g), p, x, tmp_path)
-    np.testing.assert_allclose(_run(jc.trace_ntk(g), p, x, tmp_path, overwrite=True),
-                               oracle_kernels(g, p, x, x)["trntk"], **TOL64)
+    np.testing.assert_allclose(
+        _run(jc.trace_ntk(g), p, x, tmp_path, overwrite=True), oracle_kernels(g, p, x, x)["trntk"], **TOL64
+    )
 
 
 def test_store_detects_truncated_replaced_and_edited_files(tmp_path):
@@ -74,8 +75,7 @@ def test_store_corrupt_ledger_lock_and_disk_space(tmp_path, monkeypatch):
     (tmp_path / "state.json").write_text("{not json")
     with pytest.raises(ValueError, match="overwrite=True"):
         _run(k, p, x, tmp_path)
-    np.testing.assert_allclose(_run(k, p, x, tmp_path, overwrite=True), oracle_kernels(f, p, x, x)["trntk0"],
-                               **TOL64)
+    np.testing.assert_allclose(_run(k, p, x, tmp_path, overwrite=True), oracle_kernels(f, p, x, x)["trntk0"], **TOL64)
     assert json.loads((tmp_path / "state.json").read_text())["done"] == list(range(6))
     import fcntl
 
@@ -124,8 +124,9 @@ def test_integer_cast_weight_has_zero_gradient():
     x2 = jax.random.normal(jax.random.key(2), (3, 5))
     o = oracle_kernels(f, p, x1, x2)
     for impl in ("structured", "auto", "jacobian"):
-        np.testing.assert_allclose(jc.trace_ntk(f, normalize=False, implementation=impl)(p, x1, x2), o["trntk0"],
-                                   **TOL64)
+        np.testing.assert_allclose(
+            jc.trace_ntk(f, normalize=False, implementation=impl)(p, x1, x2), o["trntk0"], **TOL64
+        )
         np.testing.assert_allclose(jc.empirical_ntk(f, implementation=impl)(p, x1, x2), o["full"], **TOL64)
     plan = analyze(f, p, (5,), x1.dtype)
     assert "integer" in plan.reasons[0] and 0 in plan.fallback
@@ -133,21 +134,33 @@ def test_integer_cast_weight_has_zero_gradient():
 
 def test_layer_analysis_reasons():
     """The analysis alone, on hand-written models whose classification is known."""
-    p = {"a": jnp.ones((3, 4)), "b": jnp.ones(4), "e": jnp.ones((4, 4)), "s": jnp.ones(4), "u": jnp.ones(2),
-         "z": jnp.ones(2, jnp.int32)}
+    p = {
+        "a": jnp.ones((3, 4)),
+        "b": jnp.ones(4),
+        "e": jnp.ones((4, 4)),
+        "s": jnp.ones(4),
+        "u": jnp.ones(2),
+        "z": jnp.ones(2, jnp.int32),
+    }
 
     def f(q, x):
-        h = jnp.tanh(x @ q["a"] + q["b"][None, :])      # dense + fused bias
-        h = h * q["s"][None, :]                           # elementwise scale: fallback
-        return (h @ q["e"]) @ q["e"][:, :2]              # shared weight: fallback; u, z unused
+        h = jnp.tanh(x @ q["a"] + q["b"][None, :])  # dense + fused bias
+        h = h * q["s"][None, :]  # elementwise scale: fallback
+        return (h @ q["e"]) @ q["e"][:, :2]  # shared weight: fallback; u, z unused
 
     r = dict(zip(sorted(p), analyze(f, p, (3,), jnp.float64).reasons))
     assert r["a"].startswith("structured: dense") and r["b"].startswith("structured: bias")
     assert r["e"].startswith("fallback: used 2 times") and r["s"].startswith("fallback: used by mul")
     assert r["u"].startswith("none: not used") and r["z"].startswith("none: dtype int32")
     e = jc.ntk.explain(f, dict(p, z=jnp.ones(2)), jnp.ones((2, 3)))
-    assert e.auto == "structured" and [row[2] for row in e.leaves] == ["structured", "structured", "fallback",
-                                                                        "fallback", "none", "none"]
+    assert e.auto == "structured" and [row[2] for row in e.leaves] == [
+        "structured",
+        "structured",
+        "fallback",
+        "fallback",
+        "none",
+        "none",
+    ]
 
 
 def test_auto_choice_is_cached(monkeypatch):

@@ -1,5 +1,6 @@
 """jc.kernel_to_disk: equals the in-memory kernel (oracle: float64 forward-mode Jacobians / the kernel function
 itself), resumes after a SIGKILL to the bit-identical kernel, refuses to resume with different inputs."""
+
 import json
 import os
 import signal
@@ -42,14 +43,16 @@ def test_matches_in_memory_kernels(tmp_path):
 
     # a projected kernel (its record holds a key: compared by identity, not hashed)
     kp = jc.trace_ntk(f, projection=jc.random_projection(jax.random.key(3), 64))
-    np.testing.assert_allclose(jc.kernel_to_disk(kp, p, x1, path=tmp_path / "p", block_size=4, progress_bar=False),
-                               kp(p, x1), **TOL64)
+    np.testing.assert_allclose(
+        jc.kernel_to_disk(kp, p, x1, path=tmp_path / "p", block_size=4, progress_bar=False), kp(p, x1), **TOL64
+    )
 
     def rbf(q, a, b=None):  # a user's kernel without a spec
         return jnp.exp(-q * jnp.sum((a[:, None] - (a if b is None else b)[None]) ** 2, -1))
 
-    np.testing.assert_allclose(jc.kernel_to_disk(rbf, 0.3, x1, path=tmp_path / "d", block_size=5,
-                                                 progress_bar=False), rbf(0.3, x1), **TOL64)
+    np.testing.assert_allclose(
+        jc.kernel_to_disk(rbf, 0.3, x1, path=tmp_path / "d", block_size=5, progress_bar=False), rbf(0.3, x1), **TOL64
+    )
 
 
 def test_refuses_other_inputs_and_reopens_finished_run(tmp_path):
@@ -65,8 +68,9 @@ def test_refuses_other_inputs_and_reopens_finished_run(tmp_path):
         jc.kernel_to_disk(k, p, x1, path=tmp_path, block_size=3)
     with pytest.raises(ValueError, match="different inputs"):
         jc.kernel_to_disk(jc.pseudo_ntk(f), p, x1, path=tmp_path, block_size=4)
-    c = jc.kernel_to_disk(jc.trace_ntk(f, normalize=False), p, x1, path=tmp_path, block_size=4, overwrite=True,
-                          progress_bar=False)
+    c = jc.kernel_to_disk(
+        jc.trace_ntk(f, normalize=False), p, x1, path=tmp_path, block_size=4, overwrite=True, progress_bar=False
+    )
     np.testing.assert_allclose(c, oracle_kernels(f, p, x1, x1)["trntk0"], **TOL64)
     with pytest.raises(ValueError, match="block_size must be >= 1"):
         jc.kernel_to_disk(k, p, x1, path=tmp_path / "z", block_size=0)
@@ -107,10 +111,14 @@ def test_killed_run_resumes_to_identical_kernel(tmp_path):
     script = tmp_path / "child.py"
     script.write_text(_CHILD)
     run = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
-               JAXCOMPARE_PROGRESS="0")
-    child = subprocess.Popen([sys.executable, str(script), str(run)], env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE)
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+        JAXCOMPARE_PROGRESS="0",
+    )
+    child = subprocess.Popen(
+        [sys.executable, str(script), str(run)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     n_total = 55  # 10 blocks of 4 -> 55 tiles on and above the diagonal
     done = []
     deadline = time.time() + 300
@@ -126,8 +134,9 @@ def test_killed_run_resumes_to_identical_kernel(tmp_path):
             if child.poll() is not None:
                 break
             time.sleep(0.05)
-        assert child.poll() is None, "the child finished or died before it could be killed: " + \
-            child.stderr.read().decode()[-2000:]
+        assert child.poll() is None, (
+            "the child finished or died before it could be killed: " + child.stderr.read().decode()[-2000:]
+        )
         os.kill(child.pid, signal.SIGKILL)
     finally:
         child.wait(timeout=60)
@@ -137,8 +146,9 @@ def test_killed_run_resumes_to_identical_kernel(tmp_path):
     x = jax.random.normal(jax.random.key(1), (40, 5))
     resumed = np.array(jc.kernel_to_disk(jc.trace_ntk(f), p, x, path=run, block_size=4, progress_bar=False))
     assert len(json.loads((run / "state.json").read_text())["done"]) == n_total
-    fresh = np.array(jc.kernel_to_disk(jc.trace_ntk(f), p, x, path=tmp_path / "fresh", block_size=4,
-                                       progress_bar=False))
+    fresh = np.array(
+        jc.kernel_to_disk(jc.trace_ntk(f), p, x, path=tmp_path / "fresh", block_size=4, progress_bar=False)
+    )
     assert np.array_equal(resumed, fresh)
     np.testing.assert_allclose(resumed, oracle_kernels(f, p, x, x)["trntk"], **TOL64)
 
@@ -151,8 +161,9 @@ def test_progress_counts_resumed_tiles_and_norms_durable(tmp_path, monkeypatch):
     f, p, x1, _ = _data(11)
     k = jc.trace_ntk(f)
     want = oracle_kernels(f, p, x1, x1)["trntk"]
-    np.testing.assert_allclose(jc.kernel_to_disk(k, p, x1, path=tmp_path, block_size=4, durable=True,
-                                                 progress_bar=False), want, **TOL64)
+    np.testing.assert_allclose(
+        jc.kernel_to_disk(k, p, x1, path=tmp_path, block_size=4, durable=True, progress_bar=False), want, **TOL64
+    )
     state = json.loads((tmp_path / "state.json").read_text())
     state["done"] = [1, 3, 5]  # tiles 0, 2, 4 "not yet written"
     (tmp_path / "state.json").write_text(json.dumps(state))

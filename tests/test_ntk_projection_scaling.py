@@ -2,14 +2,14 @@
 
 Oracles: the exact float64 kernels (forward-mode Jacobians, ntk_models.oracle_kernels). Statistical tests use
 t-statistics of the mean over independent keys; thresholds and false-failure probabilities are stated per test."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from ntk_models import mlp, oracle_kernels
 
 import jaxcompare as jc
-
-from ntk_models import mlp, oracle_kernels
 
 TOL64 = dict(rtol=1e-10, atol=1e-10)
 
@@ -90,8 +90,12 @@ def test_kronecker_fallback_leaves_projected_densely():
     exact = oracle_kernels(f, p, x1, x2)["trntk0"]
     proj = jc.kronecker_projection(jax.random.key(0), 3, 2)
     assert proj.feature_dim(f, p, x1) == 3 * 2 + 6  # V: 3×2 factored; W (36 entries) -> 6 dense rows
-    draws = np.stack([jc.trace_ntk(f, normalize=False, projection=jc.kronecker_projection(jax.random.key(i), 3, 2))(
-        p, x1, x2) for i in range(40)])
+    draws = np.stack(
+        [
+            jc.trace_ntk(f, normalize=False, projection=jc.kronecker_projection(jax.random.key(i), 3, 2))(p, x1, x2)
+            for i in range(40)
+        ]
+    )
     t = np.abs(draws.mean(0) - exact) / (draws.std(0, ddof=1) / np.sqrt(40))
     assert t.max() < 5, t.max()
 
@@ -101,8 +105,9 @@ def test_sparse_sketch_chunking_dtype_and_validation():
     f, p, x1, x2 = _mlp_data()
     a = jc.random_projection(jax.random.key(5), 50, "sparse", nnz=3, chunk_size=2)
     b = jc.random_projection(jax.random.key(5), 50, "sparse", nnz=3, chunk_size=6)
-    np.testing.assert_allclose(jc.trace_ntk(f, projection=a)(p, x1, x2), jc.trace_ntk(f, projection=b)(p, x1, x2),
-                               **TOL64)
+    np.testing.assert_allclose(
+        jc.trace_ntk(f, projection=a)(p, x1, x2), jc.trace_ntk(f, projection=b)(p, x1, x2), **TOL64
+    )
     p32 = jax.tree_util.tree_map(lambda l: l.astype(jnp.float32), p)
     for proj in (a, jc.kronecker_projection(jax.random.key(0), 3, 2)):
         k32 = jc.trace_ntk(f, projection=proj)(p32, x1.astype(jnp.float32), x2.astype(jnp.float32))

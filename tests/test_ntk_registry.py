@@ -1,6 +1,7 @@
 """The kernel registry (jc.KERNELS, jc.kernel): every name builds a kernel equal to the float64 oracle of its
 definition (shared/spec/ntk.md), specs carry name/label/normalization, bad names and options are refused; the kernel
 record survives the transforms (batched, kernel_to_disk) with its metadata."""
+
 import functools
 import types
 
@@ -8,10 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from ntk_models import mlp, oracle_kernels
 
 import jaxcompare as jc
-
-from ntk_models import mlp, oracle_kernels
 
 TOL64 = dict(rtol=1e-10, atol=1e-10)
 
@@ -64,8 +64,13 @@ def test_every_name_matches_its_oracle(case, name):
     h1, h2 = np.asarray(_feature(p, x1)), np.asarray(_feature(p, x2))
     g1, g2 = np.asarray(_layers(p, x1)[1]), np.asarray(_layers(p, x2)[1])
     want = {
-        "entk": o["full"], "trntk": o["trntk"], "trntk0": o["trntk0"], "pntk": o["pntk_norm"], "pntk0": o["pntk"],
-        "proj_trntk": o["trntk"], "proj_pntk": o["pntk_norm"],
+        "entk": o["full"],
+        "trntk": o["trntk"],
+        "trntk0": o["trntk0"],
+        "pntk": o["pntk_norm"],
+        "pntk0": o["pntk"],
+        "proj_trntk": o["trntk"],
+        "proj_pntk": o["pntk_norm"],
         "ck": _cos(h1 @ h2.T, (h1 * h1).sum(1), (h2 * h2).sum(1)),
         "em": _cos(h1 @ h2.T + g1 @ g2.T, (h1 * h1).sum(1) + (g1 * g1).sum(1), (h2 * h2).sum(1) + (g2 * g2).sum(1)),
     }[name]

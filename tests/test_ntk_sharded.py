@@ -1,6 +1,7 @@
 """jc.sharded on 8 simulated CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=8, in a subprocess:
 this test process has already initialised JAX with one device). Oracles: the float64 forward-mode Jacobian kernels
 of ntk_models and the unsharded kernels; the result must be row-sharded over the 8 devices."""
+
 import os
 import subprocess
 import sys
@@ -102,8 +103,11 @@ _SCRIPT = textwrap.dedent(
 def test_sharded_on_eight_cpu_devices(tmp_path):
     script = tmp_path / "sharded_check.py"
     script.write_text(_SCRIPT)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
-               JAXCOMPARE_PROGRESS="0")
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+        JAXCOMPARE_PROGRESS="0",
+    )
     env.pop("XLA_FLAGS", None)
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0 and "SHARDED-OK" in r.stdout, r.stdout[-3000:] + r.stderr[-5000:]

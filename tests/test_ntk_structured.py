@@ -2,17 +2,17 @@
 the independent float64 forward-mode Jacobian oracle on models beyond the shared conformance suite (token models,
 parameter-on-the-left products, NCHW dilated convolutions, inner jit, relu at exact zeros, LayerNorm, embeddings).
 The conformance suite in test_ntk.py runs every test there against "structured" too."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from ntk_models import flax_cnn, mlp, oracle_kernels, shared_weight
 
 import jaxcompare as jc
 from jaxcompare.ntk import _structured as S
-from jaxcompare.ntk._structured import _patches as P
 from jaxcompare.ntk._implementations import choose_auto
-
-from ntk_models import flax_cnn, mlp, oracle_kernels, shared_weight
+from jaxcompare.ntk._structured import _patches as P
 
 TOL64 = dict(rtol=1e-10, atol=1e-10)
 
@@ -60,14 +60,21 @@ def test_applies_and_auto_choice():
     assert not S.applies(g, q, x)[0]
     assert choose_auto(g, q, x, None, 2) != "structured"
     # explicitly requested it still works (everything by the per-example fallback)
-    np.testing.assert_allclose(jc.trace_ntk(g, normalize=False, implementation="structured")(q, x[:2], x),
-                               oracle_kernels(g, q, x[:2], x)["trntk0"], **TOL64)
+    np.testing.assert_allclose(
+        jc.trace_ntk(g, normalize=False, implementation="structured")(q, x[:2], x),
+        oracle_kernels(g, q, x[:2], x)["trntk0"],
+        **TOL64,
+    )
 
 
 def test_token_model_param_on_both_sides_and_inner_jit():
     """Positions T > 1 (tokens), the parameter as left operand of a dot_general, a jit call inside the model."""
-    p = {"E": _normal(0, (4, 6), 0.5), "Wl": _normal(1, (5, 6), 0.4), "c": _normal(2, (5,), 0.1),
-         "O": _normal(3, (5, 3), 0.4)}
+    p = {
+        "E": _normal(0, (4, 6), 0.5),
+        "Wl": _normal(1, (5, 6), 0.4),
+        "c": _normal(2, (5,), 0.1),
+        "O": _normal(3, (5, 3), 0.4),
+    }
 
     @jax.jit
     def mix(h, w):
@@ -103,8 +110,9 @@ def test_nchw_dilated_strided_conv_and_relu_at_exact_zeros():
     p = {"K": _normal(0, (3, 2, 3, 3), 0.5), "V": _normal(1, (3 * 4 * 2, 4), 0.3)}
 
     def f(q, x):  # x: (N, 2, 7, 7)
-        h = jax.lax.conv_general_dilated(x, q["K"], (2, 2), ((1, 2), (0, 1)), rhs_dilation=(1, 2),
-                                         dimension_numbers=("NCHW", "OIHW", "NCHW"))
+        h = jax.lax.conv_general_dilated(
+            x, q["K"], (2, 2), ((1, 2), (0, 1)), rhs_dilation=(1, 2), dimension_numbers=("NCHW", "OIHW", "NCHW")
+        )
         h = jax.nn.relu(h)
         return h.reshape(h.shape[0], -1) @ q["V"]
 
@@ -138,11 +146,16 @@ def test_layernorm_embedding_and_custom_jvp_parameters_fall_back():
     uses, fb = _plan(f, p, tokens)
     assert len(uses) == 2 and len(fb) == 4  # Dense_0, Dense_1 structured; Embed, LayerNorm scale/bias, s
     ref = jc.trace_ntk(f, normalize=False, implementation="jacobian")(p, tokens, tokens[:2])
-    np.testing.assert_allclose(jc.trace_ntk(f, normalize=False, implementation="structured")(p, tokens, tokens[:2]),
-                               ref, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(
+        jc.trace_ntk(f, normalize=False, implementation="structured")(p, tokens, tokens[:2]),
+        ref,
+        rtol=1e-10,
+        atol=1e-10,
+    )
     ref_full = jc.empirical_ntk(f, implementation="jacobian")(p, tokens)
-    np.testing.assert_allclose(jc.empirical_ntk(f, implementation="structured")(p, tokens), ref_full,
-                               rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(
+        jc.empirical_ntk(f, implementation="structured")(p, tokens), ref_full, rtol=1e-10, atol=1e-10
+    )
 
 
 def test_bias_not_fused_when_broadcast_is_partial():
@@ -188,18 +201,24 @@ def test_symmetric_tiling_path(monkeypatch):
         return jnp.tanh(h).reshape(h.shape[0], -1) @ q["V"]
 
     xc = _normal(4, (6, 6, 6, 2))
-    np.testing.assert_allclose(jc.trace_ntk(g, normalize=False, implementation="structured")(q, xc),
-                               oracle_kernels(g, q, xc, xc)["trntk0"], **TOL64)
+    np.testing.assert_allclose(
+        jc.trace_ntk(g, normalize=False, implementation="structured")(q, xc),
+        oracle_kernels(g, q, xc, xc)["trntk0"],
+        **TOL64,
+    )
 
 
-@pytest.mark.parametrize("shape, w_shape, strides, padding, rhs_dil, dn", [
-    ((2, 9, 11, 3), (3, 3, 3, 4), (2, 2), "SAME", (1, 1), ("NHWC", "HWIO", "NHWC")),
-    ((2, 10, 10, 3), (3, 2, 3, 4), (2, 3), "VALID", (2, 1), ("NHWC", "HWIO", "NHWC")),
-    ((2, 3, 12, 13), (5, 3, 3, 2), (1, 2), ((1, 2), (0, 3)), (1, 2), ("NCHW", "OIHW", "NCHW")),
-    ((2, 3, 12, 13), (5, 3, 3, 2), (2, 2), ((-1, 2), (0, 0)), (1, 1), ("NCHW", "OIHW", "NHWC")),
-    ((2, 17, 3), (4, 3, 5), (3,), "SAME", (2,), ("NWC", "WIO", "NWC")),
-    ((2, 6, 6, 5, 2), (2, 3, 2, 2, 3), (2, 1, 2), "SAME", (1, 1, 1), ("NDHWC", "DHWIO", "NDHWC")),
-])
+@pytest.mark.parametrize(
+    "shape, w_shape, strides, padding, rhs_dil, dn",
+    [
+        ((2, 9, 11, 3), (3, 3, 3, 4), (2, 2), "SAME", (1, 1), ("NHWC", "HWIO", "NHWC")),
+        ((2, 10, 10, 3), (3, 2, 3, 4), (2, 3), "VALID", (2, 1), ("NHWC", "HWIO", "NHWC")),
+        ((2, 3, 12, 13), (5, 3, 3, 2), (1, 2), ((1, 2), (0, 3)), (1, 2), ("NCHW", "OIHW", "NCHW")),
+        ((2, 3, 12, 13), (5, 3, 3, 2), (2, 2), ((-1, 2), (0, 0)), (1, 1), ("NCHW", "OIHW", "NHWC")),
+        ((2, 17, 3), (4, 3, 5), (3,), "SAME", (2,), ("NWC", "WIO", "NWC")),
+        ((2, 6, 6, 5, 2), (2, 3, 2, 2, 3), (2, 1, 2), "SAME", (1, 1, 1), ("NDHWC", "DHWIO", "NDHWC")),
+    ],
+)
 def test_conv_by_patches_matches_lax_conv_and_its_vjp(shape, w_shape, strides, padding, rhs_dil, dn):
     """The structured pass evaluates convolutions as patches @ filter with a phase-wise transpose ("col2im"); value
     and both cotangents must equal lax.conv_general_dilated's (the independent reference) in float64."""
@@ -223,14 +242,22 @@ def test_conv_by_patches_matches_lax_conv_and_its_vjp(shape, w_shape, strides, p
 def test_transposed_and_1d_convolutions_against_oracle():
     """A transposed convolution (input dilation: evaluated by the primitive, patches from
     conv_general_dilated_patches) feeding a strided 1-D convolution (patch path), with a bias, against the oracle."""
-    p = {"A": _normal(0, (3, 2, 4), 0.5), "B": _normal(1, (2, 4, 3), 0.5), "b": _normal(2, (3,), 0.1),
-         "V": _normal(3, (3 * 6, 3), 0.3)}
+    p = {
+        "A": _normal(0, (3, 2, 4), 0.5),
+        "B": _normal(1, (2, 4, 3), 0.5),
+        "b": _normal(2, (3,), 0.1),
+        "V": _normal(3, (3 * 6, 3), 0.3),
+    }
 
     def f(q, x):  # x: (N, 6, 2)
-        h = jax.lax.conv_general_dilated(x, q["A"], (1,), ((1, 1),), lhs_dilation=(2,),
-                                         dimension_numbers=("NWC", "WIO", "NWC"))  # (N, 11, 4)
+        h = jax.lax.conv_general_dilated(
+            x, q["A"], (1,), ((1, 1),), lhs_dilation=(2,), dimension_numbers=("NWC", "WIO", "NWC")
+        )  # (N, 11, 4)
         h = jnp.tanh(h)
-        h = jax.lax.conv_general_dilated(h, q["B"], (2,), "SAME", dimension_numbers=("NWC", "WIO", "NWC")) + q["b"][None, None, :]
+        h = (
+            jax.lax.conv_general_dilated(h, q["B"], (2,), "SAME", dimension_numbers=("NWC", "WIO", "NWC"))
+            + q["b"][None, None, :]
+        )
         return jnp.tanh(h).reshape(h.shape[0], -1) @ q["V"]
 
     x1, x2 = _normal(4, (4, 6, 2)), _normal(5, (3, 6, 2))

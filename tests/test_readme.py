@@ -3,6 +3,7 @@
 Blocks that continue an earlier block's variables are run after it; the linear-width example (full size, minutes)
 and the surrogate example (needs the digits notebook's model) are covered by their notebooks instead.
 """
+
 import os
 import re
 import runpy
@@ -75,8 +76,9 @@ def test_calibration_example(tmp_path):
     path.write_text(_find("jc.smooth_ece_interval(jax.random.key(0), f, y"), encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_ENABLE_X64")}
     env["MPLBACKEND"] = "Agg"
-    out = subprocess.run([sys.executable, str(path)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=600, check=True).stdout.split("\n")
+    out = subprocess.run(
+        [sys.executable, str(path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=True
+    ).stdout.split("\n")
     assert out[0] == "0.1074"  # "0.1074 (= relplot.smECE(f, y))"
     assert out[1] == "0.1016 0.1138"
 

@@ -3,6 +3,7 @@
 Oracles: a scipy.optimize.linprog feasibility problem bisected over α (written here), scipy.stats.ks_2samp,
 sklearn.metrics.confusion_matrix, synthetic distributions with a known answer, and held-out simulator seeds.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,11 +22,12 @@ def _lp_feasible(c, ref, delta, L):
     m = c.size
     z = np.unique(np.concatenate([c, ref]))
     f0 = np.searchsorted(ref, z, side="right") / ref.size
-    below = (c[None, :] <= z[:, None]).astype(float)          # F~(z) = below @ w
+    below = (c[None, :] <= z[:, None]).astype(float)  # F~(z) = below @ w
     a_ub = np.vstack([below, -below])
     b_ub = np.concatenate([f0 + delta, delta - f0])
-    res = linprog(np.zeros(m), A_ub=a_ub, b_ub=b_ub, A_eq=np.ones((1, m)), b_eq=[1.0],
-                  bounds=[(0.0, L / m)] * m, method="highs")
+    res = linprog(
+        np.zeros(m), A_ub=a_ub, b_ub=b_ub, A_eq=np.ones((1, m)), b_eq=[1.0], bounds=[(0.0, L / m)] * m, method="highs"
+    )
     return res.status == 0
 
 
@@ -45,7 +47,7 @@ def _lp_alpha_hat(c, ref, delta, tol=1e-7):
 def test_recipe_alpha_matches_linear_program(seed):
     rng = np.random.default_rng(seed)
     m, r, n = rng.integers(8, 20), rng.integers(2, 4), rng.integers(6, 15)
-    pool = rng.normal(size=(r, n)).round(1)                   # rounding makes ties
+    pool = rng.normal(size=(r, n)).round(1)  # rounding makes ties
     cand = np.concatenate([rng.normal(size=m - 3), rng.normal(3.0, 1.0, size=3)]).round(1)
     delta = float(rng.uniform(0.05, 0.3))
     got = float(recipe_alpha(cand, pool, threshold=delta))
@@ -91,8 +93,12 @@ def test_identify_synthetic_known_answer():
     # KS distance of a 300-point sample from its own law exceeds 0.12 with probability < 1e-3 (DKW): the
     # identification fails with probability < 1e-2 over all 40 draws.
     rng = np.random.default_rng(4)
-    draw = {"n01": lambda s: rng.normal(0, 1, s), "shift": lambda s: rng.normal(0.7, 1, s),
-            "wide": lambda s: rng.normal(0, 2, s), "exp": lambda s: rng.exponential(1.0, s)}
+    draw = {
+        "n01": lambda s: rng.normal(0, 1, s),
+        "shift": lambda s: rng.normal(0.7, 1, s),
+        "wide": lambda s: rng.normal(0, 2, s),
+        "exp": lambda s: rng.exponential(1.0, s),
+    }
     pools = {k: f((6, 300)) for k, f in draw.items()}
     held = {k: f((10, 300)) for k, f in draw.items()}
     for th in (None, "pool"):
@@ -106,7 +112,7 @@ def test_ties_broken_by_ks_distance():
     rng = np.random.default_rng(5)
     pools = {"far": rng.normal(0.3, 1, (3, 100)), "near": rng.normal(0.0, 1, (3, 100))}
     cand = rng.normal(0.0, 1, 100)
-    res = identify_recipe(cand, pools, threshold=1.0)            # delta = 1: every alpha-hat is 0
+    res = identify_recipe(cand, pools, threshold=1.0)  # delta = 1: every alpha-hat is 0
     assert res.alpha.tolist() == [0.0, 0.0]
     ks = [ks_2samp(cand, p.ravel()).statistic for p in pools.values()]
     assert res.recipe == ("far", "near")[int(np.argmin(ks))]
@@ -228,18 +234,23 @@ def test_simulator_optimizers_identified_on_held_out_seeds():
     from jaxcompare import lwr
 
     cfg = lwr.LWRConfig(n=120, d=60, h=90)
-    runs = {"gd": dict(optimizer="gd", lr=0.2 * cfg.n, steps=150),
-            "sgd small": dict(optimizer="sgd", lr=1.0, batch_size=32, steps=150),
-            "sgd large": dict(optimizer="sgd", lr=150.0, batch_size=32, steps=50),
-            "adam": dict(optimizer="adam", lr=0.3, batch_size=32, steps=150)}
+    runs = {
+        "gd": dict(optimizer="gd", lr=0.2 * cfg.n, steps=150),
+        "sgd small": dict(optimizer="sgd", lr=1.0, batch_size=32, steps=150),
+        "sgd large": dict(optimizer="sgd", lr=150.0, batch_size=32, steps=50),
+        "adam": dict(optimizer="adam", lr=0.3, batch_size=32, steps=150),
+    }
     eig = {}
     for name, kw in runs.items():
+
         def one(seed, kw=kw):
             kd, kp, kt = jax.random.split(jax.random.key(seed), 3)
             data = lwr.sample_data(kd, cfg)
-            res = lwr.train(kt, lwr.init_params(kp, cfg), data, cfg, throw=False, progress_bar=False,
-                            eig_backend="jax", **kw)
+            res = lwr.train(
+                kt, lwr.init_params(kp, cfg), data, cfg, throw=False, progress_bar=False, eig_backend="jax", **kw
+            )
             return res.history.eig_weights[-1], res.result
+
         e, r = jax.jit(jax.vmap(one))(jnp.arange(10))
         assert np.all(np.asarray(r) == 0)
         eig[name] = np.asarray(e)

@@ -3,6 +3,7 @@
 Oracles: the inputs are built so that the right outcome is known by construction (NaN inputs, labels outside the
 class range, a step size far above the stability bound), never from our own outputs.
 """
+
 import inspect
 
 import jax
@@ -31,8 +32,14 @@ def test_every_solver_has_the_same_throw_default(name):
 
 
 def test_result_codes_are_a_small_stable_enum():
-    assert [r.name for r in Result] == ["successful", "max_steps_reached", "stalled", "diverged", "nonfinite",
-                                        "singular"]
+    assert [r.name for r in Result] == [
+        "successful",
+        "max_steps_reached",
+        "stalled",
+        "diverged",
+        "nonfinite",
+        "singular",
+    ]
     assert [int(r) for r in Result] == list(range(6))
     assert all(isinstance(r.message, str) and r.message for r in Result)
     assert issubclass(jc.KGLMConvergenceWarning, SolverWarning) and issubclass(SolverWarning, RuntimeWarning)

@@ -4,6 +4,7 @@ Oracles: H = I - 11ᵀ/n, HSIC_b = tr(KHLH)/(n-1)², HSIC_u of Song et al. (2012
 sqrt(HSIC(K, K) HSIC(L, L)); permutation p-values by a NumPy loop over the same permutations; NTK kernels from
 full float64 Jacobians (tests/ntk_models.py).
 """
+
 from __future__ import annotations
 
 import functools
@@ -41,8 +42,11 @@ def np_hsic_u(K, L):
     Kt = K - np.diag(np.diag(K))
     Lt = L - np.diag(np.diag(L))
     one = np.ones(n)
-    return (np.trace(Kt @ Lt) + (one @ Kt @ one) * (one @ Lt @ one) / ((n - 1) * (n - 2))
-            - 2 * one @ Kt @ Lt @ one / (n - 2)) / (n * (n - 3))
+    return (
+        np.trace(Kt @ Lt)
+        + (one @ Kt @ one) * (one @ Lt @ one) / ((n - 1) * (n - 2))
+        - 2 * one @ Kt @ Lt @ one / (n - 2)
+    ) / (n * (n - 3))
 
 
 def np_cka(K, L, debiased=False):
@@ -114,7 +118,7 @@ def test_known_values():
     # one-dimensional features: biased linear CKA = squared Pearson correlation (closed form)
     a, b = X[:, 0], X[:, 0] + Y[:, 0]
     r = np.corrcoef(a, b)[0, 1]
-    assert float(linear_cka(a[:, None], b[:, None])) == pytest.approx(r ** 2, rel=1e-12)
+    assert float(linear_cka(a[:, None], b[:, None])) == pytest.approx(r**2, rel=1e-12)
 
 
 @pytest.mark.parametrize("debiased", [False, True])
@@ -122,7 +126,7 @@ def test_invariances(debiased):
     X, Y = features(3, 20, 6, 5, 0.7)
     base = float(linear_cka(X, Y, debiased=debiased))
     Q, _ = np.linalg.qr(np.random.default_rng(4).normal(size=(6, 6)))
-    assert float(linear_cka(X @ Q, Y, debiased=debiased)) == pytest.approx(base, abs=1e-12)   # orthogonal
+    assert float(linear_cka(X @ Q, Y, debiased=debiased)) == pytest.approx(base, abs=1e-12)  # orthogonal
     assert float(linear_cka(2.5 * X, 0.1 * Y, debiased=debiased)) == pytest.approx(base, abs=1e-12)  # isotropic scale
     assert float(linear_cka(X + 7.0, Y - 1.0, debiased=debiased)) == pytest.approx(base, abs=1e-11)  # translation
     K, L = X @ X.T, rbf(Y, 0.2)
@@ -163,8 +167,7 @@ def test_jit_equals_eager_and_vmap_equals_loop(debiased):
     np.testing.assert_allclose([float(jk(k, l)) for k, l in zip(Ks, Ls)], loop_k, rtol=1e-12)
     np.testing.assert_allclose([float(jl(x, y)) for x, y in zip(Xs, Ys)], loop_l, rtol=1e-12)
     np.testing.assert_allclose(jax.vmap(functools.partial(cka, debiased=debiased))(Ks, Ls), loop_k, rtol=1e-12)
-    np.testing.assert_allclose(jax.vmap(functools.partial(linear_cka, debiased=debiased))(Xs, Ys), loop_l,
-                               rtol=1e-12)
+    np.testing.assert_allclose(jax.vmap(functools.partial(linear_cka, debiased=debiased))(Xs, Ys), loop_l, rtol=1e-12)
 
 
 def test_degenerate_kernel_under_jit_is_nan_not_a_value():
@@ -305,6 +308,7 @@ def test_cka_test_jit_vmap_dtype_and_chunks():
     # chunking does not change the result (chunk = 1 vs all at once)
     from jaxcompare.similarity._cka import u_center
     from jaxcompare.similarity._permutation import permuted_inner
+
     A, Bm = u_center(jnp.asarray(K))[None], u_center(jnp.asarray(L))[None]
     np.testing.assert_allclose(permuted_inner(key, A, Bm, 50, 1), permuted_inner(key, A, Bm, 50, 50), rtol=1e-12)
 
@@ -355,8 +359,11 @@ N_PTS = 14
 def tiny_cnn(key, n_classes=3):
     """conv 3x3 (4 channels, ReLU) -> conv 3x3 stride 2 (tanh) -> dense; inputs (N, 6, 6, 2) NHWC."""
     k1, k2, k3 = jax.random.split(key, 3)
-    params = {"c1": jax.random.normal(k1, (3, 3, 2, 4)) / 4.0, "c2": jax.random.normal(k2, (3, 3, 4, 4)) / 6.0,
-              "w": jax.random.normal(k3, (16, n_classes)) / 4.0}
+    params = {
+        "c1": jax.random.normal(k1, (3, 3, 2, 4)) / 4.0,
+        "c2": jax.random.normal(k2, (3, 3, 4, 4)) / 6.0,
+        "w": jax.random.normal(k3, (16, n_classes)) / 4.0,
+    }
     dn = ("NHWC", "HWIO", "NHWC")
 
     def apply_fn(p, x):
@@ -444,9 +451,11 @@ def test_kernel_similarity_options():
     np.testing.assert_allclose(np.asarray(pr.cka), np.asarray(exact.cka), atol=0.1)
     assert not np.allclose(np.asarray(pr.cka), np.asarray(exact.cka), atol=1e-8)
     seen = []
+
     def factory(f, projection=None):
         seen.append(projection)
         return jc.trace_ntk(f, projection=projection)
+
     kernel_similarity(key, models, x, kernel=factory, projection=proj, n_permutations=5)
     assert seen == [proj] * 3
 
@@ -475,7 +484,7 @@ def test_kernel_similarity_errors():
     with pytest.raises(ValueError, match=r"CKA is undefined for the trNTK⁰ kernel of models\[2\] \(model 2\)"):
         kernel_similarity(key, [*models[:2], const], x, kernel="trntk0", n_permutations=5)
     with pytest.raises(ValueError, match="must be symmetric"):
-        kernel_similarity(key, models, x, kernel=lambda f: (lambda p, a, b=None: jnp.triu(jnp.ones((N_PTS,) * 2))))
+        kernel_similarity(key, models, x, kernel=lambda f: lambda p, a, b=None: jnp.triu(jnp.ones((N_PTS,) * 2)))
 
 
 def test_plot_similarity():
@@ -486,6 +495,7 @@ def test_plot_similarity():
     assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "cnn"]
     assert len(ax.texts) == 9 and "p=" in ax.texts[1].get_text()
     import matplotlib.pyplot as plt
+
     plt.close(fig)
     fig, ax = plt.subplots()
     assert plot_similarity(res, ax=ax, annotate=False) is fig and len(ax.texts) == 0

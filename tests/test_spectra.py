@@ -1,5 +1,6 @@
 """Tests of jaxcompare.spectra against independent float64 oracles (SciPy quadrature, NumPy random matrices,
 naive loops). Statistical tests use fixed seeds; their false-failure probability for a random seed is stated."""
+
 import math
 
 import jax
@@ -15,8 +16,9 @@ import jaxcompare.spectra as S
 
 # ---------------------------------------------------------------- Gaussian constants
 def _gauss_expect(f):
-    return scipy.integrate.quad(lambda x: f(x) * np.exp(-x * x / 2) / np.sqrt(2 * np.pi), -np.inf, np.inf,
-                                epsabs=1e-13, epsrel=1e-12, limit=200)[0]
+    return scipy.integrate.quad(
+        lambda x: f(x) * np.exp(-x * x / 2) / np.sqrt(2 * np.pi), -np.inf, np.inf, epsabs=1e-13, epsrel=1e-12, limit=200
+    )[0]
 
 
 @pytest.mark.parametrize(
@@ -65,10 +67,8 @@ def test_mp_density_mass_and_stieltjes_by_quadrature(c):
     assert mass + atom == pytest.approx(1.0, abs=1e-7)
     assert atom == pytest.approx(max(0.0, 1 - 1 / c))
     for z in (0.5 + 0.3j, 1.5 + 0.1j, -1.0 + 0.01j, 4.0 + 1.0j):
-        re = scipy.integrate.quad(lambda x, z=z: float(S.mp_density(x, c)) * (1 / (x - z)).real, lo, hi,
-                                  limit=400)[0]
-        im = scipy.integrate.quad(lambda x, z=z: float(S.mp_density(x, c)) * (1 / (x - z)).imag, lo, hi,
-                                  limit=400)[0]
+        re = scipy.integrate.quad(lambda x, z=z: float(S.mp_density(x, c)) * (1 / (x - z)).real, lo, hi, limit=400)[0]
+        im = scipy.integrate.quad(lambda x, z=z: float(S.mp_density(x, c)) * (1 / (x - z)).imag, lo, hi, limit=400)[0]
         expected = re + 1j * im + atom / (0.0 - z)
         assert complex(S.mp_stieltjes(z, c)) == pytest.approx(expected, abs=1e-6)
 
@@ -193,10 +193,12 @@ def test_fan_wang_bad_input():
         (lambda: S.stieltjes_distance([1.0, np.nan], [0.5j], [1j]), ValueError, "eigenvalues must be finite"),
         (lambda: S.stieltjes_distance([1.0, 3.0], [np.nan], [1j]), ValueError, "limit_stieltjes must be finite"),
         (lambda: S.stieltjes_distance([1.0, 3.0], [1j, 1j], [1j]), ValueError, "one value per point"),
-        (lambda: S.fan_wang_stieltjes(complex(np.nan, 0.1), gamma0=1, gamma1=1, t0=0.1, t1=0.3), ValueError,
-         "z must be finite"),
-        (lambda: S.fan_wang_density([0.5, np.nan], gamma0=1, gamma1=1, t0=0.1, t1=0.3), ValueError,
-         "x must be finite"),
+        (
+            lambda: S.fan_wang_stieltjes(complex(np.nan, 0.1), gamma0=1, gamma1=1, t0=0.1, t1=0.3),
+            ValueError,
+            "z must be finite",
+        ),
+        (lambda: S.fan_wang_density([0.5, np.nan], gamma0=1, gamma1=1, t0=0.1, t1=0.3), ValueError, "x must be finite"),
     ],
 )
 def test_host_spectra_reject_nan_and_real_points_on_the_support(call, exc, match):

@@ -1,6 +1,7 @@
 """Per-layer spectral analysis (jaxcompare.spectra.analyze_params) against float64 NumPy oracles, closed forms and a
 naive power-law scan written here. Statistical tests use fixed seeds; the false-failure probability for a random
 seed is stated on each."""
+
 import json
 
 import jax

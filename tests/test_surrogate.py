@@ -4,6 +4,7 @@ Oracles: scikit-learn ``LogisticRegression`` (float64, lbfgs driven to tol 1e-10
 with ``C = 1 / (l2 · N)``; NumPy for contributions, accuracies, Jaccard overlaps and least squares; SciPy's
 ``kendalltau`` and scikit-learn's ``IsotonicRegression``. Deterministic data (fixed seeds), no statistical tests.
 """
+
 import warnings
 
 import jax
@@ -123,8 +124,9 @@ def test_standardize_is_fit_on_kernel_over_its_std():
     m_ref = jc.fit_kglm(K0 / s, y, standardize=False, l2=1e-2, **TIGHT)
     np.testing.assert_allclose(float(m_std.scale), s, rtol=1e-12)
     # the scale is folded into W: raw test kernel rows give the logits of the standardized fit
-    np.testing.assert_allclose(np.asarray(jc.kglm_logits(m_std, Kt0)), np.asarray(jc.kglm_logits(m_ref, Kt0 / s)),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(jc.kglm_logits(m_std, Kt0)), np.asarray(jc.kglm_logits(m_ref, Kt0 / s)), atol=1e-5
+    )
 
 
 # ------------------------------------------------------------------------------------- transforms, dtype, flags

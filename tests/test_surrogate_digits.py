@@ -4,6 +4,7 @@ surrogate, faithfulness, attribution, the comparison table and the attribution f
 Deterministic (fixed split and seeds). The thresholds (τ_K >= 0.7, |TAD| <= 3 %) are the issue's; with this
 setup seeds 0, 1, 2 gave τ_K = 0.774, 0.766, 0.774 and TAD = +0.8, -1.2, +0.4 % (softmax kGLM, l2 = 1e-3).
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,8 +34,10 @@ def _train_mlp(x, y, seed=0, steps=100):
     """64-32-10 tanh MLP, full-batch Adam(1e-2), float32."""
     k1, k2 = jax.random.split(jax.random.key(seed))
     params = {
-        "W1": jax.random.normal(k1, (64, WIDTH), jnp.float32) / 8.0, "b1": jnp.zeros(WIDTH, jnp.float32),
-        "W2": jax.random.normal(k2, (WIDTH, 10), jnp.float32) / np.sqrt(WIDTH), "b2": jnp.zeros(10, jnp.float32),
+        "W1": jax.random.normal(k1, (64, WIDTH), jnp.float32) / 8.0,
+        "b1": jnp.zeros(WIDTH, jnp.float32),
+        "W2": jax.random.normal(k2, (WIDTH, 10), jnp.float32) / np.sqrt(WIDTH),
+        "b2": jnp.zeros(10, jnp.float32),
     }
     opt = optax.adam(1e-2)
 
@@ -80,8 +83,9 @@ def test_trntk_surrogate_is_faithful_to_the_network(digits):
     # attribution: the contributions of all training points add up to the explained logits
     A = np.asarray(jc.contributions(model, K_te), np.float64)
     pred = np.argmax(np.asarray(logits), 1)
-    np.testing.assert_allclose(A.sum(1), np.asarray(logits, np.float64)[np.arange(len(pred)), pred],
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        A.sum(1), np.asarray(logits, np.float64)[np.arange(len(pred)), pred], rtol=1e-5, atol=1e-5
+    )
     top = jc.attribute(model, K_te, k=5)
     assert top.indices.shape == (len(y_te), 5)
 
@@ -92,8 +96,9 @@ def test_surrogate_table_and_figure(digits):
     x_tr, y_tr, x_te, y_te = x_tr[:150], y_tr[:150], x_te[:60], y_te[:60]
     # every kernel but the projected ones (each takes ~20 s to compile; their wiring is checked below)
     names = [n for n in jc.SURROGATE_KERNELS if not n.startswith("proj_")]
-    table = jc.surrogate_table(_apply_fn, params, x_tr, y_tr, x_te, y_te, kernels=names,
-                               feature_fn=_feature_fn, layers_fn=_layers_fn, l2=1e-3)
+    table = jc.surrogate_table(
+        _apply_fn, params, x_tr, y_tr, x_te, y_te, kernels=names, feature_fn=_feature_fn, layers_fn=_layers_fn, l2=1e-3
+    )
     assert [r.kernel for r in table.rows] == names
     nn_acc = np.mean(np.argmax(np.asarray(_apply_fn(params, x_te)), 1) == y_te)
     for r in table.rows:
@@ -131,6 +136,7 @@ def test_surrogate_table_and_figure(digits):
     fig = jc.plot_attribution(top, x_te, x_tr, index=[0, 1], y_test=y_te, y_train=y_tr)
     assert len(fig.axes) == 2 * 5
     with pytest.raises(ValueError, match="classes='all'"):
-        jc.plot_attribution(jc.attribute(table.models["trntk"], table.test_kernels["trntk"], k=2, classes="all"),
-                            x_te, x_tr)
+        jc.plot_attribution(
+            jc.attribute(table.models["trntk"], table.test_kernels["trntk"], k=2, classes="all"), x_te, x_tr
+        )
     matplotlib.pyplot.close(fig)

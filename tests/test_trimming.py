@@ -1,4 +1,5 @@
 """alpha-trimming: closed form and exact alpha-hat against linear-program oracles (scipy linprog, float64)."""
+
 from __future__ import annotations
 
 import math
@@ -55,11 +56,13 @@ def lp_alpha_hat(cand, ref, delta):
     K, Z = v.size, z.size
     c = np.zeros(K + 1)
     c[-1] = 1.0  # minimise L
-    A_ub = np.block([
-        [np.eye(K), -p[:, None]],  # w_k - L p_k <= 0
-        [cum, np.zeros((Z, 1))],  # F~ <= F0 + delta
-        [-cum, np.zeros((Z, 1))],  # F~ >= F0 - delta
-    ])
+    A_ub = np.block(
+        [
+            [np.eye(K), -p[:, None]],  # w_k - L p_k <= 0
+            [cum, np.zeros((Z, 1))],  # F~ <= F0 + delta
+            [-cum, np.zeros((Z, 1))],  # F~ >= F0 - delta
+        ]
+    )
     b_ub = np.concatenate([np.zeros(K), F0 + delta, delta - F0])
     A_eq = np.concatenate([np.ones(K), [0.0]])[None, :]
     bounds = [(0.0, None)] * K + [(1.0, None)]

@@ -1,4 +1,5 @@
 """Bootstrap protocol (ensemble_alpha_hat), grid compatibility, Wasserstein analogue, and input validation."""
+
 from __future__ import annotations
 
 import jax
@@ -246,15 +247,17 @@ def test_default_threshold_above_one_is_an_error_naming_the_points_needed():
     s = np.concatenate([np.zeros((3, 14)), np.full((1, 14), 100.0)])
     with pytest.raises(ValueError, match=rf"sample_size >= {need}, i.e. >= {2 * need} test points"):
         jc.ensemble_alpha_hat(jax.random.key(0), s, candidates=[3], reference=[0, 1, 2], n_boot=2)
-    res = jc.ensemble_alpha_hat(jax.random.key(0), np.concatenate([s, s], axis=1), candidates=[3],
-                                reference=[0, 1, 2], n_boot=2)
+    res = jc.ensemble_alpha_hat(
+        jax.random.key(0), np.concatenate([s, s], axis=1), candidates=[3], reference=[0, 1, 2], n_boot=2
+    )
     assert float(res.alpha_hat[0]) == 1.0  # 16 test points suffice: the far candidate cannot pass
     # an explicit threshold is the caller's choice and stays allowed
     assert float(jc.alpha_hat(far, ref, threshold=1.0)) == 0.0
 
 
-@pytest.mark.parametrize("alpha, grid", [([0.1, 1.5], None), ([-0.2], None), ([0.1], [0.0, 0.5, 2.0]),
-                                         ([0.1], [-1.0, 0.5])])
+@pytest.mark.parametrize(
+    "alpha, grid", [([0.1, 1.5], None), ([-0.2], None), ([0.1], [0.0, 0.5, 2.0]), ([0.1], [-1.0, 0.5])]
+)
 def test_grid_alpha_rejects_levels_outside_unit_interval(alpha, grid):
     kw = {} if grid is None else dict(grid=grid)
     with pytest.raises(ValueError, match=r"(alpha|grid) must hold trimming levels in \[0, 1\]"):

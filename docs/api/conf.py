@@ -1,5 +1,6 @@
 """Sphinx configuration of the API reference (`make docs` → docs/api/_build/html/index.html). Offline: autodoc reads
 the installed package's docstrings (Google style: Args/Returns/Example), no theme or extension from the network."""
+
 project = "jaxcompare"
 author = "The jaxcompare developers"
 extensions = ["sphinx.ext.autodoc", "sphinx.ext.napoleon", "sphinx.ext.mathjax"]

@@ -10,6 +10,7 @@
   :func:`load_comparison` (JSON + ``.npz``) and ``.report(dir)`` (self-contained HTML, ``results.json``,
   ``models.csv``, figures).
 """
+
 from ._checkpoints import CHECKPOINT_FORMATS, load_checkpoint, load_checkpoints, save_params
 from ._compare import SECTIONS, compare_models
 from ._result import ComparisonResult, load_comparison

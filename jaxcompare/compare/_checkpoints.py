@@ -5,6 +5,7 @@ A loaded checkpoint is a nested ``dict`` of NumPy arrays (sequences in the saved
 the path: a directory is an orbax checkpoint; files by extension (``.npz``; ``.msgpack``/``.flax``; ``.safetensors``),
 and a file with another extension by its first bytes (zip → npz, safetensors header, msgpack map).
 """
+
 from __future__ import annotations
 
 import os
@@ -80,16 +81,20 @@ def _format(path: str) -> str:
     if os.path.isdir(path):
         if any(os.path.exists(os.path.join(path, m)) for m in _ORBAX_MARKERS):
             return "orbax"
-        raise ValueError(f"checkpoint {path} is a directory but not an orbax checkpoint (none of "
-                         f"{', '.join(_ORBAX_MARKERS)} in it); pass the directory orbax saved to, or a file")
+        raise ValueError(
+            f"checkpoint {path} is a directory but not an orbax checkpoint (none of "
+            f"{', '.join(_ORBAX_MARKERS)} in it); pass the directory orbax saved to, or a file"
+        )
     ext = os.path.splitext(path)[1].lower()
     for fmt, exts in CHECKPOINT_FORMATS.items():
         if ext in exts:
             return fmt
     fmt = _sniff(path)
     if fmt is None:
-        raise ValueError(f"checkpoint {path}: unknown format (extension {ext or 'none'!r}); supported: an orbax "
-                         "directory, .npz, .msgpack/.flax (flax.serialization.to_bytes), .safetensors")
+        raise ValueError(
+            f"checkpoint {path}: unknown format (extension {ext or 'none'!r}); supported: an orbax "
+            "directory, .npz, .msgpack/.flax (flax.serialization.to_bytes), .safetensors"
+        )
     return fmt
 
 
@@ -101,8 +106,9 @@ def _load_npz(path: str) -> dict[str, Any]:
             flat = {k: z[k] for k in z.keys()}
     except ValueError as e:
         if "pickle" in str(e).lower():
-            raise ValueError(f"checkpoint {path} holds Python objects (pickles are refused); save plain arrays") \
-                from None
+            raise ValueError(
+                f"checkpoint {path} holds Python objects (pickles are refused); save plain arrays"
+            ) from None
         raise ValueError(f"checkpoint {path} is not a valid .npz file: {str(e).splitlines()[0]}") from None
     except (OSError, EOFError, zipfile.BadZipFile) as e:
         raise ValueError(f"checkpoint {path} is not a valid .npz file (truncated or corrupt?): {e}") from None
@@ -119,8 +125,10 @@ def _load_msgpack(path: str) -> Any:
     try:
         from flax import serialization
     except ImportError:
-        raise ImportError(f"checkpoint {path} is a flax msgpack file; reading it needs flax: pip install flax "
-                          "(or pip install 'jaxcompare[demo]')") from None
+        raise ImportError(
+            f"checkpoint {path} is a flax msgpack file; reading it needs flax: pip install flax "
+            "(or pip install 'jaxcompare[demo]')"
+        ) from None
 
     with open(path, "rb") as f:
         raw = f.read()
@@ -134,8 +142,10 @@ def _load_orbax(path: str) -> Any:
     try:
         import orbax.checkpoint as ocp
     except ImportError:
-        raise ImportError(f"checkpoint {path} is an orbax checkpoint; reading it needs orbax-checkpoint: "
-                          "pip install orbax-checkpoint (flax brings it: pip install 'jaxcompare[demo]')") from None
+        raise ImportError(
+            f"checkpoint {path} is an orbax checkpoint; reading it needs orbax-checkpoint: "
+            "pip install orbax-checkpoint (flax brings it: pip install 'jaxcompare[demo]')"
+        ) from None
     try:
         return ocp.StandardCheckpointer().restore(os.path.abspath(path))
     except Exception as e:  # noqa: BLE001 - orbax raises many types for corrupt directories; reported as one error
@@ -188,8 +198,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     fmt = _format(path)
-    tree = {"npz": _load_npz, "safetensors": _load_safetensors, "msgpack": _load_msgpack,
-            "orbax": _load_orbax}[fmt](path)
+    tree = {"npz": _load_npz, "safetensors": _load_safetensors, "msgpack": _load_msgpack, "orbax": _load_orbax}[fmt](
+        path
+    )
     if not isinstance(tree, (dict, list, tuple)):
         raise ValueError(f"checkpoint {path} ({fmt}) holds a {type(tree).__name__}, not a tree of arrays")
     tree = _to_numpy_tree(tree, path)
@@ -266,16 +277,22 @@ def load_checkpoints(paths_or_dir: Any) -> list[tuple[str, dict[str, Any]]]:
             first = paths[0]
             missing = [k for k in ref_flat if k not in flat]
             if missing:
-                raise ValueError(f"checkpoint {p} lacks parameter {missing[0]!r} that the first checkpoint {first} "
-                                 f"has ({len(missing)} missing in all); all models must share one architecture")
+                raise ValueError(
+                    f"checkpoint {p} lacks parameter {missing[0]!r} that the first checkpoint {first} "
+                    f"has ({len(missing)} missing in all); all models must share one architecture"
+                )
             extra = [k for k in flat if k not in ref_flat]
             if extra:
-                raise ValueError(f"checkpoint {p} has parameter {extra[0]!r} that the first checkpoint {first} "
-                                 f"lacks ({len(extra)} extra in all); all models must share one architecture")
+                raise ValueError(
+                    f"checkpoint {p} has parameter {extra[0]!r} that the first checkpoint {first} "
+                    f"lacks ({len(extra)} extra in all); all models must share one architecture"
+                )
             for k, v in flat.items():
                 if v.shape != ref_flat[k].shape:
-                    raise ValueError(f"checkpoint {p}: parameter {k!r} has shape {v.shape}, but {ref_flat[k].shape} "
-                                     f"in the first checkpoint {first}")
+                    raise ValueError(
+                        f"checkpoint {p}: parameter {k!r} has shape {v.shape}, but {ref_flat[k].shape} "
+                        f"in the first checkpoint {first}"
+                    )
         out.append((name, tree))
     return out
 
@@ -311,6 +328,11 @@ def save_params(params: Any, path: str | os.PathLike) -> str:
     for k, v in flat.items():
         if v.dtype.kind not in "biuf" and v.dtype.name != "bfloat16":
             raise TypeError(f"params leaf {k!r} has dtype {v.dtype}; only numeric arrays can be saved")
+        if ext == ".npz" and v.dtype.name == "bfloat16":
+            raise TypeError(
+                f"params leaf {k!r} is bfloat16, which .npz cannot hold (NumPy has no such dtype); save to "
+                ".safetensors, or cast to float32 first"
+            )
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if ext == ".npz":
         with open(path, "wb") as f:

@@ -4,6 +4,7 @@
 ``ValueError`` / ``FileNotFoundError`` with one-line messages (the CLI's ``main`` prints them as
 ``jaxcompare compare: error: ...`` and exits with status 2).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,18 +53,33 @@ def add_parser(subparsers: Any, **kwargs: Any) -> argparse.ArgumentParser:
     from ._compare import SECTIONS
 
     kwargs.setdefault("formatter_class", _Formatter)
-    c = subparsers.add_parser("compare", help="compare your own checkpoints on your data and write a report",
-                              description=_DESCRIPTION, **kwargs)
+    c = subparsers.add_parser(
+        "compare",
+        help="compare your own checkpoints on your data and write a report",
+        description=_DESCRIPTION,
+        **kwargs,
+    )
     c.add_argument("--model", required=True, help="MODULE:FUNCTION, the forward pass FUNCTION(params, x) -> logits")
-    c.add_argument("--checkpoints", required=True, nargs="+", metavar="PATH",
-                   help="a directory of checkpoints (one entry per model) or checkpoint paths")
+    c.add_argument(
+        "--checkpoints",
+        required=True,
+        nargs="+",
+        metavar="PATH",
+        help="a directory of checkpoints (one entry per model) or checkpoint paths",
+    )
     c.add_argument("--data", required=True, help=".npz with x_test, y_test (optional x_train, y_train)")
     c.add_argument("--groups", default=None, help="CSV 'checkpoint,group' (e.g. the training recipe)")
     c.add_argument("--reference", default=None, help="the reference group (default: the largest)")
-    c.add_argument("--sections", nargs="+", default=None, metavar="SECTION",
-                   help=f"optional sections, any of: {', '.join(SECTIONS)} (default: all)")
-    c.add_argument("--score", choices=SCORE_REDUCTIONS, default="margin",
-                   help="reduction of the logits to the score α̂ compares")
+    c.add_argument(
+        "--sections",
+        nargs="+",
+        default=None,
+        metavar="SECTION",
+        help=f"optional sections, any of: {', '.join(SECTIONS)} (default: all)",
+    )
+    c.add_argument(
+        "--score", choices=SCORE_REDUCTIONS, default="margin", help="reduction of the logits to the score α̂ compares"
+    )
     c.add_argument("--n-boot", type=int, default=100, help="bootstrap rounds of α̂")
     c.add_argument("--batch-size", type=int, default=None, help="evaluate the model on this many points at a time")
     c.add_argument("--seed", type=int, default=0, help="PRNG seed of the bootstrap")
@@ -89,8 +105,9 @@ def model_apply_fn(obj: Any) -> Callable[[Any, Any], Any]:
 
         return apply
     if not callable(obj):
-        raise ValueError(f"--model must name a function (params, x) -> logits or a flax module, got "
-                         f"{type(obj).__name__}")
+        raise ValueError(
+            f"--model must name a function (params, x) -> logits or a flax module, got {type(obj).__name__}"
+        )
     return obj
 
 
@@ -102,8 +119,9 @@ def load_data(path: str) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.keys()}
     except ValueError as e:
-        raise ValueError(f"--data {path} could not be read (an .npz of arrays; pickles are refused): "
-                         f"{str(e).splitlines()[0]}") from None
+        raise ValueError(
+            f"--data {path} could not be read (an .npz of arrays; pickles are refused): {str(e).splitlines()[0]}"
+        ) from None
     except (OSError, EOFError) as e:
         raise ValueError(f"--data {path} is not a readable .npz file: {e}") from None
     if not isinstance(data, dict):
@@ -196,17 +214,36 @@ def _run(args: argparse.Namespace) -> int:
     names = [n for n, _ in loaded]
     groups = load_groups(args.groups, names, paths) if args.groups else None
     os.makedirs(args.out, exist_ok=True)
-    res = compare_models(jax.random.key(args.seed), apply_fn, loaded, data["x_test"], data["y_test"],
-                         x_train=data.get("x_train"), y_train=data.get("y_train"), groups=groups,
-                         reference=args.reference, score=args.score, n_boot=args.n_boot, sections=sections,
-                         batch_size=args.batch_size)
-    cli = {"model": args.model, "checkpoints": paths, "data": args.data, "groups": args.groups,
-           "seed": args.seed, "out": args.out}
+    res = compare_models(
+        jax.random.key(args.seed),
+        apply_fn,
+        loaded,
+        data["x_test"],
+        data["y_test"],
+        x_train=data.get("x_train"),
+        y_train=data.get("y_train"),
+        groups=groups,
+        reference=args.reference,
+        score=args.score,
+        n_boot=args.n_boot,
+        sections=sections,
+        batch_size=args.batch_size,
+    )
+    cli = {
+        "model": args.model,
+        "checkpoints": paths,
+        "data": args.data,
+        "groups": args.groups,
+        "seed": args.seed,
+        "out": args.out,
+    }
     res = dataclasses.replace(res, settings={**res.settings, "command": cli})
     res.save(args.out)
     index = res.report(args.out)
     for line in res.findings:
         print(line)
-    print(f"report written to {index} (numbers in {os.path.join(args.out, 'results.json')}, table in "
-          f"{os.path.join(args.out, 'models.csv')})")
+    print(
+        f"report written to {index} (numbers in {os.path.join(args.out, 'results.json')}, table in "
+        f"{os.path.join(args.out, 'models.csv')})"
+    )
     return 0

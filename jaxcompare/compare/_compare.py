@@ -1,4 +1,5 @@
 """``compare_models``: accuracy, churn, ECE and α̂ of many models of one architecture, with findings."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -39,18 +40,28 @@ def _call_alpha(key: jax.Array, scores: jax.Array, cand: np.ndarray, ref: np.nda
     return ensemble_alpha_hat(key, scores, candidates=cand, reference=ref, n_boot=n_boot, level=level)
 
 
-def _logits(apply_fn: Callable, params_list: list, x: jax.Array, n_classes: int | None, batch_size: int | None,
-            what: str, progress_bar: bool | None) -> np.ndarray:
+def _logits(
+    apply_fn: Callable,
+    params_list: list,
+    x: jax.Array,
+    n_classes: int | None,
+    batch_size: int | None,
+    what: str,
+    progress_bar: bool | None,
+) -> np.ndarray:
     fn = jax.jit(apply_fn)
     out = []
-    for i, p in enumerate(progress(params_list, total=len(params_list), desc=f"forward ({what})",
-                                   enabled=progress_bar)):
+    for i, p in enumerate(
+        progress(params_list, total=len(params_list), desc=f"forward ({what})", enabled=progress_bar)
+    ):
         bs = x.shape[0] if batch_size is None else batch_size
-        parts = [np.asarray(fn(p, x[s:s + bs])) for s in range(0, x.shape[0], bs)]
+        parts = [np.asarray(fn(p, x[s : s + bs])) for s in range(0, x.shape[0], bs)]
         z = np.concatenate(parts) if len(parts) > 1 else parts[0]
         if z.ndim != 2 or z.shape[0] != x.shape[0] or z.shape[1] < 2:
-            raise ValueError(f"apply_fn(params, x) must return (N, C) logits with N = {x.shape[0]} and C >= 2; "
-                             f"model {i} returned shape {z.shape}.")
+            raise ValueError(
+                f"apply_fn(params, x) must return (N, C) logits with N = {x.shape[0]} and C >= 2; "
+                f"model {i} returned shape {z.shape}."
+            )
         if n_classes is not None and z.shape[1] != n_classes:
             raise ValueError(f"model {i} returns {z.shape[1]} classes, model 0 returns {n_classes}.")
         n_classes = z.shape[1]
@@ -92,8 +103,10 @@ def _resolve_groups(groups: Sequence[Any] | None, reference: Any, k: int) -> tup
     if reference not in counts:
         raise ValueError(f"reference group {reference!r} is not among the groups {sorted(counts)}.")
     if counts[reference] < 2:
-        raise ValueError(f"the reference group {reference!r} needs at least 2 models (each is compared with the "
-                         f"others), got {counts[reference]}.")
+        raise ValueError(
+            f"the reference group {reference!r} needs at least 2 models (each is compared with the "
+            f"others), got {counts[reference]}."
+        )
     return g, reference
 
 
@@ -205,8 +218,9 @@ def compare_models(
     logits = _logits(apply_fn, params_list, x, None, batch_size, "x_test", progress_bar)  # (K, T, C)
     n_test, n_classes = logits.shape[1], logits.shape[2]
     if y.max() >= n_classes:
-        raise ValueError(f"y_test must lie in [0, {n_classes}) (the models return {n_classes} classes); found "
-                         f"{int(y.max())}.")
+        raise ValueError(
+            f"y_test must lie in [0, {n_classes}) (the models return {n_classes} classes); found {int(y.max())}."
+        )
     probs = np.asarray(jax.nn.softmax(jnp.asarray(logits), axis=-1))
     scores = np.asarray(logit_scores(logits, y, score=score))  # (K, T)
 
@@ -226,9 +240,17 @@ def compare_models(
         ens = ensemble_label(probs[others])
         ref_acc = [float(accuracy(logits[j], y)) for j in others]
         acc = float(accuracy(logits[i], y))
-        rows.append({"name": names[i], "group": grp[i] if grp else None, "role": roles[i], "accuracy": acc,
-                     "accuracy_gap": abs(acc - float(np.median(ref_acc))), "churn": float(churn(logits[i], ens)),
-                     "ece": float(ece(probs[i], y, n_bins=n_bins))})
+        rows.append(
+            {
+                "name": names[i],
+                "group": grp[i] if grp else None,
+                "role": roles[i],
+                "accuracy": acc,
+                "accuracy_gap": abs(acc - float(np.median(ref_acc))),
+                "churn": float(churn(logits[i], ens)),
+                "ece": float(ece(probs[i], y, n_bins=n_bins)),
+            }
+        )
     if x_train is not None:
         xt = check_array(x_train, "x_train", floating=False)
         yt = np.asarray(check_labels(y_train, "y_train", n_classes, length=xt.shape[0]))
@@ -238,31 +260,51 @@ def compare_models(
             r["generalization_gap"] = r["train_accuracy"] - r["accuracy"]
 
     settings: dict[str, Any] = {
-        "n_models": k, "n_test": n_test, "n_classes": n_classes, "score": score, "score_definition":
-        _SCORE_DEFINITIONS[score], "n_boot": n_boot, "level": level, "n_bins": n_bins,
+        "n_models": k,
+        "n_test": n_test,
+        "n_classes": n_classes,
+        "score": score,
+        "score_definition": _SCORE_DEFINITIONS[score],
+        "n_boot": n_boot,
+        "level": level,
+        "n_bins": n_bins,
         "ece": "top-label, equal-width bins",
-        "sections": list(sections), "reference": ref_group, "groups": grp, "names": names,
-        "key": np.asarray(jax.random.key_data(key)).tolist(), "x_test_shape": list(x.shape),
+        "sections": list(sections),
+        "reference": ref_group,
+        "groups": grp,
+        "names": names,
+        "key": np.asarray(jax.random.key_data(key)).tolist(),
+        "x_test_shape": list(x.shape),
         "train_data": x_train is not None,
     }
     skipped: dict[str, str] = {}
     arrays: dict[str, np.ndarray] = {"scores": scores}
     values = {s: np.array([r[s] for r in rows]) for s in STATISTICS if s != "alpha_hat"}
     if "alpha" in sections:
-        values["alpha_hat"] = _alpha_columns(key, scores, rows, ref_of, grp, ref_mask, n_boot, level, settings,
-                                             arrays, progress_bar)
+        values["alpha_hat"] = _alpha_columns(
+            key, scores, rows, ref_of, grp, ref_mask, n_boot, level, settings, arrays, progress_bar
+        )
     bounds = flag_bounds(values, ref_mask, n_test, grp is not None)
     for i, r in enumerate(rows):
         r["flags"] = {s: bool(values[s][i] > bounds[s]["bound"]) for s in values}
         if "alpha_hat" in values:  # the Monte Carlo error of the bootstrap mean counts (see _findings)
-            r["flags"]["alpha_hat"] = bool(r["alpha_hat"] - 2 * r["alpha_hat_sd"] / np.sqrt(n_boot)
-                                           > bounds["alpha_hat"]["bound"])
+            r["flags"]["alpha_hat"] = bool(
+                r["alpha_hat"] - 2 * r["alpha_hat_sd"] / np.sqrt(n_boot) > bounds["alpha_hat"]["bound"]
+            )
         r["atypical"] = r["flags"].get("alpha_hat", False)
     detection = _detection(rows, values, grp, ref_group) if grp is not None else []
     spectra = _spectra(params_list, names, rows, skipped, progress_bar) if "spectra" in sections else None
     findings = findings_sentences(rows, bounds, detection, settings, skipped)
-    return ComparisonResult(rows=rows, detection=detection, bounds=bounds, findings=findings, settings=settings,
-                            skipped=skipped, spectra=spectra, arrays=arrays)
+    return ComparisonResult(
+        rows=rows,
+        detection=detection,
+        bounds=bounds,
+        findings=findings,
+        settings=settings,
+        skipped=skipped,
+        spectra=spectra,
+        arrays=arrays,
+    )
 
 
 def _alpha_columns(key, scores, rows, ref_of, grp, ref_mask, n_boot, level, settings, arrays, progress_bar):
@@ -290,9 +332,14 @@ def _alpha_columns(key, scores, rows, ref_of, grp, ref_mask, n_boot, level, sett
     rank[order] = np.arange(1, k + 1)
     for i, r in enumerate(rows):
         r["alpha_hat"], r["alpha_hat_sd"], r["rank"] = float(alpha[i]), float(sd[i]), int(rank[i])
-    settings.update(threshold=thr, sample_size=int(scores.shape[1] // 2), alpha_protocol=(
-        f"bootstrap, {n_boot} rounds, two disjoint halves of the test set, {scores.shape[1] // 2} draws each; "
-        "alpha_hat_sd = standard deviation over rounds"))
+    settings.update(
+        threshold=thr,
+        sample_size=int(scores.shape[1] // 2),
+        alpha_protocol=(
+            f"bootstrap, {n_boot} rounds, two disjoint halves of the test set, {scores.shape[1] // 2} draws each; "
+            "alpha_hat_sd = standard deviation over rounds"
+        ),
+    )
     arrays["alpha_boot"] = boot
     return alpha
 
@@ -306,8 +353,7 @@ def _spectra(params_list, names, rows, skipped, progress_bar) -> dict | None:
         skipped["spectra"] = "jaxcompare.spectra.analyze_params is not available in this version"
         return None
     out = {}
-    for name, p, r in zip(names, progress(params_list, total=len(names), desc="spectra", enabled=progress_bar),
-                          rows):
+    for name, p, r in zip(names, progress(params_list, total=len(names), desc="spectra", enabled=progress_bar), rows):
         try:
             res = analyze(p)
         except ValueError as e:  # documented: no analysable layer (all leaves 1-D or too small)
@@ -333,8 +379,19 @@ def _detection(rows, values, grp, ref_group) -> list[dict[str, Any]]:
         sel = pos | ref
         for stat in STATISTICS:
             if stat in values:
-                a = float(auroc(jnp.asarray(values[stat][sel], jnp.float64 if jax.config.jax_enable_x64 else
-                                            jnp.float32), jnp.asarray(pos[sel])))
-                out.append({"group": g, "statistic": stat, "auroc": a, "n_group": int(pos.sum()),
-                            "n_reference": int(ref.sum())})
+                a = float(
+                    auroc(
+                        jnp.asarray(values[stat][sel], jnp.float64 if jax.config.jax_enable_x64 else jnp.float32),
+                        jnp.asarray(pos[sel]),
+                    )
+                )
+                out.append(
+                    {
+                        "group": g,
+                        "statistic": stat,
+                        "auroc": a,
+                        "n_group": int(pos.sum()),
+                        "n_reference": int(ref.sum()),
+                    }
+                )
     return out

@@ -16,6 +16,7 @@ called. For α̂, a mean over ``B`` bootstrap rounds, the Monte Carlo error coun
 ``α̂ − 2·sd/√B`` exceeds the bound (``sd`` = ``alpha_hat_sd``, the spread over rounds). A model is **atypical** when
 it is flagged on ``alpha_hat``; the classic statistics that flag it too *agree*.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -58,18 +59,24 @@ def _atypical_sentences(rows: list[dict[str, Any]], bounds: dict[str, dict], set
     b = bounds["alpha_hat"]
     atyp = [r for r in rows if r["atypical"]]
     atyp.sort(key=lambda r: -r["alpha_hat"])
-    rule = (f"α̂ above {_fmt(b['bound'])}, the larger of the reference models' own α̂ range and their median + 3 "
-            "robust sd" if settings["reference"] is not None else
-            f"α̂ above {_fmt(b['bound'])} = median + 3 robust sd of all models' α̂")
+    rule = (
+        f"α̂ above {_fmt(b['bound'])}, the larger of the reference models' own α̂ range and their median + 3 robust sd"
+        if settings["reference"] is not None
+        else f"α̂ above {_fmt(b['bound'])} = median + 3 robust sd of all models' α̂"
+    )
     if not atyp:
         top = max(rows, key=lambda r: r["alpha_hat"])
-        out.append(f"No model is atypical ({rule}); the largest α̂ is {_fmt(top['alpha_hat'])} "
-                   f"({top['name']}).")
+        out.append(f"No model is atypical ({rule}); the largest α̂ is {_fmt(top['alpha_hat'])} ({top['name']}).")
     else:
-        out.append(f"{len(atyp)} of {k} models {'is' if len(atyp) == 1 else 'are'} atypical ({rule}): "
-                   + "; ".join(f"{r['name']} (α̂ = {_fmt(r['alpha_hat'])} ± {_fmt(r['alpha_hat_sd'])}, "
-                               f"{_fmt(r['alpha_hat'] / b['bound'])}× the bound)"
-                               for r in atyp) + ".")
+        out.append(
+            f"{len(atyp)} of {k} models {'is' if len(atyp) == 1 else 'are'} atypical ({rule}): "
+            + "; ".join(
+                f"{r['name']} (α̂ = {_fmt(r['alpha_hat'])} ± {_fmt(r['alpha_hat_sd'])}, "
+                f"{_fmt(r['alpha_hat'] / b['bound'])}× the bound)"
+                for r in atyp
+            )
+            + "."
+        )
         classic = [s for s in STATISTICS if s != "alpha_hat" and s in bounds]
         for r in atyp:
             agree = [STATISTICS[s] for s in classic if r["flags"].get(s)]
@@ -78,38 +85,59 @@ def _atypical_sentences(rows: list[dict[str, Any]], bounds: dict[str, dict], set
             if agree and not disagree:
                 out.append(f"{r['name']}: all classic statistics agree ({details}).")
             elif agree:
-                out.append(f"{r['name']}: {_join(agree)} agree{'s' if len(agree) == 1 else ''}, "
-                           f"{_join(disagree)} do{'es' if len(disagree) == 1 else ''} not ({details}).")
+                out.append(
+                    f"{r['name']}: {_join(agree)} agree{'s' if len(agree) == 1 else ''}, "
+                    f"{_join(disagree)} do{'es' if len(disagree) == 1 else ''} not ({details})."
+                )
             else:
-                out.append(f"{r['name']}: no classic statistic flags it ({details}); only its score distribution "
-                           "differs.")
+                out.append(
+                    f"{r['name']}: no classic statistic flags it ({details}); only its score distribution differs."
+                )
     return out
 
 
-def findings_sentences(rows: list[dict[str, Any]], bounds: dict[str, dict], detection: list[dict[str, Any]],
-                       settings: dict[str, Any], skipped: dict[str, str]) -> list[str]:
+def findings_sentences(
+    rows: list[dict[str, Any]],
+    bounds: dict[str, dict],
+    detection: list[dict[str, Any]],
+    settings: dict[str, Any],
+    skipped: dict[str, str],
+) -> list[str]:
     """Sentences of the findings summary (plain text; the report escapes them)."""
     out = []
     k, t = len(rows), settings["n_test"]
     if settings["reference"] is None:
-        out.append(f"{k} models compared on {t} test points; without groups each model is compared with all the "
-                   "others (leave-one-out reference).")
+        out.append(
+            f"{k} models compared on {t} test points; without groups each model is compared with all the "
+            "others (leave-one-out reference)."
+        )
     else:
         n_ref = sum(r["role"] == "reference" for r in rows)
-        out.append(f"{k} models compared on {t} test points against the reference group "
-                   f"{settings['reference']!r} ({n_ref} models; each reference model against the other "
-                   f"{n_ref - 1}).")
+        out.append(
+            f"{k} models compared on {t} test points against the reference group "
+            f"{settings['reference']!r} ({n_ref} models; each reference model against the other "
+            f"{n_ref - 1})."
+        )
     if "alpha_hat" not in bounds:
         out.append("α̂ was not computed (section 'alpha' not selected); atypical models cannot be named.")
     else:
         out.extend(_atypical_sentences(rows, bounds, settings))
-    missed = [(r["name"], [STATISTICS[s] for s in STATISTICS if s != "alpha_hat" and r["flags"].get(s)])
-              for r in rows if not r["atypical"]]
+    missed = [
+        (r["name"], [STATISTICS[s] for s in STATISTICS if s != "alpha_hat" and r["flags"].get(s)])
+        for r in rows
+        if not r["atypical"]
+    ]
     missed = [(n, s) for n, s in missed if s]
     if missed:
-        out.append(("Flagged by a classic statistic but not by α̂: " if "alpha_hat" in bounds else
-                    "Flagged by the classic statistics: ")
-                   + "; ".join(f"{n} ({_join(s)})" for n, s in missed) + ".")
+        out.append(
+            (
+                "Flagged by a classic statistic but not by α̂: "
+                if "alpha_hat" in bounds
+                else "Flagged by the classic statistics: "
+            )
+            + "; ".join(f"{n} ({_join(s)})" for n, s in missed)
+            + "."
+        )
     for g in dict.fromkeys(d["group"] for d in detection):
         entries = sorted((d for d in detection if d["group"] == g), key=lambda d: d["statistic"] != "alpha_hat")
         n = entries[0]["n_group"]

@@ -5,6 +5,7 @@ scroll inside a wrapper and images shrink to the page width (``max-width: 100%``
 screens. matplotlib (``jaxcompare[demo]``) is imported only here; without it the report is written without figures
 and says so.
 """
+
 from __future__ import annotations
 
 import base64
@@ -21,8 +22,19 @@ from ._findings import STATISTICS
 __all__ = ["write_report", "CSV_COLUMNS"]
 
 #: Leading columns of ``models.csv`` (further columns follow when computed).
-CSV_COLUMNS = ("checkpoint", "group", "role", "accuracy", "accuracy_gap", "churn", "ece", "alpha_hat", "alpha_hat_sd",
-               "rank", "atypical")
+CSV_COLUMNS = (
+    "checkpoint",
+    "group",
+    "role",
+    "accuracy",
+    "accuracy_gap",
+    "churn",
+    "ece",
+    "alpha_hat",
+    "alpha_hat_sd",
+    "rank",
+    "atypical",
+)
 
 _CSS = """
 *{box-sizing:border-box}
@@ -61,8 +73,7 @@ def _fmt(v: Any) -> str:
 def _table(header: list[str], rows: list[list[str]], row_classes: list[str] | None = None) -> str:
     """``rows`` hold already-rendered cells (``<td ...>...</td>``)."""
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    body = "".join(f'<tr class="{c}">' + "".join(r) + "</tr>"
-                   for r, c in zip(rows, row_classes or [""] * len(rows)))
+    body = "".join(f'<tr class="{c}">' + "".join(r) + "</tr>" for r, c in zip(rows, row_classes or [""] * len(rows)))
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
@@ -81,19 +92,30 @@ def _figures(result: Any, directory: str) -> tuple[list[tuple[str, str, str]], s
     groups = list(dict.fromkeys(r["group"] if r["group"] is not None else "all models" for r in rows))
     colors = plt.get_cmap("tab10")
     out = []
-    for stat, label in (("accuracy", "test accuracy"), ("churn", "churn vs the reference ensemble label"),
-                        ("ece", "ECE (top-label)")):
+    for stat, label in (
+        ("accuracy", "test accuracy"),
+        ("churn", "churn vs the reference ensemble label"),
+        ("ece", "ECE (top-label)"),
+    ):
         fig, ax = plt.subplots(figsize=(5.6, 4.0))
         for gi, g in enumerate(groups):
             sel = [r for r in rows if (r["group"] if r["group"] is not None else "all models") == g]
-            ax.errorbar([r[stat] for r in sel], [r["alpha_hat"] for r in sel],
-                        yerr=[r["alpha_hat_sd"] for r in sel], fmt="o", color=colors(gi % 10), ecolor="#999",
-                        elinewidth=0.8, capsize=2, label=g + (" (reference)" if g == result.settings["reference"]
-                                                              else ""))
+            ax.errorbar(
+                [r[stat] for r in sel],
+                [r["alpha_hat"] for r in sel],
+                yerr=[r["alpha_hat_sd"] for r in sel],
+                fmt="o",
+                color=colors(gi % 10),
+                ecolor="#999",
+                elinewidth=0.8,
+                capsize=2,
+                label=g + (" (reference)" if g == result.settings["reference"] else ""),
+            )
             for r in sel:
                 if r["atypical"]:
-                    ax.annotate(r["name"], (r[stat], r["alpha_hat"]), fontsize=7, xytext=(3, 3),
-                                textcoords="offset points")
+                    ax.annotate(
+                        r["name"], (r[stat], r["alpha_hat"]), fontsize=7, xytext=(3, 3), textcoords="offset points"
+                    )
         ax.axhline(result.bounds["alpha_hat"]["bound"], color="#a33", ls="--", lw=1, label="atypical bound")
         ax.set_xlabel(label)
         ax.set_ylabel("α̂ (mean over bootstrap rounds; bars: sd)")
@@ -106,8 +128,10 @@ def _figures(result: Any, directory: str) -> tuple[list[tuple[str, str, str]], s
         name = f"alpha_vs_{stat}.png"
         with open(os.path.join(directory, name), "wb") as f:
             f.write(buf.getvalue())
-        caption = (f"α̂ against {label}, one point per model, coloured by group; the dashed line is the bound above "
-                   "which a model is called atypical.")
+        caption = (
+            f"α̂ against {label}, one point per model, coloured by group; the dashed line is the bound above "
+            "which a model is called atypical."
+        )
         out.append((name, base64.b64encode(buf.getvalue()).decode("ascii"), caption))
     return out, None
 
@@ -117,8 +141,19 @@ def _models_table(result: Any) -> str:
     if "alpha_hat" in result.bounds:
         rows.sort(key=lambda r: r["rank"])
     cols = ["name", "group", "role", "accuracy", "accuracy_gap", "churn", "ece"]
-    cols += [c for c in ("alpha_hat", "alpha_hat_sd", "rank", "train_accuracy", "generalization_gap",
-                         "spectral_outliers", "tail_alpha_mean") if any(c in r for r in rows)]
+    cols += [
+        c
+        for c in (
+            "alpha_hat",
+            "alpha_hat_sd",
+            "rank",
+            "train_accuracy",
+            "generalization_gap",
+            "spectral_outliers",
+            "tail_alpha_mean",
+        )
+        if any(c in r for r in rows)
+    ]
     body, classes = [], []
     for r in rows:
         cells = []
@@ -133,8 +168,22 @@ def _models_table(result: Any) -> str:
 
 def _spectra_html(spectra: dict) -> str:
     parts = []
-    keys = ("path", "shape", "n", "m", "lambda_max", "stable_rank", "mp_edge", "n_outliers", "alpha", "xmin", "ks",
-            "alpha_sigma", "n_tail", "note")
+    keys = (
+        "path",
+        "shape",
+        "n",
+        "m",
+        "lambda_max",
+        "stable_rank",
+        "mp_edge",
+        "n_outliers",
+        "alpha",
+        "xmin",
+        "ks",
+        "alpha_sigma",
+        "n_tail",
+        "note",
+    )
     for name, res in spectra.items():
         layers = res.get("layers", []) if isinstance(res, dict) else []
         cols = [k for k in keys if any(k in lay for lay in layers)]
@@ -168,58 +217,82 @@ def write_report(result: Any, directory: str | os.PathLike) -> str:
             w.writerow(["" if v is None else v for v in vals])
     figs, fig_note = _figures(result, d)
     s = result.settings
-    kpis = {"models": s["n_models"], "test points": s["n_test"], "classes": s["n_classes"],
-            "reference": s["reference"] if s["reference"] is not None else "leave-one-out", "score": s["score"],
-            "bootstrap rounds": s["n_boot"], "KS threshold δ": s.get("threshold")}
-    h = ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
-         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-         f"<title>jaxcompare: comparison of {s['n_models']} models</title><style>{_CSS}</style></head><body>",
-         f"<h1>Comparison of {s['n_models']} models</h1>",
-         '<section class="findings"><h2 style="margin-top:0">Findings</h2>'
-         + "".join(f"<p>{_e(t)}</p>" for t in result.findings) + "</section>",
-         "<div>" + "".join(f'<span class="kpi">{_e(k)}: <b>{_fmt(v)}</b></span>' for k, v in kpis.items()) + "</div>",
-         "<h2>Models</h2>",
-         f"<p>Score α̂ compares: {_e(s['score'])} — {_e(s['score_definition'])}. ECE: {_e(s['ece'])}, "
-         f"{_e(s['n_bins'])} bins. Churn is measured against the reference ensemble's label (argmax of the mean "
-         "probabilities of the reference models; for a reference model, of the other reference models). Highlighted "
-         "cells exceed the bound of the rule below; highlighted names are atypical (flagged on α̂). "
-         + ("α̂ protocol: " + _e(s["alpha_protocol"]) + "." if s.get("alpha_protocol") else "") + "</p>",
-         _models_table(result)]
+    kpis = {
+        "models": s["n_models"],
+        "test points": s["n_test"],
+        "classes": s["n_classes"],
+        "reference": s["reference"] if s["reference"] is not None else "leave-one-out",
+        "score": s["score"],
+        "bootstrap rounds": s["n_boot"],
+        "KS threshold δ": s.get("threshold"),
+    }
+    h = [
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>jaxcompare: comparison of {s['n_models']} models</title><style>{_CSS}</style></head><body>",
+        f"<h1>Comparison of {s['n_models']} models</h1>",
+        '<section class="findings"><h2 style="margin-top:0">Findings</h2>'
+        + "".join(f"<p>{_e(t)}</p>" for t in result.findings)
+        + "</section>",
+        "<div>" + "".join(f'<span class="kpi">{_e(k)}: <b>{_fmt(v)}</b></span>' for k, v in kpis.items()) + "</div>",
+        "<h2>Models</h2>",
+        f"<p>Score α̂ compares: {_e(s['score'])} — {_e(s['score_definition'])}. ECE: {_e(s['ece'])}, "
+        f"{_e(s['n_bins'])} bins. Churn is measured against the reference ensemble's label (argmax of the mean "
+        "probabilities of the reference models; for a reference model, of the other reference models). Highlighted "
+        "cells exceed the bound of the rule below; highlighted names are atypical (flagged on α̂). "
+        + ("α̂ protocol: " + _e(s["alpha_protocol"]) + "." if s.get("alpha_protocol") else "")
+        + "</p>",
+        _models_table(result),
+    ]
     if result.bounds:
-        body = [[f"<td>{_e(STATISTICS[k])}</td>"] + [f"<td>{_fmt(b[c])}</td>" for c in
-                                                     ("median", "scale", "bound", "n_reference")]
-                for k, b in result.bounds.items()]
-        h += ["<h2>The rule</h2>",
-              "<p>A model is flagged on a statistic when its value exceeds the bound: with groups, the larger of the "
-              "reference models' own (leave-one-out) maximum and their median + 3 robust standard deviations "
-              "(1.4826·MAD, at least one test point 1/T); without groups, the median + 3 robust sd of all models. "
-              "For α̂, α̂ − 2·sd/√B must exceed the bound (the Monte Carlo error of the bootstrap mean).</p>",
-              _table(["statistic", "reference median", "robust sd", "bound", "reference values"], body)]
+        body = [
+            [f"<td>{_e(STATISTICS[k])}</td>"]
+            + [f"<td>{_fmt(b[c])}</td>" for c in ("median", "scale", "bound", "n_reference")]
+            for k, b in result.bounds.items()
+        ]
+        h += [
+            "<h2>The rule</h2>",
+            "<p>A model is flagged on a statistic when its value exceeds the bound: with groups, the larger of the "
+            "reference models' own (leave-one-out) maximum and their median + 3 robust standard deviations "
+            "(1.4826·MAD, at least one test point 1/T); without groups, the median + 3 robust sd of all models. "
+            "For α̂, α̂ − 2·sd/√B must exceed the bound (the Monte Carlo error of the bootstrap mean).</p>",
+            _table(["statistic", "reference median", "robust sd", "bound", "reference values"], body),
+        ]
     if result.detection:
         groups = list(dict.fromkeys(x["group"] for x in result.detection))
         stats = list(dict.fromkeys(x["statistic"] for x in result.detection))
         look = {(x["group"], x["statistic"]): x["auroc"] for x in result.detection}
         body = [[f"<td>{_e(g)}</td>"] + [f"<td>{_fmt(look.get((g, st)))}</td>" for st in stats] for g in groups]
-        h += ["<h2>Telling each group from the reference (AUROC)</h2>",
-              "<p>Probability that a model of the group scores higher on the statistic than a reference model (1 = "
-              "perfect separation, 0.5 = chance).</p>", _table(["group"] + [STATISTICS[st] for st in stats], body)]
+        h += [
+            "<h2>Telling each group from the reference (AUROC)</h2>",
+            "<p>Probability that a model of the group scores higher on the statistic than a reference model (1 = "
+            "perfect separation, 0.5 = chance).</p>",
+            _table(["group"] + [STATISTICS[st] for st in stats], body),
+        ]
     if figs or fig_note:
         h.append("<h2>α̂ against the classic metrics</h2>")
         if fig_note:
             h.append(f'<p class="note">{_e(fig_note)}</p>')
         for name, b64, caption in figs:
-            h.append(f'<figure><img src="data:image/png;base64,{b64}" alt="{_e(caption)}">'
-                     f"<figcaption>{_e(caption)} (file: {_e(name)})</figcaption></figure>")
+            h.append(
+                f'<figure><img src="data:image/png;base64,{b64}" alt="{_e(caption)}">'
+                f"<figcaption>{_e(caption)} (file: {_e(name)})</figcaption></figure>"
+            )
     if result.spectra:
-        h += ["<h2>Per-layer weight spectra</h2>",
-              "<p>Eigenvalues of WᵀW/N per weight matrix (jaxcompare.spectra.analyze_params): largest eigenvalue, "
-              "stable rank, Marchenko–Pastur bulk edge, outliers above it, power-law tail exponent α.</p>",
-              _spectra_html(result.spectra)]
+        h += [
+            "<h2>Per-layer weight spectra</h2>",
+            "<p>Eigenvalues of WᵀW/N per weight matrix (jaxcompare.spectra.analyze_params): largest eigenvalue, "
+            "stable rank, Marchenko–Pastur bulk edge, outliers above it, power-law tail exponent α.</p>",
+            _spectra_html(result.spectra),
+        ]
     for section, why in result.skipped.items():
         h.append(f'<p class="note">Section {_e(section)} skipped: {_e(why)}</p>')
-    h += ["<h2>Settings</h2>", f"<details><summary>every setting (also in results.json)</summary><pre>"
-          f"{_e(json.dumps(data['settings'], indent=1))}</pre></details>",
-          "<footer>Written by jaxcompare (compare). Numbers: results.json; table: models.csv.</footer></body></html>"]
+    h += [
+        "<h2>Settings</h2>",
+        f"<details><summary>every setting (also in results.json)</summary><pre>"
+        f"{_e(json.dumps(data['settings'], indent=1))}</pre></details>",
+        "<footer>Written by jaxcompare (compare). Numbers: results.json; table: models.csv.</footer></body></html>",
+    ]
     path = os.path.join(d, "index.html")
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(h))

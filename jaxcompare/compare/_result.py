@@ -1,4 +1,5 @@
 """The result of :func:`jaxcompare.compare.compare_models`: a tidy per-model table, saved as JSON + ``.npz``."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -105,17 +106,19 @@ class ComparisonResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Everything as plain JSON-able Python (the content of ``comparison.json`` and ``results.json``)."""
-        return to_jsonable({
-            "format_version": FORMAT_VERSION,
-            "models": [dict(r) for r in self.rows],
-            "detection": [dict(d) for d in self.detection],
-            "bounds": dict(self.bounds),
-            "findings": list(self.findings),
-            "atypical": self.atypical,
-            "settings": dict(self.settings),
-            "skipped": dict(self.skipped),
-            "spectra": self.spectra,
-        })
+        return to_jsonable(
+            {
+                "format_version": FORMAT_VERSION,
+                "models": [dict(r) for r in self.rows],
+                "detection": [dict(d) for d in self.detection],
+                "bounds": dict(self.bounds),
+                "findings": list(self.findings),
+                "atypical": self.atypical,
+                "settings": dict(self.settings),
+                "skipped": dict(self.skipped),
+                "spectra": self.spectra,
+            }
+        )
 
     def to_pandas(self) -> Any:
         """The per-model table as a ``pandas.DataFrame`` (one row per model, indexed by name; needs pandas)."""
@@ -147,8 +150,12 @@ class ComparisonResult:
         cols = ("name", "group", "accuracy", "churn", "ece", "alpha_hat", "alpha_hat_sd")
         lines = [f"ComparisonResult({len(self.rows)} models, atypical: {self.atypical})"]
         for r in self.rows:
-            lines.append("  " + "  ".join(f"{c}={r[c]:.4g}" if isinstance(r.get(c), float) else f"{c}={r.get(c)}"
-                                          for c in cols if c in r))
+            lines.append(
+                "  "
+                + "  ".join(
+                    f"{c}={r[c]:.4g}" if isinstance(r.get(c), float) else f"{c}={r.get(c)}" for c in cols if c in r
+                )
+            )
         return "\n".join(lines)
 
 
@@ -194,6 +201,13 @@ def load_comparison(directory: str | os.PathLike) -> ComparisonResult:
             arrays = {k: z[k] for k in z.keys()}
     except (ValueError, OSError, EOFError) as e:
         raise ValueError(f"{npz} could not be read (pickles are refused): {e}") from None
-    return ComparisonResult(rows=data["models"], detection=data["detection"], bounds=data["bounds"],
-                            findings=data["findings"], settings=data["settings"], skipped=data["skipped"],
-                            spectra=data["spectra"], arrays=arrays)
+    return ComparisonResult(
+        rows=data["models"],
+        detection=data["detection"],
+        bounds=data["bounds"],
+        findings=data["findings"],
+        settings=data["settings"],
+        skipped=data["skipped"],
+        spectra=data["spectra"],
+        arrays=arrays,
+    )

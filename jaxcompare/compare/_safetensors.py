@@ -14,6 +14,7 @@ implementation's limit), JSON that is not an object, unknown keys or dtypes, neg
 offsets outside the buffer, a byte range whose length is not ``prod(shape) * itemsize``, overlapping ranges, and
 bytes of the buffer no tensor covers ("holes"). Every error names the file.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,19 @@ def _bf16() -> Any:
 
 #: safetensors dtype names and their little-endian NumPy dtypes (``BF16`` through ``ml_dtypes``, which jax ships).
 SAFETENSORS_DTYPES: dict[str, str] = {
-    "BOOL": "|b1", "U8": "|u1", "I8": "|i1", "U16": "<u2", "I16": "<i2", "F16": "<f2", "BF16": "bfloat16",
-    "U32": "<u4", "I32": "<i4", "F32": "<f4", "U64": "<u8", "I64": "<i8", "F64": "<f8",
+    "BOOL": "|b1",
+    "U8": "|u1",
+    "I8": "|i1",
+    "U16": "<u2",
+    "I16": "<i2",
+    "F16": "<f2",
+    "BF16": "bfloat16",
+    "U32": "<u4",
+    "I32": "<i4",
+    "F32": "<f4",
+    "U64": "<u8",
+    "I64": "<i8",
+    "F64": "<f8",
 }
 
 
@@ -89,12 +101,12 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], di
     if 8 + n > len(raw):
         raise bad(f"header length {n} runs past the end of the {len(raw)}-byte file (truncated?)")
     try:
-        header = json.loads(raw[8:8 + n].decode("utf-8"))
+        header = json.loads(raw[8 : 8 + n].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise bad(f"header is not UTF-8 JSON ({e})") from None
     if not isinstance(header, dict):
         raise bad(f"header must be a JSON object, got {type(header).__name__}")
-    buf = memoryview(raw)[8 + n:]
+    buf = memoryview(raw)[8 + n :]
     meta = header.pop("__metadata__", {})
     if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
         raise bad("__metadata__ must be an object of string keys and string values")
@@ -108,15 +120,20 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], di
             raise bad(f"tensor {name!r} has unsupported dtype {dt!r}; supported: {sorted(SAFETENSORS_DTYPES)}")
         if not isinstance(shape, list) or not all(type(s) is int and s >= 0 for s in shape):
             raise bad(f"tensor {name!r} has an invalid shape {shape!r} (expected a list of non-negative integers)")
-        if (not isinstance(offs, list) or len(offs) != 2 or not all(type(o) is int for o in offs)
-                or not 0 <= offs[0] <= offs[1] <= len(buf)):
-            raise bad(f"tensor {name!r} has data_offsets {offs!r} outside the {len(buf)}-byte data buffer "
-                      "(truncated?)")
+        if (
+            not isinstance(offs, list)
+            or len(offs) != 2
+            or not all(type(o) is int for o in offs)
+            or not 0 <= offs[0] <= offs[1] <= len(buf)
+        ):
+            raise bad(f"tensor {name!r} has data_offsets {offs!r} outside the {len(buf)}-byte data buffer (truncated?)")
         dtype = _np_dtype(dt)
         need = math.prod(shape) * dtype.itemsize
         if offs[1] - offs[0] != need:
-            raise bad(f"tensor {name!r}: data_offsets span {offs[1] - offs[0]} bytes but dtype {dt} and shape "
-                      f"{shape} need {need}")
+            raise bad(
+                f"tensor {name!r}: data_offsets span {offs[1] - offs[0]} bytes but dtype {dt} and shape "
+                f"{shape} need {need}"
+            )
         parsed[name] = (dtype, tuple(shape), offs[0], offs[1])
         spans.append((offs[0], offs[1], name))
     spans.sort()

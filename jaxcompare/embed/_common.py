@@ -1,4 +1,5 @@
 """Small helpers shared by the embedding-microscope modules (validation of data matrices, matmul precision)."""
+
 from __future__ import annotations
 
 from typing import Any

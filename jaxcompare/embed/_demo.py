@@ -1,4 +1,5 @@
 """Demo data for the microscope: scikit-learn's bundled digits, embedded by a small random-feature network."""
+
 from __future__ import annotations
 
 from functools import partial

@@ -1,4 +1,5 @@
 """The samples that lie furthest along a direction (e.g. an LDA direction or a principal axis)."""
+
 from __future__ import annotations
 
 import dataclasses

@@ -1,9 +1,11 @@
 """Loaders for embeddings computed elsewhere (``.npz``, ``.npy``, ``.csv``) and an ``.npz`` writer."""
+
 from __future__ import annotations
 
 import csv
 import os
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 

@@ -1,4 +1,5 @@
 """Linear discriminant analysis (Fisher) as a fit/apply transform pair, with shrinkage for wide data."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -184,8 +185,9 @@ def _singular_warning(d: int, n: int, n_classes: int) -> None:
     )
 
 
-def lda(n_components: int | None = None, *, shrinkage: Any = None, n_classes: int | None = None,
-        throw: bool = True) -> Transform:
+def lda(
+    n_components: int | None = None, *, shrinkage: Any = None, n_classes: int | None = None, throw: bool = True
+) -> Transform:
     r"""Fisher linear discriminant analysis as a ``Transform(fit, apply)`` pair (labels required at fit).
 
     With class means :math:`\mu_c`, proportions :math:`p_c`, overall mean :math:`\bar x = \sum_c p_c\mu_c`, pooled

@@ -1,4 +1,5 @@
 """Principal component analysis as a fit/apply transform pair."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -191,20 +192,27 @@ def _pca_args(key: Any, n_components: Any, deprecated: dict) -> tuple[Any, Any]:
     if deprecated:
         given = [a for a in (key, n_components) if a is not REQUIRED]
         if "key" in deprecated and (len(given) == 2 or (given and "n_components" in deprecated)):
-            raise TypeError("pca() got the PRNG key twice: pass it only as the first positional argument, "
-                            "pca(key, n_components, ...).")
+            raise TypeError(
+                "pca() got the PRNG key twice: pass it only as the first positional argument, "
+                "pca(key, n_components, ...)."
+            )
         if "n_components" in deprecated and len(given) == 2:
             raise TypeError("pca() got multiple values for argument 'n_components'.")
-        warnings.warn(f"pca() with {', '.join(sorted(deprecated))} passed by keyword is deprecated and will be removed "
-                      "in the next release: pass the key as the first positional argument, pca(key, n_components, "
-                      "...), or pca(n_components) without a key.", DeprecationWarning, stacklevel=3)
+        warnings.warn(
+            f"pca() with {', '.join(sorted(deprecated))} passed by keyword is deprecated and will be removed "
+            "in the next release: pass the key as the first positional argument, pca(key, n_components, "
+            "...), or pca(n_components) without a key.",
+            DeprecationWarning,
+            stacklevel=3,
+        )
         k = deprecated.get("key")
         n = deprecated["n_components"] if "n_components" in deprecated else (given[0] if given else REQUIRED)
         if "n_components" in deprecated and given:  # pca(key, n_components=k)
             k = given[0]
         if n is REQUIRED:
-            raise TypeError("pca() missing required argument n_components: pca(key, n_components) or "
-                            "pca(n_components).")
+            raise TypeError(
+                "pca() missing required argument n_components: pca(key, n_components) or pca(n_components)."
+            )
         return k, n
     if key is REQUIRED:
         raise TypeError("pca() missing required argument n_components: pca(key, n_components) or pca(n_components).")

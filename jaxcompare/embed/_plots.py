@@ -1,7 +1,9 @@
 """Figures for the microscope (matplotlib imported lazily). Every function returns a ``matplotlib.figure.Figure``."""
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -143,8 +145,14 @@ def plot_microscope(
     fig = _new_figure((4.6 * ncol, 4.0))
     axes = fig.subplots(1, ncol)
     r = np.asarray(sp.explained_variance_ratio)
-    plot_projection(Zp, labels, names=names, ax=axes[0], axis_label="PC",
-                    title=f"PCA (PC1 {100 * r[0]:.1f}%, PC2 {100 * r[1]:.1f}% of variance)")
+    plot_projection(
+        Zp,
+        labels,
+        names=names,
+        ax=axes[0],
+        axis_label="PC",
+        title=f"PCA (PC1 {100 * r[0]:.1f}%, PC2 {100 * r[1]:.1f}% of variance)",
+    )
     plot_projection(Zl, labels, names=names, ax=axes[1], axis_label="LD", title="LDA (between-source directions)")
     if hidden is not None:
         h = np.asarray(check_labels(hidden, "hidden", length=Zp.shape[0]))

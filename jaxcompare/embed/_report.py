@@ -1,8 +1,10 @@
 """A markdown section summarising what the microscope sees (for the main job's report)."""
+
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -72,8 +74,12 @@ def microscope_report(
     n_pc = min(5, n, d)
     sp = pca(n_pc).fit(X)
     r = np.asarray(sp.explained_variance_ratio)
-    lines += ["Variance explained by the first principal components: "
-              + ", ".join(f"PC{i + 1} {100 * v:.1f}%" for i, v in enumerate(r)) + ".", ""]
+    lines += [
+        "Variance explained by the first principal components: "
+        + ", ".join(f"PC{i + 1} {100 * v:.1f}%" for i, v in enumerate(r))
+        + ".",
+        "",
+    ]
     sep = separability(k_sep, X, y)
     lines += [
         f"Held-out LDA accuracy (5-fold, Ledoit-Wolf shrinkage): **{float(sep.accuracy):.3f}** "

@@ -1,4 +1,5 @@
 """Held-out LDA separability of labelled sources, with a Wilson confidence interval."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -127,8 +128,9 @@ def separability(
       >>> print(f"{res.accuracy:.3f} [{res.ci_low:.3f}, {res.ci_high:.3f}] (chance {res.chance:.2f})")
       0.850 [0.767, 0.907] (chance 0.50)
     """
-    key, embeddings, labels = key_first("separability", (key, embeddings, labels), deprecated,
-                                        ("key", "embeddings", "labels"))
+    key, embeddings, labels = key_first(
+        "separability", (key, embeddings, labels), deprecated, ("key", "embeddings", "labels")
+    )
     key = check_key(key)
     X = check_data(embeddings, "embeddings")
     n, d = X.shape
@@ -150,6 +152,7 @@ def separability(
         mode = "auto"
     res = _separability(key, X, y, alpha, folds, K, mode, level)
     traced_result(res.result, throw, "separability")
-    report_result(res.result, throw, "separability: LDA failed in at least one fold: " + SINGULAR_MESSAGE,
-                  error=ValueError)
+    report_result(
+        res.result, throw, "separability: LDA failed in at least one fold: " + SINGULAR_MESSAGE, error=ValueError
+    )
     return res

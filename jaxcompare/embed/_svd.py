@@ -1,4 +1,5 @@
 """Randomized truncated SVD (Halko, Martinsson & Tropp 2011) with power iterations and an explicit key."""
+
 from __future__ import annotations
 
 from functools import partial

@@ -1,7 +1,9 @@
 """Fit/apply transform pairs (optax style) and their composition ``chain``."""
+
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 

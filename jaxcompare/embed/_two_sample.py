@@ -1,4 +1,5 @@
 """Permutation two-sample tests: kernel MMD (Gaussian kernel, median heuristic) and an LDA classifier test."""
+
 from __future__ import annotations
 
 import dataclasses

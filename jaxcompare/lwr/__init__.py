@@ -13,6 +13,7 @@ training; limiting laws from :mod:`jaxcompare.spectra`.
   :func:`plot_tail_exponents`.
 - Which optimizer trained it: :func:`spectral_diagnosis` (the report's rule, from the final spectra).
 """
+
 from . import _config, _diagnosis, _model, _plots, _theorems, _theory, _train
 from ._config import *  # noqa: F401,F403
 from ._diagnosis import *  # noqa: F401,F403
@@ -22,5 +23,12 @@ from ._theorems import *  # noqa: F401,F403
 from ._theory import *  # noqa: F401,F403
 from ._train import *  # noqa: F401,F403
 
-__all__ = [*_config.__all__, *_model.__all__, *_train.__all__, *_theory.__all__, *_theorems.__all__, *_plots.__all__,
-           *_diagnosis.__all__]
+__all__ = [
+    *_config.__all__,
+    *_model.__all__,
+    *_train.__all__,
+    *_theory.__all__,
+    *_theorems.__all__,
+    *_plots.__all__,
+    *_diagnosis.__all__,
+]

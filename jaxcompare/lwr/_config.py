@@ -1,4 +1,5 @@
 """Configuration of the linear-width two-layer model (static, hashable)."""
+
 from __future__ import annotations
 
 import dataclasses

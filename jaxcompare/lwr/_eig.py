@@ -5,6 +5,7 @@ which LAPACK's ``syevd`` with ``jobz='N'`` computes several times faster. The ``
 ``scipy.linalg.eigh(..., eigvals_only=True)`` through ``jax.pure_callback`` (works under ``jit``, ``vmap`` and
 inside ``lax.scan``); the ``"jax"`` backend stays on device (use it on GPU/TPU).
 """
+
 from __future__ import annotations
 
 import jax

@@ -1,4 +1,5 @@
 """Data, parameters, forward pass and the three matrices (weights, CK, NTK) of the two-layer model."""
+
 from __future__ import annotations
 
 import dataclasses

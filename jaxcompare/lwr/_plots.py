@@ -1,7 +1,8 @@
 """Figures for the linear-width simulator (matplotlib, imported lazily). Every function returns the ``Figure``."""
+
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -43,8 +44,18 @@ def _eigs_of(source, matrix: str, step: int) -> np.ndarray:
     return e
 
 
-def plot_spectra(source, cfg: LWRConfig, matrix: str = "weights", *, step: int = -1, ax=None, bins: int = 60,
-                 theory: bool = True, label: str | None = None, logy: bool = False):
+def plot_spectra(
+    source,
+    cfg: LWRConfig,
+    matrix: str = "weights",
+    *,
+    step: int = -1,
+    ax=None,
+    bins: int = 60,
+    theory: bool = True,
+    label: str | None = None,
+    logy: bool = False,
+):
     """Histogram of an empirical spectrum over the limiting density at initialization.
 
     Args:
@@ -74,8 +85,15 @@ def plot_spectra(source, cfg: LWRConfig, matrix: str = "weights", *, step: int =
     cont = e[e > 1e-6 * max(1.0, e.max())] if atoms else e
     w = np.full(cont.shape, 1.0 / e.size)
     counts, edges = np.histogram(cont, bins=bins, weights=w)
-    ax.bar(edges[:-1], counts / np.diff(edges), width=np.diff(edges), align="edge", alpha=0.5,
-           color="C0", label=label or "empirical")
+    ax.bar(
+        edges[:-1],
+        counts / np.diff(edges),
+        width=np.diff(edges),
+        align="edge",
+        alpha=0.5,
+        color="C0",
+        label=label or "empirical",
+    )
     if theory:
         hi = max(edges[-1], 1e-3)
         x = np.linspace(max(1e-4, 0.0), hi, 600)
@@ -90,8 +108,15 @@ def plot_spectra(source, cfg: LWRConfig, matrix: str = "weights", *, step: int =
     return fig
 
 
-def plot_spectra_grid(results: Mapping[str, object], cfg: LWRConfig, *, matrices: Sequence[str] = ("weights", "ck", "ntk"),
-                      step: int = -1, bins: int = 60, logy: bool = True):
+def plot_spectra_grid(
+    results: Mapping[str, object],
+    cfg: LWRConfig,
+    *,
+    matrices: Sequence[str] = ("weights", "ck", "ntk"),
+    step: int = -1,
+    bins: int = 60,
+    logy: bool = True,
+):
     """A grid of spectra: one row per run (e.g. optimizer), one column per matrix, each over the limiting law.
 
     Args:

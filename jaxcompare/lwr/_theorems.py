@@ -1,4 +1,5 @@
 """Numerical checks of the spectral-evolution theorems: each returns measured and predicted numbers."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -65,7 +66,13 @@ class EarlyPhaseCheck:
 
 
 def check_early_phase(
-    key, *, ns=(250, 500, 1000), lr: float = 1.0, steps: int = 10, d_ratio: float = 0.5, h_ratio: float = 0.75,
+    key,
+    *,
+    ns=(250, 500, 1000),
+    lr: float = 1.0,
+    steps: int = 10,
+    d_ratio: float = 0.5,
+    h_ratio: float = 0.75,
     **cfg_kwargs,
 ) -> EarlyPhaseCheck:
     """T1 early phase: with ``η = Θ(1)`` and fixed ``t`` the three norms are ``O(tη/n)``; slope ≈ −1 in ``n``.
@@ -116,8 +123,16 @@ class BulkCheck:
 
 
 def check_bulk_invariance(
-    key, *, ns=(250, 500, 1000), lr_over_n: float = 0.2, steps: int = 150, record_every: int = 10,
-    z=(1 + 0.1j,), d_ratio: float = 0.5, h_ratio: float = 0.75, **cfg_kwargs,
+    key,
+    *,
+    ns=(250, 500, 1000),
+    lr_over_n: float = 0.2,
+    steps: int = 150,
+    record_every: int = 10,
+    z=(1 + 0.1j,),
+    d_ratio: float = 0.5,
+    h_ratio: float = 0.75,
+    **cfg_kwargs,
 ) -> BulkCheck:
     """T2 bulk invariance under GD with ``η = lr_over_n · n`` (below the spike threshold).
 
@@ -224,7 +239,13 @@ class TailCheck:
 
 
 def check_adam_tails(
-    key, cfg: LWRConfig, *, optimizer: str = "adam", lr: float = 3e-2, batch_size: int | None = 32, steps: int = 500,
+    key,
+    cfg: LWRConfig,
+    *,
+    optimizer: str = "adam",
+    lr: float = 3e-2,
+    batch_size: int | None = 32,
+    steps: int = 500,
     min_tail: int = 20,
 ) -> TailCheck:
     """Adam leaves heavy tails in the spectrum of ``Σ`` (bulk not invariant): the Clauset power-law exponent drops
@@ -246,8 +267,13 @@ def check_adam_tails(
     f0 = powerlaw_fit(e0[e0 > 1e-8 * e0.max()], min_tail=min_tail)
     f1 = powerlaw_fit(e1[e1 > 1e-8 * e1.max()], min_tail=min_tail)
     return TailCheck(
-        alpha_init=float(f0.alpha), sigma_init=float(f0.sigma), alpha_final=float(f1.alpha),
-        sigma_final=float(f1.sigma), n_above=int(np.sum(e1 > 1.1 * e0.max())), top_init=e0[:5], top_final=e1[:5],
+        alpha_init=float(f0.alpha),
+        sigma_init=float(f0.sigma),
+        alpha_final=float(f1.alpha),
+        sigma_final=float(f1.sigma),
+        n_above=int(np.sum(e1 > 1.1 * e0.max())),
+        top_init=e0[:5],
+        top_final=e1[:5],
     )
 
 
@@ -291,8 +317,10 @@ def check_ntk_closed_form(params: LWRParams, X) -> NTKCheck:
     import jaxcompare as jc
 
     if hasattr(jc, "trace_ntk"):
-        out += [rel(K.ntk_w, jc.trace_ntk(f_w, normalize=False)(params.W, X)),
-                rel(K.ntk, jc.trace_ntk(f_full, normalize=False)(full_p, X))]
+        out += [
+            rel(K.ntk_w, jc.trace_ntk(f_w, normalize=False)(params.W, X)),
+            rel(K.ntk, jc.trace_ntk(f_full, normalize=False)(full_p, X)),
+        ]
     else:  # pragma: no cover - only before the NTK area lands
         out += [float("nan"), float("nan")]
     return NTKCheck(*out)

@@ -1,4 +1,5 @@
 """Limiting laws of the three matrices at initialization for a given :class:`LWRConfig`, and the one-step spike."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -187,14 +188,20 @@ def _spike_parts(params, data, cfg: LWRConfig) -> dict:
     ``u`` (``b‖v‖/(n√(hd)) Xᵀr₀``), the planted directions and the ratio ``c = d/h``."""
     _check_cfg(cfg)
     params, X, y, _, _, B = _check_model_data(params, data, cfg)
-    r0 = np.asarray(y, np.float64) - np.asarray(_apply(params.W, params.v, X.astype(params.W.dtype), cfg.activation),
-                                                 np.float64)
+    r0 = np.asarray(y, np.float64) - np.asarray(
+        _apply(params.W, params.v, X.astype(params.W.dtype), cfg.activation), np.float64
+    )
     v = np.asarray(params.v, np.float64)
     nv = np.linalg.norm(v)
     b = gaussian_constants(cfg.activation).b
     push = b * nv / (cfg.n * np.sqrt(cfg.h * cfg.d)) * (np.asarray(X, np.float64).T @ r0)
-    return dict(base=np.asarray(params.W, np.float64).T @ (v / nv), push=push, B=np.asarray(B, np.float64),
-                c=cfg.d / cfg.h, h=cfg.h)
+    return dict(
+        base=np.asarray(params.W, np.float64).T @ (v / nv),
+        push=push,
+        B=np.asarray(B, np.float64),
+        c=cfg.d / cfg.h,
+        h=cfg.h,
+    )
 
 
 def _spike_prediction(parts: dict, lr: float) -> SpikePrediction:

@@ -1,4 +1,5 @@
 """Training of the two-layer model in one jitted ``lax.scan`` program, recording spectra along the way."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -156,12 +157,40 @@ def _tree_norm(tree) -> jax.Array:
 
 @partial(
     jax.jit,
-    static_argnames=("cfg", "optimizer", "steps", "batch_size", "record_every", "n_top", "eig_backend", "spectra",
-                     "max_growth"),
+    static_argnames=(
+        "cfg",
+        "optimizer",
+        "steps",
+        "batch_size",
+        "record_every",
+        "n_top",
+        "eig_backend",
+        "spectra",
+        "max_growth",
+    ),
 )
 def _train_core(
-    key, W0, v0, X, y, Xt, yt, B, lr, refs, start, *, cfg, optimizer, steps, batch_size, record_every, n_top,
-    eig_backend, spectra, max_growth=100.0,
+    key,
+    W0,
+    v0,
+    X,
+    y,
+    Xt,
+    yt,
+    B,
+    lr,
+    refs,
+    start,
+    *,
+    cfg,
+    optimizer,
+    steps,
+    batch_size,
+    record_every,
+    n_top,
+    eig_backend,
+    spectra,
+    max_growth=100.0,
 ):
     act = cfg.activation
     n = X.shape[0]
@@ -204,13 +233,25 @@ def _train_core(
         return (tp, opt_state, t + 1, diverged | bad, first_bad, code.astype(jnp.int32)), out_loss
 
     if start is None:
-        state = (tp0, opt.init(tp0), jnp.asarray(0, jnp.int32), jnp.asarray(False), jnp.asarray(-1, jnp.int32),
-                 jnp.asarray(int(Result.successful), jnp.int32))
+        state = (
+            tp0,
+            opt.init(tp0),
+            jnp.asarray(0, jnp.int32),
+            jnp.asarray(False),
+            jnp.asarray(-1, jnp.int32),
+            jnp.asarray(int(Result.successful), jnp.int32),
+        )
         recs = [jax.tree.map(lambda a: a[None], record(tp0, 0))]
     else:  # resume from the scan state of an earlier run; the first record is the earlier run's last
         tp, opt_state, t, diverged, first_bad, code = start
-        state = (tp, opt_state, jnp.asarray(t, jnp.int32), jnp.asarray(diverged), jnp.asarray(first_bad, jnp.int32),
-                 jnp.asarray(code, jnp.int32))
+        state = (
+            tp,
+            opt_state,
+            jnp.asarray(t, jnp.int32),
+            jnp.asarray(diverged),
+            jnp.asarray(first_bad, jnp.int32),
+            jnp.asarray(code, jnp.int32),
+        )
         recs = []
     r = steps if record_every is None else record_every
     n_chunks, rem = divmod(steps, r)
@@ -250,17 +291,23 @@ def _resume_state(resume, params: LWRParams, cfg: LWRConfig, optimizer, lr):
         raise TypeError(f"resume must be the TrainResult of an earlier train call, got {type(resume).__name__}.")
     W, v = resume.params.W, resume.params.v
     if W.shape[-2:] != params.W.shape or v.shape[-1:] != params.v.shape:
-        raise ValueError(f"resume holds W {W.shape} and v {v.shape}; this run trains W {params.W.shape} and "
-                         f"v {params.v.shape}: resume with the same cfg and initial params.")
+        raise ValueError(
+            f"resume holds W {W.shape} and v {v.shape}; this run trains W {params.W.shape} and "
+            f"v {params.v.shape}: resume with the same cfg and initial params."
+        )
     if is_concrete(resume.diverged) and np.any(np.asarray(resume.diverged)):
-        raise ValueError(f"cannot resume a run that diverged (first bad step "
-                         f"{np.asarray(resume.first_bad_step).max()}); restart with a smaller lr.")
+        raise ValueError(
+            f"cannot resume a run that diverged (first bad step "
+            f"{np.asarray(resume.first_bad_step).max()}); restart with a smaller lr."
+        )
     dt = params.W.dtype
     tp = _trainable(W.astype(dt), v.astype(dt), cfg.train_v)
     expected = jax.tree.structure(jax.eval_shape(_make_optimizer(optimizer, lr).init, tp))
     if jax.tree.structure(resume.opt_state) != expected:
-        raise ValueError("resume.opt_state does not match this optimizer's state: resume with the optimizer (and "
-                         "cfg.train_v) of the earlier run.")
+        raise ValueError(
+            "resume.opt_state does not match this optimizer's state: resume with the optimizer (and "
+            "cfg.train_v) of the earlier run."
+        )
     return tp, resume.opt_state, resume.step, False, -1, int(Result.successful)
 
 
@@ -272,8 +319,14 @@ def _result_of(res: TrainResult) -> jax.Array:
 
 
 def _scan_state(res: TrainResult, train_v: bool):
-    return (_trainable(res.params.W, res.params.v, train_v), res.opt_state, res.step, res.diverged,
-            res.first_bad_step, _result_of(res))
+    return (
+        _trainable(res.params.W, res.params.v, train_v),
+        res.opt_state,
+        res.step,
+        res.diverged,
+        res.first_bad_step,
+        _result_of(res),
+    )
 
 
 def concat_results(first: TrainResult, *rest: TrainResult, axis: int = 0) -> TrainResult:
@@ -302,7 +355,8 @@ def concat_results(first: TrainResult, *rest: TrainResult, axis: int = 0) -> Tra
         first_bad = jnp.where(diverged, first_bad, r.first_bad_step)
         diverged = diverged | r.diverged
     return dataclasses.replace(
-        parts[-1], result=worst_result(*(_result_of(r) for r in parts)),
+        parts[-1],
+        result=worst_result(*(_result_of(r) for r in parts)),
         history=jax.tree.map(lambda *a: jnp.concatenate(a, axis=axis), *(r.history for r in parts)),
         losses=jnp.concatenate([r.losses for r in parts], axis=axis),
         diverged=diverged,
@@ -420,11 +474,27 @@ def train(
     dt = params.W.dtype
     lr_arr = jnp.asarray(0.0 if lr is None else lr, dt)
     start = None if resume is None else _resume_state(resume, params, cfg, optimizer, lr_arr)
-    args = (key, params.W, params.v.astype(dt), X.astype(dt), y.astype(dt), Xt.astype(dt), yt.astype(dt),
-            B.astype(dt), lr_arr)
+    args = (
+        key,
+        params.W,
+        params.v.astype(dt),
+        X.astype(dt),
+        y.astype(dt),
+        Xt.astype(dt),
+        yt.astype(dt),
+        B.astype(dt),
+        lr_arr,
+    )
     refs = _references(params.W, args[2], args[3], cfg=cfg, eig_backend=eig_backend)
-    static = dict(cfg=cfg, optimizer=optimizer, batch_size=batch_size, n_top=n_top, eig_backend=eig_backend,
-                  spectra=bool(spectra), max_growth=max_growth)
+    static = dict(
+        cfg=cfg,
+        optimizer=optimizer,
+        batch_size=batch_size,
+        n_top=n_top,
+        eig_backend=eig_backend,
+        spectra=bool(spectra),
+        max_growth=max_growth,
+    )
     r = steps if record_every is None else record_every
     chunks = [r] * (steps // r) + ([steps % r] if steps % r else [])
     if len(chunks) > 1 and progress_enabled(progress_bar) and all(is_concrete(a) for a in jax.tree.leaves(args)):
@@ -442,8 +512,11 @@ def train(
         bad = np.atleast_1d(np.asarray(res.first_bad_step))
         bound = np.atleast_1d(np.asarray(res.lr_bound))
         worst = Result(int(np.max(np.asarray(res.result))))
-        what = ("the loss or parameters became non-finite" if worst == Result.nonfinite else
-                f"the parameters' norm grew past max_growth={max_growth:g} times its initial value")
+        what = (
+            "the loss or parameters became non-finite"
+            if worst == Result.nonfinite
+            else f"the parameters' norm grew past max_growth={max_growth:g} times its initial value"
+        )
         raise FloatingPointError(
             f"training diverged: {what} at step {int(bad.max())} of {int(np.max(np.asarray(res.step)))} "
             f"(optimizer={optimizer!r}, lr={lr}). Full-batch GD is stable for lr < 2n/λ_max(K) = "

@@ -4,6 +4,7 @@ intervals, reliability diagrams), Kendall's tau.
 Conventions: ``pred`` is ``(n, C)`` scores (argmax label) or ``(n,)`` integer labels; binary logit gaps ``s`` become
 labels with ``s > 0`` and probabilities with :func:`binary_probs`.
 """
+
 from ._agreement import accuracy, churn, pairwise_churn
 from ._auroc import auroc
 from ._calibration import ReliabilityBins, ece, reliability_bins

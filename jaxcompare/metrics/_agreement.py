@@ -1,4 +1,5 @@
 """Accuracy and churn: agreement of hard labels with the truth and with each other."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -63,8 +64,10 @@ def churn(a: Any, b: Any) -> jax.Array:
     ca = pa.shape[1] if pa.ndim == 2 else None
     cb = pb.shape[1] if pb.ndim == 2 else None
     if ca is not None and cb is not None and ca != cb:
-        raise ValueError(f"a and b must score the same classes: a has {ca} columns (shape {pa.shape}) but b has {cb} "
-                         f"(shape {pb.shape}).")
+        raise ValueError(
+            f"a and b must score the same classes: a has {ca} columns (shape {pa.shape}) but b has {cb} "
+            f"(shape {pb.shape})."
+        )
     classes = ca if ca is not None else cb  # integer labels are checked against the other model's classes
     la, lb = hard_labels(pa, "a", classes), hard_labels(pb, "b", classes)
     check_same_length({"a": la, "b": lb})

@@ -1,4 +1,5 @@
 """Expected calibration error (ECE): top-label or classwise, equal-width or equal-mass bins."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,17 +35,23 @@ class ReliabilityBins:
 def _check_probs(probs: Any, labels: Any) -> tuple[jax.Array, jax.Array]:
     p = check_array(probs, "probs", ndim=2)
     if p.shape[1] < 2:
-        raise ValueError(f"probs must have at least 2 columns (one per class), got shape {p.shape}; "
-                         "for binary logit gaps s use jaxcompare.metrics.binary_probs(s).")
+        raise ValueError(
+            f"probs must have at least 2 columns (one per class), got shape {p.shape}; "
+            "for binary logit gaps s use jaxcompare.metrics.binary_probs(s)."
+        )
     if is_concrete(p):
         a = np.asarray(p, dtype=np.float64)
         if a.min() < 0 or a.max() > 1:
-            raise ValueError(f"probs must lie in [0, 1], got values from {a.min():g} to {a.max():g}; "
-                             "pass probabilities (e.g. jax.nn.softmax(logits)), not logits.")
+            raise ValueError(
+                f"probs must lie in [0, 1], got values from {a.min():g} to {a.max():g}; "
+                "pass probabilities (e.g. jax.nn.softmax(logits)), not logits."
+            )
         dev = float(np.abs(a.sum(axis=1) - 1.0).max())
         if dev > 1e-3:
-            raise ValueError(f"probs rows must sum to 1, got a maximum deviation of {dev:.3g}; "
-                             "pass probabilities (e.g. jax.nn.softmax(logits)).")
+            raise ValueError(
+                f"probs rows must sum to 1, got a maximum deviation of {dev:.3g}; "
+                "pass probabilities (e.g. jax.nn.softmax(logits))."
+            )
     y = check_labels(labels, "labels", p.shape[1])
     check_same_length({"probs": p, "labels": y})
     return p, y

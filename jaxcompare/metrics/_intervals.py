@@ -18,6 +18,7 @@ References:
   "Bootstrap Methods and their Application", §5.2 (basic interval), 1997.
   J. Błasiok, P. Nakkiran. "Smooth ECE", ICLR 2024.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,8 +37,11 @@ from ._smooth_ece import _check_binary_or_top, _smooth_ece_core
 __all__ = ["BootstrapInterval", "ece_interval", "smooth_ece_interval"]
 
 
-@partial(jax.tree_util.register_dataclass, data_fields=["estimate", "lower", "upper"],
-         meta_fields=["n_boot", "level", "method"])
+@partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["estimate", "lower", "upper"],
+    meta_fields=["n_boot", "level", "method"],
+)
 @dataclasses.dataclass(frozen=True)
 class BootstrapInterval:
     """A point estimate with a bootstrap confidence interval (see the module docstring for the methods).
@@ -76,8 +80,16 @@ def _interval(stat, key, arrays, params, n_boot, level, method, batch_size) -> B
 
 
 @partial(jax.jit, static_argnums=(0, 3, 4, 5, 6, 7))
-def _bootstrap(stat: Callable, key: jax.Array, arrays: tuple, params: tuple, n_boot: int, level: float,
-               method: str, batch_size: int):
+def _bootstrap(
+    stat: Callable,
+    key: jax.Array,
+    arrays: tuple,
+    params: tuple,
+    n_boot: int,
+    level: float,
+    method: str,
+    batch_size: int,
+):
     """``stat(*arrays, *params)`` on the sample and its bootstrap interval over ``n_boot`` row resamples."""
     n = arrays[0].shape[0]
 
@@ -94,9 +106,19 @@ def _bootstrap(stat: Callable, key: jax.Array, arrays: tuple, params: tuple, n_b
     return est, jnp.maximum(2 * est - q_hi, 0), jnp.maximum(2 * est - q_lo, 0)
 
 
-def ece_interval(key: Any, probs: Any, labels: Any, *, n_boot: int = 1000, level: float = 0.95,
-                 method: str = "basic", n_bins: int = 15, binning: str = "uniform", classwise: bool = False,
-                 batch_size: int = 100) -> BootstrapInterval:
+def ece_interval(
+    key: Any,
+    probs: Any,
+    labels: Any,
+    *,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    method: str = "basic",
+    n_bins: int = 15,
+    binning: str = "uniform",
+    classwise: bool = False,
+    batch_size: int = 100,
+) -> BootstrapInterval:
     """Binned ECE (:func:`jaxcompare.ece`) with a bootstrap confidence interval.
 
     Args:
@@ -131,8 +153,17 @@ def _smooth_stat(f: jax.Array, y: jax.Array, eps: float) -> jax.Array:
     return _smooth_ece_core(f, y, jnp.asarray(eps, f.dtype))[0]
 
 
-def smooth_ece_interval(key: Any, probs: Any, labels: Any, *, n_boot: int = 1000, level: float = 0.95,
-                        method: str = "basic", eps: float = 1e-3, batch_size: int = 8) -> BootstrapInterval:
+def smooth_ece_interval(
+    key: Any,
+    probs: Any,
+    labels: Any,
+    *,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    method: str = "basic",
+    eps: float = 1e-3,
+    batch_size: int = 8,
+) -> BootstrapInterval:
     """Smooth ECE (:func:`jaxcompare.smooth_ece`) with a bootstrap confidence interval (relplot reports the same
     basic interval, from 100 resamples).
 

@@ -1,4 +1,5 @@
 """Kendall's tau-b in O(n log n), matching ``scipy.stats.kendalltau`` including ties."""
+
 from __future__ import annotations
 
 from typing import Any, NamedTuple
@@ -132,15 +133,18 @@ def _inversions_host(a: np.ndarray, n_bits: int) -> int:
         k = pos.shape[0]
         # Σ over 1-bits at i of the 0-bits after i: (n - 1 - i) minus the 1-bits after i
         inv += k * (n - 1) - int(pos.sum()) - k * (k - 1) // 2
-        ones = np.add.reduceat(bit, np.cumsum(sizes) - sizes).astype(np.int64) if sizes.shape[0] > 1 else \
-            np.array([k], np.int64)
+        ones = (
+            np.add.reduceat(bit, np.cumsum(sizes) - sizes).astype(np.int64)
+            if sizes.shape[0] > 1
+            else np.array([k], np.int64)
+        )
         zeros = sizes - ones
         inv -= int(np.dot(zeros, np.cumsum(ones) - ones))  # 1-bits of earlier groups before 0-bits of later ones
         sizes = np.concatenate((zeros, ones))
         sizes = sizes[sizes > 0]
         np.logical_not(one, out=zero)
         np.compress(zero, a, out=buf[: n - k])
-        np.compress(one, a, out=buf[n - k:])
+        np.compress(one, a, out=buf[n - k :])
         a, buf = buf, a
     return inv
 

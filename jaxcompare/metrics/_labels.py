@@ -1,4 +1,5 @@
 """Hard labels from predictions, binary logit gaps as probabilities, and the ensemble's label."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,4 +1,5 @@
 """Reliability diagram with the smooth-ECE curve and a bootstrap band (matplotlib, imported lazily)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,8 +54,16 @@ def _band(key, f, y, sigma, t, n_boot: int, level: float):
     return lo, hi
 
 
-def smooth_reliability(probs: Any, labels: Any, *, key: Any = None, n_boot: int = 200, level: float = 0.95,
-                       n_points: int = 201, eps: float = 1e-3) -> SmoothReliability:
+def smooth_reliability(
+    probs: Any,
+    labels: Any,
+    *,
+    key: Any = None,
+    n_boot: int = 200,
+    level: float = 0.95,
+    n_points: int = 201,
+    eps: float = 1e-3,
+) -> SmoothReliability:
     """Smoothed reliability curve at the smooth-ECE bandwidth, with an optional bootstrap band.
 
     The curve is ``ŷ(t) = Σ_i K_σ*(t, f_i) y_i / Σ_i K_σ*(t, f_i)`` (reflected Gaussian kernel, relplot's grid);
@@ -94,8 +103,18 @@ def smooth_reliability(probs: Any, labels: Any, *, key: Any = None, n_boot: int 
     return SmoothReliability(t=t, mean=mean, lower=lo, upper=hi, density=density, sigma=sigma, smece=smece)
 
 
-def plot_reliability(probs: Any, labels: Any, *, key: Any = None, n_boot: int = 200, level: float = 0.95,
-                     ax: Any = None, title: str | None = None, bins: int = 50, eps: float = 1e-3):
+def plot_reliability(
+    probs: Any,
+    labels: Any,
+    *,
+    key: Any = None,
+    n_boot: int = 200,
+    level: float = 0.95,
+    ax: Any = None,
+    title: str | None = None,
+    bins: int = 50,
+    eps: float = 1e-3,
+):
     """Reliability diagram: the smoothed curve with its bootstrap band over the diagonal, and a histogram of the
     predictions underneath.
 
@@ -132,16 +151,24 @@ def plot_reliability(probs: Any, labels: Any, *, key: Any = None, n_boot: int = 
     r = smooth_reliability(probs, labels, key=key, n_boot=n_boot, level=level)
     f, _ = _check_binary_or_top(probs, labels)
     if ax is None:
-        fig, (ax0, ax1) = plt.subplots(2, 1, figsize=(5.2, 5.6), sharex=True,
-                                       gridspec_kw={"height_ratios": [3, 1], "hspace": 0.08})
+        fig, (ax0, ax1) = plt.subplots(
+            2, 1, figsize=(5.2, 5.6), sharex=True, gridspec_kw={"height_ratios": [3, 1], "hspace": 0.08}
+        )
     else:
         ax0, ax1 = ax
         fig = ax0.figure
     t, mean = np.asarray(r.t), np.asarray(r.mean)
     ax0.plot([0, 1], [0, 1], ls="--", color="0.55", lw=1, label="perfect calibration")
     if key is not None:
-        ax0.fill_between(t, np.asarray(r.lower), np.asarray(r.upper), color="C0", alpha=0.25, lw=0,
-                         label=f"{level:.0%} bootstrap band")
+        ax0.fill_between(
+            t,
+            np.asarray(r.lower),
+            np.asarray(r.upper),
+            color="C0",
+            alpha=0.25,
+            lw=0,
+            label=f"{level:.0%} bootstrap band",
+        )
     ax0.plot(t, mean, color="C0", lw=2, label=f"smoothed (σ* = {float(r.sigma):.3f})")
     ax0.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy" if multiclass else "observed frequency")
     ax0.set_aspect("auto")
@@ -150,8 +177,9 @@ def plot_reliability(probs: Any, labels: Any, *, key: Any = None, n_boot: int = 
     if title is None:
         title = f"smooth ECE = {float(r.smece):.4f}"
         if key is not None:
-            ci = smooth_ece_interval(jax.random.fold_in(check_key(key), 1), probs, labels, n_boot=n_boot,
-                                     level=level, eps=eps)
+            ci = smooth_ece_interval(
+                jax.random.fold_in(check_key(key), 1), probs, labels, n_boot=n_boot, level=level, eps=eps
+            )
             title += f",  {level:.0%} CI [{float(ci.lower):.4f}, {float(ci.upper):.4f}]"
     ax0.set_title(title, fontsize=11)
     ax1.hist(np.asarray(f), bins=bins, range=(0, 1), color="0.45")

@@ -2,6 +2,7 @@
 
 Every helper is O(n) (cumulative max/min), keeps shapes static and therefore works under ``jit`` and ``vmap``.
 """
+
 from __future__ import annotations
 
 import jax

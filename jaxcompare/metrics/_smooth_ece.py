@@ -35,6 +35,7 @@ References:
   J. Błasiok, P. Nakkiran. "Smooth ECE: Principled Reliability Diagrams via Kernel Smoothing." ICLR 2024
   (arXiv:2309.12236). Package ``relplot`` (github.com/apple/ml-calibration).
 """
+
 from __future__ import annotations
 
 import math
@@ -53,7 +54,7 @@ from ._calibration import _check_probs
 __all__ = ["smooth_ece", "smooth_ece_sigma"]
 
 N_STEPS = 10  # bisection refinements (relplot's search_param(refine=10))
-SIGMA_MIN = 2.0 ** -N_STEPS  # smallest bandwidth the bisection can evaluate
+SIGMA_MIN = 2.0**-N_STEPS  # smallest bandwidth the bisection can evaluate
 E_MAX = max(2000, round(20 / SIGMA_MIN)) // 2 + 1  # 10241 grid nodes at SIGMA_MIN
 T_MAX = max(round(10 / SIGMA_MIN), 200)  # 10240 evaluation points at SIGMA_MIN
 FFT_LEN = 1 << (3 * E_MAX - 2 - 1).bit_length()  # 32768 >= 3 E_MAX - 2: the reflected grid fits without wrap
@@ -81,8 +82,10 @@ def _check_binary_or_top(probs: Any, labels: Any) -> tuple[jax.Array, jax.Array]
     if is_concrete(p):
         a = np.asarray(p)
         if a.min() < 0 or a.max() > 1:
-            raise ValueError(f"probs must lie in [0, 1], got values from {a.min():g} to {a.max():g}; pass "
-                             "probabilities of the positive class (e.g. jax.nn.sigmoid(logit)), not logits.")
+            raise ValueError(
+                f"probs must lie in [0, 1], got values from {a.min():g} to {a.max():g}; pass "
+                "probabilities of the positive class (e.g. jax.nn.sigmoid(logit)), not logits."
+            )
     y = check_labels(labels, "labels", 2)
     check_same_length({"probs": p, "labels": y})
     traced_finite(p, "probs")

@@ -2,17 +2,20 @@
 
 flax is imported lazily: the core package needs only jax, numpy, scipy and optax.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 
 __all__ = ["from_linen", "from_nnx", "from_stax", "linen_layers_fn"]
 
 
-def from_linen(module: Any, variables: Any, *, trainable: str = "params", method: Any = None,
-               **apply_kwargs: Any) -> tuple[Callable, Any]:
+def from_linen(
+    module: Any, variables: Any, *, trainable: str = "params", method: Any = None, **apply_kwargs: Any
+) -> tuple[Callable, Any]:
     """``(apply_fn, params)`` for a flax.linen module: differentiate the ``trainable`` collection only.
 
     Other collections (e.g. ``batch_stats``) are held fixed inside ``apply_fn`` (use them in inference mode, e.g.
@@ -52,8 +55,9 @@ def linen_layers_fn(module: Any, variables: Any, *, trainable: str = "params", *
     rest = {k: v for k, v in variables.items() if k != trainable}
 
     def layers_fn(p, x):
-        _, state = module.apply({trainable: p, **rest}, x, capture_intermediates=True, mutable=["intermediates"],
-                                **apply_kwargs)
+        _, state = module.apply(
+            {trainable: p, **rest}, x, capture_intermediates=True, mutable=["intermediates"], **apply_kwargs
+        )
         return [l for l in jax.tree_util.tree_leaves(state["intermediates"]) if hasattr(l, "shape") and l.ndim >= 1]
 
     return layers_fn

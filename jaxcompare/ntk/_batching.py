@@ -1,7 +1,9 @@
 """``batched``: compute any kernel function tile by tile, in memory bounded by the block size."""
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -23,13 +25,21 @@ def _traced(kfn, params, x1, x2, plan: TilePlan, swap_trailing):
         pairs = np.array(plan.pairs, dtype=np.int32)
         tiles = jax.lax.map(lambda ij: kfn(params, x1b[ij[0]], x1b[ij[1]]), jnp.asarray(pairs))
         index = {(int(i), int(j)): p for p, (i, j) in enumerate(pairs)}
-        rows = [jnp.concatenate([tiles[index[(i, j)]] if i <= j else swap(tiles[index[(j, i)]], swap_trailing)
-                                 for j in range(plan.nb1)], axis=1) for i in range(plan.nb1)]
-        return jnp.concatenate(rows, axis=0)[:plan.n1, :plan.n1]
+        rows = [
+            jnp.concatenate(
+                [
+                    tiles[index[(i, j)]] if i <= j else swap(tiles[index[(j, i)]], swap_trailing)
+                    for j in range(plan.nb1)
+                ],
+                axis=1,
+            )
+            for i in range(plan.nb1)
+        ]
+        return jnp.concatenate(rows, axis=0)[: plan.n1, : plan.n1]
     x2b = plan.padded(x2).reshape((plan.nb2, bs) + x2.shape[1:])
     tiles = jax.lax.map(lambda a: jax.lax.map(lambda b: kfn(params, a, b), x2b), x1b)  # (nb1, nb2, bs, bs, ...)
     tiles = jnp.moveaxis(tiles, 2, 1)  # (nb1, bs, nb2, bs, ...)
-    return tiles.reshape((plan.nb1 * bs, plan.nb2 * bs) + tiles.shape[4:])[:plan.n1, :plan.n2]
+    return tiles.reshape((plan.nb1 * bs, plan.nb2 * bs) + tiles.shape[4:])[: plan.n1, : plan.n2]
 
 
 def _eager(kfn_jit, params, x1, x2, plan: TilePlan, swap_trailing, desc, show):
@@ -42,10 +52,10 @@ def _eager(kfn_jit, params, x1, x2, plan: TilePlan, swap_trailing, desc, show):
         t = np.asarray(kfn_jit(params, plan.block(x1p, i), plan.block(x2p, j)))
         if out is None:
             out = np.empty((plan.nb1 * bs, plan.nb2 * bs) + t.shape[2:], dtype=t.dtype)
-        out[i * bs:(i + 1) * bs, j * bs:(j + 1) * bs] = t
+        out[i * bs : (i + 1) * bs, j * bs : (j + 1) * bs] = t
         if plan.symmetric and i != j:
-            out[j * bs:(j + 1) * bs, i * bs:(i + 1) * bs] = swap(t, swap_trailing)
-    return jnp.asarray(out[:plan.n1, :plan.n2])
+            out[j * bs : (j + 1) * bs, i * bs : (i + 1) * bs] = swap(t, swap_trailing)
+    return jnp.asarray(out[: plan.n1, : plan.n2])
 
 
 def batched(kernel_fn: Callable, block_size: int, *, progress_bar: bool | None = None) -> Any:

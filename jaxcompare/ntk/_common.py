@@ -3,12 +3,14 @@
 Vocabulary (shared/spec/ntk.md): ``apply_fn(params, x) -> (N, C)`` logits; ``g_c(x) = d f^c(x) / d params``
 flattened over the parameter pytree.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import functools
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -18,8 +20,18 @@ from .._validation import check_finite, check_finite_tree, is_concrete
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
-__all__ = ["KernelSpec", "Kernel", "Implementation", "kernel_spec", "cosine_normalize", "validate_kernel_args",
-           "validate_params", "single_example", "tree_dot", "output_dtype"]
+__all__ = [
+    "KernelSpec",
+    "Kernel",
+    "Implementation",
+    "kernel_spec",
+    "cosine_normalize",
+    "validate_kernel_args",
+    "validate_params",
+    "single_example",
+    "tree_dot",
+    "output_dtype",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,9 +226,11 @@ def validate_x(x: Any, name: str) -> jax.Array:
     if x.shape[0] < 1:
         raise ValueError(f"{name} is empty: expected at least one example along axis 0, got shape {tuple(x.shape)}.")
     if jnp.issubdtype(jnp.result_type(x), jnp.complexfloating):
-        raise TypeError(f"{name} has complex dtype {jnp.result_type(x)}: kernels of complex inputs are not "
-                        "supported (a real kernel of them would be silently different); pass real inputs, e.g. "
-                        "the real and imaginary parts as features.")
+        raise TypeError(
+            f"{name} has complex dtype {jnp.result_type(x)}: kernels of complex inputs are not "
+            "supported (a real kernel of them would be silently different); pass real inputs, e.g. "
+            "the real and imaginary parts as features."
+        )
     check_finite(x, name)
     return x
 
@@ -247,11 +261,15 @@ def validate_params(params: Any) -> None:
         dt = jnp.result_type(leaf)
         where = f"params{jax.tree_util.keystr(path)}"
         if jnp.issubdtype(dt, jnp.complexfloating):
-            raise TypeError(f"{where} has complex dtype {dt}: kernels of complex parameters are not supported; "
-                            "pass real floating-point parameters.")
+            raise TypeError(
+                f"{where} has complex dtype {dt}: kernels of complex parameters are not supported; "
+                "pass real floating-point parameters."
+            )
         if not jnp.issubdtype(dt, jnp.floating):
-            raise TypeError(f"{where} has dtype {dt}: every leaf of params is differentiated, so it must be "
-                            "floating-point (cast it, or close over non-trainable integer state in the model).")
+            raise TypeError(
+                f"{where} has dtype {dt}: every leaf of params is differentiated, so it must be "
+                "floating-point (cast it, or close over non-trainable integer state in the model)."
+            )
     check_finite_tree(params, "params")
 
 

@@ -16,6 +16,7 @@ Every file is replaced atomically (written under a name unique to the process, t
 when asked (``durable=True``): the checksums recorded in the ledgers detect tiles lost to a power failure, which are
 then recomputed.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -90,8 +91,10 @@ def create_npy(root: Path, kpath: Path, shape: tuple, dtype: np.dtype, *, exclus
     need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     free = shutil.disk_usage(root).free + (kpath.stat().st_size if kpath.exists() and not exclusive else 0)
     if need + SPACE_MARGIN > free:
-        raise OSError(f"not enough free disk space in {root} for an array of shape {shape} ({dtype}): it needs "
-                      f"{need / 1e9:.2f} GB (+{SPACE_MARGIN // 1024**2} MB margin), {free / 1e9:.2f} GB are free.")
+        raise OSError(
+            f"not enough free disk space in {root} for an array of shape {shape} ({dtype}): it needs "
+            f"{need / 1e9:.2f} GB (+{SPACE_MARGIN // 1024**2} MB margin), {free / 1e9:.2f} GB are free."
+        )
     tmp = tmp_name(kpath)
     mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
     offset = mm.offset

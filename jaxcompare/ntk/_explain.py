@@ -1,9 +1,11 @@
 """``jc.ntk.explain``: which parameters the structured implementation handles by layer factors, which fall back to
 per-example gradients, and why; and what ``implementation="auto"`` picks."""
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 

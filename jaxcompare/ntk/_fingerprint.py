@@ -7,13 +7,15 @@ the code of every Python function the kernel closes over (byte code, constants, 
 functions and arrays in their closures and defaults). Two models that compute different things therefore have
 different fingerprints, and the same model has the same fingerprint in every process (a resumed run matches).
 """
+
 from __future__ import annotations
 
 import functools
 import hashlib
 import re
 import types
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -67,7 +69,7 @@ def _update_code(h: Any, obj: Any, depth: int, seen: set) -> None:
     code = getattr(fn, "__code__", None)
     if code is None:
         h.update(type(obj).__qualname__.encode())
-        call = getattr(type(obj), "__call__", None)
+        call = getattr(type(obj), "__call__", None)  # noqa: B004
         if call is not None and hasattr(call, "__code__"):
             _update_code(h, call, depth + 1, seen)
         return
@@ -109,8 +111,9 @@ def _update_value(h: Any, v: Any, depth: int, seen: set) -> None:
         h.update(type(v).__qualname__.encode())
 
 
-def model_fingerprint(fns: dict[str, Callable | None], traced: dict[str, tuple[Callable, tuple]],
-                      model: Callable | None) -> str:
+def model_fingerprint(
+    fns: dict[str, Callable | None], traced: dict[str, tuple[Callable, tuple]], model: Callable | None
+) -> str:
     """SHA-256 of the jaxprs of ``traced`` (name → (function, abstract arguments)), the code of ``fns`` and of the
     model function ``model``."""
     h = hashlib.sha256()

@@ -8,6 +8,7 @@ axis), the identity copy in one process. :func:`save_rows` never moves rows betw
 file (preallocated, atomically), every process writes the rows of its addressable shards (each replicated shard
 once), and all processes meet at a barrier before returning, so the file is complete when any of them returns.
 """
+
 from __future__ import annotations
 
 import os
@@ -107,8 +108,10 @@ def save_rows(K: jax.Array, path: str | os.PathLike, *, rows: int | None = None)
     _barrier(f"jaxcompare.save_rows.create:{path.name}")
     mm = open_npy(path, shape, dtype)
     if mm is None:
-        raise OSError(f"{path} was not created with shape {shape} and dtype {dtype} by process 0 (is the "
-                      "directory shared by all processes?).")
+        raise OSError(
+            f"{path} was not created with shape {shape} and dtype {dtype} by process 0 (is the "
+            "directory shared by all processes?)."
+        )
     for shard in K.addressable_shards:
         if shard.replica_id != 0:
             continue

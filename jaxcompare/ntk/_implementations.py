@@ -13,11 +13,13 @@ The set of implementations is static: :data:`IMPLEMENTATIONS` below (a read-only
 ``implementation="auto"`` is resolved by :func:`choose_auto` once per (model, parameter shapes and dtypes, input
 shapes and dtypes) and cached.
 """
+
 from __future__ import annotations
 
 import collections
 import types
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -167,7 +169,8 @@ NTVP = Implementation(
 
 #: every implementation of the gradient kernels, by name (static, read-only)
 IMPLEMENTATIONS: Mapping[str, Implementation] = types.MappingProxyType(
-    {"jacobian": JACOBIAN, "ntvp": NTVP, "structured": STRUCTURED})
+    {"jacobian": JACOBIAN, "ntvp": NTVP, "structured": STRUCTURED}
+)
 
 
 def n_params(params: Any) -> int:

@@ -1,6 +1,7 @@
 """Public factories of the NTK family: ``empirical_ntk``, ``trace_ntk``, ``pseudo_ntk``, ``conjugate_kernel``,
 ``embedding_kernel``. Each takes a model function and returns ``kernel_fn(params, x1, x2=None)``, a pure function
 that composes with ``jax.jit``, ``jax.vmap`` and the package's transforms (``batched``...)."""
+
 from __future__ import annotations
 
 import collections
@@ -138,16 +139,27 @@ def _memory_plan(apply_fn, params, x1, x2, n_classes, impl_name, mode) -> int | 
             f" {format_bytes(per)} per point held at once), more than the memory budget {format_bytes(budget)} "
             "(JAXCOMPARE_MEMORY_BUDGET, default half the available memory); nothing was computed. Use "
             "jaxcompare.kernel_to_disk for outputs that do not fit, a projection (jaxcompare.project_gradients), or a "
-            "larger budget.")
+            "larger budget."
+        )
     warnings.warn(
         f"the {mode} kernel of {n} points needs an estimated {format_bytes(need)}, more than the memory budget "
         f"{format_bytes(budget)}: computing it in blocks of {bs} points (batched(kernel_fn, {bs})). Set "
-        "JAXCOMPARE_MEMORY_BUDGET or call batched yourself to choose.", RuntimeWarning, stacklevel=4)
+        "JAXCOMPARE_MEMORY_BUDGET or call batched yourself to choose.",
+        RuntimeWarning,
+        stacklevel=4,
+    )
     return bs
 
 
-def _gradient_kernel(apply_fn: Callable, mode: str, *, normalize: bool, projection: Any, implementation: str,
-                     record: Callable | None = None):
+def _gradient_kernel(
+    apply_fn: Callable,
+    mode: str,
+    *,
+    normalize: bool,
+    projection: Any,
+    implementation: str,
+    record: Callable | None = None,
+):
     """Shared builder of the three gradient kernels: ``(kernel_fn, base, diag)``. ``record()`` returns the kernel
     record, which eager calls over the memory budget compute through :func:`batched`."""
 
@@ -161,41 +173,61 @@ def _gradient_kernel(apply_fn: Callable, mode: str, *, normalize: bool, projecti
     def run(params, x1, x2, with_norm):
         x1, x2, n_classes = validate_kernel_args(params, x1, x2, apply_fn=apply_fn)
         impl_name = resolve(params, x1, x2, n_classes)
-        if (record is not None and projection is None
-                and all(is_concrete(l) for l in jax.tree_util.tree_leaves((params, x1, x2)))):
+        if (
+            record is not None
+            and projection is None
+            and all(is_concrete(l) for l in jax.tree_util.tree_leaves((params, x1, x2)))
+        ):
             bs = _memory_plan(apply_fn, params, x1, x2, n_classes, impl_name, mode)
             if bs is not None:
                 from ._batching import batched
 
                 planned = batched(record(), bs, progress_bar=False)
                 return planned(params, x1, x2) if with_norm else planned.spec.base(params, x1, x2)
-        k, d1 = _compute_jit(params, x1, x2, projection, apply_fn=apply_fn, mode=mode,
-                             impl_name=impl_name, with_norm=with_norm)
+        k, d1 = _compute_jit(
+            params, x1, x2, projection, apply_fn=apply_fn, mode=mode, impl_name=impl_name, with_norm=with_norm
+        )
         if with_norm and x2 is None:
             warn_zero_norm(d1, "gradient")
         return k
 
     def diag(params, x):
         x, _, n_classes = validate_kernel_args(params, x, None, apply_fn=apply_fn)
-        return _diag_jit(params, x, projection, apply_fn=apply_fn, mode=mode,
-                         impl_name=resolve(params, x, None, n_classes))
+        return _diag_jit(
+            params, x, projection, apply_fn=apply_fn, mode=mode, impl_name=resolve(params, x, None, n_classes)
+        )
 
     base, kernel_fn = _entry_points(run, normalize)
     return kernel_fn, base, diag
 
 
-def _public_gradient_kernel(apply_fn: Callable, mode: str, name: str, *, normalize: bool, projection: Any,
-                            implementation: str) -> Kernel:
+def _public_gradient_kernel(
+    apply_fn: Callable, mode: str, name: str, *, normalize: bool, projection: Any, implementation: str
+) -> Kernel:
     """Check the factory arguments and build the kernel record (:class:`Kernel`)."""
     _check_apply_fn(apply_fn)
     _check_implementation(implementation)
     _check_projection(projection)
     made: list = []  # the record, set once below (eager calls over the memory budget tile it with batched)
-    kernel_fn, base, diag = _gradient_kernel(apply_fn, mode, normalize=normalize, projection=projection,
-                                             implementation=implementation, record=lambda: made[0])
+    kernel_fn, base, diag = _gradient_kernel(
+        apply_fn,
+        mode,
+        normalize=normalize,
+        projection=projection,
+        implementation=implementation,
+        record=lambda: made[0],
+    )
     full = mode == "full"
-    spec = KernelSpec(name, base, None if full else diag, normalize, full, apply_fn,
-                      (("implementation", implementation), ("projection", projection)), _label(name))
+    spec = KernelSpec(
+        name,
+        base,
+        None if full else diag,
+        normalize,
+        full,
+        apply_fn,
+        (("implementation", implementation), ("projection", projection)),
+        _label(name),
+    )
     made.append(Kernel(kernel_fn, spec))
     return made[0]
 
@@ -243,13 +275,17 @@ def empirical_ntk(apply_fn: Callable, *, implementation: str = "auto") -> Callab
       >>> bool(jnp.allclose(jnp.trace(K, axis1=2, axis2=3), K0))
       True
     """
-    return _public_gradient_kernel(apply_fn, "full", "entk", normalize=False, projection=None,
-                                   implementation=implementation)
+    return _public_gradient_kernel(
+        apply_fn, "full", "entk", normalize=False, projection=None, implementation=implementation
+    )
 
 
 def trace_ntk(
-    apply_fn: Callable, *, normalize: bool = True, projection: RandomProjection | None = None,
-    implementation: str = "auto"
+    apply_fn: Callable,
+    *,
+    normalize: bool = True,
+    projection: RandomProjection | None = None,
+    implementation: str = "auto",
 ) -> Callable:
     """Trace NTK: the cosine-normalized trNTK (default) or the unnormalized trNTK⁰.
 
@@ -289,13 +325,17 @@ def trace_ntk(
     """
     normalize = bool(normalize)
     name = ("proj_" if projection is not None else "") + ("trntk" if normalize else "trntk0")
-    return _public_gradient_kernel(apply_fn, "trace", name, normalize=normalize, projection=projection,
-                                   implementation=implementation)
+    return _public_gradient_kernel(
+        apply_fn, "trace", name, normalize=normalize, projection=projection, implementation=implementation
+    )
 
 
 def pseudo_ntk(
-    apply_fn: Callable, *, normalize: bool = False, projection: RandomProjection | None = None,
-    implementation: str = "auto"
+    apply_fn: Callable,
+    *,
+    normalize: bool = False,
+    projection: RandomProjection | None = None,
+    implementation: str = "auto",
 ) -> Callable:
     """Pseudo NTK: ``(1/C) <∇_θ Σ_c f^c(x1_i), ∇_θ Σ_c f^c(x2_j)> = (1/C) Σ_{c,c'} K[i, j, c, c']``.
 
@@ -307,8 +347,9 @@ def pseudo_ntk(
     """
     normalize = bool(normalize)
     name = ("proj_" if projection is not None else "") + ("pntk" if normalize else "pntk0")
-    return _public_gradient_kernel(apply_fn, "pseudo", name, normalize=normalize, projection=projection,
-                                   implementation=implementation)
+    return _public_gradient_kernel(
+        apply_fn, "pseudo", name, normalize=normalize, projection=projection, implementation=implementation
+    )
 
 
 def _feature_kernel(name: str, features: Callable, normalize: bool, what: str, user_fn: Callable) -> Kernel:
@@ -398,4 +439,3 @@ def embedding_kernel(layers_fn: Callable, *, normalize: bool = True) -> Callable
     """
     _check_apply_fn(layers_fn, "layers_fn")
     return _feature_kernel("em", layers_fn, bool(normalize), "layers_fn", layers_fn)
-

@@ -14,11 +14,13 @@ Leaves without that structure (shared weights, norms...) are projected by a dens
 ``k_in · k_out`` rows generated in blocks from the key, or kept exact when they have at most that many entries.
 Different layers use independent matrices (``R`` is block-diagonal over leaves), which keeps it unbiased.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -74,11 +76,19 @@ class KroneckerProjection:
             kl = jax.random.fold_in(self.key, u.leaf)
             d, e = am.shape[-1], gm.shape[-1]
             if self.dim_in < d:
-                am = jnp.einsum("ntd,kd->ntk", am, _matrix(jax.random.fold_in(kl, 0), self.dim_in, d, self.kind,
-                                                            am.dtype), precision=HIGHEST)
+                am = jnp.einsum(
+                    "ntd,kd->ntk",
+                    am,
+                    _matrix(jax.random.fold_in(kl, 0), self.dim_in, d, self.kind, am.dtype),
+                    precision=HIGHEST,
+                )
             if self.dim_out < e:
-                gm = jnp.einsum("ncte,ke->nctk", gm, _matrix(jax.random.fold_in(kl, 1), self.dim_out, e, self.kind,
-                                                              gm.dtype), precision=HIGHEST)
+                gm = jnp.einsum(
+                    "ncte,ke->nctk",
+                    gm,
+                    _matrix(jax.random.fold_in(kl, 1), self.dim_out, e, self.kind, gm.dtype),
+                    precision=HIGHEST,
+                )
             f = jnp.einsum("ntk,nctl->nckl", am, gm, precision=HIGHEST)
             blocks.append(f.reshape(f.shape[0], f.shape[1], -1))
         k_dense = self.dim_in * self.dim_out
@@ -105,8 +115,9 @@ class KroneckerProjection:
         return phi[:, 0] if summed else phi
 
 
-def kronecker_projection(key: Any, dim_in: int, dim_out: int | None = None, kind: str = "rademacher"
-                         ) -> KroneckerProjection:
+def kronecker_projection(
+    key: Any, dim_in: int, dim_out: int | None = None, kind: str = "rademacher"
+) -> KroneckerProjection:
     """A Kronecker-factored random projection ``R = R_in ⊗ R_out`` per layer (not in any peer library).
 
     For a dense layer ``z = W a`` the per-example gradient of logit ``c`` is ``δ_c aᵀ``; it is projected to

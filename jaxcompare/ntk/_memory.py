@@ -7,6 +7,7 @@ such as ``0.25``), else half of the memory the operating system reports as avail
 before any work; a computation that does not fit plans its own blocks or raises with the estimate and a block size
 that fits — never an out-of-memory kill.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,8 +17,22 @@ __all__ = ["available_bytes", "memory_budget", "format_bytes"]
 
 _DEFAULT_FRACTION = 0.5
 _FALLBACK = 4 * 1024**3
-_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2, "mib": 1024**2,
-          "g": 1024**3, "gb": 1024**3, "gib": 1024**3, "t": 1024**4, "tb": 1024**4, "tib": 1024**4}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kb": 1024,
+    "kib": 1024,
+    "m": 1024**2,
+    "mb": 1024**2,
+    "mib": 1024**2,
+    "g": 1024**3,
+    "gb": 1024**3,
+    "gib": 1024**3,
+    "t": 1024**4,
+    "tb": 1024**4,
+    "tib": 1024**4,
+}
 
 
 def available_bytes() -> int:
@@ -38,8 +53,10 @@ def available_bytes() -> int:
 def _parse(text: str, what: str) -> int:
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
     if m is None or m.group(2).lower() not in _UNITS:
-        raise ValueError(f"{what} must be a number of bytes (optionally with a unit K/M/G/GiB) or a fraction of the "
-                         f"available memory in (0, 1]; got {text!r}.")
+        raise ValueError(
+            f"{what} must be a number of bytes (optionally with a unit K/M/G/GiB) or a fraction of the "
+            f"available memory in (0, 1]; got {text!r}."
+        )
     v = float(m.group(1))
     if not m.group(2) and 0 < v <= 1:
         return int(v * available_bytes())

@@ -29,14 +29,12 @@ their checksums (edited ones are recomputed, with a warning). A ledger that cann
 ``overwrite=True``, which always starts afresh. Free disk space is checked and the file preallocated before any tile
 is computed.
 """
+
 from __future__ import annotations
 
 import functools
-import json
 import os
-import queue
 import shutil  # noqa: F401 - patched by tests through this module (disk space)
-import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -51,151 +49,19 @@ from .._validation import check_int
 from ._common import cosine_normalize, validate_pair, warn_zero_norm
 from ._disk import DirLock, atomic_json, atomic_npy, crc, create_npy, open_npy
 from ._fingerprint import data_fingerprint, model_fingerprint
+from ._ooc_ledger import (
+    _VERSION,
+    _current_ledger0,
+    _ledger_path,
+    _ledgers,
+    _read_state,
+    _verified_tiles,
+    _Writer,
+    processes,
+)
 from ._tiling import TilePlan, check_transform_args, kernel_parts, swap
 
 __all__ = ["kernel_to_disk"]
-
-_VERSION = 3
-_LEDGER_KEYS = ("fingerprint", "model", "done", "checksums")
-
-
-def _ledger_path(root: Path, index: int) -> Path:
-    return root / ("state.json" if index == 0 else f"state.{index}.json")
-
-
-def processes(process_index: Any, process_count: Any) -> tuple[int, int, bool]:
-    """``(index, count, from_runtime)``: JAX's multi-process runtime unless both overrides are given."""
-    if process_index is None and process_count is None:
-        return jax.process_index(), jax.process_count(), True
-    if process_index is None or process_count is None:
-        raise ValueError("process_index and process_count go together: give both (e.g. an array job's task id and "
-                         f"task count) or neither (JAX's runtime), got process_index={process_index!r}, "
-                         f"process_count={process_count!r}.")
-    count = check_int(process_count, "process_count", min=1)
-    return check_int(process_index, "process_index", min=0, max=count - 1), count, False
-
-
-def _read_state(state_path: Path, overwrite: bool) -> dict | None:
-    if not state_path.exists():
-        return None
-    try:
-        with open(state_path) as f:
-            state = json.load(f)
-        if not isinstance(state, dict) or state.get("version") != _VERSION:
-            raise ValueError("not a ledger of this version")
-        for k in _LEDGER_KEYS + ("shape", "dtype", "norms"):
-            state[k]  # noqa: B018 - presence check
-        return state
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        if overwrite:
-            return None
-        raise ValueError(f"{state_path} cannot be read as a kernel_to_disk ledger ({type(e).__name__}: {e}); pass "
-                         "overwrite=True to start afresh, or use another path.") from None
-
-
-def _ledgers(root: Path, header: dict) -> dict[int, dict]:
-    """Every process's ledger of this store (``{index: ledger}``); unreadable or foreign ones are skipped (a ledger
-    being replaced is read whole or not at all)."""
-    out = {0: header}
-    for p in root.glob("state.*.json"):
-        try:
-            index = int(p.name.split(".")[1])
-            with open(p) as f:
-                led = json.load(f)
-            if all(led.get(k) == header[k] for k in ("fingerprint", "model")):
-                out[index] = led
-        except (OSError, ValueError, TypeError, AttributeError, KeyError, IndexError):
-            continue
-    return out
-
-
-def _regions(plan: TilePlan, t: int, n1: int, n2: int) -> list[tuple[slice, slice]]:
-    i, j = plan.pairs[t]
-    r0, r1 = plan.rows(i, n1)
-    c0, c1 = plan.rows(j, n2)
-    out = [(slice(r0, r1), slice(c0, c1))]
-    if plan.symmetric and i != j:
-        out.append((slice(c0, c1), slice(r0, r1)))
-    return out
-
-
-def _verified_tiles(mm: np.memmap, plan: TilePlan, ledgers: dict, share: set, n1: int, n2: int) -> set:
-    """Tiles of ``share`` recorded by any process whose stored values match their checksums; the others are
-    recomputed (with a warning when a record did not match)."""
-    records: dict[int, list] = {}
-    for led in ledgers.values():
-        for t in led["done"]:
-            sums = led["checksums"].get(str(t))
-            if int(t) in share and sums is not None:
-                records.setdefault(int(t), []).append(sums)
-    ok, bad = set(), 0
-    for t, options in records.items():
-        regions = _regions(plan, t, n1, n2)
-        actual = None
-        for sums in options:
-            if len(sums) == len(regions):
-                actual = actual or [crc(mm[r]) for r in regions]
-                if actual == list(sums):
-                    ok.add(t)
-                    break
-        bad += t not in ok
-    if bad:
-        warnings.warn(f"{bad} stored tile(s) do not match their checksums (edited or damaged); recomputing them.",
-                      RuntimeWarning, stacklevel=3)
-    return ok
-
-
-class _Writer:
-    """A thread that moves computed tiles to the kernel file, checksums them and records them in the ledger, while
-    the device computes the next tiles (at most ``depth`` tiles wait)."""
-
-    def __init__(self, mm, plan, n1, n2, ledger_path, ledger, durable, depth=2):
-        self.mm, self.plan, self.n1, self.n2 = mm, plan, n1, n2
-        self.ledger_path, self.ledger, self.durable = ledger_path, ledger, durable
-        self.queue: queue.Queue = queue.Queue(maxsize=depth)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="jaxcompare-kernel-writer", daemon=True)
-        self.thread.start()
-
-    def submit(self, t: int, out: tuple) -> None:
-        while True:
-            if self.error is not None:
-                raise self.error
-            try:
-                self.queue.put((t, out), timeout=0.5)
-                return
-            except queue.Full:
-                continue
-
-    def _run(self) -> None:
-        while True:
-            item = self.queue.get()
-            if item is None:
-                return
-            if self.error is not None:
-                continue
-            try:
-                self._write(*item)
-            except BaseException as e:  # re-raised in the computing thread
-                self.error = e
-
-    def _write(self, t: int, out: tuple) -> None:
-        sums = []
-        for (rows, cols), a in zip(_regions(self.plan, t, self.n1, self.n2), out):
-            a = np.asarray(a)[: rows.stop - rows.start, : cols.stop - cols.start]  # crop padding (a view)
-            self.mm[rows, cols] = a  # contiguous rows: the mirror was transposed on the device
-            sums.append(crc(a))
-        if self.durable:
-            self.mm.flush()
-        self.ledger["checksums"][str(t)] = sums
-        self.ledger["done"] = sorted(set(self.ledger["done"]) | {t})
-        atomic_json(self.ledger_path, self.ledger, self.durable)
-
-    def close(self) -> None:
-        self.queue.put(None)
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
 
 
 @functools.partial(jax.jit, static_argnames=("bs",))
@@ -337,10 +203,13 @@ def kernel_to_disk(
 
     options = spec.options if spec is not None else ()
     transforms = spec.transforms if spec is not None else ()
-    fp = data_fingerprint(f"v{_VERSION}|{parts.name}|{transforms}|norm={use_norm}|{bs}|",
-                          dict(options=options, params=params, x1=x1, x2=x2))
-    abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)),
-                                      (params, x1p[:bs], x2p[:bs]))
+    fp = data_fingerprint(
+        f"v{_VERSION}|{parts.name}|{transforms}|norm={use_norm}|{bs}|",
+        dict(options=options, params=params, x1=x1, x2=x2),
+    )
+    abstract = jax.tree_util.tree_map(
+        lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), (params, x1p[:bs], x2p[:bs])
+    )
     traced = {"tile": (parts.tile_fn, abstract)}
     if use_norm:
         traced["diag"] = (parts.diag_fn, abstract[:2])
@@ -355,13 +224,16 @@ def kernel_to_disk(
         with lock.held(DirLock.SETUP):
             state, mm = _setup(root, lock, fp, model_fp, shape, dtype, plan, use_norm, parts.name, overwrite)
             if not lock.acquire(DirLock.writer(pi), block=False):
-                raise RuntimeError(f"{root} is being written by another process with process_index={pi} (it holds "
-                                   f"{root / DirLock.writer(pi)}); wait for it to finish or give each process its "
-                                   "own index.")
+                raise RuntimeError(
+                    f"{root} is being written by another process with process_index={pi} (it holds "
+                    f"{root / DirLock.writer(pi)}); wait for it to finish or give each process its "
+                    "own index."
+                )
             d1 = d2 = None
             if use_norm:
-                d1, d2 = _norms(parts.diag_fn, params, x1p, x2p, plan, x2 is None, root / "norms.npy", state,
-                                progress_bar, desc)
+                d1, d2 = _norms(
+                    parts.diag_fn, params, x1p, x2p, plan, x2 is None, root / "norms.npy", state, progress_bar, desc
+                )
         share = set(range(pi, len(plan.pairs), pc))
         ledgers = _ledgers(root, state)
         done = _verified_tiles(mm, plan, ledgers, share, n1, n2)
@@ -370,8 +242,24 @@ def kernel_to_disk(
         mine = dict(mine, done=keep, checksums={str(t): mine["checksums"][str(t)] for t in keep})
         if pi == 0:
             mine = dict(state, done=keep, checksums=mine["checksums"])
-        _compute(parts, use_norm, params, x1p, x2p, d1, d2, plan, mm, share, done, mine,
-                 _ledger_path(root, pi), durable, progress_bar, desc)
+        _compute(
+            parts,
+            use_norm,
+            params,
+            x1p,
+            x2p,
+            d1,
+            d2,
+            plan,
+            mm,
+            share,
+            done,
+            mine,
+            _ledger_path(root, pi),
+            durable,
+            progress_bar,
+            desc,
+        )
         del mm
     finally:
         lock.close()
@@ -379,14 +267,18 @@ def kernel_to_disk(
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(f"jaxcompare.kernel_to_disk:{fp[:16]}")
-    recorded = set().union(*(map(int, led["done"]) for led in _ledgers(root, _read_state(root / "state.json", True)
-                                                                      or state).values()))
+    recorded = set().union(
+        *(map(int, led["done"]) for led in _ledgers(root, _read_state(root / "state.json", True) or state).values())
+    )
     missing = len(plan.pairs) - len(recorded & set(range(len(plan.pairs))))
     if missing:
-        warnings.warn(f"{missing} of {len(plan.pairs)} tiles of {kpath} are not written yet (the shares of other "
-                      "processes still running or stopped); those entries are 0 until then. Rerun the missing "
-                      "processes, or any process with process_count=1, to complete the kernel.", RuntimeWarning,
-                      stacklevel=2)
+        warnings.warn(
+            f"{missing} of {len(plan.pairs)} tiles of {kpath} are not written yet (the shares of other "
+            "processes still running or stopped); those entries are 0 until then. Rerun the missing "
+            "processes, or any process with process_count=1, to complete the kernel.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     if use_norm and x2 is None:
         warn_zero_norm(d1, "norm")
     return np.load(kpath, mmap_mode="r")
@@ -399,20 +291,30 @@ def _setup(root, lock, fp, model_fp, shape, dtype, plan, use_norm, name, overwri
     state = _read_state(state_path, overwrite)
     if state is not None and (state["fingerprint"] != fp or state["model"] != model_fp):
         if not overwrite:
-            what = "inputs (params, x1, x2, kernel or block size)" if state["fingerprint"] != fp else \
-                "model (apply_fn or kernel function)"
-            raise ValueError(f"{root} holds a kernel run with different {what}; pass overwrite=True to start "
-                             "afresh, or use another path.")
+            what = (
+                "inputs (params, x1, x2, kernel or block size)"
+                if state["fingerprint"] != fp
+                else "model (apply_fn or kernel function)"
+            )
+            raise ValueError(
+                f"{root} holds a kernel run with different {what}; pass overwrite=True to start "
+                "afresh, or use another path."
+            )
         state = None
     if state is not None and (tuple(state["shape"]) != shape or state["dtype"] != dtype.str):
         state = None  # cannot happen with matching fingerprints unless the ledger was edited
     mm = open_npy(kpath, shape, dtype) if state is not None else None
     if state is not None and mm is None:
-        warnings.warn(f"{kpath} is missing, truncated or has another shape/dtype than recorded; recomputing the "
-                      "kernel.", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"{kpath} is missing, truncated or has another shape/dtype than recorded; recomputing the kernel.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         state = None
-    busy = RuntimeError(f"{root} is being written by another process (kernel_to_disk holds {root / '.lock'}); wait "
-                        "for it to finish or use another path.")
+    busy = RuntimeError(
+        f"{root} is being written by another process (kernel_to_disk holds {root / '.lock'}); wait "
+        "for it to finish or use another path."
+    )
     if state is None:
         if not lock.acquire(DirLock.STORE, block=False):  # discarding a store nobody writes
             raise busy
@@ -421,9 +323,20 @@ def _setup(root, lock, fp, model_fp, shape, dtype, plan, use_norm, name, overwri
             create_npy(root, kpath, shape, dtype)
             for old in [root / "norms.npy", *root.glob("state.*.json")]:
                 old.unlink(missing_ok=True)
-            state = dict(version=_VERSION, fingerprint=fp, model=model_fp, shape=list(shape), dtype=dtype.str,
-                         block_size=plan.block_size, symmetric=plan.symmetric, normalized=use_norm, kernel=name,
-                         norms=None, done=[], checksums={})
+            state = dict(
+                version=_VERSION,
+                fingerprint=fp,
+                model=model_fp,
+                shape=list(shape),
+                dtype=dtype.str,
+                block_size=plan.block_size,
+                symmetric=plan.symmetric,
+                normalized=use_norm,
+                kernel=name,
+                norms=None,
+                done=[],
+                checksums={},
+            )
             atomic_json(state_path, state)
             mm = open_npy(kpath, shape, dtype)
         finally:
@@ -433,8 +346,9 @@ def _setup(root, lock, fp, model_fp, shape, dtype, plan, use_norm, name, overwri
     return state, mm
 
 
-def _compute(parts, use_norm, params, x1p, x2p, d1, d2, plan, mm, share, done, ledger, ledger_path, durable,
-             progress_bar, desc):
+def _compute(
+    parts, use_norm, params, x1p, x2p, d1, d2, plan, mm, share, done, ledger, ledger_path, durable, progress_bar, desc
+):
     """This process's missing tiles: dispatched to the device in order, written by a :class:`_Writer`."""
     bs = plan.block_size
     d1p = d2p = None
@@ -453,8 +367,19 @@ def _compute(parts, use_norm, params, x1p, x2p, d1, d2, plan, mm, share, done, l
             da = db = None
             if use_norm:
                 da, db = _block(d1p, i, bs), _block(d2p, j, bs)
-            writer.submit(t, _tile_step(params, _block(x1p, i, bs), _block(x2p, j, bs), da, db, tile=tile,
-                                        use_norm=use_norm, mirror=plan.symmetric and i != j))
+            writer.submit(
+                t,
+                _tile_step(
+                    params,
+                    _block(x1p, i, bs),
+                    _block(x2p, j, bs),
+                    da,
+                    db,
+                    tile=tile,
+                    use_norm=use_norm,
+                    mirror=plan.symmetric and i != j,
+                ),
+            )
     finally:
         writer.close()
     mm.flush()
@@ -471,28 +396,25 @@ def _norms(diag_fn, params, x1p, x2p, plan, symmetric_x, npath, state, progress_
                 return d[:n1], d[n1:]
         except (OSError, ValueError, EOFError):
             pass
-        warnings.warn(f"{npath} does not match its checksum (edited or damaged); recomputing the norms.",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"{npath} does not match its checksum (edited or damaged); recomputing the norms.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     bs = plan.block_size
     blocks = [(x1p, i) for i in range(plan.nb1)] + ([] if symmetric_x else [(x2p, j) for j in range(plan.nb2)])
-    ds = [np.asarray(_diag_step(params, _block(x, i, bs), diag=_Same(diag_fn)))
-          for x, i in progress(blocks, total=len(blocks), desc=f"{desc} norms", enabled=progress_bar)]
-    d1 = np.concatenate(ds[:plan.nb1])[:n1]
-    d2 = d1 if symmetric_x else np.concatenate(ds[plan.nb1:])[:n2]
+    ds = [
+        np.asarray(_diag_step(params, _block(x, i, bs), diag=_Same(diag_fn)))
+        for x, i in progress(blocks, total=len(blocks), desc=f"{desc} norms", enabled=progress_bar)
+    ]
+    d1 = np.concatenate(ds[: plan.nb1])[:n1]
+    d2 = d1 if symmetric_x else np.concatenate(ds[plan.nb1 :])[:n2]
     d = np.concatenate([d1, d2])
     atomic_npy(npath, d)
     if state["norms"] != crc(d):
         state["norms"] = crc(d)
         atomic_json(npath.with_name("state.json"), dict(state, **_current_ledger0(npath.parent, state)))
     return d1, d2
-
-
-def _current_ledger0(root: Path, state: dict) -> dict:
-    """Process 0's records as they are on disk now (kept when another process rewrites the header)."""
-    now = _read_state(root / "state.json", True)
-    if now is None or now["fingerprint"] != state["fingerprint"]:
-        return dict(done=state["done"], checksums=state["checksums"])
-    return dict(done=now["done"], checksums=now["checksums"])
 
 
 def _pad_np(d: np.ndarray, n: int) -> np.ndarray:

@@ -11,6 +11,7 @@ On-disk layout of ``path`` (a directory): ``block_000000.npy``… (one per block
 only then recorded, so a run killed at any point resumes with the finished blocks (verified against their checksums)
 and returns what an uninterrupted run returns.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,8 +42,10 @@ _DEFAULT_BLOCK = 256
 
 def _check_projection(projection: Any) -> None:
     if not hasattr(projection, "features") or not hasattr(projection, "key"):
-        raise TypeError("projection must come from jaxcompare.structured_projection(key, dim) or "
-                        f"jaxcompare.random_projection(key, dim, kind), got {type(projection).__name__}.")
+        raise TypeError(
+            "projection must come from jaxcompare.structured_projection(key, dim) or "
+            f"jaxcompare.random_projection(key, dim, kind), got {type(projection).__name__}."
+        )
 
 
 def _features(proj, params, xb, *, apply_fn, summed):
@@ -54,9 +57,17 @@ def _features(proj, params, xb, *, apply_fn, summed):
 _features_jit = jax.jit(_features, static_argnames=("apply_fn", "summed"))
 
 
-def project_gradients(apply_fn: Callable, params: Any, x: Any, projection: Any, *, summed: bool = False,
-                      block_size: int | None = None, path: str | Path | None = None,
-                      overwrite: bool = False) -> Any:
+def project_gradients(
+    apply_fn: Callable,
+    params: Any,
+    x: Any,
+    projection: Any,
+    *,
+    summed: bool = False,
+    block_size: int | None = None,
+    path: str | Path | None = None,
+    overwrite: bool = False,
+) -> Any:
     """Per-example projected gradients ``φ_c(x_i) = R g_c(x_i)``, computed block by block (time and memory linear in
     ``N``; per-example gradients never held for more than one block and, with :func:`structured_projection`,
     one layer).
@@ -122,19 +133,24 @@ def project_gradients(apply_fn: Callable, params: Any, x: Any, projection: Any, 
     return _to_disk(Path(path), block, nb, bs, n, apply_fn, params, x, projection, summed, bool(overwrite))
 
 
-def _to_disk(root: Path, block: Callable, nb: int, bs: int, n: int, apply_fn, params, x, projection, summed,
-             overwrite: bool) -> np.ndarray:
+def _to_disk(
+    root: Path, block: Callable, nb: int, bs: int, n: int, apply_fn, params, x, projection, summed, overwrite: bool
+) -> np.ndarray:
     root.mkdir(parents=True, exist_ok=True)
     options = (type(projection).__name__, int(projection.dim), str(getattr(projection, "kind", "")), summed, bs)
-    fp = data_fingerprint(f"project_gradients v{_VERSION}",
-                          {"params": params, "x": x, "key": projection.key, "options": repr(options)})
-    fp += model_fingerprint({}, {"model": (apply_fn, (params, jax.ShapeDtypeStruct((1,) + x.shape[1:], x.dtype)))},
-                            apply_fn)
+    fp = data_fingerprint(
+        f"project_gradients v{_VERSION}", {"params": params, "x": x, "key": projection.key, "options": repr(options)}
+    )
+    fp += model_fingerprint(
+        {}, {"model": (apply_fn, (params, jax.ShapeDtypeStruct((1,) + x.shape[1:], x.dtype)))}, apply_fn
+    )
     state_path, out_path = root / "state.json", root / "features.npy"
     lock = DirLock(root)
     if not lock.acquire(DirLock.STORE, block=False):
-        raise RuntimeError(f"{root} is being written by another process (it holds {root / DirLock.STORE}); wait for "
-                           "it to finish or use another path.")
+        raise RuntimeError(
+            f"{root} is being written by another process (it holds {root / DirLock.STORE}); wait for "
+            "it to finish or use another path."
+        )
     try:
         state = None
         if state_path.exists():
@@ -145,8 +161,10 @@ def _to_disk(root: Path, block: Callable, nb: int, bs: int, n: int, apply_fn, pa
                     raise ValueError(f"{state_path} cannot be read ({e}); pass overwrite=True to start afresh.") from e
         if state is not None and state.get("fingerprint") != fp:
             if not overwrite:
-                raise ValueError(f"{root} holds features of other data, options or model (fingerprint mismatch); "
-                                 "use another path or overwrite=True.")
+                raise ValueError(
+                    f"{root} holds features of other data, options or model (fingerprint mismatch); "
+                    "use another path or overwrite=True."
+                )
             state = None
         if state is None:
             state = {"version": _VERSION, "fingerprint": fp, "n": n, "block_size": bs, "blocks": {}}
@@ -175,7 +193,7 @@ def _to_disk(root: Path, block: Callable, nb: int, bs: int, n: int, apply_fn, pa
             tmp = out_path.with_name(f"features.{os.getpid()}.tmp.npy")
             mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
             for i in range(nb):  # one block in memory at a time
-                mm[i * bs:min((i + 1) * bs, n)] = np.load(root / f"block_{i:06d}.npy")
+                mm[i * bs : min((i + 1) * bs, n)] = np.load(root / f"block_{i:06d}.npy")
             mm.flush()
             del mm
             os.replace(tmp, out_path)
@@ -269,8 +287,9 @@ def projected_kernel(features1: Any, features2: Any = None, *, normalize: bool =
     sym = features2 is None
     f2 = f1 if sym else _check_features(features2, "features2")
     if f1.shape[1:] != f2.shape[1:]:
-        raise ValueError(f"features1 and features2 must have the same per-example shape, got {f1.shape[1:]} and "
-                         f"{f2.shape[1:]}.")
+        raise ValueError(
+            f"features1 and features2 must have the same per-example shape, got {f1.shape[1:]} and {f2.shape[1:]}."
+        )
     if f1.shape[-1] % 2:
         raise ValueError(f"the feature dimension must be even (two halves give the error), got {f1.shape[-1]}.")
     k, se, mae = _pk_compute(f1, f2, sym=sym, normalize=bool(normalize))
@@ -281,10 +300,10 @@ def _check_features(f: Any, name: str) -> jax.Array:
     if not hasattr(f, "shape"):
         f = jnp.asarray(f)
     if len(f.shape) not in (2, 3) or min(f.shape) < 1:
-        raise ValueError(f"{name} must be projected features of shape (N, C, dim) or (N, dim), got shape "
-                         f"{tuple(f.shape)}.")
+        raise ValueError(
+            f"{name} must be projected features of shape (N, C, dim) or (N, dim), got shape {tuple(f.shape)}."
+        )
     if not jnp.issubdtype(f.dtype, jnp.floating):
         raise TypeError(f"{name} must be floating-point, got dtype {f.dtype}.")
     check_finite(f, name)
     return jnp.asarray(f)
-

@@ -14,11 +14,13 @@ Scaling: Rademacher entries ``±1/sqrt(dim)`` or Gaussian ``N(0, 1/dim)``, so ``
 of examples) by a scatter-add: ``O(nnz · P)`` per gradient instead of ``O(dim · P)``, and ``R`` costs ``O(nnz · P)``
 integers whatever ``dim``.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -75,8 +77,10 @@ class RandomProjection:
             else:
                 flat = jax.random.normal(kt, (int(bounds[-1]),), dtype=gen_dt)
             flat = flat * jnp.asarray(scale, gen_dt)
-            return [flat[bounds[l]:bounds[l + 1]].reshape(jnp.shape(leaf)).astype(dtypes[l])
-                    for l, leaf in enumerate(leaves)]
+            return [
+                flat[bounds[l] : bounds[l + 1]].reshape(jnp.shape(leaf)).astype(dtypes[l])
+                for l, leaf in enumerate(leaves)
+            ]
 
         return jax.tree_util.tree_unflatten(treedef, jax.vmap(one_row)(index))
 
@@ -108,7 +112,6 @@ class RandomProjection:
         out = jax.lax.map(do_chunk, jnp.arange(n_chunks))  # (n_chunks, chunk, N[, C])
         out = out.reshape((n_chunks * chunk,) + out.shape[2:])[: self.dim]
         return jnp.moveaxis(out, 0, -1)
-
 
     def _sketch_features(self, apply_fn: Callable, params: Any, x: jax.Array, *, summed: bool) -> jax.Array:
         from ._implementations import _jacobians, _summed_grads
@@ -142,21 +145,26 @@ class RandomProjection:
                 m = g.shape[0]
                 flat = jnp.moveaxis(g.reshape(m * g.shape[1], -1), 1, 0)  # (P_l, m*C')
                 for r in range(self.nnz):
-                    s = jax.ops.segment_sum(flat * signs[r][:, None].astype(flat.dtype), rows[r],
-                                            num_segments=self.dim)  # (dim, m*C')
+                    s = jax.ops.segment_sum(
+                        flat * signs[r][:, None].astype(flat.dtype), rows[r], num_segments=self.dim
+                    )  # (dim, m*C')
                     out = s if out is None else out + s
             out = out * jnp.asarray(scale, out.dtype)
             return jnp.moveaxis(out, 0, 1).reshape(xc.shape[0], -1, self.dim)
 
-        xp = jnp.concatenate([x, jnp.broadcast_to(x[:1], (n_chunks * chunk - n,) + x.shape[1:])]) \
-            if n_chunks * chunk != n else x
+        xp = (
+            jnp.concatenate([x, jnp.broadcast_to(x[:1], (n_chunks * chunk - n,) + x.shape[1:])])
+            if n_chunks * chunk != n
+            else x
+        )
         out = jax.lax.map(do_chunk, xp.reshape((n_chunks, chunk) + x.shape[1:]))
         out = out.reshape((n_chunks * chunk,) + out.shape[2:])[:n]
         return out[:, 0] if summed else out
 
 
-def random_projection(key: Any, dim: int, kind: str = "rademacher", *, chunk_size: int | None = None,
-                      nnz: int = 1) -> RandomProjection:
+def random_projection(
+    key: Any, dim: int, kind: str = "rademacher", *, chunk_size: int | None = None, nnz: int = 1
+) -> RandomProjection:
     """A random projection ``R`` (``dim x P``) for projected kernels, generated lazily from ``key``.
 
     Pass the result as ``projection=`` to :func:`trace_ntk` or :func:`pseudo_ntk`. The projected trace NTK is

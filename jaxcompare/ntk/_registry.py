@@ -22,16 +22,19 @@ Normalization follows the reference work (Engel et al., ICLR 2024), which cosine
 trNTK⁰ before fitting surrogates. The factories (:func:`trace_ntk`, :func:`pseudo_ntk`...) also build variants
 outside the table (``proj_trntk0``, ``proj_pntk0``, ``ck0``, ``em0``: unnormalized); their specs name them so.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import types
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from ._common import Kernel
 from ._kernels import conjugate_kernel, embedding_kernel, empirical_ntk, pseudo_ntk, trace_ntk
 
 __all__ = ["KernelInfo", "KERNELS", "kernel", "kernel_label"]
+
 
 @dataclasses.dataclass(frozen=True)
 class KernelInfo:
@@ -62,26 +65,93 @@ def _entry(name, label, normalized, projected, needs, summary, build) -> tuple[s
 
 
 #: name → :class:`KernelInfo`, read-only; the one table of kernel names (see the module docstring)
-KERNELS: Mapping[str, KernelInfo] = types.MappingProxyType(dict([
-    _entry("entk", "eNTK", False, False, "apply_fn", "full empirical NTK with class blocks (N1, N2, C, C)",
-           lambda f, **o: empirical_ntk(f, **o)),
-    _entry("trntk", "trNTK", True, False, "apply_fn", "trace NTK, cosine-normalized",
-           lambda f, **o: trace_ntk(f, normalize=True, **o)),
-    _entry("trntk0", "trNTK⁰", False, False, "apply_fn", "trace NTK, unnormalized (a sum over classes)",
-           lambda f, **o: trace_ntk(f, normalize=False, **o)),
-    _entry("pntk", "pNTK", True, False, "apply_fn", "pseudo NTK (summed-logit gradients), cosine-normalized",
-           lambda f, **o: pseudo_ntk(f, normalize=True, **o)),
-    _entry("pntk0", "pNTK⁰", False, False, "apply_fn", "pseudo NTK, unnormalized",
-           lambda f, **o: pseudo_ntk(f, normalize=False, **o)),
-    _entry("proj_trntk", "proj-trNTK", True, True, "apply_fn", "trNTK of randomly projected gradients",
-           lambda f, **o: trace_ntk(f, normalize=True, **o)),
-    _entry("proj_pntk", "proj-pNTK", True, True, "apply_fn", "pNTK of randomly projected gradients",
-           lambda f, **o: pseudo_ntk(f, normalize=True, **o)),
-    _entry("ck", "CK", True, False, "feature_fn", "conjugate kernel of the penultimate features, cosine-normalized",
-           lambda f, **o: conjugate_kernel(f, normalize=True, **o)),
-    _entry("em", "Em", True, False, "layers_fn", "embedding kernel over every layer's outputs, cosine-normalized",
-           lambda f, **o: embedding_kernel(f, normalize=True, **o)),
-]))
+KERNELS: Mapping[str, KernelInfo] = types.MappingProxyType(
+    dict(
+        [
+            _entry(
+                "entk",
+                "eNTK",
+                False,
+                False,
+                "apply_fn",
+                "full empirical NTK with class blocks (N1, N2, C, C)",
+                lambda f, **o: empirical_ntk(f, **o),
+            ),
+            _entry(
+                "trntk",
+                "trNTK",
+                True,
+                False,
+                "apply_fn",
+                "trace NTK, cosine-normalized",
+                lambda f, **o: trace_ntk(f, normalize=True, **o),
+            ),
+            _entry(
+                "trntk0",
+                "trNTK⁰",
+                False,
+                False,
+                "apply_fn",
+                "trace NTK, unnormalized (a sum over classes)",
+                lambda f, **o: trace_ntk(f, normalize=False, **o),
+            ),
+            _entry(
+                "pntk",
+                "pNTK",
+                True,
+                False,
+                "apply_fn",
+                "pseudo NTK (summed-logit gradients), cosine-normalized",
+                lambda f, **o: pseudo_ntk(f, normalize=True, **o),
+            ),
+            _entry(
+                "pntk0",
+                "pNTK⁰",
+                False,
+                False,
+                "apply_fn",
+                "pseudo NTK, unnormalized",
+                lambda f, **o: pseudo_ntk(f, normalize=False, **o),
+            ),
+            _entry(
+                "proj_trntk",
+                "proj-trNTK",
+                True,
+                True,
+                "apply_fn",
+                "trNTK of randomly projected gradients",
+                lambda f, **o: trace_ntk(f, normalize=True, **o),
+            ),
+            _entry(
+                "proj_pntk",
+                "proj-pNTK",
+                True,
+                True,
+                "apply_fn",
+                "pNTK of randomly projected gradients",
+                lambda f, **o: pseudo_ntk(f, normalize=True, **o),
+            ),
+            _entry(
+                "ck",
+                "CK",
+                True,
+                False,
+                "feature_fn",
+                "conjugate kernel of the penultimate features, cosine-normalized",
+                lambda f, **o: conjugate_kernel(f, normalize=True, **o),
+            ),
+            _entry(
+                "em",
+                "Em",
+                True,
+                False,
+                "layers_fn",
+                "embedding kernel over every layer's outputs, cosine-normalized",
+                lambda f, **o: embedding_kernel(f, normalize=True, **o),
+            ),
+        ]
+    )
+)
 
 
 def _info(name: Any) -> KernelInfo:
@@ -130,20 +200,26 @@ def kernel(name: str, fn: Callable, **options: Any) -> Kernel:
     """
     info = _info(name)
     if not callable(fn):
-        raise TypeError(f"fn must be the model's {info.needs}, a callable (params, x) -> ..., got "
-                        f"{type(fn).__name__}.")
+        raise TypeError(f"fn must be the model's {info.needs}, a callable (params, x) -> ..., got {type(fn).__name__}.")
     if "normalize" in options:
-        raise ValueError(f"kernel({name!r}, ...) does not take normalize=: normalization is part of the name "
-                         f"({name!r} is {'' if info.normalized else 'un'}normalized); see jaxcompare.ntk.KERNELS.")
+        raise ValueError(
+            f"kernel({name!r}, ...) does not take normalize=: normalization is part of the name "
+            f"({name!r} is {'' if info.normalized else 'un'}normalized); see jaxcompare.ntk.KERNELS."
+        )
     if info.projected and options.get("projection") is None:
-        raise ValueError(f"kernel {name!r} needs projection=jc.random_projection(key, dim) "
-                         "(or jc.kronecker_projection(key, dim_in, dim_out)).")
+        raise ValueError(
+            f"kernel {name!r} needs projection=jc.random_projection(key, dim) "
+            "(or jc.kronecker_projection(key, dim_in, dim_out))."
+        )
     if not info.projected and "projection" in options:
-        raise ValueError(f"kernel {name!r} takes no projection=; use 'proj_trntk' or 'proj_pntk' for projected "
-                         "kernels.")
+        raise ValueError(
+            f"kernel {name!r} takes no projection=; use 'proj_trntk' or 'proj_pntk' for projected kernels."
+        )
     allowed = {"apply_fn": ("implementation", "projection"), "feature_fn": (), "layers_fn": ()}[info.needs]
     extra = sorted(set(options) - set(allowed))
     if extra:
-        raise TypeError(f"kernel {name!r} got unexpected option(s) {', '.join(extra)}; it accepts "
-                        f"{', '.join(allowed) or 'no options'}.")
+        raise TypeError(
+            f"kernel {name!r} got unexpected option(s) {', '.join(extra)}; it accepts "
+            f"{', '.join(allowed) or 'no options'}."
+        )
     return info.build(fn, **options)

@@ -21,6 +21,7 @@ of all hosts and the default mesh spans them. Pass the same ``params``, ``x1``, 
 replicated inputs); each process holds the rows of its own devices in the result: :func:`gather` collects the whole
 kernel on every process, :func:`save_rows` writes each process's rows to one shared ``.npy`` file without gathering.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -70,8 +71,9 @@ def _symmetric_strip(tile, diag_tile, swap_trailing, names, n_dev, b):
         for k in range(1, (n_dev + 1) // 2):
             t = tile(p, own, rows(((me + k) % n_dev) * b, b))
             tiles[k] = t
-            tiles[n_dev - k] = jax.lax.ppermute(swap(t, swap_trailing), names,
-                                                [(s, (s + k) % n_dev) for s in range(n_dev)])
+            tiles[n_dev - k] = jax.lax.ppermute(
+                swap(t, swap_trailing), names, [(s, (s + k) % n_dev) for s in range(n_dev)]
+            )
         if n_dev % 2 == 0:
             h, hb = n_dev // 2, -(-b // 2)
             lo = me < h
@@ -79,15 +81,14 @@ def _symmetric_strip(tile, diag_tile, swap_trailing, names, n_dev, b):
             piece = tile(p, rows(d * b + jnp.where(lo, 0, b - hb), hb), rows((d + h) * b, b))
             other = jax.lax.ppermute(piece, names, [(s, (s + h) % n_dev) for s in range(n_dev)])
             top, bottom = jnp.where(lo, piece, other), jnp.where(lo, other, piece)
-            t = jnp.concatenate([top, bottom[2 * hb - b:]], axis=0)
+            t = jnp.concatenate([top, bottom[2 * hb - b :]], axis=0)
             tiles[h] = jnp.where(lo, t, swap(t, swap_trailing))
         return jnp.roll(jnp.concatenate(tiles, axis=1), me * b, axis=1)  # relative block k -> block me + k
 
     return strip
 
 
-def sharded(kernel_fn: Callable, mesh: Mesh | None = None, *, block_size: int | None = None,
-            pad: bool = False) -> Any:
+def sharded(kernel_fn: Callable, mesh: Mesh | None = None, *, block_size: int | None = None, pad: bool = False) -> Any:
     """Distribute ``kernel_fn`` over the devices of ``mesh``: same signature, same result, rows sharded.
 
     Each device computes the rows of ``x1`` assigned to it against all of ``x2`` (``x2=None``: ``x1``, computing each
@@ -156,11 +157,13 @@ def sharded(kernel_fn: Callable, mesh: Mesh | None = None, *, block_size: int | 
             if kind == "strip":
                 f = _shard_map(tile, m, (rep, rows, rep), rows)
             elif kind == "sym":
-                f = _shard_map(_symmetric_strip(tile, diag_tile, parts.swap_trailing, m.axis_names, m.size, b),
-                               m, (rep, rep), rows)
+                f = _shard_map(
+                    _symmetric_strip(tile, diag_tile, parts.swap_trailing, m.axis_names, m.size, b), m, (rep, rep), rows
+                )
             else:  # norms
-                f = _shard_map((lambda p, a: diag_blocks(diag_fn, p, a, bs, traced=True)) if bs else diag_fn,
-                               m, (rep, rows), rows)
+                f = _shard_map(
+                    (lambda p, a: diag_blocks(diag_fn, p, a, bs, traced=True)) if bs else diag_fn, m, (rep, rows), rows
+                )
             compiled[key] = (m, jax.jit(f))
         return compiled[key][1]
 
@@ -181,9 +184,11 @@ def sharded(kernel_fn: Callable, mesh: Mesh | None = None, *, block_size: int | 
         n1 = x1.shape[0]
         n_pad = -(-n1 // m.size) * m.size
         if strict and n_pad != n1 and not pad:
-            raise ValueError(f"x1 has {n1} rows, not a multiple of the {m.size} devices of the mesh: a row-sharded "
-                             f"jax.Array must split evenly. Pass pad=True to get the kernel with {n_pad} rows (the "
-                             f"last {n_pad - n1} are padding, set to 0), or give x1 a multiple of {m.size} rows.")
+            raise ValueError(
+                f"x1 has {n1} rows, not a multiple of the {m.size} devices of the mesh: a row-sharded "
+                f"jax.Array must split evenly. Pass pad=True to get the kernel with {n_pad} rows (the "
+                f"last {n_pad - n1} are padding, set to 0), or give x1 a multiple of {m.size} rows."
+            )
         x1p = pad_rows(x1, n_pad)
         if x2 is None and parts.symmetric_known and m.size > 1:
             k = program(m, "sym", n_pad // m.size)(params, x1p)

@@ -38,6 +38,7 @@ Error estimate: the two independent halves give two unbiased estimates of every 
 of its half of ``φ``); their difference estimates the standard error of the full sketch. See
 :func:`jaxcompare.projected_kernel`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -184,8 +185,9 @@ class StructuredProjection:
         return phi[:, 0] if summed else phi
 
 
-def structured_projection(key: Any, dim: int, *, block_size: int | None = None,
-                          memory_budget: int | str | None = None) -> StructuredProjection:
+def structured_projection(
+    key: Any, dim: int, *, block_size: int | None = None, memory_budget: int | str | None = None
+) -> StructuredProjection:
     """A structured sketch of per-example gradients: the fast, linear-in-N projection (see
     :mod:`jaxcompare.ntk._sketch` for the construction and its variance).
 

@@ -10,10 +10,12 @@ spec's ``base``) and the norms ``d`` (the spec's ``diag``) are computed once per
 the same as an unnormalized one. A kernel without a spec (a plain callable) is tiled as is and never assumed
 symmetric.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -22,8 +24,17 @@ import numpy as np
 from .._validation import check_finite_tree, is_concrete
 from ._common import Kernel, KernelSpec, cosine_normalize, kernel_spec, warn_zero_norm
 
-__all__ = ["KernelParts", "TilePlan", "kernel_parts", "pad_rows", "swap", "diag_blocks", "normalize",
-           "transformed", "check_transform_args"]
+__all__ = [
+    "KernelParts",
+    "TilePlan",
+    "kernel_parts",
+    "pad_rows",
+    "swap",
+    "diag_blocks",
+    "normalize",
+    "transformed",
+    "check_transform_args",
+]
 
 
 def pad_rows(x: jax.Array, n_to: int) -> jax.Array:
@@ -75,7 +86,7 @@ class TilePlan:
         return pad_rows(x, -(-x.shape[0] // self.block_size) * self.block_size)
 
     def block(self, xp: jax.Array, i: int) -> jax.Array:
-        return xp[i * self.block_size:(i + 1) * self.block_size]
+        return xp[i * self.block_size : (i + 1) * self.block_size]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,8 +109,9 @@ class KernelParts:
 def kernel_parts(kernel_fn: Any, caller: str) -> KernelParts:
     """Check ``kernel_fn`` and split it into the parts a transform tiles (see :class:`KernelParts`)."""
     if not callable(kernel_fn):
-        raise TypeError(f"kernel_fn must be callable (params, x1, x2=None) -> (N1, N2, ...), got "
-                        f"{type(kernel_fn).__name__}.")
+        raise TypeError(
+            f"kernel_fn must be callable (params, x1, x2=None) -> (N1, N2, ...), got {type(kernel_fn).__name__}."
+        )
     spec = kernel_spec(kernel_fn, caller)
     if spec is None:
         return KernelParts(None, kernel_fn, None, False, False, getattr(kernel_fn, "__name__", "kernel"))
@@ -121,7 +133,7 @@ def diag_blocks(diag_fn: Callable, params: Any, x: jax.Array, bs: int, traced: b
     xp = pad_rows(x, nb * bs)
     if traced:
         return jax.lax.map(lambda a: diag_fn(params, a), xp.reshape((nb, bs) + x.shape[1:])).reshape(-1)[:n]
-    return jnp.concatenate([diag_fn(params, xp[i * bs:(i + 1) * bs]) for i in range(nb)])[:n]
+    return jnp.concatenate([diag_fn(params, xp[i * bs : (i + 1) * bs]) for i in range(nb)])[:n]
 
 
 def normalize(k: Any, d1: Any, d2: Any, *, warn: bool) -> Any:
@@ -131,13 +143,17 @@ def normalize(k: Any, d1: Any, d2: Any, *, warn: bool) -> Any:
     return cosine_normalize(k, d1, d2)
 
 
-def transformed(kernel_fn: Any, parts: KernelParts, fn: Callable, base: Callable | None, diag: Callable | None,
-                transform: str) -> Any:
+def transformed(
+    kernel_fn: Any, parts: KernelParts, fn: Callable, base: Callable | None, diag: Callable | None, transform: str
+) -> Any:
     """The record a transform returns: for a kernel record, a new :class:`Kernel` whose ``spec.base``/``spec.diag``
     are the transformed parts (so that stacked transforms use them); for a plain callable, the plain function."""
     if parts.spec is None:
         return fn
-    spec = dataclasses.replace(parts.spec, base=base if base is not None else parts.spec.base,
-                               diag=diag if diag is not None else parts.spec.diag,
-                               transforms=parts.spec.transforms + (transform,))
+    spec = dataclasses.replace(
+        parts.spec,
+        base=base if base is not None else parts.spec.base,
+        diag=diag if diag is not None else parts.spec.diag,
+        transforms=parts.spec.transforms + (transform,),
+    )
     return Kernel(fn, spec)

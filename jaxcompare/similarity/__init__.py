@@ -6,6 +6,7 @@
 - :func:`kernel_similarity`: the CKA and p-value matrix between the kernels of several models, possibly of different
   architectures (:class:`KernelSimilarity`), and its heatmap :func:`plot_similarity` (matplotlib, lazy).
 """
+
 from ._cka import cka, linear_cka
 from ._kernel_similarity import KernelSimilarity, kernel_similarity
 from ._permutation import CKATest, cka_test

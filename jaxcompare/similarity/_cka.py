@@ -21,6 +21,7 @@ column-centred ``Xc, Yc``, ``<HKH, HLH> = ‖XcᵀYc‖²_F``; the U-centring is
 kernel, so the features may be centred first, and then (``k_i = ‖Xc_i‖²``, ``l_i = ‖Yc_i‖²``, ``1ᵀK̃1 = -Σk``,
 ``K̃1 = -k``) ``n(n-3)·HSIC_u = ‖XcᵀYc‖²_F - k·l + (Σk)(Σl)/((n-1)(n-2)) - 2 k·l/(n-2)``: ``O(n·(p² + q² + pq))``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -73,14 +74,17 @@ def check_kernel(K: Any, name: str, *, n: int | None = None, debiased: bool = Fa
     """
     a = check_array(K, name, ndim=2, finite=False)  # finiteness below, on the device
     if a.shape[0] != a.shape[1]:
-        raise ValueError(f"{name} must be a square (N, N) kernel on N points, got shape {a.shape}; "
-                         "for (N, N, C, C) kernels take the trace over classes first.")
+        raise ValueError(
+            f"{name} must be a square (N, N) kernel on N points, got shape {a.shape}; "
+            "for (N, N, C, C) kernels take the trace over classes first."
+        )
     if n is not None and a.shape[0] != n:
         raise ValueError(f"{name} must be a kernel on the same N = {n} points as K1, got shape {a.shape}.")
     need = min_points(debiased)
     if a.shape[0] < need:
-        raise ValueError(f"{name} has N = {a.shape[0]} points; {'debiased' if debiased else 'biased'} CKA needs "
-                         f"N >= {need}.")
+        raise ValueError(
+            f"{name} has N = {a.shape[0]} points; {'debiased' if debiased else 'biased'} CKA needs N >= {need}."
+        )
     if is_concrete(a):
         finite, asym, big = _kernel_stats(a)
         if not bool(finite):
@@ -88,9 +92,11 @@ def check_kernel(K: Any, name: str, *, n: int | None = None, debiased: bool = Fa
         asym, big = float(asym), float(big)
         tol = symmetry_tol(a.dtype)
         if asym > tol * big:
-            raise ValueError(f"{name} must be symmetric: max|K - Kᵀ| = {asym:.3g} exceeds {tol:.2g} · max|K| "
-                             f"= {tol * big:.3g} (tolerance sqrt(eps) of {a.dtype}); pass a kernel K(x_i, x_j) on "
-                             "the same points on both axes.")
+            raise ValueError(
+                f"{name} must be symmetric: max|K - Kᵀ| = {asym:.3g} exceeds {tol:.2g} · max|K| "
+                f"= {tol * big:.3g} (tolerance sqrt(eps) of {a.dtype}); pass a kernel K(x_i, x_j) on "
+                "the same points on both axes."
+            )
     return a
 
 
@@ -157,20 +163,27 @@ def check_variance(ratio: Any, name: str, n: int, dtype: Any, debiased: bool, *,
         return
     if debiased:
         measure = "‖U(K)‖²_F / ‖HKH‖²_F" if linear else "‖U(K)‖_F / ‖K̃‖_F"
-        what = (f"its U-centred kernel is zero up to rounding ({measure} = {r:.3g} <= {tol:.2g}): after removing "
-                "row/column effects and the diagonal nothing varies between pairs of points, so the debiased "
-                "HSIC(K, K) is 0")
+        what = (
+            f"its U-centred kernel is zero up to rounding ({measure} = {r:.3g} <= {tol:.2g}): after removing "
+            "row/column effects and the diagonal nothing varies between pairs of points, so the debiased "
+            "HSIC(K, K) is 0"
+        )
         hint = "use more points or debiased=False"
     elif linear:
-        what = (f"its features do not vary across points (‖X - mean‖_F / ‖X‖_F = {r:.3g} <= {tol:.2g}), so the "
-                "centred kernel and HSIC(K, K) are 0")
+        what = (
+            f"its features do not vary across points (‖X - mean‖_F / ‖X‖_F = {r:.3g} <= {tol:.2g}), so the "
+            "centred kernel and HSIC(K, K) are 0"
+        )
         hint = "pass features that differ between points"
     else:
-        what = (f"its centred kernel is zero up to rounding (‖HKH‖_F / ‖K‖_F = {r:.3g} <= {tol:.2g}): the kernel "
-                "is constant after centring (K_ij = a_i + a_j), so HSIC(K, K) is 0")
+        what = (
+            f"its centred kernel is zero up to rounding (‖HKH‖_F / ‖K‖_F = {r:.3g} <= {tol:.2g}): the kernel "
+            "is constant after centring (K_ij = a_i + a_j), so HSIC(K, K) is 0"
+        )
         hint = "pass a kernel that differs between points"
-    raise ValueError(f"CKA is undefined for {name}: {what} (tolerance 8·sqrt(N)·eps of {jnp.dtype(dtype).name}, "
-                     f"N = {n}); {hint}.")
+    raise ValueError(
+        f"CKA is undefined for {name}: {what} (tolerance 8·sqrt(N)·eps of {jnp.dtype(dtype).name}, N = {n}); {hint}."
+    )
 
 
 def cka(K1: Any, K2: Any, *, debiased: bool = False) -> jax.Array:
@@ -254,8 +267,9 @@ def check_features(X: Any, name: str, *, n: int | None = None, debiased: bool = 
         raise ValueError(f"{name} must have one row per point, the same N = {n} as X; got shape {a.shape}.")
     need = min_points(debiased)
     if a.shape[0] < need:
-        raise ValueError(f"{name} has N = {a.shape[0]} points (rows); {'debiased' if debiased else 'biased'} CKA "
-                         f"needs N >= {need}.")
+        raise ValueError(
+            f"{name} has N = {a.shape[0]} points (rows); {'debiased' if debiased else 'biased'} CKA needs N >= {need}."
+        )
     return a
 
 

@@ -10,6 +10,7 @@ costs one gather of the ``M`` transformed kernels and one ``(M, N²) × (N², M)
 ``O(B·M²·N²)`` time and ``O(chunk·M·N²)`` memory. ``p[i, j]`` for ``i < j`` permutes model ``j``'s points; the
 matrix is symmetric (``p[j, i] = p[i, j]``); the diagonal tests each kernel against its own permutations.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -77,18 +78,24 @@ def _registry_factory(name: str, projection: Any) -> tuple[str, str, Callable]:
     from .. import ntk
 
     if name not in ntk.KERNELS:
-        raise ValueError(f"kernel must be a name in jaxcompare.ntk.KERNELS ({', '.join(ntk.KERNELS)}) or a factory "
-                         f"apply_fn -> kernel_fn; got {name!r}.")
+        raise ValueError(
+            f"kernel must be a name in jaxcompare.ntk.KERNELS ({', '.join(ntk.KERNELS)}) or a factory "
+            f"apply_fn -> kernel_fn; got {name!r}."
+        )
     info = ntk.KERNELS[name]
     if projection is not None and not info.projected:
         proj_name = f"proj_{name}"
         if proj_name not in ntk.KERNELS:
-            raise ValueError(f"kernel {name!r} has no projected variant; pass projection=None or one of "
-                             f"{', '.join(k for k, v in ntk.KERNELS.items() if v.projected)}.")
+            raise ValueError(
+                f"kernel {name!r} has no projected variant; pass projection=None or one of "
+                f"{', '.join(k for k, v in ntk.KERNELS.items() if v.projected)}."
+            )
         name, info = proj_name, ntk.KERNELS[proj_name]
     if info.needs != "apply_fn":
-        raise ValueError(f"kernel {name!r} is built from a {info.needs}, but models are (apply_fn, params) pairs; "
-                         "pass a factory apply_fn -> kernel_fn instead.")
+        raise ValueError(
+            f"kernel {name!r} is built from a {info.needs}, but models are (apply_fn, params) pairs; "
+            "pass a factory apply_fn -> kernel_fn instead."
+        )
     opts = {} if projection is None else {"projection": projection}
     return name, info.label, lambda f: ntk.kernel(name, f, **opts)
 
@@ -102,8 +109,10 @@ def _resolve_kernel(kernel: Any, projection: Any) -> tuple[str, str, Callable]:
         if projection is None:
             return name, name, kernel
         return name, name, lambda f: kernel(f, projection=projection)
-    raise TypeError(f"kernel must be a registry name (e.g. 'trntk') or a callable factory apply_fn -> kernel_fn, "
-                    f"got {type(kernel).__name__}.")
+    raise TypeError(
+        f"kernel must be a registry name (e.g. 'trntk') or a callable factory apply_fn -> kernel_fn, "
+        f"got {type(kernel).__name__}."
+    )
 
 
 def _check_models(models: Any) -> list[tuple[Callable, Any]]:
@@ -114,8 +123,10 @@ def _check_models(models: Any) -> list[tuple[Callable, Any]]:
     out = []
     for i, m in enumerate(models):
         if not isinstance(m, (list, tuple)) or len(m) != 2 or not callable(m[0]):
-            raise TypeError(f"models[{i}] must be an (apply_fn, params) pair with a callable apply_fn, got "
-                            f"{type(m).__name__}{'' if not isinstance(m, (list, tuple)) else f' of length {len(m)}'}.")
+            raise TypeError(
+                f"models[{i}] must be an (apply_fn, params) pair with a callable apply_fn, got "
+                f"{type(m).__name__}{'' if not isinstance(m, (list, tuple)) else f' of length {len(m)}'}."
+            )
         out.append((m[0], m[1]))
     return out
 
@@ -215,8 +226,9 @@ def kernel_similarity(
     x = check_array(x, "x", floating=False)
     n = x.shape[0]
     if n < min_points(debiased):
-        raise ValueError(f"x has N = {n} points; {'debiased' if debiased else 'biased'} CKA needs "
-                         f"N >= {min_points(debiased)}.")
+        raise ValueError(
+            f"x has N = {n} points; {'debiased' if debiased else 'biased'} CKA needs N >= {min_points(debiased)}."
+        )
     if block_size is not None:
         block_size = check_int(block_size, "block_size", min=1)
     elif n > _AUTO_BLOCK:
@@ -232,8 +244,7 @@ def kernel_similarity(
         K = jnp.asarray(kernel_fn(params, x))
         if K.ndim == 4:
             K = jnp.trace(K, axis1=2, axis2=3)
-        kernels.append(check_kernel(K, f"the {label} kernel of models[{i}] ({model_names[i]})", n=n,
-                                    debiased=debiased))
+        kernels.append(check_kernel(K, f"the {label} kernel of models[{i}] ({model_names[i]})", n=n, debiased=debiased))
     dtype = common_dtype(*kernels)
     Ks = jnp.stack([K.astype(dtype) for K in kernels])
     T, cka, norms, ratios = _transforms(Ks, debiased)

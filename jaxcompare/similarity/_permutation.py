@@ -19,6 +19,7 @@ many small tests with ``jax.lax.map(..., batch_size=...)`` instead).
 Permutation ``b`` (0-based) is ``jax.random.permutation(jax.random.split(key, B)[b], N)``: the same key gives the
 same permutations and the same result.
 """
+
 from __future__ import annotations
 
 import dataclasses

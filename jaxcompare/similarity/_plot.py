@@ -1,4 +1,5 @@
 """Figure: heatmap of a kernel-similarity matrix with permutation p-values (matplotlib, imported lazily)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -14,13 +15,15 @@ def _import_pyplot():
     try:
         import matplotlib.pyplot as plt
     except ImportError as e:
-        raise ImportError("plot_similarity needs matplotlib: pip install 'jaxcompare[demo]' "
-                          "(or pip install matplotlib).") from e
+        raise ImportError(
+            "plot_similarity needs matplotlib: pip install 'jaxcompare[demo]' (or pip install matplotlib)."
+        ) from e
     return plt
 
 
-def plot_similarity(result: KernelSimilarity, ax: Any = None, *, annotate: bool | None = None,
-                    cmap: str = "viridis") -> Any:
+def plot_similarity(
+    result: KernelSimilarity, ax: Any = None, *, annotate: bool | None = None, cmap: str = "viridis"
+) -> Any:
     """Heatmap of ``result.cka``; each cell shows the CKA and its permutation p-value.
 
     Args:
@@ -67,7 +70,14 @@ def plot_similarity(result: KernelSimilarity, ax: Any = None, *, annotate: bool 
         for i in range(m):
             for j in range(m):
                 light = (c[i, j] - lo) / max(hi - lo, 1e-12) < 0.6
-                ax.text(j, i, f"{c[i, j]:.2f}\np={p[i, j]:.3g}", ha="center", va="center", fontsize=7,
-                        color="white" if light else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{c[i, j]:.2f}\np={p[i, j]:.3g}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if light else "black",
+                )
     fig.tight_layout()
     return fig

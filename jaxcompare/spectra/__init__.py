@@ -9,6 +9,7 @@
 - Per-layer analysis of a model's weights: :func:`analyze_params` (MP bulk fit :func:`mp_bulk_fit`, outliers,
   power-law tail, stable rank), :func:`report_rows`, :func:`format_report`, :func:`plot_layer_spectra`.
 """
+
 from ._bbp import bbp_alignment, bbp_outlier, bbp_threshold
 from ._fan_wang import fan_wang_density, fan_wang_stieltjes
 from ._gaussian import GaussianConstants, gaussian_constants

@@ -4,9 +4,10 @@ Each entry is ``(phi, dphi)`` written with ``jax.numpy`` so that it works on arr
 ``tanh``, ``erf`` and ``sin`` are centered (``E phi(xi) = 0`` for ``xi ~ N(0, 1)``) as the theory assumes;
 ``relu`` is offered for comparison only (it is neither centered nor twice differentiable).
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

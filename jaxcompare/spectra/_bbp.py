@@ -1,4 +1,5 @@
 """BBP phase transition for a rank-one spike in a rectangular Gaussian matrix."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Fan–Wang limiting spectra of the conjugate kernel and the NTK of a two-layer network at initialization."""
+
 from __future__ import annotations
 
 import numpy as np

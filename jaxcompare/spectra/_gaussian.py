@@ -1,8 +1,9 @@
 """Gaussian constants of an activation by Gauss–Hermite quadrature."""
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import numpy as np

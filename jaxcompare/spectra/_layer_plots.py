@@ -1,4 +1,5 @@
 """Figure of a per-layer spectral analysis: one log-log ESD panel per layer (matplotlib, imported lazily)."""
+
 from __future__ import annotations
 
 import math
@@ -14,7 +15,7 @@ __all__ = ["plot_layer_spectra"]
 
 
 def _short(path: str, width: int = 34) -> str:
-    return path if len(path) <= width else "…" + path[-(width - 1):]
+    return path if len(path) <= width else "…" + path[-(width - 1) :]
 
 
 def _panel(ax, row, lam: np.ndarray, bins: int) -> None:
@@ -113,7 +114,7 @@ def plot_layer_spectra(
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.6 * nrows), squeeze=False)
     for ax, p in zip(axes.ravel(), layers):
         _panel(ax, result.row(p), np.asarray(result.eigenvalues[p], dtype=np.float64), bins)
-    for ax in axes.ravel()[len(layers):]:
+    for ax in axes.ravel()[len(layers) :]:
         ax.set_visible(False)
     fig.tight_layout()
     if path is not None:

@@ -1,4 +1,5 @@
 """Per-layer spectral analysis of a model's parameters (WeightWatcher's analysis, for JAX pytrees)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -290,14 +291,30 @@ def analyze_params(
     if not rows:
         reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped)
         raise ValueError(f"params has no weight matrix to analyse (every leaf was skipped: {reasons}).")
-    return LayerSpectra(rows=tuple(rows), skipped=tuple(types.MappingProxyType(s) for s in skipped),
-                        eigenvalues=types.MappingProxyType(eigs), settings=types.MappingProxyType(opts))
+    return LayerSpectra(
+        rows=tuple(rows),
+        skipped=tuple(types.MappingProxyType(s) for s in skipped),
+        eigenvalues=types.MappingProxyType(eigs),
+        settings=types.MappingProxyType(opts),
+    )
 
 
-_REPORT = (("layer", "path", "{}"), ("shape", "shape", "{}"), ("N×M", None, ""), ("λmax", "lambda_max", "{:.3g}"),
-           ("stable rank", "stable_rank", "{:.1f}"), ("σ²(MP)", "mp_sigma2", "{:.3g}"), ("λ+", "mp_edge", "{:.3g}"),
-           ("outliers", "n_outliers", "{}"), ("α", "alpha", "{:.2f}"), ("±", "alpha_sigma", "{:.2f}"),
-           ("xmin", "xmin", "{:.3g}"), ("n_tail", "n_tail", "{}"), ("KS", "ks", "{:.3f}"), ("p", "p_value", "{:.2f}"))
+_REPORT = (
+    ("layer", "path", "{}"),
+    ("shape", "shape", "{}"),
+    ("N×M", None, ""),
+    ("λmax", "lambda_max", "{:.3g}"),
+    ("stable rank", "stable_rank", "{:.1f}"),
+    ("σ²(MP)", "mp_sigma2", "{:.3g}"),
+    ("λ+", "mp_edge", "{:.3g}"),
+    ("outliers", "n_outliers", "{}"),
+    ("α", "alpha", "{:.2f}"),
+    ("±", "alpha_sigma", "{:.2f}"),
+    ("xmin", "xmin", "{:.3g}"),
+    ("n_tail", "n_tail", "{}"),
+    ("KS", "ks", "{:.3f}"),
+    ("p", "p_value", "{:.2f}"),
+)
 
 
 def report_rows(result: LayerSpectra) -> tuple[list[str], list[list[str]]]:

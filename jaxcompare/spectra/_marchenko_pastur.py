@@ -1,4 +1,5 @@
 """Marchenko–Pastur law: support, density, atom and Stieltjes transform (host float64)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -99,12 +100,16 @@ def _check_z(z, lo: float, hi: float) -> np.ndarray:
     if not np.all(np.isfinite(a)):
         raise ValueError(f"z must be finite, but it has {int(np.sum(~np.isfinite(a)))} NaN/infinite entries.")
     if np.any(a.imag < 0):
-        raise ValueError(f"z must lie in the upper half-plane (Im z > 0) or on the real axis off the support; got "
-                         f"Im z = {float(a.imag.min()):g}.")
+        raise ValueError(
+            f"z must lie in the upper half-plane (Im z > 0) or on the real axis off the support; got "
+            f"Im z = {float(a.imag.min()):g}."
+        )
     real = a.imag == 0
     on = real & (((a.real >= lo) & (a.real <= hi)) | (a.real == 0))
     if np.any(on):
         x = float(a.real[on].ravel()[0])
-        raise ValueError(f"z = {x:g} is real and on the support [{lo:g}, {hi:g}] (or 0) of the Marchenko-Pastur law, "
-                         f"where the Stieltjes transform has two boundary values; use Im z > 0 (e.g. x + 1e-3j).")
+        raise ValueError(
+            f"z = {x:g} is real and on the support [{lo:g}, {hi:g}] (or 0) of the Marchenko-Pastur law, "
+            f"where the Stieltjes transform has two boundary values; use Im z > 0 (e.g. x + 1e-3j)."
+        )
     return a

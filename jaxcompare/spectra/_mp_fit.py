@@ -1,4 +1,5 @@
 """Marchenko–Pastur bulk fit of an empirical spectrum and the finite-size (Tracy–Widom) outlier threshold."""
+
 from __future__ import annotations
 
 import dataclasses

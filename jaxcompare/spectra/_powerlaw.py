@@ -1,4 +1,5 @@
 """Vectorized Clauset–Shalizi–Newman power-law tail fit with a bootstrap goodness-of-fit p-value."""
+
 from __future__ import annotations
 
 import dataclasses

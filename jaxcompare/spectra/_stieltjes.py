@@ -1,4 +1,5 @@
 """Empirical Stieltjes transforms and the distance between spectra measured through them."""
+
 from __future__ import annotations
 
 import jax

@@ -4,6 +4,7 @@ Pipeline (spec/surrogate.md): kernel → :func:`fit_kglm` → :func:`kglm_logits
 :func:`attribute` (→ :func:`plot_attribution`); :func:`surrogate_table` runs it for every kernel of one network
 side by side.
 """
+
 from ._attribution import Attribution, attribute, contributions
 from ._faithfulness import Faithfulness, faithfulness
 from ._kglm import KGLM, KGLMConvergenceWarning, fit_kglm, kglm_logits, kglm_proba

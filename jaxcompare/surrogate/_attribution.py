@@ -1,4 +1,5 @@
 """Data attribution of kGLM predictions to training points (spec/surrogate.md, "Attribution")."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -143,4 +144,3 @@ def attribute(
     idx, vals, logit, bias = (jnp.stack([p[i] for p in per_class], axis=1) for i in range(4))
     classes_all = jnp.broadcast_to(jnp.arange(C, dtype=jnp.int32)[None, :], (T, C))
     return Attribution(idx, vals, classes_all, logit, bias, order)
-

@@ -1,5 +1,6 @@
 """Faithfulness of a surrogate to a network on a test set: TAD, Kendall τ_K, R_Miss, optional R²
 (spec/surrogate.md)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,8 +41,10 @@ class Faithfulness:
 
     def as_dict(self) -> dict[str, float | None]:
         """Plain Python floats (``r2`` None when not computed)."""
-        return {f.name: (None if getattr(self, f.name) is None else float(getattr(self, f.name)))
-                for f in dataclasses.fields(self)}
+        return {
+            f.name: (None if getattr(self, f.name) is None else float(getattr(self, f.name)))
+            for f in dataclasses.fields(self)
+        }
 
 
 def _correct_logprob(logits: jax.Array, probs: jax.Array | None, y: jax.Array) -> jax.Array:
@@ -96,8 +99,9 @@ def _r2_isotonic(target: Any, pred: Any) -> float:
     try:
         from scipy.optimize import isotonic_regression
     except ImportError as e:  # SciPy < 1.12
-        raise ImportError("r2='isotonic' needs scipy>=1.12 (scipy.optimize.isotonic_regression); "
-                          "use r2='linear' or upgrade SciPy.") from e
+        raise ImportError(
+            "r2='isotonic' needs scipy>=1.12 (scipy.optimize.isotonic_regression); use r2='linear' or upgrade SciPy."
+        ) from e
     t = np.asarray(target, np.float64)
     p = np.asarray(pred, np.float64)
     order = np.lexsort((t, p))  # by prediction; ties by target
@@ -178,8 +182,10 @@ def faithfulness(
     try:
         tau = kendall_tau(xn, xs)
     except ValueError as e:
-        raise ValueError(f"Kendall τ_K is undefined for these inputs ({e}); x holds the network's and y the "
-                         f"surrogate's correct-class log-probabilities.") from None
+        raise ValueError(
+            f"Kendall τ_K is undefined for these inputs ({e}); x holds the network's and y the "
+            f"surrogate's correct-class log-probabilities."
+        ) from None
     r2_val = None
     if link == "linear":
         r2_val = jax.jit(_r2_linear)(_center_rows(zn), _center_rows(zs))
@@ -187,5 +193,6 @@ def faithfulness(
         if not (is_concrete(zn) and is_concrete(zs)):
             raise ValueError("r2='isotonic' runs on the host and cannot be traced; use r2='linear' under jit.")
         r2_val = jnp.asarray(_r2_isotonic(_center_rows(zn), _center_rows(zs)), zn.dtype)
-    return Faithfulness(tad=acc_s - acc_n, kendall_tau=tau, r_miss=r_miss, surrogate_accuracy=acc_s,
-                        network_accuracy=acc_n, r2=r2_val)
+    return Faithfulness(
+        tad=acc_s - acc_n, kendall_tau=tau, r_miss=r_miss, surrogate_accuracy=acc_s, network_accuracy=acc_n, r2=r2_val
+    )

@@ -7,6 +7,7 @@ L2-regularized logistic regression on kernel rows. Two losses:
 * ``"ovr"``: one-vs-rest, ``C`` independent binary logistic regressions, the published protocol
   (scikit-learn ``SGDClassifier(loss="log_loss")``); with ``C = 2`` a single binary problem, as scikit-learn.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -133,8 +134,13 @@ def _fit(K, y, sample_weight, cw, l2, tol, max_iter, standardize, *, loss, n_cla
         fun = partial(_ovr_objective, K=K, T=T, omega=omega, l2=l2, inv_scale=inv_scale)
         rows = C
 
-    res = minimize_lbfgs(fun, jnp.zeros((1, rows * (M + 1)) if loss == "softmax" else (rows, M + 1), dtype),
-                         max_iter=max_iter, tol=jnp.asarray(tol, dtype), memory_size=memory_size)
+    res = minimize_lbfgs(
+        fun,
+        jnp.zeros((1, rows * (M + 1)) if loss == "softmax" else (rows, M + 1), dtype),
+        max_iter=max_iter,
+        tol=jnp.asarray(tol, dtype),
+        memory_size=memory_size,
+    )
     Wb = res.x.reshape(rows, M + 1)
     Wstd, b = Wb[:, :M], Wb[:, M]
     if loss == "softmax":
@@ -147,8 +153,17 @@ def _fit(K, y, sample_weight, cw, l2, tol, max_iter, standardize, *, loss, n_cla
     converged = (gnorm <= tol) & finite
     result = jnp.where(finite, jnp.max(res.result), int(Result.nonfinite)).astype(jnp.int32)
     return KGLM(
-        W=Wstd * inv_scale, b=b, scale=scale, l2=l2, class_weight=cw, converged=converged,
-        n_iter=n_iter.astype(jnp.int32), grad_norm=gnorm, objective=value, loss=loss, result=result,
+        W=Wstd * inv_scale,
+        b=b,
+        scale=scale,
+        l2=l2,
+        class_weight=cw,
+        converged=converged,
+        n_iter=n_iter.astype(jnp.int32),
+        grad_norm=gnorm,
+        objective=value,
+        loss=loss,
+        result=result,
     )
 
 
@@ -243,8 +258,10 @@ def fit_kglm(
         y0 = check_labels(labels, "labels", length=N)
         n_classes = int(np.asarray(y0).max()) + 1
         if n_classes < 2:
-            raise ValueError("labels hold a single class (0); a classifier needs at least 2 classes "
-                             "(pass n_classes= if the others exist but are absent here).")
+            raise ValueError(
+                "labels hold a single class (0); a classifier needs at least 2 classes "
+                "(pass n_classes= if the others exist but are absent here)."
+            )
     C = check_int(n_classes, "n_classes", min=2)
     traced_labels(labels, "labels", C)
     y = check_labels(labels, "labels", C, length=N)
@@ -290,17 +307,20 @@ def fit_kglm(
 
     if balanced:
         cw = _balanced_weights(y, C, dtype)
-    model = _fit(K, y, sw, cw, l2, tol, max_iter, bool(standardize), loss=loss, n_classes=C,
-                 memory_size=memory_size)
+    model = _fit(K, y, sw, cw, l2, tol, max_iter, bool(standardize), loss=loss, n_classes=C, memory_size=memory_size)
     traced_result(model.result, throw, "fit_kglm")
     if is_concrete(model.result) and np.any(np.asarray(model.result) != int(Result.successful)):
-        msg = (f"fit_kglm did not converge: max |gradient| = {float(model.grad_norm):.3g} > tol = {float(tol):.3g} "
-               f"after {int(model.n_iter)} iterations (max_iter={max_iter}). Raise max_iter, loosen tol, or "
-               f"increase l2 (ill-conditioned kernel).")
+        msg = (
+            f"fit_kglm did not converge: max |gradient| = {float(model.grad_norm):.3g} > tol = {float(tol):.3g} "
+            f"after {int(model.n_iter)} iterations (max_iter={max_iter}). Raise max_iter, loosen tol, or "
+            f"increase l2 (ill-conditioned kernel)."
+        )
         if int(model.n_iter) < max_iter:
-            msg = (f"fit_kglm stalled: the objective stopped decreasing at max |gradient| = "
-                   f"{float(model.grad_norm):.3g} > tol = {float(tol):.3g} after {int(model.n_iter)} iterations "
-                   f"(the resolution of {K.dtype}); loosen tol (or fit in float64).")
+            msg = (
+                f"fit_kglm stalled: the objective stopped decreasing at max |gradient| = "
+                f"{float(model.grad_norm):.3g} > tol = {float(tol):.3g} after {int(model.n_iter)} iterations "
+                f"(the resolution of {K.dtype}); loosen tol (or fit in float64)."
+            )
         if not np.isfinite(float(model.objective)):
             msg = "fit_kglm diverged: the objective is not finite (check the kernel scale; try standardize=True)."
         msg = f"{msg} [result={Result(int(model.result)).name}]"

@@ -1,7 +1,9 @@
 """Figure: a test image next to its most influential training images (matplotlib, imported lazily)."""
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -14,8 +16,9 @@ def _import_pyplot():
     try:
         import matplotlib.pyplot as plt
     except ImportError as e:
-        raise ImportError("plot_attribution needs matplotlib: pip install 'jaxcompare[demo]' "
-                          "(or pip install matplotlib).") from e
+        raise ImportError(
+            "plot_attribution needs matplotlib: pip install 'jaxcompare[demo]' (or pip install matplotlib)."
+        ) from e
     return plt
 
 

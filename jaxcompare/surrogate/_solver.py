@@ -12,6 +12,7 @@ for a strictly convex objective). A problem stops when ``max |∇f| <= tol`` (Sc
 in the dtype: "stalled"), or at ``max_iter``. Deterministic, and works under ``jit``/``vmap``. Each problem's
 outcome is a :class:`jaxcompare.Result` code (``successful``, ``max_steps_reached``, ``stalled``, ``nonfinite``).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -79,10 +80,17 @@ def minimize_lbfgs(
     f0, g0 = vg_fused(x0)
     gmax = lambda g: jnp.max(jnp.abs(g), axis=1)  # noqa: E731
     init = dict(
-        x=x0, f=f0, g=g0,
-        S=jnp.zeros((B, m, D), dtype), Y=jnp.zeros((B, m, D), dtype), rho=jnp.zeros((B, m), dtype),
-        newest=jnp.full((B,), m - 1, jnp.int32), gamma=1.0 / jnp.maximum(jnp.linalg.norm(g0, axis=1), 1.0),
-        active=gmax(g0) > tol, n_iter=jnp.zeros((B,), jnp.int32), k=jnp.zeros((), jnp.int32),
+        x=x0,
+        f=f0,
+        g=g0,
+        S=jnp.zeros((B, m, D), dtype),
+        Y=jnp.zeros((B, m, D), dtype),
+        rho=jnp.zeros((B, m), dtype),
+        newest=jnp.full((B,), m - 1, jnp.int32),
+        gamma=1.0 / jnp.maximum(jnp.linalg.norm(g0, axis=1), 1.0),
+        active=gmax(g0) > tol,
+        n_iter=jnp.zeros((B,), jnp.int32),
+        k=jnp.zeros((), jnp.int32),
     )
 
     def cond(st):
@@ -107,8 +115,13 @@ def minimize_lbfgs(
             xn = x + jnp.where(active, t, 0.0)[:, None] * d
             fn_new, gn_new = vg_fused(xn)
             keep = ok[:, None]
-            return (t, jnp.where(ok, fn, fn_new), jnp.where(keep, gn, gn_new),
-                    ok | (fn_new <= f + _ARMIJO * t * slope), i + 1)
+            return (
+                t,
+                jnp.where(ok, fn, fn_new),
+                jnp.where(keep, gn, gn_new),
+                ok | (fn_new <= f + _ARMIJO * t * slope),
+                i + 1,
+            )
 
         t0 = jnp.full((B,), 2.0, dtype)  # halved to 1 on the first try
         ok0 = ~active
@@ -130,13 +143,30 @@ def minimize_lbfgs(
         gamma = jnp.where(upd, sy / jnp.where(upd, yy, 1.0), st["gamma"])
         # stop on tolerance, or when the accepted step no longer decreases f (stalled at the dtype's resolution)
         still = step & (gmax(gn) > tol) & jnp.isfinite(fn) & (fn < f)
-        return dict(x=xn, f=fn, g=gn, S=S, Y=Y, rho=rho, newest=slot, gamma=gamma, active=still,
-                    n_iter=st["n_iter"] + step.astype(jnp.int32), k=st["k"] + 1)
+        return dict(
+            x=xn,
+            f=fn,
+            g=gn,
+            S=S,
+            Y=Y,
+            rho=rho,
+            newest=slot,
+            gamma=gamma,
+            active=still,
+            n_iter=st["n_iter"] + step.astype(jnp.int32),
+            k=st["k"] + 1,
+        )
 
     st = jax.lax.while_loop(cond, body, init)
     gn = gmax(st["g"])
     finite = jnp.isfinite(st["f"]) & jnp.all(jnp.isfinite(st["x"]), axis=1)
-    code = jnp.where(~finite, int(Result.nonfinite),
-                     jnp.where(gn <= tol, int(Result.successful),
-                               jnp.where(st["active"], int(Result.max_steps_reached), int(Result.stalled))))
+    code = jnp.where(
+        ~finite,
+        int(Result.nonfinite),
+        jnp.where(
+            gn <= tol,
+            int(Result.successful),
+            jnp.where(st["active"], int(Result.max_steps_reached), int(Result.stalled)),
+        ),
+    )
     return LBFGSResult(st["x"], st["f"], gn, st["n_iter"], code.astype(jnp.int32))

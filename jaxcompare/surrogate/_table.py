@@ -1,9 +1,11 @@
 """Side-by-side faithfulness of kGLM surrogates built on every kernel of one network (the published table's shape)."""
+
 from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -83,8 +85,11 @@ def _kernel_fns(apply_fn, feature_fn, layers_fn, key, names, projection_dim, pro
 
     # one key per projected kernel of the registry, in registry order (proj_trntk: the first, proj_pntk: the second)
     projected = [n for n, info in ntk.KERNELS.items() if info.projected]
-    keys = dict(zip(projected, jax.random.split(check_key(key), len(projected)))) if \
-        any(n in projected for n in names) else {}
+    keys = (
+        dict(zip(projected, jax.random.split(check_key(key), len(projected))))
+        if any(n in projected for n in names)
+        else {}
+    )
     fns = {"apply_fn": apply_fn, "feature_fn": feature_fn, "layers_fn": layers_fn}
     out = {}
     for n in names:
@@ -179,8 +184,11 @@ def surrogate_table(
     registry = _registry()
     given = {"apply_fn": apply_fn, "feature_fn": feature_fn, "layers_fn": layers_fn}
     if kernels is None:
-        names = [n for n in SURROGATE_KERNELS
-                 if given[registry[n].needs] is not None and not (registry[n].projected and key is None)]
+        names = [
+            n
+            for n in SURROGATE_KERNELS
+            if given[registry[n].needs] is not None and not (registry[n].projected and key is None)
+        ]
     else:
         names = list(kernels)
         for n in names:
@@ -192,8 +200,10 @@ def surrogate_table(
         for n in names:
             need = registry[n].needs
             if given[need] is None:
-                what = {"feature_fn": "feature_fn(params, x) -> (N, D) penultimate features",
-                        "layers_fn": "layers_fn(params, x) -> per-layer outputs"}.get(need, need)
+                what = {
+                    "feature_fn": "feature_fn(params, x) -> (N, D) penultimate features",
+                    "layers_fn": "layers_fn(params, x) -> per-layer outputs",
+                }.get(need, need)
                 raise ValueError(f"kernel {n!r} needs {what}.")
         if any(registry[n].projected for n in names) and key is None:
             raise ValueError("projected kernels need an explicit key, e.g. key=jax.random.key(0).")
@@ -201,8 +211,9 @@ def surrogate_table(
     x_tr = check_array(x_train, "x_train", floating=False)
     x_te = check_array(x_test, "x_test", floating=False)
     if x_tr.shape[1:] != x_te.shape[1:]:
-        raise ValueError(f"x_train and x_test must have the same per-example shape: {x_tr.shape[1:]} vs "
-                         f"{x_te.shape[1:]}.")
+        raise ValueError(
+            f"x_train and x_test must have the same per-example shape: {x_tr.shape[1:]} vs {x_te.shape[1:]}."
+        )
     net_te = check_array(apply_fn(params, x_te), "apply_fn(params, x_test)", ndim=2)
     C = int(net_te.shape[1])
     y_tr = check_labels(y_train, "y_train", C, length=x_tr.shape[0])
@@ -219,19 +230,35 @@ def surrogate_table(
         K_tr = jax.block_until_ready(fns[name](params, x_tr))
         K_te = jax.block_until_ready(fns[name](params, x_te, x_tr))
         t1 = time.perf_counter()
-        model = fit_kglm(K_tr, y_tr, n_classes=C, loss=loss, l2=l2, class_weight=class_weight,
-                         standardize=not registry[name].normalized, **{"throw": False, **fit_kwargs})
+        model = fit_kglm(
+            K_tr,
+            y_tr,
+            n_classes=C,
+            loss=loss,
+            l2=l2,
+            class_weight=class_weight,
+            standardize=not registry[name].normalized,
+            **{"throw": False, **fit_kwargs},
+        )
         jax.block_until_ready(model.W)
         t2 = time.perf_counter()
         del K_tr
         f = faithfulness(net_te, kglm_logits(model, K_te), y_te)
-        rows.append(SurrogateRow(
-            kernel=name, accuracy=float(f.surrogate_accuracy), network_accuracy=float(f.network_accuracy),
-            tad=float(f.tad), kendall_tau=float(f.kendall_tau), r_miss=float(f.r_miss),
-            converged=bool(model.converged), n_iter=int(model.n_iter), kernel_seconds=t1 - t0, fit_seconds=t2 - t1,
-        ))
+        rows.append(
+            SurrogateRow(
+                kernel=name,
+                accuracy=float(f.surrogate_accuracy),
+                network_accuracy=float(f.network_accuracy),
+                tad=float(f.tad),
+                kendall_tau=float(f.kendall_tau),
+                r_miss=float(f.r_miss),
+                converged=bool(model.converged),
+                n_iter=int(model.n_iter),
+                kernel_seconds=t1 - t0,
+                fit_seconds=t2 - t1,
+            )
+        )
         models[name] = model
         if keep_kernels:
             test_kernels[name] = K_te
     return SurrogateTable(tuple(rows), models, test_kernels, jnp.asarray(net_te))
-

@@ -6,6 +6,7 @@ many candidates) and ``w1_excess`` (the Wasserstein-ball analogue). Beyond score
 ``identify_recipe`` (α̂ between unaligned distributions, e.g. spectra, and the recipe classifier built on it) and
 ``select_members`` (α̂-guided ensembles).
 """
+
 from ._alpha_hat import alpha_hat
 from ._ensemble import PUBLISHED_ALPHA_GRID, EnsembleAlphaResult, bootstrap_halves, ensemble_alpha_hat, grid_alpha
 from ._recipes import (

@@ -1,4 +1,5 @@
 """Exact alpha-hat: the smallest trimming level at which the trimmed KS distance is within a threshold."""
+
 from __future__ import annotations
 
 from functools import partial
@@ -57,7 +58,8 @@ def alpha_hat(candidate: Any, reference: Any, *, threshold: Any = None, level: f
 
 
 @partial(jax.jit, static_argnames=("grid", "max_iter"))
-def _alpha_hat(c: jax.Array, r: jax.Array, delta: jax.Array, grid: str = "auto",
-               max_iter: int | None = None) -> Solution:
+def _alpha_hat(
+    c: jax.Array, r: jax.Array, delta: jax.Array, grid: str = "auto", max_iter: int | None = None
+) -> Solution:
     grid = make_grid(c, sort_input(r), grid)
     return solve_alpha_hat(grid, delta, c.dtype, max_iter)

@@ -1,4 +1,5 @@
 """Input checks shared by the public trimming functions."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -46,11 +47,13 @@ def min_equal_size(level: float, method: str = "dkw") -> int:
 
 def _too_few_points(n: int, m: int, level: float, method: str, delta: float) -> str:
     need = min_equal_size(float(level), method)
-    return (f"too few points for a KS test at level={float(level):g}: the default {method} threshold for sample sizes "
-            f"{n} and {m} is {delta:.3g} >= 1, so every candidate would pass untrimmed (alpha_hat = 0) however far "
-            f"it is from the reference. The level needs at least {need} points in each sample (effective size "
-            f"2nm/(n+m) >= {need}; in ensemble_alpha_hat sample_size >= {need}, i.e. >= {2 * need} test points); "
-            f"use more points, a larger level, or pass threshold=... explicitly.")
+    return (
+        f"too few points for a KS test at level={float(level):g}: the default {method} threshold for sample sizes "
+        f"{n} and {m} is {delta:.3g} >= 1, so every candidate would pass untrimmed (alpha_hat = 0) however far "
+        f"it is from the reference. The level needs at least {need} points in each sample (effective size "
+        f"2nm/(n+m) >= {need}; in ensemble_alpha_hat sample_size >= {need}, i.e. >= {2 * need} test points); "
+        f"use more points, a larger level, or pass threshold=... explicitly."
+    )
 
 
 def sort_input(x: jax.Array) -> jax.Array:

@@ -23,6 +23,7 @@ one of the two eCDFs is constant, the stretch's largest ``G`` (``hi``) and small
 
 All eCDF values are kept as integer counts so that differences of equal masses are exactly zero.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -84,8 +85,15 @@ def _pooled_grid(candidate: jax.Array, ref_sorted: jax.Array) -> Grid:
     idx = jnp.arange(g.shape[0])
     rp, cp = _pad_pow2(ref_sorted), _pad_pow2(cs)
     return Grid(
-        count_below(rp, g, False), count_below(cp, g, False), count_below(rp, g, True), count_below(cp, g, True),
-        start == idx, end == idx, ref_sorted.shape[0], candidate.shape[0])
+        count_below(rp, g, False),
+        count_below(cp, g, False),
+        count_below(rp, g, True),
+        count_below(cp, g, True),
+        start == idx,
+        end == idx,
+        ref_sorted.shape[0],
+        candidate.shape[0],
+    )
 
 
 def _candidate_grid(candidate: jax.Array, ref_sorted: jax.Array) -> Grid:
@@ -105,7 +113,11 @@ def _candidate_grid(candidate: jax.Array, ref_sorted: jax.Array) -> Grid:
         jnp.maximum(start - 1, 0),
         count_below(rp, g, True),
         jnp.minimum(end, m),
-        start == idx, end == idx, ref_sorted.shape[0], m)
+        start == idx,
+        end == idx,
+        ref_sorted.shape[0],
+        m,
+    )
 
 
 def _reference_grid(candidate: jax.Array, ref_sorted: jax.Array) -> Grid:
@@ -135,7 +147,11 @@ def _reference_grid(candidate: jax.Array, ref_sorted: jax.Array) -> Grid:
         jnp.concatenate([zero, le_at[:n]]),
         ref_counts,
         jnp.concatenate([lt_at[:n], jnp.full((1,), m, lt_at.dtype)]),
-        None, None, n, m)
+        None,
+        None,
+        n,
+        m,
+    )
 
 
 def make_grid(candidate: jax.Array, ref_sorted: jax.Array, kind: str = "auto") -> Grid:

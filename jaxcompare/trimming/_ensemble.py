@@ -1,4 +1,5 @@
 """The published bootstrap protocol: alpha-hat of many candidate models against a pooled reference ensemble."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -79,7 +80,7 @@ def _bootstrap_halves(key: jax.Array, n_test: int, sample_size: int) -> tuple[ja
     half = n_test // 2
     perm = jnp.argsort(jax.random.uniform(k_perm, (n_test,)))  # a uniform random permutation (one sort)
     x1 = perm[:half][jax.random.randint(k1, (sample_size,), 0, half)]
-    x2 = perm[half:2 * half][jax.random.randint(k2, (sample_size,), 0, half)]
+    x2 = perm[half : 2 * half][jax.random.randint(k2, (sample_size,), 0, half)]
     return x1, x2
 
 
@@ -88,13 +89,15 @@ def _check_models(idx: Any, name: str, n_models: int) -> np.ndarray:
         raise TypeError(f"{name} must be concrete model indices (not traced), got a tracer.")
     a = np.asarray(idx)
     if a.ndim != 1 or a.size == 0:
-        raise ValueError(f"{name} must be a non-empty 1-D array of model indices (rows of scores), "
-                         f"got shape {a.shape}.")
+        raise ValueError(
+            f"{name} must be a non-empty 1-D array of model indices (rows of scores), got shape {a.shape}."
+        )
     if a.dtype.kind not in "iu":
         raise TypeError(f"{name} must hold integer model indices, got dtype {a.dtype}.")
     if a.min() < 0 or a.max() >= n_models:
-        raise ValueError(f"{name} must lie in [0, {n_models}) (rows of scores); found values from {a.min()} "
-                         f"to {a.max()}.")
+        raise ValueError(
+            f"{name} must lie in [0, {n_models}) (rows of scores); found values from {a.min()} to {a.max()}."
+        )
     if len(np.unique(a)) != a.size:
         raise ValueError(f"{name} must not repeat a model index.")
     return a
@@ -171,24 +174,36 @@ def ensemble_alpha_hat(
     cand = _check_models(candidates, "candidates", n_models)
     ref = _check_models(reference, "reference", n_models)
     if np.intersect1d(cand, ref).size:
-        raise ValueError("candidates and reference must be disjoint sets of models; "
-                         f"shared indices: {np.intersect1d(cand, ref).tolist()}.")
+        raise ValueError(
+            "candidates and reference must be disjoint sets of models; "
+            f"shared indices: {np.intersect1d(cand, ref).tolist()}."
+        )
     n_boot = check_int(n_boot, "n_boot", min=1)
-    sample_size = n_test // 2 if sample_size is None else check_int(sample_size, "sample_size", min=1,
-                                                                       max=n_test // 2)
+    sample_size = n_test // 2 if sample_size is None else check_int(sample_size, "sample_size", min=1, max=n_test // 2)
     if round_batch is not None:
         round_batch = check_int(round_batch, "round_batch", min=1)
     check_choice(method, "method", ("dkw", "asymptotic"))
     delta = resolve_threshold(threshold, level, sample_size, sample_size, method)
     delta = jnp.asarray(delta, s.dtype)
-    boot, ks, conv = _ensemble(s[jnp.asarray(cand)], s[jnp.asarray(ref)], key, delta, n_boot, sample_size,
-                               round_batch)
+    boot, ks, conv = _ensemble(s[jnp.asarray(cand)], s[jnp.asarray(ref)], key, delta, n_boot, sample_size, round_batch)
     result = jnp.where(jnp.all(conv, axis=1), int(Result.successful), int(Result.max_steps_reached)).astype(jnp.int32)
-    res = EnsembleAlphaResult(alpha_hat=jnp.mean(boot, axis=1), boot=boot, ks=ks, threshold=delta,
-                              converged=conv, sample_size=sample_size, result=result)
+    res = EnsembleAlphaResult(
+        alpha_hat=jnp.mean(boot, axis=1),
+        boot=boot,
+        ks=ks,
+        threshold=delta,
+        converged=conv,
+        sample_size=sample_size,
+        result=result,
+    )
     traced_result(result, throw, "ensemble_alpha_hat")
-    report_result(result, throw, lambda r: f"ensemble_alpha_hat: the exact alpha-hat solver failed ({r.message}); "
-                                           "please report this with the scores.")
+    report_result(
+        result,
+        throw,
+        lambda r: (
+            f"ensemble_alpha_hat: the exact alpha-hat solver failed ({r.message}); please report this with the scores."
+        ),
+    )
     return res
 
 
@@ -240,8 +255,10 @@ def grid_alpha(alpha: Any, grid: Any = PUBLISHED_ALPHA_GRID, cap: float = 0.5) -
     check_float(cap, "cap", low=0.0, high=1.0)
     for name, v in (("alpha", a), ("grid", g)):
         if is_concrete(v) and v.size and (np.min(np.asarray(v)) < 0 or np.max(np.asarray(v)) > 1):
-            raise ValueError(f"{name} must hold trimming levels in [0, 1]; found values from "
-                             f"{float(np.min(np.asarray(v))):g} to {float(np.max(np.asarray(v))):g}.")
+            raise ValueError(
+                f"{name} must hold trimming levels in [0, 1]; found values from "
+                f"{float(np.min(np.asarray(v))):g} to {float(np.max(np.asarray(v))):g}."
+            )
         traced_range(v, name, 0.0, 1.0)
     if is_concrete(g) and np.any(np.diff(np.asarray(g)) <= 0):
         raise ValueError("grid must be strictly increasing.")

@@ -1,4 +1,5 @@
 """α̂ beyond scores: compare a model's unaligned values (e.g. eigenvalues) with recipe pools; identify its recipe."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,8 +16,14 @@ from .._validation import check_array, check_float, check_probability, is_concre
 from ._common import resolve_threshold, sort_input
 from ._core import make_grid, solve_alpha_hat, trimmed_distance
 
-__all__ = ["recipe_alpha", "pool_threshold", "identify_recipe", "RecipeIdentification", "evaluate_identification",
-           "IdentificationReport"]
+__all__ = [
+    "recipe_alpha",
+    "pool_threshold",
+    "identify_recipe",
+    "RecipeIdentification",
+    "evaluate_identification",
+    "IdentificationReport",
+]
 
 
 def _check_pool(pool: Any, name: str = "pool") -> jax.Array:
@@ -104,8 +111,9 @@ def _resolve(threshold: Any, level: float, m: int, pool: jax.Array) -> jax.Array
         if threshold != "pool":
             raise ValueError(f'threshold must be a number in (0, 1], None or "pool", got {threshold!r}.')
         if pool.shape[0] < 2:
-            raise ValueError('threshold="pool" needs a 2-D pool of at least 2 models (rows), '
-                             f"got {pool.shape[0]} row(s).")
+            raise ValueError(
+                f'threshold="pool" needs a 2-D pool of at least 2 models (rows), got {pool.shape[0]} row(s).'
+            )
         return jnp.maximum(jnp.quantile(_loo_ks(pool), 1.0), jnp.finfo(pool.dtype).tiny)
     return jnp.asarray(resolve_threshold(threshold, level, m, pool.shape[1]), pool.dtype)
 
@@ -203,8 +211,9 @@ def _decide(alpha: np.ndarray, ks: np.ndarray) -> int:
     return int(np.lexsort((ks, alpha))[0])
 
 
-def identify_recipe(candidate: Any, pools: Mapping[str, Any], *, threshold: Any = None,
-                    level: float = 0.01) -> RecipeIdentification:
+def identify_recipe(
+    candidate: Any, pools: Mapping[str, Any], *, threshold: Any = None, level: float = 0.01
+) -> RecipeIdentification:
     r"""Which recipe trained this model? The recipe whose reference pool the candidate is least atypical of.
 
     For each recipe ``k`` with pool ``P_k`` (``R_k`` models' values), ``α̂_k = recipe_alpha(candidate, P_k)``;
@@ -243,8 +252,14 @@ def identify_recipe(candidate: Any, pools: Mapping[str, Any], *, threshold: Any 
     ks = np.asarray([float(k) for _, k in res])
     idx = _decide(alpha, ks)
     names = tuple(ps)
-    return RecipeIdentification(recipe=names[idx], index=idx, recipes=names, alpha=alpha, ks=ks,
-                                threshold=np.asarray([float(dl) for dl in deltas]))
+    return RecipeIdentification(
+        recipe=names[idx],
+        index=idx,
+        recipes=names,
+        alpha=alpha,
+        ks=ks,
+        threshold=np.asarray([float(dl) for dl in deltas]),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,8 +289,9 @@ class IdentificationReport:
         return "\n".join(lines)
 
 
-def evaluate_identification(candidates: Mapping[str, Any], pools: Mapping[str, Any], *, threshold: Any = None,
-                            level: float = 0.01) -> IdentificationReport:
+def evaluate_identification(
+    candidates: Mapping[str, Any], pools: Mapping[str, Any], *, threshold: Any = None, level: float = 0.01
+) -> IdentificationReport:
     r"""Accuracy and confusion matrix of :func:`identify_recipe` on held-out models of known recipes.
 
     Protocol: ``pools[k]`` holds the values of the reference models of recipe ``k`` (e.g. seeds ``0..R−1``);
@@ -316,8 +332,10 @@ def evaluate_identification(candidates: Mapping[str, Any], pools: Mapping[str, A
             raise TypeError("evaluate_identification needs concrete candidate values (not traced).")
         dtype = jnp.result_type(v.dtype, *(p.dtype for p in ps.values()))
         deltas = _thresholds(ps, v.shape[1], threshold, level, dtype)
-        out = [jax.vmap(partial(_alpha_and_ks_fixed, p.astype(dtype), dl))(v.astype(dtype))
-               for p, dl in zip(ps.values(), deltas)]
+        out = [
+            jax.vmap(partial(_alpha_and_ks_fixed, p.astype(dtype), dl))(v.astype(dtype))
+            for p, dl in zip(ps.values(), deltas)
+        ]
         a = np.stack([np.asarray(o[0]) for o in out], axis=1)
         k = np.stack([np.asarray(o[1]) for o in out], axis=1)
         pred = np.asarray([_decide(ai, ki) for ai, ki in zip(a, k)], np.int64)

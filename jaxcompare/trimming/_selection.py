@@ -1,4 +1,5 @@
 """α̂-guided ensembling: keep the members that are most typical of the pool."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,8 +31,17 @@ class MemberSelection:
     alpha: np.ndarray
 
 
-def select_members(key: Any, scores: Any, *, k: int, direction: str = "pool", n_boot: int = 20,
-                   sample_size: int | None = None, level: float = 0.01, threshold: Any = None) -> MemberSelection:
+def select_members(
+    key: Any,
+    scores: Any,
+    *,
+    k: int,
+    direction: str = "pool",
+    n_boot: int = 20,
+    sample_size: int | None = None,
+    level: float = 0.01,
+    threshold: Any = None,
+) -> MemberSelection:
     r"""Choose ``k`` ensemble members by α̂ against the pool: the ``k`` most typical models (smallest α̂).
 
     Bootstrap as in :func:`ensemble_alpha_hat`: in each of ``n_boot`` rounds, :func:`bootstrap_halves` draws ``x1``
@@ -104,11 +114,19 @@ def _crossfit_alpha(key, s, n_boot, sample_size, level, threshold) -> np.ndarray
     n_models = s.shape[0]
     k_split, k_a, k_b = jax.random.split(key, 3)
     perm = np.asarray(jax.random.permutation(k_split, n_models))
-    half_a, half_b = np.sort(perm[: n_models // 2]), np.sort(perm[n_models // 2:])
+    half_a, half_b = np.sort(perm[: n_models // 2]), np.sort(perm[n_models // 2 :])
     alpha = np.zeros(n_models)
     for kk, cand, ref in ((k_a, half_a, half_b), (k_b, half_b, half_a)):
-        res = ensemble_alpha_hat(kk, s, candidates=jnp.asarray(cand), reference=jnp.asarray(ref), n_boot=n_boot,
-                                 sample_size=sample_size, level=level, threshold=threshold)
+        res = ensemble_alpha_hat(
+            kk,
+            s,
+            candidates=jnp.asarray(cand),
+            reference=jnp.asarray(ref),
+            n_boot=n_boot,
+            sample_size=sample_size,
+            level=level,
+            threshold=threshold,
+        )
         alpha[cand] = np.asarray(res.alpha_hat)
     return alpha
 
@@ -123,7 +141,7 @@ def _pool_alpha(s, others, key, delta, n_boot, n):
 
         def one(i):
             model = s[i, x1]
-            pooled = s[others[i]][:, x2].reshape(-1)          # trimmed: the pool, against the model
+            pooled = s[others[i]][:, x2].reshape(-1)  # trimmed: the pool, against the model
             grid = make_grid(pooled, jnp.sort(model))
             return solve_alpha_hat(grid, delta, dtype).alpha
 

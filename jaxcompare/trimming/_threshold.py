@@ -1,4 +1,5 @@
 """Acceptance thresholds for the two-sample Kolmogorov–Smirnov distance."""
+
 from __future__ import annotations
 
 import math

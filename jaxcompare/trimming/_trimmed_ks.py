@@ -1,4 +1,5 @@
 """The alpha-trimmed Kolmogorov–Smirnov distance."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,4 +1,5 @@
 """The Wasserstein-ball analogue of alpha-hat: excess W1 mass outside a KS band."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -30,9 +30,11 @@ Layout of this subpackage: :mod:`._program` (flat program and interpreter), :mod
 structured, and why the others are not), :mod:`._patches` (convolutions as patches with a custom VJP),
 :mod:`._factors` (per-example factors), :mod:`._contract` (kernels from the factors).
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .._common import Implementation
 from ._analysis import Plan, Use, analyze
@@ -66,5 +68,5 @@ STRUCTURED = Implementation(
     trace_diag=lambda f, p, x: diag(f, p, x, mode="trace"),
     pseudo_diag=lambda f, p, x: diag(f, p, x, mode="pseudo"),
     description="structured derivatives: (A Aᵀ) ⊙ Σ_c Δ_c Δ_cᵀ per dense/conv layer from a jaxpr analysis; "
-                "other leaves by per-example gradients in the same pass",
+    "other leaves by per-example gradients in the same pass",
 )

@@ -1,9 +1,11 @@
 """Layer analysis: which parameter leaves are structured (one dense/conv use reached through layout-only
 operations, or a bias added right after such a layer) and which fall back to per-example gradients, and why."""
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -112,8 +114,7 @@ def _layout(e: Eqn, act: int, act_ndim: int, w_ndim: int, kind: str):
     return act_perm, out_perm, n_pos
 
 
-def _bias_ok(prog: Program, leaf_shape: tuple, chain: tuple, out_shape: tuple, out_perm: tuple,
-             n_pos: int) -> bool:
+def _bias_ok(prog: Program, leaf_shape: tuple, chain: tuple, out_shape: tuple, out_perm: tuple, n_pos: int) -> bool:
     """Push an index array of the bias leaf through its broadcast chain: at every position of the layer output the
     bias must appear whole, each entry once (then its gradient is ``Σ_t δ_t``: a constant input feature 1)."""
     size = int(np.prod(leaf_shape, dtype=np.int64))
@@ -128,8 +129,9 @@ def _bias_ok(prog: Program, leaf_shape: tuple, chain: tuple, out_shape: tuple, o
     v = np.transpose(v, out_perm)
     n_rows = int(np.prod(v.shape[:n_pos], dtype=np.int64))
     rows = v.reshape(n_rows, -1)
-    return (rows.shape[1] == size and bool(np.all(rows == rows[:1]))
-            and np.array_equal(np.sort(rows[0]), np.arange(size)))
+    return (
+        rows.shape[1] == size and bool(np.all(rows == rows[:1])) and np.array_equal(np.sort(rows[0]), np.arange(size))
+    )
 
 
 def analyze(apply_fn: Callable, params: Any, x_shape: tuple, x_dtype: Any) -> Plan:
@@ -159,8 +161,12 @@ def analyze(apply_fn: Callable, params: Any, x_shape: tuple, x_dtype: Any) -> Pl
         refs = [r for r in e.ins if is_ref(r)]
         for r in refs:
             consumers.setdefault(r, []).append(k)
-        if (name == "convert_element_type" and refs and refs[0] in bchain
-                and not jnp.issubdtype(e.params["new_dtype"], jnp.inexact)):
+        if (
+            name == "convert_element_type"
+            and refs
+            and refs[0] in bchain
+            and not jnp.issubdtype(e.params["new_dtype"], jnp.inexact)
+        ):
             # cast through an integer/bool type (fake quantization): zero gradient under autodiff, not a relabelling
             # -> an ordinary (fallback) use of the leaf, differentiated per example like autodiff does
             uses_of[bchain[refs[0]][0]].append(k)
@@ -186,8 +192,13 @@ def analyze(apply_fn: Callable, params: Any, x_shape: tuple, x_dtype: Any) -> Pl
         if name == "conv_general_dilated" and len(e.ins) == 2:
             p = e.params
             w1 = is_ref(e.ins[1]) and e.ins[1] in alias
-            if (w1 and is_ref(e.ins[0]) and e.ins[0] not in bchain and p["feature_group_count"] == 1
-                    and p["batch_group_count"] == 1):
+            if (
+                w1
+                and is_ref(e.ins[0])
+                and e.ins[0] not in bchain
+                and p["feature_group_count"] == 1
+                and p["batch_group_count"] == 1
+            ):
                 candidates.append((k, alias[e.ins[1]], 0, "conv"))
                 uses_of[alias[e.ins[1]]].append(k)
                 continue
@@ -219,17 +230,30 @@ def analyze(apply_fn: Callable, params: Any, x_shape: tuple, x_dtype: Any) -> Pl
         if len(cons) == 1 and z not in out_ids and prog.eqns[cons[0]].prim.name == "add":
             a = prog.eqns[cons[0]]
             other = a.ins[1] if a.ins[0] == z else a.ins[0]
-            if (len(a.ins) == 2 and is_ref(other) and other != z and other in bchain
-                    and tuple(a.shapes[0][0]) == tuple(out_shape)):
+            if (
+                len(a.ins) == 2
+                and is_ref(other)
+                and other != z
+                and other in bchain
+                and tuple(a.shapes[0][0]) == tuple(out_shape)
+            ):
                 b, chain = bchain[other]
-                if (len(uses_of[b]) == 1 and b != leaf and jnp.issubdtype(jnp.result_type(leaves[b]), jnp.inexact)
-                        and _bias_ok(prog, tuple(jnp.shape(leaves[b])), chain, tuple(out_shape), out_perm, n_pos)):
+                if (
+                    len(uses_of[b]) == 1
+                    and b != leaf
+                    and jnp.issubdtype(jnp.result_type(leaves[b]), jnp.inexact)
+                    and _bias_ok(prog, tuple(jnp.shape(leaves[b])), chain, tuple(out_shape), out_perm, n_pos)
+                ):
                     out, bias = a.outs[0], b
-        uses.append(Use(k, leaf, act, out, kind, bias, act_perm, out_perm, n_pos, tuple(out_shape), out_dtype,
-                        filt, by_patches))
+        uses.append(
+            Use(k, leaf, act, out, kind, bias, act_perm, out_perm, n_pos, tuple(out_shape), out_dtype, filt, by_patches)
+        )
     structured = {u.leaf for u in uses} | {u.bias for u in uses if u.bias is not None}
-    fallback = tuple(l for l in range(n_leaves) if l not in structured and uses_of[l]
-                     and jnp.issubdtype(jnp.result_type(leaves[l]), jnp.inexact))
+    fallback = tuple(
+        l
+        for l in range(n_leaves)
+        if l not in structured and uses_of[l] and jnp.issubdtype(jnp.result_type(leaves[l]), jnp.inexact)
+    )
     out_shape = shapes[prog.out_refs[0]] if is_ref(prog.out_refs[0]) else np.shape(prog.out_refs[0].val)
     reasons = _reasons(prog, leaves, uses, uses_of, {l for _, l, _, _ in candidates}, int_cast)
     return Plan(prog, tuple(uses), fallback, n_leaves, treedef, int(out_shape[-1]), reasons)
@@ -253,8 +277,9 @@ def _reasons(prog: Program, leaves: list, uses: list, uses_of: dict, candidate: 
         elif not uses_of[l]:
             out.append("none: not used by apply_fn (zero gradient)")
         elif l in int_cast:
-            out.append("fallback: cast through an integer type (zero gradient under autodiff, as per-example "
-                       "gradients give)")
+            out.append(
+                "fallback: cast through an integer type (zero gradient under autodiff, as per-example gradients give)"
+            )
         elif l in candidate:
             out.append(f"fallback: used {len(uses_of[l])} times (shared weight or other uses: {', '.join(prims)})")
         else:

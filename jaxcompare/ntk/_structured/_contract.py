@@ -1,5 +1,6 @@
 """Contractions of the factors into kernels: per-layer Gram products ``(A Aᵀ) ⊙ (Σ_c G_c G_cᵀ)`` (or per-example
 gradients when a layer has several positions and that is cheaper), the fallback blocks, symmetric tiles, diagonals."""
+
 from __future__ import annotations
 
 import jax
@@ -61,7 +62,7 @@ def _use_diag(a, g) -> jax.Array:
     n, c, t, e = g.shape
     d = a.shape[-1]
     if t == 1:
-        return jnp.sum(a[:, 0] ** 2, axis=-1) * jnp.sum(g ** 2, axis=(1, 2, 3))
+        return jnp.sum(a[:, 0] ** 2, axis=-1) * jnp.sum(g**2, axis=(1, 2, 3))
     if t * t * (d + c * e) < c * t * d * e:
         ga = jnp.einsum("ntd,nsd->nts", a, a, precision=HIGHEST)
         gg = jnp.einsum("ncte,ncse->nts", g, g, precision=HIGHEST)
@@ -107,20 +108,25 @@ def kernel(apply_fn, params, x1, x2, *, mode: str):
             # layers with several positions: per-example gradients formed once, then tiled like fallback leaves
             one = [u for u in range(len(a1)) if g1[u].shape[2] == 1]
             a, g = [a1[u] for u in one], [g1[u] for u in one]
-            j = list(j1) + [_per_example_grads(a1[u], g1[u]).reshape(n, 1, -1) for u in range(len(a1))
-                            if u not in one]
+            j = list(j1) + [_per_example_grads(a1[u], g1[u]).reshape(n, 1, -1) for u in range(len(a1)) if u not in one]
             cuts = [i * n // nb for i in range(nb + 1)]
 
             def part(fs, i):
-                return [f[cuts[i]:cuts[i + 1]] for f in fs]
+                return [f[cuts[i] : cuts[i + 1]] for f in fs]
 
             tiles = {}
             for i in range(nb):
                 for jj in range(i, nb):
-                    tiles[i, jj] = _contract(part(a, i), part(g, i), part(j, i), part(a, jj), part(g, jj),
-                                             part(j, jj), False)
-            k = jnp.concatenate([jnp.concatenate([tiles[i, jj] if i <= jj else tiles[jj, i].T for jj in range(nb)],
-                                                 axis=1) for i in range(nb)], axis=0)
+                    tiles[i, jj] = _contract(
+                        part(a, i), part(g, i), part(j, i), part(a, jj), part(g, jj), part(j, jj), False
+                    )
+            k = jnp.concatenate(
+                [
+                    jnp.concatenate([tiles[i, jj] if i <= jj else tiles[jj, i].T for jj in range(nb)], axis=1)
+                    for i in range(nb)
+                ],
+                axis=0,
+            )
     return k / plan.n_classes if summed else k
 
 

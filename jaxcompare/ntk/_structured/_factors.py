@@ -1,6 +1,7 @@
 """Per-example factors of the gradients: layer inputs ``A`` and output sensitivities ``G`` of every structured layer
 (``g_c = Σ_t A_t ⊗ G_{c,t}``) and per-example gradients ``J`` of the fallback leaves, from one ``vjp`` per class of
 the perturbed program."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -28,8 +29,15 @@ def _act_matrix(u: Use, prog: Program, a: jax.Array) -> jax.Array:
     if u.kind == "conv" and not u.by_patches:
         p = prog.eqns[u.eqn].params
         a = jax.lax.conv_general_dilated_patches(
-            a, u.filter_shape, p["window_strides"], p["padding"], p["lhs_dilation"], p["rhs_dilation"],
-            p["dimension_numbers"], precision=HIGHEST)
+            a,
+            u.filter_shape,
+            p["window_strides"],
+            p["padding"],
+            p["lhs_dilation"],
+            p["rhs_dilation"],
+            p["dimension_numbers"],
+            precision=HIGHEST,
+        )
     m = a.reshape(-1, a.shape[-1]) if u.by_patches else _as_positions(a, u.act_perm, u.n_pos)
     if u.bias is not None:
         m = jnp.concatenate([m, jnp.ones((m.shape[0], 1), m.dtype)], axis=1)
@@ -48,16 +56,18 @@ def factors(plan: Plan, params: Any, x: jax.Array, *, summed: bool):
     capture = {u.eqn: u.act for u in plan.uses}
     patch_convs = frozenset(u.eqn for u in plan.uses if u.by_patches)
     c = plan.n_classes
-    out_dt = jnp.result_type(*[leaves[u.leaf] for u in plan.uses], *[leaves[l] for l in plan.fallback]) \
-        if (plan.uses or plan.fallback) else jnp.result_type(float)
+    out_dt = (
+        jnp.result_type(*[leaves[u.leaf] for u in plan.uses], *[leaves[l] for l in plan.fallback])
+        if (plan.uses or plan.fallback)
+        else jnp.result_type(float)
+    )
 
     def per_example(leaf_vals, xi):
         def g(eps, fb):
             vals = list(leaf_vals)
             for l, v in zip(plan.fallback, fb):
                 vals[l] = v
-            outs, acts = run(prog, vals, xi[None], dict(zip([u.out for u in plan.uses], eps)), capture,
-                                 patch_convs)
+            outs, acts = run(prog, vals, xi[None], dict(zip([u.out for u in plan.uses], eps)), capture, patch_convs)
             return outs[0][0], acts
 
         eps0 = [jnp.zeros(u.out_shape, u.out_dtype) for u in plan.uses]

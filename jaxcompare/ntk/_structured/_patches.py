@@ -5,6 +5,7 @@ pads and adds (the transpose of the slices, computed phase by phase), which XLA 
 than the transposed convolution it would otherwise emit. The patches are the layer inputs ``a_t`` of the structured
 kernel.
 """
+
 from __future__ import annotations
 
 from functools import partial
@@ -48,17 +49,19 @@ def _extract_patches_bwd(taps_shape, dil, strides, shape, dp):
     k = len(taps_shape)
     b, c = shape[0], shape[-1]
     spatial = shape[1:-1]
-    outs = dp.shape[1:1 + k]
-    q = tuple(max(-(-spatial[i] // strides[i]), outs[i] + (dil[i] * (taps_shape[i] - 1)) // strides[i])
-              for i in range(k))
+    outs = dp.shape[1 : 1 + k]
+    q = tuple(
+        max(-(-spatial[i] // strides[i]), outs[i] + (dil[i] * (taps_shape[i] - 1)) // strides[i]) for i in range(k)
+    )
     phases: dict = {}
     zero = jnp.zeros((), dp.dtype)
     for j, tap in enumerate(np.ndindex(*taps_shape)):
         off = tuple(tap[i] * dil[i] for i in range(k))
         r = tuple(off[i] % strides[i] for i in range(k))
         sh = tuple(off[i] // strides[i] for i in range(k))
-        piece = jax.lax.pad(dp[..., j, :], zero, [(0, 0, 0)] + [(sh[i], q[i] - outs[i] - sh[i], 0)
-                                                                for i in range(k)] + [(0, 0, 0)])
+        piece = jax.lax.pad(
+            dp[..., j, :], zero, [(0, 0, 0)] + [(sh[i], q[i] - outs[i] - sh[i], 0) for i in range(k)] + [(0, 0, 0)]
+        )
         phases[r] = piece if r not in phases else phases[r] + piece
     full = jnp.zeros((b,) + q + (c,), dp.dtype)
     stacked = jnp.stack([phases.get(r, full) for r in np.ndindex(*strides)])  # (s1·…·sk, B, Q..., C)
@@ -94,13 +97,16 @@ def conv_by_patches(lhs: jax.Array, rhs: jax.Array, params: dict) -> tuple[jax.A
     taps_shape = tuple(int(t) for t in w.shape[:k])
     patches = _extract_patches(a, taps_shape, dil, strides)  # (B, O..., taps, C_in)
     patches = patches.reshape(patches.shape[:-2] + (-1,))
-    z = jax.lax.dot_general(patches, w.reshape(-1, w.shape[-1]), (((k + 1,), (0,)), ((), ())),
-                            precision=params.get("precision"),
-                            preferred_element_type=params.get("preferred_element_type"))
+    z = jax.lax.dot_general(
+        patches,
+        w.reshape(-1, w.shape[-1]),
+        (((k + 1,), (0,)), ((), ())),
+        precision=params.get("precision"),
+        preferred_element_type=params.get("preferred_element_type"),
+    )
     inv = [0] * (k + 2)  # z is (B, O..., C_out); place its axes where out_spec says
     inv[os_[0]] = 0
     inv[os_[1]] = k + 1
     for i in range(k):
         inv[os_[2 + i]] = 1 + i
     return jnp.transpose(z, inv), patches
-

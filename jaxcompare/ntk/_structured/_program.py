@@ -1,10 +1,12 @@
 """The flat program of a model: its jaxpr for one example with calls inlined and variables renamed to ints, and the
 interpreter that re-evaluates it with perturbations added to chosen outputs (structured derivatives, see the
 package docstring)."""
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -14,8 +16,15 @@ from ._patches import conv_by_patches
 
 __all__ = ["Unsupported", "Lit", "Eqn", "Program", "program", "run"]
 
-_INLINE = {"pjit": "jaxpr", "jit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr",
-           "checkpoint": "jaxpr", "remat": "jaxpr", "remat2": "jaxpr"}
+_INLINE = {
+    "pjit": "jaxpr",
+    "jit": "jaxpr",
+    "closed_call": "call_jaxpr",
+    "core_call": "call_jaxpr",
+    "checkpoint": "jaxpr",
+    "remat": "jaxpr",
+    "remat2": "jaxpr",
+}
 
 
 class Unsupported(Exception):
@@ -82,14 +91,23 @@ def _flatten(jaxpr: Jaxpr, consts, in_refs, prog: Program, counter: list) -> lis
         try:
             bp = eqn.primitive.get_bind_params(eqn.params)
         except (NotImplementedError, TypeError, ValueError, KeyError) as e:
-            raise Unsupported(f"primitive {eqn.primitive.name!r} cannot be re-evaluated by the interpreter "
-                              f"({type(e).__name__}: {e})") from e
+            raise Unsupported(
+                f"primitive {eqn.primitive.name!r} cannot be re-evaluated by the interpreter ({type(e).__name__}: {e})"
+            ) from e
         subfuns, bind_params = bp if isinstance(bp, tuple) else ((), bp)  # older jax returned (subfuns, params)
         outs = [new() for _ in eqn.outvars]
         for v, o in zip(eqn.outvars, outs):
             env[v] = o
-        prog.eqns.append(Eqn(eqn.primitive, ins, outs, tuple(subfuns), bind_params,
-                              [(tuple(v.aval.shape), v.aval.dtype) for v in eqn.outvars]))
+        prog.eqns.append(
+            Eqn(
+                eqn.primitive,
+                ins,
+                outs,
+                tuple(subfuns),
+                bind_params,
+                [(tuple(v.aval.shape), v.aval.dtype) for v in eqn.outvars],
+            )
+        )
     return [ref(a) for a in jaxpr.outvars]
 
 
@@ -103,8 +121,9 @@ def program(apply_fn: Callable, params: Any, x_shape: tuple, x_dtype: Any) -> tu
     try:
         closed = jax.make_jaxpr(f)(abstract, jax.ShapeDtypeStruct((1,) + tuple(x_shape), x_dtype))
     except Exception as e:  # noqa: BLE001 - the user's model, traced for one example: reported, not swallowed
-        raise Unsupported(f"apply_fn cannot be traced for a single example of shape {(1,) + tuple(x_shape)} "
-                          f"({type(e).__name__}: {e})") from e
+        raise Unsupported(
+            f"apply_fn cannot be traced for a single example of shape {(1,) + tuple(x_shape)} ({type(e).__name__}: {e})"
+        ) from e
     prog = Program([], {}, [], [])
     counter = [0]
     n_in = len(closed.jaxpr.invars)
@@ -112,7 +131,6 @@ def program(apply_fn: Callable, params: Any, x_shape: tuple, x_dtype: Any) -> tu
     prog.in_ids = in_ids
     prog.out_refs = _flatten(closed.jaxpr, closed.consts, in_ids, prog, counter)
     return prog, treedef
-
 
 
 def run(prog: Program, leaf_vals: list, x: jax.Array, eps: dict, capture: dict, patch_convs=frozenset()):
