@@ -95,10 +95,10 @@ plt.show()
 # %% [markdown]
 # ## All kernels side by side
 #
-# `surrogate_table` computes each kernel, fits the published one-vs-rest protocol (here with `l2=1e-3`) and reports faithfulness — the shape of the published comparison table. Projected kernels (`proj_trntk`, `proj_pntk`) are added when a `key` is given; they are left out here to stay fast.
+# `surrogate_table` computes each kernel, fits the published one-vs-rest protocol (here with `l2=1e-3`) and reports faithfulness — the shape of the published comparison table. Its first argument is a PRNG key, used by the projected kernels (`proj_trntk`, `proj_pntk`); they are left out here to stay fast, so the key is `None`.
 
 # %%
-table = jc.surrogate_table(apply_fn, params, x_train[:300], y_train[:300], x_test[:150], y_test[:150],
+table = jc.surrogate_table(None, apply_fn, params, x_train[:300], y_train[:300], x_test[:150], y_test[:150],
                            feature_fn=feature_fn, layers_fn=layers_fn,
                            kernels=['trntk', 'trntk0', 'pntk', 'ck', 'em'], l2=1e-3, progress_bar=False)
 from IPython.display import Markdown

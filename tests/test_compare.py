@@ -16,8 +16,8 @@ import numpy as np
 import optax
 import pytest
 
+from jaxcompare.cli._compare import add_parser, run
 from jaxcompare.compare import compare_models, load_checkpoints, load_comparison, save_params
-from jaxcompare.compare._command import add_parser, run
 from jaxcompare.metrics import logit_scores
 
 
@@ -568,7 +568,7 @@ def test_model_apply_fn_flax_modules():
     import flax.linen as nn
     from flax import nnx
 
-    from jaxcompare.compare._command import model_apply_fn
+    from jaxcompare.cli._compare import model_apply_fn
 
     x = jnp.ones((3, 4))
     dense = nn.Dense(2)

@@ -97,7 +97,17 @@ def test_surrogate_table_and_figure(digits):
     # every kernel but the projected ones (each takes ~20 s to compile; their wiring is checked below)
     names = [n for n in jc.SURROGATE_KERNELS if not n.startswith("proj_")]
     table = jc.surrogate_table(
-        _apply_fn, params, x_tr, y_tr, x_te, y_te, kernels=names, feature_fn=_feature_fn, layers_fn=_layers_fn, l2=1e-3
+        None,
+        _apply_fn,
+        params,
+        x_tr,
+        y_tr,
+        x_te,
+        y_te,
+        kernels=names,
+        feature_fn=_feature_fn,
+        layers_fn=_layers_fn,
+        l2=1e-3,
     )
     assert [r.kernel for r in table.rows] == names
     nn_acc = np.mean(np.argmax(np.asarray(_apply_fn(params, x_te)), 1) == y_te)
@@ -114,11 +124,15 @@ def test_surrogate_table_and_figure(digits):
     md = table.to_markdown()
     assert md.count("\n") == 1 + len(names) and "trNTK⁰" in md
     with pytest.raises(ValueError, match="feature_fn"):
-        jc.surrogate_table(_apply_fn, params, x_tr, y_tr, x_te, y_te, kernels=["ck"])
+        jc.surrogate_table(None, _apply_fn, params, x_tr, y_tr, x_te, y_te, kernels=["ck"])
     with pytest.raises(ValueError, match="key"):
-        jc.surrogate_table(_apply_fn, params, x_tr, y_tr, x_te, y_te, kernels=["proj_trntk"])
+        jc.surrogate_table(None, _apply_fn, params, x_tr, y_tr, x_te, y_te, kernels=["proj_trntk"])
     with pytest.raises(ValueError, match="length 150"):
-        jc.surrogate_table(_apply_fn, params, x_tr, y_tr[:-1], x_te, y_te, kernels=["trntk"])
+        jc.surrogate_table(None, _apply_fn, params, x_tr, y_tr[:-1], x_te, y_te, kernels=["trntk"])
+    # the former order (key as a keyword) still works for one release, with a DeprecationWarning
+    with pytest.warns(DeprecationWarning, match="pass the key first"):
+        old = jc.surrogate_table(_apply_fn, params, x_tr, y_tr, x_te, y_te, key=None, kernels=["trntk"], l2=1e-3)
+    assert old.rows[0].accuracy == table.rows[names.index("trntk")].accuracy
 
     # projected kernels: the package's factories, with two different keys split from the one given
     from jaxcompare.surrogate._table import _kernel_fns

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from ..compare._command import run as cmd_compare
 from ._alpha import cmd_alpha
+from ._compare import run as cmd_compare
 from ._io import CLIError, check_output_dir
 from ._lwr import cmd_lwr
 from ._ntk import cmd_ntk

@@ -252,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     nt.add_argument("--seed", type=_seed, default=0, help="PRNG seed for projections")
     nt.add_argument("--out", required=True, help="output kernel (.npy)")
 
-    from ..compare._command import add_parser as add_compare
+    from ._compare import add_parser as add_compare
 
     add_compare(sub, parents=[common])
     return p

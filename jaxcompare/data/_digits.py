@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .._optional import optional_import
 from .._validation import check_choice, check_float, check_int
 
 __all__ = ["digits_task", "DigitsTask"]
@@ -48,10 +49,7 @@ def digits_task(kind: str, *, seed: int = 0, test_fraction: float = 0.4) -> Digi
     check_choice(kind, "kind", ("binary", "multiclass"))
     seed = check_int(seed, "seed", min=0)
     test_fraction = float(check_float(test_fraction, "test_fraction", low=0.0, high=1.0, low_open=True, high_open=True))
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("the digits task needs scikit-learn: pip install 'jaxcompare[demo]'") from e
+    load_digits = optional_import("sklearn.datasets", purpose="the digits task").load_digits
     d = load_digits()
     x = (d.data / 16.0).astype(np.float32)
     y = d.target.astype(np.int32)

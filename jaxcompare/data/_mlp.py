@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from .._optional import optional_import
 from .._validation import check_array, check_float, check_int, check_key, check_labels
 
 __all__ = ["Recipe", "RECIPES", "make_mlp", "mlp_feature_fns", "train_ensemble"]
@@ -72,10 +73,7 @@ def make_mlp(n_classes: int, width: int = 64, depth: int = 2):
     n_classes = check_int(n_classes, "n_classes", min=2)
     width = check_int(width, "width", min=1)
     depth = check_int(depth, "depth", min=1)
-    try:
-        import flax.linen as nn
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("make_mlp needs flax: pip install 'jaxcompare[demo]'") from e
+    nn = optional_import("flax.linen", purpose="make_mlp")
 
     class MLP(nn.Module):
         @nn.compact

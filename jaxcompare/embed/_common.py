@@ -9,9 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._checked import traced_finite, traced_labels
+from .._precision import HIGHEST  # noqa: F401 - re-exported to the area's modules
 from .._validation import check_array, check_labels, is_concrete
-
-HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def mm(a: jax.Array, b: jax.Array) -> jax.Array:

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._optional import optional_import
 from .._validation import check_float, check_int, check_key
 
 __all__ = ["DemoEmbeddings", "make_demo_embeddings"]
@@ -31,12 +32,7 @@ class DemoEmbeddings(NamedTuple):
 
 
 def _load_digits() -> tuple[np.ndarray, np.ndarray]:
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "make_demo_embeddings needs scikit-learn (its bundled digits, no download): pip install 'jaxcompare[demo]'."
-        ) from None
+    load_digits = optional_import("sklearn.datasets", purpose="make_demo_embeddings").load_digits
     d = load_digits()
     return d.data.astype(np.float32), d.target.astype(np.int32)
 

@@ -7,13 +7,12 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from .._precision import HIGHEST as _HI
 from .._validation import check_array, check_choice, check_key
 from ..spectra._activations import ACTIVATIONS, get_activation
 from ._config import TEACHERS, LWRConfig
 
 __all__ = ["LWRData", "LWRParams", "Kernels", "sample_data", "init_params", "apply", "kernels"]
-
-_HI = jax.lax.Precision.HIGHEST
 
 
 @jax.tree_util.register_dataclass

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from .._optional import optional_import
 from .._validation import check_choice, check_int
 from ._config import LWRConfig
 from ._theory import MATRICES, limit_atoms, limit_density
@@ -17,12 +18,7 @@ _FIELDS = {"weights": "eig_weights", "ck": "eig_ck", "ntk": "eig_ntk"}
 
 
 def _plt():
-    try:
-        import matplotlib.pyplot as plt
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "jaxcompare.lwr figures need matplotlib: pip install matplotlib (or pip install 'jaxcompare[demo]')."
-        ) from e
+    plt = optional_import("matplotlib.pyplot", purpose="jaxcompare.lwr figures")
     return plt
 
 

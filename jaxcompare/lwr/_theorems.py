@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._precision import HIGHEST
 from .._validation import check_float, check_int, check_key
 from ..spectra import powerlaw_fit, stieltjes_distance
 from ._config import LWRConfig
@@ -293,7 +294,7 @@ def _jacobian_gram(fn, p, X):
     J = jax.jacrev(fn)(p, X)  # pytree of (n, ...) leaves
     leaves = [j.reshape(X.shape[0], -1) for j in jax.tree.leaves(J)]
     Jm = jnp.concatenate(leaves, axis=1)
-    return jnp.matmul(Jm, Jm.T, precision=jax.lax.Precision.HIGHEST)
+    return jnp.matmul(Jm, Jm.T, precision=HIGHEST)
 
 
 def check_ntk_closed_form(params: LWRParams, X) -> NTKCheck:
@@ -314,15 +315,12 @@ def check_ntk_closed_form(params: LWRParams, X) -> NTKCheck:
         return float(np.max(np.abs(A - B)) / np.max(np.abs(B)))
 
     out = [rel(K.ntk_w, _jacobian_gram(f_w, params.W, X)), rel(K.ntk, _jacobian_gram(f_full, full_p, X))]
-    import jaxcompare as jc
+    from ..ntk import trace_ntk
 
-    if hasattr(jc, "trace_ntk"):
-        out += [
-            rel(K.ntk_w, jc.trace_ntk(f_w, normalize=False)(params.W, X)),
-            rel(K.ntk, jc.trace_ntk(f_full, normalize=False)(full_p, X)),
-        ]
-    else:  # pragma: no cover - only before the NTK area lands
-        out += [float("nan"), float("nan")]
+    out += [
+        rel(K.ntk_w, trace_ntk(f_w, normalize=False)(params.W, X)),
+        rel(K.ntk, trace_ntk(f_full, normalize=False)(full_p, X)),
+    ]
     return NTKCheck(*out)
 
 

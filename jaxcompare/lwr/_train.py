@@ -11,6 +11,7 @@ import numpy as np
 import optax
 
 from .._checked import traced_finite, traced_result
+from .._precision import HIGHEST
 from .._progress import progress, progress_enabled
 from .._results import Result, worst_result
 from .._validation import check_choice, check_float, check_int, check_key, is_concrete
@@ -107,10 +108,10 @@ def _record_fn(X, y, Xt, yt, B, W0, ck0, ntk0, v_fixed, cfg: LWRConfig, n_top: i
 
     def _spectra(W, K):
         ew, vw = eigh_top(K.weights, backend)
-        align = jnp.abs(jnp.matmul(vw[:, :n_top].T, B.T, precision=jax.lax.Precision.HIGHEST))
+        align = jnp.abs(jnp.matmul(vw[:, :n_top].T, B.T, precision=HIGHEST))
         if h < n:  # the CK has rank ≤ h: its nonzero eigenvalues are those of φ(U)ᵀφ(U)/h (h × h)
             F = phi(_preact(W, X))
-            small = jnp.matmul(F.T, F, precision=jax.lax.Precision.HIGHEST) / jnp.asarray(h, W.dtype)
+            small = jnp.matmul(F.T, F, precision=HIGHEST) / jnp.asarray(h, W.dtype)
             e_ck = jnp.concatenate([eigvalsh_desc(small, backend), jnp.zeros((n - h,), W.dtype)])
         else:
             e_ck = eigvalsh_desc(K.ck, backend)

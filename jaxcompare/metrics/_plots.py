@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from .._optional import optional_import
 from .._validation import check_int, check_key, check_probability
 from ._smooth_ece import _check_binary_or_top, _curve_core, _smooth_ece_core
 
@@ -140,10 +141,7 @@ def plot_reliability(
       >>> [a.get_xlabel() for a in fig.axes]
       ['', 'predicted probability']
     """
-    try:
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise ImportError("plot_reliability needs matplotlib: pip install 'jaxcompare[demo]'.") from None
+    plt = optional_import("matplotlib.pyplot", purpose="plot_reliability")
     from ._intervals import smooth_ece_interval
 
     bins = check_int(bins, "bins", min=1)

@@ -16,9 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._precision import HIGHEST  # noqa: F401 - re-exported to the area's modules
 from .._validation import check_finite, check_finite_tree, is_concrete
-
-HIGHEST = jax.lax.Precision.HIGHEST
 
 __all__ = [
     "KernelSpec",

@@ -31,11 +31,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._precision import HIGHEST  # noqa: F401 - re-exported to the area's modules
 from .._validation import check_array, check_finite, is_concrete
 
 __all__ = ["cka", "linear_cka"]
 
-HIGHEST = jax.lax.Precision.HIGHEST
 # zero-variance threshold: TAU_FACTOR · sqrt(n) · eps(dtype) (relative, see _check_variance)
 TAU_FACTOR = 8.0
 

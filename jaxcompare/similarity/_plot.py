@@ -6,18 +6,14 @@ from typing import Any
 
 import numpy as np
 
+from .._optional import optional_import
 from ._kernel_similarity import KernelSimilarity
 
 __all__ = ["plot_similarity"]
 
 
 def _import_pyplot():
-    try:
-        import matplotlib.pyplot as plt
-    except ImportError as e:
-        raise ImportError(
-            "plot_similarity needs matplotlib: pip install 'jaxcompare[demo]' (or pip install matplotlib)."
-        ) from e
+    plt = optional_import("matplotlib.pyplot", purpose="plot_similarity")
     return plt
 
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .._optional import optional_import
 from .._validation import check_int
 from ._layers import LayerSpectra
 from ._marchenko_pastur import mp_density
@@ -105,10 +106,7 @@ def plot_layer_spectra(
     unknown = [p for p in layers if p not in known]
     if unknown:
         raise ValueError(f"layers has paths that were not analysed: {unknown}; analysed: {known}.")
-    try:
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ImportError("plot_layer_spectra needs matplotlib: pip install 'jaxcompare[demo]'.") from None
+    plt = optional_import("matplotlib.pyplot", purpose="plot_layer_spectra")
     ncols = min(ncols, len(layers))
     nrows = math.ceil(len(layers) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.6 * nrows), squeeze=False)

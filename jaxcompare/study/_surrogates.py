@@ -33,13 +33,13 @@ def run(key: jax.Array, report: Report, size: Mapping[str, Any], out_dir: str) -
     apply_fn, feature_fn, layers_fn = mlp_feature_fns(module)
     t0 = time.perf_counter()
     table = S.surrogate_table(
+        k_proj,
         apply_fn,
         params,
         x_tr,
         y_tr,
         x_te,
         y_te,
-        key=k_proj,
         feature_fn=feature_fn,
         layers_fn=layers_fn,
         projection_dim=size["projection_dim"],

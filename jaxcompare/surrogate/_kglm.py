@@ -20,13 +20,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._checked import traced_finite, traced_labels, traced_result
+from .._precision import HIGHEST as _HIGHEST
 from .._results import Result, SolverWarning
 from .._validation import check_array, check_choice, check_float, check_int, check_labels, is_concrete
 from ._solver import minimize_lbfgs
 
 __all__ = ["KGLM", "fit_kglm", "kglm_logits", "kglm_proba", "KGLMConvergenceWarning"]
 
-_HIGHEST = jax.lax.Precision.HIGHEST
 _LOSSES = ("softmax", "ovr")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -11,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from .._progress import progress
-from .._validation import check_array, check_int, check_key, check_labels
+from .._validation import REQUIRED, check_array, check_int, check_key, check_labels
 from ._faithfulness import faithfulness
 from ._kglm import KGLM, fit_kglm, kglm_logits
 
@@ -100,14 +101,14 @@ def _kernel_fns(apply_fn, feature_fn, layers_fn, key, names, projection_dim, pro
 
 
 def surrogate_table(
+    key: Any,
     apply_fn: Callable,
     params: Any,
     x_train: Any,
     y_train: Any,
     x_test: Any,
-    y_test: Any,
+    y_test: Any = REQUIRED,
     *,
-    key: Any = None,
     feature_fn: Callable | None = None,
     layers_fn: Callable | None = None,
     kernels: Sequence[str] | None = None,
@@ -166,9 +167,9 @@ def surrogate_table(
       >>> x = jax.random.normal(k3, (30, 4))
       >>> y = jnp.argmax(x[:, :3], axis=1)
       >>> x_tr, y_tr, x_te, y_te = x[:20], y[:20], x[20:], y[20:]
-      >>> table = jc.surrogate_table(apply_fn, params, x_tr, y_tr, x_te, y_te, kernels=("trntk", "ck", "em"),
+      >>> table = jc.surrogate_table(None, apply_fn, params, x_tr, y_tr, x_te, y_te, kernels=("trntk", "ck", "em"),
       ...                            feature_fn=feature_fn, layers_fn=layers_fn, progress_bar=False)
-      >>> [(r.kernel, r.converged) for r in table.rows]   # the projected kernels also need key=jax.random.key(0)
+      >>> [(r.kernel, r.converged) for r in table.rows]   # projected kernels need a key instead of None
       [('trntk', True), ('ck', True), ('em', True)]
       >>> table.models["ck"].W.shape                            # one kGLM per kernel: W is (C, M)
       (3, 20)
@@ -179,6 +180,32 @@ def surrogate_table(
       | CK | ...
       | Em | ...
     """
+    if callable(key) and not hasattr(key, "dtype"):  # the former order: surrogate_table(apply_fn, ..., key=k)
+        if y_test is not REQUIRED:
+            raise TypeError(
+                "surrogate_table() takes 7 positional arguments (key, apply_fn, params, x_train, "
+                "y_train, x_test, y_test); got 8."
+            )
+        warnings.warn(
+            "surrogate_table(apply_fn, params, ..., key=k) is deprecated; pass the key first: "
+            "surrogate_table(key, apply_fn, params, x_train, y_train, x_test, y_test) (key may be None when no "
+            "projected kernel is asked for).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        key, apply_fn, params, x_train, y_train, x_test, y_test = (
+            fit_kwargs.pop("key", None),
+            key,
+            apply_fn,
+            params,
+            x_train,
+            y_train,
+            x_test,
+        )
+    elif "key" in fit_kwargs:
+        raise TypeError("surrogate_table() got key twice: it is the first positional argument.")
+    if y_test is REQUIRED:
+        raise TypeError("surrogate_table() missing the argument y_test (the test labels).")
     if not callable(apply_fn):
         raise TypeError(f"apply_fn must be callable, got {type(apply_fn).__name__}.")
     registry = _registry()
@@ -206,7 +233,7 @@ def surrogate_table(
                 }.get(need, need)
                 raise ValueError(f"kernel {n!r} needs {what}.")
         if any(registry[n].projected for n in names) and key is None:
-            raise ValueError("projected kernels need an explicit key, e.g. key=jax.random.key(0).")
+            raise ValueError("projected kernels need an explicit key as the first argument, e.g. jax.random.key(0).")
     check_int(projection_dim, "projection_dim", min=1)
     x_tr = check_array(x_train, "x_train", floating=False)
     x_te = check_array(x_test, "x_test", floating=False)

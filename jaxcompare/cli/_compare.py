@@ -49,8 +49,8 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 
 def add_parser(subparsers: Any, **kwargs: Any) -> argparse.ArgumentParser:
     """Add the ``compare`` sub-command to ``subparsers`` (extra ``kwargs`` go to ``add_parser``, e.g. parents)."""
+    from ..compare._compare import SECTIONS
     from ..metrics._scores import SCORE_REDUCTIONS
-    from ._compare import SECTIONS
 
     kwargs.setdefault("formatter_class", _Formatter)
     c = subparsers.add_parser(
@@ -168,7 +168,7 @@ def load_groups(path: str, names: list[str], paths: list[str]) -> list[str]:
 
 
 def _checkpoint_paths(items: list[str]) -> list[str]:
-    from ._checkpoints import _entries
+    from ..compare._checkpoints import _entries
 
     if len(items) == 1:
         return _entries(items[0])
@@ -189,9 +189,9 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import jax
 
-    from ..cli._ntk import import_model
-    from ._checkpoints import load_checkpoints
-    from ._compare import SECTIONS, compare_models
+    from ..compare._checkpoints import load_checkpoints
+    from ..compare._compare import SECTIONS, compare_models
+    from ._ntk import import_model
 
     if args.n_boot < 1:
         raise ValueError(f"--n-boot must be >= 1, got {args.n_boot}")
