@@ -10,6 +10,7 @@ Usage::
     python notebooks/build.py microscope --execute # rebuild and run one notebook in place
     python notebooks/build.py kernels_surrogates --execute --figure plot_attribution docs/surrogate_attribution.png
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,7 +55,6 @@ def parse(text: str) -> list[tuple[str, str]]:
 
 def build(source: Path):
     """The notebook (cells only, no outputs) of one percent-format source."""
-    import nbformat
     from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
     cells = [new_markdown_cell(s) if k == "markdown" else new_code_cell(s) for k, s in parse(source.read_text())]
@@ -81,11 +81,17 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Build notebooks/*.ipynb from notebooks/*.py (percent format).")
     p.add_argument("names", nargs="*", help="notebook names (default: all)")
     p.add_argument("--execute", action="store_true", help="run the notebook in a fresh kernel and keep its outputs")
-    p.add_argument("--figure", nargs=2, metavar=("CELL_TEXT", "PNG"),
-                   help="after --execute, write the PNG output of the cell containing CELL_TEXT")
+    p.add_argument(
+        "--figure",
+        nargs=2,
+        metavar=("CELL_TEXT", "PNG"),
+        help="after --execute, write the PNG output of the cell containing CELL_TEXT",
+    )
     args = p.parse_args(argv)
     import nbformat
 
+    if args.figure and (not args.execute or len(args.names) != 1):
+        raise SystemExit("--figure needs --execute and exactly one notebook name")
     srcs = sources()
     known = {s.stem: s for s in srcs}
     unknown = [n for n in args.names if n not in known]
@@ -98,8 +104,9 @@ def main(argv: list[str] | None = None) -> None:
             from nbclient import NotebookClient
 
             t0 = time.time()
-            NotebookClient(nb, timeout=600, kernel_name="python3",
-                           resources={"metadata": {"path": str(HERE)}}).execute()
+            NotebookClient(
+                nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(HERE)}}
+            ).execute()
             print(f"executed {src.stem} in {time.time() - t0:.1f} s")
             if args.figure:
                 _write_figure(nb, args.figure[0], Path(args.figure[1]))

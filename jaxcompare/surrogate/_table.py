@@ -108,6 +108,7 @@ def surrogate_table(
     y_train: Any,
     x_test: Any,
     y_test: Any = REQUIRED,
+    /,
     *,
     feature_fn: Callable | None = None,
     layers_fn: Callable | None = None,
@@ -139,10 +140,11 @@ def surrogate_table(
     ``"ck"`` (needs ``feature_fn``), ``"em"`` (needs ``layers_fn``); ``"pntk0"`` on request.
 
     Args:
+      key: a ``jax.random.key`` for the projected kernels (split once per projected kernel), or ``None`` when no
+        projected kernel is asked for. The first seven arguments are positional.
       apply_fn: ``apply_fn(params, x) -> (N, C)`` logits.
       params: the trained parameters.
       x_train, y_train: ``(N, ...)`` training inputs and ``(N,)`` labels; x_test, y_test likewise ``(T, ...)``.
-      key: PRNG key for the random projections (split into one per projected kernel).
       feature_fn: ``feature_fn(params, x) -> (N, D)`` penultimate features, for CK.
       layers_fn: ``layers_fn(params, x) -> pytree of (N, ...)`` per-layer outputs, for Em.
       kernels: names to compute, in order.
