@@ -51,7 +51,7 @@ def score_files(tmp_path_factory):
 
 
 def test_help_for_every_command(capsys):
-    for cmd in ([], ["demo"], ["alpha"], ["lwr"], ["ntk"]):
+    for cmd in ([], ["demo"], ["alpha"], ["lwr"], ["ntk"], ["spectra"]):
         with pytest.raises(SystemExit) as e:
             main([*cmd, "--help"])
         assert e.value.code == 0
@@ -740,3 +740,39 @@ def test_ntk_deprecated_name_and_save_params(capsys, ntk_files, monkeypatch):
     oracle = (np.einsum("iac,jac->ij", g_w2, g_w2) + np.einsum("ika,jka->ij", g_w1, g_w1)) / w2.shape[1]
     np.testing.assert_allclose(k, oracle, rtol=1e-6)
     del jax, jc
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# spectra: per-layer weight spectra of one checkpoint
+
+
+def test_spectra_command(tmp_path, capsys):
+    from jaxcompare import save_params
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((120, 60)).astype(np.float32)
+    params = {"Dense_0": {"kernel": w, "bias": np.zeros(60, np.float32)}}
+    ckpt = save_params(params, str(tmp_path / "model.safetensors"))
+    out = tmp_path / "out"
+    assert main(["spectra", "--checkpoint", ckpt, "--n-boot", "5", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "Dense_0/kernel" in printed and "Dense_0/bias" in printed  # the bias is listed as skipped
+    data = json.loads((out / "spectra.json").read_text())
+    (layer,) = data["layers"]
+    # eigenvalues of WᵀW/N (N = 120, the larger side) against NumPy's singular values in float64
+    oracle = np.sort(np.linalg.svd(w.astype(np.float64), compute_uv=False) ** 2 / 120)[::-1]
+    got = np.sort(np.asarray(data["eigenvalues"]["Dense_0/kernel"], np.float64))[::-1]
+    np.testing.assert_allclose(got, oracle, rtol=1e-4)
+    assert layer["stable_rank"] == pytest.approx(oracle.sum() / oracle.max(), rel=1e-4)
+    assert data["settings"]["n_boot"] == 5 and (out / "spectra.png").stat().st_size > 0
+
+
+def test_spectra_command_failures(tmp_path, capsys):
+    assert main(["spectra", "--checkpoint", str(tmp_path / "missing.npz")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no such file" in err[0]
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{not js")
+    assert main(["spectra", "--checkpoint", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("jaxcompare spectra: error:")

@@ -9,6 +9,7 @@ from ._compare import run as cmd_compare
 from ._io import CLIError, check_output_dir
 from ._lwr import cmd_lwr
 from ._ntk import cmd_ntk
+from ._spectra import cmd_spectra
 
 __all__ = ["COMMANDS"]
 
@@ -28,4 +29,11 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"demo": cmd_demo, "alpha": cmd_alpha, "lwr": cmd_lwr, "ntk": cmd_ntk, "compare": cmd_compare}
+COMMANDS = {
+    "demo": cmd_demo,
+    "alpha": cmd_alpha,
+    "lwr": cmd_lwr,
+    "ntk": cmd_ntk,
+    "compare": cmd_compare,
+    "spectra": cmd_spectra,
+}

@@ -1,4 +1,4 @@
-"""``jaxcompare`` command line: ``demo``, ``alpha``, ``lwr``, ``ntk``, ``compare``.
+"""``jaxcompare`` command line: ``demo``, ``alpha``, ``lwr``, ``ntk``, ``compare``, ``spectra``.
 
 Every failure prints one line ``jaxcompare <command>: error: ...`` on stderr and exits with status 2 (``--debug``
 prints the traceback first); output paths are checked before any work. A run that finishes with a flagged result

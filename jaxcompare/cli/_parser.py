@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         "on stderr; --debug for the traceback).",
         formatter_class=_Formatter,
     )
-    sub = p.add_subparsers(dest="command", required=True, metavar="{demo,alpha,lwr,ntk,compare}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{demo,alpha,lwr,ntk,compare,spectra}")
 
     def add(name, **kw):
         return sub.add_parser(name, parents=[common], formatter_class=_Formatter, **kw)
@@ -255,4 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     from ._compare import add_parser as add_compare
 
     add_compare(sub, parents=[common])
+
+    from ._spectra import add_parser as add_spectra
+
+    add_spectra(sub, parents=[common], formatter_class=_Formatter, seed_type=_seed, positive_int=_positive_int)
     return p

@@ -1,0 +1,64 @@
+"""``jaxcompare spectra``: per-layer weight spectra of one checkpoint (:func:`jaxcompare.spectra.analyze_params`)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ._io import CLIError, check_output_dir
+
+__all__ = ["add_parser", "cmd_spectra"]
+
+
+def add_parser(sub, *, parents, formatter_class, seed_type, positive_int) -> None:
+    """Add the ``spectra`` sub-command."""
+    s = sub.add_parser(
+        "spectra",
+        parents=parents,
+        formatter_class=formatter_class,
+        help="per-layer weight spectra of a checkpoint (Marchenko–Pastur fit, outliers, power-law tails)",
+        description="Reads one checkpoint (orbax directory, flax msgpack, .safetensors or .npz with '/'-joined "
+        "names; never pickle) and analyses every weight matrix: eigenvalues of WᵀW/N, Marchenko–Pastur bulk fit, "
+        "outliers above its edge, power-law tail (α, xmin, KS distance, standard error, bootstrap p-value) and "
+        "stable rank. Prints one row per layer; with --out also writes spectra.json (every number and setting) "
+        "and spectra.png.",
+    )
+    s.add_argument("--checkpoint", required=True, help="checkpoint file or directory")
+    s.add_argument(
+        "--conv",
+        choices=["flatten", "slices"],
+        default="flatten",
+        help="convolution kernels as one patch matrix (flatten) or pooled (cin, cout) slices",
+    )
+    s.add_argument("--n-boot", type=positive_int, default=100, help="bootstrap rounds of the power-law p-value")
+    s.add_argument("--seed", type=seed_type, default=0, help="PRNG seed of the bootstrap")
+    s.add_argument("--out", default=None, help="output directory for spectra.json and spectra.png")
+
+
+def cmd_spectra(args) -> int:
+    import jax
+
+    from ..compare import load_checkpoint
+    from ..spectra import analyze_params, format_report, plot_layer_spectra
+
+    if args.out is not None:
+        check_output_dir(args.out)
+    if not os.path.exists(args.checkpoint):
+        raise CLIError(f"--checkpoint: no such file or directory: {args.checkpoint}")
+    params = load_checkpoint(args.checkpoint)
+    res = analyze_params(jax.random.key(args.seed), params, conv=args.conv, n_boot=args.n_boot)
+    print(format_report(res))
+    if args.out is not None:
+        data = res.to_dict()
+        data["settings"] = dict(
+            data.get("settings", {}),
+            checkpoint=os.path.abspath(args.checkpoint),
+            seed=args.seed,
+            conv=args.conv,
+            n_boot=args.n_boot,
+        )
+        with open(os.path.join(args.out, "spectra.json"), "w") as f:
+            json.dump(data, f, indent=1, default=float)
+        plot_layer_spectra(res, path=os.path.join(args.out, "spectra.png"))
+        print(f"wrote {os.path.join(args.out, 'spectra.json')} and spectra.png")
+    return 0
