@@ -32,6 +32,8 @@ import textwrap
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _peer_env  # noqa: E402 - benchmarks/ is not a package
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
@@ -61,15 +63,7 @@ _RUNNER = textwrap.dedent(
 
 
 def ensure_env() -> Path:
-    py = ENV / "bin" / "python"
-    stamp = ENV / ".pins"
-    if py.exists() and stamp.exists() and stamp.read_text() == "\n".join(PINS):
-        return py
-    print(f"building {ENV} with {' '.join(PINS)} (once) ...", flush=True)
-    subprocess.run([sys.executable, "-m", "venv", str(ENV)], check=True)
-    subprocess.run([str(py), "-m", "pip", "install", "-q", *PINS], check=True)
-    stamp.write_text("\n".join(PINS))
-    return py
+    return _peer_env.ensure_env(ENV, PINS)
 
 
 def cases(n_time: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:

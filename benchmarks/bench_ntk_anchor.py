@@ -32,6 +32,9 @@ import tempfile
 import textwrap
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _peer_env  # noqa: E402 - benchmarks/ is not a package
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
@@ -75,15 +78,7 @@ _RUNNER = textwrap.dedent(
 
 
 def ensure_env() -> Path:
-    py = ENV / "bin" / "python"
-    stamp = ENV / ".pins"
-    if py.exists() and stamp.exists() and stamp.read_text() == "\n".join(PINS):
-        return py
-    print(f"building {ENV} with {' '.join(PINS)} (once) ...", flush=True)
-    subprocess.run(["python3", "-m", "venv", str(ENV)], check=True)
-    subprocess.run([str(py), "-m", "pip", "install", "-q", *PINS], check=True)
-    stamp.write_text("\n".join(PINS))
-    return py
+    return _peer_env.ensure_env(ENV, PINS)
 
 
 def run_nt(py: Path, model: str, npz: Path, impl: int, repeat: int, save: Path, timeout: int = 900) -> dict:
