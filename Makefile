@@ -38,7 +38,7 @@ format: $(STAMP)
 
 # API reference from the docstrings (offline) → docs/api/_build/html/index.html
 docs: $(STAMP)
-	$(BIN)/python -m sphinx -q -b html docs/api docs/api/_build/html
+	$(BIN)/python -m sphinx -q -W --keep-going -b html docs/api docs/api/_build/html
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(WORKERS) --dist loadfile

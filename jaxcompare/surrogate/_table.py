@@ -148,7 +148,7 @@ def surrogate_table(
       feature_fn: ``feature_fn(params, x) -> (N, D)`` penultimate features, for CK.
       layers_fn: ``layers_fn(params, x) -> pytree of (N, ...)`` per-layer outputs, for Em.
       kernels: names to compute, in order.
-      loss, l2, class_weight, **fit_kwargs: passed to :func:`fit_kglm`.
+      loss, l2, class_weight, ``**fit_kwargs``: passed to :func:`fit_kglm`.
       projection_dim, projection_kind: of :func:`jaxcompare.random_projection` (published: 10240, Rademacher).
       block_size: compute kernels in tiles with :func:`jaxcompare.batched`.
       keep_kernels: keep the test×train kernels in the result (for :func:`attribute`).
