@@ -30,6 +30,7 @@ __all__ = [
     "REQUIRED",
     "key_first",
     "check_real_points",
+    "check_complex_points",
     "check_upper_half_plane",
 ]
 
@@ -315,8 +316,8 @@ def check_real_points(x: Any, name: str) -> np.ndarray:
     return a
 
 
-def check_upper_half_plane(z: Any, name: str = "z") -> np.ndarray:
-    """Host complex128 copy of finite points with ``Im z > 0`` (where a Stieltjes transform is single-valued)."""
+def check_complex_points(z: Any, name: str = "z") -> np.ndarray:
+    """Host complex128 copy of finite numeric points (the common part of the Stieltjes-domain checks)."""
     try:
         a = np.asarray(z)
     except Exception as e:  # noqa: BLE001
@@ -324,11 +325,17 @@ def check_upper_half_plane(z: Any, name: str = "z") -> np.ndarray:
     if a.dtype.kind not in "biufc":
         raise TypeError(f"{name} must be complex points, got dtype {a.dtype}.")
     a = a.astype(np.complex128)
-    if a.size == 0:
-        raise ValueError(f"{name} must not be empty.")
     bad = ~np.isfinite(a)
     if np.any(bad):
         raise ValueError(f"{name} must be finite, but it has {int(bad.sum())} NaN/infinite entries.")
+    return a
+
+
+def check_upper_half_plane(z: Any, name: str = "z") -> np.ndarray:
+    """Host complex128 copy of finite points with ``Im z > 0`` (where a Stieltjes transform is single-valued)."""
+    if np.size(z) == 0:
+        raise ValueError(f"{name} must not be empty.")
+    a = check_complex_points(z, name)
     if np.any(a.imag <= 0):
         low = float(a.imag.min())
         raise ValueError(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validation import check_float, check_real_points
+from .._validation import check_complex_points, check_float, check_real_points
 
 __all__ = ["mp_support", "mp_density", "mp_atom", "mp_stieltjes"]
 
@@ -90,15 +90,7 @@ def _mp_stieltjes(z: np.ndarray, c: float, lo: float, hi: float) -> np.ndarray:
 
 
 def _check_z(z, lo: float, hi: float) -> np.ndarray:
-    try:
-        a = np.asarray(z)
-    except Exception as e:  # noqa: BLE001
-        raise TypeError(f"z must be a numeric array, got {type(z).__name__}: {e}") from None
-    if a.dtype.kind not in "biufc":
-        raise TypeError(f"z must be complex points, got dtype {a.dtype}.")
-    a = a.astype(np.complex128)
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"z must be finite, but it has {int(np.sum(~np.isfinite(a)))} NaN/infinite entries.")
+    a = check_complex_points(z, "z")
     if np.any(a.imag < 0):
         raise ValueError(
             f"z must lie in the upper half-plane (Im z > 0) or on the real axis off the support; got "
