@@ -117,15 +117,67 @@ def resnet_apply(params, x):
     return h @ params[-1]["w"] + params[-1]["b"][None, :]
 
 
+_TF = dict(vocab=1000, d=256, layers=4, heads=4, ff=1024, seq=64)  # P = 3.4 M
+
+
+def transformer_init(seed: int, n_classes: int = 10, cfg=_TF):
+    """Pre-LN transformer encoder (token + position embeddings, 4 layers of 4-head attention and a GELU MLP, final
+    LayerNorm, mean over tokens, dense head): d = 256, sequence 64, vocabulary 1000, P = 3.4 M."""
+    rng = np.random.default_rng(seed)
+    d, ff = cfg["d"], cfg["ff"]
+
+    def dense(a, b):
+        return (rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32)
+
+    ones, zeros = (lambda k: np.ones(k, np.float32)), (lambda k: np.zeros(k, np.float32))
+    params = [
+        {
+            "emb": (0.5 * rng.standard_normal((cfg["vocab"], d))).astype(np.float32),
+            "pos": (0.1 * rng.standard_normal((cfg["seq"], d))).astype(np.float32),
+        }
+    ]
+    for _ in range(cfg["layers"]):
+        layer = {k: dense(d, d) for k in ("wq", "wk", "wv", "wo")}
+        layer.update(ln1s=ones(d), ln1b=zeros(d), ln2s=ones(d), ln2b=zeros(d))
+        layer.update(w1=dense(d, ff), b1=zeros(ff), w2=dense(ff, d), b2=zeros(d))
+        params.append(layer)
+    params.append({"lns": ones(d), "lnb": zeros(d), "w": dense(d, n_classes), "b": zeros(n_classes)})
+    return params
+
+
+def _ln(h, s, b):
+    m = jnp.mean(h, axis=-1, keepdims=True)
+    v = jnp.mean((h - m) ** 2, axis=-1, keepdims=True)
+    return (h - m) * jax.lax.rsqrt(v + 1e-5) * s + b
+
+
+def transformer_apply(params, tokens, cfg=_TF):
+    n, t = tokens.shape
+    hd = cfg["d"] // cfg["heads"]
+    h = params[0]["emb"][tokens] + params[0]["pos"][None, :t]
+    for layer in params[1:-1]:
+        y = _ln(h, layer["ln1s"], layer["ln1b"])
+        q, k, v = ((y @ layer[w]).reshape(n, t, cfg["heads"], hd) for w in ("wq", "wk", "wv"))
+        att = jax.nn.softmax(jnp.einsum("nthd,nshd->nhts", q, k) / np.sqrt(hd), axis=-1)
+        h = h + jnp.einsum("nhts,nshd->nthd", att, v).reshape(n, t, -1) @ layer["wo"]
+        y = _ln(h, layer["ln2s"], layer["ln2b"])
+        h = h + jax.nn.gelu(y @ layer["w1"] + layer["b1"]) @ layer["w2"] + layer["b2"]
+    y = jnp.mean(_ln(h, params[-1]["lns"], params[-1]["lnb"]), axis=1)
+    return y @ params[-1]["w"] + params[-1]["b"]
+
+
 MODELS = {
     "mlp": (mlp_init, mlp_apply, (784,)),
     "cnn": (cnn_init, cnn_apply, (28, 28, 1)),
     "resnet_q": (resnet_init, resnet_apply, (32, 32, 3)),
+    "transformer": (transformer_init, transformer_apply, (_TF["seq"],)),
 }
 
 
 def inputs(model: str, n: int, seed: int = 1) -> np.ndarray:
     shape = MODELS[model][2]
+    if model == "transformer":
+        return np.random.default_rng(seed).integers(0, _TF["vocab"], (n,) + shape).astype(np.int32)
     return np.random.default_rng(seed).standard_normal((n,) + shape).astype(np.float32)
 
 
@@ -172,6 +224,9 @@ def n_params(model: str) -> int:
 #
 #     python benchmarks/bench_ntk_models.py                    # small CNN N = 512, quarter-width ResNet-18 N = 256
 #     python benchmarks/bench_ntk_models.py --only cnn --slow  # add the slow peers (rademacher K = 4096, sparse ResNet)
+#     python benchmarks/bench_ntk_models.py --only exact       # exact path: quarter ResNet-18 N = 256/1024, transformer
+#     python benchmarks/bench_ntk_models.py --only exact --quick         # the same at small sizes (< 3 min)
+#     python benchmarks/bench_ntk_models.py --only exact --device gpu    # sizes for one H200 (~8 min)
 # ----------------------------------------------------------------------------------------------------------------
 _CACHE = Path(__file__).resolve().parent / "results" / "ntk_models"  # git-ignored
 
@@ -200,6 +255,8 @@ def _child(cfg: dict) -> dict:
     import jaxcompare as jc
 
     model, n, method, k = cfg["model"], cfg["n"], cfg["method"], cfg.get("k")
+    jnp.ones(1).block_until_ready()
+    rss_jax = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # the runtime alone
     init, f, _ = MODELS[model]
     params = jax.tree_util.tree_map(jnp.asarray, init(0))
     x = jnp.asarray(inputs(model, n))
@@ -210,7 +267,7 @@ def _child(cfg: dict) -> dict:
     def run():
         nonlocal est
         if method == "exact":
-            kfn = jc.trace_ntk(f)
+            kfn = jc.trace_ntk(f, implementation=cfg.get("impl", "auto"))
             if cfg.get("block"):
                 kfn = jc.batched(kfn, cfg["block"], progress_bar=False)
             return kfn(params, x)
@@ -224,7 +281,8 @@ def _child(cfg: dict) -> dict:
     kern = np.asarray(jax.block_until_ready(run()))
     first = time.perf_counter() - t0
     t = first
-    if first < cfg.get("repeat_below", 60.0):  # cheap: time a second (compiled) call
+    # time a second (compiled) call when cheap; exact rows always (their floors are compared with compiled time)
+    if first < cfg.get("repeat_below", 600.0 if method == "exact" else 60.0):
         t0 = time.perf_counter()
         kern = np.asarray(jax.block_until_ready(run()))
         t = time.perf_counter() - t0
@@ -235,9 +293,14 @@ def _child(cfg: dict) -> dict:
         "est": est,
     }
     if method == "exact":
+        from jaxcompare.ntk._memory import kernel_bytes
+
         _CACHE.mkdir(parents=True, exist_ok=True)
         np.save(exact_path, kern)
         out["floors"] = _floors(model, n, params, x)
+        per, fixed = kernel_bytes(f, params, x, None, 10, cfg.get("impl", "structured"), "trace")
+        out["est_gib"] = (per * n + fixed) / 1024**3  # estimate of the unblocked (jitted) call
+        out["rss_jax_gib"] = rss_jax
     elif exact_path.exists():
         iu = np.triu_indices(n, 1)
         out["err"] = float(np.abs(kern - np.load(exact_path))[iu].mean())
@@ -258,8 +321,37 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def _configs(only: list, slow: bool) -> list:
+def _exact_configs(quick: bool, device: str) -> list:
+    """The exact path at scale: quarter-width ResNet-18 (default call, jacobian, batched) and the transformer."""
+    r, t = "resnet_q", "transformer"
+    if quick:  # < 3 min on 2 quiet cores
+        return [
+            dict(model=r, n=64, method="exact"),
+            dict(model=r, n=64, method="exact", block=32),
+            dict(model=t, n=16, method="exact"),
+        ]
+    if device == "gpu":  # about 8 min on one H200
+        return [
+            dict(model=r, n=1024, method="exact"),
+            dict(model=r, n=1024, method="exact", impl="jacobian", block=256),
+            dict(model=r, n=4096, method="exact", block=1024),
+            dict(model=t, n=256, method="exact"),
+            dict(model=t, n=1024, method="exact", block=256),
+        ]
+    return [
+        dict(model=r, n=256, method="exact"),
+        dict(model=r, n=256, method="exact", block=64),
+        dict(model=t, n=64, method="exact"),
+        dict(model=t, n=256, method="exact"),
+        dict(model=r, n=1024, method="exact", block=128),
+        dict(model=r, n=256, method="exact", impl="jacobian"),
+    ]
+
+
+def _configs(only: list, slow: bool, quick: bool = False, device: str = "cpu") -> list:
     out = []
+    if "exact" in only:
+        out += _exact_configs(quick, device)
     if "cnn" in only:
         out.append(dict(model="cnn", n=512, method="exact"))
         for k in (1024, 4096):
@@ -284,7 +376,10 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description="projected features vs the exact trNTK (one subprocess per row)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
-    ap.add_argument("--only", nargs="+", default=["cnn", "resnet_q"], choices=["cnn", "resnet_q"])
+    ap.add_argument("--only", nargs="+", default=["cnn", "resnet_q"], choices=["cnn", "resnet_q", "exact"])
+    ap.add_argument("--quick", action="store_true", help="small sizes of the exact group (< 3 min)")
+    ap.add_argument("--rows", nargs="+", type=int, help="only these rows (0-based) of the configurations")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="gpu: sizes for one H200 (~8 min)")
     ap.add_argument("--slow", action="store_true", help="also the slow peers (minutes each on 2 cores)")
     ap.add_argument("--timeout", type=float, default=600.0)
     ap.add_argument(
@@ -305,7 +400,8 @@ def main() -> None:
         flush=True,
     )
     exact_t, floors = {}, {}
-    for cfg in _configs(args.only, args.slow):
+    configs = _configs(args.only, args.slow, args.quick, args.device)
+    for cfg in [configs[i] for i in args.rows] if args.rows else configs:
         if args.reuse_exact and cfg["method"] == "exact" and (_CACHE / f"exact_{cfg['model']}_{cfg['n']}.npy").exists():
             continue
         load = os.getloadavg()[0]
@@ -315,7 +411,12 @@ def main() -> None:
                 capture_output=True,
                 text=True,
                 timeout=args.timeout,
-                env={**os.environ, "JAXCOMPARE_PROGRESS": "0", "JAXCOMPARE_MEMORY_BUDGET": args.budget},
+                env={
+                    **os.environ,
+                    "JAXCOMPARE_PROGRESS": "0",
+                    "JAXCOMPARE_MEMORY_BUDGET": args.budget,
+                    "JAX_PLATFORMS": "cuda" if args.device == "gpu" else "cpu",
+                },
             )
             line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if not line:
@@ -327,7 +428,9 @@ def main() -> None:
             continue
         m = (cfg["model"], cfg["n"])
         if cfg["method"] == "exact":
-            exact_t[m], fl = r["time"], r["floors"]
+            fl = r["floors"]
+            if m not in exact_t or not (cfg.get("block") or cfg.get("impl")):  # "× exact": the default call
+                exact_t[m] = r["time"]
             floors[m] = {
                 "exact": (fl["passes"] + fl["layer_grads"] + fl["gram"]) / peak,
                 "proj": (fl["passes"] + fl["layer_grads"]) / peak,
@@ -339,7 +442,13 @@ def main() -> None:
                 flush=True,
             )
         fl = floors.get(m, {}).get("exact" if cfg["method"] == "exact" else "proj")
-        name = cfg["method"] + (f"/b{cfg['block']}" if cfg.get("block") else "")
+        name = cfg.get("impl", cfg["method"]) + (f"/b{cfg['block']}" if cfg.get("block") else "")
+        if "est_gib" in r:
+            print(
+                f"  memory {m}: runtime alone {r['rss_jax_gib']:.2f} GiB, estimate of the unblocked call "
+                f"{r['est_gib']:.2f} GiB (budget {args.budget})",
+                flush=True,
+            )
         print(
             f"{cfg['model']:9} {cfg['n']:>4} {name:11} {cfg.get('k') or '':>5} {r['time']:8.2f} {r['first']:7.2f} "
             f"{r['rss_gib']:7.2f} {r.get('err', float('nan')):10.4f} "

@@ -3,6 +3,10 @@
 Rules (see shared/style.md): validate at the public boundary, in Python, before heavy work; say what was wrong and
 what was expected. Value checks (finite, ranges of data) run only on concrete arrays: under ``jit``/``vmap`` the
 inputs are tracers and only shapes/dtypes can be checked, which is documented on each public function.
+
+Arrays that span devices of other processes (global arrays under ``jax.distributed``) cannot be copied to the host:
+their value checks run on the devices as one jitted reduction whose small result is replicated on every process
+(:func:`device_reduce`); every process runs the same checks (the SPMD script), as these reductions are collectives.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ __all__ = [
     "check_real_points",
     "check_complex_points",
     "check_upper_half_plane",
+    "spans_processes",
+    "device_reduce",
 ]
 
 
@@ -44,17 +50,59 @@ def _shape_str(shape: Sequence[int]) -> str:
     return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
+def spans_processes(x: Any) -> bool:
+    """True for a concrete ``jax.Array`` with shards on devices of other processes (not fully addressable)."""
+    return is_concrete(x) and isinstance(x, jax.Array) and not x.is_fully_addressable
+
+
+def _replicated(sharding: jax.sharding.Sharding) -> jax.sharding.NamedSharding:
+    """Replicated over the devices of ``sharding`` (ordered by id, the same order on every process)."""
+    if isinstance(sharding, jax.sharding.NamedSharding):
+        return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+    devices = np.array(sorted(sharding.device_set, key=lambda d: d.id))
+    return jax.sharding.NamedSharding(jax.sharding.Mesh(devices, ("devices",)), jax.sharding.PartitionSpec())
+
+
+def device_reduce(fn: Any, x: jax.Array) -> Any:
+    """``fn(x)`` (small outputs: counts, extremes) computed where ``x`` lives, returned as NumPy values.
+
+    For an array that spans other processes the outputs are replicated on every process, so each reads them without
+    copying ``x`` to the host; every process must call it (a collective). Pass a module-level ``fn`` (one compile).
+    """
+    out = jax.jit(fn, out_shardings=_replicated(x.sharding))(x)
+    return jax.tree.map(np.asarray, out)
+
+
+def _nonfinite_counts(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return jnp.sum(jnp.isnan(x)), jnp.sum(jnp.isinf(x))
+
+
+def _all_whole(x: jax.Array) -> jax.Array:
+    return jnp.all(jnp.isfinite(x) & (x == jnp.round(x)))
+
+
+def _min_max(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return jnp.min(x), jnp.max(x)
+
+
 def check_finite(x: Any, name: str) -> None:
     """Raise ``ValueError`` if a concrete array has NaN or inf entries (no-op on tracers)."""
     if not is_concrete(x):
         return
-    a = np.asarray(x)
-    if a.dtype.kind in "fc" and not np.all(np.isfinite(a)):
-        n_nan = int(np.isnan(a).sum())
-        n_inf = int(np.isinf(a).sum())
+    if spans_processes(x):  # counted on the devices: the array cannot (and should not) come to this host
+        if not jnp.issubdtype(x.dtype, jnp.inexact):
+            return
+        n_nan, n_inf = (int(c) for c in device_reduce(_nonfinite_counts, x))
+        shape = x.shape
+    else:
+        a = np.asarray(x)
+        if a.dtype.kind not in "fc" or np.all(np.isfinite(a)):
+            return
+        n_nan, n_inf, shape = int(np.isnan(a).sum()), int(np.isinf(a).sum()), a.shape
+    if n_nan or n_inf:
         raise ValueError(
             f"{name} must be finite, but it has {n_nan} NaN and {n_inf} infinite entries "
-            f"(shape {_shape_str(a.shape)}); remove or impute them first."
+            f"(shape {_shape_str(shape)}); remove or impute them first."
         )
 
 
@@ -203,8 +251,12 @@ def check_labels(y: Any, name: str, n_classes: int | None = None, *, length: int
         raise ValueError(f"{name} must have length {length} (one label per point), got {a.shape[0]}.")
     if jnp.issubdtype(a.dtype, jnp.floating):
         if is_concrete(a):
-            an = np.asarray(a)
-            if not np.all(np.isfinite(an)) or np.any(an != np.round(an)):
+            if spans_processes(a):
+                whole = bool(device_reduce(_all_whole, a))
+            else:
+                an = np.asarray(a)
+                whole = np.all(np.isfinite(an)) and not np.any(an != np.round(an))
+            if not whole:
                 raise ValueError(f"{name} must hold integer class labels; got non-integer or non-finite values.")
         a = a.astype(jnp.int32)
     elif jnp.issubdtype(a.dtype, jnp.bool_):
@@ -212,9 +264,12 @@ def check_labels(y: Any, name: str, n_classes: int | None = None, *, length: int
     elif not jnp.issubdtype(a.dtype, jnp.integer):
         raise TypeError(f"{name} must hold integer class labels, got dtype {a.dtype}.")
     if is_concrete(a):
-        an = np.asarray(a)
-        lo = int(an.min())
-        hi = int(an.max())
+        if spans_processes(a):
+            lo, hi = (int(v) for v in device_reduce(_min_max, a))
+        else:
+            an = np.asarray(a)
+            lo = int(an.min())
+            hi = int(an.max())
         if lo < 0 or (n_classes is not None and hi >= n_classes):
             rng = f"[0, {n_classes})" if n_classes is not None else ">= 0"
             raise ValueError(f"{name} must lie in {rng}; found values from {lo} to {hi}.")

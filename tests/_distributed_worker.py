@@ -5,6 +5,8 @@
 MODE ``sharded``: ``jax.distributed`` over gloo, 2 CPU devices per process; ``jc.sharded`` of several kernels,
 gathered with ``jc.gather`` and written with ``jc.save_rows``. MODE ``disk``: ``jax.distributed``; every process calls
 ``jc.kernel_to_disk`` on one shared path. MODE ``array``: no JAX runtime; ``process_index=``/``process_count=``.
+MODE ``seeds``: ``jax.distributed``; ``ensemble_alpha_hat`` on scores whose rows live on different processes, and
+``jit(vmap(...))`` of ``lwr.train`` and ``fit_kglm`` over seeds/problems sharded over all devices.
 Each process writes what it computed to OUTDIR for the test to compare with a one-process run.
 """
 
@@ -63,5 +65,46 @@ elif mode in ("disk", "array"):
         json.dump(json.load(fh)["done"], open(os.path.join(outdir, f"tiles.{pid}.json"), "w"))
     if mode == "disk":
         out["kernel"] = np.array(K)  # complete on every process: kernel_to_disk ends with a barrier
+elif mode == "seeds":  # seeds and candidates across processes (the README's recipe)
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    from jaxcompare import lwr
+
+    rows = NamedSharding(Mesh(np.array(jax.devices()), ("d",)), PartitionSpec("d"))  # all devices of all processes
+    scores = np.asarray(jax.random.normal(jax.random.key(4), (12, 64)))  # 12 models; process p trained rows 6p..6p+5
+    mine = scores[6 * pid : 6 * pid + 6]
+    S = jax.make_array_from_process_local_data(rows, mine)  # global (12, 64), no process holds all of it
+    assert not S.is_fully_addressable
+    res = jc.ensemble_alpha_hat(jax.random.key(5), S, candidates=np.arange(6), reference=np.arange(6, 12), n_boot=4)
+    out.update(ens_boot=np.asarray(res.boot), ens_ks=np.asarray(res.ks))  # replicated: readable on every process
+    cfg = lwr.LWRConfig(n=24, d=8, h=12)
+    data = lwr.sample_data(jax.random.key(6), cfg)
+
+    def run(k):
+        return lwr.train(k, lwr.init_params(k, cfg), data, cfg, lr=0.2 * cfg.n, steps=6, record_every=3, throw=False)
+
+    keys = jax.jit(lambda k: jax.random.split(k, 4), out_shardings=rows)(jax.random.key(7))  # one seed per device
+    tr = jax.jit(jax.vmap(run))(keys)  # eig_backend "jax" by default here: each device decomposes its own seeds
+    assert not tr.params.W.is_fully_addressable
+    out.update(lwr_eig=jc.gather(tr.history.eig_ntk), lwr_W=jc.gather(tr.params.W), lwr_loss=jc.gather(tr.losses))
+    # value checks of arrays that span processes run on the devices (no host copy), with the one-process messages
+    from jaxcompare._validation import check_labels
+
+    local = mine.copy()
+    local[2, 5] = np.nan if pid == 1 else local[2, 5]  # one NaN, on process 1 (global row 8)
+    msgs = []
+    labels = [np.arange(4.0) + 4 * pid, np.arange(4.0) + 4 * pid + 0.5 * pid]  # 0..7; then 4.5.. on process 1
+    for bad, check in (
+        (local, lambda a: jc.ensemble_alpha_hat(jax.random.key(5), a, candidates=np.arange(6), reference=[6, 7])),
+        (labels[0], lambda a: check_labels(a, "labels", 8)),  # fine
+        (labels[0], lambda a: check_labels(a, "labels", 5)),
+        (labels[1], lambda a: check_labels(a, "labels", 8)),
+    ):
+        try:
+            check(jax.make_array_from_process_local_data(rows, bad))
+            msgs.append("ok")
+        except ValueError as e:
+            msgs.append(str(e))
+    out["msgs"] = np.array(msgs)
 np.savez(os.path.join(outdir, f"{mode}.{pid}.npz"), **out)
 print(f"WORKER-OK {mode} {pid}", flush=True)

@@ -84,3 +84,36 @@ def oracle_kernels(apply_fn, params, x1, x2):
         pntk=pntk,
         pntk_norm=(g1 @ g2.T) / np.sqrt(np.outer((g1 * g1).sum(1), (g2 * g2).sum(1))),
     )
+
+
+def tiny_transformer(key, vocab=7, d=4, heads=2, seq=3, n_classes=3, dtype=jnp.float64):
+    """Token embedding (a gather), LayerNorm scale/shift, attention (dot_generals with batch dimensions), a
+    per-head output weight used in a dot_general with a batch dimension, a GELU MLP, mean over tokens."""
+    ks = jax.random.split(key, 8)
+    hd = d // heads
+    params = {
+        "emb": jax.random.normal(ks[0], (vocab, d), dtype),
+        "pos": 0.3 * jax.random.normal(ks[1], (seq, d), dtype),
+        "ln_s": 1.0 + 0.1 * jax.random.normal(ks[2], (d,), dtype),
+        "ln_b": 0.1 * jax.random.normal(ks[3], (d,), dtype),
+        "wqkv": jax.random.normal(ks[4], (d, 3 * d), dtype) / np.sqrt(d),
+        "wo": jax.random.normal(ks[5], (heads, hd, d), dtype) / np.sqrt(hd),
+        "w1": jax.random.normal(ks[6], (d, 2 * d), dtype) / np.sqrt(d),
+        "head": jax.random.normal(ks[7], (2 * d, n_classes), dtype) / np.sqrt(2 * d),
+    }
+
+    def apply_fn(p, tokens):
+        n, t = tokens.shape
+        h = p["emb"][tokens] + p["pos"][None, :t]
+        m = jnp.mean(h, -1, keepdims=True)
+        y = (h - m) * jax.lax.rsqrt(jnp.mean((h - m) ** 2, -1, keepdims=True) + 1e-5) * p["ln_s"][None, None, :] + p[
+            "ln_b"
+        ][None, None, :]
+        q, k, v = jnp.split(y @ p["wqkv"], 3, axis=-1)
+        q, k, v = (a.reshape(n, t, heads, hd) for a in (q, k, v))
+        att = jax.nn.softmax(jnp.einsum("nthd,nshd->nhts", q, k), axis=-1)
+        o = jnp.einsum("nhts,nshd->nthd", att, v)
+        h = h + jnp.einsum("nthd,hde->nte", o, p["wo"])
+        return jnp.mean(jax.nn.gelu(h @ p["w1"]), axis=1) @ p["head"]
+
+    return apply_fn, params

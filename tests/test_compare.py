@@ -183,6 +183,9 @@ def grouped(population):
         y_train=population["y_train"],
         groups=groups,
         n_boot=40,
+        n_kernel_points=64,
+        n_permutations=49,
+        n_surrogate_train=120,
         progress_bar=False,
     )
     return loaded, groups, res
@@ -210,6 +213,9 @@ def test_end_to_end_names_the_perturbed_models(population, grouped):
     atyp_sentence = next(s for s in res.findings if "atypical" in s)
     assert all(n not in atyp_sentence for n in population["names"] if n.startswith("std"))
     assert res.settings["reference"] == "standard"
+    # the label-noise models' kernels are the least similar to the reference models' (debiased CKA of trNTK)
+    assert {r["name"] for r in res.rows if r["flags"]["kernel_dissimilarity"]} == noisy
+    assert any(s.startswith("Kernel and α̂ agree on") for s in res.findings)
     roles = {r["name"]: r["role"] for r in res.rows}
     assert all(roles[n] == ("candidate" if n in noisy else "reference") for n in roles)
     # the classic metrics against independent NumPy computations
@@ -297,7 +303,7 @@ def test_save_load_roundtrip_and_report(tmp_path, grouped):
     index = res.report(tmp_path / "rep")
     page = open(index, encoding="utf-8").read()
     assert page.index("Findings") < page.index("<h2>Models")
-    assert page.count('src="data:image/png;base64,') == 3
+    assert page.count('src="data:image/png;base64,') == 4  # α̂ against 3 metrics, the CKA heatmap
     assert "max-width:100%" in page and 'class="scroll"' in page
     for f in ("results.json", "models.csv", "alpha_vs_accuracy.png", "alpha_vs_churn.png", "alpha_vs_ece.png"):
         assert os.path.getsize(tmp_path / "rep" / f) > 0
@@ -373,6 +379,7 @@ def test_spectra_section(grouped, population):
         (dict(reference="g"), "groups must be given"),
         (dict(x_train=np.ones((8, 2))), "x_train and y_train must be given together"),
         (dict(sections=("alpha", "kernels")), "sections"),
+        (dict(kernel="em"), "kernel must be one of"),
         (dict(score="entropy"), "score"),
         (dict(n_boot=0), "n_boot"),
         (dict(y_test=np.array([0, 1, 2, 0, 1, 0, 1, 0])), r"y_test must lie in \[0, 2\)"),
@@ -447,6 +454,11 @@ def test_command_end_to_end(tmp_path, population, model_module, capsys):
             "40",
             "--sections",
             "alpha",
+            "similarity",
+            "--kernel-points",
+            "32",
+            "--permutations",
+            "9",
             "--out",
             str(out),
         ]
@@ -457,6 +469,7 @@ def test_command_end_to_end(tmp_path, population, model_module, capsys):
     res = load_comparison(out)
     assert set(res.atypical) == {n for n in population["names"] if n.startswith("noisy")}
     assert res.settings["command"]["model"] == model_module
+    assert res.similarity["n_points"] == 32 and res.similarity["n_permutations"] == 9 and res.surrogate is None
     for f in ("index.html", "results.json", "models.csv", "comparison.json", "arrays.npz"):
         assert (out / f).exists()
 
@@ -512,6 +525,9 @@ def test_command_failures(tmp_path, untrained, model_module):
     (tmp_path / "g3.csv").write_text("a,b,c\n")
     fails(["--groups", str(tmp_path / "g3.csv")], ValueError, "expected 'checkpoint,group'")
     fails(["--sections", "kernels"], ValueError, "unknown section")
+    fails(["--kernel-points", "3"], ValueError, "--kernel-points must be >= 4")
+    fails(["--permutations", "0"], ValueError, "--permutations must be >= 1")
+    fails(["--surrogate-train", "1"], ValueError, "--surrogate-train must be >= 2")
     fails(["--reference", "standard"], ValueError, "--groups is needed")
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -607,4 +623,287 @@ def test_spectra_section_with_analysable_layers(tmp_path):
     assert all("spectral_outliers" in r for r in res.rows) and "alpha_hat" not in res.rows[0]
     assert res.atypical == [] and any("α̂ was not computed" in s for s in res.findings)
     page = open(res.report(tmp_path), encoding="utf-8").read()
-    assert "Per-layer weight spectra" in page and "data:image/png" not in page
+    assert "Per-layer weight spectra" in page
+    if importlib.util.find_spec("matplotlib") is not None:  # the per-layer overview only: no α̂, no kernels
+        assert page.count("data:image/png") == 1 and (tmp_path / "spectra_overview.png").stat().st_size > 1000
+
+
+# ---------------------------------------------------------------- the kernel sections (similarity, surrogate)
+
+
+def _tiny_mlp(p, x):
+    return jnp.tanh(x @ p["w1"]) @ p["w2"]
+
+
+def _trntk_oracle(p, x):
+    """trNTK in float64 (x64 is on in the tests) from per-example Jacobians (jax.jacrev of the model, not the
+    package's kernels)."""
+    p64 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), p)
+    jac = jax.jacrev(lambda q: _tiny_mlp(q, jnp.asarray(x, jnp.float64)))(p64)  # leaves (N, C, *shape)
+    g = np.concatenate([np.asarray(v).reshape(x.shape[0], -1) for v in jax.tree_util.tree_leaves(jac)], axis=1)
+    k = g @ g.T  # Σ_c <∇f_c(x), ∇f_c(x')>: the class axis is folded into the flattened gradient
+    d = np.sqrt(np.diag(k))
+    return k / np.outer(d, d)
+
+
+def _debiased_cka(k, l):
+    """CKA with the unbiased HSIC of Song et al. (2012), written out in NumPy."""
+
+    def hsic(a, b):
+        n = a.shape[0]
+        a, b = a - np.diag(np.diag(a)), b - np.diag(np.diag(b))
+        one = np.ones(n)
+        t = (
+            np.trace(a @ b)
+            + (one @ a @ one) * (one @ b @ one) / ((n - 1) * (n - 2))
+            - 2 / (n - 2) * (one @ a @ b @ one)
+        )
+        return t / (n * (n - 3))
+
+    return hsic(k, l) / np.sqrt(hsic(k, k) * hsic(l, l))
+
+
+@pytest.fixture(scope="module")
+def tiny_kernel_run():
+    rng = np.random.default_rng(5)
+    ps = [
+        {"w1": rng.standard_normal((5, 8)).astype(np.float32), "w2": rng.standard_normal((8, 3)).astype(np.float32)}
+        for _ in range(4)
+    ]
+    ps[3]["w1"] = ps[3]["w1"] * 4.0  # a saturated model: its kernel differs most
+    x = rng.standard_normal((40, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 40).astype(np.int32)
+    xt = rng.standard_normal((30, 5)).astype(np.float32)
+    yt = rng.integers(0, 3, 30).astype(np.int32)
+    res = compare_models(
+        jax.random.key(2), _tiny_mlp, ps, x, y, x_train=xt, y_train=yt, groups=["r", "r", "r", "c"],
+        sections=("similarity", "surrogate"), n_kernel_points=24, n_permutations=19, n_surrogate_train=20,
+        attribution_k=4, n_attribution=2, progress_bar=False,
+    )  # fmt: skip
+    return ps, x, y, xt, yt, res
+
+
+def test_similarity_section_against_numpy(tiny_kernel_run):
+    ps, x, y, _, _, res = tiny_kernel_run
+    pts = res.arrays["kernel_points"]
+    assert pts.shape == (24,) and len(set(pts.tolist())) == 24 and res.settings["n_kernel_points"] == 24
+    ks = [_trntk_oracle(p, x[pts]) for p in ps]
+    want = np.array([[_debiased_cka(a, b) for b in ks] for a in ks])
+    sim = res.similarity
+    np.testing.assert_allclose(np.array(sim["cka"]), want, atol=2e-4)
+    p = np.array(sim["p_value"])
+    assert sim["n_permutations"] == 19 and np.all(p >= 1 / 20 - 1e-7) and np.all(p <= 1)
+    refs = {0: [1, 2], 1: [0, 2], 2: [0, 1], 3: [0, 1, 2]}  # reference models leave-one-out, the candidate: all
+    mean = np.array([want[i, refs[i]].mean() for i in range(4)])
+    got = np.array([r["kernel_cka"] for r in res.rows])
+    np.testing.assert_allclose(got, mean, atol=2e-4)
+    np.testing.assert_allclose([r["kernel_dissimilarity"] for r in res.rows], 1 - got, atol=1e-12)
+    # the rule, written out: above the reference range and median + 3·max(robust sd, null sd floor)
+    v = 1 - mean[:3]
+    floor = np.median(np.array(sim["null_sd"])[~np.eye(4, dtype=bool)])
+    bound = max(np.median(v) + 3 * max(1.4826 * np.median(np.abs(v - np.median(v))), floor), v.max())
+    assert res.bounds["kernel_dissimilarity"]["bound"] == pytest.approx(bound, abs=2e-4)
+    assert [r["flags"]["kernel_dissimilarity"] for r in res.rows] == list(
+        1 - got > res.bounds["kernel_dissimilarity"]["bound"]
+    )
+    least = res.rows[int(np.argmin(mean))]["name"]
+    assert any(s.startswith("Kernel similarity") and f"is {least}'s" in s for s in res.findings)
+    assert "alpha_hat" not in res.rows[0] and any(d["statistic"] == "kernel_dissimilarity" for d in res.detection)
+
+
+def test_surrogate_section_wiring(tiny_kernel_run):
+    ps, x, y, xt, yt, res = tiny_kernel_run
+    pts, tr = res.arrays["kernel_points"], res.arrays["surrogate_train_points"]
+    assert tr.shape == (20,) and res.settings["n_surrogate_train"] == 20
+    pred = res.arrays["surrogate_predictions"]
+    for i, r in enumerate(res.rows):
+        net = np.asarray(_tiny_mlp(ps[i], x[pts])).argmax(1)
+        assert r["surrogate_accuracy"] == pytest.approx((pred[i] == y[pts]).mean(), abs=1e-6)
+        assert r["surrogate_tad"] == pytest.approx((pred[i] == y[pts]).mean() - (net == y[pts]).mean(), abs=1e-6)
+        assert -1 <= r["surrogate_tau"] <= 1 and 0 <= r["surrogate_r_miss"] <= 1
+    idx = res.arrays["attribution_indices"]  # (K, n, k) indices into x_train
+    assert idx.shape == (4, 24, 4) and set(np.unique(idx)) <= set(tr.tolist())
+    refs = {0: [1, 2], 1: [0, 2], 2: [0, 1], 3: [0, 1, 2]}
+    for i, r in enumerate(res.rows):
+        jac = [
+            len(set(idx[i, t]) & set(idx[j, t])) / len(set(idx[i, t]) | set(idx[j, t]))
+            for j in refs[i]
+            for t in range(24)
+        ]
+        assert r["attribution_overlap"] == pytest.approx(np.mean(jac), abs=1e-12)
+    table = res.surrogate["attribution"]
+    assert len(table) == 2 and res.surrogate["attribution_k"] == 4
+    for item in table:
+        t = int(np.flatnonzero(pts == item["test_index"])[0])
+        assert item["label"] == y[item["test_index"]]
+        for i, m in enumerate(item["models"]):
+            assert [e["train_index"] for e in m["top"]] == idx[i, t].tolist()
+            assert [e["label"] for e in m["top"]] == yt[idx[i, t]].tolist()
+            assert m["surrogate_prediction"] == pred[i, t]
+            vals = [e["contribution"] for e in m["top"]]
+            assert vals == sorted(vals, reverse=True)
+    assert any(s.startswith("Kernel surrogates") for s in res.findings)
+
+
+def test_kernel_sections_saved_and_reported(tmp_path, tiny_kernel_run):
+    *_, res = tiny_kernel_run
+    back = load_comparison(res.save(tmp_path / "saved"))
+    assert back.to_dict() == res.to_dict() and back.similarity["cka"] == res.similarity["cka"]
+    np.testing.assert_array_equal(back.arrays["attribution_indices"], res.arrays["attribution_indices"])
+    page = open(res.report(tmp_path / "rep"), encoding="utf-8").read()
+    assert "<h2>Kernel similarity</h2>" in page and "Kernel surrogates: faithfulness and attribution" in page
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert page.count('src="data:image/png;base64,') == 1  # the heatmap (no α̂ figures without "alpha")
+        assert (tmp_path / "rep" / "kernel_similarity.png").stat().st_size > 1000
+    with open(tmp_path / "rep" / "models.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {"kernel_cka", "kernel_dissimilarity", "surrogate_tau", "surrogate_tad", "attribution_overlap"} <= set(
+        rows[0]
+    )
+    assert float(rows[3]["kernel_cka"]) == pytest.approx(res.rows[3]["kernel_cka"])
+    data = json.load(open(tmp_path / "rep" / "results.json"))
+    assert data["settings"]["n_permutations"] == 19 and data["settings"]["kernel"] == "trntk"
+    assert len(data["similarity"]["cka"]) == 4 and data["surrogate"]["n_train"] == 20
+
+
+def test_kernel_sections_selection_and_errors():
+    rng = np.random.default_rng(0)
+    ps = [{"w1": rng.standard_normal((5, 8)), "w2": rng.standard_normal((8, 3))} for _ in range(3)]
+    x, y = rng.standard_normal((12, 5)), rng.integers(0, 3, 12)
+    res = compare_models(
+        jax.random.key(0), _tiny_mlp, ps, x, y, sections=("surrogate",), n_permutations=3, progress_bar=False
+    )
+    assert res.surrogate is None and res.similarity is None and "x_train" in res.skipped["surrogate"]
+    assert "kernel_points" not in res.arrays and "kernel_cka" not in res.rows[0]
+    for kwargs, match in [
+        (dict(kernel="entk"), "kernel must be one of"),
+        (dict(kernel="ck"), "kernel must be one of"),
+        (dict(n_kernel_points=3), "n_kernel_points"),
+        (dict(n_permutations=0), "n_permutations"),
+        (dict(n_surrogate_train=1), "n_surrogate_train"),
+        (dict(attribution_k=0), "attribution_k"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            compare_models(jax.random.key(0), _tiny_mlp, ps, x, y, progress_bar=False, **kwargs)
+
+
+# ---------------------------------------------------------------- per-layer spectra figures, one per layer group
+
+
+def _rows_only(params):
+    """A LayerSpectra with only the columns the grouping reads (path, matrix kind, shape): no eigenvalues needed."""
+    from jaxcompare.spectra import LayerSpectra
+
+    rows = []
+    for kp, leaf in jax.tree_util.tree_leaves_with_path(params):
+        path = "/".join(str(k.key) for k in kp)
+        rows.append({"path": path, "shape": leaf.shape, "matrix": "dense" if leaf.ndim == 2 else "conv flatten"})
+    return LayerSpectra(rows=tuple(rows), skipped=(), eigenvalues={}, settings={})
+
+
+def _resnet_like(rng):
+    """A flax-style tree: stem, 11 blocks over 3 widths (dict keys sort Block_10 before Block_2), attention, MLP,
+    embedding, head."""
+    p = {
+        "stem": {"kernel": rng.standard_normal((3, 3, 3, 16))},
+        "embed_tokens": {"embedding": rng.standard_normal((50, 16))},
+    }
+    widths = [16] * 4 + [32] * 3 + [64] * 4
+    cin = 16
+    for i, c in enumerate(widths):
+        p[f"Block_{i}"] = {"Conv_0": {"kernel": rng.standard_normal((3, 3, cin, c))}}
+        cin = c
+    p["attn"] = {n: {"kernel": rng.standard_normal((64, 64))} for n in ("query", "key", "value", "out")}
+    p["mlp"] = {"fc1": {"kernel": rng.standard_normal((64, 128))}, "fc2": {"kernel": rng.standard_normal((128, 64))}}
+    p["head"] = {"kernel": rng.standard_normal((64, 10))}
+    return p
+
+
+def test_layer_groups_rule():
+    from jaxcompare.spectra._layer_plots import group_file_name, layer_groups
+
+    res = _rows_only(_resnet_like(np.random.default_rng(0)))
+    groups = layer_groups(res)
+    want = {
+        "embeddings": ("embed_tokens/embedding",),
+        "convolutions, 16 output channels": tuple(f"Block_{i}/Conv_0/kernel" for i in range(4)) + ("stem/kernel",),
+        "convolutions, 32 output channels": tuple(f"Block_{i}/Conv_0/kernel" for i in (4, 5, 6)),
+        "convolutions, 64 output channels": tuple(f"Block_{i}/Conv_0/kernel" for i in (7, 8, 9, 10)),
+        "attention": tuple(f"attn/{n}/kernel" for n in ("key", "out", "query", "value")),
+        "MLP": ("mlp/fc1/kernel", "mlp/fc2/kernel"),
+        "dense layers": ("head/kernel",),
+    }
+    assert groups == want and list(groups) == list(want)
+    parts = layer_groups(res, max_panels=2)
+    assert list(parts)[1:4] == [f"convolutions, 16 output channels (part {i}/3)" for i in (1, 2, 3)]
+    assert [len(v) for k, v in parts.items() if k.startswith("convolutions, 16")] == [2, 2, 1]
+    flat = [p for v in parts.values() for p in v]
+    assert sorted(flat) == sorted(r["path"] for r in res.rows) and len(flat) == len(set(flat))
+    assert (
+        group_file_name("convolutions, 16 output channels (part 1/3)")
+        == "spectra_convolutions_16_output_channels_part_1_3.png"
+    )
+    with pytest.raises(ValueError, match="max_panels"):
+        layer_groups(res, max_panels=0)
+    with pytest.raises(TypeError, match="LayerSpectra"):
+        layer_groups({"w": np.ones((3, 3))})
+
+
+def test_plot_layer_groups_and_overview(tmp_path):
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from jaxcompare.spectra import analyze_params
+    from jaxcompare.spectra._layer_plots import group_file_name, layer_groups, plot_layer_groups, plot_layer_overview
+
+    rng = np.random.default_rng(1)
+    conv = lambda: {"Conv_0": {"kernel": rng.standard_normal((3, 3, 12, 12))}}  # noqa: E731
+    params = {f"Block_{i}": conv() for i in (0, 1, 2, 10)}
+    params.update(
+        attn={"query": {"kernel": rng.standard_normal((12, 12))}}, head={"kernel": rng.standard_t(3, (40, 12))}
+    )
+    res = analyze_params(params)
+    figs = plot_layer_groups(res, directory=str(tmp_path), max_panels=3)
+    groups = layer_groups(res, max_panels=3)
+    assert [len(v) for v in groups.values()] == [2, 2, 1, 1]  # 4 convolutions in 2 parts, attention, dense
+    assert list(figs) == list(groups)
+    for label, fig in figs.items():
+        axes = [ax for ax in fig.axes if ax.get_visible()]
+        assert [ax.get_title().split("\n")[0] for ax in axes] == list(groups[label])
+        assert fig._suptitle.get_text().startswith(label)
+        assert (tmp_path / group_file_name(label)).stat().st_size > 1000
+    plt.close("all")
+    fig = plot_layer_overview(  # the three accepted forms of a model's layers
+        {"a": res, "b": res.to_dict(eigenvalues=False), "c": list(res.rows)}, groups={"a": "g1", "b": "g2", "c": "g2"}
+    )
+    a_ax, r_ax, o_ax = fig.axes
+    assert len(o_ax.get_xticks()) == len(res.rows) and len(a_ax.get_lines()) == 3
+    assert [t.get_text() for t in a_ax.get_legend().get_texts()] == ["g1", "g2", "2 ≤ α ≤ 6"]
+    # the stable rank line of model "a", in natural path order, against Σλ/λmax of its eigenvalues
+    ticks = [t.get_text() for t in o_ax.get_xticklabels()]
+    assert ticks == [f"Block_{i}/Conv_0" for i in (0, 1, 2, 10)] + ["attn/query", "head"]  # numbers as numbers
+    y = r_ax.get_lines()[0].get_ydata()
+    x = r_ax.get_lines()[0].get_xdata().astype(int)
+    lam = {p: np.asarray(v, np.float64) for p, v in res.eigenvalues.items()}
+    order = sorted(lam, key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p)])
+    for xi, yi in zip(x, y):
+        v = lam[order[xi]]
+        assert yi == pytest.approx(v.sum() / v.max(), rel=1e-9)
+    plt.close(fig)
+    with pytest.raises(ValueError, match="groups has no group"):
+        plot_layer_overview({"a": res}, groups={"b": "g"})
+
+
+def test_spectra_command_writes_group_figures(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from jaxcompare.cli import main
+
+    rng = np.random.default_rng(3)
+    ck = save_params(
+        {"conv": {"kernel": rng.standard_normal((3, 3, 8, 24))}, "head": {"kernel": rng.standard_normal((40, 12))}},
+        tmp_path / "m.npz",
+    )
+    assert main(["spectra", "--checkpoint", str(ck), "--n-boot", "3", "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    for f in ("spectra.png", "spectra_convolutions_24_output_channels.png", "spectra_dense_layers.png"):
+        assert (tmp_path / "o" / f).stat().st_size > 1000 and (f == "spectra.png" or f in out)

@@ -3,7 +3,8 @@ job without JAX's runtime (``process_index=``/``process_count=``). Each job runs
 README's multi-host recipe) in 2 subprocesses, each bounded by a 120 s timeout.
 
 Oracles: the float64 forward-mode Jacobian kernels of ntk_models (independent of the package) for ``sharded``
-(close), and a one-process ``kernel_to_disk`` run in this process for the shared-path stores (bit-identical).
+(close), a one-process ``kernel_to_disk`` run in this process for the shared-path stores (bit-identical), and
+one-process runs of ``ensemble_alpha_hat`` and ``lwr.train`` (same keys) for seeds and candidates (bit-identical).
 """
 
 import json
@@ -161,3 +162,43 @@ def test_array_job_without_runtime(tmp_path):
         jc.kernel_to_disk(k, p, x, path=store, block_size=3, process_index=0)
     with pytest.raises(ValueError, match="process_index must be <= 1"):
         jc.kernel_to_disk(k, p, x, path=store, block_size=3, process_index=2, process_count=2)
+
+
+@needs_gloo
+def test_seeds_and_candidates_two_processes(tmp_path):
+    """Same key, same result across process counts: ``ensemble_alpha_hat`` on scores whose rows live on two processes
+    (6 candidates padded to 8, two per device, against all 6 on one device here) and ``jit(vmap(lwr.train))`` over 4
+    seeds sharded one per device (default eig backend: "jax" on several devices) are bit-identical to one process;
+    value checks of arrays spanning processes run on the devices and give the one-process messages."""
+    _run_job("seeds", tmp_path)
+    from jaxcompare import lwr
+
+    scores = np.asarray(jax.random.normal(jax.random.key(4), (12, 64)))
+    res = jc.ensemble_alpha_hat(
+        jax.random.key(5), scores, candidates=np.arange(6), reference=np.arange(6, 12), n_boot=4
+    )
+    cfg = lwr.LWRConfig(n=24, d=8, h=12)
+    data = lwr.sample_data(jax.random.key(6), cfg)
+
+    kw = dict(lr=0.2 * cfg.n, steps=6, record_every=3, throw=False, eig_backend="jax")  # the job's default
+
+    def run(k):  # one device here, where the default backend is "lapack"; the job's 4 devices default to "jax"
+        return lwr.train(k, lwr.init_params(k, cfg), data, cfg, **kw)
+
+    # one seed per program, as each of the 4 devices of the job holds one: XLA's CPU matmuls round differently for
+    # different batch sizes (a vmap over 4 seeds on one device differs from 4 vmaps over 1 seed by ~1e-6 in float32)
+    keys = jax.random.split(jax.random.key(7), 4)
+    parts = [jax.jit(jax.vmap(run))(keys[i : i + 1]) for i in range(4)]
+    tr = jax.tree.map(lambda *a: np.concatenate(a), *parts)
+    exact = dict(ens_boot=res.boot, ens_ks=res.ks, lwr_eig=tr.history.eig_ntk, lwr_W=tr.params.W, lwr_loss=tr.losses)
+    for pid in (0, 1):
+        got = np.load(tmp_path / f"seeds.{pid}.npz")
+        for name, want in exact.items():
+            np.testing.assert_array_equal(got[name], np.asarray(want), err_msg=f"{name}, process {pid}")
+        assert got["msgs"].tolist() == [
+            "scores must be finite, but it has 1 NaN and 0 infinite entries (shape (12, 64)); remove or impute them "
+            "first.",
+            "ok",
+            "labels must lie in [0, 5); found values from 0 to 7.",
+            "labels must hold integer class labels; got non-integer or non-finite values.",
+        ], f"process {pid}"

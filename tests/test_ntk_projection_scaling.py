@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from ntk_models import mlp, oracle_kernels
+from ntk_models import mlp, oracle_jacobian, oracle_kernels
 
 import jaxcompare as jc
 
@@ -123,3 +123,114 @@ def test_sparse_sketch_chunking_dtype_and_validation():
         jc.kronecker_projection(jax.random.key(0), 4, kind="sparse")
     with pytest.raises(TypeError, match="PRNG key"):
         jc.kronecker_projection(3, 4)
+
+
+# ---- the structured sketch's fold (jaxcompare/ntk/_sketch.py) ----------------------------------------------------
+
+
+@pytest.mark.parametrize("d,e,m", [(6, 7, 8), (17, 32, 16), (1152, 128, 512), (144, 16, 2048), (33, 4, 8), (40, 9, 6)])
+def test_fold_layout_invariants(d, e, m):
+    """The layout conditions the variance argument needs (module docstring of _sketch): eh divides m, a half-block
+    (eh × w) folds exactly (eh·w ≡ 0 mod m), rows σ apart never share a bucket (σ·w ≢ 0 mod m), w ≤ m/2 (no
+    rectangle collisions), and the chunks cover the layer."""
+    from jaxcompare.ntk._sketch import _layout
+
+    lay = _layout(d, e, m)
+    assert lay is not None
+    assert m % lay.eh == 0 and 2 * lay.eh >= e and (lay.eh * lay.w) % m == 0 and lay.w <= m // 2
+    assert lay.r * lay.w >= d and all((s * lay.w) % m for s in range(1, lay.eh))
+    assert _layout(5, 40, 8) is None and _layout(5, 3, 1) is None  # E > 2m, or m < 2: the rows path
+
+
+def test_fold_layer_equals_explicit_countsketch():
+    """_fold_layer against a float64 NumPy oracle: the per-example gradients Σ_t a_t ⊗ g_ct are formed explicitly
+    and every entry (e, d) is added, with its sign, into the bucket the tables assign it (column slot -> chunk and
+    position, row slot -> half-block and row, offset per chunk and half-block). Also: inside a half-block no two
+    entries of the same row or column share a bucket (what makes the variance that of a dense projection)."""
+    from jaxcompare.ntk._sketch import _fold_layer, _fold_tables, _layout
+
+    n, c, t, d, e, m = 3, 2, 4, 11, 6, 8
+    a = np.asarray(jax.random.normal(jax.random.key(0), (n, t, d)), np.float64)
+    g = np.asarray(jax.random.normal(jax.random.key(1), (n, c, t, e)), np.float64)
+    lay = _layout(d, e, m)
+    tabs = _fold_tables(jax.random.key(2), lay, d, e, jnp.float64)
+    got = np.asarray(_fold_layer(jnp.asarray(a), jnp.asarray(g), lay, tabs))
+    cols, s_in, rows, s_out, offsets = (np.asarray(v) for v in tabs)
+    grads = np.einsum("ntd,ncte->nced", a, g)
+    want = np.zeros((n, c, 2, m))
+    for j in range(lay.r):
+        for h in range(2):
+            seen_row, seen_col = {}, {}
+            for rho in range(lay.eh):
+                row_slot = h * lay.eh + rho
+                ee = rows[j, row_slot]
+                for s in range(lay.w):
+                    dd = cols[j * lay.w + s]
+                    if ee >= e or dd >= d:
+                        continue  # a padding slot: zero
+                    b = ((rho * lay.w + s) % m + offsets[j, h]) % m
+                    want[:, :, h, b] += s_out[j, row_slot] * s_in[j * lay.w + s] * grads[:, :, ee, dd]
+                    assert (ee, b) not in seen_row and (dd, b) not in seen_col
+                    seen_row[ee, b] = seen_col[dd, b] = True
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_structured_sketch_variance_at_most_a_dense_rademacher_projections():
+    """Var of the projected trNTK⁰ entries over 400 keys against the closed-form variance of a dense Rademacher
+    projection of the same dimension, (1/K) Σ_{c,c'} (<u_c,u_c'><v_c,v_c'> + <u_c,v_c'><v_c,u_c'> − 2 Σ_p
+    u_cp u_c'p v_cp v_c'p) (u = g(x_i), v = g(x_j), float64 oracle gradients), summed over the 10 entries of a
+    4-point kernel. A wide MLP (dense layers: rank-one gradients, where sketches with structured signs pay up to
+    3×) whose layers take the fold path. The ratio must lie in [0.5, 1.25]: the sampling error of the summed
+    variance is ≤ 7% (relative sd of a 399-dof variance estimate), so a false failure needs a 3.5σ deviation
+    (< 3e-4)."""
+    k1, k2 = jax.random.split(jax.random.key(10))
+    p = {
+        "W1": jax.random.normal(k1, (16, 32), jnp.float64) / 4.0,
+        "W2": jax.random.normal(k2, (32, 4), jnp.float64) / np.sqrt(32),
+    }
+
+    def f(pp, x):
+        return jnp.tanh(x @ pp["W1"]) @ pp["W2"]
+
+    from jaxcompare.ntk._sketch import _fold_choice
+
+    assert _fold_choice(16, 1, 32, 16) is not None and _fold_choice(32, 1, 4, 16) is not None  # both layers fold
+    x = jax.random.normal(jax.random.key(11), (4, 16), jnp.float64)
+    jac = np.asarray(oracle_jacobian(f, p, x))  # (N, C, P)
+    dim = 32
+    gram = np.einsum("icp,jdp->ijcd", jac, jac)  # <g_ic, g_jd>
+    quart = np.einsum("icp,idp,jcp,jdp->ij", jac, jac, jac, jac)
+    var = (np.einsum("iicd,jjcd->ij", gram, gram) + np.einsum("ijcd,jicd->ij", gram, gram) - 2 * quart) / dim
+
+    def k0(key):
+        phi = jc.structured_projection(key, dim).features(f, p, x)
+        return jnp.einsum("ick,jck->ij", phi, phi)
+
+    ks = np.asarray(jax.jit(jax.vmap(k0))(jax.random.split(jax.random.key(12), 400)))
+    iu = np.triu_indices(4)
+    ratio = ks.var(0, ddof=1)[iu].sum() / var[iu].sum()
+    assert 0.5 < ratio < 1.25, ratio
+
+
+def test_rademacher_chunk_fits_the_memory_budget(monkeypatch):
+    """The dense projections' automatic chunk counts the chunk × N forward-mode passes: chunk rows of P numbers and
+    the tangents of every intermediate of the N examples stay within JAXCOMPARE_MEMORY_BUDGET (the estimate is
+    checked against the sizes of the model's intermediates counted here by hand)."""
+    from jaxcompare.ntk._projection import _intermediate_elements
+
+    f, p = mlp(jax.random.key(0), d_in=5, width=7, n_classes=3)
+    x = jax.random.normal(jax.random.key(1), (50, 5))
+    act = _intermediate_elements(f, p, x)
+    assert act >= 7 + 7 + 3  # x@W1, +b1, tanh, @W2, +b2 for one example: at least the hidden and output values
+    proj = jc.random_projection(jax.random.key(0), 1000)
+    monkeypatch.setenv("JAXCOMPARE_MEMORY_BUDGET", "200K")
+    chunk = proj._chunk(66, 50, act, 8)
+    assert 1 <= chunk and chunk * 8 * (2 * 66 + 2 * 50 * act) <= 200 * 1024
+    assert (chunk + 1) * 8 * (2 * 66 + 2 * 50 * act) > 200 * 1024 or chunk == 256
+    monkeypatch.setenv("JAXCOMPARE_MEMORY_BUDGET", "1K")
+    assert proj._chunk(66, 50, act, 8) == 1  # never zero rows
+    np.testing.assert_allclose(  # and the result does not depend on the chunk
+        jc.trace_ntk(f, projection=jc.random_projection(jax.random.key(3), 12, chunk_size=5))(p, x[:4]),
+        jc.trace_ntk(f, projection=jc.random_projection(jax.random.key(3), 12))(p, x[:4]),
+        **TOL64,
+    )

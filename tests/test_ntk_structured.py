@@ -12,6 +12,7 @@ from ntk_models import flax_cnn, mlp, oracle_kernels, shared_weight
 import jaxcompare as jc
 from jaxcompare.ntk import _structured as S
 from jaxcompare.ntk._implementations import choose_auto
+from jaxcompare.ntk._structured import _blocks as B
 from jaxcompare.ntk._structured import _patches as P
 
 TOL64 = dict(rtol=1e-10, atol=1e-10)
@@ -28,6 +29,16 @@ def _check_against_oracle(f, p, x1, x2):
     np.testing.assert_allclose(jc.empirical_ntk(f, **kw)(p, x1, x2), o["full"], **TOL64)
     np.testing.assert_allclose(jc.trace_ntk(f, normalize=False, **kw)(p, x1, x2), o["trntk0"], **TOL64)
     np.testing.assert_allclose(jc.pseudo_ntk(f, **kw)(p, x1, x2), o["pntk"], **TOL64)
+
+
+def _forced(kind):
+    """A ``choose_kinds`` that puts every layer with several positions in layout ``kind`` (``pos`` only where it
+    exists: not for the full class blocks)."""
+
+    def choose(uses, c, full, tile_rows, allow_lazy):
+        return tuple(("grad" if kind == "pos" and full else kind) if t > 1 else "pos" for t, _, _ in uses)
+
+    return choose
 
 
 def _plan(f, p, x):
@@ -91,10 +102,11 @@ def test_token_model_param_on_both_sides_and_inner_jit():
     _check_against_oracle(f, p, x1, x2)
 
 
-@pytest.mark.parametrize("gram_limit", [0, 2**40])
-def test_positions_gram_and_materialized_paths_agree(monkeypatch, gram_limit):
-    """Both contraction paths for T > 1 (Gram of positions vs per-example gradients) match the oracle."""
-    monkeypatch.setattr(S._contract, "_GRAM_ELEMENTS", gram_limit)
+@pytest.mark.parametrize("kind", ["grad", "pos", "lazy"])
+def test_positions_gram_and_materialized_paths_agree(monkeypatch, kind):
+    """Every layout of a layer with T > 1 (per-example gradients, Gram of positions, factors re-formed per tile)
+    matches the oracle (full mode has no Gram-of-positions form for T > 1: per-example gradients there)."""
+    monkeypatch.setattr(B, "choose_kinds", _forced(kind))
     p = {"E": _normal(0, (4, 2), 0.5), "O": _normal(1, (2, 3), 0.4)}
 
     def f(q, x):  # T = 7 positions, D = 4 > E = 2: the Gram path is cheaper when allowed
@@ -185,15 +197,15 @@ def test_structured_batched_and_float32_cnn():
 
 @pytest.mark.slow
 def test_symmetric_tiling_path(monkeypatch):
-    """With x2 = None, large N is contracted in mirrored tiles (dense layers as factors, layers with several
-    positions as per-example gradients); forced here at tiny N with 2-row tiles."""
-    monkeypatch.setattr(S._contract, "_SYM_TILE", 2)
+    """Traced kernels with x2 = None: large N is contracted in mirrored tiles of the stored features; forced here
+    at tiny N with 2-row tiles (eager calls run on the blocked engine instead, tested below)."""
+    monkeypatch.setattr(B, "_SYM_TILE", 2)
     f, p = mlp(jax.random.key(0))
     x = _normal(1, (7, 5))
     o = oracle_kernels(f, p, x, x)
-    k = jc.trace_ntk(f, normalize=False, implementation="structured")(p, x)
+    k = jax.jit(jc.trace_ntk(f, normalize=False, implementation="structured"))(p, x)  # traced: not the engine
     np.testing.assert_allclose(k, o["trntk0"], **TOL64)
-    np.testing.assert_allclose(jc.pseudo_ntk(f, implementation="structured")(p, x), o["pntk"], **TOL64)
+    np.testing.assert_allclose(jax.jit(jc.pseudo_ntk(f, implementation="structured"))(p, x), o["pntk"], **TOL64)
     q = {"K": _normal(2, (3, 3, 2, 3), 0.5), "V": _normal(3, (27, 2), 0.3)}
 
     def g(q, x):  # a conv layer (9 positions) and a dense layer
@@ -202,7 +214,7 @@ def test_symmetric_tiling_path(monkeypatch):
 
     xc = _normal(4, (6, 6, 6, 2))
     np.testing.assert_allclose(
-        jc.trace_ntk(g, normalize=False, implementation="structured")(q, xc),
+        jax.jit(jc.trace_ntk(g, normalize=False, implementation="structured"))(q, xc),
         oracle_kernels(g, q, xc, xc)["trntk0"],
         **TOL64,
     )
@@ -266,3 +278,131 @@ def test_transposed_and_1d_convolutions_against_oracle():
     assert [u.kind for u in plan.uses] == ["conv", "conv", "dot"] and plan.fallback == ()
     assert [u.by_patches for u in plan.uses[:2]] == [False, True]
     _check_against_oracle(f, p, x1, x2)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Blocked engine (batched on the structured path) and compact per-layer layouts, against the float64 oracle
+# ------------------------------------------------------------------------------------------------------------------
+def _conv_scale_dense():
+    """Two convolutions (36 and 9 positions), a per-channel scale (a norm scale: fallback leaf), a dense head."""
+    q = {
+        "K1": _normal(1, (3, 3, 2, 2), 0.5),
+        "K": _normal(2, (3, 3, 2, 3), 0.5),
+        "V": _normal(3, (27, 2), 0.3),
+        "s": 1 + _normal(5, (3,), 0.1),
+    }
+
+    def g(q, x):
+        h = jnp.tanh(
+            jax.lax.conv_general_dilated(x, q["K1"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        )
+        h = jax.lax.conv_general_dilated(h, q["K"], (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jnp.tanh(h * q["s"][None, None, None, :]).reshape(h.shape[0], -1) @ q["V"]
+
+    return g, q
+
+
+def _mixed(kinds):
+    """A ``choose_kinds`` giving the layers with several positions the layouts ``kinds`` in turn."""
+
+    def choose(uses, c, full, tile_rows, allow_lazy):
+        out, i = [], 0
+        for t, _, _ in uses:
+            k = "pos" if t == 1 else kinds[i % len(kinds)]
+            i += t > 1
+            out.append("grad" if k == "pos" and full and t > 1 else k)
+        return tuple(out)
+
+    return choose
+
+
+def test_blocked_engine_panels_against_oracle(monkeypatch):
+    """batched on the structured path: each block's features once, two blocks resident (panels streamed past
+    them), a partial last block; layers in the three layouts at once (factors re-formed per tile, Gram of
+    positions, per-example gradients); trace (x2 = None and given), normalized trace, pseudo, full."""
+    monkeypatch.setattr(B, "choose_kinds", _mixed(("lazy", "pos")))
+    monkeypatch.setattr(B, "_capacity", lambda free, per_block: 3)  # 7 points, blocks of 2: 2 resident + 1 streamed
+    calls = []
+    features = B.features
+    monkeypatch.setattr(B, "features", lambda plan, p, x, *a: calls.append(x.shape[0]) or features(plan, p, x, *a))
+    B._JITS.clear()
+    g, q = _conv_scale_dense()
+    x, x2 = _normal(4, (7, 6, 6, 2)), _normal(6, (5, 6, 6, 2))
+    o, o2 = oracle_kernels(g, q, x, x), oracle_kernels(g, q, x, x2)
+
+    def bat(k, bs=2):
+        return jc.batched(k, bs, progress_bar=False)
+
+    k0 = bat(jc.trace_ntk(g, normalize=False))
+    np.testing.assert_allclose(k0(q, x), o["trntk0"], **TOL64)
+    np.testing.assert_allclose(k0(q, x, x2), o2["trntk0"], **TOL64)
+    np.testing.assert_allclose(bat(jc.trace_ntk(g))(q, x), o["trntk"], **TOL64)
+    np.testing.assert_allclose(bat(jc.pseudo_ntk(g))(q, x, x2), o2["pntk"], **TOL64)
+    np.testing.assert_allclose(bat(jc.empirical_ntk(g), 3)(q, x), o["full"], **TOL64)
+    assert set(calls) <= {2, 3}  # traced once per compiled block shape, never per tile
+    # inputs smaller than one block are not padded
+    calls.clear()
+    np.testing.assert_allclose(bat(jc.trace_ntk(g, normalize=False), 64)(q, x), o["trntk0"], **TOL64)
+    assert calls == [7]
+
+
+def test_blocked_engine_budget_errors():
+    g, q = _conv_scale_dense()
+    x = _normal(4, (7, 6, 6, 2))
+    with pytest.raises(ValueError, match="block_size <="):
+        jc.batched(jc.trace_ntk(g), 4, progress_bar=False, memory_budget=1000)(q, x)
+    with pytest.raises(ValueError, match="memory_budget"):
+        jc.batched(jc.trace_ntk(g), 4, memory_budget="lots")
+
+
+def test_layouts_chosen_by_flops_and_memory():
+    """Per layer: Gram of positions where it needs no more FLOPs (few positions, many channels), per-example
+    gradients otherwise, factors re-formed per tile only when memory is short; the estimate is the stored size."""
+    c = 10
+    uses = ((1024, 144, 16), (64, 576, 64), (16, 1152, 128), (1, 129, 10))
+    assert B.choose_kinds(uses, c, False, 128, False) == ("grad", "grad", "pos", "pos")
+    assert B.choose_kinds(uses, c, False, 128, True) == ("grad", "lazy", "pos", "pos")
+    assert B.choose_kinds(uses, c, False, 32, True) == ("grad", "grad", "pos", "pos")  # T > rows per block
+    assert B.choose_kinds(uses, c, True, 128, False) == ("grad", "grad", "grad", "pos")  # full: no T > 1 Gram
+    kinds = ("grad", "lazy", "pos", "pos")
+    assert B.feature_floats(uses, (5,), c, kinds) == (
+        c * 5 + c * 144 * 16 + (64 * 576 + c * 64 * 64) + (16 * 1152 + c * 16 * 128) + (129 + c * 10)
+    )
+    # the per-point estimate equals the bytes of the features the kernel stores
+    g, q = _conv_scale_dense()
+    x = _normal(4, (6, 6, 6, 2))
+    per, fixed = B.estimate(g, q, x, None, "trace")
+    plan = S.analyze(g, q, x.shape[1:], x.dtype)
+    uses, fb, cc, item, _ = B.dims(plan, q, tuple(x.shape[1:]), x.dtype, False)
+    kinds = B.choose_kinds(uses, cc, False, 6, False)
+    feats = jax.eval_shape(lambda p, xx: B.features(plan, p, xx, False, kinds, 2), q, x)
+    stored = sum(int(np.prod(l.shape)) * l.dtype.itemsize for l in jax.tree_util.tree_leaves(feats))
+    assert per * x.shape[0] == stored and fixed > 0
+
+
+def _int_oracle_trace(f, p, tokens1, tokens2):
+    """float64 trNTK⁰ by forward mode over the flattened parameters (integer inputs kept as they are)."""
+    from jax.flatten_util import ravel_pytree
+
+    flat, unravel = ravel_pytree(p)
+
+    def jac(t):
+        return np.asarray(jax.jacfwd(lambda v: f(unravel(v), t))(flat))
+
+    return np.einsum("icp,jcp->ij", jac(tokens1), jac(tokens2))
+
+
+def test_transformer_embedding_attention_norm_against_oracle(monkeypatch):
+    """Embedding gather, LayerNorm scale/shift, attention dot_generals with batch dimensions (a per-head weight in
+    one of them): the jitted kernel (per-example gradients) and the blocked engine (factors re-formed per tile and
+    Gram of positions), against the float64 oracle."""
+    from ntk_models import tiny_transformer
+
+    f, p = tiny_transformer(jax.random.key(0))
+    tokens = jax.random.randint(jax.random.key(1), (5, 3), 0, 7)
+    t2 = jax.random.randint(jax.random.key(2), (2, 3), 0, 7)
+    ref = _int_oracle_trace(f, p, tokens, tokens)
+    k = jc.trace_ntk(f, normalize=False, implementation="structured")
+    np.testing.assert_allclose(k(p, tokens, t2), _int_oracle_trace(f, p, tokens, t2), **TOL64)
+    monkeypatch.setattr(B, "choose_kinds", _mixed(("lazy", "pos")))
+    np.testing.assert_allclose(jc.batched(k, 2, progress_bar=False)(p, tokens), ref, **TOL64)

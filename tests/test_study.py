@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import base64
 import html.parser
-import shutil
-import subprocess
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +14,7 @@ import pytest
 import scipy.special
 import sklearn.datasets
 import sklearn.metrics
+from _browser import CHROMIUM, NO_CHROMIUM, audit_layout
 
 from jaxcompare.cli import load_params, save_params
 from jaxcompare.lwr._diagnosis import spectral_diagnosis
@@ -218,7 +217,7 @@ def test_save_params_round_trip(tmp_path):
 def test_registry_sections():
     from jaxcompare.study import SECTIONS, Section
 
-    assert list(SECTIONS) == ["ensembles", "surrogates", "lwr", "microscope"]
+    assert list(SECTIONS) == ["ensembles", "surrogates", "lwr", "microscope", "architectures", "recipes"]
     for name, sec in SECTIONS.items():
         assert isinstance(sec, Section) and sec.name == name and set(sec.quick) == set(sec.full)
     with pytest.raises(TypeError):
@@ -250,7 +249,8 @@ def test_run_study_order_keys_and_escaping(tmp_path, monkeypatch):
 
     seen = []
     monkeypatch.setattr(_run, "SECTIONS", _fake_sections(seen))
-    path = _run.run_study(str(tmp_path), quick=True, seed=5, sections=["three", "one"])
+    # workers=1: the fake sections live in this process (worker processes import the real registry)
+    path = _run.run_study(str(tmp_path), quick=True, seed=5, sections=["three", "one"], workers=1)
     assert [s[0] for s in seen] == ["one", "three"]  # registry order, not request order
     # the section at registry position i gets fold_in(key(seed), i): a subset reproduces the full run's numbers
     assert seen[1][1] == jax.random.key_data(jax.random.fold_in(jax.random.key(5), 2)).tolist()
@@ -264,6 +264,8 @@ def test_run_study_order_keys_and_escaping(tmp_path, monkeypatch):
         _run.run_study(str(tmp_path), sections=["nope"])
     with pytest.raises(ValueError, match="seed"):
         _run.run_study(str(tmp_path), seed=2**70)
+    with pytest.raises(ValueError, match="workers"):
+        _run.run_study(str(tmp_path), workers=0)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -341,41 +343,11 @@ def test_report_html_escaped_and_images_decode(tmp_path):
     assert "|<u1, β>|" in "".join(a.text)  # shown to the reader as written
 
 
-CHROMIUM = next((c for c in ("chromium", "chromium-browser", "google-chrome") if shutil.which(c)), None)
-
-
-@pytest.mark.skipif(
-    CHROMIUM is None,
-    reason="no headless Chromium installed (apt-get install chromium): the browser layout check needs a real browser",
-)
+@pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
 @pytest.mark.parametrize("width", [1400, 800])
 def test_report_layout_in_headless_browser(tmp_path, width):
-    path = _tiny_report(tmp_path)
-    probe = (
-        "<script>window.addEventListener('load',function(){var d=document.documentElement;"
-        "var bad=[].filter.call(document.images,function(i){return !i.complete||i.naturalWidth===0}).length;"
-        "var over=[].filter.call(document.querySelectorAll('img,.table-wrap'),function(e){"
-        "return e.getBoundingClientRect().right>d.clientWidth+1}).length;"
-        "document.body.setAttribute('data-audit','page='+(d.scrollWidth>d.clientWidth+1)+';broken='+bad+"
-        "';overflow='+over)});</script></body>"
-    )
-    path.write_text(path.read_text(encoding="utf-8").replace("</body>", probe), encoding="utf-8")
-    out = subprocess.run(
-        [
-            CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            f"--window-size={width},2000",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-            f"file://{path}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert 'data-audit="page=false;broken=0;overflow=0"' in out.stdout, (out.stdout[-500:], out.stderr[-500:])
+    a = audit_layout(_tiny_report(tmp_path), width, expect_text=["|<u1, β>|"], wrappers=".table-wrap")
+    assert (a["page"], a["broken"], a["overflow"], a["found"]) == (False, 0, 0, [True]), a
 
 
 @pytest.mark.slow

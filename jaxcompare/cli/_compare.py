@@ -22,7 +22,10 @@ __all__ = ["add_parser", "run", "model_apply_fn", "load_data", "load_groups"]
 _DESCRIPTION = """\
 Compare trained models of one architecture on your test data: accuracy, churn against the reference ensemble's
 label, ECE, α̂ ± sd (published bootstrap protocol), the models that are atypical and which statistics agree, the
-AUROC of each statistic for telling each group from the reference, and per-layer weight spectra. Writes
+AUROC of each statistic for telling each group from the reference, the similarity of the models' kernels (debiased
+CKA with permutation p-values, on --kernel-points test points), kernel surrogates of each model with their
+faithfulness and top training-point attributions (when the data has x_train, y_train), and per-layer weight
+spectra. Writes
 OUT/index.html (self-contained), OUT/results.json (every number and setting), OUT/models.csv, the figures, and
 OUT/comparison.json + OUT/arrays.npz (jaxcompare.compare.load_comparison(OUT) reads them back).
 
@@ -50,6 +53,7 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 def add_parser(subparsers: Any, **kwargs: Any) -> argparse.ArgumentParser:
     """Add the ``compare`` sub-command to ``subparsers`` (extra ``kwargs`` go to ``add_parser``, e.g. parents)."""
     from ..compare._compare import SECTIONS
+    from ..compare._kernels import kernel_names
     from ..metrics._scores import SCORE_REDUCTIONS
 
     kwargs.setdefault("formatter_class", _Formatter)
@@ -81,6 +85,12 @@ def add_parser(subparsers: Any, **kwargs: Any) -> argparse.ArgumentParser:
         "--score", choices=SCORE_REDUCTIONS, default="margin", help="reduction of the logits to the score α̂ compares"
     )
     c.add_argument("--n-boot", type=int, default=100, help="bootstrap rounds of α̂")
+    c.add_argument(
+        "--kernel", choices=kernel_names(), default="trntk", help="kernel of the similarity and surrogate sections"
+    )
+    c.add_argument("--kernel-points", type=int, default=128, help="test points the kernels are computed on")
+    c.add_argument("--permutations", type=int, default=199, help="permutations of each CKA p-value")
+    c.add_argument("--surrogate-train", type=int, default=500, help="training points of the kernel surrogates")
     c.add_argument("--batch-size", type=int, default=None, help="evaluate the model on this many points at a time")
     c.add_argument("--seed", type=int, default=0, help="PRNG seed of the bootstrap")
     c.add_argument("--out", required=True, help="output directory")
@@ -195,6 +205,13 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.n_boot < 1:
         raise ValueError(f"--n-boot must be >= 1, got {args.n_boot}")
+    for flag, value, low in (
+        ("--kernel-points", args.kernel_points, 4),
+        ("--permutations", args.permutations, 1),
+        ("--surrogate-train", args.surrogate_train, 2),
+    ):
+        if value < low:
+            raise ValueError(f"{flag} must be >= {low}, got {value}")
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     sections = tuple(SECTIONS)
@@ -227,6 +244,10 @@ def _run(args: argparse.Namespace) -> int:
         score=args.score,
         n_boot=args.n_boot,
         sections=sections,
+        kernel=args.kernel,
+        n_kernel_points=args.kernel_points,
+        n_permutations=args.permutations,
+        n_surrogate_train=args.surrogate_train,
         batch_size=args.batch_size,
     )
     cli = {

@@ -9,7 +9,61 @@ import sys
 from ._io import CLIError, check_output_file, load_array
 from ._params import load_params
 
-__all__ = ["cmd_ntk", "import_model"]
+__all__ = ["cmd_ntk", "import_model", "load_inputs"]
+
+_INPUT_FORMAT = (
+    "name the input array 'x', or the arrays of a pytree input 'x/<name>' ('x/tokens' and 'x/mask' give the dict "
+    "{'tokens': ..., 'mask': ...}; 'x/0', 'x/1' give a tuple; deeper names nest), e.g. "
+    "np.savez(path, **{'x/tokens': tokens, 'x/mask': mask})"
+)
+
+
+def _as_tree(node):
+    """Nested dicts of arrays; a dict whose keys are exactly '0'...'k-1' becomes a tuple."""
+    if not isinstance(node, dict):
+        return node
+    out = {k: _as_tree(v) for k, v in node.items()}
+    if sorted(out) == [str(i) for i in range(len(out))]:
+        return tuple(out[str(i)] for i in range(len(out)))
+    return out
+
+
+def load_inputs(path: str, what: str):
+    """The inputs ``x`` of ``jaxcompare ntk``: an array from ``.npy``/``.csv``/a one-array ``.npz``, or from an
+    ``.npz`` the array ``x`` or the pytree of the arrays ``x/...`` (other arrays in the file, e.g. labels, are
+    ignored)."""
+    if not path.lower().endswith(".npz") or not os.path.isfile(path):
+        return load_array(path, what)
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = [i.filename[:-4] for i in zf.infolist() if i.filename.endswith(".npy")]
+    except (zipfile.BadZipFile, OSError):
+        return load_array(path, what)  # its own one-line error
+    tree_names = sorted(n for n in names if n.startswith("x/"))
+    if "x" in names and tree_names:
+        raise CLIError(f"{what} file {path} has both an array 'x' and arrays {tree_names}: keep one of them")
+    if "x" in names:
+        return load_array(path, what, key="x")
+    if not tree_names:
+        if len(names) > 1:
+            raise CLIError(f"{what} file {path} holds several arrays {sorted(names)}: {_INPUT_FORMAT}")
+        return load_array(path, what)
+    root: dict = {}
+    for name in tree_names:
+        parts = name.split("/")[1:]
+        if not all(parts):
+            raise CLIError(f"{what} file {path}: array name {name!r} has an empty component")
+        node = root
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise CLIError(f"{what} file {path}: array names {name!r} and {'/'.join(['x', *parts[:-1]])!r} clash")
+        if parts[-1] in node:
+            raise CLIError(f"{what} file {path}: array name {name!r} clashes with a deeper name")
+        node[parts[-1]] = load_array(path, what, key=name)
+    return _as_tree(root)
 
 
 def import_model(spec: str, flag: str = "--model"):
@@ -50,8 +104,8 @@ def cmd_ntk(args) -> int:
         params = load_params(args.params)
     except ValueError as e:
         raise CLIError(str(e)) from None
-    x1 = load_array(args.data, "data")
-    x2 = load_array(args.data2, "data2") if args.data2 else None
+    x1 = load_inputs(args.data, "data")
+    x2 = load_inputs(args.data2, "data2") if args.data2 else None
     opts = {}
     if info.needs == "apply_fn" and not info.projected:
         opts["implementation"] = args.implementation

@@ -230,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
         "features (N, D); for em: a list of per-layer outputs); the module is imported from the "
         "current directory or PYTHONPATH. PARAMS is an .npz of named arrays (nested names joined "
         "by '/'; write one with jaxcompare.save_params(params, path)). DATA is .npy/.npz/.csv "
-        f"(N, ...). Kernels: {names}.",
+        "(N, ...); a pytree input is an .npz of arrays 'x/<name>' ('x/tokens', 'x/mask' -> a dict; 'x/0', 'x/1' -> "
+        f"a tuple). Kernels: {names}.",
         epilog="Old kernel names (deprecated, still accepted): "
         + ", ".join(f"{o} -> {n}" for o, n in DEPRECATED_KERNELS.items())
         + ".",

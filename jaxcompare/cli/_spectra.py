@@ -20,8 +20,10 @@ def add_parser(sub, *, parents, formatter_class, seed_type, positive_int) -> Non
         description="Reads one checkpoint (orbax directory, flax msgpack, .safetensors or .npz with '/'-joined "
         "names; never pickle) and analyses every weight matrix: eigenvalues of WᵀW/N, Marchenko–Pastur bulk fit, "
         "outliers above its edge, power-law tail (α, xmin, KS distance, standard error, bootstrap p-value) and "
-        "stable rank. Prints one row per layer; with --out also writes spectra.json (every number and setting) "
-        "and spectra.png.",
+        "stable rank. Prints one row per layer; with --out also writes spectra.json (every number and setting), "
+        "spectra.png (every layer's α, stable rank and outliers on one figure) and one figure of eigenvalue "
+        "histograms with their fits per layer group, spectra_<group>.png (convolutions by output channels, "
+        "attention, MLP, embeddings, other dense layers; jaxcompare.spectra.layer_groups documents the rule).",
     )
     s.add_argument("--checkpoint", required=True, help="checkpoint file or directory")
     s.add_argument(
@@ -32,14 +34,15 @@ def add_parser(sub, *, parents, formatter_class, seed_type, positive_int) -> Non
     )
     s.add_argument("--n-boot", type=positive_int, default=100, help="bootstrap rounds of the power-law p-value")
     s.add_argument("--seed", type=seed_type, default=0, help="PRNG seed of the bootstrap")
-    s.add_argument("--out", default=None, help="output directory for spectra.json and spectra.png")
+    s.add_argument("--out", default=None, help="output directory for spectra.json and the figures")
 
 
 def cmd_spectra(args) -> int:
     import jax
 
     from ..compare import load_checkpoint
-    from ..spectra import analyze_params, format_report, plot_layer_spectra
+    from ..spectra import analyze_params, format_report
+    from ..spectra._layer_plots import group_file_name, plot_layer_groups, plot_layer_overview
 
     if args.out is not None:
         check_output_dir(args.out)
@@ -59,6 +62,13 @@ def cmd_spectra(args) -> int:
         )
         with open(os.path.join(args.out, "spectra.json"), "w") as f:
             json.dump(data, f, indent=1, default=float)
-        plot_layer_spectra(res, path=os.path.join(args.out, "spectra.png"))
-        print(f"wrote {os.path.join(args.out, 'spectra.json')} and spectra.png")
+        from .._optional import optional_import
+
+        plt = optional_import("matplotlib.pyplot", purpose="the figures of jaxcompare spectra --out")
+        plt.close(plot_layer_overview(res, path=os.path.join(args.out, "spectra.png")))
+        figs = plot_layer_groups(res, directory=args.out)
+        for fig in figs.values():
+            plt.close(fig)
+        names = ", ".join(group_file_name(label) for label in figs)
+        print(f"wrote {os.path.join(args.out, 'spectra.json')}, spectra.png (all layers) and per group: {names}")
     return 0

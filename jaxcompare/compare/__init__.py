@@ -4,7 +4,9 @@
   checkpoints (never pickle) and check that all models share one architecture; :func:`save_params` writes
   ``.npz``/``.safetensors``.
 * :func:`compare_models` computes accuracy, churn, ECE and α̂ (published bootstrap protocol) of every model against
-  a reference group (or leave-one-out), names the atypical models and says which statistics agree;
+  a reference group (or leave-one-out), the debiased CKA between the models' kernels with permutation p-values,
+  kernel GLM surrogates of each model with their faithfulness and top training-point attributions (with training
+  data), per-layer weight spectra, names the atypical models and says which statistics agree;
   :func:`jaxcompare.metrics.logit_scores` turns multiclass logits into the scalar scores α̂ compares.
 * The :class:`ComparisonResult` has a tidy table (``.rows``, ``.to_dict()``, ``.to_pandas()``), ``.save(dir)`` /
   :func:`load_comparison` (JSON + ``.npz``) and ``.report(dir)`` (self-contained HTML, ``results.json``,

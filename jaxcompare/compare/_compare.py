@@ -16,7 +16,8 @@ from ..metrics import accuracy, churn, ece, ensemble_label
 from ..metrics._auroc import auroc
 from ..metrics._scores import SCORE_REDUCTIONS, logit_scores
 from ..trimming import ensemble_alpha_hat
-from ._findings import STATISTICS, findings_sentences, flag_bounds
+from ._findings import ALL_STATISTICS, findings_sentences, flag_bounds
+from ._kernels import kernel_names, similarity_section, subsample, surrogate_section
 from ._result import ComparisonResult, to_jsonable
 
 __all__ = ["compare_models", "SECTIONS"]
@@ -32,6 +33,9 @@ _SCORE_DEFINITIONS = {
 SECTIONS = {
     "alpha": "α̂ ± sd by the published bootstrap protocol, the atypical-model rule and the detection AUROCs",
     "spectra": "per-layer weight spectra of every model (jaxcompare.spectra.analyze_params, when available)",
+    "similarity": "debiased CKA between the models' kernels on a subsample of test points, permutation p-values",
+    "surrogate": "kernel GLM surrogate of each model: faithfulness (TAD, τ_K, R_Miss) and top training-point "
+    "attributions (needs x_train, y_train)",
 }
 
 
@@ -127,6 +131,12 @@ def compare_models(
     level: float = 0.01,
     n_bins: int = 15,
     sections: Sequence[str] = tuple(SECTIONS),
+    kernel: str = "trntk",
+    n_kernel_points: int = 128,
+    n_permutations: int = 199,
+    n_surrogate_train: int = 500,
+    attribution_k: int = 5,
+    n_attribution: int = 3,
     batch_size: int | None = None,
     progress_bar: bool | None = None,
 ) -> ComparisonResult:
@@ -154,6 +164,15 @@ def compare_models(
     AUROC (:func:`jaxcompare.metrics.auroc`) of each statistic for telling each non-reference group from the
     reference models.
 
+    **Kernels** (:mod:`jaxcompare.compare._kernels`). Section ``"similarity"``: the debiased CKA between every pair
+    of models' kernels on ``n_kernel_points`` test points (a subsample drawn with ``key``), with permutation
+    p-values; per model ``kernel_cka`` (mean CKA with its reference models) and ``kernel_dissimilarity = 1 −
+    kernel_cka``, which the flag rule also judges. Section ``"surrogate"`` (with ``x_train, y_train``): a kernel
+    GLM surrogate of each model on its own kernel between ``n_surrogate_train`` training points, its faithfulness
+    on the kernel test points (``surrogate_accuracy, surrogate_tad, surrogate_tau`` (τ_K), ``surrogate_r_miss``)
+    and ``attribution_overlap`` (top-``attribution_k`` training points shared with the reference models), with
+    a table of the top training points behind the ``n_attribution`` test points the models disagree on most.
+
     Args:
       key: PRNG key (``jax.random.key``) of the bootstrap.
       apply_fn: ``apply_fn(params, x) -> (N, C)`` logits, ``C >= 2`` (a flax module: ``lambda p, x:
@@ -171,7 +190,16 @@ def compare_models(
       n_boot: bootstrap rounds of α̂ (published: 100).
       level: KS acceptance level of the α̂ threshold (published: 0.01).
       n_bins: ECE bins.
-      sections: optional sections, a subset of :data:`SECTIONS` (default all).
+      sections: optional sections, a subset of :data:`SECTIONS` (default all; ``"surrogate"`` runs only with
+        training data and is listed in ``skipped`` otherwise).
+      kernel: the kernel of both kernel sections, a 2-D registry kernel built from ``apply_fn``
+        (``"trntk"``, ``"trntk0"``, ``"pntk"``, ``"pntk0"``; :data:`jaxcompare.ntk.KERNELS`).
+      n_kernel_points: test points the kernels are computed on (subsampled when ``T`` is larger; ``>= 4``).
+        Cost: ``K`` kernels of ``n²`` entries, and a permutation null of ``O(n_permutations · K² · n²)``.
+      n_permutations: permutations of each CKA p-value (``>= 1``; the smallest p-value is ``1/(1 + B)``).
+      n_surrogate_train: training points of the surrogates (subsampled; the kGLM fit is ``O(n²)`` per step).
+      attribution_k: training points kept per explained prediction.
+      n_attribution: test points in the attribution table.
       batch_size: evaluate ``apply_fn`` on at most this many points at a time (default all at once).
       progress_bar: progress on stderr (``None``: on unless ``JAXCOMPARE_PROGRESS=0``).
 
@@ -213,6 +241,12 @@ def compare_models(
     sections = tuple(sections)
     for s in sections:
         check_choice(s, "sections", tuple(SECTIONS))
+    check_choice(kernel, "kernel", kernel_names())
+    n_kernel_points = check_int(n_kernel_points, "n_kernel_points", min=4)
+    n_permutations = check_int(n_permutations, "n_permutations", min=1)
+    n_surrogate_train = check_int(n_surrogate_train, "n_surrogate_train", min=2)
+    attribution_k = check_int(attribution_k, "attribution_k", min=1)
+    n_attribution = check_int(n_attribution, "n_attribution", min=1)
     grp, ref_group = _resolve_groups(groups, reference, k)
 
     logits = _logits(apply_fn, params_list, x, None, batch_size, "x_test", progress_bar)  # (K, T, C)
@@ -251,6 +285,7 @@ def compare_models(
                 "ece": float(ece(probs[i], y, n_bins=n_bins)),
             }
         )
+    xt = yt = None
     if x_train is not None:
         xt = check_array(x_train, "x_train", floating=False)
         yt = np.asarray(check_labels(y_train, "y_train", n_classes, length=xt.shape[0]))
@@ -279,12 +314,35 @@ def compare_models(
     }
     skipped: dict[str, str] = {}
     arrays: dict[str, np.ndarray] = {"scores": scores}
-    values = {s: np.array([r[s] for r in rows]) for s in STATISTICS if s != "alpha_hat"}
+    values = {s: np.array([r[s] for r in rows]) for s in ALL_STATISTICS if s in rows[0]}
     if "alpha" in sections:
         values["alpha_hat"] = _alpha_columns(
             key, scores, rows, ref_of, grp, ref_mask, n_boot, level, settings, arrays, progress_bar
         )
-    bounds = flag_bounds(values, ref_mask, n_test, grp is not None)
+    floors: dict[str, float] = {}
+    kern = _kernel_settings(key, sections, n_test, n_kernel_points, xt, n_surrogate_train, kernel, settings, arrays)
+    similarity = surrogate = None
+    if "similarity" in sections:
+        similarity, kcka, floors["kernel_dissimilarity"] = similarity_section(
+            kern["k_perm"], apply_fn, params_list, names, x[kern["test"]], ref_of, kernel, n_permutations
+        )
+        for r, c in zip(rows, kcka):
+            r["kernel_cka"], r["kernel_dissimilarity"] = float(c), float(1.0 - c)
+        values["kernel_dissimilarity"] = 1.0 - kcka
+        settings.update(n_permutations=n_permutations, cka="debiased (unbiased HSIC)")
+    if "surrogate" in sections and xt is None:
+        skipped["surrogate"] = "it needs training data (x_train, y_train; for the command, in the --data file)"
+    elif "surrogate" in sections:
+        te, tr = kern["test"], kern["train"]
+        surrogate, cols, more = surrogate_section(
+            apply_fn, params_list, names, logits[:, te], x[te], y[te], xt[tr], yt[tr], ref_of, te, tr, kernel,
+            attribution_k, n_attribution, progress_bar,
+        )  # fmt: skip
+        for r, c in zip(rows, cols):
+            r.update(c)
+        arrays.update(more)
+        settings.update(attribution_k=attribution_k, n_attribution=n_attribution)
+    bounds = flag_bounds(values, ref_mask, n_test, grp is not None, floors)
     for i, r in enumerate(rows):
         r["flags"] = {s: bool(values[s][i] > bounds[s]["bound"]) for s in values}
         if "alpha_hat" in values:  # the Monte Carlo error of the bootstrap mean counts (see _findings)
@@ -294,7 +352,7 @@ def compare_models(
         r["atypical"] = r["flags"].get("alpha_hat", False)
     detection = _detection(rows, values, grp, ref_group) if grp is not None else []
     spectra = _spectra(params_list, names, rows, skipped, progress_bar) if "spectra" in sections else None
-    findings = findings_sentences(rows, bounds, detection, settings, skipped)
+    findings = findings_sentences(rows, bounds, detection, settings, skipped, similarity, surrogate)
     return ComparisonResult(
         rows=rows,
         detection=detection,
@@ -304,7 +362,24 @@ def compare_models(
         skipped=skipped,
         spectra=spectra,
         arrays=arrays,
+        similarity=similarity,
+        surrogate=surrogate,
     )
+
+
+def _kernel_settings(key, sections, n_test, n_points, xt, n_train, kernel, settings, arrays) -> dict[str, Any]:
+    """Subsamples of the kernel sections (keys folded from ``key``: the α̂ bootstrap keeps its own stream)."""
+    k_sub, k_perm, k_train = jax.random.split(jax.random.fold_in(key, 1), 3)
+    out: dict[str, Any] = {"k_perm": k_perm}
+    if "similarity" in sections or ("surrogate" in sections and xt is not None):
+        out["test"] = subsample(k_sub, n_test, n_points)
+        arrays["kernel_points"] = out["test"]
+        settings.update(kernel=kernel, n_kernel_points=int(out["test"].size))
+    if "surrogate" in sections and xt is not None:
+        out["train"] = subsample(k_train, xt.shape[0], n_train)
+        arrays["surrogate_train_points"] = out["train"]
+        settings.update(n_surrogate_train=int(out["train"].size))
+    return out
 
 
 def _alpha_columns(key, scores, rows, ref_of, grp, ref_mask, n_boot, level, settings, arrays, progress_bar):
@@ -377,7 +452,7 @@ def _detection(rows, values, grp, ref_group) -> list[dict[str, Any]]:
             continue
         pos = np.array([x == g for x in grp])
         sel = pos | ref
-        for stat in STATISTICS:
+        for stat in ALL_STATISTICS:
             if stat in values:
                 a = float(
                     auroc(

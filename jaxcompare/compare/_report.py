@@ -2,7 +2,7 @@
 
 All text is HTML-escaped; figures are PNG files beside the page and embedded in it as base64 data URIs; tables
 scroll inside a wrapper and images shrink to the page width (``max-width: 100%``), so the page reads on narrow
-screens. matplotlib (``jaxcompare[demo]``) is imported only here; without it the report is written without figures
+screens. matplotlib (``jaxcompare[demo]``) is imported only by the report modules; without it the report has no figures
 and says so.
 """
 
@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import base64
 import csv
-import html
 import io
 import json
-import math
 import os
 from typing import Any
 
-from ._findings import STATISTICS
+from ._findings import ALL_STATISTICS, STATISTICS
+from ._html import _e, _figure_html, _fmt, _png, _pyplot, _table
+from ._report_kernels import similarity_html, surrogate_html
 
 __all__ = ["write_report", "CSV_COLUMNS"]
 
@@ -46,35 +46,14 @@ h1{border-bottom:3px solid #3b6ea5;padding-bottom:.2em}h2{color:#3b6ea5;margin-t
 .scroll{overflow-x:auto;max-width:100%;margin:1em 0}
 table{border-collapse:collapse;font-size:.92em}th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right;
 white-space:nowrap}th{background:#eef2f7}td:first-child,th:first-child{text-align:left}
+td:first-child{white-space:normal;min-width:6em;max-width:22em}table.small{font-size:.8em}
+details{margin:.3em 0}summary{cursor:pointer}
 td.flag{background:#fde2e1;font-weight:600}tr.atypical td:first-child{font-weight:700;color:#a33}
 figure{margin:1em 0}figcaption{font-size:.9em;color:#555}img{max-width:100%;height:auto;border:1px solid #eee}
 .kpi{display:inline-block;background:#eef2f7;border-radius:6px;padding:.3em .8em;margin:.2em;font-size:.92em}
 pre{overflow-x:auto;background:#f7f7f7;padding:.6em;font-size:.85em}
 .note{color:#a33}footer{margin-top:3em;color:#777;font-size:.85em}
 """
-
-
-def _e(x: Any) -> str:
-    return html.escape(str(x), quote=True)
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, bool):
-        return "yes" if v else ""
-    if isinstance(v, float):
-        if not math.isfinite(v):
-            return "—"
-        return f"{v:.4g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
-    return _e(v)
-
-
-def _table(header: list[str], rows: list[list[str]], row_classes: list[str] | None = None) -> str:
-    """``rows`` hold already-rendered cells (``<td ...>...</td>``)."""
-    head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    body = "".join(f'<tr class="{c}">' + "".join(r) + "</tr>" for r, c in zip(rows, row_classes or [""] * len(rows)))
-    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def _figures(result: Any, directory: str) -> tuple[list[tuple[str, str, str]], str | None]:
@@ -103,7 +82,10 @@ def _figures(result: Any, directory: str) -> tuple[list[tuple[str, str, str]], s
             ax.errorbar(
                 [r[stat] for r in sel],
                 [r["alpha_hat"] for r in sel],
-                yerr=[r["alpha_hat_sd"] for r in sel],
+                yerr=[  # ±sd, the lower bar stopped at 0 (α̂ >= 0)
+                    [min(r["alpha_hat_sd"], r["alpha_hat"]) for r in sel],
+                    [r["alpha_hat_sd"] for r in sel],
+                ],
                 fmt="o",
                 color=colors(gi % 10),
                 ecolor="#999",
@@ -117,6 +99,7 @@ def _figures(result: Any, directory: str) -> tuple[list[tuple[str, str, str]], s
                         r["name"], (r[stat], r["alpha_hat"]), fontsize=7, xytext=(3, 3), textcoords="offset points"
                     )
         ax.axhline(result.bounds["alpha_hat"]["bound"], color="#a33", ls="--", lw=1, label="atypical bound")
+        ax.margins(x=0.1, y=0.08)  # room for the labels of the atypical models
         ax.set_xlabel(label)
         ax.set_ylabel("α̂ (mean over bootstrap rounds; bars: sd)")
         ax.legend(fontsize=8, loc="best")
@@ -136,6 +119,18 @@ def _figures(result: Any, directory: str) -> tuple[list[tuple[str, str, str]], s
     return out, None
 
 
+def _spectra_figure(result: Any, directory: str) -> tuple[str, str] | None:
+    """``(file name, base64)`` of the per-layer overview of every model, or None without matplotlib."""
+    if _pyplot() is None:
+        return None
+    from ..spectra._layer_plots import plot_layer_overview
+
+    groups = {r["name"]: r["group"] if r["group"] is not None else "all models" for r in result.rows}
+    spectra = {n: v for n, v in result.spectra.items() if n in groups}
+    fig = plot_layer_overview(spectra, groups=groups)
+    return "spectra_overview.png", _png(fig, directory, "spectra_overview.png")
+
+
 def _models_table(result: Any) -> str:
     rows = list(result.rows)
     if "alpha_hat" in result.bounds:
@@ -149,6 +144,8 @@ def _models_table(result: Any) -> str:
             "rank",
             "train_accuracy",
             "generalization_gap",
+            "kernel_cka",
+            "surrogate_tau",
             "spectral_outliers",
             "tail_alpha_mean",
         )
@@ -158,11 +155,18 @@ def _models_table(result: Any) -> str:
     for r in rows:
         cells = []
         for c in cols:
-            flag = r["flags"].get(c, False)
+            flag = r["flags"].get("kernel_dissimilarity" if c == "kernel_cka" else c, False)
             cells.append(f'<td class="flag">{_fmt(r.get(c))}</td>' if flag else f"<td>{_fmt(r.get(c))}</td>")
         body.append(cells)
         classes.append("atypical" if r["atypical"] else "")
-    header = [{**STATISTICS, "alpha_hat_sd": "α̂ sd", "rank": "rank (α̂)"}.get(c, c.replace("_", " ")) for c in cols]
+    names = {
+        **STATISTICS,
+        "alpha_hat_sd": "α̂ sd",
+        "rank": "rank (α̂)",
+        "kernel_cka": "kernel CKA",
+        "surrogate_tau": "τ_K",
+    }
+    header = [names.get(c, c.replace("_", " ")) for c in cols]
     return _table(header, body, classes)
 
 
@@ -188,7 +192,8 @@ def _spectra_html(spectra: dict) -> str:
         layers = res.get("layers", []) if isinstance(res, dict) else []
         cols = [k for k in keys if any(k in lay for lay in layers)]
         body = [[f"<td>{_fmt(lay.get(k)) if k != 'shape' else _e(lay.get(k))}</td>" for k in cols] for lay in layers]
-        parts.append(f"<details><summary>{_e(name)} ({len(layers)} layers)</summary>{_table(cols, body)}</details>")
+        n_layers = f"{len(layers)} layer{'' if len(layers) == 1 else 's'}"
+        parts.append(f"<details><summary>{_e(name)} ({n_layers})</summary>{_table(cols, body)}</details>")
     return "".join(parts)
 
 
@@ -246,7 +251,7 @@ def write_report(result: Any, directory: str | os.PathLike) -> str:
     ]
     if result.bounds:
         body = [
-            [f"<td>{_e(STATISTICS[k])}</td>"]
+            [f"<td>{_e(ALL_STATISTICS[k])}</td>"]
             + [f"<td>{_fmt(b[c])}</td>" for c in ("median", "scale", "bound", "n_reference")]
             for k, b in result.bounds.items()
         ]
@@ -255,7 +260,9 @@ def write_report(result: Any, directory: str | os.PathLike) -> str:
             "<p>A model is flagged on a statistic when its value exceeds the bound: with groups, the larger of the "
             "reference models' own (leave-one-out) maximum and their median + 3 robust standard deviations "
             "(1.4826·MAD, at least one test point 1/T); without groups, the median + 3 robust sd of all models. "
-            "For α̂, α̂ − 2·sd/√B must exceed the bound (the Monte Carlo error of the bootstrap mean).</p>",
+            "For α̂, α̂ − 2·sd/√B must exceed the bound (the Monte Carlo error of the bootstrap mean). For the "
+            "kernel dissimilarity (1 − mean CKA) the robust sd is at least the median permutation-null sd of the "
+            "CKA (differences unrelated points produce are not called).</p>",
             _table(["statistic", "reference median", "robust sd", "bound", "reference values"], body),
         ]
     if result.detection:
@@ -267,24 +274,35 @@ def write_report(result: Any, directory: str | os.PathLike) -> str:
             "<h2>Telling each group from the reference (AUROC)</h2>",
             "<p>Probability that a model of the group scores higher on the statistic than a reference model (1 = "
             "perfect separation, 0.5 = chance).</p>",
-            _table(["group"] + [STATISTICS[st] for st in stats], body),
+            _table(["group"] + [ALL_STATISTICS[st] for st in stats], body),
         ]
     if figs or fig_note:
         h.append("<h2>α̂ against the classic metrics</h2>")
         if fig_note:
             h.append(f'<p class="note">{_e(fig_note)}</p>')
         for name, b64, caption in figs:
-            h.append(
-                f'<figure><img src="data:image/png;base64,{b64}" alt="{_e(caption)}">'
-                f"<figcaption>{_e(caption)} (file: {_e(name)})</figcaption></figure>"
-            )
+            h.append(_figure_html(b64, caption, name))
+    if result.similarity:
+        h += similarity_html(result, d)
+    if result.surrogate:
+        h += surrogate_html(result)
     if result.spectra:
         h += [
             "<h2>Per-layer weight spectra</h2>",
             "<p>Eigenvalues of WᵀW/N per weight matrix (jaxcompare.spectra.analyze_params): largest eigenvalue, "
-            "stable rank, Marchenko–Pastur bulk edge, outliers above it, power-law tail exponent α.</p>",
-            _spectra_html(result.spectra),
+            "stable rank, Marchenko–Pastur bulk edge, outliers above it, power-law tail exponent α. The histograms "
+            "of one checkpoint's eigenvalues with their fits, one figure per layer group: jaxcompare spectra "
+            "--checkpoint PATH --out DIR.</p>",
         ]
+        fig = _spectra_figure(result, d)
+        if fig is not None:
+            name, b64 = fig
+            caption = (
+                "Every model's layers: power-law tail exponent α, stable rank and the number of eigenvalues above "
+                "the Marchenko–Pastur edge, one line per model, coloured by group (the shaded band: 2 ≤ α ≤ 6)."
+            )
+            h.append(_figure_html(b64, caption, name))
+        h.append(_spectra_html(result.spectra))
     for section, why in result.skipped.items():
         h.append(f'<p class="note">Section {_e(section)} skipped: {_e(why)}</p>')
     h += [

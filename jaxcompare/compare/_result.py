@@ -54,7 +54,9 @@ class ComparisonResult:
       rows: one dict per model, in input order: ``name, group, role`` (``"reference"``, ``"candidate"`` or
         ``"leave-one-out"``), ``accuracy, accuracy_gap, churn, ece`` (and ``train_accuracy,
         generalization_gap`` with train data), ``alpha_hat, alpha_hat_sd, rank`` (1 = largest α̂) with the
-        ``alpha`` section, ``flags`` (statistic → flagged by the rule of :mod:`jaxcompare.compare._findings`) and
+        ``alpha`` section, ``kernel_cka, kernel_dissimilarity`` with ``similarity``, ``surrogate_accuracy,
+        surrogate_tad, surrogate_tau, surrogate_r_miss, surrogate_converged, attribution_overlap`` with
+        ``surrogate``, ``flags`` (statistic → flagged by the rule of :mod:`jaxcompare.compare._findings`) and
         ``atypical``.
       detection: with groups, one dict per (non-reference group, statistic): ``group, statistic, auroc, n_group,
         n_reference`` (the AUROC of the statistic for telling the group's models from the reference models).
@@ -63,8 +65,15 @@ class ComparisonResult:
       settings: every setting and derived constant (score, n_boot, level, threshold, reference, seed, ...).
       skipped: section → reason, for requested sections that could not run.
       spectra: per-model output of ``jaxcompare.spectra.analyze_params`` (JSON form) or ``None``.
-      arrays: ``scores (K, T)`` (the reduced scores α̂ compares) and ``alpha_boot (K, B)`` (α̂ per bootstrap
-        round), read-only NumPy arrays.
+      arrays: read-only NumPy arrays: ``scores (K, T)`` (the reduced scores α̂ compares), ``alpha_boot (K, B)``
+        (α̂ per bootstrap round); with the kernel sections ``kernel_points (n,)`` (indices of the test points the
+        kernels use); with ``"surrogate"`` ``surrogate_train_points``, ``attribution_indices (K, n, k)`` (training
+        indices, most influential first), ``attribution_values (K, n, k)`` and ``surrogate_predictions (K, n)``.
+      similarity: section ``"similarity"`` (JSON form) or ``None``: ``kernel, label, n_points, n_permutations,
+        names, cka, p_value, null_mean, null_sd`` (``K × K`` lists), ``resolution`` (the rule's floor).
+      surrogate: section ``"surrogate"`` (JSON form) or ``None``: ``kernel, label, protocol, n_train, n_test,
+        attribution_k`` and ``attribution`` (per shown test point: its index, label, and per model the network's
+        and the surrogate's prediction and the top training points with label and contribution).
     """
 
     rows: tuple[dict[str, Any], ...]
@@ -75,6 +84,8 @@ class ComparisonResult:
     skipped: dict[str, str]
     spectra: Any
     arrays: dict[str, np.ndarray]
+    similarity: Any = None
+    surrogate: Any = None
 
     def __post_init__(self):
         object.__setattr__(self, "rows", tuple(MappingProxyType(dict(r)) for r in self.rows))
@@ -117,6 +128,8 @@ class ComparisonResult:
                 "settings": dict(self.settings),
                 "skipped": dict(self.skipped),
                 "spectra": self.spectra,
+                "similarity": self.similarity,
+                "surrogate": self.surrogate,
             }
         )
 
@@ -210,4 +223,6 @@ def load_comparison(directory: str | os.PathLike) -> ComparisonResult:
         skipped=data["skipped"],
         spectra=data["spectra"],
         arrays=arrays,
+        similarity=data.get("similarity"),
+        surrogate=data.get("surrogate"),
     )

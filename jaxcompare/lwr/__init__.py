@@ -11,7 +11,8 @@ training; limiting laws from :mod:`jaxcompare.spectra`.
   :func:`check_adam_tails`, :func:`check_init_spectra`, :func:`check_ntk_closed_form`.
 - Figures (matplotlib, lazy): :func:`plot_spectra`, :func:`plot_spectra_grid`, :func:`plot_spike_vs_step`,
   :func:`plot_tail_exponents`.
-- Which optimizer trained it: :func:`spectral_diagnosis` (the report's rule, from the final spectra).
+- Which optimizer trained it: :func:`spectral_diagnosis` (a hand-set rule on the final spectra, kept as a baseline;
+  the study identifies the optimizer with α̂ against reference pools: :func:`jaxcompare.trimming.identify_recipe`).
 """
 
 from . import _config, _diagnosis, _model, _plots, _theorems, _theory, _train

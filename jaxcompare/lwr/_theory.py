@@ -112,6 +112,7 @@ def ntk_w_edge(cfg: LWRConfig, *, nu2: float = 1.0) -> float:
 
 def stable_lr(cfg: LWRConfig, *, nu2: float = 1.0) -> float:
     """Largest stable full-batch GD step in the limit (W only): ``η_max = 2n/λ_max(K_W)`` (≈ 0.89 n typically)."""
+    _check_cfg(cfg)
     return 2 * cfg.n / ntk_w_edge(cfg, nu2=nu2)
 
 

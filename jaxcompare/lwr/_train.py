@@ -391,6 +391,12 @@ def train(
     the NTK, the alignment of the top eigenvectors of ``Σ`` with ``β``, the norms of the changes since
     initialization and the train/test losses. ``jax.vmap`` over ``key`` (and ``params``/``data``/``lr``) runs
     many seeds or step sizes in one program (pass ``throw=False`` or rely on it being skipped under tracing).
+    Across devices and processes (``jax.distributed``), shard the keys: ``jax.jit(jax.vmap(run))(keys)`` with
+    ``keys = jax.jit(lambda k: jax.random.split(k, S), out_shardings=NamedSharding(mesh, P("seeds")))(key)`` trains
+    each device's seeds on that device (mesh axes of type ``Auto``, the default of ``jax.sharding.Mesh``). A seed's
+    result depends only on its key, the backend and the number of seeds each device batches (XLA's CPU matmuls
+    round differently for other batch sizes): with the same seeds per device and ``eig_backend`` it is bit-identical
+    across process counts.
 
     Optimizers (optax): ``"gd"`` full-batch gradient descent, ``"sgd"`` minibatch SGD (``batch_size`` required;
     batches of distinct indices drawn from ``key`` at every step; the loss is then the batch mean), ``"adam"``
@@ -423,8 +429,10 @@ def train(
       batch_size: minibatch size in ``[1, n]``.
       record_every: record every this many steps (default: only at the start and the end).
       n_top: number of top eigenvectors of ``Σ`` whose alignment with ``β`` is recorded.
-      eig_backend: ``"lapack"`` (eigenvalues-only LAPACK through a host callback; default on CPU) or ``"jax"``
-        (``jnp.linalg.eigh``; default on accelerators).
+      eig_backend: ``"lapack"`` (eigenvalues-only LAPACK through a host callback; default on a single CPU device)
+        or ``"jax"`` (``jnp.linalg.eigh`` on each device; default on accelerators and whenever there are several
+        devices or processes: a callback would funnel every seed through one device). The two agree to rounding;
+        for bit-identical runs across device and process counts pass the same backend everywhere.
       spectra: record eigenvalues and alignments (``False``: only norms and losses; the eigenvalue arrays then
         have 0 columns).
       throw: raise ``FloatingPointError`` when training failed (eager calls; under ``jit`` inside

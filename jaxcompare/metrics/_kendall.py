@@ -91,8 +91,27 @@ def _kendall_core(x: jax.Array, y: jax.Array):
 TABLE_CELLS = 1 << 22  # contingency tables up to this many cells (32 MiB of int64) replace the inversion count
 
 
-def _dense_ranks(v: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
-    """0-based dense ranks (ties share a rank), the number of distinct values and their multiplicities."""
+class _Runs(NamedTuple):
+    """One variable's dense ranks on the host: ``m`` distinct values with multiplicities ``counts`` (by rank), and
+    either the ranks ``r`` (lookup-table path) or the sorting permutation and run starts to compute them."""
+
+    m: int
+    counts: np.ndarray
+    order: np.ndarray | None
+    new: np.ndarray | None
+    r: np.ndarray | None
+
+    def ranks(self) -> np.ndarray:
+        """0-based dense ranks (ties share a rank)."""
+        if self.r is not None:
+            return self.r
+        r = np.empty(self.order.shape[0], np.int64)
+        r[self.order] = np.cumsum(self.new, dtype=np.int64) - 1
+        return r
+
+
+def _dense_ranks(v: np.ndarray) -> _Runs:
+    """Distinct values of ``v``: a lookup table for integer scores in a short range, else one ``argsort``."""
     n = v.shape[0]
     lo, hi = float(v.min()), float(v.max())
     if hi - lo <= 4 * n and np.array_equal(v, np.floor(v)):  # integer scores in a short range: a lookup table
@@ -100,52 +119,83 @@ def _dense_ranks(v: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
         counts = np.bincount(off)
         present = counts > 0
         table = np.cumsum(present) - 1
-        return table[off], int(table[-1]) + 1, counts[present]
+        return _Runs(int(table[-1]) + 1, counts[present], None, None, table[off])
     order = np.argsort(v)
     s = v[order]
     new = np.empty(n, bool)
     new[0] = True
     np.not_equal(s[1:], s[:-1], out=new[1:])
-    r = np.empty(n, np.int64)
-    r[order] = np.cumsum(new, dtype=np.int64) - 1
-    starts = np.flatnonzero(new)
-    return r, starts.shape[0], np.diff(np.append(starts, n))
+    m = int(np.count_nonzero(new))
+    counts = np.ones(n, np.int64) if m == n else np.diff(np.append(np.flatnonzero(new), n))
+    return _Runs(m, counts, order, new, None)
 
 
-def _inversions_host(a: np.ndarray, n_bits: int) -> int:
+def _bit_reversed(counts: np.ndarray, n_bits: int) -> np.ndarray:
+    """``counts`` (zero-padded to ``2**n_bits``) permuted by the bit reversal of the index, as float64."""
+    size = 1 << n_bits
+    rev = np.zeros(size, np.int32)
+    h = 1
+    while h < size:  # rev of k + 1 bits = (2 rev, 2 rev + 1) of k bits
+        rev[:h] *= 2
+        np.add(rev[:h], 1, out=rev[h : 2 * h])
+        h *= 2
+    padded = np.zeros(size, np.float64)
+    padded[: counts.shape[0]] = counts
+    return padded[rev]
+
+
+_BYTE_ONES = np.array([bin(v).count("1") for v in range(256)], np.float64)  # 1-bits of a byte
+# Σ of the offsets (0 = most significant, as np.packbits packs) of the 1-bits of a byte
+_BYTE_OFFSETS = np.array([sum(j for j in range(8) if v >> (7 - j) & 1) for v in range(256)], np.float64)
+
+
+def _index_sum(mask: np.ndarray) -> tuple[int, int]:
+    """Number of True entries of a boolean vector and the sum of their indices, from its packed bytes."""
+    packed = np.packbits(mask)
+    per_value = np.bincount(packed, minlength=256).astype(np.float64)
+    first_index = np.bincount(packed, weights=np.arange(0, 8 * packed.shape[0], 8, dtype=np.float64), minlength=256)
+    # integer-valued float64 sums below 2**53 (n < 9e7): exact
+    return (
+        round(float(np.sum(per_value * _BYTE_ONES))),
+        round(float(np.sum(first_index * _BYTE_ONES + per_value * _BYTE_OFFSETS))),
+    )
+
+
+def _inversions_host(a: np.ndarray, n_bits: int, counts: np.ndarray | None = None) -> int:
     """Pairs ``i < j`` with ``a[i] > a[j]`` for ints ``0 <= a < 2**n_bits``: the bit-level count of
-    :func:`_count_inversions` on a wavelet-matrix order (each level stably moves all 0-bits before all 1-bits,
-    which keeps the elements of equal prefix contiguous and in input order); a few O(n) NumPy passes per bit.
+    :func:`_count_inversions` on a wavelet-matrix order, a few O(n) NumPy passes per bit.
 
-    At bit ``b`` a pair is an inversion decided there iff both have the same prefix above ``b`` and the earlier has
-    the 1-bit: ``Σ_{1-bits at i} #0-bits after i`` over the whole array, minus the pairs across prefix groups.
+    From the top bit down, each level stably moves all 0-bits before all 1-bits (``np.compress`` twice), which keeps
+    the elements of equal prefix (the groups) contiguous and in input order; the groups follow each other in the
+    bit-reversed order of their prefixes. At bit ``b`` the pairs decided there are the (1-bit, later 0-bit) pairs of
+    a group: ``Σ_{0-bits} (index - group start) - Σ_groups z (z - 1) / 2`` with ``z`` the group's 0-bits. Group sizes
+    and 0-bit counts depend only on the value ``counts`` (multiplicities of ``0 .. 2**n_bits - 1``): halving sums of
+    the bit-reversed counts give them for every level, so no per-element group bookkeeping is needed.
     """
     n = a.shape[0]
-    inv = 0
-    sizes = np.array([n], np.int64)  # sizes of the groups of equal prefix, in array order
-    buf, bit = np.empty_like(a), np.empty_like(a)
+    if counts is None:
+        counts = np.bincount(a)
+    per_level = [_bit_reversed(counts, n_bits)]  # level-b counts of (a >> b) in the groups' order
+    for _ in range(n_bits):
+        half = per_level[-1].shape[0] // 2
+        per_level.append(per_level[-1][:half] + per_level[-1][half:])
+    a = a.astype(np.uint16 if n_bits <= 16 else np.uint32)  # less memory traffic per pass
+    bits = np.empty_like(a)
     one, zero = np.empty(n, bool), np.empty(n, bool)
+    inv = 0
     for b in range(n_bits - 1, -1, -1):
-        np.right_shift(a, b, out=bit)
-        np.bitwise_and(bit, 1, out=bit)
-        np.not_equal(bit, 0, out=one)
-        pos = np.flatnonzero(one)
-        k = pos.shape[0]
-        # Σ over 1-bits at i of the 0-bits after i: (n - 1 - i) minus the 1-bits after i
-        inv += k * (n - 1) - int(pos.sum()) - k * (k - 1) // 2
-        ones = (
-            np.add.reduceat(bit, np.cumsum(sizes) - sizes).astype(np.int64)
-            if sizes.shape[0] > 1
-            else np.array([k], np.int64)
-        )
-        zeros = sizes - ones
-        inv -= int(np.dot(zeros, np.cumsum(ones) - ones))  # 1-bits of earlier groups before 0-bits of later ones
-        sizes = np.concatenate((zeros, ones))
-        sizes = sizes[sizes > 0]
-        np.logical_not(one, out=zero)
-        np.compress(zero, a, out=buf[: n - k])
-        np.compress(one, a, out=buf[n - k :])
-        a, buf = buf, a
+        sizes = per_level[b + 1]
+        z = per_level[b][: sizes.shape[0]]
+        starts = np.cumsum(sizes) - sizes
+        np.bitwise_and(a, 1 << b, out=bits)
+        np.not_equal(bits, 0, out=one)
+        k, one_index_sum = _index_sum(one)
+        zero_index_sum = n * (n - 1) // 2 - one_index_sum
+        # (np.sum, not a BLAS dot: its threads cost more than they save on a shared machine)
+        inv += zero_index_sum - round(float(np.sum(z * starts))) - round(float(np.sum(z * (z - 1)))) // 2
+        if b:
+            np.logical_not(one, out=zero)
+            a = np.concatenate((np.compress(zero, a), np.compress(one, a)))  # (compress without out= is faster)
     return inv
 
 
@@ -158,25 +208,43 @@ def _discordant_table(rx: np.ndarray, mx: int, ry: np.ndarray, my: int) -> tuple
     return int(np.sum(t * d)), t[t > 1]
 
 
-def _kendall_host(x: np.ndarray, y: np.ndarray, pvalue: bool) -> tuple[float, float]:
-    """tau-b (and the asymptotic p-value) in float64 NumPy, the same formulas as :func:`_kendall_core`."""
-    n = x.shape[0]
-    rx, mx, tx = _dense_ranks(x)
-    ry, my, ty = _dense_ranks(y)
-    if mx * my <= min(TABLE_CELLS, max(4 * n, 1 << 16)):
-        dis, tj = _discordant_table(rx, mx, ry, my)
+def _discordant_sorted(x: _Runs, y: _Runs) -> tuple[int, np.ndarray]:
+    """Discordant pairs (and the lengths of the runs tied in both): sort by ``(x, y)`` and count the inversions of
+    the y ranks over y's alphabet (pairs tied in x are then never counted)."""
+    n = x.counts.sum()
+    n_bits = max(1, (y.m - 1).bit_length())
+    if x.m == n:  # no ties in x: the x order alone sorts by (x, y), and no pair is tied in both
+        order = x.order
+        if order is None:
+            order = np.empty(n, np.int64)
+            order[x.r] = np.arange(n)
+        a = y.ranks()[order]
+        tj = np.ones(1, np.int64)
     else:
-        if mx < my:  # tau-b is symmetric: count inversions over the smaller alphabet (fewer bit levels)
-            rx, mx, ry, my = ry, my, rx, mx
-        key = np.sort(rx * my + ry)  # sort by (x, y); ties in x are then never discordant
-        dis = _inversions_host((key % my).astype(np.int32), max(1, (my - 1).bit_length()))
+        key = (x.ranks() << n_bits) | y.ranks()
+        key.sort()
         new = np.empty(n, bool)
         new[0] = True
         np.not_equal(key[1:], key[:-1], out=new[1:])
         tj = np.diff(np.append(np.flatnonzero(new), n))
+        a = np.bitwise_and(key, (1 << n_bits) - 1, out=key)
+    return _inversions_host(a, n_bits, y.counts), tj
+
+
+def _kendall_host(x: np.ndarray, y: np.ndarray, pvalue: bool) -> tuple[float, float]:
+    """tau-b (and the asymptotic p-value) in float64 NumPy, the same formulas as :func:`_kendall_core`."""
+    n = x.shape[0]
+    rx, ry = _dense_ranks(x), _dense_ranks(y)
+    if rx.m * ry.m <= min(TABLE_CELLS, max(4 * n, 1 << 16)):
+        dis, tj = _discordant_table(rx.ranks(), rx.m, ry.ranks(), ry.m)
+    elif rx.m >= ry.m:
+        dis, tj = _discordant_sorted(rx, ry)
+    else:  # tau-b is symmetric: count inversions over the smaller alphabet (fewer bit levels)
+        dis, tj = _discordant_sorted(ry, rx)
+    tx, ty = rx.counts, ry.counts
 
     def sums(t):
-        t = t.astype(np.float64)
+        t = t[t > 1].astype(np.float64)
         return np.sum(t * (t - 1) / 2), np.sum(t * (t - 1) * (t - 2)), np.sum(t * (t - 1) * (2 * t + 5))
 
     (xtie, x0, x1), (ytie, y0, y1), ntie = sums(tx), sums(ty), sums(tj)[0]

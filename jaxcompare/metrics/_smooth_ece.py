@@ -310,7 +310,7 @@ def smooth_ece_sigma(probs: Any, labels: Any, sigma: Any) -> jax.Array:
       sigma: bandwidth in ``[2⁻¹⁰, 1]`` (the range of the fixed-point search; grids are sized for it).
 
     Returns:
-      Scalar ``jax.Array``; non-increasing in ``sigma``.
+      Scalar ``jax.Array`` (not monotone in ``sigma`` in general).
 
     Example:
       >>> import jax.numpy as jnp

@@ -4,6 +4,7 @@ Factories take a model function and return ``kernel_fn(params, x1, x2=None)``; t
 kernel function and return one with the same signature.
 """
 
+from .._precision import precision
 from ._adapters import from_linen, from_nnx, from_stax, linen_layers_fn
 from ._batching import batched
 from ._common import Kernel, KernelSpec
@@ -50,4 +51,5 @@ __all__ = [
     "from_nnx",
     "from_stax",
     "linen_layers_fn",
+    "precision",
 ]

@@ -11,7 +11,9 @@ import numpy as np
 
 from .._progress import progress
 from .._validation import check_int, is_concrete
-from ._common import validate_pair
+from ._common import batch_size, canonical_args, validate_pair
+from ._structured._blocks import _MODES as ENGINE_KERNELS
+from ._structured._blocks import blocked, engine_mode
 from ._tiling import TilePlan, check_transform_args, diag_blocks, kernel_parts, normalize, swap, transformed
 
 __all__ = ["batched"]
@@ -20,10 +22,11 @@ __all__ = ["batched"]
 def _traced(kfn, params, x1, x2, plan: TilePlan, swap_trailing):
     """Tiles under tracing: ``lax.map`` over blocks (one tile's intermediates alive at a time)."""
     bs = plan.block_size
-    x1b = plan.padded(x1).reshape((plan.nb1, bs) + x1.shape[1:])
+    x1b = plan.blocks(plan.padded(x1))  # pytree inputs: every leaf (nb1, bs, ...)
     if plan.symmetric:
         pairs = np.array(plan.pairs, dtype=np.int32)
-        tiles = jax.lax.map(lambda ij: kfn(params, x1b[ij[0]], x1b[ij[1]]), jnp.asarray(pairs))
+        at = lambda xb, i: jax.tree_util.tree_map(lambda l: l[i], xb)  # noqa: E731
+        tiles = jax.lax.map(lambda ij: kfn(params, at(x1b, ij[0]), at(x1b, ij[1])), jnp.asarray(pairs))
         index = {(int(i), int(j)): p for p, (i, j) in enumerate(pairs)}
         rows = [
             jnp.concatenate(
@@ -36,7 +39,7 @@ def _traced(kfn, params, x1, x2, plan: TilePlan, swap_trailing):
             for i in range(plan.nb1)
         ]
         return jnp.concatenate(rows, axis=0)[: plan.n1, : plan.n1]
-    x2b = plan.padded(x2).reshape((plan.nb2, bs) + x2.shape[1:])
+    x2b = plan.blocks(plan.padded(x2))
     tiles = jax.lax.map(lambda a: jax.lax.map(lambda b: kfn(params, a, b), x2b), x1b)  # (nb1, nb2, bs, bs, ...)
     tiles = jnp.moveaxis(tiles, 2, 1)  # (nb1, bs, nb2, bs, ...)
     return tiles.reshape((plan.nb1 * bs, plan.nb2 * bs) + tiles.shape[4:])[: plan.n1, : plan.n2]
@@ -58,7 +61,9 @@ def _eager(kfn_jit, params, x1, x2, plan: TilePlan, swap_trailing, desc, show):
     return jnp.asarray(out[: plan.n1, : plan.n2])
 
 
-def batched(kernel_fn: Callable, block_size: int, *, progress_bar: bool | None = None) -> Any:
+def batched(
+    kernel_fn: Callable, block_size: int, *, progress_bar: bool | None = None, memory_budget: Any = None
+) -> Any:
     """Compute ``kernel_fn`` in ``block_size × block_size`` tiles; same signature, same result.
 
     Peak memory is that of one tile (plus the output), so it no longer grows with ``N1·N2·P``. With ``x2=None``
@@ -68,12 +73,23 @@ def batched(kernel_fn: Callable, block_size: int, *, progress_bar: bool | None =
 
     Eager calls jit one tile function, gather tiles on the host and show a progress bar (disable with
     ``progress_bar=False`` or ``JAXCOMPARE_PROGRESS=0``); under ``jax.jit``/``vmap`` the tiles run in
-    ``lax.map``. Inputs are padded to whole blocks by repeating their first row; padding is dropped.
+    ``lax.map``. A partial last block is padded by repeating its first row (padding is dropped); inputs smaller
+    than one block are not padded. Inputs may be pytrees of arrays with a leading batch axis (``{"tokens",
+    "mask"}``): rows are sliced and padded leaf by leaf.
+
+    Exact gradient kernels of this package on the structured path (``implementation="structured"``, or ``"auto"``
+    resolving to it) run eagerly on a blocked engine: each block's layer factors are computed once and kept in a
+    compact per-layer form (per-example gradients, or the layer inputs and output sensitivities where that needs
+    fewer FLOPs or less memory); as many blocks as ``memory_budget`` allows stay resident and the others are
+    streamed past them, so peak memory is bounded by the budget and the block, not by ``N``. A block size that
+    cannot fit the budget raises before any work, with a block size that fits.
 
     Args:
       kernel_fn: any ``kernel_fn(params, x1, x2=None) -> (N1, N2, ...)`` (from this package or your own).
       block_size: rows per tile (``>= 1``).
       progress_bar: show progress for eager calls (default: on unless ``JAXCOMPARE_PROGRESS=0``).
+      memory_budget: bytes (or ``"2G"``, or a fraction in (0, 1] of the available memory) the blocked structured
+        engine may hold; default ``JAXCOMPARE_MEMORY_BUDGET``, else half the available memory.
 
     Returns:
       ``kernel_fn(params, x1, x2=None)`` with the same output: a :class:`Kernel` record for a kernel of this
@@ -93,6 +109,10 @@ def batched(kernel_fn: Callable, block_size: int, *, progress_bar: bool | None =
     """
     parts = kernel_parts(kernel_fn, "batched")
     bs = check_int(block_size, "block_size", min=1)
+    if memory_budget is not None:
+        from ._memory import memory_budget as _budget
+
+        _budget(memory_budget)  # validated now: a bad value fails at construction
     tile_jit = jax.jit(lambda p, a, b: parts.tile_fn(p, a, b))
     diag_fn = parts.spec.diag if parts.spec is not None else None
     diag_jit = jax.jit(lambda p, a: diag_fn(p, a)) if diag_fn is not None else None
@@ -106,9 +126,12 @@ def batched(kernel_fn: Callable, block_size: int, *, progress_bar: bool | None =
         # symmetry of tiles is known for our kernels; for a user's kernel we do not assume it
         symmetric = x2 is None and parts.symmetric_known
         xx2 = x1 if x2 is None else x2
-        plan = TilePlan(x1.shape[0], xx2.shape[0], bs, symmetric)
+        plan = TilePlan(batch_size(x1), batch_size(xx2), bs, symmetric)
         if traced:
             return _traced(parts.tile_fn, params, x1, xx2, plan, parts.swap_trailing)
+        engine = _engine(params, x1, x2)
+        if engine is not None:
+            return engine[0]
         return _eager(tile_jit, params, x1, xx2, plan, parts.swap_trailing, f"{parts.name} tiles", progress_bar)
 
     def diag(params, x):
@@ -116,7 +139,31 @@ def batched(kernel_fn: Callable, block_size: int, *, progress_bar: bool | None =
         traced = not all(is_concrete(l) for l in jax.tree_util.tree_leaves((params, x)))
         return diag_blocks(diag_fn if traced else diag_jit, params, x, bs, traced)
 
+    def _engine(params, x1, x2):
+        """``(kernel, diagonal of x1 or None)`` from the blocked structured engine, or None when it does not apply."""
+        if parts.spec is None or parts.spec.apply_fn is None or parts.spec.name not in ENGINE_KERNELS:
+            return None  # feature kernels (ck, em) and user kernels: tiled
+        fn, c1, c2, n_outputs, _, _ = canonical_args(params, x1, x2, parts.spec.apply_fn)
+        mode = engine_mode(parts.spec, params, fn, c1, c2, n_outputs)  # on the canonical model (._inputs)
+        if mode is None:
+            return None
+        return blocked(
+            fn,
+            params,
+            c1,
+            c2,
+            mode=mode,
+            block_size=bs,
+            budget=memory_budget,
+            show=progress_bar,
+            precision=dict(parts.spec.options).get("precision"),
+        )
+
     def fn(params, x1, x2=None):
+        if parts.use_norm and x2 is None and all(is_concrete(l) for l in jax.tree_util.tree_leaves((params, x1))):
+            engine = _engine(params, *validate_pair(x1, None))
+            if engine is not None and engine[1] is not None:  # the norms are the diagonal of the symmetric base
+                return normalize(engine[0], engine[1], engine[1], warn=True)
         k = base(params, x1, x2)
         if not parts.use_norm:
             return k

@@ -16,8 +16,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._precision import HIGHEST  # noqa: F401 - re-exported to the area's modules
-from .._validation import check_finite, check_finite_tree, is_concrete
+from .._precision import (
+    HIGHEST,  # noqa: F401 - re-exported to the area's modules
+    accumulation_dtype,
+    kernel_dtype,
+    policy_precision,
+)
+from .._validation import check_finite_tree, is_concrete
+from ._inputs import batch_size, canonical, check_outputs, describe, validate_pair, validate_x  # noqa: F401
 
 __all__ = [
     "KernelSpec",
@@ -26,10 +32,16 @@ __all__ = [
     "kernel_spec",
     "cosine_normalize",
     "validate_kernel_args",
+    "canonical_args",
+    "validate_x",
+    "validate_pair",
+    "batch_size",
+    "describe",
     "validate_params",
     "single_example",
     "tree_dot",
     "output_dtype",
+    "contract",
 ]
 
 
@@ -155,7 +167,7 @@ def tree_dot(a: Any, b: Any, spec: str) -> jax.Array:
     for la, lb in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
         la = la.reshape(la.shape[: len(sa) - 1] + (-1,))
         lb = lb.reshape(lb.shape[: len(sb) - 1] + (-1,))
-        t = jnp.einsum(spec, la, lb, precision=HIGHEST)
+        t = contract(spec, la, lb)
         total = t if total is None else total + t
     if total is None:
         raise ValueError("params has no array leaves: there is nothing to differentiate.")
@@ -163,19 +175,24 @@ def tree_dot(a: Any, b: Any, spec: str) -> jax.Array:
 
 
 def single_example(apply_fn: Callable) -> Callable:
-    """``f(params, x) -> (C,)`` for one example ``x`` of shape ``x1.shape[1:]``."""
+    """``f(params, x) -> (C,)`` for one example ``x`` (an array of shape ``x1.shape[1:]``, or a pytree of them)."""
 
     def f(params, x):
-        return apply_fn(params, x[None])[0]
+        return apply_fn(params, jax.tree_util.tree_map(lambda l: l[None], x))[0]
 
     return f
 
 
 def output_dtype(params: Any) -> Any:
-    leaves = [l for l in jax.tree_util.tree_leaves(params) if jnp.issubdtype(jnp.result_type(l), jnp.floating)]
-    if not leaves:
-        return jnp.result_type(float)
-    return jnp.result_type(*leaves)
+    """dtype of the kernels of ``params``: their floating result type, at least float32 (bfloat16/float16 models get
+    float32 kernels; see :mod:`jaxcompare._precision`)."""
+    return kernel_dtype(params)
+
+
+def contract(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
+    """``einsum(spec, a, b)`` of the kernel contractions: at the precision policy traced now and accumulated in at
+    least float32 (``preferred_element_type``: bfloat16/float16 factors are never summed in their own dtype)."""
+    return jnp.einsum(spec, a, b, precision=policy_precision(), preferred_element_type=accumulation_dtype(a, b))
 
 
 def cosine_normalize(k: jax.Array, d1: jax.Array, d2: jax.Array) -> jax.Array:
@@ -212,41 +229,6 @@ def warn_zero_norm(diag: Any, what: str) -> None:
         )
 
 
-def validate_x(x: Any, name: str) -> jax.Array:
-    if x is None:
-        raise TypeError(f"{name} is required, got None.")
-    if not hasattr(x, "shape"):
-        try:
-            x = jnp.asarray(x)
-        except (TypeError, ValueError) as e:
-            raise TypeError(f"{name} must be an array of shape (N, ...), got {type(x).__name__}: {e}") from None
-    if len(x.shape) < 1:
-        raise ValueError(f"{name} must be a batch of shape (N, ...), got a scalar.")
-    if x.shape[0] < 1:
-        raise ValueError(f"{name} is empty: expected at least one example along axis 0, got shape {tuple(x.shape)}.")
-    if jnp.issubdtype(jnp.result_type(x), jnp.complexfloating):
-        raise TypeError(
-            f"{name} has complex dtype {jnp.result_type(x)}: kernels of complex inputs are not "
-            "supported (a real kernel of them would be silently different); pass real inputs, e.g. "
-            "the real and imaginary parts as features."
-        )
-    check_finite(x, name)
-    return x
-
-
-def validate_pair(x1: Any, x2: Any) -> tuple[Any, Any]:
-    """``x1`` (and ``x2`` when given) are non-empty finite batches with the same per-example shape."""
-    x1 = validate_x(x1, "x1")
-    if x2 is not None:
-        x2 = validate_x(x2, "x2")
-        if tuple(x1.shape[1:]) != tuple(x2.shape[1:]):
-            raise ValueError(
-                f"x1 and x2 must have the same per-example shape: x1 has {tuple(x1.shape[1:])}, "
-                f"x2 has {tuple(x2.shape[1:])} (shapes {tuple(x1.shape)} and {tuple(x2.shape)})."
-            )
-    return x1, x2
-
-
 def validate_params(params: Any) -> None:
     """``params`` leaves are finite, real floating-point arrays (the kernels differentiate every leaf).
 
@@ -275,30 +257,28 @@ def validate_params(params: Any) -> None:
 def validate_kernel_args(
     params: Any, x1: Any, x2: Any, *, apply_fn: Callable | None = None, check_params: bool = True
 ) -> tuple[Any, Any, int | None]:
-    """Common checks of ``kernel_fn(params, x1, x2=None)``; returns ``(x1, x2, n_classes)``.
+    """Common checks of ``kernel_fn(params, x1, x2=None)``; returns ``(x1, x2, n_outputs)``.
 
-    Checks: x1/x2 are non-empty batches with the same per-example shape; params and inputs are finite (when concrete);
-    ``apply_fn`` returns 2-D logits ``(N, C)`` with the batch size of its input (checked abstractly, no FLOPs).
+    Checks: x1/x2 are non-empty batches (arrays or pytrees of arrays, :mod:`._inputs`) with the same structure and
+    per-example shapes; params and inputs are finite (when concrete); ``apply_fn`` returns logits ``(N, C)`` or
+    ``(N, ..., C)`` with the batch size of its input (checked abstractly, no FLOPs). ``n_outputs`` is the number of
+    outputs per example (``C``, or ``L·C`` for ``(N, L, C)``); None without ``apply_fn``.
     """
     x1, x2 = validate_pair(x1, x2)
     if check_params:
         validate_params(params)
-    n_classes = None
-    if apply_fn is not None:
-        try:
-            out = jax.eval_shape(apply_fn, params, x1)
-        except Exception as e:  # noqa: BLE001 - re-raised with context
-            raise TypeError(
-                f"apply_fn(params, x1) failed for x1 of shape {tuple(x1.shape)}: {type(e).__name__}: {e}"
-            ) from e
-        shape = getattr(out, "shape", None)
-        if shape is None or len(shape) != 2 or shape[0] != x1.shape[0]:
-            got = shape if shape is not None else type(out).__name__
-            raise ValueError(
-                f"apply_fn must return logits of shape (N, C) for a batch of N examples; for x1 of shape "
-                f"{tuple(x1.shape)} it returned {got}. Reshape scalar outputs to (N, 1)."
-            )
-        if shape[1] < 1:
-            raise ValueError("apply_fn returned zero classes (shape (N, 0)).")
-        n_classes = int(shape[1])
-    return x1, x2, n_classes
+    if apply_fn is None:
+        return x1, x2, None
+    shape = check_outputs(apply_fn, params, x1)
+    return x1, x2, int(np.prod(shape[1:], dtype=np.int64))
+
+
+def canonical_args(params: Any, x1: Any, x2: Any, apply_fn: Callable) -> tuple:
+    """:func:`validate_kernel_args`, then the canonical model (:func:`._inputs.canonical`): returns
+    ``(fn, x1c, x2c, n_outputs, x1, x2)`` where ``fn(params, x1c) -> (N, n_outputs)`` takes one input array and
+    ``x1, x2`` are the validated user inputs. For an array batch with 2-D outputs ``fn is apply_fn``."""
+    x1, x2 = validate_pair(x1, x2)
+    validate_params(params)
+    shape = check_outputs(apply_fn, params, x1)
+    fn, c1, c2 = canonical(apply_fn, x1, x2, len(shape))
+    return fn, c1, c2, int(np.prod(shape[1:], dtype=np.int64)), x1, x2

@@ -9,7 +9,7 @@ from typing import Any
 
 import jax
 
-from ._common import validate_kernel_args
+from ._common import canonical_args
 from ._implementations import choose_auto
 from ._structured import Unsupported, analyze
 
@@ -51,7 +51,7 @@ def explain(apply_fn: Callable, params: Any, x: Any) -> Explanation:
     Args:
       apply_fn: ``apply_fn(params, x) -> (N, C)`` logits.
       params: the parameter pytree.
-      x: a batch ``(N, ...)`` of inputs (only its per-example shape and dtype matter).
+      x: a batch ``(N, ...)`` of inputs, or a pytree of them (only per-example shapes and dtypes matter).
 
     Returns:
       :class:`Explanation` (print it for a table).
@@ -68,7 +68,8 @@ def explain(apply_fn: Callable, params: Any, x: Any) -> Explanation:
     """
     if not callable(apply_fn):
         raise TypeError(f"apply_fn must be a callable (params, x) -> (N, C), got {type(apply_fn).__name__}.")
-    x, _, n_classes = validate_kernel_args(params, x, None, apply_fn=apply_fn)
+    # a pytree batch or (N, ..., C) outputs: the canonical model (one packed input array, flat outputs, ._inputs)
+    apply_fn, x, _, n_classes, _, _ = canonical_args(params, x, None, apply_fn)
     paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
     shapes = [tuple(jax.numpy.shape(l)) for l in jax.tree_util.tree_leaves(params)]
     auto = choose_auto(apply_fn, params, x, None, n_classes)

@@ -24,7 +24,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ._common import Implementation, single_example, tree_dot
+from ._common import Implementation, contract, single_example, tree_dot
 from ._structured import STRUCTURED, applies
 
 __all__ = ["Implementation", "IMPLEMENTATIONS", "choose_auto"]
@@ -105,7 +105,8 @@ def _columns(apply_fn, params, x1, x2, cotangents, reduce):
         def push(t):
             return jax.jvp(lambda p: apply_fn(p, x1), (params,), (t,))[1]  # (N1, C)
 
-        return reduce(jax.vmap(push)(tangents))
+        out = jax.vmap(push)(tangents)  # entries in the model's dtype; reduced in at least float32
+        return reduce(out.astype(jnp.promote_types(out.dtype, jnp.float32)))
 
     return jax.lax.map(column, x2, batch_size=min(_MAP_BATCH, x2.shape[0]))
 
@@ -144,7 +145,10 @@ def _ntvp_diag(apply_fn, params, x, cotangent_fn, scale):
     def one(xi):
         _, vjp_fn = jax.vjp(lambda p: f(p, xi), params)
         g = jax.vmap(lambda ct: vjp_fn(ct)[0])(cts)
-        return sum(jnp.sum(jnp.square(l)) for l in jax.tree_util.tree_leaves(g))
+        return sum(
+            contract("kp,kp->", l.reshape(l.shape[0], -1), l.reshape(l.shape[0], -1))
+            for l in jax.tree_util.tree_leaves(g)
+        )
 
     return jax.lax.map(one, x, batch_size=min(_MAP_BATCH, x.shape[0])) * scale(out_sd.shape[1])
 

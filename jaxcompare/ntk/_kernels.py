@@ -5,6 +5,7 @@ that composes with ``jax.jit``, ``jax.vmap`` and the package's transforms (``bat
 from __future__ import annotations
 
 import collections
+import functools
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -12,12 +13,23 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from .._precision import (
+    check_overflow,
+    finite_flag,
+    kernel_dtype,
+    low_precision_dtype,
+    resolve_precision,
+    traced_with_policy,
+)
 from .._validation import check_choice, check_finite_tree, is_concrete
 from ._common import (
-    HIGHEST,
     Kernel,
     KernelSpec,
+    batch_size,
+    canonical_args,
+    contract,
     cosine_normalize,
+    describe,
     validate_kernel_args,
     warn_zero_norm,
 )
@@ -49,49 +61,64 @@ def _check_projection(projection: Any) -> None:
         )
 
 
-def _gradient_compute(params, x1, x2, projection, *, apply_fn, mode, impl_name, with_norm):
-    """Traceable body shared by all gradient kernels; returns ``(kernel, diag of x1 or None)``."""
+def _gradient_parts(params, x1, x2, projection, apply_fn, mode, impl_name, with_norm):
+    """``(un-normalized kernel, diag of x1, diag of x2)`` (diagonals None without ``with_norm``)."""
     sym = x2 is None
     if projection is not None:
         summed = mode == "pseudo"
         phi1 = projection.features(apply_fn, params, x1, summed=summed)
         phi2 = phi1 if sym else projection.features(apply_fn, params, x2, summed=summed)
-        if summed:
-            c = jax.eval_shape(apply_fn, params, x1).shape[1]
-            k = jnp.einsum("ik,jk->ij", phi1, phi2, precision=HIGHEST) / c
-            sq = lambda f: jnp.einsum("ik,ik->i", f, f, precision=HIGHEST) / c  # noqa: E731
-        else:
-            k = jnp.einsum("ick,jck->ij", phi1, phi2, precision=HIGHEST)
-            sq = lambda f: jnp.einsum("ick,ick->i", f, f, precision=HIGHEST)  # noqa: E731
+        c = jax.eval_shape(apply_fn, params, x1).shape[1] if summed else 1
+        k = contract("ik,jk->ij" if summed else "ick,jck->ij", phi1, phi2) / c
+        sq = lambda f: contract("ik,ik->i" if summed else "ick,ick->i", f, f) / c  # noqa: E731
         if not with_norm:
-            return k, None
+            return k, None, None
         d1 = sq(phi1)
-        d2 = d1 if sym else sq(phi2)
-    else:
-        impl = IMPLEMENTATIONS[impl_name]
-        k = getattr(impl, mode)(apply_fn, params, x1, x2)
-        if not with_norm:
-            return k, None
-        diag = impl.pseudo_diag if mode == "pseudo" else impl.trace_diag
-        d1 = diag(apply_fn, params, x1)
-        d2 = d1 if sym else diag(apply_fn, params, x2)
-    return cosine_normalize(k, d1, d2), d1
-
-
-def _gradient_diag(params, x, projection, *, apply_fn, mode, impl_name):
-    if projection is not None:
-        phi = projection.features(apply_fn, params, x, summed=mode == "pseudo")
-        if mode == "pseudo":
-            return jnp.sum(phi * phi, axis=-1) / jax.eval_shape(apply_fn, params, x).shape[1]
-        return jnp.sum(phi * phi, axis=(-2, -1))
+        return k, d1, d1 if sym else sq(phi2)
     impl = IMPLEMENTATIONS[impl_name]
-    return (impl.pseudo_diag if mode == "pseudo" else impl.trace_diag)(apply_fn, params, x)
+    k = getattr(impl, mode)(apply_fn, params, x1, x2)
+    if not with_norm:
+        return k, None, None
+    diag = impl.pseudo_diag if mode == "pseudo" else impl.trace_diag
+    d1 = diag(apply_fn, params, x1)
+    return k, d1, d1 if sym else diag(apply_fn, params, x2)
+
+
+def _gradient_compute(params, x1, x2, projection, *, apply_fn, mode, impl_name, with_norm, precision="highest"):
+    """Traceable body shared by all gradient kernels; returns ``(kernel, diag of x1 or None, finite or None)``.
+
+    Traced under the precision policy ``precision`` (a static argument of the jit: part of its cache key); the kernel
+    is returned in :func:`~jaxcompare._precision.kernel_dtype` (float32 for bfloat16/float16 models).
+    """
+    with traced_with_policy(precision):
+        k, d1, d2 = _gradient_parts(params, x1, x2, projection, apply_fn, mode, impl_name, with_norm)
+    dt = kernel_dtype(params)
+    k = k.astype(dt)
+    finite = finite_flag(params, k, d1, None if d2 is d1 else d2)
+    if not with_norm:
+        return k, None, finite
+    d1, d2 = d1.astype(dt), d2.astype(dt)
+    return cosine_normalize(k, d1, d2), d1, finite
+
+
+def _gradient_diag(params, x, projection, *, apply_fn, mode, impl_name, precision="highest"):
+    """``(diag, finite or None)`` of the un-normalized kernel, under the precision policy ``precision``."""
+    with traced_with_policy(precision):
+        if projection is not None:
+            phi = projection.features(apply_fn, params, x, summed=mode == "pseudo")
+            c = jax.eval_shape(apply_fn, params, x).shape[1] if mode == "pseudo" else 1
+            d = contract("ik,ik->i" if mode == "pseudo" else "ick,ick->i", phi, phi) / c
+        else:
+            impl = IMPLEMENTATIONS[impl_name]
+            d = (impl.pseudo_diag if mode == "pseudo" else impl.trace_diag)(apply_fn, params, x)
+    d = d.astype(kernel_dtype(params))
+    return d, finite_flag(params, d)
 
 
 # module-level jits: kernels built on the same apply_fn share compiled code (a projection is a pytree argument,
-# so a new key does not recompile)
-_compute_jit = jax.jit(_gradient_compute, static_argnames=("apply_fn", "mode", "impl_name", "with_norm"))
-_diag_jit = jax.jit(_gradient_diag, static_argnames=("apply_fn", "mode", "impl_name"))
+# so a new key does not recompile); the precision policy is static: another policy compiles another function
+_compute_jit = jax.jit(_gradient_compute, static_argnames=("apply_fn", "mode", "impl_name", "with_norm", "precision"))
+_diag_jit = jax.jit(_gradient_diag, static_argnames=("apply_fn", "mode", "impl_name", "precision"))
 
 
 def _entry_points(run: Callable, normalize: bool) -> tuple[Callable, Callable]:
@@ -130,6 +157,10 @@ def _memory_plan(apply_fn, params, x1, x2, n_classes, impl_name, mode) -> int | 
     n = x1.shape[0] + (0 if x2 is None else x2.shape[0])
     budget = memory_budget()
     need = per * n + fixed
+    if impl_name == "structured":  # eager structured calls run on the blocked engine (features once per block)
+        from ._structured._blocks import engine_block
+
+        return engine_block(x1.shape[0], x2, per, fixed, budget, mode)
     if per == 0 or need <= budget:
         return None
     bs = int((budget - fixed) // (2 * per)) if budget > fixed else 0
@@ -159,55 +190,81 @@ def _gradient_kernel(
     projection: Any,
     implementation: str,
     record: Callable | None = None,
+    precision: str | None = None,
 ):
     """Shared builder of the three gradient kernels: ``(kernel_fn, base, diag)``. ``record()`` returns the kernel
-    record, which eager calls over the memory budget compute through :func:`batched`."""
+    record, which eager calls over the memory budget compute through :func:`batched`. ``precision``: the policy, or
+    None for the one active when the kernel is called (:func:`jaxcompare.ntk.precision`)."""
 
-    def resolve(params, x1, x2, n_classes):
+    def resolve(fn, params, x1, x2, n_classes):
         if projection is not None:
             return "projection"
         if implementation != "auto":
             return implementation
-        return choose_auto(apply_fn, params, x1, x2, n_classes)
+        return choose_auto(fn, params, x1, x2, n_classes)
 
     def run(params, x1, x2, with_norm):
-        x1, x2, n_classes = validate_kernel_args(params, x1, x2, apply_fn=apply_fn)
-        impl_name = resolve(params, x1, x2, n_classes)
+        # fn/c1/c2: the canonical model (one input array, 2-D outputs; see ._inputs); x1/x2: the user's batches
+        fn, c1, c2, n_classes, x1, x2 = canonical_args(params, x1, x2, apply_fn)
+        impl_name = resolve(fn, params, c1, c2, n_classes)
         if (
             record is not None
             and projection is None
-            and all(is_concrete(l) for l in jax.tree_util.tree_leaves((params, x1, x2)))
+            and all(is_concrete(l) for l in jax.tree_util.tree_leaves((params, c1, c2)))
         ):
-            bs = _memory_plan(apply_fn, params, x1, x2, n_classes, impl_name, mode)
+            bs = _memory_plan(fn, params, c1, c2, n_classes, impl_name, mode)
             if bs is not None:
                 from ._batching import batched
 
                 planned = batched(record(), bs, progress_bar=False)
-                return planned(params, x1, x2) if with_norm else planned.spec.base(params, x1, x2)
-        k, d1 = _compute_jit(
-            params, x1, x2, projection, apply_fn=apply_fn, mode=mode, impl_name=impl_name, with_norm=with_norm
+                out = planned(params, x1, x2) if with_norm else planned.spec.base(params, x1, x2)
+                check_overflow(finite_flag(params, out), low_precision_dtype(params), f"{mode} kernel", impl_name)
+                return out
+        k, d1, finite = _compute_jit(
+            params,
+            c1,
+            c2,
+            projection,
+            apply_fn=fn,
+            mode=mode,
+            impl_name=impl_name,
+            with_norm=with_norm,
+            precision=resolve_precision(precision),
         )
+        check_overflow(finite, low_precision_dtype(params), f"{mode} kernel", impl_name)
         if with_norm and x2 is None:
             warn_zero_norm(d1, "gradient")
         return k
 
     def diag(params, x):
-        x, _, n_classes = validate_kernel_args(params, x, None, apply_fn=apply_fn)
-        return _diag_jit(
-            params, x, projection, apply_fn=apply_fn, mode=mode, impl_name=resolve(params, x, None, n_classes)
+        fn, c, _, n_classes, _, _ = canonical_args(params, x, None, apply_fn)
+        impl_name = resolve(fn, params, c, None, n_classes)
+        d, finite = _diag_jit(
+            params, c, projection, apply_fn=fn, mode=mode, impl_name=impl_name, precision=resolve_precision(precision)
         )
+        check_overflow(finite, low_precision_dtype(params), f"{mode} kernel's diagonal", impl_name)
+        return d
 
     base, kernel_fn = _entry_points(run, normalize)
     return kernel_fn, base, diag
 
 
 def _public_gradient_kernel(
-    apply_fn: Callable, mode: str, name: str, *, normalize: bool, projection: Any, implementation: str
+    apply_fn: Callable,
+    mode: str,
+    name: str,
+    *,
+    normalize: bool,
+    projection: Any,
+    implementation: str,
+    precision: str | None = None,
 ) -> Kernel:
     """Check the factory arguments and build the kernel record (:class:`Kernel`)."""
     _check_apply_fn(apply_fn)
     _check_implementation(implementation)
     _check_projection(projection)
+    if precision is not None:
+        resolve_precision(precision)  # validated now, not at the first call
     made: list = []  # the record, set once below (eager calls over the memory budget tile it with batched)
     kernel_fn, base, diag = _gradient_kernel(
         apply_fn,
@@ -216,6 +273,7 @@ def _public_gradient_kernel(
         projection=projection,
         implementation=implementation,
         record=lambda: made[0],
+        precision=precision,
     )
     full = mode == "full"
     spec = KernelSpec(
@@ -225,7 +283,8 @@ def _public_gradient_kernel(
         normalize,
         full,
         apply_fn,
-        (("implementation", implementation), ("projection", projection)),
+        (("implementation", implementation), ("projection", projection))
+        + ((("precision", precision),) if precision is not None else ()),
         _label(name),
     )
     made.append(Kernel(kernel_fn, spec))
@@ -245,7 +304,7 @@ def _label(name: str) -> str:
     return name
 
 
-def empirical_ntk(apply_fn: Callable, *, implementation: str = "auto") -> Callable:
+def empirical_ntk(apply_fn: Callable, *, implementation: str = "auto", precision: str | None = None) -> Callable:
     """Full empirical NTK with class blocks.
 
     ``K[i, j, c, c'] = <g_c(x1_i), g_c'(x2_j)>`` where ``g_c(x) = ∇_θ f^c(x; θ)`` is the gradient of logit ``c``
@@ -253,11 +312,17 @@ def empirical_ntk(apply_fn: Callable, *, implementation: str = "auto") -> Callab
 
     Args:
       apply_fn: ``apply_fn(params, x) -> (N, C)`` logits; must treat examples independently (no batch statistics).
+        ``x`` may be a pytree of arrays with a leading batch axis (``{"tokens", "mask"}``); outputs ``(N, ..., C)``
+        count as ``C_out = L·C`` outputs in C order (class axes ``(C_out, C_out)``, index ``t·C + c``).
       implementation: ``"structured"`` (layer inputs × output sensitivities for every dense/conv layer, per-example
         gradients only for the other parameters; never forms the full per-example gradients), ``"jacobian"``
         (contract per-example Jacobians; memory ``N·C·P``), ``"ntvp"`` (NTK-vector products; memory ``C·P``), or
         ``"auto"`` (structured when at least one layer qualifies, else Jacobians when they fit in 2 GiB, else
         NTK-vector products).
+      precision: the precision policy of the kernel's matrix products — ``"highest"``, ``"high"`` or ``"default"``
+        — or None (default): the policy of the enclosing :func:`jaxcompare.ntk.precision` block when the kernel is
+        called, else ``"highest"``. bfloat16/float16 models accumulate in float32 and get float32 kernels; a float16
+        overflow raises :class:`FloatingPointError` (see :mod:`jaxcompare._precision`).
 
     Returns:
       ``kernel_fn(params, x1, x2=None) -> (N1, N2, C, C)``; ``x2=None`` means ``x2 = x1``.
@@ -276,7 +341,7 @@ def empirical_ntk(apply_fn: Callable, *, implementation: str = "auto") -> Callab
       True
     """
     return _public_gradient_kernel(
-        apply_fn, "full", "entk", normalize=False, projection=None, implementation=implementation
+        apply_fn, "full", "entk", normalize=False, projection=None, implementation=implementation, precision=precision
     )
 
 
@@ -286,6 +351,7 @@ def trace_ntk(
     normalize: bool = True,
     projection: RandomProjection | None = None,
     implementation: str = "auto",
+    precision: str | None = None,
 ) -> Callable:
     """Trace NTK: the cosine-normalized trNTK (default) or the unnormalized trNTK⁰.
 
@@ -297,14 +363,23 @@ def trace_ntk(
     Zero gradients: a point whose gradient is exactly 0 has no direction; its normalized row/column (diagonal
     included) is 0, never NaN, and an eager call warns.
 
+    Inputs and outputs: ``x1``/``x2`` may be pytrees of arrays sharing a leading batch axis (``{"tokens": int32
+    (N, L), "mask": bool (N, L)}``, ``(image, metadata)``; integer/boolean leaves are not differentiated). Outputs
+    ``(N, ..., C)`` (per-token logits ``(N, L, C)``) are traced over positions and classes:
+    ``K0[i, j] = Σ_t Σ_c <g_tc(x1_i), g_tc(x2_j)>``, i.e. every (position, class) pair is one output. One kernel
+    per position (``Σ_c`` only) is not offered: it needs a position-keeping contraction in every implementation
+    (the structured path sums positions inside its Gram products) and per-position norms through every transform;
+    ``trace_ntk(lambda p, x: apply_fn(p, x)[:, t])`` gives position ``t`` at the cost of one kernel.
+
     Args:
-      apply_fn: ``apply_fn(params, x) -> (N, C)`` logits.
+      apply_fn: ``apply_fn(params, x) -> (N, C)`` or ``(N, ..., C)`` logits.
       normalize: cosine normalization (trNTK) or not (trNTK⁰).
       projection: a :func:`structured_projection` (fast: a CountSketch of each layer's gradient formed from its
         factors) or a :func:`random_projection`; the kernel of the projected gradients ``R g_c``, a Gram product of
         the features of :func:`project_gradients`.
       implementation: ``"auto"``, ``"structured"``, ``"jacobian"`` or ``"ntvp"`` (see :func:`empirical_ntk`);
         ignored with a projection.
+      precision: precision policy (see :func:`empirical_ntk`).
 
     Returns:
       ``kernel_fn(params, x1, x2=None) -> (N1, N2)``.
@@ -326,7 +401,13 @@ def trace_ntk(
     normalize = bool(normalize)
     name = ("proj_" if projection is not None else "") + ("trntk" if normalize else "trntk0")
     return _public_gradient_kernel(
-        apply_fn, "trace", name, normalize=normalize, projection=projection, implementation=implementation
+        apply_fn,
+        "trace",
+        name,
+        normalize=normalize,
+        projection=projection,
+        implementation=implementation,
+        precision=precision,
     )
 
 
@@ -336,11 +417,15 @@ def pseudo_ntk(
     normalize: bool = False,
     projection: RandomProjection | None = None,
     implementation: str = "auto",
+    precision: str | None = None,
 ) -> Callable:
     """Pseudo NTK: ``(1/C) <∇_θ Σ_c f^c(x1_i), ∇_θ Σ_c f^c(x2_j)> = (1/C) Σ_{c,c'} K[i, j, c, c']``.
 
     One gradient per example (of the summed logits) instead of ``C``. ``normalize=True`` gives its cosine
-    normalization (zero-gradient convention as in :func:`trace_ntk`); ``projection`` its projected version.
+    normalization (zero-gradient convention as in :func:`trace_ntk`); ``projection`` its projected version;
+    ``implementation`` and ``precision`` as in :func:`empirical_ntk`. Pytree inputs as in :func:`trace_ntk`; for
+    outputs ``(N, L, C)`` the sum runs over all ``L·C`` (position, class) outputs and ``C`` becomes ``L·C``:
+    ``(1/(L·C)) <∇ Σ_{t,c} f^tc(x1_i), ∇ Σ_{t,c} f^tc(x2_j)>``.
 
     Returns:
       ``kernel_fn(params, x1, x2=None) -> (N1, N2)``.
@@ -348,12 +433,23 @@ def pseudo_ntk(
     normalize = bool(normalize)
     name = ("proj_" if projection is not None else "") + ("pntk" if normalize else "pntk0")
     return _public_gradient_kernel(
-        apply_fn, "pseudo", name, normalize=normalize, projection=projection, implementation=implementation
+        apply_fn,
+        "pseudo",
+        name,
+        normalize=normalize,
+        projection=projection,
+        implementation=implementation,
+        precision=precision,
     )
 
 
-def _feature_kernel(name: str, features: Callable, normalize: bool, what: str, user_fn: Callable) -> Kernel:
-    """Kernel of flattened feature blocks: ``features(params, x) -> list of (N, D_l)``; ``K = Σ_l F_l F_lᵀ``."""
+def _feature_kernel(
+    name: str, features: Callable, normalize: bool, what: str, user_fn: Callable, precision: str | None = None
+) -> Kernel:
+    """Kernel of flattened feature blocks: ``features(params, x) -> list of (N, D_l)``; ``K = Σ_l F_l F_lᵀ``,
+    accumulated in at least float32 under the precision policy (``precision``, else the active one)."""
+    if precision is not None:
+        resolve_precision(precision)
 
     def blocks(params, x):
         out = features(params, x)
@@ -362,25 +458,42 @@ def _feature_kernel(name: str, features: Callable, normalize: bool, what: str, u
             raise ValueError(f"{what} returned no arrays.")
         flat = []
         for l in leaves:
-            if l.ndim < 1 or l.shape[0] != x.shape[0]:
+            if l.ndim < 1 or l.shape[0] != batch_size(x):
                 raise ValueError(
-                    f"{what} must return arrays with the batch as axis 0 (N = {x.shape[0]}); got shape {l.shape}."
+                    f"{what} must return arrays with the batch as axis 0 (N = {batch_size(x)}); got shape {l.shape}."
                 )
             flat.append(l.reshape(l.shape[0], -1))
         return flat
 
-    def compute(params, x1, x2, with_norm):
-        f1 = blocks(params, x1)
-        f2 = f1 if x2 is None else blocks(params, x2)
-        k = sum(jnp.einsum("id,jd->ij", a, b, precision=HIGHEST) for a, b in zip(f1, f2))
-        if not with_norm:
-            return k, None
-        d1 = sum(jnp.einsum("id,id->i", a, a, precision=HIGHEST) for a in f1)
-        d2 = d1 if x2 is None else sum(jnp.einsum("id,id->i", b, b, precision=HIGHEST) for b in f2)
-        return cosine_normalize(k, d1, d2), d1
+    def low(fs):  # a bfloat16/float16 feature block: the kernel is checked for overflow
+        return any(jnp.dtype(f.dtype).itemsize < 4 for f in fs)
 
-    compute_jit = jax.jit(compute, static_argnames=("with_norm",))
-    diag_jit = jax.jit(lambda p, xx: sum(jnp.sum(b * b, axis=1) for b in blocks(p, xx)))
+    def compute(params, x1, x2, with_norm, precision):
+        with traced_with_policy(precision):
+            f1 = blocks(params, x1)
+            f2 = f1 if x2 is None else blocks(params, x2)
+            k = sum(contract("id,jd->ij", a, b) for a, b in zip(f1, f2))
+            d1 = sum(contract("id,id->i", a, a) for a in f1) if with_norm else None
+            d2 = d1 if x2 is None or not with_norm else sum(contract("id,id->i", b, b) for b in f2)
+        finite = None
+        if low(f1) or low(f2):
+            finite = functools.reduce(jnp.logical_and, [jnp.all(jnp.isfinite(a)) for a in (k, d1, d2) if a is not None])
+        if not with_norm:
+            return k, None, finite
+        return cosine_normalize(k, d1, d2), d1, finite
+
+    def compute_diag(params, x, precision):
+        with traced_with_policy(precision):
+            fs = blocks(params, x)
+            d = sum(contract("id,id->i", b, b) for b in fs)
+        return d, jnp.all(jnp.isfinite(d)) if low(fs) else None
+
+    def feature_dtype(params, x):  # the narrowest low-precision feature dtype, for the overflow message
+        names = sorted({jnp.dtype(f.dtype).name for f in jax.eval_shape(blocks, params, x) if f.dtype.itemsize < 4})
+        return "float16" if "float16" in names else (names[0] if names else None)
+
+    compute_jit = jax.jit(compute, static_argnames=("with_norm", "precision"))
+    diag_jit = jax.jit(compute_diag, static_argnames=("precision",))
 
     def validate(params, x1, x2):
         x1, x2, _ = validate_kernel_args(params, x1, x2, apply_fn=None, check_params=False)
@@ -390,41 +503,51 @@ def _feature_kernel(name: str, features: Callable, normalize: bool, what: str, u
         except ValueError:
             raise
         except Exception as e:  # noqa: BLE001
-            raise TypeError(f"{what}(params, x1) failed for x1 of shape {tuple(x1.shape)}: {e}") from e
+            raise TypeError(f"{what}(params, x1) failed for x1 of {describe(x1)}: {e}") from e
         return x1, x2
 
     def run(params, x1, x2, with_norm):
         x1, x2 = validate(params, x1, x2)
-        k, d1 = compute_jit(params, x1, x2, with_norm)
+        k, d1, finite = compute_jit(params, x1, x2, with_norm, resolve_precision(precision))
+        if finite is not None:
+            check_overflow(finite, feature_dtype(params, x1), f"{name} kernel", source="features")
         if with_norm and x2 is None:
             warn_zero_norm(d1, "feature vector")
         return k
 
     def diag(params, x):
         x, _ = validate(params, x, None)
-        return diag_jit(params, x)
+        d, finite = diag_jit(params, x, resolve_precision(precision))
+        if finite is not None:
+            check_overflow(finite, feature_dtype(params, x), f"{name} kernel's diagonal", source="features")
+        return d
 
     base, kernel_fn = _entry_points(run, normalize)
 
     name = name if normalize else name + "0"
-    return Kernel(kernel_fn, KernelSpec(name, base, diag, normalize, False, user_fn, (), _label(name)))
+    options = (("precision", precision),) if precision is not None else ()
+    return Kernel(kernel_fn, KernelSpec(name, base, diag, normalize, False, user_fn, options, _label(name)))
 
 
-def conjugate_kernel(feature_fn: Callable, *, normalize: bool = False) -> Callable:
+def conjugate_kernel(feature_fn: Callable, *, normalize: bool = False, precision: str | None = None) -> Callable:
     """Conjugate kernel (CK): ``K[i, j] = <φ(x1_i), φ(x2_j)>`` for the features ``φ`` entering the last linear layer.
 
     Args:
       feature_fn: ``feature_fn(params, x) -> (N, ...)`` the penultimate features (flattened per example).
       normalize: cosine normalization (zero feature vectors give 0 rows, never NaN).
+      precision: precision policy of the Gram products (see :func:`empirical_ntk`); bfloat16/float16 features are
+        accumulated in float32 and give a float32 kernel.
 
     Returns:
       ``kernel_fn(params, x1, x2=None) -> (N1, N2)``.
     """
     _check_apply_fn(feature_fn, "feature_fn")
-    return _feature_kernel("ck", lambda p, x: [feature_fn(p, x)], bool(normalize), "feature_fn", feature_fn)
+    return _feature_kernel(
+        "ck", lambda p, x: [feature_fn(p, x)], bool(normalize), "feature_fn", feature_fn, precision=precision
+    )
 
 
-def embedding_kernel(layers_fn: Callable, *, normalize: bool = True) -> Callable:
+def embedding_kernel(layers_fn: Callable, *, normalize: bool = True, precision: str | None = None) -> Callable:
     """Embedding kernel (Em): ``K[i, j] = Σ_l <a_l(x1_i), a_l(x2_j)>`` over the flattened outputs of every layer,
     cosine-normalized once after summing (``normalize=True``, the published definition).
 
@@ -433,9 +556,10 @@ def embedding_kernel(layers_fn: Callable, *, normalize: bool = True) -> Callable
         the batch as axis 0. For flax.linen models :func:`jaxcompare.linen_layers_fn` builds one from
         ``capture_intermediates``.
       normalize: cosine-normalize the summed kernel.
+      precision: precision policy of the Gram products (see :func:`conjugate_kernel`).
 
     Returns:
       ``kernel_fn(params, x1, x2=None) -> (N1, N2)``.
     """
     _check_apply_fn(layers_fn, "layers_fn")
-    return _feature_kernel("em", layers_fn, bool(normalize), "layers_fn", layers_fn)
+    return _feature_kernel("em", layers_fn, bool(normalize), "layers_fn", layers_fn, precision=precision)

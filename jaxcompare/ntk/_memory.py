@@ -91,6 +91,31 @@ def memory_budget(budget: int | float | str | None = None) -> int:
     return _parse(budget, "memory_budget")
 
 
+def total_bytes() -> int:
+    """Physical memory (``MemTotal``), or 4 GiB if unknown: a machine constant, unlike :func:`available_bytes`."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return _FALLBACK
+
+
+def planning_budget() -> int:
+    """The budget that choices baked into a traced program use: ``JAXCOMPARE_MEMORY_BUDGET`` if set, else half the
+    physical memory. Unlike :func:`memory_budget` it does not move with the machine's load, so the same call traces
+    the same program (the on-disk fingerprint of a kernel depends on it)."""
+    env = os.environ.get("JAXCOMPARE_MEMORY_BUDGET")
+    if env:
+        return _parse(env, "JAXCOMPARE_MEMORY_BUDGET")
+    return int(_DEFAULT_FRACTION * total_bytes())
+
+
 def format_bytes(n: float) -> str:
     """``1.5 GiB``-style text."""
     for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
@@ -102,7 +127,8 @@ def format_bytes(n: float) -> str:
 def kernel_bytes(apply_fn, params, x1, x2, n_classes: int, impl_name: str, mode: str) -> tuple[int, int]:
     """``(per_example, fixed)`` estimated bytes of an exact gradient kernel from shapes only: ``per_example`` grows
     with the number of points held at once (per-example gradients, layer factors, activations kept for the
-    backward passes), ``fixed`` is the output. ``(0, 0)`` for implementations whose memory does not grow with N."""
+    backward passes), ``fixed`` is the output (and, for the structured path, one chunk of the factor computation
+    and one tile's intermediates). ``(0, out)`` for implementations whose memory does not grow with N."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -116,11 +142,8 @@ def kernel_bytes(apply_fn, params, x1, x2, n_classes: int, impl_name: str, mode:
         return c * n_par * itemsize, out
     if impl_name != "structured":
         return 0, out
-    from ._structured import analyze, factors
+    from ._structured._blocks import estimate
 
-    plan = analyze(apply_fn, params, tuple(x1.shape[1:]), x1.dtype)
-    a, g, j = jax.eval_shape(lambda p, xx: factors(plan, p, xx, summed=mode == "pseudo"), params, x1[:1])
-    act = sum(int(np.prod(s[0], dtype=np.int64)) for e in plan.prog.eqns for s in e.shapes)
-    fac = sum(int(np.prod(s.shape[1:], dtype=np.int64)) for s in (*a, *g, *j))
-    grads = sum(c * aa.shape[-1] * gg.shape[-1] for aa, gg in zip(a, g) if gg.shape[2] > 1)
-    return itemsize * ((2 + c) * act + fac + grads), out
+    # the structured path keeps compact per-layer features of every point (see _structured/_blocks.py), plus one
+    # chunk of the factor computation and one tile's intermediates
+    return estimate(apply_fn, params, x1, x2, mode)

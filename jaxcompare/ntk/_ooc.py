@@ -46,9 +46,10 @@ import numpy as np
 
 from .._progress import progress
 from .._validation import check_int
-from ._common import cosine_normalize, validate_pair, warn_zero_norm
+from ._common import batch_size, cosine_normalize, validate_pair, warn_zero_norm
 from ._disk import DirLock, atomic_json, atomic_npy, crc, create_npy, open_npy
 from ._fingerprint import data_fingerprint, model_fingerprint
+from ._inputs import take_rows
 from ._ooc_ledger import (
     _VERSION,
     _current_ledger0,
@@ -65,9 +66,9 @@ __all__ = ["kernel_to_disk"]
 
 
 @functools.partial(jax.jit, static_argnames=("bs",))
-def _block(x: jax.Array, i: Any, bs: int) -> jax.Array:
-    """Block ``i`` (traced: one program for all blocks) of ``bs`` rows of a padded array."""
-    return jax.lax.dynamic_slice_in_dim(x, i * bs, bs)
+def _block(x: Any, i: Any, bs: int) -> Any:
+    """Block ``i`` (traced: one program for all blocks) of ``bs`` rows of a padded batch (an array or a pytree)."""
+    return jax.tree_util.tree_map(lambda l: jax.lax.dynamic_slice_in_dim(l, i * bs, bs), x)
 
 
 class _Same:
@@ -134,7 +135,8 @@ def kernel_to_disk(
 
     Args:
       kernel_fn: a kernel function ``(params, x1, x2=None) -> (N1, N2, ...)`` (from this package or your own).
-      params, x1, x2: its arguments (concrete arrays; this is a host-side loop, not traceable).
+      params, x1, x2: its arguments (concrete arrays, or pytrees of arrays with a leading batch axis; this is a
+        host-side loop, not traceable). The data fingerprint covers every leaf and the structure of ``x1``/``x2``.
       path: a directory (created if missing) for ``kernel.npy``, ``norms.npy`` and the ledgers ``state*.json``.
       block_size: rows per tile (``>= 1``).
       progress_bar: show progress of the norms and the tiles, resumed tiles counted as done (default: on unless
@@ -192,12 +194,13 @@ def kernel_to_disk(
     check_transform_args(params)
     spec = parts.spec
     use_norm = parts.use_norm
-    n1 = x1.shape[0]
-    n2 = (x1 if x2 is None else x2).shape[0]
+    n1 = batch_size(x1)
+    n2 = batch_size(x1 if x2 is None else x2)
     plan = TilePlan(n1, n2, bs, x2 is None and parts.symmetric_known)
-    x1p = plan.padded(jnp.asarray(x1))
-    x2p = x1p if x2 is None else plan.padded(jnp.asarray(x2))
-    out = jax.eval_shape(lambda p, a, b: parts.tile_fn(p, a, b), params, x1p[:bs], x2p[:bs])
+    x1p = plan.padded(jax.tree_util.tree_map(jnp.asarray, x1))
+    x2p = x1p if x2 is None else plan.padded(jax.tree_util.tree_map(jnp.asarray, x2))
+    b1, b2 = take_rows(x1p, 0, bs), take_rows(x2p, 0, bs)
+    out = jax.eval_shape(lambda p, a, b: parts.tile_fn(p, a, b), params, b1, b2)
     shape = (n1, n2) + tuple(out.shape[2:])
     dtype = np.dtype(out.dtype)
 
@@ -208,7 +211,7 @@ def kernel_to_disk(
         dict(options=options, params=params, x1=x1, x2=x2),
     )
     abstract = jax.tree_util.tree_map(
-        lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), (params, x1p[:bs], x2p[:bs])
+        lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), (params, b1, b2)
     )
     traced = {"tile": (parts.tile_fn, abstract)}
     if use_norm:

@@ -84,10 +84,17 @@ class RandomProjection:
 
         return jax.tree_util.tree_unflatten(treedef, jax.vmap(one_row)(index))
 
-    def _chunk(self, n_params: int) -> int:
+    def _chunk(self, n_params: int, n_examples: int = 1, act_elements: int = 0, itemsize: int = 4) -> int:
+        """Rows applied at once: ``chunk_size``, or the most (≤ 256) whose rows (``P`` numbers each) and forward-mode
+        passes (the tangents of every intermediate of ``n_examples`` examples, ``act_elements`` per example) fit
+        the memory budget (:func:`jaxcompare.ntk._memory.memory_budget`)."""
         if self.chunk_size is not None:
             return min(self.chunk_size, self.dim)
-        return max(1, min(self.dim, _AUTO_CHUNK_ELEMENTS // max(n_params, 1), 256))
+        from ._memory import memory_budget
+
+        per_row = itemsize * (2 * n_params + 2 * n_examples * act_elements)
+        by_budget = memory_budget() // max(per_row, 1)
+        return int(max(1, min(self.dim, _AUTO_CHUNK_ELEMENTS // max(n_params, 1), 256, by_budget)))
 
     def features(self, apply_fn: Callable, params: Any, x: jax.Array, *, summed: bool = False) -> jax.Array:
         """Projected gradients: ``(N, C, dim)`` with ``[i, c, t] = <r_t, g_c(x_i)>``; ``summed`` gives ``(N, dim)``
@@ -95,7 +102,8 @@ class RandomProjection:
         if self.kind == "sparse":
             return self._sketch_features(apply_fn, params, x, summed=summed)
         n_par = sum(int(jnp.size(l)) for l in jax.tree_util.tree_leaves(params))
-        chunk = self._chunk(n_par)
+        n_ex = jax.tree_util.tree_leaves(x)[0].shape[0]  # x may be a pytree with a leading batch axis
+        chunk = self._chunk(n_par, n_ex, _intermediate_elements(apply_fn, params, x), _itemsize(params))
         n_chunks = -(-self.dim // chunk)
 
         def push(t):
@@ -160,6 +168,29 @@ class RandomProjection:
         out = jax.lax.map(do_chunk, xp.reshape((n_chunks, chunk) + x.shape[1:]))
         out = out.reshape((n_chunks * chunk,) + out.shape[2:])[:n]
         return out[:, 0] if summed else out
+
+
+def _intermediate_elements(apply_fn: Callable, params: Any, x: jax.Array) -> int:
+    """Numbers computed by ``apply_fn`` for one example (every intermediate of its jaxpr, nested calls included):
+    what one forward-mode pass keeps alive per example, at most."""
+    from jax.extend.core import jaxprs_in_params
+
+    closed = jax.make_jaxpr(apply_fn)(params, jax.tree_util.tree_map(lambda leaf: leaf[:1], x))
+
+    def count(jaxpr) -> int:
+        total = 0
+        for eqn in jaxpr.eqns:
+            total += sum(int(np.prod(v.aval.shape, dtype=np.int64)) for v in eqn.outvars if hasattr(v.aval, "shape"))
+            for sub in jaxprs_in_params(eqn.params):
+                total += count(sub)
+        return total
+
+    return max(count(closed.jaxpr), 1)
+
+
+def _itemsize(params: Any) -> int:
+    leaves = [l for l in jax.tree_util.tree_leaves(params) if jnp.issubdtype(jnp.result_type(l), jnp.floating)]
+    return max([jnp.dtype(jnp.result_type(l)).itemsize for l in leaves] + [4])
 
 
 def random_projection(

@@ -178,7 +178,8 @@ def kernel(name: str, fn: Callable, **options: Any) -> Kernel:
       fn: the function the entry needs (``KERNELS[name].needs``): ``apply_fn(params, x) -> (N, C)`` logits,
         ``feature_fn(params, x) -> (N, D)`` or ``layers_fn(params, x) -> pytree of (N, ...)``.
       **options: passed to the factory: ``implementation=`` for the gradient kernels, ``projection=`` (required,
-        and only accepted) for the projected ones. Normalization is part of the name: ``normalize=`` is refused.
+        and only accepted) for the projected ones, ``precision=`` for every kernel (see :func:`precision`).
+        Normalization is part of the name: ``normalize=`` is refused.
 
     Returns:
       A :class:`Kernel` ``kernel_fn(params, x1, x2=None)``; ``kernel_fn.spec`` carries name, label, normalization.
@@ -215,7 +216,11 @@ def kernel(name: str, fn: Callable, **options: Any) -> Kernel:
         raise ValueError(
             f"kernel {name!r} takes no projection=; use 'proj_trntk' or 'proj_pntk' for projected kernels."
         )
-    allowed = {"apply_fn": ("implementation", "projection"), "feature_fn": (), "layers_fn": ()}[info.needs]
+    allowed = {
+        "apply_fn": ("implementation", "projection", "precision"),
+        "feature_fn": ("precision",),
+        "layers_fn": ("precision",),
+    }[info.needs]
     extra = sorted(set(options) - set(allowed))
     if extra:
         raise TypeError(

@@ -12,6 +12,9 @@ transposes of blocks ``(x - k, x)`` from device ``x - k`` (``lax.ppermute``: one
 the block ``(x, x + D/2)`` is computed in halves by the two devices it concerns, which exchange them. Each pair of
 row blocks is thus computed once: ``D (D + 1) / 2`` blocks instead of ``D²``.
 
+Inputs may be pytrees of arrays with a leading batch axis (``{"tokens", "mask"}``): every leaf is padded, split and
+sliced by the same rows.
+
 Rows that do not split evenly: a row-sharded ``jax.Array`` must split evenly, so with ``N1`` not a multiple of ``D``
 ``sharded(..., pad=True)`` returns the kernel padded to ``ceil(N1 / D) · D`` rows, the padding rows set to 0 (the
 first ``N1`` rows are the kernel); without ``pad`` that case is an error that says so.
@@ -34,7 +37,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from .._validation import check_int, is_concrete
 from ._batching import _traced
-from ._common import cosine_normalize, validate_pair, warn_zero_norm
+from ._common import batch_size, cosine_normalize, validate_pair, warn_zero_norm
 from ._tiling import TilePlan, check_transform_args, diag_blocks, kernel_parts, pad_rows, swap, transformed
 
 __all__ = ["sharded"]
@@ -63,8 +66,8 @@ def _symmetric_strip(tile, diag_tile, swap_trailing, names, n_dev, b):
     def strip(p, x_all):
         me = jax.lax.axis_index(names)
 
-        def rows(start, size):
-            return jax.lax.dynamic_slice_in_dim(x_all, start, size)
+        def rows(start, size):  # pytree inputs: the same rows of every leaf
+            return jax.tree_util.tree_map(lambda l: jax.lax.dynamic_slice_in_dim(l, start, size), x_all)
 
         own = rows(me * b, b)
         tiles = [diag_tile(p, own)] + [None] * (n_dev - 1)
@@ -141,12 +144,13 @@ def sharded(kernel_fn: Callable, mesh: Mesh | None = None, *, block_size: int | 
     def tile(p, a, b):
         if bs is None:
             return parts.tile_fn(p, a, b)
-        return _traced(parts.tile_fn, p, a, b, TilePlan(a.shape[0], b.shape[0], bs, False), parts.swap_trailing)
+        return _traced(parts.tile_fn, p, a, b, TilePlan(batch_size(a), batch_size(b), bs, False), parts.swap_trailing)
 
     def diag_tile(p, a):
         if bs is None:
             return parts.tile_fn(p, a, a)
-        return _traced(parts.tile_fn, p, a, a, TilePlan(a.shape[0], a.shape[0], bs, True), parts.swap_trailing)
+        n = batch_size(a)
+        return _traced(parts.tile_fn, p, a, a, TilePlan(n, n, bs, True), parts.swap_trailing)
 
     compiled: dict = {}
 
@@ -181,7 +185,7 @@ def sharded(kernel_fn: Callable, mesh: Mesh | None = None, *, block_size: int | 
         x1, x2 = validate_pair(x1, x2)
         _check(params, x1, x2)
         m = _mesh()
-        n1 = x1.shape[0]
+        n1 = batch_size(x1)
         n_pad = -(-n1 // m.size) * m.size
         if strict and n_pad != n1 and not pad:
             raise ValueError(
@@ -194,7 +198,7 @@ def sharded(kernel_fn: Callable, mesh: Mesh | None = None, *, block_size: int | 
             k = program(m, "sym", n_pad // m.size)(params, x1p)
         else:
             k = program(m, "strip")(params, x1p, x1p if x2 is None else x2)
-        n2 = n1 if x2 is None else x2.shape[0]
+        n2 = n1 if x2 is None else batch_size(x2)
         d1 = d2 = None
         if normalize:
             d1 = _padded_norms(m, params, x1, n_pad)
@@ -215,7 +219,7 @@ def sharded(kernel_fn: Callable, mesh: Mesh | None = None, *, block_size: int | 
         x, _ = validate_pair(x, None)
         _check(params, x)
         m = _mesh()
-        n = x.shape[0]
+        n = batch_size(x)
         return _padded_norms(m, params, x, -(-n // m.size) * m.size)[:n]
 
     def fn(params, x1, x2=None):

@@ -1,47 +1,56 @@
-"""Structured sketch of per-example gradients: a CountSketch of each layer's gradient, formed from the layer's
-factors (inputs ``A`` and output sensitivities ``Δ_c``) one block of examples at a time.
+"""Structured sketch of per-example gradients: a CountSketch of each layer's gradient formed from the layer's factors
+(inputs ``A`` and output sensitivities ``Δ_c``) one block of examples at a time, with no transposes of the gradients.
 
 The gradient of logit ``c`` is ``g_c = [g_c^(1); …; g_c^(L); j_c]``: for each structured layer ``l`` (a dense or
-convolutional weight with its fused bias) ``g_c^(l) = Σ_t a_t ⊗ δ_{c,t}`` (see :mod:`jaxcompare.ntk._structured`),
-and ``j_c`` the per-example gradients of the other (fallback) leaves, hashed together as one vector. Every entry
-``p`` of a layer ``l`` (or of the fallback vector) gets, in each of two independent halves ``h ∈ {a, b}``, a random
-sign ``s_h(p)`` and a bucket ``β_h(p) ∈ {0, …, K/2−1}``, independent across layers and halves; the features are
-``φ = [φ_a; φ_b] / √2`` with::
+convolutional weight with its fused bias) ``g_c^(l) = Σ_t a_t ⊗ δ_{c,t}`` — a ``E × D`` matrix per example and class
+(see :mod:`jaxcompare.ntk._structured`) — and ``j_c`` the per-example gradients of the other (fallback) leaves.
 
-    φ_{h,c}(x)[k] = Σ_l Σ_{p : β_{h,l}(p) = k} s_{h,l}(p) · g_c^(l)(x)[p]
+**The fold (layers with few positions).** The input columns ``d`` are split into ``r`` chunks of ``w`` slots (a
+random permutation ``π`` of the ``r·w ≥ D`` slots, zero where no column lands) and, per chunk ``j``, the output rows
+``e`` are placed at ``2·eh ≥ E`` row slots by a random permutation ``σ_j``; inputs carry random signs ``s(d)``,
+outputs ``s_j(e)``. Both are applied to the *factors* (a gather of ``A`` and of ``Δ``), so one batched matrix product
+``(C·2eh × T) @ (T × w)`` per chunk gives the chunk's gradient rows, already permuted and signed. Rows ``[0, eh)`` form
+half-block ``P``, rows ``[eh, 2eh)`` half-block ``Q``; a half-block (``eh × w``, contiguous) is folded into ``m = K/2``
+buckets by flat position, ``β = (ρ·w + x) mod m``, which is a reshape and a sum because ``eh`` divides ``m`` and
+``w = (m/eh)·k`` (``k ≤ eh/2`` coprime to ``eh``); each (chunk, half-block) is then rolled by its own uniform random
+offset. Within a half-block, entries of one row never collide (``w ≤ m``), nor entries of one column (``σ·w ≢ 0 mod m``
+for ``0 < σ < eh``), and a general pair collides with probability ``(R−1)/((eh−1)(w−1)) ≤ 1/(m−1)`` (``R = eh·w/m``
+positions per bucket); pairs in different chunks, half-blocks or layers collide with probability ``1/m``.
 
-— two ``K/2``-dimensional CountSketches of the whole gradient (Charikar, Chen & Farach-Colton 2002; the sparse JL
-transform with one nonzero per column, Kane & Nelson 2014). Within a leaf the buckets are a random permutation of
-the ``P_l`` entries (padded to a multiple of ``K/2``) taken modulo ``K/2``; the layer's gradients of a block are laid
-out as rows ``(P_l, block·C)`` and added row by row into their buckets (contiguous vector adds) — no ``K × P``
-matrix.
+**Features.** With ``P``, ``Q`` the sums over layers and chunks, ``φ = [P + Q; P − Q] / √2``, so
+``<φ(x), φ(x')> = <P, P'> + <Q, Q'>``: a CountSketch into ``2m = K`` buckets. Signs are independent per column and
+per (chunk, row), and the only products of four signs with non-zero mean then pair the entries (two entries of one
+row or one column never share a bucket, and "rectangles" ``(d,e), (d',e'), (d,e'), (d',e)`` would need
+``2(π(d) − π(d')) ≡ 0 mod m``, impossible for ``w ≤ m/2``). Hence unbiased, and for vectors ``u = g(x)``,
+``v = g(x')``::
 
-Unbiased: signs are independent and mean-zero, so ``E[<φ_c(x), φ_c'(x')>] = <g_c(x), g_c'(x')>``.
-Variance: for vectors ``u = g(x)``, ``v = g(x')`` of ``P`` entries, one half (``M = K/2`` buckets) has::
+    Var <φ(x), φ(x')> = Σ_{p≠q} Pr[p, q collide] (u_p² v_q² + u_p v_p u_q v_q)
+                      ≤ (1/(K−2)) (‖u‖² ‖v‖² + <u, v>² − 2 Σ_p u_p² v_p²)
 
-    Var <φ_h(x), φ_h(x')> = Σ_{p≠q} Pr[β(p)=β(q)] (u_p² v_q² + u_p v_p u_q v_q)
-                          ≤ (1/M) (‖u‖² ‖v‖² + <u, v>² − 2 Σ_p u_p² v_p²)
+— the variance of a dense Rademacher projection with ``K`` rows (``±1/√K``), up to ``K/(K−2)``; pairs within one
+row or column, which never collide, make it smaller. (Signs that factor over the layer's inputs and outputs cannot
+reach this when one row or column may collide: their four-sign products do not vanish, and on the rank-one
+gradients of dense layers the variance grows up to 3× — the TensorSketch/Kronecker penalty.)
 
-(collisions within a leaf have probability ``(P_l/M − 1)/(P_l − 1) ≤ 1/M``, across leaves ``1/M``), and the mean of
-the two independent halves has half that: ``≤ (1/K)(‖u‖² ‖v‖² + <u, v>² − 2 Σ_p u_p² v_p²)`` — exactly the
-variance of a dense Rademacher projection with entries ``±1/√K``. So at equal ``K`` its error matches the dense
-projection's while costing ``O(P)`` per example and class instead of ``O(K·P)``.
+**Rows (layers with many positions, or no fold layout).** When a layer has more positions than input slots per
+chunk (``T > w``: permuting the factors costs more than the gradient), when padding would exceed 50 %, or when
+``E > K``, the layer's gradient is formed per example (``(D × T) @ (T × C·E)``), laid out as rows ``(D·E, N·C)`` and
+added row by row into ``K`` buckets (a balanced CountSketch: a random permutation of the entries modulo ``K``, random
+signs; rows ``< K/2`` go to ``P``); the fallback leaves are CountSketched together the same way.
 
-Cost: the per-example gradient of one layer, ``Σ_t a_t δ_tᵀ`` (a ``(D × T)(T × C·E)`` product per example), is
-formed for one block of examples and one layer at a time and sketched at once — so memory is bounded by
-``block · C · max_l P_l``, never ``N · C · P``. (A factored sketch ``Σ_t (R_in a_t) ⊙ (R_out δ_t)`` — TensorSketch
-or a Khatri–Rao product — never forms the layer gradient, but costs ``T · K · (D + C·E)`` per example against
-``T · C · D · E``, which is larger whenever ``K`` exceeds the output width of the layer, and its variance on the
-rank-one gradients of dense layers is up to 3× that of a dense projection; so it is not used.)
+**Error estimate.** Halves ``a = P + Q`` and ``b = P − Q`` give ``K_a − K_b = 2(<P, Q'> + <Q, P'>)``: mean zero,
+uncorrelated with ``K`` (independent signs), with the variance of ``K`` except that it also counts pairs of one
+column placed in different half-blocks — so it errs on the side of overestimating (by up to ~1.5× on small
+CNNs). See :func:`jaxcompare.projected_kernel`.
 
-Error estimate: the two independent halves give two unbiased estimates of every kernel entry (each ``2 ×`` the Gram
-of its half of ``φ``); their difference estimates the standard error of the full sketch. See
-:func:`jaxcompare.projected_kernel`.
+Cost: the C backward passes (the factors) plus one product per chunk, ``2·C·T·2eh·w`` FLOPs, and one read of the
+folded rows; memory is bounded by ``block · C · max_l (2·eh·r·w)``, never ``N · C · P``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -50,6 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._validation import check_int, check_key
+from ._common import HIGHEST
 from ._structured import analyze, factors
 from ._structured._contract import _per_example_grads
 
@@ -86,22 +96,108 @@ def _sketch_rows(rows: jax.Array, buckets: jax.Array, signs: jax.Array, dim: int
 
 def _layer_rows(a: jax.Array, g: jax.Array) -> jax.Array:
     """Per-example gradients of one structured layer as rows: ``(D·E, N·C')`` with ``[(d, e), (n, c)] =
-    Σ_t a[n, t, d] g[n, c, t, e]``."""
+    Σ_t a[n, t, d] g[n, c, t, e]`` (the generic path, for layers :func:`_layout` cannot fold)."""
     n, c, t, e = g.shape
     m = _per_example_grads(a, g)  # (N, D, C', E)
     return jnp.transpose(m, (1, 3, 0, 2)).reshape(a.shape[-1] * e, n * c)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """Static layout of one layer's folded sketch (module docstring): ``r`` chunks of ``w`` input slots, each with
+    ``2·eh`` output rows (two half-blocks of ``eh`` rows, each folded into ``m`` buckets: ``eh·w = rh·m``)."""
+
+    r: int
+    w: int
+    eh: int
+    m: int
+
+    @property
+    def rh(self) -> int:
+        return self.eh * self.w // self.m
+
+
+def _layout(d: int, e: int, m: int) -> _Layout | None:
+    """The fold layout of a ``D × E`` layer gradient into ``m`` buckets, or None when there is none (``E > 2m`` or
+    ``m < 2``). ``eh``: the smallest divisor of ``m`` with ``2·eh ≥ E``; ``w = (m/eh)·k`` with ``k ≤ eh/2`` coprime
+    to ``eh`` (so ``w ≤ m/2``, ``eh·w ≡ 0 mod m``, and rows ``σ`` apart land ``σ·w ≢ 0 mod m`` apart)."""
+    if m < 2:
+        return None
+    divisors = [v for v in range(2, m + 1) if m % v == 0 and 2 * v >= e]
+    if not divisors:
+        return None
+    eh = divisors[0]
+    q = m // eh
+    ks = [k for k in range(1, eh // 2 + 1) if math.gcd(k, eh) == 1]
+    r = -(-d // (q * ks[-1]))
+    k = next(k for k in ks if q * k * r >= d)
+    return _Layout(r=r, w=q * k, eh=eh, m=m)
+
+
+def _fold_choice(d: int, t: int, e: int, m: int) -> _Layout | None:
+    """The fold layout when it is the cheaper path for a ``D × E`` layer with ``T`` positions, else None (the rows
+    path): the fold permutes the factors (``T·(D + C·E)`` numbers) and pads the gradient to ``2·eh·r·w`` entries,
+    so it pays when there are fewer positions than input slots per chunk and the padding is under 50%."""
+    lay = _layout(d, e, m)
+    if lay is None or t > lay.w or 2 * lay.eh * lay.r * lay.w > 1.5 * d * e:
+        return None
+    return lay
+
+
+def _fold_tables(key: jax.Array, lay: _Layout, d: int, e: int, dtype) -> tuple:
+    """Random parts of one layer's fold: input slots (``r·w`` column indices, ``d`` = zero), input signs, output
+    rows per chunk (``(r, 2·eh)`` row indices, ``e`` = zero), output signs and per-(chunk, half-block) offsets."""
+    k = [jax.random.fold_in(key, i) for i in range(5)]
+    perm = jax.random.permutation(k[0], lay.r * lay.w)
+    cols = jnp.where(perm < d, perm, d)
+    s_in = jax.random.rademacher(k[1], (lay.r * lay.w,), dtype=dtype)
+    rows = jax.vmap(lambda kk: jax.random.permutation(kk, 2 * lay.eh))(jax.random.split(k[2], lay.r))
+    rows = jnp.where(rows < e, rows, e)
+    s_out = jax.random.rademacher(k[3], (lay.r, 2 * lay.eh), dtype=dtype)
+    offsets = jax.random.randint(k[4], (lay.r, 2), 0, lay.m)
+    return cols, s_in, rows, s_out, offsets
+
+
+def _fold_layer(a: jax.Array, g: jax.Array, lay: _Layout, tables: tuple) -> jax.Array:
+    """Folded sketch of one layer for a block: ``(N, C', 2, m)`` (the two half-block outputs ``P``, ``Q``).
+
+    Per chunk ``j`` one product ``(C'·2eh × T) @ (T × w)`` of the permuted, signed factors gives the chunk's
+    gradient rows; each half-block (``eh × w``, contiguous) is folded modulo ``m`` by a reshape and a sum, and
+    rolled by its random offset."""
+    cols, s_in, rows, s_out, offsets = tables
+    n, c, t, e = g.shape
+    zero_a = jnp.zeros((n, t, 1), a.dtype)
+    a3 = jnp.take(jnp.concatenate([a, zero_a], axis=-1), cols, axis=-1) * s_in[None, None, :]  # (N, T, r·w)
+    a3 = jnp.transpose(a3.reshape(n, t, lay.r, lay.w), (0, 2, 1, 3))  # (N, r, T, w)
+    zero_g = jnp.zeros((n, c, t, 1), g.dtype)
+    g3 = jnp.take(jnp.concatenate([g, zero_g], axis=-1), rows.reshape(-1), axis=-1)  # (N, C', T, r·2eh)
+    g3 = g3.reshape(n, c, t, lay.r, 2 * lay.eh) * s_out[None, None, None]
+    g3 = jnp.transpose(g3, (0, 3, 1, 4, 2))  # (N, r, C', 2eh, T)
+    mm = jnp.einsum("njcet,njtd->njced", g3, a3, precision=HIGHEST)  # (N, r, C', 2eh, w)
+    y = mm.reshape(n, lay.r, c, 2, lay.rh, lay.m).sum(axis=4)  # (N, r, C', 2, m): a bitcast and a sum
+    idx = (jnp.arange(lay.m)[None, None, :] - offsets[:, :, None]) % lay.m  # roll (j, h) by its offset
+    y = jnp.take_along_axis(y, jnp.broadcast_to(idx[None, :, None], y.shape), axis=-1)
+    return y.sum(axis=1)
+
+
 def per_example_bytes(plan: Any, shapes: tuple, dim: int, summed: bool, itemsize: int) -> int:
     """Estimated peak bytes per example of a block: activations kept for the backward passes, the factors, one
-    layer's per-example gradient (four copies: product, transposed, signed, sums) and the features."""
+    layer's folded gradient rows (with the permuted factors) and the features."""
     c = 1 if summed else plan.n_classes
     act = sum(int(np.prod(s[0], dtype=np.int64)) for e in plan.prog.eqns for s in e.shapes)
     a_shapes, g_shapes, j_shapes = shapes
     fac = sum(int(np.prod(s.shape[1:], dtype=np.int64)) for s in (*a_shapes, *g_shapes, *j_shapes))
-    layer = max([c * a.shape[-1] * g.shape[-1] for a, g in zip(a_shapes, g_shapes)] + [0])
-    layer = max(layer, -(-layer // dim) * dim)
-    return itemsize * ((2 + c) * act + 2 * fac + 4 * layer + 2 * c * dim)
+    layer = 0
+    for a, g in zip(a_shapes, g_shapes):
+        d, t, e = a.shape[-1], g.shape[2], g.shape[-1]
+        lay = _fold_choice(d, t, e, dim // 2)
+        if lay is None:
+            size = 4 * max(c * d * e, -(-c * d * e // dim) * dim)
+        else:
+            rows = 2 * lay.eh * lay.r
+            size = 2 * c * rows * lay.w + c * rows * t + lay.r * lay.w * t
+        layer = max(layer, size)
+    return itemsize * ((2 + c) * act + 2 * fac + layer + 4 * c * dim)
 
 
 @jax.tree_util.register_dataclass
@@ -147,33 +243,49 @@ class StructuredProjection:
             raise ValueError("params has no differentiable leaf used by apply_fn: there is nothing to project.")
         half = self.dim // 2
 
-        def tables_of(leaf, size):  # two independent half-sketches of the leaf (see module docstring)
-            kl = jax.random.fold_in(self.key, leaf)
-            return [_hash_tables(jax.random.fold_in(kl, h), size, half) for h in range(2)]
+        def tables_of(leaf, size):  # one balanced CountSketch of the leaf into 2·half buckets (P: the first half)
+            return _hash_tables(jax.random.fold_in(jax.random.fold_in(self.key, leaf), 3), size, self.dim)
 
-        tables = [tables_of(u.leaf, a.shape[-1] * g.shape[-1]) for u, a, g in zip(plan.uses, a_s, g_s)]
+        m = half
+        lays = [_fold_choice(a.shape[-1], g.shape[2], g.shape[-1], m) for a, g in zip(a_s, g_s)]
+        dt = jnp.result_type(*a_s, *g_s) if a_s else jnp.float32
+        tables = [
+            tables_of(u.leaf, a.shape[-1] * g.shape[-1])
+            if lay is None
+            else _fold_tables(
+                jax.random.fold_in(jax.random.fold_in(self.key, u.leaf), 2), lay, a.shape[-1], g.shape[-1], dt
+            )
+            for u, a, g, lay in zip(plan.uses, a_s, g_s, lays)
+        ]
         # the fallback leaves (often many small ones: norms) are sketched together, as one concatenated vector
         fb_table = tables_of(plan.n_leaves, sum(j.shape[-1] for j in j_s)) if j_s else None
         scale = 1.0 / np.sqrt(2.0)
 
-        def sketch2(rows, tabs):  # (P, N·C') -> (dim, N·C'): both halves in one segment sum
-            (ba, sa), (bb, sb) = tabs
-            both = jnp.concatenate([rows * sa.astype(rows.dtype)[:, None], rows * sb.astype(rows.dtype)[:, None]])
-            out = jax.ops.segment_sum(both, jnp.concatenate([ba, bb + half]), num_segments=self.dim)
-            return out * jnp.asarray(scale, rows.dtype)
+        def sketch_rows(rows, tabs):  # (P, N·C') -> (2·half, N·C'): signed rows added into their buckets
+            return _sketch_rows(rows, tabs[0], tabs[1], self.dim)
 
         def block(xb):
             a, g, j = factors(plan, params, xb, summed=summed)
-            out = None
-            for u in range(len(a)):  # one layer's per-example gradients alive at a time
-                s = sketch2(_layer_rows(a[u], g[u]), tables[u])
-                out = s if out is None else out + s
+            mb, c = xb.shape[0], (g[0] if g else j[0]).shape[1]
+            rows_out = None  # (2·half, m·C'): layers without a fold layout and the fallback leaves
+            pq = None  # (m, C', 2, half): the folded layers' half-block outputs P, Q
+            for u in range(len(a)):  # one layer's gradient rows alive at a time
+                if lays[u] is None:
+                    s = sketch_rows(_layer_rows(a[u], g[u]), tables[u])
+                    rows_out = s if rows_out is None else rows_out + s
+                else:
+                    s = _fold_layer(a[u], g[u], lays[u], tables[u])
+                    pq = s if pq is None else pq + s
             if j:
                 rows = jnp.concatenate([jnp.transpose(jm, (2, 0, 1)).reshape(jm.shape[2], -1) for jm in j])
-                s = sketch2(rows, fb_table)
-                out = s if out is None else out + s
-            m, c = xb.shape[0], (a[0] if a else j[0]).shape[1] if not a else g[0].shape[1]
-            return jnp.transpose(out.reshape(self.dim, m, c), (1, 2, 0))  # (m, C', dim)
+                s = sketch_rows(rows, fb_table)
+                rows_out = s if rows_out is None else rows_out + s
+            if rows_out is not None:  # its two halves of buckets are a further P, Q
+                r_ = jnp.transpose(rows_out.reshape(2, half, mb, c), (2, 3, 0, 1))
+                pq = r_ if pq is None else pq + r_
+            p_, q_ = pq[:, :, 0], pq[:, :, 1]  # half a = P + Q, half b = P − Q: uncorrelated (module docstring)
+            out = jnp.concatenate([p_ + q_, p_ - q_], axis=-1) * jnp.asarray(scale, pq.dtype)
+            return out  # (m, C', dim)
 
         nb = -(-n // bs)
         if nb == 1:
@@ -191,10 +303,12 @@ def structured_projection(
     """A structured sketch of per-example gradients: the fast, linear-in-N projection (see
     :mod:`jaxcompare.ntk._sketch` for the construction and its variance).
 
-    Each layer's gradient is formed from its factors (inputs and output sensitivities) for one block of examples
-    at a time and CountSketched into ``dim`` buckets; leaves without that structure (norms, shared weights) are
-    CountSketched from their per-example gradients. ``E[<φ(x), φ(x')>] = <g(x), g(x')>`` with the variance of a
-    dense Rademacher projection of the same dimension, at ``O(P)`` instead of ``O(dim · P)`` per gradient.
+    Each layer's gradient is formed from its permuted, signed factors (inputs and output sensitivities) for one
+    block of examples at a time, directly in the sketch's layout, and folded into ``dim`` buckets (a reshape and a
+    sum: no per-example gradient is transposed or scattered); layers with many positions and leaves without that
+    structure (norms, shared weights) are CountSketched from their per-example gradients.
+    ``E[<φ(x), φ(x')>] = <g(x), g(x')>`` with (at most) the variance of a dense Rademacher projection of the same
+    dimension, at ``O(P)`` instead of ``O(dim · P)`` per gradient.
     Pass it as ``projection=`` to :func:`trace_ntk`/:func:`pseudo_ntk`, or to :func:`project_gradients`.
 
     Args:

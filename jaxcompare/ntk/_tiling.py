@@ -23,6 +23,10 @@ import numpy as np
 
 from .._validation import check_finite_tree, is_concrete
 from ._common import Kernel, KernelSpec, cosine_normalize, kernel_spec, warn_zero_norm
+from ._inputs import batch_size, pad_rows, take_rows
+
+# Inputs are batches: arrays (N, ...) or pytrees of arrays with one leading size (._inputs); every row operation
+# here (padding, blocks, reshapes into blocks) maps over their leaves.
 
 __all__ = [
     "KernelParts",
@@ -35,15 +39,6 @@ __all__ = [
     "transformed",
     "check_transform_args",
 ]
-
-
-def pad_rows(x: jax.Array, n_to: int) -> jax.Array:
-    """Pad axis 0 to ``n_to`` rows by repeating the first row (real data: no zero-gradient artefacts)."""
-    n = x.shape[0]
-    if n == n_to:
-        return x
-    fill = jnp.broadcast_to(x[:1], (n_to - n,) + x.shape[1:])
-    return jnp.concatenate([x, fill], axis=0)
 
 
 def swap(tile: Any, swap_trailing: bool) -> Any:
@@ -82,11 +77,16 @@ class TilePlan:
         """Unpadded row range of block ``i`` of an input with ``n`` rows."""
         return i * self.block_size, min((i + 1) * self.block_size, n)
 
-    def padded(self, x: jax.Array) -> jax.Array:
-        return pad_rows(x, -(-x.shape[0] // self.block_size) * self.block_size)
+    def padded(self, x: Any) -> Any:
+        return pad_rows(x, -(-batch_size(x) // self.block_size) * self.block_size)
 
-    def block(self, xp: jax.Array, i: int) -> jax.Array:
-        return xp[i * self.block_size : (i + 1) * self.block_size]
+    def block(self, xp: Any, i: int) -> Any:
+        return take_rows(xp, i * self.block_size, (i + 1) * self.block_size)
+
+    def blocks(self, xp: Any) -> Any:
+        """A padded batch reshaped to ``(n_blocks, block_size, ...)`` leaf by leaf (for ``lax.map``)."""
+        bs = self.block_size
+        return jax.tree_util.tree_map(lambda l: l.reshape((l.shape[0] // bs, bs) + tuple(l.shape[1:])), xp)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,14 +126,15 @@ def check_transform_args(params: Any) -> None:
     check_finite_tree(params, "params")
 
 
-def diag_blocks(diag_fn: Callable, params: Any, x: jax.Array, bs: int, traced: bool) -> jax.Array:
+def diag_blocks(diag_fn: Callable, params: Any, x: Any, bs: int, traced: bool) -> jax.Array:
     """``diag_fn(params, x)`` computed ``bs`` rows at a time (``lax.map`` when traced, else a Python loop)."""
-    n = x.shape[0]
+    n = batch_size(x)
     nb = -(-n // bs)
     xp = pad_rows(x, nb * bs)
     if traced:
-        return jax.lax.map(lambda a: diag_fn(params, a), xp.reshape((nb, bs) + x.shape[1:])).reshape(-1)[:n]
-    return jnp.concatenate([diag_fn(params, xp[i * bs : (i + 1) * bs]) for i in range(nb)])[:n]
+        xb = jax.tree_util.tree_map(lambda l: l.reshape((nb, bs) + tuple(l.shape[1:])), xp)
+        return jax.lax.map(lambda a: diag_fn(params, a), xb).reshape(-1)[:n]
+    return jnp.concatenate([diag_fn(params, take_rows(xp, i * bs, (i + 1) * bs)) for i in range(nb)])[:n]
 
 
 def normalize(k: Any, d1: Any, d2: Any, *, warn: bool) -> Any:

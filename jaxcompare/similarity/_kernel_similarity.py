@@ -224,6 +224,8 @@ def kernel_similarity(
     pairs = _check_models(models)
     model_names = _check_names(names, len(pairs))
     x = check_array(x, "x", floating=False)
+    if jnp.issubdtype(x.dtype, jnp.complexfloating):
+        raise TypeError(f"x must be real-valued, got dtype {x.dtype} (kernels of complex inputs are not supported).")
     n = x.shape[0]
     if n < min_points(debiased):
         raise ValueError(

@@ -11,7 +11,10 @@ __all__ = ["bbp_threshold", "bbp_outlier", "bbp_alignment"]
 
 def _prep(theta, ratio):
     c = float(check_float(ratio, "ratio", low=0.0, low_open=True))
-    th = np.asarray(theta, dtype=np.float64)
+    th = np.asarray(theta)
+    if th.dtype.kind not in "biuf":
+        raise TypeError(f"theta must hold real numbers, got dtype {th.dtype}.")
+    th = th.astype(np.float64)
     if np.any(~np.isfinite(th)) or np.any(th < 0):
         raise ValueError("theta must be finite and non-negative.")
     return c, th, np.maximum(th * th, 1e-300)

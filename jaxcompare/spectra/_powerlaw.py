@@ -220,7 +220,7 @@ def _gof(key, x, n_boot, min_tail, max_candidates, block, ks):
         return _fit_sorted(s, cand, block, ks).ks
 
     ks_boot = jax.lax.map(one, jax.random.split(key, n_boot))
-    return PowerLawGOF(fit=fit, p_value=jnp.mean(ks_boot >= fit.ks), ks_boot=ks_boot)
+    return PowerLawGOF(fit=fit, p_value=jnp.mean((ks_boot >= fit.ks).astype(ks_boot.dtype)), ks_boot=ks_boot)
 
 
 def powerlaw_gof(

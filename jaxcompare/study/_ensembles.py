@@ -15,6 +15,7 @@ from .. import trimming as T
 from ..data import RECIPES, digits_task, make_mlp, train_ensemble
 from ..metrics._auroc import auroc  # jaxcompare.metrics.auroc once exported
 from ..metrics._scores import logit_scores  # jaxcompare.metrics.logit_scores once exported
+from ._ensemble_selection import selection_part
 from ._report import Report
 from ._section import Section, log, pyplot
 
@@ -174,8 +175,13 @@ def _one_task(key: jax.Array, report: Report, task: str, size: Mapping[str, Any]
         f"{top['alpha_hat']:.3f} ± {top['alpha_hat_sd']:.3f}); AUROC for telling perturbed recipes from "
         "standard ones: " + ", ".join(f"{k} {v:.2f}" for k, v in detect.items()) + "."
     )
+    selection = None
+    if not binary:  # α̂-guided ensembling on the same models (standard candidates + perturbed ones)
+        std_pool = np.arange(size["n_ref"], size["n_ref"] + size["n_std"])
+        selection = selection_part(jax.random.fold_in(key, 7), report, logits, y_te, recipe_of, std_pool, size)
     return dict(
         task=task,
+        selection=selection,
         threshold=float(res.threshold),
         n_boot=size["n_boot"],
         reference_accuracy=ref_acc,
@@ -194,6 +200,6 @@ def run(key: jax.Array, report: Report, size: Mapping[str, Any], out_dir: str) -
 ENSEMBLES = Section(
     "ensembles",
     run,
-    quick=dict(n_ref=8, n_std=4, n_pert=2, n_boot=10, steps_scale=0.25),
-    full=dict(n_ref=32, n_std=16, n_pert=4, n_boot=100, steps_scale=1.0),
+    quick=dict(n_ref=8, n_std=4, n_pert=2, n_boot=10, steps_scale=0.25, sel_boot=10),
+    full=dict(n_ref=32, n_std=16, n_pert=4, n_boot=100, steps_scale=1.0, sel_boot=20),
 )

@@ -10,13 +10,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
+from ._architectures import ARCHITECTURES_SECTION
 from ._ensembles import ENSEMBLES
 from ._lwr import LWR
 from ._microscope import MICROSCOPE
+from ._recipes import RECIPES_SECTION
 from ._section import Section
 from ._surrogates import SURROGATES
 
 __all__ = ["SECTIONS"]
 
 #: name → :class:`Section`, read-only, in report order
-SECTIONS: Mapping[str, Section] = MappingProxyType({s.name: s for s in (ENSEMBLES, SURROGATES, LWR, MICROSCOPE)})
+SECTIONS: Mapping[str, Section] = MappingProxyType(
+    {s.name: s for s in (ENSEMBLES, SURROGATES, LWR, MICROSCOPE, ARCHITECTURES_SECTION, RECIPES_SECTION)}
+)

@@ -111,9 +111,16 @@ class Report:
         self.results: dict[str, Any] = {}
         self.toc: list[tuple[str, str]] = []
         self.findings: list[str] = []
+        self.anchor_prefix = ""  # sections run in worker processes get their own prefix (unique anchors)
+
+    def merge(self, other: Report) -> None:
+        """Append another report's sections, table of contents and findings (a section run in a worker)."""
+        self.parts.extend(other.parts)
+        self.toc.extend(other.toc)
+        self.findings.extend(other.findings)
 
     def section(self, title: str, guide: str | None = None) -> None:
-        anchor = "s" + str(len(self.toc))
+        anchor = f"{self.anchor_prefix}s{len(self.toc)}"
         self.toc.append((anchor, title))
         self.parts.append(f'<h2 id="{anchor}">{html.escape(title)}</h2>')
         if guide:

@@ -22,7 +22,16 @@ import numpy as np
 from .._checked import traced_finite, traced_labels, traced_result
 from .._precision import HIGHEST as _HIGHEST
 from .._results import Result, SolverWarning
-from .._validation import check_array, check_choice, check_float, check_int, check_labels, is_concrete
+from .._validation import (
+    check_array,
+    check_choice,
+    check_float,
+    check_int,
+    check_labels,
+    device_reduce,
+    is_concrete,
+    spans_processes,
+)
 from ._solver import minimize_lbfgs
 
 __all__ = ["KGLM", "fit_kglm", "kglm_logits", "kglm_proba", "KGLMConvergenceWarning"]
@@ -256,7 +265,7 @@ def fit_kglm(
         if not is_concrete(labels):
             raise ValueError("n_classes is required when labels are traced (under jit/vmap).")
         y0 = check_labels(labels, "labels", length=N)
-        n_classes = int(np.asarray(y0).max()) + 1
+        n_classes = int(_host(jnp.max, y0)) + 1
         if n_classes < 2:
             raise ValueError(
                 "labels hold a single class (0); a classifier needs at least 2 classes "
@@ -280,14 +289,14 @@ def fit_kglm(
     else:
         sw = check_array(sample_weight, "sample_weight", shape=(N,)).astype(dtype)
         traced_finite(sw, "sample_weight")
-        if is_concrete(sw) and (np.any(np.asarray(sw) < 0) or not np.any(np.asarray(sw) > 0)):
+        if is_concrete(sw) and (_host(jnp.min, sw) < 0 or not _host(jnp.max, sw) > 0):
             raise ValueError("sample_weight must be non-negative with at least one positive entry.")
 
     balanced = isinstance(class_weight, str)
     if balanced:
         check_choice(class_weight, "class_weight", ("balanced",))
         if is_concrete(y):
-            counts = np.bincount(np.asarray(y), minlength=C)
+            counts = _host(partial(jnp.bincount, length=C), y)
             if np.any(counts == 0):
                 raise ValueError(
                     f"class_weight='balanced' needs every class present, but classes {np.flatnonzero(counts == 0)} "
@@ -299,10 +308,10 @@ def fit_kglm(
     else:
         cw = check_array(class_weight, "class_weight", shape=(C,)).astype(dtype)
         traced_finite(cw, "class_weight")
-        if is_concrete(cw) and np.any(np.asarray(cw) <= 0):
+        if is_concrete(cw) and _host(jnp.min, cw) <= 0:
             raise ValueError("class_weight entries must be positive.")
 
-    if standardize and is_concrete(K) and float(jnp.std(K)) == 0.0:
+    if standardize and is_concrete(K) and float(_host(jnp.std, K)) == 0.0:
         raise ValueError("standardize=True needs a non-constant kernel (its standard deviation is 0).")
 
     if balanced:
@@ -328,6 +337,11 @@ def fit_kglm(
             raise RuntimeError(msg)
         warnings.warn(msg, KGLMConvergenceWarning, stacklevel=2)
     return model
+
+
+def _host(fn: Any, x: jax.Array) -> np.ndarray:
+    """``fn(x)`` (a small reduction) as NumPy; computed on the devices for an array spanning other processes."""
+    return device_reduce(fn, x) if spans_processes(x) else np.asarray(fn(x))
 
 
 def _check_model(model: Any) -> KGLM:

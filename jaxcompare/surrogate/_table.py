@@ -210,6 +210,8 @@ def surrogate_table(
         raise TypeError("surrogate_table() missing the argument y_test (the test labels).")
     if not callable(apply_fn):
         raise TypeError(f"apply_fn must be callable, got {type(apply_fn).__name__}.")
+    if key is not None:
+        key = check_key(key, "key")
     registry = _registry()
     given = {"apply_fn": apply_fn, "feature_fn": feature_fn, "layers_fn": layers_fn}
     if kernels is None:
@@ -239,6 +241,9 @@ def surrogate_table(
     check_int(projection_dim, "projection_dim", min=1)
     x_tr = check_array(x_train, "x_train", floating=False)
     x_te = check_array(x_test, "x_test", floating=False)
+    for arr, what in ((x_tr, "x_train"), (x_te, "x_test")):
+        if jnp.issubdtype(arr.dtype, jnp.complexfloating):
+            raise TypeError(f"{what} has complex dtype {arr.dtype}: kernels of complex inputs are not supported.")
     if x_tr.shape[1:] != x_te.shape[1:]:
         raise ValueError(
             f"x_train and x_test must have the same per-example shape: {x_tr.shape[1:]} vs {x_te.shape[1:]}."

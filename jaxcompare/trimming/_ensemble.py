@@ -12,7 +12,18 @@ import numpy as np
 
 from .._checked import traced_finite, traced_range, traced_result
 from .._results import Result, report_result
-from .._validation import REQUIRED, check_array, check_choice, check_float, check_int, check_key, is_concrete, key_first
+from .._validation import (
+    REQUIRED,
+    check_array,
+    check_choice,
+    check_float,
+    check_int,
+    check_key,
+    device_reduce,
+    is_concrete,
+    key_first,
+    spans_processes,
+)
 from ._common import resolve_threshold
 from ._core import make_grid, solve_alpha_hat, trimmed_distance
 
@@ -87,7 +98,7 @@ def _bootstrap_halves(key: jax.Array, n_test: int, sample_size: int) -> tuple[ja
 def _check_models(idx: Any, name: str, n_models: int) -> np.ndarray:
     if not is_concrete(idx):
         raise TypeError(f"{name} must be concrete model indices (not traced), got a tracer.")
-    a = np.asarray(idx)
+    a = device_reduce(_same, idx) if spans_processes(idx) else np.asarray(idx)  # a few indices: replicated
     if a.ndim != 1 or a.size == 0:
         raise ValueError(
             f"{name} must be a non-empty 1-D array of model indices (rows of scores), got shape {a.shape}."
@@ -101,6 +112,10 @@ def _check_models(idx: Any, name: str, n_models: int) -> np.ndarray:
     if len(np.unique(a)) != a.size:
         raise ValueError(f"{name} must not repeat a model index.")
     return a
+
+
+def _same(x: jax.Array) -> jax.Array:
+    return x
 
 
 def ensemble_alpha_hat(
@@ -131,7 +146,12 @@ def ensemble_alpha_hat(
     Args:
       key: PRNG key (``jax.random.key``), split into one key per round; the first positional argument
         (``ensemble_alpha_hat(scores, key=k, ...)`` still works for one release, with a ``DeprecationWarning``).
-      scores: ``(K, T)`` scalar soft decisions (e.g. logit gaps) of ``K`` models on ``T`` test points.
+      scores: ``(K, T)`` scalar soft decisions (e.g. logit gaps) of ``K`` models on ``T`` test points. May be
+        sharded over several devices, also a global array whose rows live on different processes under
+        ``jax.distributed`` (``jax.make_array_from_process_local_data``; every process then makes the same call):
+        the scores are gathered on every device, the candidates spread over the devices, and the (small) outputs
+        replicated on every process; the results are bit-identical to one process (the rounds' draws depend on
+        ``key`` only, and each candidate is solved alone). Value checks then run on the devices.
       candidates: ``(M,)`` row indices of the candidate models.
       reference: ``(R,)`` row indices of the reference models (disjoint from ``candidates``).
       n_boot: number of bootstrap rounds ``B`` (published: 100).
@@ -185,7 +205,11 @@ def ensemble_alpha_hat(
     check_choice(method, "method", ("dkw", "asymptotic"))
     delta = resolve_threshold(threshold, level, sample_size, sample_size, method)
     delta = jnp.asarray(delta, s.dtype)
-    boot, ks, conv = _ensemble(s[jnp.asarray(cand)], s[jnp.asarray(ref)], key, delta, n_boot, sample_size, round_batch)
+    if is_concrete(s) and len(s.sharding.device_set) > 1:  # sharded scores (e.g. a global array, jax.distributed)
+        boot, ks, conv = _ensemble_spread(s, cand, ref, key, delta, n_boot, sample_size, round_batch)
+    else:
+        cand_s, ref_s = s[jnp.asarray(cand)], s[jnp.asarray(ref)]
+        boot, ks, conv = _ensemble(cand_s, ref_s, key, delta, n_boot, sample_size, round_batch)
     result = jnp.where(jnp.all(conv, axis=1), int(Result.successful), int(Result.max_steps_reached)).astype(jnp.int32)
     res = EnsembleAlphaResult(
         alpha_hat=jnp.mean(boot, axis=1),
@@ -229,6 +253,30 @@ def _ensemble(cand_scores, ref_scores, key, delta, n_boot, sample_size, round_ba
         batch = max(d for d in range(1, round_batch + 1) if n_boot % d == 0)
     alpha, ks, conv = jax.lax.map(one_round, keys, batch_size=batch)
     return alpha.T, ks.T, conv.T
+
+
+def _ensemble_spread(s, cand, ref, key, delta, n_boot, sample_size, round_batch):
+    """:func:`_ensemble` with the candidates spread over the devices that hold ``scores`` (of every process).
+
+    The scores are gathered on every device (``(K, T)``, small next to the work), each device solves its own
+    candidates (padded to a multiple of the device count by repeating the first) for every round, and the small
+    ``(M, B)`` outputs are replicated, so every process reads them. Every candidate's computation is the same as on
+    one device (the rounds' draws depend on ``key`` only), hence the results are bit-identical across device and
+    process counts.
+    """
+    devices = np.array(sorted(s.sharding.device_set, key=lambda d: d.id))
+    mesh = jax.sharding.Mesh(devices, ("candidates",), axis_types=(jax.sharding.AxisType.Auto,))
+    whole = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    spread = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("candidates"))
+    padded = np.concatenate([cand, np.full(-cand.size % devices.size, cand[0])])
+    run = jax.jit(_spread_program, static_argnums=(5, 6, 7, 8, 9), out_shardings=whole)
+    return run(jax.device_put(s, whole), padded, ref, key, delta, n_boot, sample_size, round_batch, cand.size, spread)
+
+
+def _spread_program(s, padded, ref, key, delta, n_boot, sample_size, round_batch, m, spread):
+    cand_s = jax.lax.with_sharding_constraint(s[padded], spread)
+    out = _ensemble(cand_s, s[ref], key, delta, n_boot, sample_size, round_batch)
+    return tuple(a[:m] for a in out)
 
 
 def grid_alpha(alpha: Any, grid: Any = PUBLISHED_ALPHA_GRID, cap: float = 0.5) -> jax.Array:

@@ -26,9 +26,16 @@ Structured convolutions without input dilation are evaluated as strided-slice pa
 the patches are the recorded layer inputs) with a phase-wise transpose of the slicing: the C backward passes then
 run as matrix products and shifted sums, several times faster on CPU than XLA's transposed convolutions.
 
+Contraction (:mod:`._blocks`): each layer's factors are reduced, per chunk of examples, to the cheapest exact form
+(per-example gradients; the factors themselves, contracted as a Gram of positions where that needs fewer FLOPs;
+or the factors kept and the gradients re-formed per tile where memory is short), chosen per layer by FLOPs and
+memory; eager calls run on a blocked engine that computes each block's features once and keeps as many blocks as
+the memory budget allows.
+
 Layout of this subpackage: :mod:`._program` (flat program and interpreter), :mod:`._analysis` (which leaves are
 structured, and why the others are not), :mod:`._patches` (convolutions as patches with a custom VJP),
-:mod:`._factors` (per-example factors), :mod:`._contract` (kernels from the factors).
+:mod:`._factors` (per-example factors), :mod:`._blocks` (layouts, features, tiles, the blocked engine),
+:mod:`._contract` (per-example gradients of stacked factors, used by the sketches).
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from typing import Any
 
 from .._common import Implementation
 from ._analysis import Plan, Use, analyze
-from ._contract import diag, kernel
+from ._blocks import diag, kernel
 from ._factors import factors
 from ._program import Unsupported
 

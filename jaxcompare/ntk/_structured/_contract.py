@@ -1,12 +1,14 @@
 """Contractions of the factors into kernels: per-layer Gram products ``(A Aᵀ) ⊙ (Σ_c G_c G_cᵀ)`` (or per-example
-gradients when a layer has several positions and that is cheaper), the fallback blocks, symmetric tiles, diagonals."""
+gradients when a layer has several positions and that is cheaper), the fallback blocks, symmetric tiles, diagonals.
+Every contraction goes through :func:`contract` (the precision policy; float32 accumulation of low-precision
+factors)."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-from .._common import HIGHEST
+from .._common import contract
 from ._analysis import analyze
 from ._factors import factors
 
@@ -22,7 +24,7 @@ def _per_example_grads(a: jax.Array, g: jax.Array) -> jax.Array:
     n, c, t, e = g.shape
     at = jnp.swapaxes(a, 1, 2)  # (N, D, T)
     gt = jnp.transpose(g, (0, 2, 1, 3)).reshape(n, t, c * e)  # (N, T, C'E)
-    m = jnp.einsum("ndt,ntk->ndk", at, gt, precision=HIGHEST)
+    m = contract("ndt,ntk->ndk", at, gt).astype(jnp.result_type(a, g))  # accumulated in >= float32, kept in a's dtype
     return m.reshape(n, a.shape[-1], c, e)
 
 
@@ -38,37 +40,38 @@ def _use_gram(a1, g1, a2, g2, full: bool) -> jax.Array:
     n2 = g2.shape[0]
     d = a1.shape[-1]
     if t == 1:
-        ga = jnp.einsum("id,jd->ij", a1[:, 0], a2[:, 0], precision=HIGHEST)
+        ga = contract("id,jd->ij", a1[:, 0], a2[:, 0])
         if full:
-            gg = jnp.einsum("ice,jde->ijcd", g1[:, :, 0], g2[:, :, 0], precision=HIGHEST)
+            gg = contract("ice,jde->ijcd", g1[:, :, 0], g2[:, :, 0])
             return ga[:, :, None, None] * gg
-        gg = jnp.einsum("ip,jp->ij", g1.reshape(n1, -1), g2.reshape(n2, -1), precision=HIGHEST)
+        gg = contract("ip,jp->ij", g1.reshape(n1, -1), g2.reshape(n2, -1))
         return ga * gg
     cost_gram = n1 * n2 * t * t * (d + c * e)
     cost_mat = (n1 + n2) * c * t * d * e + n1 * n2 * c * d * e
     if not full and cost_gram < cost_mat and n1 * n2 * t * t <= _GRAM_ELEMENTS:
-        ga = jnp.einsum("itd,jsd->ijts", a1, a2, precision=HIGHEST)
-        gg = jnp.einsum("icte,jcse->ijts", g1, g2, precision=HIGHEST)
+        ga = contract("itd,jsd->ijts", a1, a2)
+        gg = contract("icte,jcse->ijts", g1, g2)
         return jnp.sum(ga * gg, axis=(2, 3))
     m1 = _per_example_grads(a1, g1)
     m2 = m1 if (a2 is a1 and g2 is g1) else _per_example_grads(a2, g2)
     if full:
-        return jnp.einsum("icp,jdp->ijcd", _by_class(m1), _by_class(m2), precision=HIGHEST)
+        return contract("icp,jdp->ijcd", _by_class(m1), _by_class(m2))
     # the trace sums over all (d, c, e): any common order of the flattened gradients gives the same products
-    return jnp.einsum("ip,jp->ij", m1.reshape(n1, -1), m2.reshape(n2, -1), precision=HIGHEST)
+    return contract("ip,jp->ij", m1.reshape(n1, -1), m2.reshape(n2, -1))
 
 
 def _use_diag(a, g) -> jax.Array:
     n, c, t, e = g.shape
     d = a.shape[-1]
     if t == 1:
-        return jnp.sum(a[:, 0] ** 2, axis=-1) * jnp.sum(g**2, axis=(1, 2, 3))
+        g = g.reshape(n, -1)
+        return contract("nd,nd->n", a[:, 0], a[:, 0]) * contract("np,np->n", g, g)
     if t * t * (d + c * e) < c * t * d * e:
-        ga = jnp.einsum("ntd,nsd->nts", a, a, precision=HIGHEST)
-        gg = jnp.einsum("ncte,ncse->nts", g, g, precision=HIGHEST)
+        ga = contract("ntd,nsd->nts", a, a)
+        gg = contract("ncte,ncse->nts", g, g)
         return jnp.sum(ga * gg, axis=(1, 2))
-    m = _per_example_grads(a, g)
-    return jnp.sum(m * m, axis=(1, 2, 3))
+    m = _per_example_grads(a, g).reshape(n, -1)
+    return contract("np,np->n", m, m)
 
 
 # With x2 = x1 the kernel is symmetric: its tiles below the diagonal are mirrored instead of computed, which saves
@@ -84,7 +87,7 @@ def _contract(a1, g1, j1, a2, g2, j2, full: bool):
         t = _use_gram(a1[u], g1[u], a2[u], g2[u], full)
         total = t if total is None else total + t
     for p, q in zip(j1, j2):
-        t = jnp.einsum("icp,jdp->ijcd" if full else "icp,jcp->ij", p, q, precision=HIGHEST)
+        t = contract("icp,jdp->ijcd" if full else "icp,jcp->ij", p, q)
         total = t if total is None else total + t
     if total is None:
         raise ValueError("params has no differentiable leaf used by apply_fn: there is nothing to differentiate.")
@@ -139,7 +142,7 @@ def diag(apply_fn, params, x, *, mode: str):
         t = _use_diag(a[u], g[u])
         total = t if total is None else total + t
     for p in j:
-        t = jnp.sum(p * p, axis=(1, 2))
+        t = contract("ncp,ncp->n", p, p)
         total = t if total is None else total + t
     if total is None:
         raise ValueError("params has no differentiable leaf used by apply_fn: there is nothing to differentiate.")

@@ -14,7 +14,7 @@ from .._common import HIGHEST
 from ._analysis import Plan, Use
 from ._program import Program, run
 
-__all__ = ["factors"]
+__all__ = ["factors", "example_factors", "out_dtype"]
 
 
 def _as_positions(v: jax.Array, perm: tuple, n_pos: int) -> jax.Array:
@@ -44,6 +44,43 @@ def _act_matrix(u: Use, prog: Program, a: jax.Array) -> jax.Array:
     return m
 
 
+def out_dtype(plan: Plan, leaves: list):
+    """Dtype of the factors: the result type of the differentiated leaves."""
+    if plan.uses or plan.fallback:
+        return jnp.result_type(*[leaves[u.leaf] for u in plan.uses], *[leaves[l] for l in plan.fallback])
+    return jnp.result_type(float)
+
+
+def example_factors(plan: Plan, leaves: list, xi: jax.Array, *, summed: bool):
+    """The factors of one example ``xi`` (no batch axis): lists ``A[u]`` ``(T, D)``, ``G[u]`` ``(C', T, E)`` and
+    ``J[l]`` ``(C', P_l)`` (see :func:`factors`), cast to :func:`out_dtype`."""
+    prog = plan.prog
+    capture = {u.eqn: u.act for u in plan.uses}
+    patch_convs = frozenset(u.eqn for u in plan.uses if u.by_patches)
+    c = plan.n_classes
+    out_dt = out_dtype(plan, leaves)
+
+    def g(eps, fb):
+        vals = list(leaves)
+        for l, v in zip(plan.fallback, fb):
+            vals[l] = v
+        outs, acts = run(prog, vals, xi[None], dict(zip([u.out for u in plan.uses], eps)), capture, patch_convs)
+        return outs[0][0], acts
+
+    eps0 = [jnp.zeros(u.out_shape, u.out_dtype) for u in plan.uses]
+    fb0 = [leaves[l] for l in plan.fallback]
+    out, vjp_fn, acts = jax.vjp(g, eps0, fb0, has_aux=True)
+    cts = jnp.ones((1, c), out.dtype) if summed else jnp.eye(c, dtype=out.dtype)
+    d_eps, d_fb = jax.vmap(vjp_fn)(cts)
+    a_mats = [_act_matrix(u, prog, acts[u.eqn]).astype(out_dt) for u in plan.uses]
+    g_mats = [
+        jax.vmap(lambda d, u=u: _as_positions(d, u.out_perm, u.n_pos))(d).astype(out_dt)
+        for u, d in zip(plan.uses, d_eps)
+    ]
+    j_mats = [d.reshape(d.shape[0], -1).astype(out_dt) for d in d_fb]
+    return a_mats, g_mats, j_mats
+
+
 def factors(plan: Plan, params: Any, x: jax.Array, *, summed: bool):
     """Per-example factors of the gradients of every logit (``summed``: of the summed logits).
 
@@ -52,36 +89,4 @@ def factors(plan: Plan, params: Any, x: jax.Array, *, summed: bool):
     per-example gradients. ``C' = 1`` when ``summed`` else ``C``.
     """
     leaves = jax.tree_util.tree_leaves(params)
-    prog = plan.prog
-    capture = {u.eqn: u.act for u in plan.uses}
-    patch_convs = frozenset(u.eqn for u in plan.uses if u.by_patches)
-    c = plan.n_classes
-    out_dt = (
-        jnp.result_type(*[leaves[u.leaf] for u in plan.uses], *[leaves[l] for l in plan.fallback])
-        if (plan.uses or plan.fallback)
-        else jnp.result_type(float)
-    )
-
-    def per_example(leaf_vals, xi):
-        def g(eps, fb):
-            vals = list(leaf_vals)
-            for l, v in zip(plan.fallback, fb):
-                vals[l] = v
-            outs, acts = run(prog, vals, xi[None], dict(zip([u.out for u in plan.uses], eps)), capture, patch_convs)
-            return outs[0][0], acts
-
-        eps0 = [jnp.zeros(u.out_shape, u.out_dtype) for u in plan.uses]
-        fb0 = [leaf_vals[l] for l in plan.fallback]
-        out, vjp_fn, acts = jax.vjp(g, eps0, fb0, has_aux=True)
-        cts = jnp.ones((1, c), out.dtype) if summed else jnp.eye(c, dtype=out.dtype)
-        d_eps, d_fb = jax.vmap(vjp_fn)(cts)
-        a_mats = [_act_matrix(u, prog, acts[u.eqn]) for u in plan.uses]
-        g_mats = [jax.vmap(lambda d, u=u: _as_positions(d, u.out_perm, u.n_pos))(d) for u, d in zip(plan.uses, d_eps)]
-        j_mats = [d.reshape(d.shape[0], -1) for d in d_fb]
-        return a_mats, g_mats, j_mats
-
-    a, g, j = jax.vmap(per_example, in_axes=(None, 0))(leaves, x)
-    a = [m.astype(out_dt) for m in a]
-    g = [m.astype(out_dt) for m in g]
-    j = [m.astype(out_dt) for m in j]
-    return a, g, j
+    return jax.vmap(lambda xi: example_factors(plan, leaves, xi, summed=summed))(x)

@@ -1,0 +1,493 @@
+"""Structured kernels from compact per-block features: each layer stored in the cheapest exact form, each block's
+factors computed once, tiles contracted from the stored features.
+
+For a structured layer with ``T`` positions, ``D`` input and ``E`` output features (``C'`` classes), the gradient of
+one example is ``g_c = Σ_t a_t ⊗ δ_{c,t}``. Three exact layouts of what is kept per example (its *feature*):
+
+- ``grad``: the per-example gradient, ``C'·D·E`` floats; ``C'·D·E`` multiply-adds per pair of examples; formed
+  once per example (``2 C' T D E`` FLOPs).
+- ``pos``: the factors, ``T·D + C'·T·E`` floats; ``T²(D + C'·E)`` per pair (a Gram of positions).
+- ``lazy``: the factors, ``T·D + C'·T·E`` floats; ``C'·D·E`` per pair, the gradient re-formed once per tile.
+
+:func:`choose_kinds` takes ``pos`` where it needs no more FLOPs than ``grad`` (dense layers, ``T = 1``; late
+convolution stages with few positions and many channels), else ``grad``; ``lazy`` only when the features of all
+points in ``grad`` layout would not fit in half the memory budget, the factors are at least twice smaller than the
+gradient, and re-forming the gradients of a tile's two blocks costs at most twice the layer's Gram work on it
+(``T ≤`` rows per block) — far less than recomputing a block's factors.
+Fallback leaves (norm scales, embeddings, shared weights) are per-example gradients (``grad``).
+
+Features are computed by ``lax.map`` over chunks of examples (the factors of one chunk alive at a time, reduced to
+the layouts right away), so peak memory is the stored features plus one chunk, never ``N`` times the activations.
+:func:`blocked` is the eager engine of :func:`jaxcompare.batched` and of eager default calls:
+the features of a block are computed once; as many blocks as the budget allows stay resident (a *panel*), the
+others are streamed past it, so memory is bounded by the budget and the block, not by ``N``.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..._precision import accumulation_dtype
+from .._common import contract
+from ._analysis import Plan, analyze
+from ._factors import example_factors
+
+__all__ = ["choose_kinds", "features", "tile", "kernel", "diag", "blocked", "estimate"]
+
+GRAD, POS, LAZY = "grad", "pos", "lazy"
+_SYM_TILE = 128  # x2 = None: tiles of at least this many rows, mirrored below the diagonal
+_SYM_MAX_BLOCKS = 4
+_POS_ELEMENTS = 2**22  # largest (rows × cols × T × T) intermediate of one Gram-of-positions product
+_CHUNK_BYTES = 192 * 1024**2  # transient memory target of one chunk of the factor computation
+
+
+# ------------------------------------------------------------------------------------------------ shapes and layouts
+_DIMS: collections.OrderedDict = collections.OrderedDict()
+
+
+def dims(plan: Plan, params: Any, x_shape: tuple, x_dtype: Any, summed: bool) -> tuple:
+    """``((T, D, E) per use, (P_l per fallback leaf), C', itemsize, transient bytes per example)``."""
+    leaves = jax.tree_util.tree_leaves(params)
+    a, g, j = jax.eval_shape(
+        lambda lv, xi: example_factors(plan, lv, xi, summed=summed), leaves, jax.ShapeDtypeStruct(x_shape, x_dtype)
+    )
+    c = 1 if summed else plan.n_classes
+    uses = tuple((int(aa.shape[0]), int(aa.shape[1]), int(gg.shape[2])) for aa, gg in zip(a, g))
+    fb = tuple(int(jj.shape[1]) for jj in j)
+    item = max(4, jnp.dtype((a + g + j)[0].dtype).itemsize) if (a or j) else 4
+    act = sum(int(np.prod(s[0], dtype=np.int64)) for e in plan.prog.eqns for s in e.shapes)
+    fac = sum(t * d + c * t * e for t, d, e in uses) + c * sum(fb)
+    return uses, fb, c, item, item * ((2 + c) * act + fac)
+
+
+def choose_kinds(uses: tuple, c: int, full: bool, tile_rows: int, allow_lazy: bool) -> tuple:
+    """The layout of each structured use (see module docstring)."""
+    kinds = []
+    for t, d, e in uses:
+        grad = c * d * e
+        fac = t * d + c * t * e
+        if t == 1 or (not full and t * t * (d + c * e + 1) <= grad):
+            kinds.append(POS)
+        elif allow_lazy and 2 * fac <= grad and t <= tile_rows:
+            kinds.append(LAZY)
+        else:
+            kinds.append(GRAD)
+    return tuple(kinds)
+
+
+def feature_floats(uses: tuple, fb: tuple, c: int, kinds: tuple) -> int:
+    """Floats kept per example."""
+    n = c * sum(fb)
+    for (t, d, e), k in zip(uses, kinds):
+        n += c * d * e if k == GRAD else t * d + c * t * e
+    return n
+
+
+def _chunk(transient: int, n: int, budget: int | None = None) -> int:
+    """Examples per chunk of the factor computation: about :data:`_CHUNK_BYTES` (at most an eighth of the budget)
+    of transient memory."""
+    target = _CHUNK_BYTES if budget is None else min(_CHUNK_BYTES, budget // 8)
+    return int(max(1, min(n, target // max(transient, 1))))
+
+
+# ------------------------------------------------------------------------------------------------ features and tiles
+def _peg(a: jax.Array, g: jax.Array) -> jax.Array:
+    """Per-example gradient ``Σ_t a_t ⊗ g_ct`` of one example as ``(C', D·E)``: ``(D × T) @ (T × C'E)``."""
+    c, t, e = g.shape
+    m = contract("dt,tk->dk", a.T, jnp.transpose(g, (1, 0, 2)).reshape(t, c * e))  # (D, C'E), >= float32
+    m = m.astype(jnp.result_type(a, g))  # kept in the factors' dtype (accumulated in at least float32)
+    return jnp.transpose(m.reshape(a.shape[1], c, e), (1, 0, 2)).reshape(c, -1)
+
+
+def features(plan: Plan, params: Any, x: jax.Array, summed: bool, kinds: tuple, chunk: int, full: bool = False):
+    """``(dense, facs)`` of a block: ``dense`` the per-example gradients of the ``grad`` uses and fallback leaves
+    side by side, ``(N, C'·P_dense)`` (``full``: ``(N, C', P_dense)``; None when there are none), ``facs[u]``
+    ``(A, G)`` for ``pos``/``lazy`` uses (None for ``grad``). Two-dimensional ``dense`` keeps the tile's product a
+    plain ``A Bᵀ`` (XLA copies an operand of a product contracting two axes)."""
+    leaves = jax.tree_util.tree_leaves(params)
+
+    def one(xi):
+        a, g, j = example_factors(plan, leaves, xi, summed=summed)
+        dense = [_peg(a[u], g[u]) for u, k in enumerate(kinds) if k == GRAD] + list(j)
+        facs = tuple(None if k == GRAD else (a[u], g[u]) for u, k in enumerate(kinds))
+        if not dense:
+            return None, facs
+        dense = jnp.concatenate(dense, axis=-1)
+        return (dense if full else dense.reshape(-1)), facs
+
+    return jax.lax.map(one, x, batch_size=min(chunk, x.shape[0]))
+
+
+def _pos_pair(a1, g1, a2, g2, full: bool) -> jax.Array:
+    """Gram of positions ``Σ_{t,s} <a_it, a_js> Σ_c <g_cit, g_cjs>`` (``T = 1``: also the full class blocks), in
+    row slices that keep the ``rows × N2 × T²`` intermediate bounded."""
+    n1, c, t, e = g1.shape
+    n2 = g2.shape[0]
+    if t == 1:
+        ga = contract("id,jd->ij", a1[:, 0], a2[:, 0])
+        if full:
+            return ga[:, :, None, None] * contract("ice,jde->ijcd", g1[:, :, 0], g2[:, :, 0])
+        return ga * contract("ip,jp->ij", g1.reshape(n1, -1), g2.reshape(n2, -1))
+    rows = max(1, min(n1, _POS_ELEMENTS // max(1, n2 * t * t)))
+    out = []
+    for r in range(0, n1, rows):  # (i, t, j, s): the products' natural order, no transposed copies
+        ga = contract("itd,jsd->itjs", a1[r : r + rows], a2)
+        gg = contract("icte,jcse->itjs", g1[r : r + rows], g2)
+        out.append(jnp.sum(ga * gg, axis=(1, 3)))
+    return out[0] if len(out) == 1 else jnp.concatenate(out, axis=0)
+
+
+def _peg_dce(a: jax.Array, g: jax.Array) -> jax.Array:
+    """Per-example gradient of one example as ``(D, C', E)`` (no transposition of the product)."""
+    c, t, e = g.shape
+    m = contract("dt,tk->dk", a.T, jnp.transpose(g, (1, 0, 2)).reshape(t, c * e))
+    return m.astype(jnp.result_type(a, g)).reshape(a.shape[1], c, e)
+
+
+_LAZY_SLICES = 4  # a lazily formed gradient: the second block's whole, the first block's in this many row slices
+
+
+def _lazy_pair(total, a1, g1, a2, g2, full: bool, same: bool) -> jax.Array:
+    """Add the ``lazy`` layer's contribution to ``total``: the per-example gradients of the second block formed
+    once, those of the first block slice by slice (each slice after the previous one is summed, so at most one
+    slice is alive besides the second block's)."""
+    n1, n2, c = a1.shape[0], a2.shape[0], g1.shape[1]
+    spec = "idce,jdfe->ijcf" if full else "ip,jp->ij"
+    if total is not None:
+        total, (a1, g1, a2, g2) = jax.lax.optimization_barrier((total, (a1, g1, a2, g2)))
+    peg = jax.vmap(_peg_dce) if full else jax.vmap(lambda a, g: _peg_dce(a, g).reshape(-1))
+    m2 = peg(a2, g2)
+    if total is None:
+        total = jnp.zeros((n1, n2) + ((c, c) if full else ()), accumulation_dtype(m2))
+    rows = max(1, -(-n1 // _LAZY_SLICES))
+    for r in range(0, n1, rows):
+        total, (ar, gr, m2) = jax.lax.optimization_barrier((total, (a1[r : r + rows], g1[r : r + rows], m2)))
+        m1 = m2[r : r + rows] if same else peg(ar, gr)
+        total = total.at[r : r + rows].add(contract(spec, m1, m2).astype(total.dtype))
+    return total
+
+
+def tile(f1, f2, kinds: tuple, full: bool, same: bool = False, skip_lazy: bool = False) -> jax.Array:
+    """Kernel tile ``(N1, N2)`` (``full``: ``(N1, N2, C', C')``) of two blocks' features; ``same``: ``f2 is f1``;
+    ``skip_lazy``: without the ``lazy`` layers (the engine adds them one call at a time)."""
+    (d1, fac1), (d2, fac2) = f1, f2
+    total = None if d1 is None else contract("icp,jdp->ijcd" if full else "ip,jp->ij", d1, d2)
+    for u, k in enumerate(kinds):
+        if k == GRAD or (skip_lazy and k == LAZY):
+            continue
+        (a1, g1), (a2, g2) = fac1[u], fac2[u]
+        if total is not None:  # one layer at a time: its intermediates start after the previous layers are summed
+            total, (a1, g1, a2, g2) = jax.lax.optimization_barrier((total, (a1, g1, a2, g2)))
+        if k == POS:
+            t = _pos_pair(a1, g1, a2, g2, full)
+            total = t if total is None else total + t
+        else:
+            total = _lazy_pair(total, a1, g1, a2, g2, full, same)
+    if total is None:
+        if skip_lazy and LAZY in kinds:
+            g1, g2 = fac1[kinds.index(LAZY)][1], fac2[kinds.index(LAZY)][1]
+            cls = (g1.shape[1], g1.shape[1]) if full else ()
+            return jnp.zeros((g1.shape[0], g2.shape[0]) + cls, accumulation_dtype(g1))
+        raise ValueError("params has no differentiable leaf used by apply_fn: there is nothing to differentiate.")
+    return total
+
+
+# ------------------------------------------------------------------------------------------------ traceable kernels
+def _setup(apply_fn, params, x1, n_all: int, mode: str, tile_rows: int, budget: int | None):
+    from .._memory import memory_budget, planning_budget
+
+    plan = analyze(apply_fn, params, tuple(x1.shape[1:]), x1.dtype)
+    summed, full = mode == "pseudo", mode == "full"
+    uses, fb, c, item, transient = dims(plan, params, tuple(x1.shape[1:]), x1.dtype, summed)
+    # traced calls (budget None) plan from a machine constant, not the free memory: same call, same program
+    budget = planning_budget() if budget is None else memory_budget(budget)
+    all_grad = n_all * item * feature_floats(uses, fb, c, choose_kinds(uses, c, full, tile_rows, False))
+    kinds = choose_kinds(uses, c, full, tile_rows, all_grad > budget // 2)
+    return plan, summed, full, kinds, uses, fb, c, item, transient
+
+
+def _sym_cuts(n: int, full: bool) -> list:
+    nb = 1 if full else max(1, min(_SYM_MAX_BLOCKS, n // _SYM_TILE))
+    return [i * n // nb for i in range(nb + 1)]
+
+
+def kernel(apply_fn, params, x1, x2, *, mode: str):
+    """The structured kernel (traceable): features of ``x1`` (and ``x2``) computed once, contracted in tiles
+    (``x2 = None``: tiles on and above the diagonal, mirrored)."""
+    n_all = x1.shape[0] + (0 if x2 is None else x2.shape[0])
+    cuts = _sym_cuts(x1.shape[0], mode == "full") if x2 is None else [0, x1.shape[0]]
+    rows = max(cuts[i + 1] - cuts[i] for i in range(len(cuts) - 1))
+    plan, summed, full, kinds, *_, transient = _setup(apply_fn, params, x1, n_all, mode, rows, None)
+    f1 = features(plan, params, x1, summed, kinds, _chunk(transient, x1.shape[0]), full)
+    if x2 is not None:
+        k = tile(f1, features(plan, params, x2, summed, kinds, _chunk(transient, x2.shape[0]), full), kinds, full)
+    elif len(cuts) == 2:
+        k = tile(f1, f1, kinds, full, same=True)
+    else:
+        nb = len(cuts) - 1
+        part = [jax.tree_util.tree_map(lambda v, i=i: v[cuts[i] : cuts[i + 1]], f1) for i in range(nb)]
+        tiles = {(i, j): tile(part[i], part[j], kinds, full, same=i == j) for i in range(nb) for j in range(i, nb)}
+        k = jnp.concatenate(
+            [jnp.concatenate([tiles[i, j] if i <= j else tiles[j, i].T for j in range(nb)], axis=1) for i in range(nb)],
+            axis=0,
+        )
+    return k / plan.n_classes if summed else k
+
+
+def _use_diag(a, g) -> jax.Array:
+    """``Σ_c |Σ_t a_t ⊗ g_ct|²`` of one example, by whichever contraction needs fewer FLOPs."""
+    c, t, e = g.shape
+    d = a.shape[-1]
+    if t == 1:
+        a, g = a.reshape(-1), g.reshape(-1)
+        return contract("p,p->", a, a) * contract("p,p->", g, g)
+    if t * t * (d + c * e) < c * t * d * e:
+        ga = contract("td,sd->ts", a, a)
+        gg = contract("cte,cse->ts", g, g)
+        return jnp.sum(ga * gg)
+    m = _peg(a, g).reshape(-1)
+    return contract("p,p->", m, m)
+
+
+def diag(apply_fn, params, x, *, mode: str):
+    """``K(x_i, x_i)`` per example, reduced inside each chunk (nothing per example is kept)."""
+    plan = analyze(apply_fn, params, tuple(x.shape[1:]), x.dtype)
+    summed = mode == "pseudo"
+    *_, transient = dims(plan, params, tuple(x.shape[1:]), x.dtype, summed)
+    leaves = jax.tree_util.tree_leaves(params)
+    if not plan.uses and not plan.fallback:
+        raise ValueError("params has no differentiable leaf used by apply_fn: there is nothing to differentiate.")
+
+    def one(xi):
+        a, g, j = example_factors(plan, leaves, xi, summed=summed)
+        return sum(_use_diag(aa, gg) for aa, gg in zip(a, g)) + sum(jnp.sum(p * p) for p in j)
+
+    total = jax.lax.map(one, x, batch_size=_chunk(transient, x.shape[0]))
+    return total / plan.n_classes if summed else total
+
+
+def estimate(apply_fn, params, x1, x2, mode: str) -> tuple[int, int]:
+    """``(bytes per point held at once, fixed bytes)`` of :func:`kernel` (features kept for every point; one chunk
+    of the factor computation and the largest tile intermediate; the output)."""
+    n1 = x1.shape[0]
+    n_all = n1 + (0 if x2 is None else x2.shape[0])
+    cuts = _sym_cuts(n1, mode == "full") if x2 is None else [0, n1]
+    rows = max(cuts[i + 1] - cuts[i] for i in range(len(cuts) - 1))
+    _, _, full, kinds, uses, fb, c, item, transient = _setup(apply_fn, params, x1, n_all, mode, rows, None)
+    per = item * feature_floats(uses, fb, c, kinds)
+    n2 = n1 if x2 is None else x2.shape[0]
+    out = n1 * n2 * (c * c if full else 1) * item
+    chunk = _chunk(transient, n1)
+    return per, out + chunk * transient + _tile_bytes(uses, kinds, c, item, 2 * rows)
+
+
+def _tile_bytes(uses, kinds, c, item, rows: int) -> int:
+    """Largest transient of one tile of ``rows`` points (two blocks): a lazily formed gradient (the second block's
+    and one slice of the first), or the intermediates of a Gram of positions."""
+    lazy = max([c * d * e for (t, d, e), k in zip(uses, kinds) if k == LAZY] or [0])
+    lazy_rows = rows // 2 + -(-rows // (2 * _LAZY_SLICES))
+    half = max(rows // 2, 1)
+    pos = max([3 * min(_POS_ELEMENTS, half * half * t * t) for (t, d, e), k in zip(uses, kinds) if k == POS] or [0])
+    return item * max(lazy_rows * lazy, pos)
+
+
+# ------------------------------------------------------------------------------------------------ eager engine
+_JITS: collections.OrderedDict = collections.OrderedDict()
+
+
+def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None, show: bool = False, precision=None):
+    """Eager blocked kernel (see module docstring): ``(kernel (N1, N2[, C', C']), diagonal of x1 or None)``.
+
+    Each block's features are computed once when all blocks fit the memory budget; otherwise as many as fit stay
+    resident (a panel) and the other blocks are streamed past it (recomputed once per panel). Inputs smaller than
+    one block are not padded; a partial last block is padded by repeating its first row (one compiled shape).
+    """
+    from ..._precision import resolve_precision, traced_with_policy
+    from ..._progress import progress
+    from .._memory import format_bytes, memory_budget
+
+    n1 = x1.shape[0]
+    n2 = n1 if x2 is None else x2.shape[0]
+    bs = int(min(block_size, max(n1, n2)))
+    budget_b = memory_budget(budget)
+    plan, summed, full, kinds, uses, fb, c, item, transient = _setup(
+        apply_fn, params, x1, n1 + (0 if x2 is None else n2), mode, bs, budget_b
+    )
+    chunk = _chunk(transient, bs, budget_b)
+    policy = resolve_precision(precision)
+    key = (apply_fn, jax.tree_util.tree_structure(params), tuple(x1.shape[1:]), str(x1.dtype), mode, kinds, chunk)
+    key = key + (policy,)
+    try:
+        fns = _JITS.get(key)
+    except TypeError:
+        key, fns = None, None
+    if fns is None:
+
+        def with_policy(fn):
+            def run(*args):
+                with traced_with_policy(policy):
+                    return fn(*args)
+
+            return jax.jit(run)
+
+        fns = (
+            with_policy(lambda p, xb: features(plan, p, xb, summed, kinds, chunk, full)),
+            with_policy(lambda f1, f2: tile(f1, f2, kinds, full, skip_lazy=True)),
+            with_policy(lambda f: tile(f, f, kinds, full, same=True, skip_lazy=True)),
+            with_policy(lambda a1, g1, a2, g2: _lazy_pair(None, a1, g1, a2, g2, full, False)),
+            with_policy(lambda a, g: _lazy_pair(None, a, g, a, g, full, True)),
+        )
+        if key is not None:
+            _JITS[key] = fns
+            while len(_JITS) > 16:
+                _JITS.popitem(last=False)
+    feat_fn, dense_fn, dense_self_fn, lazy_fn, lazy_self_fn = fns
+    lazy = [u for u, k in enumerate(kinds) if k == LAZY]
+
+    def tile_fn(f1, f2):  # the lazy layers one call at a time: one layer's gradients alive at once
+        t = dense_fn(f1, f2)
+        for u in lazy:
+            t = t + lazy_fn(*f1[1][u], *f2[1][u])
+        return t
+
+    def self_fn(f):
+        t = dense_self_fn(f)
+        for u in lazy:
+            t = t + lazy_self_fn(*f[1][u])
+        return t
+
+    def blocks(x):
+        n = x.shape[0]
+        nb = -(-n // bs)
+        if nb * bs != n:
+            x = jnp.concatenate([x, jnp.broadcast_to(x[:1], (nb * bs - n,) + x.shape[1:])], axis=0)
+        return [x[i * bs : (i + 1) * bs] for i in range(nb)]
+
+    b1 = blocks(x1)
+    b2 = b1 if x2 is None else blocks(x2)
+    per_block = bs * item * feature_floats(uses, fb, c, kinds)
+    out_bytes = n1 * n2 * (c * c if full else 1) * item
+    work = chunk * transient + _tile_bytes(uses, kinds, c, item, 2 * bs) + bs * bs * item * (c * c if full else 1)
+    cap = _capacity(budget_b - out_bytes - work, per_block)
+    sym = x2 is None
+    if cap < 2:
+        fit = max(1, int(bs * (budget_b - out_bytes - work) // max(2 * per_block, 1)))
+        raise ValueError(
+            f"batched: blocks of {bs} points need about {format_bytes(2 * per_block + work)} at once (features "
+            f"{format_bytes(per_block)} per block, output {format_bytes(out_bytes)}), more than the memory budget "
+            f"{format_bytes(budget_b)}; use block_size <= {fit}, a larger memory_budget, or a projection."
+        )
+    shape = (len(b1) * bs, len(b2) * bs) + ((c, c) if full else ())
+    out = None  # allocated with the first tile's dtype (contractions accumulate in at least float32)
+    n_tiles = len(b1) * (len(b1) + 1) // 2 if sym else len(b1) * len(b2)
+    bar = iter(progress(range(n_tiles), total=n_tiles, desc=f"{mode} kernel tiles", enabled=show))
+
+    def put(i, j, t):
+        nonlocal out
+        next(bar, None)
+        t = np.asarray(t)
+        if out is None:
+            out = np.empty(shape, dtype=t.dtype)
+        out[i * bs : (i + 1) * bs, j * bs : (j + 1) * bs] = t
+        if sym and i != j:
+            t = np.swapaxes(t, 0, 1)
+            out[j * bs : (j + 1) * bs, i * bs : (i + 1) * bs] = np.swapaxes(t, 2, 3) if full else t
+
+    if sym:
+        p = 0
+        while p < len(b1):
+            m = len(b1) - p if len(b1) - p <= cap else cap - 1
+            panel = {i: feat_fn(params, b1[i]) for i in range(p, p + m)}
+            for i in panel:
+                for j in panel:
+                    if j >= i:
+                        put(i, j, self_fn(panel[i]) if i == j else tile_fn(panel[i], panel[j]))
+            for k in range(p + m, len(b1)):
+                fk = feat_fn(params, b1[k])
+                for i in panel:
+                    put(i, k, tile_fn(panel[i], fk))
+                del fk
+            del panel
+            p += m
+    else:
+        keep2 = len(b1) + len(b2) <= cap
+        cache2 = {}
+        p = 0
+        while p < len(b1):
+            m = min(len(b1) - p, cap - (len(b2) if keep2 else 1))
+            panel = {i: feat_fn(params, b1[i]) for i in range(p, p + m)}
+            for j in range(len(b2)):
+                fj = cache2.get(j)
+                if fj is None:
+                    fj = feat_fn(params, b2[j])
+                    if keep2:
+                        cache2[j] = fj
+                for i in panel:
+                    put(i, j, tile_fn(panel[i], fj))
+                del fj
+            del panel
+            p += m
+    k = out[:n1, :n2]
+    if summed:
+        k = k / plan.n_classes
+    d = np.diagonal(k).copy() if sym and not full else None
+    return jnp.asarray(k), (None if d is None else jnp.asarray(d))
+
+
+def _capacity(free: int, per_block: int) -> int:
+    """Blocks of features that fit in ``free`` bytes."""
+    return int(free // max(per_block, 1))
+
+
+_MODES = {"entk": "full", "trntk": "trace", "trntk0": "trace", "pntk": "pseudo", "pntk0": "pseudo"}
+
+
+ENGINE_BLOCK = 128  # block size of eager default calls on the engine (tiles of this many rows, all resident)
+
+
+def engine_block(n1: int, x2: Any, per: int, fixed: int, budget: int, mode: str) -> int:
+    """Block size of an eager default call on the engine: about :data:`ENGINE_BLOCK` rows, balanced so that a
+    partial last block wastes little (one block, unpadded, up to that size); smaller when two blocks of features
+    would not fit the budget (the engine then keeps as many blocks as fit and streams the others)."""
+    import warnings
+
+    from .._memory import format_bytes
+
+    n = max(n1, 0 if x2 is None else x2.shape[0])
+    target = ENGINE_BLOCK
+    need = per * (n1 + (0 if x2 is None else x2.shape[0])) + fixed
+    if need > budget:
+        target = max(1, min(target, int((budget - fixed) // max(2 * per, 1)) if budget > fixed else 1))
+        warnings.warn(
+            f"the {mode} kernel needs an estimated {format_bytes(need)} at once, more than the memory budget "
+            f"{format_bytes(budget)}: computing it in blocks of about {target} points, the features of as many "
+            "blocks as fit kept and the others recomputed (set JAXCOMPARE_MEMORY_BUDGET or call "
+            "batched(kernel_fn, block_size, memory_budget=...) to choose).",
+            RuntimeWarning,
+            stacklevel=5,
+        )
+    nb = -(-n // target)
+    return -(-n // nb)
+
+
+def engine_mode(spec: Any, params: Any, fn: Any, x1: Any, x2: Any, n_outputs: int) -> str | None:
+    """The mode (``"full"``/``"trace"``/``"pseudo"``) when an eager :func:`jaxcompare.batched` call of a kernel
+    record runs on :func:`blocked`: an exact gradient kernel of this package (no projection, no other transform)
+    whose implementation is (or resolves to) ``"structured"`` for the canonical model ``fn`` (one input array,
+    ``(N, n_outputs)`` logits); else None."""
+    if spec is None or spec.name not in _MODES or spec.transforms or spec.apply_fn is None:
+        return None
+    opts = dict(spec.options)
+    if opts.get("projection") is not None:
+        return None
+    impl = opts.get("implementation", "auto")
+    if impl == "auto":
+        from .._implementations import choose_auto
+
+        impl = choose_auto(fn, params, x1, x2, int(n_outputs))
+    return _MODES[spec.name] if impl == "structured" else None
