@@ -107,7 +107,9 @@ def test_recipes_section_with_synthetic_spectra(monkeypatch, tmp_path):
 def test_architectures_section_tiny(tmp_path):
     """The real section (MNIST-1D, three architectures, kernel similarity, α̂) at the smallest sizes."""
     report = Report("t")
-    size = dict(arch_samples=200, arch_seeds=2, arch_steps=2, arch_points=12, arch_perms=9, arch_boot=2)
+    size = dict(
+        arch_samples=200, arch_seeds=2, arch_steps=2, arch_points=12, arch_perms=9, arch_boot=2, arch_surrogate_train=40
+    )
     out = SECTIONS["architectures"].run(jax.random.key(0), report, size, str(tmp_path))
     cka, p = np.asarray(out["cka"]), np.asarray(out["p_value"])
     assert cka.shape == p.shape == (6, 6) and out["names"][0] == "MLP 0" and out["names"][-1] == "GRU 1"
@@ -120,3 +122,10 @@ def test_architectures_section_tiny(tmp_path):
     assert alpha.shape == (3, 3) and np.all((alpha >= 0) & (alpha <= 1))
     assert [r["architecture"] for r in out["accuracy"]] == ["MLP", "CNN", "GRU"]
     assert (tmp_path / "figures" / "architectures_cka.png").stat().st_size > 5_000
+    surr = out["surrogates"]
+    assert [r["architecture"] for r in surr] == ["MLP", "CNN", "GRU"] and out["surrogate_train"] == 40
+    for r in surr:  # TAD is the accuracy gap in percentage points; accuracies are multiples of 1/12 test points
+        np.testing.assert_allclose(r["TAD (pp)"], 100 * (r["surrogate accuracy"] - r["network accuracy"]), atol=1e-9)
+        assert abs(r["network accuracy"] * 12 - round(r["network accuracy"] * 12)) < 1e-6
+        assert -1 <= r["τ_K"] <= 1 and 0 <= r["R_Miss"] <= 1
+    assert "τ_K" in report.html() and "trNTK surrogate faithfulness" in " ".join(report.findings)
