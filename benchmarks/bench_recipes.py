@@ -28,12 +28,6 @@ import time
 
 import numpy as np
 
-RUNS = {
-    "GD": dict(optimizer="gd", lr_per_n=0.2, steps=150),
-    "SGD small": dict(optimizer="sgd", lr=1.0, batch_size=32, steps=150),
-    "SGD large": dict(optimizer="sgd", lr=150.0, batch_size=32, steps=50),
-    "Adam": dict(optimizer="adam", lr=0.3, batch_size=32, steps=150),
-}
 RULE_TO_RECIPE = {
     "heavy tails: adaptive optimizer (Adam-like)": "Adam",
     "aligned spike: large-step (S)GD": "SGD large",
@@ -43,39 +37,14 @@ RULE_TO_RECIPE = {
 
 
 def simulate(cfg, n_seeds):
-    import jax
-    import jax.numpy as jnp
+    """The study's recipes (`jaxcompare.study._recipes.simulate_recipes`, 150 steps), under this benchmark's names."""
+    from jaxcompare.study._recipes import simulate_recipes
 
-    from jaxcompare import lwr
-
-    out = {}
-    for name, spec in RUNS.items():
-        kw = dict(spec)
-        if "lr_per_n" in kw:
-            kw["lr"] = kw.pop("lr_per_n") * cfg.n
-
-        def one(seed, kw=kw):
-            kd, kp, kt = jax.random.split(jax.random.key(seed), 3)
-            data = lwr.sample_data(kd, cfg)
-            res = lwr.train(
-                kt, lwr.init_params(kp, cfg), data, cfg, throw=False, progress_bar=False, eig_backend="jax", **kw
-            )
-            h = res.history
-            return dict(
-                weights=h.eig_weights[-1],
-                ck=h.eig_ck[-1],
-                ntk=h.eig_ntk[-1],
-                init=h.eig_weights[0],
-                align=jnp.max(h.align[-1], axis=-1)[0],
-                result=res.result,
-            )
-
-        t0 = time.perf_counter()
-        res = jax.jit(jax.vmap(one))(jnp.arange(n_seeds))
-        out[name] = {k: np.asarray(v) for k, v in res.items()}
-        bad = int(np.sum(out[name]["result"] != 0))
-        print(f"  trained {name}: {n_seeds} seeds in {time.perf_counter() - t0:.1f}s (failed runs: {bad})")
-    return out
+    names = {"GD": "GD", "SGD small step": "SGD small", "SGD large step": "SGD large", "Adam": "Adam"}
+    sims = simulate_recipes(cfg, n_seeds, steps=150)
+    for name, out in sims.items():
+        print(f"  {names[name]}: failed runs {int(np.sum(out['result'] != 0))}")
+    return {names[k]: v for k, v in sims.items()}
 
 
 def part_identification(args):
