@@ -11,7 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["ensure_env"]
+__all__ = ["ensure_env", "torch_env", "TORCH_PINS"]
+
+# one torch environment for the torch.func recipe (bench_ntk_models) and TRAK's projector (bench_ntk_projection)
+TORCH_PINS = ["torch==2.14.1", "traker==0.3.2"]
 
 
 def _base_python() -> str:
@@ -31,3 +34,8 @@ def ensure_env(env: Path, pins: list[str]) -> Path:
     subprocess.run([str(py), "-m", "pip", "install", "-q", *pins], check=True)
     stamp.write_text("\n".join(pins))
     return py
+
+
+def torch_env() -> Path:
+    """The interpreter of ``benchmarks/.trak-env`` (torch and traker, :data:`TORCH_PINS`), built on first use."""
+    return ensure_env(Path(__file__).resolve().parent / ".trak-env", TORCH_PINS)

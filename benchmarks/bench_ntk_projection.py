@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -255,11 +254,13 @@ def _configs(args) -> list:
 
 
 def _run_child(cfg: dict, args) -> dict | str:
-    env = {**os.environ, "JAXCOMPARE_PROGRESS": "0", "JAXCOMPARE_MEMORY_BUDGET": args.budget}
-    env["JAX_PLATFORMS"] = "cuda" if args.device == "gpu" else "cpu"
+    """One row in its own subprocess (benchmarks/_subprocess.py): its result with its peak RSS, or why it gave none."""
+    sys.path.insert(0, str(HERE))
+    import _subprocess
+
+    env = _subprocess.child_env(args.device, args.budget)
     cfg = {**cfg, "device": args.device, "repeat_below": cfg.get("repeat_below", args.repeat_below)}
     if cfg["method"] == "trak":
-        sys.path.insert(0, str(HERE))
         import _peer_env
 
         py = str(_peer_env.ensure_env(TRAK_ENV, TRAK_PINS))
@@ -267,15 +268,7 @@ def _run_child(cfg: dict, args) -> dict | str:
         cmd = [py, __file__, "--trak-child", json.dumps(cfg)]
     else:
         cmd = [sys.executable, __file__, "--child", json.dumps(cfg)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return f"over {args.timeout:.0f} s"
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if not line:
-        tail = (proc.stderr or proc.stdout)[-600:].strip().replace("\n", " | ")
-        return f"failed (exit {proc.returncode}): {tail}"
-    return json.loads(line[0][7:])
+    return _subprocess.run_child(cmd, env=env, timeout=args.timeout)
 
 
 def main() -> None:

@@ -2,10 +2,15 @@
 
 Eager calls validate their inputs' values in Python (NaN/inf, label ranges, ...), but under ``jit``/``vmap`` the
 inputs are tracers and only shapes and dtypes can be checked there, so a NaN input would give a finite, plausible
-answer. Public functions therefore also place ``checkify.debug_check`` predicates on their traced inputs (and on the
-``result`` of ``throw=True`` solvers). Outside checked mode these are no-ops that cost nothing; wrapping a
-function in :func:`checked` functionalizes them, so the first failed check raises
-``jax.experimental.checkify.JaxRuntimeError`` naming the argument, with its position in a ``vmap`` batch.
+answer. While :func:`checked` traces a function, public functions therefore also place ``checkify.debug_check``
+predicates on their traced inputs (and on the ``result`` of ``throw=True`` solvers), and ``checked`` functionalizes
+them, so the first failed check raises ``jax.experimental.checkify.JaxRuntimeError`` naming the argument, with its
+position in a ``vmap`` batch. Outside checked mode no check is placed at all: the programs are the plain ones, and
+``vmap`` over arrays sharded on ``Explicit`` mesh axes works (checkify's ``vmap`` rule sorts along the batch, which
+``Explicit`` sharding forbids; checked mode itself therefore needs ``Auto`` axes or unsharded batches). Checked mode
+is a ``jit`` cache key (``jax.make_user_context``): a function jitted and run before is traced again, with its
+checks, inside ``checked``. The checks are placed only through :func:`checked`, not by a bare
+``jax.experimental.checkify.checkify``.
 
 What is checked under ``jit`` inside :func:`checked`:
 
@@ -43,12 +48,24 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 from jax.experimental import checkify
 
 from ._validation import is_concrete
 
 __all__ = ["checked", "traced_finite", "traced_labels", "traced_range", "traced_result"]
+
+# Whether checked mode is tracing: part of jit's cache key, so that a function jitted outside checked mode is traced
+# again (with its checks) inside it. JAX versions without jax.make_user_context place the checks always (no-ops
+# outside checkify, as before), which only costs the Explicit-axes vmap.
+_make_user_context = getattr(jax, "make_user_context", None)
+_CHECKED_MODE = None if _make_user_context is None else _make_user_context(default_value=False)
+
+
+def _placing_checks() -> bool:
+    """Whether the traced checks are to be placed now (inside :func:`checked`)."""
+    return _CHECKED_MODE is None or bool(_CHECKED_MODE.value)
 
 
 def checked(fn: Callable, *, errors: Any = None) -> Callable:
@@ -86,7 +103,11 @@ def checked(fn: Callable, *, errors: Any = None) -> Callable:
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
-        err, out = cf(*args, **kwargs)
+        if _CHECKED_MODE is None:
+            err, out = cf(*args, **kwargs)
+        else:
+            with _CHECKED_MODE(True):
+                err, out = cf(*args, **kwargs)
         err.throw()
         return out
 
@@ -94,9 +115,9 @@ def checked(fn: Callable, *, errors: Any = None) -> Callable:
 
 
 def traced_finite(x: Any, name: str) -> None:
-    """Checked-mode check that a traced floating array is finite (no-op for concrete arrays and outside checked
-    mode; concrete arrays are validated eagerly by :mod:`jaxcompare._validation`)."""
-    if is_concrete(x) or not hasattr(x, "dtype") or not jnp.issubdtype(x.dtype, jnp.inexact):
+    """Checked-mode check that a traced floating array is finite (nothing is placed for concrete arrays or outside
+    checked mode; concrete arrays are validated eagerly by :mod:`jaxcompare._validation`)."""
+    if not _placing_checks() or is_concrete(x) or not hasattr(x, "dtype") or not jnp.issubdtype(x.dtype, jnp.inexact):
         return
     bad = jnp.sum(~jnp.isfinite(x))
     checkify.debug_check(bad == 0, f"{name} must be finite: {{}} NaN/inf entries (found under jit).", bad)
@@ -112,7 +133,7 @@ def traced_range(
     high_open: bool = False,
 ) -> None:
     """Checked-mode check that every entry of a traced array lies in an interval (NaN fails)."""
-    if is_concrete(x):
+    if not _placing_checks() or is_concrete(x):
         return
     x = jnp.asarray(x)
     ok = jnp.ones(x.shape, bool) & (x == x)
@@ -132,7 +153,7 @@ def traced_range(
 
 def traced_labels(y: Any, name: str, n_classes: int | None = None) -> None:
     """Checked-mode check of traced class labels: whole numbers (float labels), in ``[0, n_classes)``."""
-    if is_concrete(y):
+    if not _placing_checks() or is_concrete(y):
         return
     y = jnp.asarray(y)
     if jnp.issubdtype(y.dtype, jnp.floating):
@@ -150,7 +171,7 @@ def traced_labels(y: Any, name: str, n_classes: int | None = None) -> None:
 
 def traced_result(result: Any, throw: bool, name: str) -> None:
     """Checked-mode report of a traced ``throw=True`` solver result that is not successful."""
-    if not throw or is_concrete(result):
+    if not throw or not _placing_checks() or is_concrete(result):
         return
     code = jnp.max(result)
     checkify.debug_check(

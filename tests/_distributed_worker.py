@@ -4,9 +4,12 @@
 
 MODE ``sharded``: ``jax.distributed`` over gloo, 2 CPU devices per process; ``jc.sharded`` of several kernels,
 gathered with ``jc.gather`` and written with ``jc.save_rows``. MODE ``disk``: ``jax.distributed``; every process calls
-``jc.kernel_to_disk`` on one shared path. MODE ``array``: no JAX runtime; ``process_index=``/``process_count=``.
-MODE ``seeds``: ``jax.distributed``; ``ensemble_alpha_hat`` on scores whose rows live on different processes, and
-``jit(vmap(...))`` of ``lwr.train`` and ``fit_kglm`` over seeds/problems sharded over all devices.
+``jc.kernel_to_disk`` and ``jc.project_gradients(path=)`` on shared paths. MODE ``array``: no JAX runtime;
+``process_index=``/``process_count=``.
+MODE ``seeds``: ``jax.distributed``; ``ensemble_alpha_hat`` on scores whose rows live on different processes,
+``jit(vmap(...))`` of ``lwr.train`` over seeds sharded over all devices (a mesh with ``Auto`` axes, then one with
+``Explicit`` axes), ``fit_kglm`` on a kernel whose rows live on different processes and ``jit(vmap(fit_kglm))`` over
+problems sharded over all devices, and value checks of arrays that span processes.
 Each process writes what it computed to OUTDIR for the test to compare with a one-process run.
 """
 
@@ -65,6 +68,9 @@ elif mode in ("disk", "array"):
         json.dump(json.load(fh)["done"], open(os.path.join(outdir, f"tiles.{pid}.json"), "w"))
     if mode == "disk":
         out["kernel"] = np.array(K)  # complete on every process: kernel_to_disk ends with a barrier
+        proj = jc.random_projection(jax.random.key(3), 8)  # block b of 6 to process b mod 2, then one assembles
+        phi = jc.project_gradients(f, params, x, proj, block_size=3, path=os.path.join(outdir, "features"))
+        out["features"] = np.array(phi)  # complete on every process: a barrier before the assembly
 elif mode == "seeds":  # seeds and candidates across processes (the README's recipe)
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -87,6 +93,26 @@ elif mode == "seeds":  # seeds and candidates across processes (the README's rec
     tr = jax.jit(jax.vmap(run))(keys)  # eig_backend "jax" by default here: each device decomposes its own seeds
     assert not tr.params.W.is_fully_addressable
     out.update(lwr_eig=jc.gather(tr.history.eig_ntk), lwr_W=jc.gather(tr.params.W), lwr_loss=jc.gather(tr.losses))
+    # the same on a mesh with Explicit axes (the default of jax.make_mesh in JAX 0.10), inside jax.set_mesh
+    mesh = jax.make_mesh((jax.device_count(),), ("seeds",), axis_types=(jax.sharding.AxisType.Explicit,))
+    with jax.set_mesh(mesh):
+        keys = jax.jit(lambda k: jax.random.split(k, 4), out_shardings=PartitionSpec("seeds"))(jax.random.key(7))
+        tr = jax.jit(jax.vmap(run))(keys)
+    assert tr.params.W.sharding.spec[0] == "seeds", tr.params.W.sharding
+    out.update(lwr_explicit_eig=jc.gather(tr.history.eig_ntk), lwr_explicit_W=jc.gather(tr.params.W))
+    # fit_kglm on a kernel whose rows live on different processes (as jc.sharded leaves it): the model is replicated
+    F = np.asarray(jax.random.normal(jax.random.key(8), (16, 6)))
+    Kk, yk = F @ F.T / 6, np.argmax(F[:, :3], axis=1)  # a linear kernel, 3 classes
+    Kg = jax.make_array_from_process_local_data(rows, Kk[8 * pid : 8 * pid + 8])
+    model = jc.fit_kglm(Kg, yk, l2=1e-2, tol=1e-7)
+    out.update(kglm_W=np.asarray(model.W), kglm_b=np.asarray(model.b), kglm_logits=jc.gather(jc.kglm_logits(model, Kg)))
+    # jit(vmap(fit_kglm)) over 4 problems sharded one per device: each device fits its own
+    G = np.asarray(jax.random.normal(jax.random.key(9), (4, 16, 6)))
+    Kb, yb = np.einsum("bik,bjk->bij", G, G) / 6, np.argmax(G[..., :3], axis=-1)
+    fit = jax.jit(jax.vmap(lambda K, y: jc.fit_kglm(K, y, n_classes=3, l2=1e-2, tol=1e-7)))
+    mb = fit(*(jax.make_array_from_process_local_data(rows, a[2 * pid : 2 * pid + 2]) for a in (Kb, yb)))
+    assert not mb.W.is_fully_addressable
+    out.update(kglm_vmap_W=jc.gather(mb.W), kglm_vmap_result=jc.gather(mb.result))
     # value checks of arrays that span processes run on the devices (no host copy), with the one-process messages
     from jaxcompare._validation import check_labels
 
@@ -94,11 +120,14 @@ elif mode == "seeds":  # seeds and candidates across processes (the README's rec
     local[2, 5] = np.nan if pid == 1 else local[2, 5]  # one NaN, on process 1 (global row 8)
     msgs = []
     labels = [np.arange(4.0) + 4 * pid, np.arange(4.0) + 4 * pid + 0.5 * pid]  # 0..7; then 4.5.. on process 1
+    kbad = Kk[8 * pid : 8 * pid + 8].copy()
+    kbad[3, 3] = np.inf if pid == 1 else kbad[3, 3]  # one inf, on process 1 (global row 11)
     for bad, check in (
         (local, lambda a: jc.ensemble_alpha_hat(jax.random.key(5), a, candidates=np.arange(6), reference=[6, 7])),
         (labels[0], lambda a: check_labels(a, "labels", 8)),  # fine
         (labels[0], lambda a: check_labels(a, "labels", 5)),
         (labels[1], lambda a: check_labels(a, "labels", 8)),
+        (kbad, lambda a: jc.fit_kglm(a, yk)),
     ):
         try:
             check(jax.make_array_from_process_local_data(rows, bad))

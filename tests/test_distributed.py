@@ -1,14 +1,17 @@
 """Multi-process jobs on localhost (CPU): ``jax.distributed`` over gloo with 2 CPU devices per process, and an array
 job without JAX's runtime (``process_index=``/``process_count=``). Each job runs tests/_distributed_worker.py (the
-README's multi-host recipe) in 2 subprocesses, each bounded by a 120 s timeout.
+README's multi-host recipe) in 2 subprocesses, each bounded by a 300 s timeout: a bound against hangs (a gloo
+rendezvous that never completes), with room for a loaded machine (the seeds job took 2 min at load 12 on 2 cores).
 
 Oracles: the float64 forward-mode Jacobian kernels of ntk_models (independent of the package) for ``sharded``
 (close), a one-process ``kernel_to_disk`` run in this process for the shared-path stores (bit-identical), and
-one-process runs of ``ensemble_alpha_hat`` and ``lwr.train`` (same keys) for seeds and candidates (bit-identical).
+one-process runs of ``ensemble_alpha_hat`` and ``lwr.train`` (same keys) for seeds and candidates (bit-identical),
+and a one-process ``fit_kglm`` (to the solver tolerance).
 """
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -23,7 +26,7 @@ from ntk_models import mlp, oracle_kernels
 import jaxcompare as jc
 
 HERE = Path(__file__).parent
-TIMEOUT = 120
+TIMEOUT = 300
 TOL = dict(rtol=1e-10, atol=1e-10)
 
 
@@ -113,7 +116,8 @@ def _share(tmp_path, pid):
 
 @needs_gloo
 def test_kernel_to_disk_two_processes_shared_path(tmp_path):
-    """jax.distributed: disjoint shares (tile t -> process t mod 2), result bit-identical to one process."""
+    """jax.distributed: disjoint shares (tile t -> process t mod 2), result bit-identical to one process; the same
+    for ``project_gradients(path=)`` (block b -> process b mod 2)."""
     _run_job("disk", tmp_path)
     f, p, x, _ = _data()
     one = np.array(jc.kernel_to_disk(jc.trace_ntk(f), p, x, path=tmp_path / "one", block_size=3, progress_bar=False))
@@ -124,6 +128,13 @@ def test_kernel_to_disk_two_processes_shared_path(tmp_path):
         assert np.array_equal(np.load(tmp_path / f"disk.{pid}.npz")["kernel"], one)
     assert np.array_equal(np.load(tmp_path / "store" / "kernel.npy"), one)
     np.testing.assert_allclose(one, oracle_kernels(f, p, x, x)["trntk"], **TOL)
+    # project_gradients(path=): blocks {0, 2, 4} and {1, 3, 5}, features bit-identical to one process in memory
+    phi = np.asarray(jc.project_gradients(f, p, x, jc.random_projection(jax.random.key(3), 8), block_size=3))
+    feats = tmp_path / "features"
+    for pid, ledger in enumerate(("state.json", "state.1.json")):
+        assert set(map(int, json.loads((feats / ledger).read_text())["blocks"])) == set(range(pid, 6, 2))
+        assert np.array_equal(np.load(tmp_path / f"disk.{pid}.npz")["features"], phi)
+    assert np.array_equal(np.load(feats / "features.npy"), phi)
 
 
 def test_array_job_without_runtime(tmp_path):
@@ -168,7 +179,9 @@ def test_array_job_without_runtime(tmp_path):
 def test_seeds_and_candidates_two_processes(tmp_path):
     """Same key, same result across process counts: ``ensemble_alpha_hat`` on scores whose rows live on two processes
     (6 candidates padded to 8, two per device, against all 6 on one device here) and ``jit(vmap(lwr.train))`` over 4
-    seeds sharded one per device (default eig backend: "jax" on several devices) are bit-identical to one process;
+    seeds sharded one per device (default eig backend: "jax" on several devices), on a mesh with ``Auto`` axes and on
+    one with ``Explicit`` axes, are bit-identical to one process; ``fit_kglm`` on a kernel whose rows live on two
+    processes, and ``jit(vmap(fit_kglm))`` over problems sharded over the 4 devices, match one-process fits to 1e-10;
     value checks of arrays spanning processes run on the devices and give the one-process messages."""
     _run_job("seeds", tmp_path)
     from jaxcompare import lwr
@@ -191,14 +204,55 @@ def test_seeds_and_candidates_two_processes(tmp_path):
     parts = [jax.jit(jax.vmap(run))(keys[i : i + 1]) for i in range(4)]
     tr = jax.tree.map(lambda *a: np.concatenate(a), *parts)
     exact = dict(ens_boot=res.boot, ens_ks=res.ks, lwr_eig=tr.history.eig_ntk, lwr_W=tr.params.W, lwr_loss=tr.losses)
+    exact.update(lwr_explicit_eig=tr.history.eig_ntk, lwr_explicit_W=tr.params.W)  # Explicit mesh axes: the same
+    # fit_kglm on a row-sharded kernel: the sharded matmuls sum in another order, so the two L-BFGS paths differ by
+    # float64 rounding (the same iterations, stopped at max|grad| <= 1e-7, 20x above where rounding stalls this fit);
+    # observed differences <= 5e-15 (4 devices of one process; 2 processes x 2 devices), hence the tolerance 1e-10.
+    # The same bound for jit(vmap(fit_kglm)) over 4 problems sharded one per device (other batch sizes round
+    # differently). One vmapped program here gives all five references: the row-sharded problem and the 4.
+    F = np.asarray(jax.random.normal(jax.random.key(8), (16, 6)))
+    G = np.asarray(jax.random.normal(jax.random.key(9), (4, 16, 6)))
+    Ks = np.einsum("bik,bjk->bij", np.concatenate([F[None], G]), np.concatenate([F[None], G])) / 6
+    ys = np.argmax(np.concatenate([F[None], G])[..., :3], axis=-1)
+    m = jax.vmap(lambda K, y: jc.fit_kglm(K, y, n_classes=3, l2=1e-2, tol=1e-7))(Ks, ys)
+    assert np.all(np.asarray(m.result) == int(jc.Result.successful))
+    W0, b0 = m.W[0], m.b[0]
+    close = dict(kglm_W=W0, kglm_b=b0, kglm_logits=Ks[0] @ np.asarray(W0).T + np.asarray(b0), kglm_vmap_W=m.W[1:])
     for pid in (0, 1):
         got = np.load(tmp_path / f"seeds.{pid}.npz")
         for name, want in exact.items():
             np.testing.assert_array_equal(got[name], np.asarray(want), err_msg=f"{name}, process {pid}")
+        for name, want in close.items():
+            np.testing.assert_allclose(got[name], np.asarray(want), rtol=0, atol=1e-10, err_msg=f"{name}, {pid}")
+        assert np.all(got["kglm_vmap_result"] == int(jc.Result.successful)), got["kglm_vmap_result"]
         assert got["msgs"].tolist() == [
             "scores must be finite, but it has 1 NaN and 0 infinite entries (shape (12, 64)); remove or impute them "
             "first.",
             "ok",
             "labels must lie in [0, 5); found values from 0 to 7.",
             "labels must hold integer class labels; got non-integer or non-finite values.",
+            "kernel_train_train must be finite, but it has 0 NaN and 1 infinite entries (shape (16, 16)); remove or "
+            "impute them first.",
         ], f"process {pid}"
+
+
+def _readme_code(title: str) -> str:
+    """The first code block after the bold paragraph title ``**title**`` of the README."""
+    text = (HERE.parent / "README.md").read_text()
+    start = text.index("```", text.index(f"**{title}**"))
+    start = text.index("\n", start) + 1
+    return text[start : text.index("```", start)]
+
+
+@pytest.mark.parametrize("title", ["Multi-host recipe", "Seeds and candidates across processes"])
+def test_readme_recipes_are_what_the_worker_runs(title):
+    """Every ``jc.``/``jax.``/``lwr.`` function the README's recipe calls is called by the worker of these tests, and
+    its ``jax.config.update`` lines are the worker's, verbatim (the README names this file as what it runs)."""
+    code, worker = _readme_code(title), (HERE / "_distributed_worker.py").read_text()
+    calls = set(re.findall(r"\b((?:jc|jax|lwr)(?:\.\w+)+)\(", code))
+    assert calls, f"no calls found in the README's {title!r} block"
+    missing = sorted(c for c in calls if f"{c}(" not in worker)
+    assert not missing, f"the README's {title!r} calls {missing}, which tests/_distributed_worker.py does not run"
+    for line in code.splitlines():
+        if "jax.config.update" in line:
+            assert line.split("#")[0].strip() in worker, line

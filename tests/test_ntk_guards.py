@@ -175,3 +175,34 @@ def test_auto_choice_is_cached(monkeypatch):
         k(p, x)
     k(p, x[:3])
     assert len(calls) <= 2  # once per input shape, not once per call
+
+
+def _sqrt_model(p, x):
+    """sqrt(x @ w) @ v: its gradient is inf/NaN where x @ w = 0 (the derivative of sqrt at 0)."""
+    return jnp.sqrt(x @ p["w"]) @ p["v"]
+
+
+@pytest.mark.parametrize("factory", [jc.trace_ntk, jc.empirical_ntk, jc.pseudo_ntk])
+@pytest.mark.parametrize("impl", ["auto", "jacobian"])
+def test_non_finite_gradients_raise_naming_the_points(factory, impl):
+    """Finite params and inputs, gradients NaN at point 2 only (1/sqrt(0)): an error naming point 2, never a NaN."""
+    p = {"w": jnp.ones((3, 4)), "v": jnp.ones((4, 2))}
+    x = jnp.ones((5, 3)).at[2].set(0.0)
+    assert not np.isfinite(np.asarray(jax.jacrev(_sqrt_model)(p, x[2:3])["w"])).all()  # the premise, by jax itself
+    with pytest.raises(FloatingPointError, match=r"x1 points \[2\] and x2 points \[2\]"):
+        factory(_sqrt_model, implementation=impl)(p, x)
+    ok = jnp.ones((4, 3))
+    assert np.isfinite(np.asarray(factory(_sqrt_model, implementation=impl)(p, ok))).all()
+
+
+def test_a_transient_non_finite_result_is_recomputed_with_a_warning():
+    """A backend fault (non-finite once, finite when recomputed) returns the recomputed kernel and says so."""
+    from jaxcompare.ntk._kernels import _checked_result
+
+    good = jnp.eye(3)
+    with pytest.warns(RuntimeWarning, match="recomputed"):
+        k, d = _checked_result(lambda: (good, jnp.ones(3), None), jnp.full((3, 3), jnp.nan), None, "trace kernel", "x")
+    np.testing.assert_array_equal(k, np.eye(3))
+    np.testing.assert_array_equal(d, np.ones(3))
+    with pytest.raises(FloatingPointError, match="scattered"):  # NaN twice, in no whole row: reported as entries
+        _checked_result(lambda: (good.at[0, 1].set(jnp.inf), None, None), good.at[0, 1].set(jnp.nan), None, "k", "x")

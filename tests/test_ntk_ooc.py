@@ -181,3 +181,30 @@ def test_progress_counts_resumed_tiles_and_norms_durable(tmp_path, monkeypatch):
     (nd, nt, norm_items), (td, tt, tiles) = bars
     assert "norms" in nd and nt == 3 and len(norm_items) == 3  # 3 blocks of x1 (x2=None)
     assert "tiles" in td and tt == 6 and tiles[:3] == [1, 3, 5] and sorted(tiles[3:]) == [0, 2, 4]
+
+
+def test_writer_thread_error_is_raised_and_the_run_resumes(tmp_path, monkeypatch):
+    """A tile that cannot be recorded (disk full, on the writer thread) raises in the caller, not a hang or a
+    silent success; the ledger keeps exactly the tiles recorded before it, and a rerun completes the kernel."""
+    import jaxcompare.ntk._ooc_ledger as ledger_mod
+
+    f, p, x1, _ = _data(11)
+    k = jc.trace_ntk(f)
+    real, calls = ledger_mod.atomic_json, []
+
+    def full_disk(path, obj, durable=False):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device (simulated)")
+        real(path, obj, durable)
+
+    monkeypatch.setattr(ledger_mod, "atomic_json", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        jc.kernel_to_disk(k, p, x1, path=tmp_path, block_size=4, progress_bar=False)
+    assert json.loads((tmp_path / "state.json").read_text())["done"] == [0, 1]  # the two tiles recorded first
+    monkeypatch.setattr(ledger_mod, "atomic_json", real)
+    np.testing.assert_allclose(
+        jc.kernel_to_disk(k, p, x1, path=tmp_path, block_size=4, progress_bar=False),
+        oracle_kernels(f, p, x1, x1)["trntk"],
+        **TOL64,
+    )

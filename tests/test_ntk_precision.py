@@ -150,6 +150,34 @@ def test_jit_cache_respects_policy():
     assert "precision = [HIGHEST, HIGHEST]" in highest and "[HIGH, HIGH]" not in highest
 
 
+def test_project_gradients_precision_policy(tmp_path):
+    """``project_gradients(precision=...)``: validated; the policy reaches the compiled code (the model's products
+    re-evaluated by the structured sketch carry it); on CPU the features are identical under every policy; a store
+    on disk made under one policy is not resumed under another."""
+    f, p, x = _mlp(jax.random.key(0))
+    p, x = _cast(p, jnp.float32), x.astype(jnp.float32)
+    proj = jc.structured_projection(jax.random.key(1), 16)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        jc.project_gradients(f, p, x, proj, precision="tf32")
+    from jaxcompare.ntk._project_gradients import _features_jit
+
+    def hlo(policy):
+        return _features_jit.lower(proj, p, x, apply_fn=f, summed=False, precision=policy).as_text()
+
+    high, highest = hlo("high"), hlo("highest")
+    assert "precision = [HIGH, HIGH]" in high and "HIGHEST" not in high
+    assert "precision = [HIGHEST, HIGHEST]" in highest and "[HIGH, HIGH]" not in highest
+    ref = np.asarray(jc.project_gradients(f, p, x, proj))
+    with jc.ntk.precision("high"):  # the context, when precision= is not given
+        ctx = np.asarray(jc.project_gradients(f, p, x, proj))
+    if jax.default_backend() == "cpu":
+        np.testing.assert_array_equal(ctx, ref)
+        np.testing.assert_array_equal(np.asarray(jc.project_gradients(f, p, x, proj, precision="default")), ref)
+    jc.project_gradients(f, p, x, proj, path=tmp_path)
+    with pytest.raises(ValueError, match="fingerprint"):
+        jc.project_gradients(f, p, x, proj, path=tmp_path, precision="high")
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # bfloat16 / float16 models: float32 accumulation, float32 kernels, every implementation
 # ------------------------------------------------------------------------------------------------------------------

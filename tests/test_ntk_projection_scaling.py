@@ -234,3 +234,57 @@ def test_rademacher_chunk_fits_the_memory_budget(monkeypatch):
         jc.trace_ntk(f, projection=jc.random_projection(jax.random.key(3), 12))(p, x[:4]),
         **TOL64,
     )
+
+
+def _layouts_cnn():
+    """An NCHW dilated stride-1 convolution with asymmetric padding (output NHWC), then a strided NHWC convolution
+    with a bias, a per-channel scale (a fallback leaf) and a dense head. Input (N, 2, 7, 6)."""
+    ks = jax.random.split(jax.random.key(30), 5)
+    p = {
+        "k1": jax.random.normal(ks[0], (3, 2, 3, 2)) / 4,  # OIHW
+        "k2": jax.random.normal(ks[1], (3, 3, 3, 4)) / 5,  # HWIO
+        "b2": 0.1 * jax.random.normal(ks[2], (4,)),
+        "s": 1 + 0.1 * jax.random.normal(ks[3], (4,)),
+        "V": jax.random.normal(ks[4], (3 * 3 * 4, 3)) / 6,
+    }
+
+    def f(q, x):
+        h = jax.lax.conv_general_dilated(
+            x, q["k1"], (1, 1), ((1, 2), (0, 1)), rhs_dilation=(2, 1), dimension_numbers=("NCHW", "OIHW", "NHWC")
+        )  # (N, 6, 5, 3)
+        h = jnp.tanh(h)
+        h = jax.lax.conv_general_dilated(h, q["k2"], (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        h = jnp.tanh((h + q["b2"][None, None, None, :]) * q["s"][None, None, None, :])  # (N, 3, 3, 4)
+        return h.reshape(h.shape[0], -1) @ q["V"]
+
+    return f, p
+
+
+def test_convolution_strategies_agree_with_oracle(monkeypatch):
+    """The structured factors under either convolution strategy (every convolution as patches @ filter, or every
+    one native with its patches sliced from the recorded input; the default mixes them per layer and backend) are
+    the same numbers (same patch feature order), and their per-example gradients give the float64 oracle's trNTK⁰."""
+    from jaxcompare.ntk._structured import _factors, analyze, factors
+    from jaxcompare.ntk._structured._contract import _per_example_grads
+
+    f, p = _layouts_cnn()
+    x = jax.random.normal(jax.random.key(1), (3, 2, 7, 6))
+    oracle = oracle_kernels(f, p, x, x)["trntk0"]
+    plan = analyze(f, p, (2, 7, 6), x.dtype)
+
+    out = []
+    for patches in (True, False):
+        monkeypatch.setattr(_factors, "prefer_patches", lambda params, backend=None, v=patches: v)
+
+        def fac(q, xx):  # a new function per strategy: jax's trace and compile caches are keyed by it
+            a, g, j = factors(plan, q, xx, summed=False)
+            grads = [jnp.swapaxes(_per_example_grads(aa, gg), 1, 2).reshape(xx.shape[0], 3, -1) for aa, gg in zip(a, g)]
+            grads = jnp.concatenate(grads + list(j), axis=-1)  # (N, C, P)
+            return a, g, jnp.einsum("icp,jcp->ij", grads, grads)
+
+        jaxpr = str(jax.make_jaxpr(fac)(p, x))
+        assert ("conv_general_dilated" in jaxpr) != patches  # the strategy really is the one under test
+        out.append(jax.jit(fac)(p, x))
+        np.testing.assert_allclose(out[-1][2], oracle, **TOL64)
+    for u, v in zip(jax.tree_util.tree_leaves(out[0][:2]), jax.tree_util.tree_leaves(out[1][:2])):
+        np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-12)

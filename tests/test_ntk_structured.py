@@ -13,6 +13,7 @@ import jaxcompare as jc
 from jaxcompare.ntk import _structured as S
 from jaxcompare.ntk._implementations import choose_auto
 from jaxcompare.ntk._structured import _blocks as B
+from jaxcompare.ntk._structured import _layouts as L
 from jaxcompare.ntk._structured import _patches as P
 
 TOL64 = dict(rtol=1e-10, atol=1e-10)
@@ -35,7 +36,7 @@ def _forced(kind):
     """A ``choose_kinds`` that puts every layer with several positions in layout ``kind`` (``pos`` only where it
     exists: not for the full class blocks)."""
 
-    def choose(uses, c, full, tile_rows, allow_lazy):
+    def choose(uses, c, full, tile_rows, allow_lazy, embed=()):
         return tuple(("grad" if kind == "pos" and full else kind) if t > 1 else "pos" for t, _, _ in uses)
 
     return choose
@@ -106,7 +107,7 @@ def test_token_model_param_on_both_sides_and_inner_jit():
 def test_positions_gram_and_materialized_paths_agree(monkeypatch, kind):
     """Every layout of a layer with T > 1 (per-example gradients, Gram of positions, factors re-formed per tile)
     matches the oracle (full mode has no Gram-of-positions form for T > 1: per-example gradients there)."""
-    monkeypatch.setattr(B, "choose_kinds", _forced(kind))
+    monkeypatch.setattr(L, "choose_kinds", _forced(kind))
     p = {"E": _normal(0, (4, 2), 0.5), "O": _normal(1, (2, 3), 0.4)}
 
     def f(q, x):  # T = 7 positions, D = 4 > E = 2: the Gram path is cheaper when allowed
@@ -199,7 +200,7 @@ def test_structured_batched_and_float32_cnn():
 def test_symmetric_tiling_path(monkeypatch):
     """Traced kernels with x2 = None: large N is contracted in mirrored tiles of the stored features; forced here
     at tiny N with 2-row tiles (eager calls run on the blocked engine instead, tested below)."""
-    monkeypatch.setattr(B, "_SYM_TILE", 2)
+    monkeypatch.setattr(L, "_SYM_TILE", 2)
     f, p = mlp(jax.random.key(0))
     x = _normal(1, (7, 5))
     o = oracle_kernels(f, p, x, x)
@@ -305,7 +306,7 @@ def _conv_scale_dense():
 def _mixed(kinds):
     """A ``choose_kinds`` giving the layers with several positions the layouts ``kinds`` in turn."""
 
-    def choose(uses, c, full, tile_rows, allow_lazy):
+    def choose(uses, c, full, tile_rows, allow_lazy, embed=()):
         out, i = [], 0
         for t, _, _ in uses:
             k = "pos" if t == 1 else kinds[i % len(kinds)]
@@ -320,7 +321,7 @@ def test_blocked_engine_panels_against_oracle(monkeypatch):
     """batched on the structured path: each block's features once, two blocks resident (panels streamed past
     them), a partial last block; layers in the three layouts at once (factors re-formed per tile, Gram of
     positions, per-example gradients); trace (x2 = None and given), normalized trace, pseudo, full."""
-    monkeypatch.setattr(B, "choose_kinds", _mixed(("lazy", "pos")))
+    monkeypatch.setattr(L, "choose_kinds", _mixed(("lazy", "pos")))
     monkeypatch.setattr(B, "_capacity", lambda free, per_block: 3)  # 7 points, blocks of 2: 2 resident + 1 streamed
     calls = []
     features = B.features
@@ -360,12 +361,12 @@ def test_layouts_chosen_by_flops_and_memory():
     gradients otherwise, factors re-formed per tile only when memory is short; the estimate is the stored size."""
     c = 10
     uses = ((1024, 144, 16), (64, 576, 64), (16, 1152, 128), (1, 129, 10))
-    assert B.choose_kinds(uses, c, False, 128, False) == ("grad", "grad", "pos", "pos")
-    assert B.choose_kinds(uses, c, False, 128, True) == ("grad", "lazy", "pos", "pos")
-    assert B.choose_kinds(uses, c, False, 32, True) == ("grad", "grad", "pos", "pos")  # T > rows per block
-    assert B.choose_kinds(uses, c, True, 128, False) == ("grad", "grad", "grad", "pos")  # full: no T > 1 Gram
+    assert L.choose_kinds(uses, c, False, 128, False) == ("grad", "grad", "pos", "pos")
+    assert L.choose_kinds(uses, c, False, 128, True) == ("grad", "lazy", "pos", "pos")
+    assert L.choose_kinds(uses, c, False, 32, True) == ("grad", "grad", "pos", "pos")  # T > rows per block
+    assert L.choose_kinds(uses, c, True, 128, False) == ("grad", "grad", "grad", "pos")  # full: no T > 1 Gram
     kinds = ("grad", "lazy", "pos", "pos")
-    assert B.feature_floats(uses, (5,), c, kinds) == (
+    assert L.feature_floats(uses, (5,), c, kinds) == (
         c * 5 + c * 144 * 16 + (64 * 576 + c * 64 * 64) + (16 * 1152 + c * 16 * 128) + (129 + c * 10)
     )
     # the per-point estimate equals the bytes of the features the kernel stores
@@ -373,8 +374,8 @@ def test_layouts_chosen_by_flops_and_memory():
     x = _normal(4, (6, 6, 6, 2))
     per, fixed = B.estimate(g, q, x, None, "trace")
     plan = S.analyze(g, q, x.shape[1:], x.dtype)
-    uses, fb, cc, item, _ = B.dims(plan, q, tuple(x.shape[1:]), x.dtype, False)
-    kinds = B.choose_kinds(uses, cc, False, 6, False)
+    uses, fb, cc, item, _ = L.dims(plan, q, tuple(x.shape[1:]), x.dtype, False)
+    kinds = L.choose_kinds(uses, cc, False, 6, False)
     feats = jax.eval_shape(lambda p, xx: B.features(plan, p, xx, False, kinds, 2), q, x)
     stored = sum(int(np.prod(l.shape)) * l.dtype.itemsize for l in jax.tree_util.tree_leaves(feats))
     assert per * x.shape[0] == stored and fixed > 0
@@ -404,5 +405,164 @@ def test_transformer_embedding_attention_norm_against_oracle(monkeypatch):
     ref = _int_oracle_trace(f, p, tokens, tokens)
     k = jc.trace_ntk(f, normalize=False, implementation="structured")
     np.testing.assert_allclose(k(p, tokens, t2), _int_oracle_trace(f, p, tokens, t2), **TOL64)
-    monkeypatch.setattr(B, "choose_kinds", _mixed(("lazy", "pos")))
+    monkeypatch.setattr(L, "choose_kinds", _mixed(("lazy", "pos")))
     np.testing.assert_allclose(jc.batched(k, 2, progress_bar=False)(p, tokens), ref, **TOL64)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Embedding lookups (a gather of rows: token equality as the Gram of positions) and chunks of classes
+# ------------------------------------------------------------------------------------------------------------------
+def _int_oracle(f, p, tokens1, tokens2):
+    """float64 full / trNTK⁰ / pNTK / normalized trNTK by forward mode over the flattened parameters (integer
+    inputs kept as they are)."""
+    from jax.flatten_util import ravel_pytree
+
+    flat, unravel = ravel_pytree(p)
+
+    def jac(t):
+        return np.asarray(jax.jacfwd(lambda v: f(unravel(v), t))(flat))
+
+    j1, j2 = jac(tokens1), jac(tokens2)
+    k0 = np.einsum("icp,jcp->ij", j1, j2)
+    d1, d2 = np.einsum("icp,icp->i", j1, j1), np.einsum("icp,icp->i", j2, j2)
+    g1, g2 = j1.sum(1), j2.sum(1)
+    return dict(
+        full=np.einsum("icp,jdp->ijcd", j1, j2),
+        trntk0=k0,
+        trntk=k0 / np.sqrt(np.outer(d1, d2)),
+        pntk=g1 @ g2.T / j1.shape[1],
+    )
+
+
+def _embed_model(lookup: str, n_classes: int = 3):
+    """A table of 9 rows read at 5 positions (``lookup``: jnp indexing, ``take`` with ``fill`` (out-of-range rows
+    are 0 and get no gradient), ``clip`` (clamped), or a transposed table read by columns), a position table, a
+    dense layer over the positions and a head."""
+    p = {
+        "E": _normal(0, (9, 4), 0.7),
+        "pos": _normal(1, (5, 4), 0.3),
+        "W": _normal(2, (4, 3), 0.6),
+        "V": _normal(3, (15, n_classes), 0.4),
+    }
+    if lookup == "transposed":
+        p["E"] = p["E"].T
+
+    def f(q, tok):
+        if lookup == "index":
+            h = q["E"][tok]
+        elif lookup == "fill":
+            h = jnp.take(q["E"], tok, axis=0, mode="fill", fill_value=0.0)
+        elif lookup == "clip":
+            h = jnp.take(q["E"], tok, axis=0, mode="clip")
+        else:
+            h = jnp.moveaxis(jnp.take(q["E"], tok, axis=1, mode="clip"), 0, -1)
+        h = jnp.tanh(h + q["pos"][None])
+        return jnp.tanh(h @ q["W"]).reshape(tok.shape[0], -1) @ q["V"]
+
+    return f, p
+
+
+_TOK1 = jnp.array([[1, 2, 2, 8, 0], [3, 3, 3, 3, 3], [8, 1, 0, 2, 4], [11, 5, 6, 1, -12]])  # repeats, out of range
+_TOK2 = jnp.array([[2, 2, 7, 0, 1], [3, 4, 5, 6, 11]])
+
+
+def test_embedding_lookup_is_structured_only_for_exact_kernels():
+    f, p = _embed_model("index")
+    assert [u.kind for u in S.analyze(f, p, (5,), jnp.int32).uses] == ["dot", "dot"]  # the sketches' plan
+    plan = S.analyze(f, p, (5,), jnp.int32, embeddings=True)
+    emb = [u for u in plan.uses if u.kind == "embed"]
+    assert len(emb) == 1 and emb[0].vocab == 9 and emb[0].n_positions == 5 and plan.fallback == (3,)  # pos
+    rows = {path: (status, reason) for path, _, status, reason in jc.ntk.explain(f, p, _TOK1[:, :5] % 9).leaves}
+    assert rows["['E']"][0] == "structured" and "embedding lookup" in rows["['E']"][1]
+    # a tied table (the lookup and the output projection) falls back
+    g = lambda q, tok: jnp.mean(jnp.tanh(q["E"][tok]), axis=1) @ q["E"].T  # noqa: E731
+    plan = S.analyze(g, {"E": p["E"]}, (5,), jnp.int32, embeddings=True)
+    assert plan.uses == () and plan.fallback == (0,)
+
+
+@pytest.mark.parametrize("lookup", ["index", "fill", "clip", "transposed"])
+def test_embedding_rule_against_oracle(lookup):
+    """Token equality as the Gram of positions (default layouts), out-of-range ids dropped or clamped as autodiff
+    does; full, trace (x2 given and None), pseudo and the normalized trace (diagonal) against the float64 oracle."""
+    f, p = _embed_model(lookup)
+    t1 = _TOK1 if lookup in ("fill", "clip", "transposed") else _TOK1 % 9
+    t2 = _TOK2 if lookup != "index" else _TOK2 % 9
+    o, o11 = _int_oracle(f, p, t1, t2), (_int_oracle(f, p, t1, t1) if lookup == "index" else None)
+    kw = dict(implementation="structured")
+    np.testing.assert_allclose(jc.empirical_ntk(f, **kw)(p, t1, t2), o["full"], **TOL64)
+    np.testing.assert_allclose(jc.trace_ntk(f, normalize=False, **kw)(p, t1, t2), o["trntk0"], **TOL64)
+    if lookup != "index":
+        return  # the index modes differ only in the ids; the other kernels share the code below
+    np.testing.assert_allclose(jc.trace_ntk(f, normalize=False, **kw)(p, t1), o11["trntk0"], **TOL64)
+    np.testing.assert_allclose(jc.pseudo_ntk(f, **kw)(p, t1, t2), o["pntk"], **TOL64)
+    np.testing.assert_allclose(jc.trace_ntk(f, **kw)(p, t1, t2), o["trntk"], **TOL64)
+
+
+@pytest.mark.parametrize("kind", ["grad", "pos", "lazy"])
+def test_embedding_layouts_on_the_engine(monkeypatch, kind):
+    """The embedding as per-example gradients (segment sums), Gram of token equality, or ids re-formed per tile, on
+    the blocked engine (blocks of 3: a partial block); trace (x2 None and given), normalized, pseudo, full."""
+    monkeypatch.setattr(L, "choose_kinds", _forced(kind))
+    B._JITS.clear()
+    f, p = _embed_model("clip")
+    o, o11 = _int_oracle(f, p, _TOK1, _TOK2), _int_oracle(f, p, _TOK1, _TOK1)
+
+    def bat(k):
+        return jc.batched(k, 3, progress_bar=False)
+
+    np.testing.assert_allclose(bat(jc.trace_ntk(f, normalize=False))(p, _TOK1), o11["trntk0"], **TOL64)
+    np.testing.assert_allclose(bat(jc.trace_ntk(f))(p, _TOK1), o11["trntk"], **TOL64)
+    np.testing.assert_allclose(bat(jc.trace_ntk(f, normalize=False))(p, _TOK1, _TOK2), o["trntk0"], **TOL64)
+    np.testing.assert_allclose(bat(jc.pseudo_ntk(f))(p, _TOK1, _TOK2), o["pntk"], **TOL64)
+    np.testing.assert_allclose(bat(jc.empirical_ntk(f))(p, _TOK1, _TOK2), o["full"], **TOL64)
+
+
+@pytest.mark.parametrize("classes", [1, 2])
+def test_class_chunks_against_oracle(monkeypatch, classes):
+    """Trace kernels computed a chunk of classes at a time (3 classes in chunks of 1, or of 2 with a padded last
+    chunk), summed: the traced kernel (one compiled loop body) and the engine, x2 None and given, normalized."""
+    seen = []
+
+    def best(options):
+        pick = min(options, key=lambda o: (abs(o.classes - classes), o.flops))
+        seen.append(pick.classes)
+        return pick
+
+    monkeypatch.setattr(L.PL, "best", best)
+    B._JITS.clear()
+    f, p = _embed_model("clip")
+    o, o11 = _int_oracle(f, p, _TOK1, _TOK2), _int_oracle(f, p, _TOK1, _TOK1)
+    k0 = jc.trace_ntk(f, normalize=False, implementation="structured")
+    np.testing.assert_allclose(jax.jit(k0)(p, _TOK1), o11["trntk0"], **TOL64)
+    np.testing.assert_allclose(jax.jit(k0)(p, _TOK1, _TOK2), o["trntk0"], **TOL64)
+    bat = jc.batched(jc.trace_ntk(f), 3, progress_bar=False)
+    np.testing.assert_allclose(bat(p, _TOK1), o11["trntk"], **TOL64)
+    np.testing.assert_allclose(bat(p, _TOK1, _TOK2), o["trntk"], **TOL64)
+    assert seen and set(seen) == {classes}
+
+
+def test_planner_chunks_classes_only_when_memory_is_short():
+    """With room for every class's factors the planner keeps one chunk; under a budget that only chunked factors
+    fit it splits the classes (and says the plan fits); the forward FLOPs are those of the model's products."""
+    from jaxcompare.ntk._structured import _planner as PL
+
+    assert PL.class_chunks(10) == [10, 5, 4, 3, 2, 1] and PL.class_chunks(1) == [1]
+    f, p = _embed_model("clip", n_classes=10)
+    x = jnp.zeros((64, 5), jnp.int32)
+    big = L._setup(f, p, x, 64, 64, True, "trace", 64, 2**34, engine=True)
+    assert big.cc == 10 and big.choice.fits
+    plan = S.analyze(f, p, (5,), jnp.int32, embeddings=True)
+    assert PL.forward_flops(plan, p, (5,)) == 2 * 5 * 4 * 3 + 2 * 15 * 10  # h @ W, then the head
+    # a budget between the least memory of a plan with one chunk and of a plan with chunks of one class
+    opts = []
+    best = L.PL.best
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(L.PL, "best", lambda o: opts.extend(o) or best(o))
+        L._setup(f, p, x, 64, 64, True, "trace", 64, 2**34, engine=False)
+    least = {c: min(o.bytes for o in opts if o.classes == c) for c in (1, 10)}
+    assert least[1] < least[10]
+    budget = (least[1] + least[10]) // 2
+    tight = L._setup(f, p, x, 64, 64, True, "trace", 64, budget, engine=False)
+    assert tight.cc < 10 and tight.choice.fits and tight.choice.bytes <= budget
+    for mode, c in (("full", 10), ("pseudo", 1)):  # never chunked
+        assert L._setup(f, p, x, 64, 64, True, mode, 64, 10**5, engine=True).cc == c

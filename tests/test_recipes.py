@@ -11,6 +11,7 @@ import pytest
 from scipy.optimize import linprog
 from scipy.stats import ks_2samp
 
+from jaxcompare.study._recipes import crossval_identification, weight_spectra
 from jaxcompare.trimming._recipes import evaluate_identification, identify_recipe, pool_threshold, recipe_alpha
 from jaxcompare.trimming._selection import select_members
 
@@ -172,6 +173,77 @@ def test_validation_errors():
         evaluate_identification({"z": np.ones((2, 20))}, {"a": pool})
     with pytest.raises(ValueError, match=r"candidates\['a'\]"):
         evaluate_identification({"a": np.ones(20)}, {"a": pool})
+
+
+# four synthetic "recipes" of known laws; their pairwise KS distances (computed on a grid from scipy.stats CDFs):
+# N(0,1)–N(1,1) 0.383, N(0,1)–N(0,4²) 0.291, N(1,1)–N(0,4²) 0.386, 3 + Exp(1) against the others >= 0.77
+LAWS = {
+    "n01": lambda rng, s: rng.normal(0.0, 1.0, s),
+    "shift": lambda rng, s: rng.normal(1.0, 1.0, s),
+    "wide": lambda rng, s: rng.normal(0.0, 4.0, s),
+    "exp": lambda rng, s: 3.0 + rng.exponential(1.0, s),
+}
+
+
+@pytest.mark.parametrize("threshold", [None, "pool"])
+def test_crossval_identification_known_laws_and_folds(threshold):
+    # 6 models per recipe (pools of 3), 300 values each, rows interleaved so the folds must follow recipe_of.
+    # Known answer: every model belongs to its law. A 300-point sample (and a pool of 900) is within KS 0.12 of its
+    # law except with probability < 1e-3 (DKW), and the laws are >= 0.29 apart: a wrong identification needs
+    # deviations > 0.08 on both sides, probability < 1e-2 over the 24 models and both thresholds.
+    rng = np.random.default_rng(11)
+    names = np.array([k for _ in range(6) for k in LAWS])
+    vals = np.stack([LAWS[k](rng, 300) for k in names])
+    rep = crossval_identification(vals, names, list(LAWS), 6, threshold=threshold)
+    assert rep.recipes == tuple(LAWS) and rep.accuracy == 1.0
+    np.testing.assert_array_equal(rep.confusion, 6 * np.eye(4, dtype=int))
+    # the folds, rebuilt here: half A = the first 3 rows of each recipe, identified by pools of half B; then B by A
+    rows = {k: np.flatnonzero(names == k) for k in LAWS}
+    halves = ({k: r[:3] for k, r in rows.items()}, {k: r[3:6] for k, r in rows.items()})
+    for k in LAWS:
+        for h, (held, pool) in enumerate(((halves[0], halves[1]), (halves[1], halves[0]))):
+            pools = {q: vals[pool[q]] for q in LAWS}
+            for t, row in enumerate(held[k]):
+                one = identify_recipe(vals[row], pools, threshold=threshold)
+                assert rep.predicted[k][3 * h + t] == one.index
+                np.testing.assert_allclose(rep.alpha[k][3 * h + t], one.alpha, atol=1e-12)
+
+
+def test_crossval_identification_finds_a_swapped_label():
+    # the first model labelled "shift" is drawn from the "exp" law. Half A (the first model of each recipe) is
+    # identified by pools of half B, which are all true to their labels: the swapped model must come out as "exp"
+    # (known by construction) and the other three of half A as themselves. Pools of 1 model, DKW threshold.
+    rng = np.random.default_rng(12)
+    names = np.repeat(list(LAWS), 2)
+    vals = np.stack([LAWS[k](rng, 400) for k in names])
+    vals[2] = LAWS["exp"](rng, 400)
+    rep = crossval_identification(vals, names, list(LAWS), 2)
+    assert [int(rep.predicted[k][0]) for k in LAWS] == [0, 3, 2, 3]
+    assert rep.confusion.sum() == 8 and rep.confusion[1, 3] >= 1
+
+
+def test_crossval_identification_validation():
+    vals, names = np.ones((4, 20)), np.array(["a", "a", "b", "b"])
+    with pytest.raises(ValueError, match="per_recipe"):
+        crossval_identification(vals, names, ["a", "b"], 1)
+    with pytest.raises(ValueError, match="fewer"):
+        crossval_identification(vals, names, ["a", "b"], 4)
+    with pytest.raises(ValueError, match="recipe_of"):
+        crossval_identification(vals, names[:3], ["a", "b"], 2)
+    with pytest.raises(ValueError, match="distinct"):
+        crossval_identification(vals, names, ["a", "a"], 2)
+
+
+def test_weight_spectra_against_eigvalsh():
+    rng = np.random.default_rng(13)
+    w = rng.normal(size=(3, 7, 5))
+    got = weight_spectra({"Dense_1": {"kernel": w, "bias": np.zeros((3, 5))}}, "Dense_1")
+    want = np.stack([np.sort(np.linalg.eigvalsh(m.T @ m))[::-1] for m in w])
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="finite"):
+        weight_spectra({"Dense_1": {"kernel": np.full((1, 2, 2), np.nan)}}, "Dense_1")
+    with pytest.raises(ValueError, match="no layer 'Dense_9'"):
+        weight_spectra({"Dense_1": {"kernel": w}}, "Dense_9")
 
 
 @pytest.mark.parametrize("direction", ["pool", "candidate"])

@@ -502,3 +502,38 @@ def test_plot_similarity():
     plt.close(fig)
     with pytest.raises(TypeError, match="result must come from kernel_similarity"):
         plot_similarity(np.eye(3))
+
+
+def _cell_rgb(fig, ax, i, j):
+    """The rendered colour (0..1) near a corner of cell (row i, column j), away from its text, read back from the
+    drawn canvas."""
+    fig.canvas.draw()
+    img = np.asarray(fig.canvas.buffer_rgba())[..., :3] / 255.0
+    x, y = ax.transData.transform((j + 0.38, i + 0.38))
+    return img[int(round(img.shape[0] - y)), int(round(x))]
+
+
+@pytest.mark.parametrize("debiased", [True, False])
+def test_plot_similarity_negative_values_and_masked_diagonal(debiased):
+    import matplotlib.pyplot as plt
+
+    c = np.array([[1.0, -0.6, 0.8], [-0.6, 1.0, 0.0], [0.8, 0.0, 1.0]])
+    if not debiased:
+        c = np.abs(c)  # a biased CKA is never negative
+    res = KernelSimilarity(
+        cka=jnp.asarray(c), p_value=jnp.full((3, 3), 0.001), null_mean=jnp.zeros((3, 3)),
+        null_sd=jnp.full((3, 3), 0.05), kernel="trntk", label="trNTK", names=("a", "b", "c"), n_permutations=999,
+        debiased=debiased,
+    )  # fmt: skip
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    plot_similarity(res, ax=ax)
+    assert ax.images[0].get_clim() == ((-1.0, 1.0) if debiased else (0.0, 1.0))
+    texts = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts}
+    assert [texts[(k, k)] for k in range(3)] == ["self"] * 3  # no self-test p-value on the diagonal
+    assert texts[(0, 1)] == ("-0.60" if debiased else "0.60") + "\np=0.001"
+    diag = _cell_rgb(fig, ax, 1, 1)
+    assert np.ptp(diag) < 0.02 and 0.75 < diag.mean() < 0.95  # masked: light grey, not the colour of CKA = 1
+    if debiased:  # diverging scale: negative is blue, zero is (near) white, positive is red
+        neg, zero, pos = _cell_rgb(fig, ax, 0, 1), _cell_rgb(fig, ax, 1, 2), _cell_rgb(fig, ax, 0, 2)
+        assert neg[2] > neg[0] + 0.2 and pos[0] > pos[2] + 0.2 and zero.min() > 0.9
+    plt.close(fig)

@@ -65,6 +65,30 @@ def test_selection_part_drops_a_clearly_perturbed_minority():
     assert "α̂-guided ensembling" in report.html()
 
 
+def test_identification_part_tables():
+    """The ensembles section's recipe-identification part on values of known, clearly different laws (N(0,1),
+    N(3,1), N(0,5²): KS distances >= 0.5; 150 values per model, so each sample is within KS 0.16 of its law except
+    with probability < 1e-3): every model identified, with both thresholds."""
+    from jaxcompare.study._recipes import identification_part
+
+    rng = np.random.default_rng(3)
+    laws = {"standard": (0.0, 1.0), "noisy": (3.0, 1.0), "wide": (0.0, 5.0)}
+    names = np.array([r for r in laws for _ in range(5)])  # 4 used per recipe (pools of 2), one spare, unused
+    feats = {"scores": np.stack([rng.normal(*laws[r], 150) for r in names]), "same": np.zeros((len(names), 150))}
+    report = Report("t")
+    out = identification_part(report, feats, names, list(laws), 4, "tiny")
+    rows = {(r["feature (per model)"], r["threshold"].split()[0]): r for r in out["table"]}
+    assert set(rows) == {(f, t) for f in feats for t in ("DKW", "pool")}
+    assert rows[("scores", "DKW")]["identified"] == "12/12"
+    assert out["accuracy"]["scores/dkw"] == out["accuracy"]["scores/pool"] == 1.0
+    # identical values for every model: all α̂ and KS are 0, the tie goes to the first recipe (a third right)
+    assert out["accuracy"]["same/dkw"] == pytest.approx(1 / 3)
+    assert np.asarray(out["confusion"]["same/dkw"])[:, 0].tolist() == [4, 4, 4]
+    assert out["identified_models"] == 12 and out["pool_size"] == 2
+    page = report.html()
+    assert "Which recipe trained this model?" in page and "→ noisy" in page
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # sections end to end at tiny sizes
 # ----------------------------------------------------------------------------------------------------------------

@@ -152,6 +152,16 @@ def _references(W0, v0, X, *, cfg, eig_backend):
     return K0.ck, K0.ntk, 2 * X.shape[0] / lam_max
 
 
+def _scalar_like(ref: jax.Array, value, dtype) -> jax.Array:
+    """A scalar constant on ``ref``'s mesh. A bare constant has no mesh, and ``vmap`` over keys sharded on ``Explicit``
+    mesh axes cannot broadcast a ``scan`` carry that starts from one and becomes batched (JAX names the sharded axis
+    from the carry's mesh); without a mesh this is the plain constant."""
+    sharding = getattr(jax.typeof(ref), "sharding", None)
+    if sharding is None or getattr(sharding, "mesh", None) is None or sharding.mesh.empty:
+        return jnp.asarray(value, dtype)
+    return jnp.full((), value, dtype, device=sharding.update(spec=jax.sharding.PartitionSpec()))
+
+
 def _tree_norm(tree) -> jax.Array:
     return jnp.sqrt(sum(jnp.sum(a * a) for a in jax.tree.leaves(tree)))
 
@@ -233,14 +243,15 @@ def _train_core(
         out_loss = jnp.where(diverged, jnp.nan, loss)
         return (tp, opt_state, t + 1, diverged | bad, first_bad, code.astype(jnp.int32)), out_loss
 
+    scalar = partial(_scalar_like, W0)
     if start is None:
         state = (
             tp0,
             opt.init(tp0),
-            jnp.asarray(0, jnp.int32),
-            jnp.asarray(False),
-            jnp.asarray(-1, jnp.int32),
-            jnp.asarray(int(Result.successful), jnp.int32),
+            scalar(0, jnp.int32),
+            scalar(False, jnp.bool_),
+            scalar(-1, jnp.int32),
+            scalar(int(Result.successful), jnp.int32),
         )
         recs = [jax.tree.map(lambda a: a[None], record(tp0, 0))]
     else:  # resume from the scan state of an earlier run; the first record is the earlier run's last
@@ -393,7 +404,9 @@ def train(
     many seeds or step sizes in one program (pass ``throw=False`` or rely on it being skipped under tracing).
     Across devices and processes (``jax.distributed``), shard the keys: ``jax.jit(jax.vmap(run))(keys)`` with
     ``keys = jax.jit(lambda k: jax.random.split(k, S), out_shardings=NamedSharding(mesh, P("seeds")))(key)`` trains
-    each device's seeds on that device (mesh axes of type ``Auto``, the default of ``jax.sharding.Mesh``). A seed's
+    each device's seeds on that device, on a mesh with ``Auto`` axes (``jax.sharding.Mesh``) or ``Explicit`` axes
+    (``jax.make_mesh``'s default in JAX 0.10; call inside ``jax.set_mesh(mesh)``, which JAX needs to batch the
+    program's constants against the sharded seeds; ``jaxcompare.checked`` needs ``Auto`` axes here). A seed's
     result depends only on its key, the backend and the number of seeds each device batches (XLA's CPU matmuls
     round differently for other batch sizes): with the same seeds per device and ``eig_backend`` it is bit-identical
     across process counts.

@@ -44,9 +44,11 @@ def explain(apply_fn: Callable, params: Any, x: Any) -> Explanation:
     """List how ``implementation="structured"`` treats each parameter leaf of ``apply_fn``, and why.
 
     A leaf is *structured* when its only use is one dense (``dot_general``) or convolution layer reached through
-    layout-only operations, or a bias added right after such a layer; every other differentiable leaf *falls back*
-    to per-example gradients in the same pass (shared weights, norms, embeddings, weights cast through an integer
-    type...). ``auto`` picks the structured path when at least one leaf is structured.
+    layout-only operations, a bias added right after such a layer, or an embedding table whose only use is a
+    gather of whole rows (in the exact kernels its inputs are the token ids; the structured sketch of
+    :func:`jaxcompare.project_gradients` differentiates tables per example); every other differentiable leaf
+    *falls back* to per-example gradients in the same pass (shared or tied weights, norms, weights cast through an
+    integer type...). ``auto`` picks the structured path when at least one leaf is structured.
 
     Args:
       apply_fn: ``apply_fn(params, x) -> (N, C)`` logits.
@@ -74,7 +76,7 @@ def explain(apply_fn: Callable, params: Any, x: Any) -> Explanation:
     shapes = [tuple(jax.numpy.shape(l)) for l in jax.tree_util.tree_leaves(params)]
     auto = choose_auto(apply_fn, params, x, None, n_classes)
     try:
-        plan = analyze(apply_fn, params, tuple(x.shape[1:]), x.dtype)
+        plan = analyze(apply_fn, params, tuple(x.shape[1:]), x.dtype, embeddings=True)
     except Unsupported as e:
         rows = tuple((p, s, "fallback", "the structured analysis could not run") for p, s in zip(paths, shapes))
         return Explanation(rows, auto, str(e))

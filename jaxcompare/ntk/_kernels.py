@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .._precision import (
     check_overflow,
@@ -182,6 +183,41 @@ def _memory_plan(apply_fn, params, x1, x2, n_classes, impl_name, mode) -> int | 
     return bs
 
 
+def _checked_result(compute: Callable, k: Any, d1: Any, what: str, impl_name: str) -> tuple[Any, Any]:
+    """``(k, d1)`` of an eager call, verified finite on device (one scalar comes back; traced values pass through).
+
+    Parameters and inputs were checked finite before the call, so a non-finite kernel is either the model's own
+    (its gradients are inf/NaN at some points: ``log(0)``, the derivative of ``sqrt`` at 0, an overflowing ``exp``)
+    or a fault of the backend. The kernel is computed once more: a second non-finite result is the model's and raises
+    :class:`FloatingPointError` naming the points; a finite one is returned with a :class:`RuntimeWarning` (XLA:CPU
+    in jaxlib 0.10.2 was seen to return an all-NaN kernel about once in twenty fresh processes, not reproducibly).
+    Never a silent NaN.
+    """
+    if isinstance(k, jax.core.Tracer) or bool(jnp.all(jnp.isfinite(k))):
+        return k, d1
+    k2, d2, _ = compute()
+    if bool(jnp.all(jnp.isfinite(k2))):
+        warnings.warn(
+            f"the {what} ({impl_name}) came back non-finite once for finite params and inputs and finite when "
+            "recomputed: a nondeterministic fault of the backend; the recomputed kernel is returned.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return k2, d2
+    bad = np.logical_not(np.isfinite(np.asarray(k2)))
+    if bad.ndim == 1:  # a diagonal
+        where = f"x points {np.flatnonzero(bad)[:10].tolist()}"
+    else:
+        b = bad.reshape(bad.shape[0], bad.shape[1], -1).any(axis=2)
+        rows, cols = np.flatnonzero(b.all(axis=1))[:10].tolist(), np.flatnonzero(b.all(axis=0))[:10].tolist()
+        where = f"x1 points {rows} and x2 points {cols}" if rows or cols else f"{int(b.sum())} scattered entries"
+    raise FloatingPointError(
+        f"the {what} has inf/NaN entries although params and inputs are finite: the model's gradients are not "
+        f"finite at (first 10) {where} (e.g. log(0), the derivative of sqrt at 0, an overflowing exp or "
+        "division by zero inside apply_fn). No kernel is returned; evaluate jax.grad of your model at those points."
+    )
+
+
 def _gradient_kernel(
     apply_fn: Callable,
     mode: str,
@@ -217,10 +253,17 @@ def _gradient_kernel(
                 from ._batching import batched
 
                 planned = batched(record(), bs, progress_bar=False)
-                out = planned(params, x1, x2) if with_norm else planned.spec.base(params, x1, x2)
-                check_overflow(finite_flag(params, out), low_precision_dtype(params), f"{mode} kernel", impl_name)
+                blocked = planned if with_norm else planned.spec.base
+                out = blocked(params, x1, x2)
+                finite = finite_flag(params, out)
+                check_overflow(finite, low_precision_dtype(params), f"{mode} kernel", impl_name)
+                if finite is None:
+                    out, _ = _checked_result(
+                        lambda: (blocked(params, x1, x2), None, None), out, None, f"{mode} kernel", impl_name
+                    )
                 return out
-        k, d1, finite = _compute_jit(
+        compute = functools.partial(
+            _compute_jit,
             params,
             c1,
             c2,
@@ -231,7 +274,10 @@ def _gradient_kernel(
             with_norm=with_norm,
             precision=resolve_precision(precision),
         )
+        k, d1, finite = compute()
         check_overflow(finite, low_precision_dtype(params), f"{mode} kernel", impl_name)
+        if finite is None:  # float32/float64 models: an eager result is checked too (one scalar comes back)
+            k, d1 = _checked_result(compute, k, d1, f"{mode} kernel", impl_name)
         if with_norm and x2 is None:
             warn_zero_norm(d1, "gradient")
         return k
@@ -239,10 +285,20 @@ def _gradient_kernel(
     def diag(params, x):
         fn, c, _, n_classes, _, _ = canonical_args(params, x, None, apply_fn)
         impl_name = resolve(fn, params, c, None, n_classes)
-        d, finite = _diag_jit(
-            params, c, projection, apply_fn=fn, mode=mode, impl_name=impl_name, precision=resolve_precision(precision)
+        compute = functools.partial(
+            _diag_jit,
+            params,
+            c,
+            projection,
+            apply_fn=fn,
+            mode=mode,
+            impl_name=impl_name,
+            precision=resolve_precision(precision),
         )
+        d, finite = compute()
         check_overflow(finite, low_precision_dtype(params), f"{mode} kernel's diagonal", impl_name)
+        if finite is None:
+            d, _ = _checked_result(lambda: (*compute(), None), d, None, f"{mode} kernel's diagonal", impl_name)
         return d
 
     base, kernel_fn = _entry_points(run, normalize)

@@ -5,39 +5,29 @@ written to disk resumably, and kernels from them (Gram products) with an error e
 (the fast one: a CountSketch formed from each layer's factors) or :func:`random_projection`. Kernels from features:
 ``K0[i, j] = Σ_c <φ_c(x_i), φ_c(x_j)>`` (proj-trNTK⁰), cosine-normalized for the proj-trNTK.
 
-On-disk layout of ``path`` (a directory): ``block_000000.npy``… (one per block of ``block_size`` examples),
-``state.json`` (ledger: fingerprint of the data, options and model; CRC-32 of every finished block), ``features.npy``
-(all blocks, written once every block is done) and ``.lock`` while a process writes. A block is written atomically and
-only then recorded, so a run killed at any point resumes with the finished blocks (verified against their checksums)
-and returns what an uninterrupted run returns.
+On disk (``path=``): one ``.npy`` file per block of examples with a ledger of checksums, ``features.npy`` once
+every block is done; resumable after interruption and split over processes sharing the directory (block ``b`` to
+process ``b mod P``, bit-identical to one process) — :mod:`._project_disk`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from .._precision import accumulation_dtype
+from .._precision import accumulation_dtype, resolve_precision, traced_with_policy
 from .._validation import check_finite, check_int
 from ._common import HIGHEST, canonical_args, cosine_normalize
-from ._disk import DirLock
-from ._disk import atomic_json as _atomic_json
-from ._disk import atomic_npy as _atomic_npy
-from ._disk import crc as _crc
-from ._fingerprint import data_fingerprint, model_fingerprint
+from ._project_disk import features_to_disk
 
 __all__ = ["project_gradients", "projected_kernel", "ProjectedKernel"]
 
-_VERSION = 1
 _DEFAULT_BLOCK = 256
 
 
@@ -49,13 +39,14 @@ def _check_projection(projection: Any) -> None:
         )
 
 
-def _features(proj, params, xb, *, apply_fn, summed):
-    return proj.features(apply_fn, params, xb, summed=summed)
+def _features(proj, params, xb, *, apply_fn, summed, precision="highest"):
+    with traced_with_policy(precision):  # the model's products and the sketch's contractions follow the policy
+        return proj.features(apply_fn, params, xb, summed=summed)
 
 
-# module-level jit: calls with the same model, shapes and projection dimension share compiled code (the projection
-# is a pytree argument: a new key does not recompile)
-_features_jit = jax.jit(_features, static_argnames=("apply_fn", "summed"))
+# module-level jit: calls with the same model, shapes, projection dimension and precision policy share compiled code
+# (the projection is a pytree argument: a new key does not recompile)
+_features_jit = jax.jit(_features, static_argnames=("apply_fn", "summed", "precision"))
 
 
 def project_gradients(
@@ -68,6 +59,9 @@ def project_gradients(
     block_size: int | None = None,
     path: str | Path | None = None,
     overwrite: bool = False,
+    precision: str | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
 ) -> Any:
     """Per-example projected gradients ``φ_c(x_i) = R g_c(x_i)``, computed block by block (time and memory linear in
     ``N``; per-example gradients never held for more than one block and, with :func:`structured_projection`,
@@ -85,12 +79,24 @@ def project_gradients(
       summed: project the gradient of the summed logits (for the pNTK): ``(N, dim)``.
       block_size: examples per block (default: the projection's automatic block for a structured projection, else
         256; never more than ``N``, so small inputs are not padded).
-      path: directory to write the features to, resumably (module docstring); the result is then a read-only
-        ``numpy.memmap`` of ``path/features.npy``.
+      path: directory to write the features to, resumably: one ``.npy`` file per block with its checksum in a
+        ledger, verified before it is trusted; the result is then a read-only ``numpy.memmap`` of
+        ``path/features.npy``, written once every block is done. Several processes (the hosts of a cluster, the
+        tasks of an array job) may share ``path``: every process makes the same call and computes blocks ``b`` with
+        ``b mod process_count == process_index``; the features are bit-identical to one process. Under JAX's
+        runtime every process returns the features (a barrier); with the overrides the process that finds every
+        block done writes ``features.npy`` and the others warn and return None — rerun any process (or one with
+        ``process_count=1``) to complete or reopen the store; a process that died is resumed by rerunning it alone.
       overwrite: with ``path``, discard a store made from other data or options instead of raising.
+      precision: the precision policy of the model's products and the projection's contractions (``"highest"``,
+        ``"high"``, ``"default"``; see :func:`jaxcompare.ntk.precision`): None follows the innermost
+        ``jc.ntk.precision(...)`` block, else ``"highest"``. On CPU the three give the same features.
+      process_index, process_count: with ``path``, this process's share of the blocks (``0 <= process_index <
+        process_count``; both or neither): default ``jax.process_index()``, ``jax.process_count()``.
 
     Returns:
-      ``(N, C, dim)`` (``(N, dim)`` when ``summed``): a ``jax.Array``, or a ``numpy.memmap`` with ``path``.
+      ``(N, C, dim)`` (``(N, dim)`` when ``summed``): a ``jax.Array``, or a ``numpy.memmap`` with ``path`` (None,
+      with a ``RuntimeWarning``, while blocks of other processes' shares are missing).
 
     Example:
       >>> def apply_fn(params, x):                         # a tiny two-layer MLP: (N, 3) -> (N, 2) logits
@@ -111,6 +117,7 @@ def project_gradients(
     _check_projection(projection)
     apply_fn, x, _, _, _, _ = canonical_args(params, x, None, apply_fn)  # pytree x: one packed array
     summed = bool(summed)
+    policy = resolve_precision(precision)
     n = x.shape[0]
     if block_size is not None:
         bs = check_int(block_size, "block_size", min=1)
@@ -119,7 +126,7 @@ def project_gradients(
     else:
         bs = _DEFAULT_BLOCK
     bs = min(bs, n)
-    fn = functools.partial(_features_jit, apply_fn=apply_fn, summed=summed)
+    fn = functools.partial(_features_jit, apply_fn=apply_fn, summed=summed, precision=policy)
     nb = -(-n // bs)
 
     def block(i):
@@ -130,79 +137,11 @@ def project_gradients(
         return fn(projection, params, xb)[: hi - lo]
 
     if path is None:
+        if process_index is not None or process_count is not None:
+            raise ValueError("process_index/process_count split the blocks of a store on disk: pass path= as well.")
         return jnp.concatenate([block(i) for i in range(nb)], axis=0) if nb > 1 else block(0)
-    return _to_disk(Path(path), block, nb, bs, n, apply_fn, params, x, projection, summed, bool(overwrite))
-
-
-def _to_disk(
-    root: Path, block: Callable, nb: int, bs: int, n: int, apply_fn, params, x, projection, summed, overwrite: bool
-) -> np.ndarray:
-    root.mkdir(parents=True, exist_ok=True)
-    options = (type(projection).__name__, int(projection.dim), str(getattr(projection, "kind", "")), summed, bs)
-    fp = data_fingerprint(
-        f"project_gradients v{_VERSION}", {"params": params, "x": x, "key": projection.key, "options": repr(options)}
-    )
-    fp += model_fingerprint(
-        {}, {"model": (apply_fn, (params, jax.ShapeDtypeStruct((1,) + x.shape[1:], x.dtype)))}, apply_fn
-    )
-    state_path, out_path = root / "state.json", root / "features.npy"
-    lock = DirLock(root)
-    if not lock.acquire(DirLock.STORE, block=False):
-        raise RuntimeError(
-            f"{root} is being written by another process (it holds {root / DirLock.STORE}); wait for "
-            "it to finish or use another path."
-        )
-    try:
-        state = None
-        if state_path.exists():
-            try:
-                state = json.loads(state_path.read_text())
-            except (OSError, ValueError) as e:
-                if not overwrite:
-                    raise ValueError(f"{state_path} cannot be read ({e}); pass overwrite=True to start afresh.") from e
-        if state is not None and state.get("fingerprint") != fp:
-            if not overwrite:
-                raise ValueError(
-                    f"{root} holds features of other data, options or model (fingerprint mismatch); "
-                    "use another path or overwrite=True."
-                )
-            state = None
-        if state is None:
-            state = {"version": _VERSION, "fingerprint": fp, "n": n, "block_size": bs, "blocks": {}}
-            out_path.unlink(missing_ok=True)
-            _atomic_json(state_path, state)
-        shape = None
-        for i in range(nb):
-            bpath = root / f"block_{i:06d}.npy"
-            crc = state["blocks"].get(str(i))
-            ok = False
-            if crc is not None and bpath.exists():
-                try:
-                    a = np.load(bpath)
-                    ok = _crc(a) == crc
-                except (OSError, ValueError):
-                    ok = False
-            if not ok:
-                a = np.asarray(block(i))
-                _atomic_npy(bpath, a)
-                state["blocks"][str(i)] = _crc(a)
-                state.pop("complete", None)
-                _atomic_json(state_path, state)
-            shape = (n,) + a.shape[1:]
-            dtype = a.dtype
-        if not state.get("complete") or not out_path.exists():
-            tmp = out_path.with_name(f"features.{os.getpid()}.tmp.npy")
-            mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
-            for i in range(nb):  # one block in memory at a time
-                mm[i * bs : min((i + 1) * bs, n)] = np.load(root / f"block_{i:06d}.npy")
-            mm.flush()
-            del mm
-            os.replace(tmp, out_path)
-            state["complete"] = True
-            _atomic_json(state_path, state)
-    finally:
-        lock.close()
-    return np.load(out_path, mmap_mode="r")
+    args = (apply_fn, params, x, projection, summed, bool(overwrite), policy, process_index, process_count)
+    return features_to_disk(Path(path), block, nb, bs, n, *args)
 
 
 @jax.tree_util.register_dataclass

@@ -58,8 +58,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._precision import policy_precision
 from .._validation import check_int, check_key
-from ._common import HIGHEST
 from ._structured import analyze, factors
 from ._structured._contract import _per_example_grads
 
@@ -69,13 +69,35 @@ __all__ = ["StructuredProjection", "structured_projection"]
 _MAX_BLOCK = 64
 
 
-def _hash_tables(key: jax.Array, size: int, dim: int) -> tuple[jax.Array, jax.Array]:
+# Random tables from random 32-bit words: a uniform permutation of n slots is the argsort of n words' upper 31 bits
+# (ties, probability ≤ n²/2³², keep index order), a sign is a word's lowest bit (independent of the upper bits, hence
+# of the permutation). All tables of a projection come from one ``jax.random.bits`` call: XLA's CPU compiler spends
+# about half a second on each threefry call, and a ResNet-18's tables made with ``permutation``/``rademacher`` per
+# layer (≈ 100 calls) took 30 s to compile — longer than sketching a thousand examples.
+def _perm(words: jax.Array) -> jax.Array:
+    """A uniform random permutation of ``len(words)`` slots (int32) from random uint32 words."""
+    return jnp.argsort(words >> 1).astype(jnp.int32)
+
+
+def _signs(words: jax.Array, dtype) -> jax.Array:
+    """``±1`` (``dtype``) from the lowest bit of each word."""
+    return (1 - 2 * (words & 1).astype(jnp.int32)).astype(dtype)
+
+
+def _hash_words(size: int, dim: int) -> int:
+    """Random words used by :func:`_hash_tables`."""
+    return -(-size // dim) * dim
+
+
+def _hash_tables(key: jax.Array, size: int, dim: int, words: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """``(buckets, signs)`` of one leaf's ``size`` entries: entry ``p`` goes to bucket ``π(p) mod dim`` for a random
     permutation ``π`` of ``ceil(size/dim)·dim`` slots (so every bucket receives at most ``ceil(size/dim)`` entries),
-    with sign ``±1``."""
-    padded = -(-size // dim) * dim
-    buckets = jax.random.permutation(jax.random.fold_in(key, 0), padded)[:size] % dim
-    signs = jax.random.rademacher(jax.random.fold_in(key, 1), (size,), dtype=jnp.int8)
+    with sign ``±1``. ``words``: :func:`_hash_words` random uint32 words to use instead of ``key``."""
+    padded = _hash_words(size, dim)
+    if words is None:
+        words = jax.random.bits(key, (padded,), jnp.uint32)
+    buckets = _perm(words)[:size] % dim
+    signs = _signs(words[:size], jnp.int8)
     return buckets, signs
 
 
@@ -144,17 +166,26 @@ def _fold_choice(d: int, t: int, e: int, m: int) -> _Layout | None:
     return lay
 
 
-def _fold_tables(key: jax.Array, lay: _Layout, d: int, e: int, dtype) -> tuple:
+def _fold_words(lay: _Layout) -> int:
+    """Random words used by :func:`_fold_tables`."""
+    return lay.r * lay.w + lay.r * 2 * lay.eh + 2 * lay.r
+
+
+def _fold_tables(key: jax.Array, lay: _Layout, d: int, e: int, dtype, words: jax.Array | None = None) -> tuple:
     """Random parts of one layer's fold: input slots (``r·w`` column indices, ``d`` = zero), input signs, output
-    rows per chunk (``(r, 2·eh)`` row indices, ``e`` = zero), output signs and per-(chunk, half-block) offsets."""
-    k = [jax.random.fold_in(key, i) for i in range(5)]
-    perm = jax.random.permutation(k[0], lay.r * lay.w)
+    rows per chunk (``(r, 2·eh)`` row indices, ``e`` = zero), output signs and per-(chunk, half-block) offsets.
+    ``words``: :func:`_fold_words` random uint32 words to use instead of ``key``."""
+    if words is None:
+        words = jax.random.bits(key, (_fold_words(lay),), jnp.uint32)
+    n_in, n_out = lay.r * lay.w, lay.r * 2 * lay.eh
+    w_in, w_out, w_off = words[:n_in], words[n_in : n_in + n_out].reshape(lay.r, 2 * lay.eh), words[n_in + n_out :]
+    perm = _perm(w_in)
     cols = jnp.where(perm < d, perm, d)
-    s_in = jax.random.rademacher(k[1], (lay.r * lay.w,), dtype=dtype)
-    rows = jax.vmap(lambda kk: jax.random.permutation(kk, 2 * lay.eh))(jax.random.split(k[2], lay.r))
+    s_in = _signs(w_in, dtype)
+    rows = jax.vmap(_perm)(w_out)
     rows = jnp.where(rows < e, rows, e)
-    s_out = jax.random.rademacher(k[3], (lay.r, 2 * lay.eh), dtype=dtype)
-    offsets = jax.random.randint(k[4], (lay.r, 2), 0, lay.m)
+    s_out = _signs(w_out, dtype)
+    offsets = ((w_off >> 1) % lay.m).astype(jnp.int32).reshape(lay.r, 2)  # bias ≤ m/2³¹: negligible
     return cols, s_in, rows, s_out, offsets
 
 
@@ -173,7 +204,7 @@ def _fold_layer(a: jax.Array, g: jax.Array, lay: _Layout, tables: tuple) -> jax.
     g3 = jnp.take(jnp.concatenate([g, zero_g], axis=-1), rows.reshape(-1), axis=-1)  # (N, C', T, r·2eh)
     g3 = g3.reshape(n, c, t, lay.r, 2 * lay.eh) * s_out[None, None, None]
     g3 = jnp.transpose(g3, (0, 3, 1, 4, 2))  # (N, r, C', 2eh, T)
-    mm = jnp.einsum("njcet,njtd->njced", g3, a3, precision=HIGHEST)  # (N, r, C', 2eh, w)
+    mm = jnp.einsum("njcet,njtd->njced", g3, a3, precision=policy_precision())  # (N, r, C', 2eh, w)
     y = mm.reshape(n, lay.r, c, 2, lay.rh, lay.m).sum(axis=4)  # (N, r, C', 2, m): a bitcast and a sum
     idx = (jnp.arange(lay.m)[None, None, :] - offsets[:, :, None]) % lay.m  # roll (j, h) by its offset
     y = jnp.take_along_axis(y, jnp.broadcast_to(idx[None, :, None], y.shape), axis=-1)
@@ -206,7 +237,7 @@ class StructuredProjection:
     """A CountSketch of per-example gradients computed from the structured layer factors (see module docstring).
 
     Attributes:
-      key: typed PRNG key; leaf ``l`` hashes with ``fold_in(key, l)``.
+      key: typed PRNG key; every hash table comes from one ``jax.random.bits(key, ...)`` call.
       dim: feature dimension ``K`` (even, so that the two halves give an error estimate).
       block_size: examples sketched together (memory grows with it); None: automatic from the memory budget.
       memory_budget: bytes for the automatic block size (None: :func:`jaxcompare.ntk._memory.memory_budget`).
@@ -243,22 +274,24 @@ class StructuredProjection:
             raise ValueError("params has no differentiable leaf used by apply_fn: there is nothing to project.")
         half = self.dim // 2
 
-        def tables_of(leaf, size):  # one balanced CountSketch of the leaf into 2·half buckets (P: the first half)
-            return _hash_tables(jax.random.fold_in(jax.random.fold_in(self.key, leaf), 3), size, self.dim)
-
         m = half
         lays = [_fold_choice(a.shape[-1], g.shape[2], g.shape[-1], m) for a, g in zip(a_s, g_s)]
         dt = jnp.result_type(*a_s, *g_s) if a_s else jnp.float32
+        sizes = [a.shape[-1] * g.shape[-1] for a, g in zip(a_s, g_s)]
+        fb_size = sum(j.shape[-1] for j in j_s)
+        need = [_hash_words(sz, self.dim) if lay is None else _fold_words(lay) for sz, lay in zip(sizes, lays)]
+        need.append(_hash_words(fb_size, self.dim) if j_s else 0)
+        # every table from one call (see _perm): layer u's words, then the fallback leaves'
+        words = jax.random.bits(self.key, (sum(need),), jnp.uint32)
+        starts = np.concatenate([[0], np.cumsum(need)]).astype(int)
         tables = [
-            tables_of(u.leaf, a.shape[-1] * g.shape[-1])
+            _hash_tables(None, sz, self.dim, words[starts[u] : starts[u + 1]])
             if lay is None
-            else _fold_tables(
-                jax.random.fold_in(jax.random.fold_in(self.key, u.leaf), 2), lay, a.shape[-1], g.shape[-1], dt
-            )
-            for u, a, g, lay in zip(plan.uses, a_s, g_s, lays)
+            else _fold_tables(None, lay, a.shape[-1], g.shape[-1], dt, words[starts[u] : starts[u + 1]])
+            for u, (a, g, sz, lay) in enumerate(zip(a_s, g_s, sizes, lays))
         ]
         # the fallback leaves (often many small ones: norms) are sketched together, as one concatenated vector
-        fb_table = tables_of(plan.n_leaves, sum(j.shape[-1] for j in j_s)) if j_s else None
+        fb_table = _hash_tables(None, fb_size, self.dim, words[starts[-2] :]) if j_s else None
         scale = 1.0 / np.sqrt(2.0)
 
         def sketch_rows(rows, tabs):  # (P, N·C') -> (2·half, N·C'): signed rows added into their buckets

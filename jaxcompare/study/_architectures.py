@@ -125,7 +125,7 @@ def run(key: jax.Array, report: Report, size: Mapping[str, Any], out_dir: str) -
     n_surr = min(size["arch_surrogate_train"], len(y_tr))
     surr_rows = []
     t0 = time.perf_counter()
-    for arch in ARCHITECTURES:
+    for arch in ARCHITECTURES if n_surr > 0 else ():  # --quick leaves the surrogates out (≈ 11 s of compiling)
         i = groups.index(arch)
         apply_fn, p0 = models[i]
         tab = S.surrogate_table(
@@ -212,20 +212,25 @@ def run(key: jax.Array, report: Report, size: Mapping[str, Any], out_dir: str) -
         caption=f"Mean α̂ of each architecture's models against a reference ensemble of {n_ref} model(s) of each "
         f"architecture (margin scores, {size['arch_boot']} bootstrap rounds; the reference models themselves excluded)",
     )
-    report.table(
-        surr_rows,
-        caption=f"Kernel surrogate of each architecture's first network: a kernel GLM on its trNTK fitted on "
-        f"{n_surr} training signals, on the {n_points} kernel test points. TAD: surrogate minus network accuracy; "
-        "τ_K: Kendall's τ between the network's and the surrogate's true-class probabilities (faithfulness per test "
-        "point); R_Miss: overlap (Jaccard) of the network's and the surrogate's misclassified points",
-    )
+    if surr_rows:
+        report.table(
+            surr_rows,
+            caption=f"Kernel surrogate of each architecture's first network: a kernel GLM on its trNTK fitted on "
+            f"{n_surr} training signals, on the {n_points} kernel test points. TAD: surrogate minus network "
+            "accuracy; τ_K: Kendall's τ between the network's and the surrogate's true-class probabilities "
+            "(faithfulness per test point); R_Miss: overlap (Jaccard) of the network's and the surrogate's "
+            "misclassified points",
+        )
+    else:
+        report.text("Kernel surrogates of each architecture: in the full run (`jaxcompare demo` without `--quick`).")
     within = float(np.nanmean(np.diag(blocks))) if seeds > 1 else float("nan")
     across = float(np.nanmean(blocks[~np.eye(len(ARCHITECTURES), dtype=bool)]))
     report.finding(
         "MNIST-1D architectures: accuracy "
         + ", ".join(f"{r['architecture']} {r['test accuracy (mean)']:.2f}" for r in rows)
         + f" (paper: MLP 0.68, CNN 0.94, GRU 0.91); trNTK CKA {within:.2f} within an architecture vs {across:.2f} "
-        "across architectures; trNTK surrogate faithfulness τ_K "
+        "across architectures"
+        + ("; trNTK surrogate faithfulness τ_K " if surr_rows else "")
         + ", ".join(f"{r['architecture']} {r['τ_K']:.2f}" for r in surr_rows)
         + "."
     )
@@ -249,6 +254,7 @@ def run(key: jax.Array, report: Report, size: Mapping[str, Any], out_dir: str) -
 ARCHITECTURES_SECTION = Section(
     "architectures",
     run,
+    cost=5.9,  # CPU seconds relative to the microscope's (--quick, measured 2026-11-29)
     quick=dict(
         arch_samples=5000,
         arch_seeds=2,
@@ -256,7 +262,7 @@ ARCHITECTURES_SECTION = Section(
         arch_points=120,
         arch_perms=49,
         arch_boot=5,
-        arch_surrogate_train=150,
+        arch_surrogate_train=0,
     ),
     full=dict(
         arch_samples=5000,

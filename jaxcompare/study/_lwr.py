@@ -133,6 +133,7 @@ def run(key: jax.Array, report: Report, size: Mapping[str, Any], out_dir: str) -
 LWR = Section(
     "lwr",
     run,
+    cost=2.6,  # CPU seconds relative to the microscope's (--quick, measured 2026-11-29)
     quick=dict(lwr=(120, 60, 90), lwr_steps=20),
     full=dict(lwr=(600, 300, 450), lwr_steps=150),
 )

@@ -62,4 +62,4 @@ def run(key: jax.Array, report: Report, size: Mapping[str, Any], out_dir: str) -
     )
 
 
-MICROSCOPE = Section("microscope", run, quick=dict(micro_n=200), full=dict(micro_n=1000))
+MICROSCOPE = Section("microscope", run, quick=dict(micro_n=200), full=dict(micro_n=1000), cost=1.0)

@@ -1,9 +1,13 @@
-"""Section "recipes": which optimizer trained this network? α̂ against recipe pools, on held-out seeds."""
+"""Section "recipes": which optimizer trained this network? α̂ against recipe pools, on held-out seeds.
+
+Also the part of section "ensembles" that asks the same question of the digit classifiers trained there with
+different recipes (:func:`crossval_identification`, :func:`identification_part`).
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -14,7 +18,14 @@ from .. import trimming as T
 from ._report import Report
 from ._section import Section, log, pyplot
 
-__all__ = ["RECIPES_SECTION", "OPTIMIZERS", "simulate_recipes"]
+__all__ = [
+    "RECIPES_SECTION",
+    "OPTIMIZERS",
+    "simulate_recipes",
+    "weight_spectra",
+    "crossval_identification",
+    "identification_part",
+]
 
 #: the four optimizers of the lwr section (learning rate of GD per training point: η = 0.2 n)
 OPTIMIZERS = {
@@ -85,6 +96,152 @@ def _rule_confusion(sims: Mapping[str, Any], held: range) -> tuple[dict, int]:
         right = "GD or SGD small step" if name in ("GD", "SGD small step") else name
         correct += conf[name][right]
     return conf, correct
+
+
+def weight_spectra(params: Mapping[str, Any], layer: str) -> np.ndarray:
+    """``(K, min(n_in, n_out))`` eigenvalues of ``WᵀW`` (the squared singular values of ``W``, descending) of the
+    ``(n_in, n_out)`` kernel of flax layer ``layer``, for each of the ``K`` models stacked on the leading axis of
+    ``params`` (as :func:`jaxcompare.data.train_ensemble` returns them).
+
+    Example:
+      >>> w = np.zeros((2, 3, 2)); w[0, 0, 0], w[0, 1, 1], w[1, 2, 0] = 2.0, 1.0, 3.0
+      >>> weight_spectra({"Dense_0": {"kernel": w}}, "Dense_0").tolist()
+      [[4.0, 1.0], [9.0, 0.0]]
+    """
+    if layer not in params or "kernel" not in params[layer]:
+        raise ValueError(f"params has no layer {layer!r} with a kernel; layers: {sorted(params)}.")
+    w = np.asarray(params[layer]["kernel"], np.float64)
+    if w.ndim != 3 or min(w.shape) == 0:
+        raise ValueError(f"params[{layer!r}]['kernel'] must be (K, n_in, n_out) stacked over models, got {w.shape}.")
+    if not np.all(np.isfinite(w)):
+        raise ValueError(f"params[{layer!r}]['kernel'] must be finite (a diverged model?), found NaN or inf.")
+    return np.linalg.svd(w, compute_uv=False) ** 2
+
+
+def crossval_identification(
+    values: Any, recipe_of: Any, recipes: Sequence[str], per_recipe: int, *, threshold: Any = None
+) -> T.IdentificationReport:
+    """Two-fold recipe identification over seeds: every model identified once, by pools that do not contain it.
+
+    The first ``per_recipe`` models of each recipe (in row order; ``2r`` of them are used, ``r = per_recipe // 2``)
+    are cut into halves A and B of ``r`` models. Pools from A identify the models of B (``evaluate_identification``:
+    α̂ as the distance, DKW or ``"pool"`` threshold), then pools from B identify A; the confusion matrices add up.
+    Every recipe has the same pool size and the same number of held-out models, so no recipe is favoured by a
+    larger pool (the ``"pool"`` threshold grows with the pool) and the accuracy is balanced by construction.
+
+    Args:
+      values: ``(K, m)`` values per model (e.g. test-score distributions or weight spectra; unaligned).
+      recipe_of: ``(K,)`` the recipe name of each model.
+      recipes: the recipes to tell apart (the order of the confusion matrix); each needs ``per_recipe`` models.
+      per_recipe: models used per recipe (``>= 2``; an odd last one is left out).
+      threshold: ``None`` (DKW), ``"pool"`` (needs ``per_recipe >= 4``) or a number, as in ``identify_recipe``.
+
+    Returns:
+      ``IdentificationReport``; ``predicted[r]`` and ``alpha[r]`` follow the order of the ``2r`` models of recipe
+      ``r`` (half A first).
+
+    Example (four recipes of known, clearly different laws; 4 models each):
+      >>> rng = np.random.default_rng(0)
+      >>> law = {"a": (0, 1), "b": (2, 1), "c": (0, 4), "d": (5, 1)}
+      >>> names = np.repeat(list(law), 4)
+      >>> vals = np.stack([rng.normal(*law[r], 200) for r in names])
+      >>> crossval_identification(vals, names, list(law), 4).confusion.tolist()
+      [[4, 0, 0, 0], [0, 4, 0, 0], [0, 0, 4, 0], [0, 0, 0, 4]]
+    """
+    v = np.asarray(values)
+    names = np.asarray(recipe_of)
+    if v.ndim != 2 or names.shape != (v.shape[0],):
+        raise ValueError(f"values must be (K, m) and recipe_of (K,), got values {v.shape} and recipe_of {names.shape}.")
+    recipes = tuple(recipes)
+    if len(recipes) < 2 or len(set(recipes)) != len(recipes):
+        raise ValueError(f"recipes must hold at least 2 distinct names, got {list(recipes)}.")
+    if isinstance(per_recipe, bool) or not isinstance(per_recipe, (int, np.integer)) or per_recipe < 2:
+        raise ValueError(f"per_recipe must be an integer >= 2 (one model per half), got {per_recipe!r}.")
+    idx = {r: np.flatnonzero(names == r)[:per_recipe] for r in recipes}
+    short = {r: len(i) for r, i in idx.items() if len(i) < per_recipe}
+    if short:
+        raise ValueError(f"every recipe needs per_recipe={per_recipe} models; these have fewer: {short}.")
+    half = per_recipe // 2
+    folds = ({r: i[:half] for r, i in idx.items()}, {r: i[half : 2 * half] for r, i in idx.items()})
+    conf = np.zeros((len(recipes), len(recipes)), np.int64)
+    predicted: dict[str, list] = {r: [] for r in recipes}
+    alpha: dict[str, list] = {r: [] for r in recipes}
+    for pool, held in ((folds[1], folds[0]), (folds[0], folds[1])):  # half A identified first
+        rep = T.evaluate_identification(
+            {r: v[i] for r, i in held.items()}, {r: v[i] for r, i in pool.items()}, threshold=threshold
+        )
+        conf += rep.confusion
+        for r in recipes:
+            predicted[r].append(rep.predicted[r])
+            alpha[r].append(rep.alpha[r])
+    return T.IdentificationReport(
+        recipes=recipes,
+        confusion=conf,
+        accuracy=float(np.trace(conf) / conf.sum()),
+        predicted={r: np.concatenate(p) for r, p in predicted.items()},
+        alpha={r: np.concatenate(a) for r, a in alpha.items()},
+    )
+
+
+def identification_part(
+    report: Report, features: Mapping[str, Any], recipe_of: Any, recipes: Sequence[str], per_recipe: int, title: str
+) -> dict:
+    """Part of section "ensembles": which recipe trained this digit classifier? :func:`crossval_identification` on
+    each feature (``features``: label → ``(K, m)`` values), with the DKW threshold and, when the pools hold at least
+    2 models, the pool's own; a table of accuracies and the confusion matrix of the first feature (DKW)."""
+    half = per_recipe // 2
+    ths = (None, "pool") if half >= 2 else (None,)
+    rows, reps = [], {}
+    for label, vals in features.items():
+        for th in ths:
+            t0 = time.perf_counter()
+            rep = crossval_identification(vals, recipe_of, recipes, per_recipe, threshold=th)
+            reps[(label, th)] = rep
+            rows.append(
+                {
+                    "feature (per model)": label,
+                    "threshold": "DKW (level 0.01)" if th is None else "pool (leave-one-out)",
+                    "identified": f"{int(np.trace(rep.confusion))}/{int(rep.confusion.sum())}",
+                    "accuracy": rep.accuracy,
+                    "time (s)": time.perf_counter() - t0,
+                }
+            )
+    first = next(iter(features))
+    main = reps[(first, None)]
+    log(f"ensembles: recipe identification ({title}) in {sum(r['time (s)'] for r in rows):.1f}s")
+    report.text(
+        f"Which recipe trained this model? The same α̂ recipe classifier as in the section on the simulator's "
+        f"optimizers (`evaluate_identification`), here on the digit classifiers above, trained with {len(recipes)} "
+        f"different recipes. The first {2 * half} models of each recipe (one training seed each) are cut into two "
+        f"halves of {half} model{'s' if half > 1 else ''}: the pools of one half identify every model of the other "
+        "half, then the halves swap, "
+        f"so each of the {len(recipes) * 2 * half} models is identified once by pools that do not contain it (equal "
+        "pool sizes, so no recipe is favoured). Features, compared as sets of values (a distribution of test "
+        f"scores ignores which test point gave which score): {'; '.join(features)}. "
+        + ("" if half >= 2 else "The pool threshold needs pools of at least 2 models (the full run has them).")
+    )
+    report.table(rows, caption=f"Which recipe trained this model? Identification accuracy, {title}")
+    report.table(
+        [
+            {"true recipe": r, **{f"→ {c}": int(x) for c, x in zip(recipes, row)}}
+            for r, row in zip(recipes, main.confusion)
+        ],
+        caption=f"Confusion matrix, {title}: {first}, DKW threshold (rows: true recipe)",
+    )
+    best = max(rows, key=lambda r: r["accuracy"])
+    report.finding(
+        f"Which recipe trained this digit classifier? {title}: α̂ against recipe pools identifies "
+        f"{rows[0]['identified']} held-out models from their {first} (DKW); best: {best['identified']} "
+        f"({best['feature (per model)']}, {best['threshold']})."
+    )
+    return dict(
+        recipes=list(recipes),
+        pool_size=half,
+        identified_models=int(main.confusion.sum()),
+        accuracy={f"{f}/{th or 'dkw'}": r.accuracy for (f, th), r in reps.items()},
+        confusion={f"{f}/{th or 'dkw'}": r.confusion for (f, th), r in reps.items()},
+        table=rows,
+    )
 
 
 def run(key: jax.Array, report: Report, size: Mapping[str, Any], out_dir: str) -> dict:
@@ -211,6 +368,7 @@ def run(key: jax.Array, report: Report, size: Mapping[str, Any], out_dir: str) -
 RECIPES_SECTION = Section(
     "recipes",
     run,
+    cost=2.4,  # CPU seconds relative to the microscope's (--quick, measured 2026-11-29)
     quick=dict(rec_size=(100, 50, 75), rec_pool=3, rec_held=2, rec_steps=40),
     full=dict(rec_size=(200, 100, 150), rec_pool=6, rec_held=6, rec_steps=150),
 )

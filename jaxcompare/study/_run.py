@@ -90,7 +90,8 @@ def run_study(
         # spawn, not fork: a forked JAX runtime is not safe; each worker compiles its own programs
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futures = {n: pool.submit(_run_section, n, index[n], seed, quick, out_dir) for n in names}
+            costliest_first = sorted(names, key=lambda n: -SECTIONS[n].cost)  # a stable sort: ties keep their order
+            futures = {n: pool.submit(_run_section, n, index[n], seed, quick, out_dir) for n in costliest_first}
             done = {n: f.result() for n, f in futures.items()}
     for n in names:  # registry order, whatever order the workers finished in
         res, part, dt = done[n]

@@ -24,12 +24,15 @@ class Section:
       run: ``run(key, report, sizes, out_dir) -> dict``: adds text, tables and figures to ``report`` and returns the
         section's numbers (stored under ``results.json[name]``).
       quick, full: the section's sizes for ``--quick`` and the full run (keys are the section's own).
+      cost: its CPU time relative to the others (measured, rough): parallel workers start the costliest sections
+        first, so that no worker is left with a long one at the end. It never changes a number.
     """
 
     name: str
     run: Callable[[jax.Array, Report, Mapping[str, Any], str], dict]
     quick: Mapping[str, Any]
     full: Mapping[str, Any]
+    cost: float = 1.0
 
     def __post_init__(self):
         if not self.name.isidentifier():

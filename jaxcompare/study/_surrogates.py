@@ -95,6 +95,7 @@ def run(key: jax.Array, report: Report, size: Mapping[str, Any], out_dir: str) -
 SURROGATES = Section(
     "surrogates",
     run,
+    cost=2.0,  # CPU seconds relative to the microscope's (--quick, measured 2026-11-29)
     quick=dict(surrogate_train=200, surrogate_test=100, projection_dim=256),
     full=dict(surrogate_train=1000, surrogate_test=500, projection_dim=2048),
 )

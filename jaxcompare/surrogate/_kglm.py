@@ -328,7 +328,8 @@ def fit_kglm(
             msg = (
                 f"fit_kglm stalled: the objective stopped decreasing at max |gradient| = "
                 f"{float(model.grad_norm):.3g} > tol = {float(tol):.3g} after {int(model.n_iter)} iterations "
-                f"(the resolution of {K.dtype}); loosen tol (or fit in float64)."
+                f"(the resolution of {K.dtype}); loosen tol"
+                + (" (or fit in float64)." if jnp.finfo(K.dtype).bits < 64 else ".")
             )
         if not np.isfinite(float(model.objective)):
             msg = "fit_kglm diverged: the objective is not finite (check the kernel scale; try standardize=True)."

@@ -12,19 +12,23 @@ patches (``lax.conv_general_dilated_patches``). With several positions the kerne
 ``T × T`` Gram matrices or from the per-example gradients ``Σ_t a_t ⊗ δ_t`` (whichever needs fewer FLOPs).
 A bias added right after such a layer is folded in as a constant input feature 1 (``[W; b]``).
 
-Mechanism (documented design): the model is traced to a jaxpr for one example (``apply_fn(params, x[None])``);
-calls to ``jit``/``closed_call``/``checkpoint`` are inlined. A parameter leaf is *structured* when its only use is
-one ``dot_general`` (without batch dimensions) or ``conv_general_dilated`` (no feature/batch groups), reached through
-layout-only operations (reshape, transpose, dtype conversion, squeeze, expand_dims); a bias leaf when its only use is
-an ``add`` to such a layer's output (checked by pushing an index array through its broadcast chain). Every other
-leaf — shared weights (used more than once), norms, embeddings, parameters entering custom-derivative functions
-— falls back to per-example gradients within the same pass. The jaxpr is re-evaluated by a small interpreter that
-adds a zero perturbation ``ε_u`` to each structured layer output and records its input; one ``vjp`` per class with
-respect to ``(ε, fallback leaves)`` gives all sensitivities ``δ`` and fallback gradients at once, vectorized over
-examples with ``vmap``. Custom derivative rules (e.g. ``relu``'s) are kept: such calls are bound, not inlined.
-Structured convolutions without input dilation are evaluated as strided-slice patches @ flattened filter (same value;
-the patches are the recorded layer inputs) with a phase-wise transpose of the slicing: the C backward passes then
-run as matrix products and shifted sums, several times faster on CPU than XLA's transposed convolutions.
+Mechanism (documented design): the model is traced to a jaxpr for one example (``apply_fn(params, x[None])``); calls
+to ``jit``/``closed_call``/``checkpoint`` are inlined. A parameter leaf is *structured* when its only use is one
+``dot_general`` (without batch dimensions) or ``conv_general_dilated`` (no feature/batch groups), reached through
+layout-only operations (reshape, transpose, dtype conversion, squeeze, expand_dims); a bias leaf when its only use
+is an ``add`` to such a layer's output (checked by pushing an index array through its broadcast chain). Every other
+leaf — shared weights (used more than once), norms, tied embeddings, parameters entering custom-derivative functions
+— falls back to per-example gradients within the same pass. An embedding table whose only use is a gather of whole
+rows is structured in the exact kernels (:mod:`._embed`: the layer's inputs are the token ids). The jaxpr is
+re-evaluated by a small interpreter that adds a zero perturbation ``ε_u`` to each structured layer output and
+records its input; one ``vjp`` per class with respect to ``(ε, fallback leaves)`` gives all sensitivities ``δ`` and
+fallback gradients at once, vectorized over examples with ``vmap``. Custom derivative rules (e.g. ``relu``'s) are
+kept: such calls are bound, not inlined. The convolution strategy is chosen per layer and backend
+(:func:`._patches.prefer_patches`): on CPU a strided convolution without input dilation is evaluated as
+strided-slice patches @ flattened filter (same value; the patches are the recorded layer inputs) with a phase-wise
+transpose of the slicing, faster there than XLA's input-dilated transposed convolution; stride-1 convolutions (and
+every convolution on GPU/TPU) run natively, and their patches are strided slices of the recorded input, formed after
+the C backward passes.
 
 Contraction (:mod:`._blocks`): each layer's factors are reduced, per chunk of examples, to the cheapest exact form
 (per-example gradients; the factors themselves, contracted as a Gram of positions where that needs fewer FLOPs;
@@ -35,7 +39,8 @@ the memory budget allows.
 Layout of this subpackage: :mod:`._program` (flat program and interpreter), :mod:`._analysis` (which leaves are
 structured, and why the others are not), :mod:`._patches` (convolutions as patches with a custom VJP),
 :mod:`._factors` (per-example factors), :mod:`._blocks` (layouts, features, tiles, the blocked engine),
-:mod:`._contract` (per-example gradients of stacked factors, used by the sketches).
+:mod:`._contract` (per-example gradients of stacked factors, used by the sketches), :mod:`._embed` (embedding
+lookups), :mod:`._layouts` (layer dimensions, layouts, plans), :mod:`._planner` (FLOP model, chunks of classes).
 """
 
 from __future__ import annotations

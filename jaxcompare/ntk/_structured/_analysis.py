@@ -1,5 +1,6 @@
 """Layer analysis: which parameter leaves are structured (one dense/conv use reached through layout-only
-operations, or a bias added right after such a layer) and which fall back to per-example gradients, and why."""
+operations, a bias added right after such a layer, or — with ``embeddings=True`` — a table whose only use is a
+gather of whole rows, :mod:`._embed`) and which fall back to per-example gradients, and why."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._embed import embed_layout
 from ._patches import conv_ok
 from ._program import Eqn, Lit, Program, program
 
@@ -25,7 +27,9 @@ class Use:
     operand; ``out``: the id whose value is perturbed (the layer output, or the bias add's output when ``bias`` is
     set); ``act_perm``/``out_perm``: transpositions to (positions..., features...) with ``n_pos`` position axes
     (for a convolution ``act_perm`` applies to the patches); ``by_patches``: a convolution evaluated as
-    patches @ filter (:func:`conv_by_patches`), whose recorded input is then already the ``(1, O..., D)`` patches."""
+    patches @ filter (:func:`conv_by_patches`), whose recorded input is then already the ``(1, O..., D)`` patches.
+    An embedding lookup (``kind == "embed"``, :mod:`._embed`): ``act`` is the gather's index operand, ``vocab`` the
+    table's number of rows, ``mode`` ``"clip"``/``"drop"`` (out-of-range ids)."""
 
     eqn: int
     leaf: int
@@ -40,6 +44,8 @@ class Use:
     out_dtype: Any
     filter_shape: tuple = ()
     by_patches: bool = False
+    vocab: int = 0
+    mode: str = ""
 
     @property
     def n_positions(self) -> int:
@@ -134,8 +140,12 @@ def _bias_ok(prog: Program, leaf_shape: tuple, chain: tuple, out_shape: tuple, o
     )
 
 
-def analyze(apply_fn: Callable, params: Any, x_shape: tuple, x_dtype: Any) -> Plan:
-    """Trace ``apply_fn`` for one example and classify every parameter leaf (see module docstring)."""
+def analyze(apply_fn: Callable, params: Any, x_shape: tuple, x_dtype: Any, embeddings: bool = False) -> Plan:
+    """Trace ``apply_fn`` for one example and classify every parameter leaf (see module docstring).
+
+    ``embeddings``: also structure embedding tables (a leaf whose only use is a gather of whole rows): their factors
+    are token ids, which the exact kernels of :mod:`._blocks` contract; other consumers of the plan (the sketches)
+    treat every use as a dense layer and leave it False."""
     prog, treedef = program(apply_fn, params, x_shape, x_dtype)
     leaves = jax.tree_util.tree_leaves(params)
     n_leaves = len(leaves)
@@ -189,6 +199,19 @@ def analyze(apply_fn: Callable, params: Any, x_shape: tuple, x_dtype: Any) -> Pl
                     candidates.append((k, alias[e.ins[w]], 1 - w, "dot"))
                     uses_of[alias[e.ins[w]]].append(k)
                     continue
+        if embeddings and name == "gather" and len(e.ins) == 2:
+            op, idx = e.ins
+            if (
+                is_ref(op)
+                and op in alias
+                and is_ref(idx)
+                and idx not in bchain
+                and jnp.issubdtype(jnp.result_type(leaves[alias[op]]), jnp.inexact)
+                and embed_layout(e.params, shapes[op], len(e.shapes[0][0])) is not None
+            ):
+                candidates.append((k, alias[op], 1, "embed"))
+                uses_of[alias[op]].append(k)
+                continue
         if name == "conv_general_dilated" and len(e.ins) == 2:
             p = e.params
             w1 = is_ref(e.ins[1]) and e.ins[1] in alias
@@ -217,6 +240,11 @@ def analyze(apply_fn: Callable, params: Any, x_shape: tuple, x_dtype: Any) -> Pl
         e = prog.eqns[k]
         z = e.outs[0]
         out_shape, out_dtype = e.shapes[0]
+        if kind == "embed":
+            vocab, out_perm, mode = embed_layout(e.params, shapes[e.ins[0]], len(out_shape))
+            use = Use(k, leaf, act, z, kind, None, (), out_perm, len(out_shape) - 1, tuple(out_shape), out_dtype)
+            uses.append(dataclasses.replace(use, vocab=vocab, mode=mode))
+            continue
         act_ndim = len(shapes[e.ins[act]])
         w_ndim = len(shapes[e.ins[1 - act]])
         act_perm, out_perm, n_pos = _layout(e, act, act_ndim, w_ndim, kind)
@@ -268,7 +296,11 @@ def _reasons(prog: Program, leaves: list, uses: list, uses_of: dict, candidate: 
         prims = sorted({prog.eqns[k].prim.name if k >= 0 else "model output" for k in uses_of[l]})
         if layer:
             u = layer[0]
-            what = "dense layer (dot_general)" if u.kind == "dot" else "convolution (patches as inputs)"
+            what = {
+                "dot": "dense layer (dot_general)",
+                "conv": "convolution (patches as inputs)",
+                "embed": f"embedding lookup (gather of rows of a {u.vocab}-row table; token ids as inputs)",
+            }[u.kind]
             out.append(f"structured: {what}, {u.n_positions} position(s)")
         elif bias:
             out.append("structured: bias fused with its layer (constant input feature 1)")

@@ -10,17 +10,26 @@ one example is ``g_c = Σ_t a_t ⊗ δ_{c,t}``. Three exact layouts of what is k
 - ``lazy``: the factors, ``T·D + C'·T·E`` floats; ``C'·D·E`` per pair, the gradient re-formed once per tile.
 
 :func:`choose_kinds` takes ``pos`` where it needs no more FLOPs than ``grad`` (dense layers, ``T = 1``; late
-convolution stages with few positions and many channels), else ``grad``; ``lazy`` only when the features of all
-points in ``grad`` layout would not fit in half the memory budget, the factors are at least twice smaller than the
-gradient, and re-forming the gradients of a tile's two blocks costs at most twice the layer's Gram work on it
-(``T ≤`` rows per block) — far less than recomputing a block's factors.
-Fallback leaves (norm scales, embeddings, shared weights) are per-example gradients (``grad``).
+convolution stages with few positions and many channels), else ``grad`` or (when allowed) ``lazy`` where the
+factors are at least twice smaller than the gradient and ``T ≤`` rows per block; the planner (:mod:`._planner`)
+decides between the plans with and without ``lazy`` layers by modelled FLOPs under the memory budget. A *layer*
+is one use, or several dense uses of the same input side by side (e.g. query, key and value projections:
+:func:`._layouts.groups`), whose inputs are then kept once.
+Fallback leaves (norm scales, shared weights) are per-example gradients (``grad``). Embedding tables used once
+(:mod:`._embed`) are layers whose inputs are token ids: ``D`` is the number of rows, the factors ``T + C'·T·E``,
+the Gram of positions is token equality (``T²(1 + C'·E)`` per pair), the gradient a segment sum.
+
+Trace kernels may compute the factors a chunk of classes at a time (:mod:`._planner`): the kernel is the sum of the
+chunks' kernels, memory is divided by the number of chunks, each chunk costs one more forward pass. The planner
+chooses the chunk and the layouts by a FLOP model under the memory budget.
 
 Features are computed by ``lax.map`` over chunks of examples (the factors of one chunk alive at a time, reduced to
 the layouts right away), so peak memory is the stored features plus one chunk, never ``N`` times the activations.
 :func:`blocked` is the eager engine of :func:`jaxcompare.batched` and of eager default calls:
 the features of a block are computed once; as many blocks as the budget allows stay resident (a *panel*), the
-others are streamed past it, so memory is bounded by the budget and the block, not by ``N``.
+others are streamed past it, so memory is bounded by the budget and the block, not by ``N``. Within a panel the
+``lazy`` layers are taken one at a time, each block's gradients formed once for all the panel's tiles (when they
+fit in half the free memory; else once per tile).
 """
 
 from __future__ import annotations
@@ -35,64 +44,27 @@ import numpy as np
 from ..._precision import accumulation_dtype
 from .._common import contract
 from ._analysis import Plan, analyze
+from ._embed import embed_diag, embed_equal, embed_grad
 from ._factors import example_factors
+from ._layouts import (
+    _LAZY_SLICES,
+    _POS_ELEMENTS,
+    GRAD,
+    LAZY,
+    POS,
+    Setup,
+    _capacity,
+    _chunk,
+    _setup,
+    _sym_cuts,
+    _tile_bytes,
+    choose_kinds,
+    dims,
+    grouped,
+    vocabs,
+)
 
 __all__ = ["choose_kinds", "features", "tile", "kernel", "diag", "blocked", "estimate"]
-
-GRAD, POS, LAZY = "grad", "pos", "lazy"
-_SYM_TILE = 128  # x2 = None: tiles of at least this many rows, mirrored below the diagonal
-_SYM_MAX_BLOCKS = 4
-_POS_ELEMENTS = 2**22  # largest (rows × cols × T × T) intermediate of one Gram-of-positions product
-_CHUNK_BYTES = 192 * 1024**2  # transient memory target of one chunk of the factor computation
-
-
-# ------------------------------------------------------------------------------------------------ shapes and layouts
-_DIMS: collections.OrderedDict = collections.OrderedDict()
-
-
-def dims(plan: Plan, params: Any, x_shape: tuple, x_dtype: Any, summed: bool) -> tuple:
-    """``((T, D, E) per use, (P_l per fallback leaf), C', itemsize, transient bytes per example)``."""
-    leaves = jax.tree_util.tree_leaves(params)
-    a, g, j = jax.eval_shape(
-        lambda lv, xi: example_factors(plan, lv, xi, summed=summed), leaves, jax.ShapeDtypeStruct(x_shape, x_dtype)
-    )
-    c = 1 if summed else plan.n_classes
-    uses = tuple((int(aa.shape[0]), int(aa.shape[1]), int(gg.shape[2])) for aa, gg in zip(a, g))
-    fb = tuple(int(jj.shape[1]) for jj in j)
-    item = max(4, jnp.dtype((a + g + j)[0].dtype).itemsize) if (a or j) else 4
-    act = sum(int(np.prod(s[0], dtype=np.int64)) for e in plan.prog.eqns for s in e.shapes)
-    fac = sum(t * d + c * t * e for t, d, e in uses) + c * sum(fb)
-    return uses, fb, c, item, item * ((2 + c) * act + fac)
-
-
-def choose_kinds(uses: tuple, c: int, full: bool, tile_rows: int, allow_lazy: bool) -> tuple:
-    """The layout of each structured use (see module docstring)."""
-    kinds = []
-    for t, d, e in uses:
-        grad = c * d * e
-        fac = t * d + c * t * e
-        if t == 1 or (not full and t * t * (d + c * e + 1) <= grad):
-            kinds.append(POS)
-        elif allow_lazy and 2 * fac <= grad and t <= tile_rows:
-            kinds.append(LAZY)
-        else:
-            kinds.append(GRAD)
-    return tuple(kinds)
-
-
-def feature_floats(uses: tuple, fb: tuple, c: int, kinds: tuple) -> int:
-    """Floats kept per example."""
-    n = c * sum(fb)
-    for (t, d, e), k in zip(uses, kinds):
-        n += c * d * e if k == GRAD else t * d + c * t * e
-    return n
-
-
-def _chunk(transient: int, n: int, budget: int | None = None) -> int:
-    """Examples per chunk of the factor computation: about :data:`_CHUNK_BYTES` (at most an eighth of the budget)
-    of transient memory."""
-    target = _CHUNK_BYTES if budget is None else min(_CHUNK_BYTES, budget // 8)
-    return int(max(1, min(n, target // max(transient, 1))))
 
 
 # ------------------------------------------------------------------------------------------------ features and tiles
@@ -104,16 +76,35 @@ def _peg(a: jax.Array, g: jax.Array) -> jax.Array:
     return jnp.transpose(m.reshape(a.shape[1], c, e), (1, 0, 2)).reshape(c, -1)
 
 
-def features(plan: Plan, params: Any, x: jax.Array, summed: bool, kinds: tuple, chunk: int, full: bool = False):
+def _grad_of(a: jax.Array, g: jax.Array, vocab: int) -> jax.Array:
+    """:func:`_peg`, or an embedding's gradient (``vocab`` rows) as ``(C', V·E)``."""
+    if not vocab:
+        return _peg(a, g)
+    return jnp.transpose(embed_grad(a, g, vocab), (1, 0, 2)).reshape(g.shape[0], -1)
+
+
+def features(
+    plan: Plan,
+    params: Any,
+    x: jax.Array,
+    summed: bool,
+    kinds: tuple,
+    chunk: int,
+    full: bool = False,
+    classes: tuple | None = None,
+):
     """``(dense, facs)`` of a block: ``dense`` the per-example gradients of the ``grad`` uses and fallback leaves
     side by side, ``(N, C'·P_dense)`` (``full``: ``(N, C', P_dense)``; None when there are none), ``facs[u]``
     ``(A, G)`` for ``pos``/``lazy`` uses (None for ``grad``). Two-dimensional ``dense`` keeps the tile's product a
-    plain ``A Bᵀ`` (XLA copies an operand of a product contracting two axes)."""
+    plain ``A Bᵀ`` (XLA copies an operand of a product contracting two axes). ``classes = (start, size)``: the
+    factors of one chunk of classes (trace kernels, :mod:`._planner`)."""
     leaves = jax.tree_util.tree_leaves(params)
+    voc = vocabs(plan)
 
     def one(xi):
-        a, g, j = example_factors(plan, leaves, xi, summed=summed)
-        dense = [_peg(a[u], g[u]) for u, k in enumerate(kinds) if k == GRAD] + list(j)
+        a, g, j = example_factors(plan, leaves, xi, summed=summed, classes=classes)
+        a, g = grouped(plan, a, g)
+        dense = [_grad_of(a[u], g[u], voc[u]) for u, k in enumerate(kinds) if k == GRAD] + list(j)
         facs = tuple(None if k == GRAD else (a[u], g[u]) for u, k in enumerate(kinds))
         if not dense:
             return None, facs
@@ -123,11 +114,22 @@ def features(plan: Plan, params: Any, x: jax.Array, summed: bool, kinds: tuple, 
     return jax.lax.map(one, x, batch_size=min(chunk, x.shape[0]))
 
 
-def _pos_pair(a1, g1, a2, g2, full: bool) -> jax.Array:
+def _pos_pair(a1, g1, a2, g2, full: bool, vocab: int = 0) -> jax.Array:
     """Gram of positions ``Σ_{t,s} <a_it, a_js> Σ_c <g_cit, g_cjs>`` (``T = 1``: also the full class blocks), in
-    row slices that keep the ``rows × N2 × T²`` intermediate bounded."""
+    row slices that keep the ``rows × N2 × T²`` intermediate bounded; ``vocab``: ``a`` are token ids and
+    ``<a_it, a_js>`` is their equality (:mod:`._embed`)."""
     n1, c, t, e = g1.shape
     n2 = g2.shape[0]
+    if vocab:
+        rows = max(1, min(n1, _POS_ELEMENTS // max(1, n2 * t * t)))
+        out = []
+        for r in range(0, n1, rows):
+            eq = embed_equal(a1[r : r + rows], a2, g1.dtype)
+            if full:
+                out.append(contract("itjs,itjscd->ijcd", eq, contract("icte,jdse->itjscd", g1[r : r + rows], g2)))
+            else:
+                out.append(jnp.sum(eq * contract("icte,jcse->itjs", g1[r : r + rows], g2), axis=(1, 3)))
+        return out[0] if len(out) == 1 else jnp.concatenate(out, axis=0)
     if t == 1:
         ga = contract("id,jd->ij", a1[:, 0], a2[:, 0])
         if full:
@@ -142,39 +144,49 @@ def _pos_pair(a1, g1, a2, g2, full: bool) -> jax.Array:
     return out[0] if len(out) == 1 else jnp.concatenate(out, axis=0)
 
 
-def _peg_dce(a: jax.Array, g: jax.Array) -> jax.Array:
+def _peg_dce(a: jax.Array, g: jax.Array, vocab: int = 0) -> jax.Array:
     """Per-example gradient of one example as ``(D, C', E)`` (no transposition of the product)."""
+    if vocab:
+        return embed_grad(a, g, vocab)
     c, t, e = g.shape
     m = contract("dt,tk->dk", a.T, jnp.transpose(g, (1, 0, 2)).reshape(t, c * e))
     return m.astype(jnp.result_type(a, g)).reshape(a.shape[1], c, e)
 
 
-_LAZY_SLICES = 4  # a lazily formed gradient: the second block's whole, the first block's in this many row slices
-
-
-def _lazy_pair(total, a1, g1, a2, g2, full: bool, same: bool) -> jax.Array:
+def _lazy_pair(total, a1, g1, a2, g2, full: bool, same: bool, vocab: int = 0) -> jax.Array:
     """Add the ``lazy`` layer's contribution to ``total``: the per-example gradients of the second block formed
     once, those of the first block slice by slice (each slice after the previous one is summed, so at most one
-    slice is alive besides the second block's)."""
+    slice is alive besides the second block's); ``same`` (a block with itself): one product."""
     n1, n2, c = a1.shape[0], a2.shape[0], g1.shape[1]
     spec = "idce,jdfe->ijcf" if full else "ip,jp->ij"
     if total is not None:
         total, (a1, g1, a2, g2) = jax.lax.optimization_barrier((total, (a1, g1, a2, g2)))
-    peg = jax.vmap(_peg_dce) if full else jax.vmap(lambda a, g: _peg_dce(a, g).reshape(-1))
+    peg = jax.vmap(lambda a, g: _peg_dce(a, g, vocab))
+    if not full:
+        peg = jax.vmap(lambda a, g: _peg_dce(a, g, vocab).reshape(-1))
     m2 = peg(a2, g2)
     if total is None:
         total = jnp.zeros((n1, n2) + ((c, c) if full else ()), accumulation_dtype(m2))
+    if same:  # one product of the block's gradients with themselves (no slices: nothing more is formed)
+        return total + contract(spec, m2, m2).astype(total.dtype)
     rows = max(1, -(-n1 // _LAZY_SLICES))
     for r in range(0, n1, rows):
         total, (ar, gr, m2) = jax.lax.optimization_barrier((total, (a1[r : r + rows], g1[r : r + rows], m2)))
-        m1 = m2[r : r + rows] if same else peg(ar, gr)
+        m1 = peg(ar, gr)
         total = total.at[r : r + rows].add(contract(spec, m1, m2).astype(total.dtype))
     return total
 
 
-def tile(f1, f2, kinds: tuple, full: bool, same: bool = False, skip_lazy: bool = False) -> jax.Array:
+def _formed(a, g, full: bool, vocab: int = 0) -> jax.Array:
+    """A block's per-example gradients of one ``lazy`` layer: ``(N, D, C', E)`` (``full``) or ``(N, C'·D·E)``."""
+    if full:
+        return jax.vmap(lambda a, g: _peg_dce(a, g, vocab))(a, g)
+    return jax.vmap(lambda a, g: _peg_dce(a, g, vocab).reshape(-1))(a, g)
+
+
+def tile(f1, f2, kinds: tuple, full: bool, same: bool = False, skip_lazy: bool = False, voc: tuple = ()) -> jax.Array:
     """Kernel tile ``(N1, N2)`` (``full``: ``(N1, N2, C', C')``) of two blocks' features; ``same``: ``f2 is f1``;
-    ``skip_lazy``: without the ``lazy`` layers (the engine adds them one call at a time)."""
+    ``skip_lazy``: without the ``lazy`` layers (the engine adds them one call at a time); ``voc``: :func:`vocabs`."""
     (d1, fac1), (d2, fac2) = f1, f2
     total = None if d1 is None else contract("icp,jdp->ijcd" if full else "ip,jp->ij", d1, d2)
     for u, k in enumerate(kinds):
@@ -183,11 +195,12 @@ def tile(f1, f2, kinds: tuple, full: bool, same: bool = False, skip_lazy: bool =
         (a1, g1), (a2, g2) = fac1[u], fac2[u]
         if total is not None:  # one layer at a time: its intermediates start after the previous layers are summed
             total, (a1, g1, a2, g2) = jax.lax.optimization_barrier((total, (a1, g1, a2, g2)))
+        v = voc[u] if voc else 0
         if k == POS:
-            t = _pos_pair(a1, g1, a2, g2, full)
+            t = _pos_pair(a1, g1, a2, g2, full, v)
             total = t if total is None else total + t
         else:
-            total = _lazy_pair(total, a1, g1, a2, g2, full, same)
+            total = _lazy_pair(total, a1, g1, a2, g2, full, same, v)
     if total is None:
         if skip_lazy and LAZY in kinds:
             g1, g2 = fac1[kinds.index(LAZY)][1], fac2[kinds.index(LAZY)][1]
@@ -198,49 +211,49 @@ def tile(f1, f2, kinds: tuple, full: bool, same: bool = False, skip_lazy: bool =
 
 
 # ------------------------------------------------------------------------------------------------ traceable kernels
-def _setup(apply_fn, params, x1, n_all: int, mode: str, tile_rows: int, budget: int | None):
-    from .._memory import memory_budget, planning_budget
-
-    plan = analyze(apply_fn, params, tuple(x1.shape[1:]), x1.dtype)
-    summed, full = mode == "pseudo", mode == "full"
-    uses, fb, c, item, transient = dims(plan, params, tuple(x1.shape[1:]), x1.dtype, summed)
-    # traced calls (budget None) plan from a machine constant, not the free memory: same call, same program
-    budget = planning_budget() if budget is None else memory_budget(budget)
-    all_grad = n_all * item * feature_floats(uses, fb, c, choose_kinds(uses, c, full, tile_rows, False))
-    kinds = choose_kinds(uses, c, full, tile_rows, all_grad > budget // 2)
-    return plan, summed, full, kinds, uses, fb, c, item, transient
-
-
-def _sym_cuts(n: int, full: bool) -> list:
-    nb = 1 if full else max(1, min(_SYM_MAX_BLOCKS, n // _SYM_TILE))
-    return [i * n // nb for i in range(nb + 1)]
+def _classes(s: Setup, c0) -> tuple | None:
+    return (c0, s.cc) if s.chunked else None
 
 
 def kernel(apply_fn, params, x1, x2, *, mode: str):
-    """The structured kernel (traceable): features of ``x1`` (and ``x2``) computed once, contracted in tiles
-    (``x2 = None``: tiles on and above the diagonal, mirrored)."""
-    n_all = x1.shape[0] + (0 if x2 is None else x2.shape[0])
-    cuts = _sym_cuts(x1.shape[0], mode == "full") if x2 is None else [0, x1.shape[0]]
+    """The structured kernel (traceable): features of ``x1`` (and ``x2``) computed once per chunk of classes,
+    contracted in tiles (``x2 = None``: tiles on and above the diagonal, mirrored); the chunks' kernels summed."""
+    n1 = x1.shape[0]
+    n2 = n1 if x2 is None else x2.shape[0]
+    cuts = _sym_cuts(n1, mode == "full") if x2 is None else [0, n1]
     rows = max(cuts[i + 1] - cuts[i] for i in range(len(cuts) - 1))
-    plan, summed, full, kinds, *_, transient = _setup(apply_fn, params, x1, n_all, mode, rows, None)
-    f1 = features(plan, params, x1, summed, kinds, _chunk(transient, x1.shape[0]), full)
-    if x2 is not None:
-        k = tile(f1, features(plan, params, x2, summed, kinds, _chunk(transient, x2.shape[0]), full), kinds, full)
-    elif len(cuts) == 2:
-        k = tile(f1, f1, kinds, full, same=True)
-    else:
+    s = _setup(apply_fn, params, x1, n1, n2, x2 is None, mode, rows, None, engine=False)
+    kinds, full, voc = s.kinds, s.full, vocabs(s.plan)
+    chunk = _chunk(s.transient(), n1)
+
+    def one(c0):
+        f1 = features(s.plan, params, x1, s.summed, kinds, chunk, full, _classes(s, c0))
+        if x2 is not None:
+            f2 = features(s.plan, params, x2, s.summed, kinds, _chunk(s.transient(), n2), full, _classes(s, c0))
+            return tile(f1, f2, kinds, full, voc=voc)
+        if len(cuts) == 2:
+            return tile(f1, f1, kinds, full, same=True, voc=voc)
         nb = len(cuts) - 1
         part = [jax.tree_util.tree_map(lambda v, i=i: v[cuts[i] : cuts[i + 1]], f1) for i in range(nb)]
-        tiles = {(i, j): tile(part[i], part[j], kinds, full, same=i == j) for i in range(nb) for j in range(i, nb)}
-        k = jnp.concatenate(
+        tiles = {
+            (i, j): tile(part[i], part[j], kinds, full, same=i == j, voc=voc) for i in range(nb) for j in range(i, nb)
+        }
+        return jnp.concatenate(
             [jnp.concatenate([tiles[i, j] if i <= j else tiles[j, i].T for j in range(nb)], axis=1) for i in range(nb)],
             axis=0,
         )
-    return k / plan.n_classes if summed else k
+
+    k = one(0)
+    if s.chunked:  # the other chunks of classes, one compiled body
+        n_chunks = -(-s.c_all // s.cc)
+        k = jax.lax.fori_loop(1, n_chunks, lambda i, acc: acc + one(i * s.cc).astype(acc.dtype), k)
+    return k / s.plan.n_classes if s.summed else k
 
 
-def _use_diag(a, g) -> jax.Array:
+def _use_diag(a, g, vocab: int = 0) -> jax.Array:
     """``Σ_c |Σ_t a_t ⊗ g_ct|²`` of one example, by whichever contraction needs fewer FLOPs."""
+    if vocab:
+        return embed_diag(a, g, vocab)
     c, t, e = g.shape
     d = a.shape[-1]
     if t == 1:
@@ -256,44 +269,36 @@ def _use_diag(a, g) -> jax.Array:
 
 def diag(apply_fn, params, x, *, mode: str):
     """``K(x_i, x_i)`` per example, reduced inside each chunk (nothing per example is kept)."""
-    plan = analyze(apply_fn, params, tuple(x.shape[1:]), x.dtype)
+    plan = analyze(apply_fn, params, tuple(x.shape[1:]), x.dtype, embeddings=True)
     summed = mode == "pseudo"
     *_, transient = dims(plan, params, tuple(x.shape[1:]), x.dtype, summed)
     leaves = jax.tree_util.tree_leaves(params)
+    voc = vocabs(plan)
     if not plan.uses and not plan.fallback:
         raise ValueError("params has no differentiable leaf used by apply_fn: there is nothing to differentiate.")
 
     def one(xi):
         a, g, j = example_factors(plan, leaves, xi, summed=summed)
-        return sum(_use_diag(aa, gg) for aa, gg in zip(a, g)) + sum(jnp.sum(p * p) for p in j)
+        a, g = grouped(plan, a, g)
+        return sum(_use_diag(aa, gg, v) for aa, gg, v in zip(a, g, voc)) + sum(jnp.sum(p * p) for p in j)
 
     total = jax.lax.map(one, x, batch_size=_chunk(transient, x.shape[0]))
     return total / plan.n_classes if summed else total
 
 
 def estimate(apply_fn, params, x1, x2, mode: str) -> tuple[int, int]:
-    """``(bytes per point held at once, fixed bytes)`` of :func:`kernel` (features kept for every point; one chunk
-    of the factor computation and the largest tile intermediate; the output)."""
+    """``(bytes per point held at once, fixed bytes)`` of :func:`kernel` as planned (features of one chunk of
+    classes kept for every point; one chunk of the factor computation and the largest tile intermediate; the
+    output)."""
     n1 = x1.shape[0]
-    n_all = n1 + (0 if x2 is None else x2.shape[0])
+    n2 = n1 if x2 is None else x2.shape[0]
     cuts = _sym_cuts(n1, mode == "full") if x2 is None else [0, n1]
     rows = max(cuts[i + 1] - cuts[i] for i in range(len(cuts) - 1))
-    _, _, full, kinds, uses, fb, c, item, transient = _setup(apply_fn, params, x1, n_all, mode, rows, None)
-    per = item * feature_floats(uses, fb, c, kinds)
-    n2 = n1 if x2 is None else x2.shape[0]
-    out = n1 * n2 * (c * c if full else 1) * item
-    chunk = _chunk(transient, n1)
-    return per, out + chunk * transient + _tile_bytes(uses, kinds, c, item, 2 * rows)
-
-
-def _tile_bytes(uses, kinds, c, item, rows: int) -> int:
-    """Largest transient of one tile of ``rows`` points (two blocks): a lazily formed gradient (the second block's
-    and one slice of the first), or the intermediates of a Gram of positions."""
-    lazy = max([c * d * e for (t, d, e), k in zip(uses, kinds) if k == LAZY] or [0])
-    lazy_rows = rows // 2 + -(-rows // (2 * _LAZY_SLICES))
-    half = max(rows // 2, 1)
-    pos = max([3 * min(_POS_ELEMENTS, half * half * t * t) for (t, d, e), k in zip(uses, kinds) if k == POS] or [0])
-    return item * max(lazy_rows * lazy, pos)
+    s = _setup(apply_fn, params, x1, n1, n2, x2 is None, mode, rows, None, engine=False)
+    per = s.per_point()
+    out = n1 * n2 * (s.c_all * s.c_all if s.full else 1) * s.item
+    chunk = _chunk(s.transient(), n1)
+    return per, out + chunk * s.transient() + _tile_bytes(s.uses, s.kinds, s.cc, s.item, 2 * rows)
 
 
 # ------------------------------------------------------------------------------------------------ eager engine
@@ -304,8 +309,9 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
     """Eager blocked kernel (see module docstring): ``(kernel (N1, N2[, C', C']), diagonal of x1 or None)``.
 
     Each block's features are computed once when all blocks fit the memory budget; otherwise as many as fit stay
-    resident (a panel) and the other blocks are streamed past it (recomputed once per panel). Inputs smaller than
-    one block are not padded; a partial last block is padded by repeating its first row (one compiled shape).
+    resident (a panel) and the other blocks are streamed past it (recomputed once per panel). Trace kernels may
+    run once per chunk of classes (:mod:`._planner`), the chunks' tiles summed. Inputs smaller than one block are
+    not padded; a partial last block is padded by repeating its first row (one compiled shape).
     """
     from ..._precision import resolve_precision, traced_with_policy
     from ..._progress import progress
@@ -315,13 +321,13 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
     n2 = n1 if x2 is None else x2.shape[0]
     bs = int(min(block_size, max(n1, n2)))
     budget_b = memory_budget(budget)
-    plan, summed, full, kinds, uses, fb, c, item, transient = _setup(
-        apply_fn, params, x1, n1 + (0 if x2 is None else n2), mode, bs, budget_b
-    )
-    chunk = _chunk(transient, bs, budget_b)
+    s = _setup(apply_fn, params, x1, n1, n2, x2 is None, mode, bs, budget_b, engine=True)
+    plan, summed, full, kinds, c, item = s.plan, s.summed, s.full, s.kinds, s.cc, s.item
+    voc = vocabs(plan)
+    chunk = _chunk(s.transient(), bs, budget_b)
     policy = resolve_precision(precision)
     key = (apply_fn, jax.tree_util.tree_structure(params), tuple(x1.shape[1:]), str(x1.dtype), mode, kinds, chunk)
-    key = key + (policy,)
+    key = key + (c, policy)
     try:
         fns = _JITS.get(key)
     except TypeError:
@@ -336,29 +342,37 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
             return jax.jit(run)
 
         fns = (
-            with_policy(lambda p, xb: features(plan, p, xb, summed, kinds, chunk, full)),
-            with_policy(lambda f1, f2: tile(f1, f2, kinds, full, skip_lazy=True)),
-            with_policy(lambda f: tile(f, f, kinds, full, same=True, skip_lazy=True)),
-            with_policy(lambda a1, g1, a2, g2: _lazy_pair(None, a1, g1, a2, g2, full, False)),
-            with_policy(lambda a, g: _lazy_pair(None, a, g, a, g, full, True)),
+            with_policy(lambda p, xb, c0: features(plan, p, xb, summed, kinds, chunk, full, _classes(s, c0))),
+            with_policy(lambda f1, f2: tile(f1, f2, kinds, full, skip_lazy=True, voc=voc)),
+            with_policy(lambda f: tile(f, f, kinds, full, same=True, skip_lazy=True, voc=voc)),
+            with_policy(lambda m1, m2: contract("idce,jdfe->ijcf" if full else "ip,jp->ij", m1, m2)),
+            *[
+                (
+                    with_policy(lambda a1, g1, a2, g2, v=v: _lazy_pair(None, a1, g1, a2, g2, full, False, v)),
+                    with_policy(lambda a, g, v=v: _lazy_pair(None, a, g, a, g, full, True, v)),
+                    with_policy(lambda a, g, v=v: _formed(a, g, full, v)),
+                )
+                for v in sorted(set(voc))
+            ],
         )
         if key is not None:
             _JITS[key] = fns
             while len(_JITS) > 16:
                 _JITS.popitem(last=False)
-    feat_fn, dense_fn, dense_self_fn, lazy_fn, lazy_self_fn = fns
+    feat_fn, dense_fn, dense_self_fn, gram_fn, *lazy_fns = fns
+    lazy_of = dict(zip(sorted(set(voc)), lazy_fns))
     lazy = [u for u, k in enumerate(kinds) if k == LAZY]
 
     def tile_fn(f1, f2):  # the lazy layers one call at a time: one layer's gradients alive at once
         t = dense_fn(f1, f2)
         for u in lazy:
-            t = t + lazy_fn(*f1[1][u], *f2[1][u])
+            t = t + lazy_of[voc[u]][0](*f1[1][u], *f2[1][u])
         return t
 
     def self_fn(f):
         t = dense_self_fn(f)
         for u in lazy:
-            t = t + lazy_self_fn(*f[1][u])
+            t = t + lazy_of[voc[u]][1](*f[1][u])
         return t
 
     def blocks(x):
@@ -370,78 +384,97 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
 
     b1 = blocks(x1)
     b2 = b1 if x2 is None else blocks(x2)
-    per_block = bs * item * feature_floats(uses, fb, c, kinds)
-    out_bytes = n1 * n2 * (c * c if full else 1) * item
-    work = chunk * transient + _tile_bytes(uses, kinds, c, item, 2 * bs) + bs * bs * item * (c * c if full else 1)
+    per_block = bs * s.per_point()
+    cls = s.c_all * s.c_all if full else 1
+    out_bytes = n1 * n2 * cls * item
+    work = chunk * s.transient() + _tile_bytes(s.uses, kinds, c, item, 2 * bs) + bs * bs * item * cls
     cap = _capacity(budget_b - out_bytes - work, per_block)
     sym = x2 is None
-    if cap < 2:
+    if not s.choice.fits:
         fit = max(1, int(bs * (budget_b - out_bytes - work) // max(2 * per_block, 1)))
         raise ValueError(
             f"batched: blocks of {bs} points need about {format_bytes(2 * per_block + work)} at once (features "
             f"{format_bytes(per_block)} per block, output {format_bytes(out_bytes)}), more than the memory budget "
             f"{format_bytes(budget_b)}; use block_size <= {fit}, a larger memory_budget, or a projection."
         )
+    cap = max(cap, min(2, len(b1) if sym else len(b1) + len(b2)))
+    largest_lazy = max([c * d * e for (t, d, e), k in zip(s.uses, kinds) if k == LAZY] or [0]) * bs * item
     shape = (len(b1) * bs, len(b2) * bs) + ((c, c) if full else ())
     out = None  # allocated with the first tile's dtype (contractions accumulate in at least float32)
-    n_tiles = len(b1) * (len(b1) + 1) // 2 if sym else len(b1) * len(b2)
+    n_chunks = -(-s.c_all // c) if s.chunked else 1
+    n_tiles = n_chunks * (len(b1) * (len(b1) + 1) // 2 if sym else len(b1) * len(b2))
     bar = iter(progress(range(n_tiles), total=n_tiles, desc=f"{mode} kernel tiles", enabled=show))
 
-    def put(i, j, t):
+    def put(i, j, t, count=True):
         nonlocal out
-        next(bar, None)
+        if count:
+            next(bar, None)
         t = np.asarray(t)
         if out is None:
-            out = np.empty(shape, dtype=t.dtype)
-        out[i * bs : (i + 1) * bs, j * bs : (j + 1) * bs] = t
+            out = np.zeros(shape, dtype=t.dtype)
+        out[i * bs : (i + 1) * bs, j * bs : (j + 1) * bs] += t
         if sym and i != j:
             t = np.swapaxes(t, 0, 1)
-            out[j * bs : (j + 1) * bs, i * bs : (i + 1) * bs] = np.swapaxes(t, 2, 3) if full else t
+            out[j * bs : (j + 1) * bs, i * bs : (i + 1) * bs] += np.swapaxes(t, 2, 3) if full else t
 
-    if sym:
-        p = 0
-        while p < len(b1):
-            m = len(b1) - p if len(b1) - p <= cap else cap - 1
-            panel = {i: feat_fn(params, b1[i]) for i in range(p, p + m)}
-            for i in panel:
-                for j in panel:
-                    if j >= i:
-                        put(i, j, self_fn(panel[i]) if i == j else tile_fn(panel[i], panel[j]))
-            for k in range(p + m, len(b1)):
-                fk = feat_fn(params, b1[k])
-                for i in panel:
-                    put(i, k, tile_fn(panel[i], fk))
-                del fk
-            del panel
-            p += m
-    else:
-        keep2 = len(b1) + len(b2) <= cap
-        cache2 = {}
-        p = 0
-        while p < len(b1):
-            m = min(len(b1) - p, cap - (len(b2) if keep2 else 1))
-            panel = {i: feat_fn(params, b1[i]) for i in range(p, p + m)}
-            for j in range(len(b2)):
-                fj = cache2.get(j)
-                if fj is None:
-                    fj = feat_fn(params, b2[j])
-                    if keep2:
-                        cache2[j] = fj
-                for i in panel:
-                    put(i, j, tile_fn(panel[i], fj))
-                del fj
-            del panel
-            p += m
+    for ck in range(n_chunks):
+        c0 = jnp.asarray(ck * c, jnp.int32)
+        feat = lambda xb, c0=c0: feat_fn(params, xb, c0)  # noqa: E731
+        if sym:
+            p = 0
+            while p < len(b1):
+                m = len(b1) - p if len(b1) - p <= cap else cap - 1
+                panel = {i: feat(b1[i]) for i in range(p, p + m)}
+                free = budget_b - out_bytes - work - per_block * min(cap, len(b1))
+                if len(panel) > 1 and lazy and 2 * len(panel) * largest_lazy <= free:  # half the free memory
+                    # the panel's lazy layers one at a time: each block's gradients formed once, not once per tile
+                    for i in panel:
+                        for j in panel:
+                            if j >= i:
+                                put(i, j, dense_self_fn(panel[i]) if i == j else dense_fn(panel[i], panel[j]))
+                    for u in lazy:
+                        ms = {i: lazy_of[voc[u]][2](*panel[i][1][u]) for i in panel}
+                        for i in panel:
+                            for j in panel:
+                                if j >= i:
+                                    put(i, j, gram_fn(ms[i], ms[j]), count=False)
+                        del ms
+                else:
+                    for i in panel:
+                        for j in panel:
+                            if j >= i:
+                                put(i, j, self_fn(panel[i]) if i == j else tile_fn(panel[i], panel[j]))
+                for k in range(p + m, len(b1)):
+                    fk = feat(b1[k])
+                    for i in panel:
+                        put(i, k, tile_fn(panel[i], fk))
+                    del fk
+                del panel
+                p += m
+        else:
+            keep2 = len(b1) + len(b2) <= cap
+            cache2 = {}
+            p = 0
+            while p < len(b1):
+                m = min(len(b1) - p, cap - (len(b2) if keep2 else 1))
+                panel = {i: feat(b1[i]) for i in range(p, p + m)}
+                for j in range(len(b2)):
+                    fj = cache2.get(j)
+                    if fj is None:
+                        fj = feat(b2[j])
+                        if keep2:
+                            cache2[j] = fj
+                    for i in panel:
+                        put(i, j, tile_fn(panel[i], fj))
+                    del fj
+                del panel
+                p += m
+            del cache2
     k = out[:n1, :n2]
     if summed:
         k = k / plan.n_classes
     d = np.diagonal(k).copy() if sym and not full else None
     return jnp.asarray(k), (None if d is None else jnp.asarray(d))
-
-
-def _capacity(free: int, per_block: int) -> int:
-    """Blocks of features that fit in ``free`` bytes."""
-    return int(free // max(per_block, 1))
 
 
 _MODES = {"entk": "full", "trntk": "trace", "trntk0": "trace", "pntk": "pseudo", "pntk0": "pseudo"}

@@ -1,0 +1,235 @@
+"""Layouts and plans of the structured kernels (:mod:`._blocks`): the dimensions of each layer's factors, the layout
+kept per example (``grad``/``pos``/``lazy``), their memory, and the planner's choice of the layouts and of the chunk
+of classes under the memory budget (:mod:`._planner`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _planner as PL
+from ._analysis import Plan, analyze
+from ._factors import example_factors
+
+__all__ = ["choose_kinds", "dims", "feature_floats", "Setup"]
+
+GRAD, POS, LAZY = "grad", "pos", "lazy"
+_SYM_TILE = 128  # x2 = None: tiles of at least this many rows, mirrored below the diagonal
+_SYM_MAX_BLOCKS = 4
+_POS_ELEMENTS = 2**22  # largest (rows × cols × T × T) intermediate of one Gram-of-positions product
+_CHUNK_BYTES = 192 * 1024**2  # transient memory target of one chunk of the factor computation
+
+
+# ------------------------------------------------------------------------------------------------ shapes and layouts
+def groups(plan: Plan) -> tuple:
+    """The structured uses as *layers*: dense uses reading the same input (the same activation, layout and fused
+    bias column: e.g. the query, key and value projections) form one layer whose output features are theirs side
+    by side — the inner product of the concatenated gradients is the sum of theirs, so the layer is exact and its
+    inputs are kept once. Other uses are layers of their own. Tuples of use indices, in order of first use."""
+    keyed: dict = {}
+    for u, use in enumerate(plan.uses):
+        if use.kind == "dot":
+            key = (plan.prog.eqns[use.eqn].ins[use.act], use.act_perm, use.n_pos, use.bias is not None)
+        else:
+            key = ("own", u)
+        keyed.setdefault(key, []).append(u)
+    return tuple(tuple(v) for v in keyed.values())
+
+
+def grouped(plan: Plan, a: list, g: list) -> tuple[list, list]:
+    """The factors of one example per layer (:func:`groups`): the shared inputs once, the sensitivities of the
+    layer's uses concatenated along their features."""
+    gs = groups(plan)
+    g_out = [g[grp[0]] if len(grp) == 1 else jnp.concatenate([g[u] for u in grp], axis=-1) for grp in gs]
+    return [a[grp[0]] for grp in gs], g_out
+
+
+def dims(plan: Plan, params: Any, x_shape: tuple, x_dtype: Any, summed: bool, classes: int | None = None) -> tuple:
+    """``((T, D, E) per layer (:func:`groups`), (P_l per fallback leaf), C', itemsize, transient bytes per
+    example)``; ``D`` of an embedding is its number of rows; ``classes``: ``C'`` of one chunk of classes."""
+    leaves = jax.tree_util.tree_leaves(params)
+    c = 1 if summed else (plan.n_classes if classes is None else classes)
+
+    def shapes(lv, xi):
+        a, g, j = example_factors(plan, lv, xi, summed=summed, classes=None if summed else (0, c))
+        return (*grouped(plan, a, g), j)
+
+    a, g, j = jax.eval_shape(shapes, leaves, jax.ShapeDtypeStruct(x_shape, x_dtype))
+    emb = embeds(plan)
+    uses = tuple(
+        (int(aa.shape[0]), v if v else int(aa.shape[1]), int(gg.shape[2])) for v, aa, gg in zip(vocabs(plan), a, g)
+    )
+    fb = tuple(int(jj.shape[1]) for jj in j)
+    item = max(4, jnp.dtype((g + j)[0].dtype).itemsize) if (g or j) else 4
+    act = sum(int(np.prod(s[0], dtype=np.int64)) for e in plan.prog.eqns for s in e.shapes)
+    fac = sum(t * (1 if v else d) + c * t * e for (t, d, e), v in zip(uses, emb)) + c * sum(fb)
+    return uses, fb, c, item, item * ((2 + c) * act + fac)
+
+
+def embeds(plan: Plan) -> tuple:
+    """Per layer (:func:`groups`): whether it is an embedding lookup (token ids as inputs)."""
+    return tuple(plan.uses[grp[0]].kind == "embed" for grp in groups(plan))
+
+
+def vocabs(plan: Plan) -> tuple:
+    """Per layer (:func:`groups`): the table's number of rows for an embedding lookup, else 0."""
+    return tuple(plan.uses[grp[0]].vocab if plan.uses[grp[0]].kind == "embed" else 0 for grp in groups(plan))
+
+
+def choose_kinds(uses: tuple, c: int, full: bool, tile_rows: int, allow_lazy: bool, embed: tuple = ()) -> tuple:
+    """The layout of each structured use (see module docstring); ``embed[u]``: use ``u`` is an embedding lookup
+    (its inputs are ids: a Gram of positions without ``D``, a lazily formed gradient that costs a segment sum)."""
+    kinds = []
+    for u, (t, d, e) in enumerate(uses):
+        v = bool(embed) and embed[u]
+        grad = c * d * e
+        fac = t * (1 if v else d) + c * t * e
+        if t == 1 or (not full and t * t * ((1 if v else d) + c * e + 1) <= grad):
+            kinds.append(POS)
+        elif allow_lazy and 2 * fac <= grad and (v or t <= tile_rows):
+            kinds.append(LAZY)
+        else:
+            kinds.append(GRAD)
+    return tuple(kinds)
+
+
+def feature_floats(uses: tuple, fb: tuple, c: int, kinds: tuple, embed: tuple = ()) -> int:
+    """Floats kept per example (an embedding's ids count as one each)."""
+    n = c * sum(fb)
+    for u, ((t, d, e), k) in enumerate(zip(uses, kinds)):
+        n += c * d * e if k == GRAD else t * (1 if embed and embed[u] else d) + c * t * e
+    return n
+
+
+def _chunk(transient: int, n: int, budget: int | None = None) -> int:
+    """Examples per chunk of the factor computation: about :data:`_CHUNK_BYTES` (at most an eighth of the budget)
+    of transient memory."""
+    target = _CHUNK_BYTES if budget is None else min(_CHUNK_BYTES, budget // 8)
+    return int(max(1, min(n, target // max(transient, 1))))
+
+
+_LAZY_SLICES = 4  # a lazily formed gradient: the second block's whole, the first block's in this many row slices
+
+
+# ------------------------------------------------------------------------------------------------ planning
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """What a structured kernel call needs: the plan, its dimensions and the planner's choice (:mod:`._planner`)."""
+
+    plan: Plan
+    summed: bool
+    full: bool
+    uses: tuple
+    embed: tuple
+    fb: tuple
+    c_all: int  # classes of the kernel (1 for pseudo)
+    item: int
+    act: int  # activation floats of one example (the transient of the factor passes)
+    fwd: float
+    choice: PL.Choice
+
+    @property
+    def kinds(self) -> tuple:
+        return self.choice.kinds
+
+    @property
+    def cc(self) -> int:
+        return self.choice.classes
+
+    @property
+    def chunked(self) -> bool:
+        return self.cc < self.c_all
+
+    def transient(self, c: int | None = None) -> int:
+        c = self.cc if c is None else c
+        fac = sum(t * (1 if v else d) + c * t * e for (t, d, e), v in zip(self.uses, self.embed)) + c * sum(self.fb)
+        return self.item * ((2 + c) * self.act + fac)
+
+    def per_point(self, c: int | None = None, kinds: tuple | None = None) -> int:
+        c = self.cc if c is None else c
+        return self.item * feature_floats(self.uses, self.fb, c, self.kinds if kinds is None else kinds, self.embed)
+
+
+def _setup(apply_fn, params, x1, n1: int, n2: int, sym: bool, mode: str, rows: int, budget, engine: bool) -> Setup:
+    """Analyse the model and plan the call: ``rows`` per block (engine) or per tile (traced kernel, all points'
+    features resident); ``budget`` None: the planning budget of traced calls (a machine constant)."""
+    from .._memory import memory_budget, planning_budget
+
+    plan = analyze(apply_fn, params, tuple(x1.shape[1:]), x1.dtype, embeddings=True)
+    summed, full = mode == "pseudo", mode == "full"
+    uses, fb, c_all, item, _ = dims(plan, params, tuple(x1.shape[1:]), x1.dtype, summed)
+    act = sum(int(np.prod(s[0], dtype=np.int64)) for e in plan.prog.eqns for s in e.shapes)
+    fwd = PL.forward_flops(plan, params, tuple(x1.shape[1:]))
+    # traced calls (budget None) plan from a machine constant, not the free memory: same call, same program
+    budget = planning_budget() if budget is None else memory_budget(budget)
+    base = Setup(plan, summed, full, uses, embeds(plan), fb, c_all, item, act, fwd, None)
+    choices = []
+    for cc in PL.class_chunks(c_all) if mode == "trace" else [c_all]:
+        for allow_lazy in (False, True):
+            kinds = choose_kinds(uses, cc, full, rows, allow_lazy, embed=base.embed)
+            if allow_lazy and LAZY not in kinds:
+                continue
+            choices.append(_option(base, cc, kinds, n1, n2, sym, rows, budget, engine))
+    return dataclasses.replace(base, choice=PL.best(choices))
+
+
+def _option(s: Setup, cc: int, kinds: tuple, n1: int, n2: int, sym: bool, rows: int, budget: int, engine: bool):
+    """The modelled FLOPs and peak bytes of one plan (see :mod:`._planner`)."""
+    transient = s.transient(cc)
+    per = s.per_point(cc, kinds)
+    cls = s.c_all * s.c_all if s.full else 1
+    out = n1 * n2 * s.item * cls
+    if engine:
+        bs = rows
+        chunk = _chunk(transient, bs, budget)
+        nb1 = -(-n1 // bs)
+        nb2 = nb1 if sym else -(-n2 // bs)
+        work = chunk * transient + _tile_bytes(s.uses, kinds, cc, s.item, 2 * bs) + bs * bs * s.item * cls
+        cap = _capacity(budget - out - work, bs * per)
+        total_blocks = nb1 if sym else nb1 + nb2
+        need = min(total_blocks, 2)
+        resident = min(max(cap, need), total_blocks)
+        passes = PL.feature_passes(nb1, nb2, sym, max(cap, need))
+        featurized = passes * bs
+        # a panel holding every block forms each block's lazy gradients once (one layer at a time), else per tile
+        formed = (nb1 if sym and cap >= nb1 else (nb1 * nb1 if sym else 2 * nb1 * nb2)) * bs
+        pairs = (nb1 * (nb1 + 1) // 2 if sym else nb1 * nb2) * bs * bs
+        bytes_ = out + work + resident * bs * per
+        fits = cap >= need
+    else:
+        n_all = n1 + (0 if sym else n2)
+        chunk = _chunk(transient, n1)
+        cuts = _sym_cuts(n1, s.full) if sym else [0, n1]
+        nb = len(cuts) - 1
+        featurized = n_all
+        formed = (nb * nb if sym else 2) * rows
+        pairs = n1 * (n1 + rows) / 2 if sym else n1 * n2
+        bytes_ = out + n_all * per + chunk * transient + _tile_bytes(s.uses, kinds, cc, s.item, 2 * rows)
+        resident = 0
+        fits = bytes_ <= budget
+    flops = PL.plan_cost(s.uses, s.embed, s.fb, kinds, cc, s.c_all, s.fwd, featurized, formed, pairs)
+    return PL.Choice(cc, kinds, flops, int(bytes_), bool(fits), resident)
+
+
+def _sym_cuts(n: int, full: bool) -> list:
+    nb = 1 if full else max(1, min(_SYM_MAX_BLOCKS, n // _SYM_TILE))
+    return [i * n // nb for i in range(nb + 1)]
+
+
+def _tile_bytes(uses, kinds, c, item, rows: int) -> int:
+    """Largest transient of one tile of ``rows`` points (two blocks): a lazily formed gradient (the second block's
+    and one slice of the first), or the intermediates of a Gram of positions."""
+    lazy = max([c * d * e for (t, d, e), k in zip(uses, kinds) if k == LAZY] or [0])
+    lazy_rows = rows // 2 + -(-rows // (2 * _LAZY_SLICES))
+    half = max(rows // 2, 1)
+    pos = max([3 * min(_POS_ELEMENTS, half * half * t * t) for (t, d, e), k in zip(uses, kinds) if k == POS] or [0])
+    return item * max(lazy_rows * lazy, pos)
+
+
+def _capacity(free: int, per_block: int) -> int:
+    """Blocks of features that fit in ``free`` bytes."""
+    return int(free // max(per_block, 1))
