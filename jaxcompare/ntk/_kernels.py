@@ -188,18 +188,22 @@ def _checked_result(compute: Callable, k: Any, d1: Any, what: str, impl_name: st
 
     Parameters and inputs were checked finite before the call, so a non-finite kernel is either the model's own
     (its gradients are inf/NaN at some points: ``log(0)``, the derivative of ``sqrt`` at 0, an overflowing ``exp``)
-    or a fault of the backend. The kernel is computed once more: a second non-finite result is the model's and raises
-    :class:`FloatingPointError` naming the points; a finite one is returned with a :class:`RuntimeWarning` (XLA:CPU
-    in jaxlib 0.10.2 was seen to return an all-NaN kernel about once in twenty fresh processes, not reproducibly).
-    Never a silent NaN.
+    or a fault of the backend. JAX's compiled programs are dropped and the kernel is compiled and computed once more:
+    a second non-finite result is the model's and raises :class:`FloatingPointError` naming the points; a finite one
+    is returned with a :class:`RuntimeWarning`. (XLA:CPU in jaxlib 0.10.2 was seen to return an all-NaN eNTK in
+    about one of twenty fresh processes, and to return it again when the same compiled program ran again: hence the
+    fresh compile.) Never a silent NaN.
     """
     if isinstance(k, jax.core.Tracer) or bool(jnp.all(jnp.isfinite(k))):
         return k, d1
+    # the fault seen was in a compiled program (running it again gave NaN again): compile afresh, then recompute
+    jax.clear_caches()
     k2, d2, _ = compute()
     if bool(jnp.all(jnp.isfinite(k2))):
         warnings.warn(
             f"the {what} ({impl_name}) came back non-finite once for finite params and inputs and finite when "
-            "recomputed: a nondeterministic fault of the backend; the recomputed kernel is returned.",
+            "compiled and computed again: a nondeterministic fault of the backend; the recomputed kernel is "
+            "returned.",
             RuntimeWarning,
             stacklevel=4,
         )
@@ -212,9 +216,10 @@ def _checked_result(compute: Callable, k: Any, d1: Any, what: str, impl_name: st
         rows, cols = np.flatnonzero(b.all(axis=1))[:10].tolist(), np.flatnonzero(b.all(axis=0))[:10].tolist()
         where = f"x1 points {rows} and x2 points {cols}" if rows or cols else f"{int(b.sum())} scattered entries"
     raise FloatingPointError(
-        f"the {what} has inf/NaN entries although params and inputs are finite: the model's gradients are not "
-        f"finite at (first 10) {where} (e.g. log(0), the derivative of sqrt at 0, an overflowing exp or "
-        "division by zero inside apply_fn). No kernel is returned; evaluate jax.grad of your model at those points."
+        f"the {what} has inf/NaN entries although params and inputs are finite, twice (compiled afresh the second "
+        f"time): the model's gradients are not finite at (first 10) {where} (e.g. log(0), the derivative of sqrt at "
+        "0, an overflowing exp or division by zero inside apply_fn). No kernel is returned; evaluate jax.grad of "
+        "your model at those points."
     )
 
 
