@@ -70,3 +70,18 @@ def run_child(cmd: list[str], *, env: dict, timeout: float) -> dict | str:
         return f"{why} at peak RSS {rss:.2f} GiB"
     tail = (stderr or stdout)[-600:].strip().replace("\n", " | ")
     return f"failed (exit {code}, peak RSS {rss:.2f} GiB): {tail}"
+
+
+def floor_seconds(name, fl: dict, peak: float) -> dict:
+    """Seconds at the matmul ``peak`` (FLOP/s) of the FLOP counts ``fl`` (``passes``, ``layer_grads``, ``gram``):
+    ``{"exact": all three, "proj": without the Gram}``, printed on one line for the configuration ``name``."""
+    out = {
+        "exact": (fl["passes"] + fl["layer_grads"] + fl["gram"]) / peak,
+        "proj": (fl["passes"] + fl["layer_grads"]) / peak,
+    }
+    print(
+        f"  floors {name}: passes {fl['passes']:.2e}, layer gradients {fl['layer_grads']:.2e}, Gram "
+        f"{fl['gram']:.2e} FLOPs -> exact {out['exact']:.2f} s, projected {out['proj']:.2f} s at the matmul peak",
+        flush=True,
+    )
+    return out

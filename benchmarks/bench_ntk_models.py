@@ -633,19 +633,11 @@ def main() -> None:
 
 def _print_row(head, cfg, r, m, load, peak, exact_t, floors, budget) -> None:
     if cfg["method"] == "exact":
-        fl = r["floors"]
+        import _subprocess
+
         if m not in exact_t or not (cfg.get("block") or cfg.get("impl")):  # "× exact": the default call
             exact_t[m] = r["time"]
-        floors[m] = {
-            "exact": (fl["passes"] + fl["layer_grads"] + fl["gram"]) / peak,
-            "proj": (fl["passes"] + fl["layer_grads"]) / peak,
-        }
-        print(
-            f"  floors {m}: passes {fl['passes']:.2e}, layer gradients {fl['layer_grads']:.2e}, Gram "
-            f"{fl['gram']:.2e} FLOPs -> exact {floors[m]['exact']:.2f} s, projected {floors[m]['proj']:.2f} s "
-            "at the matmul peak",
-            flush=True,
-        )
+        floors[m] = _subprocess.floor_seconds(m, r["floors"], peak)
         print(
             f"  memory {m}: runtime alone {r['rss_jax_gib']:.2f} GiB, estimate of the unblocked call "
             f"{r['est_gib']:.2f} GiB (budget {budget})",

@@ -323,17 +323,10 @@ def main() -> None:
             print(f"{cfg['model']:9} {cfg['n']:>6} {cfg['method']:11} {cfg.get('k') or '':>5} {r}", flush=True)
             continue
         if cfg["method"] == "exact":
-            exact_t[m], fl = r["time"], r["floors"]
-            floors[m] = {
-                "exact": (fl["passes"] + fl["layer_grads"] + fl["gram"]) / peak,
-                "proj": (fl["passes"] + fl["layer_grads"]) / peak,
-            }
-            print(
-                f"  floors {m}: passes {fl['passes']:.2e}, layer gradients {fl['layer_grads']:.2e}, Gram "
-                f"{fl['gram']:.2e} FLOPs -> exact {floors[m]['exact']:.2f} s, projected {floors[m]['proj']:.2f} s "
-                "at the matmul peak",
-                flush=True,
-            )
+            import _subprocess
+
+            exact_t[m] = r["time"]
+            floors[m] = _subprocess.floor_seconds(m, r["floors"], peak)
         fm = m if cfg["method"] == "exact" else (cfg["model"], min(cfg["n"], max((k[1] for k in floors), default=0)))
         fl = floors.get(fm, {}).get("exact" if cfg["method"] == "exact" else "proj")
         if fl and fm != m:  # another N than the exact row: floors scale linearly in N for the projected path
