@@ -43,6 +43,17 @@ RULE_CLASS = {  # the hand-set rule's verdicts, as the recipes they point to
 }
 
 
+def _identification_row(feature_column: str, label: str, threshold, rep, t0: float) -> dict:
+    """One row of an identification-accuracy table (the report's and the benchmark's)."""
+    return {
+        feature_column: label,
+        "threshold": "DKW (level 0.01)" if threshold is None else "pool (leave-one-out)",
+        "identified": f"{int(np.trace(rep.confusion))}/{int(rep.confusion.sum())}",
+        "accuracy": rep.accuracy,
+        "time (s)": time.perf_counter() - t0,
+    }
+
+
 def simulate_recipes(cfg: Any, n_seeds: int, steps: int) -> dict[str, dict[str, np.ndarray]]:
     """Train the linear-width model with each optimizer of :data:`OPTIMIZERS` for seeds ``0..n_seeds-1`` (seed
     ``s`` draws the data, the initialization and the minibatches: ``split(key(s), 3)``), one compiled program per
@@ -197,15 +208,7 @@ def identification_part(
             t0 = time.perf_counter()
             rep = crossval_identification(vals, recipe_of, recipes, per_recipe, threshold=th)
             reps[(label, th)] = rep
-            rows.append(
-                {
-                    "feature (per model)": label,
-                    "threshold": "DKW (level 0.01)" if th is None else "pool (leave-one-out)",
-                    "identified": f"{int(np.trace(rep.confusion))}/{int(rep.confusion.sum())}",
-                    "accuracy": rep.accuracy,
-                    "time (s)": time.perf_counter() - t0,
-                }
-            )
+            rows.append(_identification_row("feature (per model)", label, th, rep, t0))
     first = next(iter(features))
     main = reps[(first, None)]
     log(f"ensembles: recipe identification ({title}) in {sum(r['time (s)'] for r in rows):.1f}s")
@@ -265,15 +268,7 @@ def run(key: jax.Array, report: Report, size: Mapping[str, Any], out_dir: str) -
                 threshold=th,
             )
             reports[(feat, th)] = rep
-            rows.append(
-                {
-                    "feature (eigenvalues after training)": label,
-                    "threshold": "DKW (level 0.01)" if th is None else "pool (leave-one-out)",
-                    "identified": f"{int(np.trace(rep.confusion))}/{int(rep.confusion.sum())}",
-                    "accuracy": rep.accuracy,
-                    "time (s)": time.perf_counter() - t0,
-                }
-            )
+            rows.append(_identification_row("feature (eigenvalues after training)", label, th, rep, t0))
     conf_rule, correct_rule = _rule_confusion(sims, range(n_pool, n_pool + n_held))
     total = len(names) * n_held
     rows.append(
