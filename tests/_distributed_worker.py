@@ -1,6 +1,6 @@
 """One process of the multi-process jobs of tests/test_distributed.py (the README's multi-host recipe, verbatim).
 
-    python _distributed_worker.py MODE PROCESS_ID NUM_PROCESSES PORT OUTDIR
+    python _distributed_worker.py MODE[,MODE...] PROCESS_ID NUM_PROCESSES PORT OUTDIR
 
 MODE ``sharded``: ``jax.distributed`` over gloo, 2 CPU devices per process; ``jc.sharded`` of several kernels,
 gathered with ``jc.gather`` and written with ``jc.save_rows``. MODE ``disk``: ``jax.distributed``; every process calls
@@ -10,22 +10,26 @@ MODE ``seeds``: ``jax.distributed``; ``ensemble_alpha_hat`` on scores whose rows
 ``jit(vmap(...))`` of ``lwr.train`` over seeds sharded over all devices (a mesh with ``Auto`` axes, then one with
 ``Explicit`` axes), ``fit_kglm`` on a kernel whose rows live on different processes and ``jit(vmap(fit_kglm))`` over
 problems sharded over all devices, and value checks of arrays that span processes.
-Each process writes what it computed to OUTDIR for the test to compare with a one-process run.
+Several ``jax.distributed`` modes may be given at once (``sharded,disk,seeds``): they run one after the other in one
+job, which starts Python, JAX and the rendezvous once. Each process writes what it computed to OUTDIR
+(``MODE.PROCESS_ID.npz`` per mode) for the test to compare with a one-process run.
 """
 
 import json
 import os
 import sys
 
-mode, pid, nproc, port, outdir = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
-if mode != "array":
+modes, pid, nproc, port, outdir = sys.argv[1].split(","), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+assert set(modes) <= {"sharded", "disk", "seeds"} or modes == ["array"], f"unknown or mixed modes {modes}"
+distributed = modes != ["array"]
+if distributed:
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"  # before importing jax
 
 import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
-if mode != "array":
+if distributed:
     # --- the multi-host recipe: the same script on every host -----------------------------------------------------
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives across processes
     jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=nproc, process_id=pid)
@@ -38,9 +42,11 @@ import jaxcompare as jc  # noqa: E402
 f, params = mlp(jax.random.key(0))  # the same params and data on every process (same keys)
 x = jax.random.normal(jax.random.key(1), (16, 5))
 x2 = jax.random.normal(jax.random.key(2), (6, 5))
-out = {}
 
-if mode == "sharded":
+
+def _sharded(mode: str) -> dict:
+    """MODE ``sharded``."""
+    out = {}
     assert jax.process_count() == nproc and jax.device_count() == 2 * nproc, jax.devices()
     proj = jc.random_projection(jax.random.key(3), 64)
     cases = {
@@ -58,7 +64,12 @@ if mode == "sharded":
         out[name] = jc.gather(K)  # collective: every process calls it
         if name == "trntk_odd":  # each process writes its own rows (no gathering), padding rows dropped
             out["save_rows"] = np.array(jc.save_rows(K, os.path.join(outdir, "rows.npy"), rows=13))
-elif mode in ("disk", "array"):
+    return out
+
+
+def _disk(mode: str) -> dict:
+    """MODEs ``disk`` and ``array``."""
+    out = {}
     kw = dict(process_index=pid, process_count=nproc) if mode == "array" else {}
     K = jc.kernel_to_disk(
         jc.trace_ntk(f), params, x, path=os.path.join(outdir, "store"), block_size=3, progress_bar=False, **kw
@@ -71,7 +82,12 @@ elif mode in ("disk", "array"):
         proj = jc.random_projection(jax.random.key(3), 8)  # block b of 6 to process b mod 2, then one assembles
         phi = jc.project_gradients(f, params, x, proj, block_size=3, path=os.path.join(outdir, "features"))
         out["features"] = np.array(phi)  # complete on every process: a barrier before the assembly
-elif mode == "seeds":  # seeds and candidates across processes (the README's recipe)
+    return out
+
+
+def _seeds(mode: str) -> dict:
+    """MODE ``seeds``: seeds and candidates across processes (the README's recipe)."""
+    out = {}
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     from jaxcompare import lwr
@@ -135,5 +151,10 @@ elif mode == "seeds":  # seeds and candidates across processes (the README's rec
         except ValueError as e:
             msgs.append(str(e))
     out["msgs"] = np.array(msgs)
-np.savez(os.path.join(outdir, f"{mode}.{pid}.npz"), **out)
-print(f"WORKER-OK {mode} {pid}", flush=True)
+    return out
+
+
+RUN = dict(sharded=_sharded, disk=_disk, array=_disk, seeds=_seeds)
+for mode in modes:  # several jax.distributed modes in one job share its start-up (imports, rendezvous)
+    np.savez(os.path.join(outdir, f"{mode}.{pid}.npz"), **RUN[mode](mode))
+    print(f"WORKER-OK {mode} {pid}", flush=True)

@@ -246,20 +246,22 @@ def test_lwr_command(tmp_path):
 @pytest.mark.slow
 def test_demo_quick_end_to_end(tmp_path):
     out = tmp_path / "rep"
-    # the architectures and recipes sections have their own tests (test_study_sections, test_recipes): leaving them
-    # out here saves ≈ 45 s of CPU of the suite's budget; every section through the CLI is what `make demo` runs
-    rc, so, se = run_cli("demo", "--quick", "--out", str(out), "--sections", "ensembles,surrogates,lwr,microscope")
+    # the architectures and recipes sections have their own tests (test_study_sections, test_recipes), and the lwr
+    # section at --quick sizes with this seed is run by test_study.py::test_lwr_section_report_is_clean (the same
+    # numbers, with its report checked there): leaving them out here saves ≈ 60 s of CPU of the suite's budget;
+    # every section through the CLI is what `make demo` runs.
+    rc, so, se = run_cli("demo", "--quick", "--out", str(out), "--sections", "ensembles,surrogates,microscope")
     assert rc == 0, se[-3000:]
     html = (out / "index.html").read_text()
     res = json.loads((out / "results.json").read_text())
-    for sec in ("ensembles", "surrogates", "lwr", "microscope"):
+    for sec in ("ensembles", "surrogates", "microscope"):
         assert sec in res, sec
-    assert html.count("<img") >= 6
-    assert "What this report found" in html and "|&lt;u1, β&gt;|" in html
+    assert "lwr" not in res
+    assert html.count("<img") >= 3
+    assert "What this report found" in html
     ens = res["ensembles"]["multiclass"]
     assert len(ens["candidates"]) > 0 and 0 <= ens["candidates"][0]["alpha_hat"] <= 1
-    rc, so, se = run_cli("demo", "--quick", "--out", str(out), "--sections", "nonsense")
-    assert_one_line_error(rc, se, "unknown section")
+    # an unknown section: test_unwritable_out_fails_before_any_work (in process, the console script's code path)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """Multi-process jobs on localhost (CPU): ``jax.distributed`` over gloo with 2 CPU devices per process, and an array
 job without JAX's runtime (``process_index=``/``process_count=``). Each job runs tests/_distributed_worker.py (the
-README's multi-host recipe) in 2 subprocesses, each bounded by a 300 s timeout: a bound against hangs (a gloo
+README's multi-host recipe) in 2 subprocesses, each bounded by a 300 s timeout per mode: a bound against hangs (a gloo
 rendezvous that never completes), with room for a loaded machine (the seeds job took 2 min at load 12 on 2 cores).
+The three ``jax.distributed`` modes (sharded, disk, seeds) run as one job (the module's ``gloo_job`` fixture), which
+starts Python, JAX and the rendezvous once for the three tests that check its outputs.
 
 Oracles: the float64 forward-mode Jacobian kernels of ntk_models (independent of the package) for ``sharded``
 (close), a one-process ``kernel_to_disk`` run in this process for the shared-path stores (bit-identical), and
@@ -49,7 +51,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_job(mode: str, outdir: Path, nproc: int = 2) -> None:
+def _run_job(modes: str, outdir: Path, nproc: int = 2) -> None:
+    """Run the worker for the comma-separated ``modes`` in ``nproc`` processes; each must report every mode done."""
     env = dict(
         os.environ,
         PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
@@ -60,7 +63,7 @@ def _run_job(mode: str, outdir: Path, nproc: int = 2) -> None:
     port = str(_free_port())
     procs = [
         subprocess.Popen(
-            [sys.executable, str(HERE / "_distributed_worker.py"), mode, str(i), str(nproc), port, str(outdir)],
+            [sys.executable, str(HERE / "_distributed_worker.py"), modes, str(i), str(nproc), port, str(outdir)],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -71,7 +74,7 @@ def _run_job(mode: str, outdir: Path, nproc: int = 2) -> None:
     logs = []
     try:
         for p in procs:
-            out, err = p.communicate(timeout=TIMEOUT)
+            out, err = p.communicate(timeout=TIMEOUT * len(modes.split(",")))
             logs.append((p.returncode, out, err))
     finally:
         for p in procs:
@@ -79,7 +82,16 @@ def _run_job(mode: str, outdir: Path, nproc: int = 2) -> None:
                 p.kill()
                 p.wait()
     for i, (rc, out, err) in enumerate(logs):
-        assert rc == 0 and f"WORKER-OK {mode} {i}" in out, f"process {i} of the {mode} job failed:\n{err[-4000:]}"
+        done = all(f"WORKER-OK {mode} {i}" in out for mode in modes.split(","))
+        assert rc == 0 and done, f"process {i} of the {modes} job failed:\n{out[-1000:]}\n{err[-4000:]}"
+
+
+@pytest.fixture(scope="module")
+def gloo_job(tmp_path_factory):
+    """The sharded, disk and seeds modes in one 2-process jax.distributed job; the directory of its outputs."""
+    outdir = tmp_path_factory.mktemp("gloo_job")
+    _run_job("sharded,disk,seeds", outdir)
+    return outdir
 
 
 def _data():
@@ -88,9 +100,8 @@ def _data():
 
 
 @needs_gloo
-def test_sharded_two_processes(tmp_path):
+def test_sharded_two_processes(gloo_job):
     """Every kernel/argument combination, rows over 4 devices of 2 processes: gathered == the oracle on both."""
-    _run_job("sharded", tmp_path)
     f, p, x, x2 = _data()
     o11, o12 = oracle_kernels(f, p, x, x), oracle_kernels(f, p, x, x2)
     proj = jc.random_projection(jax.random.key(3), 64)
@@ -101,7 +112,7 @@ def test_sharded_two_processes(tmp_path):
         projected=np.asarray(jc.trace_ntk(f, projection=proj)(p, x)),
     )  # one-process run (projection)
     for pid in (0, 1):
-        got = np.load(tmp_path / f"sharded.{pid}.npz")
+        got = np.load(gloo_job / f"sharded.{pid}.npz")
         for name, w in want.items():
             np.testing.assert_allclose(got[name], w, **TOL, err_msg=f"{name}, process {pid}")
         odd = got["trntk_odd"]
@@ -115,25 +126,24 @@ def _share(tmp_path, pid):
 
 
 @needs_gloo
-def test_kernel_to_disk_two_processes_shared_path(tmp_path):
+def test_kernel_to_disk_two_processes_shared_path(gloo_job, tmp_path):
     """jax.distributed: disjoint shares (tile t -> process t mod 2), result bit-identical to one process; the same
     for ``project_gradients(path=)`` (block b -> process b mod 2)."""
-    _run_job("disk", tmp_path)
     f, p, x, _ = _data()
     one = np.array(jc.kernel_to_disk(jc.trace_ntk(f), p, x, path=tmp_path / "one", block_size=3, progress_bar=False))
     n_tiles = 21  # 6 blocks of 3 rows: tiles on and above the diagonal
-    s0, s1 = _share(tmp_path, 0), _share(tmp_path, 1)
+    s0, s1 = _share(gloo_job, 0), _share(gloo_job, 1)
     assert s0 == set(range(0, n_tiles, 2)) and s1 == set(range(1, n_tiles, 2))
     for pid in (0, 1):
-        assert np.array_equal(np.load(tmp_path / f"disk.{pid}.npz")["kernel"], one)
-    assert np.array_equal(np.load(tmp_path / "store" / "kernel.npy"), one)
+        assert np.array_equal(np.load(gloo_job / f"disk.{pid}.npz")["kernel"], one)
+    assert np.array_equal(np.load(gloo_job / "store" / "kernel.npy"), one)
     np.testing.assert_allclose(one, oracle_kernels(f, p, x, x)["trntk"], **TOL)
     # project_gradients(path=): blocks {0, 2, 4} and {1, 3, 5}, features bit-identical to one process in memory
     phi = np.asarray(jc.project_gradients(f, p, x, jc.random_projection(jax.random.key(3), 8), block_size=3))
-    feats = tmp_path / "features"
+    feats = gloo_job / "features"
     for pid, ledger in enumerate(("state.json", "state.1.json")):
         assert set(map(int, json.loads((feats / ledger).read_text())["blocks"])) == set(range(pid, 6, 2))
-        assert np.array_equal(np.load(tmp_path / f"disk.{pid}.npz")["features"], phi)
+        assert np.array_equal(np.load(gloo_job / f"disk.{pid}.npz")["features"], phi)
     assert np.array_equal(np.load(feats / "features.npy"), phi)
 
 
@@ -176,14 +186,13 @@ def test_array_job_without_runtime(tmp_path):
 
 
 @needs_gloo
-def test_seeds_and_candidates_two_processes(tmp_path):
+def test_seeds_and_candidates_two_processes(gloo_job):
     """Same key, same result across process counts: ``ensemble_alpha_hat`` on scores whose rows live on two processes
     (6 candidates padded to 8, two per device, against all 6 on one device here) and ``jit(vmap(lwr.train))`` over 4
     seeds sharded one per device (default eig backend: "jax" on several devices), on a mesh with ``Auto`` axes and on
     one with ``Explicit`` axes, are bit-identical to one process; ``fit_kglm`` on a kernel whose rows live on two
     processes, and ``jit(vmap(fit_kglm))`` over problems sharded over the 4 devices, match one-process fits to 1e-10;
     value checks of arrays spanning processes run on the devices and give the one-process messages."""
-    _run_job("seeds", tmp_path)
     from jaxcompare import lwr
 
     scores = np.asarray(jax.random.normal(jax.random.key(4), (12, 64)))
@@ -201,7 +210,8 @@ def test_seeds_and_candidates_two_processes(tmp_path):
     # one seed per program, as each of the 4 devices of the job holds one: XLA's CPU matmuls round differently for
     # different batch sizes (a vmap over 4 seeds on one device differs from 4 vmaps over 1 seed by ~1e-6 in float32)
     keys = jax.random.split(jax.random.key(7), 4)
-    parts = [jax.jit(jax.vmap(run))(keys[i : i + 1]) for i in range(4)]
+    one_seed = jax.jit(jax.vmap(run))  # one compiled program for the 4 calls (a new jit per call compiled 4 times)
+    parts = [one_seed(keys[i : i + 1]) for i in range(4)]
     tr = jax.tree.map(lambda *a: np.concatenate(a), *parts)
     exact = dict(ens_boot=res.boot, ens_ks=res.ks, lwr_eig=tr.history.eig_ntk, lwr_W=tr.params.W, lwr_loss=tr.losses)
     exact.update(lwr_explicit_eig=tr.history.eig_ntk, lwr_explicit_W=tr.params.W)  # Explicit mesh axes: the same
@@ -219,7 +229,7 @@ def test_seeds_and_candidates_two_processes(tmp_path):
     W0, b0 = m.W[0], m.b[0]
     close = dict(kglm_W=W0, kglm_b=b0, kglm_logits=Ks[0] @ np.asarray(W0).T + np.asarray(b0), kglm_vmap_W=m.W[1:])
     for pid in (0, 1):
-        got = np.load(tmp_path / f"seeds.{pid}.npz")
+        got = np.load(gloo_job / f"seeds.{pid}.npz")
         for name, want in exact.items():
             np.testing.assert_array_equal(got[name], np.asarray(want), err_msg=f"{name}, process {pid}")
         for name, want in close.items():

@@ -347,6 +347,38 @@ def test_blocked_engine_panels_against_oracle(monkeypatch):
     assert calls == [7]
 
 
+def test_engine_plans_its_panel_after_measuring_what_compiling_added(monkeypatch):
+    """On CPU the engine compiles its programs first, then reads the process's resident memory: what compiling added
+    (it stays resident) is taken from the budget before the blocks of features are counted. Simulated: 400 MB
+    appear between the two readings; the free memory handed to the capacity rule is 400 MB smaller than without."""
+    from jaxcompare.ntk import _memory as M
+
+    g, q = _conv_scale_dense()
+    x = _normal(4, (7, 6, 6, 2))
+    seen = []
+    monkeypatch.setattr(B, "_capacity", lambda free, per_block: seen.append(free) or 3)
+    for extra in (0, 400 * 2**20):
+        reads = iter([10**9, 10**9 + extra])
+        monkeypatch.setattr(M, "resident_bytes", lambda reads=reads, extra=extra: next(reads, 10**9 + extra))
+        B._JITS.clear()
+        k = jc.batched(jc.trace_ntk(g, normalize=False), 2, progress_bar=False, memory_budget="1G")(q, x)
+        np.testing.assert_allclose(k, oracle_kernels(g, q, x, x)["trntk0"], **TOL64)
+    assert seen[0] - seen[1] == 400 * 2**20
+
+
+def test_resident_bytes_reads_this_process():
+    """Oracle: ``VmRSS`` of ``/proc/self/status`` (another file of the kernel), read just before and after."""
+    from jaxcompare.ntk._memory import release_memory, resident_bytes
+
+    def vmrss():
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+    before, got, after = vmrss(), resident_bytes(), vmrss()
+    assert 0.8 * min(before, after) <= got <= 1.2 * max(before, after)
+    release_memory()  # glibc's malloc_trim: callable, and never raises
+
+
 def test_blocked_engine_budget_errors():
     g, q = _conv_scale_dense()
     x = _normal(4, (7, 6, 6, 2))

@@ -29,7 +29,10 @@ the layouts right away), so peak memory is the stored features plus one chunk, n
 the features of a block are computed once; as many blocks as the budget allows stay resident (a *panel*), the
 others are streamed past it, so memory is bounded by the budget and the block, not by ``N``. Within a panel the
 ``lazy`` layers are taken one at a time, each block's gradients formed once for all the panel's tiles (when they
-fit in half the free memory; else once per tile).
+fit in half the free memory; else once per tile). The per-example-gradient product, each Gram-of-positions layer
+and each lazy layer run as programs of their own (XLA:CPU slows a large product down ~10× when a Gram of positions
+shares its program). On CPU the programs are compiled before the panel is planned and the resident memory that
+compiling added is taken from the budget; freed heap memory is handed back before and after a call.
 """
 
 from __future__ import annotations
@@ -315,8 +318,12 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
     """
     from ..._precision import resolve_precision, traced_with_policy
     from ..._progress import progress
-    from .._memory import format_bytes, memory_budget
+    from .._memory import format_bytes, memory_budget, release_memory, resident_bytes
 
+    cpu = jax.default_backend() == "cpu"
+    if cpu:
+        release_memory()
+    rss0 = resident_bytes() if cpu else None
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
     bs = int(min(block_size, max(n1, n2)))
@@ -341,16 +348,21 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
 
             return jax.jit(run)
 
+        # the per-example-gradient part, each Gram-of-positions layer and each lazy layer in calls of their own:
+        # XLA:CPU runs the dense product ~10x slower when a Gram of positions shares its program (measured on a
+        # ResNet, jaxlib 0.10.2; optimization barriers do not help)
+        dense_kinds = tuple(LAZY if k == POS else k for k in kinds)
         fns = (
             with_policy(lambda p, xb, c0: features(plan, p, xb, summed, kinds, chunk, full, _classes(s, c0))),
-            with_policy(lambda f1, f2: tile(f1, f2, kinds, full, skip_lazy=True, voc=voc)),
-            with_policy(lambda f: tile(f, f, kinds, full, same=True, skip_lazy=True, voc=voc)),
+            with_policy(lambda f1, f2: tile(f1, f2, dense_kinds, full, skip_lazy=True, voc=voc)),
+            with_policy(lambda f: tile(f, f, dense_kinds, full, same=True, skip_lazy=True, voc=voc)),
             with_policy(lambda m1, m2: contract("idce,jdfe->ijcf" if full else "ip,jp->ij", m1, m2)),
             *[
                 (
                     with_policy(lambda a1, g1, a2, g2, v=v: _lazy_pair(None, a1, g1, a2, g2, full, False, v)),
                     with_policy(lambda a, g, v=v: _lazy_pair(None, a, g, a, g, full, True, v)),
                     with_policy(lambda a, g, v=v: _formed(a, g, full, v)),
+                    with_policy(lambda a1, g1, a2, g2, v=v: _pos_pair(a1, g1, a2, g2, full, v)),
                 )
                 for v in sorted(set(voc))
             ],
@@ -363,14 +375,22 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
     lazy_of = dict(zip(sorted(set(voc)), lazy_fns))
     lazy = [u for u, k in enumerate(kinds) if k == LAZY]
 
+    pos = [u for u, k in enumerate(kinds) if k == POS]
+
+    def core_fn(f1, f2, same: bool):  # the dense part and the Gram-of-positions layers, one call each
+        t = dense_self_fn(f1) if same else dense_fn(f1, f2)
+        for u in pos:
+            t = t + lazy_of[voc[u]][3](*f1[1][u], *f2[1][u])
+        return t
+
     def tile_fn(f1, f2):  # the lazy layers one call at a time: one layer's gradients alive at once
-        t = dense_fn(f1, f2)
+        t = core_fn(f1, f2, False)
         for u in lazy:
             t = t + lazy_of[voc[u]][0](*f1[1][u], *f2[1][u])
         return t
 
     def self_fn(f):
-        t = dense_self_fn(f)
+        t = core_fn(f, f, True)
         for u in lazy:
             t = t + lazy_of[voc[u]][1](*f[1][u])
         return t
@@ -388,8 +408,16 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
     cls = s.c_all * s.c_all if full else 1
     out_bytes = n1 * n2 * cls * item
     work = chunk * s.transient() + _tile_bytes(s.uses, kinds, c, item, 2 * bs) + bs * bs * item * cls
-    cap = _capacity(budget_b - out_bytes - work, per_block)
     sym = x2 is None
+    n_blocks = len(b1) if sym else len(b1) + len(b2)
+    if s.choice.fits and rss0 is not None:
+        # compile first, then measure: on CPU what compiling adds stays resident, and the panel is planned from
+        # what is left of the budget (the first call of a model compiles; later calls reuse the programs)
+        _compile(fns, lazy, pos, voc, params, b1[0], sym, len(b1) > 1)
+        release_memory()
+        rss = resident_bytes()
+        work += max(0, (rss or rss0) - rss0)
+    cap = _capacity(budget_b - out_bytes - work, per_block)
     if not s.choice.fits:
         fit = max(1, int(bs * (budget_b - out_bytes - work) // max(2 * per_block, 1)))
         raise ValueError(
@@ -397,7 +425,7 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
             f"{format_bytes(per_block)} per block, output {format_bytes(out_bytes)}), more than the memory budget "
             f"{format_bytes(budget_b)}; use block_size <= {fit}, a larger memory_budget, or a projection."
         )
-    cap = max(cap, min(2, len(b1) if sym else len(b1) + len(b2)))
+    cap = max(cap, min(2, n_blocks))
     largest_lazy = max([c * d * e for (t, d, e), k in zip(s.uses, kinds) if k == LAZY] or [0]) * bs * item
     shape = (len(b1) * bs, len(b2) * bs) + ((c, c) if full else ())
     out = None  # allocated with the first tile's dtype (contractions accumulate in at least float32)
@@ -431,7 +459,7 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
                     for i in panel:
                         for j in panel:
                             if j >= i:
-                                put(i, j, dense_self_fn(panel[i]) if i == j else dense_fn(panel[i], panel[j]))
+                                put(i, j, core_fn(panel[i], panel[j], i == j))
                     for u in lazy:
                         ms = {i: lazy_of[voc[u]][2](*panel[i][1][u]) for i in panel}
                         for i in panel:
@@ -470,11 +498,36 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
                 del panel
                 p += m
             del cache2
+    if cpu:
+        release_memory()
     k = out[:n1, :n2]
     if summed:
         k = k / plan.n_classes
     d = np.diagonal(k).copy() if sym and not full else None
     return jnp.asarray(k), (None if d is None else jnp.asarray(d))
+
+
+def _compile(fns, lazy: list, pos: list, voc: tuple, params, x0, sym: bool, pairs: bool) -> None:
+    """Compile the programs the engine will call (features, tiles, the lazy layers' products) for blocks shaped
+    like ``x0``, without running them: ``jax.jit`` keeps what it compiled for the calls."""
+    feat_fn, dense_fn, dense_self_fn, _, *lazy_fns = fns
+    lazy_of = dict(zip(sorted(set(voc)), lazy_fns))
+    c0 = jax.ShapeDtypeStruct((), jnp.int32)
+    feat_fn.lower(params, x0, c0).compile()
+    f = jax.eval_shape(feat_fn, params, x0, c0)
+    if sym:
+        dense_self_fn.lower(f).compile()
+    if pairs or not sym:
+        dense_fn.lower(f, f).compile()
+    for u in lazy:
+        a, g = f[1][u]
+        if sym:
+            lazy_of[voc[u]][1].lower(a, g).compile()
+        if pairs or not sym:
+            lazy_of[voc[u]][0].lower(a, g, a, g).compile()
+    for u in pos:
+        a, g = f[1][u]
+        lazy_of[voc[u]][3].lower(a, g, a, g).compile()
 
 
 _MODES = {"entk": "full", "trntk": "trace", "trntk0": "trace", "pntk": "pseudo", "pntk0": "pseudo"}

@@ -30,7 +30,7 @@ from ._program import Lit
 
 __all__: list[str] = []
 
-PASS_WEIGHT = 3.0  # a FLOP of the factor passes costs about this many matrix-product FLOPs on CPU (measured)
+PASS_WEIGHT = 1.5  # a FLOP of the factor passes costs about this many Gram-product FLOPs on CPU (measured, ResNet)
 GRAD, POS, LAZY = "grad", "pos", "lazy"
 
 
