@@ -23,7 +23,7 @@ modes, pid, nproc, port, outdir = sys.argv[1].split(","), int(sys.argv[2]), int(
 assert set(modes) <= {"sharded", "disk", "seeds"} or modes == ["array"], f"unknown or mixed modes {modes}"
 distributed = modes != ["array"]
 if distributed:
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"  # before importing jax
+    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"  # first
 
 import jax  # noqa: E402
 

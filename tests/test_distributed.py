@@ -59,7 +59,6 @@ def _run_job(modes: str, outdir: Path, nproc: int = 2) -> None:
         JAX_PLATFORMS="cpu",
         JAXCOMPARE_PROGRESS="0",
     )
-    env.pop("XLA_FLAGS", None)
     port = str(_free_port())
     procs = [
         subprocess.Popen(

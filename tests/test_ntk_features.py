@@ -205,3 +205,56 @@ def test_memory_plan_blocks_or_raises_before_work(monkeypatch):
     monkeypatch.setenv("JAXCOMPARE_MEMORY_BUDGET", "a lot")
     with pytest.raises(ValueError, match="JAXCOMPARE_MEMORY_BUDGET"):
         jc.trace_ntk(f)(p, x)
+
+
+def _projected_kernel_oracle(f1, f2, normalize):
+    """float64 NumPy: the kernel of the whole features and the half-sketch standard error, formed all at once."""
+    f1, f2 = (np.asarray(f, np.float64).reshape(f.shape[0], -1, f.shape[-1]) for f in (f1, f2))
+    h = f1.shape[-1] // 2
+
+    def kern(u, v):
+        k = np.einsum("ick,jck->ij", u, v)
+        if not normalize:
+            return k
+        return k / np.sqrt(np.outer((u * u).sum((1, 2)), (v * v).sum((1, 2))))
+
+    k = kern(f1, f2)
+    ka, kb = kern(f1[..., :h], f2[..., :h]), kern(f1[..., h:], f2[..., h:])
+    if not normalize:
+        ka, kb = 2 * ka, 2 * kb
+    return k, np.abs(ka - kb) / 2
+
+
+@pytest.mark.parametrize("rows", [3, 1024])  # 3: blocks of rows, the last one shifted back (7 = 3 + 3 + 1)
+def test_projected_kernel_against_numpy_in_blocks_of_rows(monkeypatch, rows):
+    from jaxcompare.ntk import _project_gradients as PG
+
+    monkeypatch.setattr(PG, "_KERNEL_ROWS", rows)
+    PG._pk_compute.clear_cache()
+    f1, f2 = _x(2, (7, 2, 6)), _x(3, (5, 2, 6))
+    for a, b, sym in ((f1, None, True), (f1, f2, False), (f1[:, 0], f2[:, 0], False)):
+        for normalize in (True, False):
+            pk = jc.projected_kernel(a, b, normalize=normalize)
+            k, se = _projected_kernel_oracle(a, a if b is None else b, normalize)
+            if sym and normalize:  # the exact diagonal is not an error
+                np.fill_diagonal(se, 0.0)
+                ms = (se**2).sum() / (7 * 6)
+            else:
+                ms = (se**2).mean()
+            np.testing.assert_allclose(pk.kernel, k, rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(pk.stderr, se, rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(pk.mean_abs_error, np.sqrt(2 / np.pi * ms), rtol=1e-12)
+    PG._pk_compute.clear_cache()
+
+
+def test_automatic_block_whole_chunks_within_budget():
+    """64 examples per call (or all of x) once 16 examples' factors fit the budget, else as many as fit (at least
+    one); every size gives the same features."""
+    f, p = mlp(jax.random.key(0))
+    x = _x(1, (100, 5))
+    big = jc.structured_projection(jax.random.key(0), 8, memory_budget="1G")
+    assert big.block_for(f, p, x) == 64 and big.block_for(f, p, x[:40]) == 40 and big.block_for(f, p, x[:9]) == 9
+    tiny = jc.structured_projection(jax.random.key(0), 8, memory_budget="1K")
+    assert tiny.block_for(f, p, x) == 1
+    ref = jc.project_gradients(f, p, x[:40], big)
+    np.testing.assert_allclose(jc.project_gradients(f, p, x[:40], tiny), ref, rtol=1e-12, atol=1e-12)

@@ -291,7 +291,7 @@ def test_cli_reads_pytree_inputs(tmp_path, capsys, monkeypatch):
 
 SHARDED = textwrap.dedent("""
     import os
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
     import jax, numpy as np
     jax.config.update("jax_enable_x64", True)
     import jaxcompare as jc
