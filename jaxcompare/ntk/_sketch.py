@@ -46,7 +46,8 @@ CNNs). See :func:`jaxcompare.projected_kernel`.
 Cost: the C backward passes (the factors) plus one product per chunk, ``2·C·T·2eh·w`` FLOPs, and one read of the
 folded rows. The fold runs one example at a time (``lax.map`` over the block's factors): a block's folded rows
 (hundreds of MB on a ResNet) left the cache and made XLA:CPU's products and folds 4–5× slower. Memory is bounded by
-the block's factors plus one example's ``C · max_l (2·eh·r·w)`` folded rows, never ``N · C · P``.
+the factors of one chunk (at most 16 examples) plus one example's ``C · max_l (2·eh·r·w)`` folded rows and the
+block's features, never ``N · C · P``.
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ _MAX_BLOCK = 64
 # examples whose factors are formed together within a call (a lax.map over chunks): 16 kept the factors' buffers in
 # cache (quarter-width ResNet-18, 2-core CPU: 16 ms per example against 19 ms for all 64 at once)
 _CHUNK = 16
+# block_for's memory estimates by model signature (apply_fn, parameter and input shapes, dim, summed); the 16 newest
+_BYTES: dict = {}
 
 
 # Random tables from random 32-bit words: a uniform permutation of n slots is the argsort of n words' upper 31 bits
@@ -264,11 +267,18 @@ class StructuredProjection:
         n = x.shape[0]
         if self.block_size is not None:
             return min(self.block_size, n)
-        plan = analyze(apply_fn, params, tuple(x.shape[1:]), x.dtype)
-        shapes = jax.eval_shape(lambda p, xx: factors(plan, p, xx, summed=summed), params, x[:1])
-        itemsize = jnp.dtype(jax.eval_shape(apply_fn, params, x[:1]).dtype).itemsize
-        per, fixed = block_bytes(plan, shapes, self.dim, summed, max(itemsize, 4))
-        budget = memory_budget(self.memory_budget) - 2 * n * plan.n_classes * self.dim * max(itemsize, 4) - fixed
+        leaves, tree = jax.tree_util.tree_flatten(params)
+        sig = (apply_fn, tree, tuple((jnp.shape(l), jnp.result_type(l)) for l in leaves), x.shape[1:], x.dtype)
+        sig += (self.dim, bool(summed))
+        if sig not in _BYTES:  # the model's analysis takes about a second on a ResNet: once per model and shapes
+            plan = analyze(apply_fn, params, tuple(x.shape[1:]), x.dtype)
+            shapes = jax.eval_shape(lambda p, xx: factors(plan, p, xx, summed=summed), params, x[:1])
+            itemsize = max(jnp.dtype(jax.eval_shape(apply_fn, params, x[:1]).dtype).itemsize, 4)
+            _BYTES[sig] = (*block_bytes(plan, shapes, self.dim, summed, itemsize), plan.n_classes, itemsize)
+            while len(_BYTES) > 16:
+                _BYTES.pop(next(iter(_BYTES)))
+        per, fixed, n_classes, itemsize = _BYTES[sig]
+        budget = memory_budget(self.memory_budget) - 2 * n * n_classes * self.dim * itemsize - fixed
         fit = int(max(1, budget // max(per, 1)))  # examples whose factors fit at once
         if fit < _CHUNK or n <= _CHUNK:
             return min(n, fit)
