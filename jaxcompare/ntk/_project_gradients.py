@@ -176,7 +176,8 @@ class ProjectedKernel:
 
 
 # kernel rows formed at a time by projected_kernel: its memory is the kernel and its standard error plus this many
-# rows of the two half-sketch products (at N = 10 000 all-at-once products took 4.3 GiB; the outputs are 0.8 GiB)
+# rows of the two half-sketch products (N = 10 000, K = 1024: +1.5 GiB all at once, +0.83 GiB in blocks; the two
+# outputs are 0.8 GB)
 _KERNEL_ROWS = 1024
 
 
