@@ -258,3 +258,21 @@ def test_automatic_block_whole_chunks_within_budget():
     assert tiny.block_for(f, p, x) == 1
     ref = jc.project_gradients(f, p, x[:40], big)
     np.testing.assert_allclose(jc.project_gradients(f, p, x[:40], tiny), ref, rtol=1e-12, atol=1e-12)
+
+
+def test_automatic_block_of_an_unhashable_model():
+    """A model object that cannot be hashed (``__eq__`` without ``__hash__``) is planned without the memo."""
+    f, p = mlp(jax.random.key(0))
+
+    class Model:
+        __hash__ = None
+
+        def __eq__(self, other):
+            return self is other
+
+        def __call__(self, q, xx):
+            return f(q, xx)
+
+    x = _x(1, (20, 5))
+    proj = jc.structured_projection(jax.random.key(0), 8, memory_budget="1G")
+    assert proj.block_for(Model(), p, x) == proj.block_for(f, p, x) == 20

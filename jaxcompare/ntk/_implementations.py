@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from ._common import Implementation, contract, single_example, tree_dot
+from ._memo import memoized
 from ._structured import STRUCTURED, applies
 
 __all__ = ["Implementation", "IMPLEMENTATIONS", "choose_auto"]
@@ -202,19 +203,7 @@ def choose_auto(apply_fn, params, x1, x2, n_classes: int) -> str:
     structured analysis traces the model, so it is not repeated on every eager call.
     """
     key = _auto_key(apply_fn, params, x1, x2, n_classes)
-    try:
-        hit = _AUTO_CACHE.get(key)
-    except TypeError:  # an unhashable apply_fn: decide without caching
-        key, hit = None, None
-    if hit is not None:
-        _AUTO_CACHE.move_to_end(key)
-        return hit
-    choice = _decide(apply_fn, params, x1, x2, n_classes)
-    if key is not None:
-        _AUTO_CACHE[key] = choice
-        while len(_AUTO_CACHE) > _AUTO_CACHE_SIZE:
-            _AUTO_CACHE.popitem(last=False)
-    return choice
+    return memoized(_AUTO_CACHE, key, lambda: _decide(apply_fn, params, x1, x2, n_classes), _AUTO_CACHE_SIZE)
 
 
 def _decide(apply_fn, params, x1, x2, n_classes: int) -> str:

@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._validation import check_finite
+from ._memo import memoized
 
 __all__ = [
     "is_array",
@@ -269,19 +270,8 @@ def canonical(apply_fn: Callable, x1: Any, x2: Any, out_ndim: int) -> tuple[Call
     flatten = out_ndim > 2
     if layout is None and not flatten:
         return apply_fn, x1, x2
-    key = (apply_fn, layout, flatten)
-    try:
-        fn = _CANON.get(key)
-    except TypeError:  # an unhashable apply_fn: a new wrapper (compiled code is not reused)
-        key, fn = None, None
-    if fn is None:
-        fn = _wrapped(apply_fn, layout, flatten)
-        if key is not None:
-            _CANON[key] = fn
-            while len(_CANON) > _CANON_SIZE:
-                _CANON.popitem(last=False)
-    else:
-        _CANON.move_to_end(key)
+    # an unhashable apply_fn gets a new wrapper (compiled code is not reused)
+    fn = memoized(_CANON, (apply_fn, layout, flatten), lambda: _wrapped(apply_fn, layout, flatten), _CANON_SIZE)
     if layout is None:
         return fn, x1, x2
     return fn, _pack(x1, layout), (None if x2 is None else _pack(x2, layout))

@@ -35,6 +35,7 @@ from ._common import (
     warn_zero_norm,
 )
 from ._implementations import IMPLEMENTATIONS, choose_auto
+from ._memo import memoized
 from ._projection import RandomProjection
 
 __all__ = ["empirical_ntk", "trace_ntk", "pseudo_ntk", "conjugate_kernel", "embedding_kernel"]
@@ -143,18 +144,9 @@ def _memory_plan(apply_fn, params, x1, x2, n_classes, impl_name, mode) -> int | 
     from ._implementations import _auto_key
     from ._memory import format_bytes, kernel_bytes, memory_budget
 
-    try:
-        key = (_auto_key(apply_fn, params, x1, x2, n_classes), impl_name, mode)
-        hit = _BYTES_CACHE.get(key)
-    except TypeError:  # unhashable apply_fn
-        key, hit = None, None
-    if hit is None:
-        hit = kernel_bytes(apply_fn, params, x1, x2, n_classes, impl_name, mode)  # traces the model: memoized
-        if key is not None:
-            _BYTES_CACHE[key] = hit
-            while len(_BYTES_CACHE) > 256:
-                _BYTES_CACHE.popitem(last=False)
-    per, fixed = hit
+    key = (_auto_key(apply_fn, params, x1, x2, n_classes), impl_name, mode)
+    # kernel_bytes traces the model: memoized
+    per, fixed = memoized(_BYTES_CACHE, key, lambda: kernel_bytes(apply_fn, params, x1, x2, n_classes, impl_name, mode))
     n = x1.shape[0] + (0 if x2 is None else x2.shape[0])
     budget = memory_budget()
     need = per * n + fixed

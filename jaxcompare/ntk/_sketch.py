@@ -52,6 +52,7 @@ block's features, never ``N · C · P``.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 from collections.abc import Callable
@@ -63,6 +64,8 @@ import numpy as np
 
 from .._precision import policy_precision
 from .._validation import check_int, check_key
+from ._implementations import _auto_key
+from ._memo import memoized
 from ._structured import analyze, factors
 from ._structured._contract import _per_example_grads
 
@@ -73,8 +76,8 @@ _MAX_BLOCK = 64
 # examples whose factors are formed together within a call (a lax.map over chunks): 16 kept the factors' buffers in
 # cache (quarter-width ResNet-18, 2-core CPU: 16 ms per example against 19 ms for all 64 at once)
 _CHUNK = 16
-# block_for's memory estimates by model signature (apply_fn, parameter and input shapes, dim, summed); the 16 newest
-_BYTES: dict = {}
+# block_for's memory estimates by model signature (apply_fn, parameter and input shapes, dim, summed)
+_BYTES: collections.OrderedDict = collections.OrderedDict()
 
 
 # Random tables from random 32-bit words: a uniform permutation of n slots is the argsort of n words' upper 31 bits
@@ -267,17 +270,15 @@ class StructuredProjection:
         n = x.shape[0]
         if self.block_size is not None:
             return min(self.block_size, n)
-        leaves, tree = jax.tree_util.tree_flatten(params)
-        sig = (apply_fn, tree, tuple((jnp.shape(l), jnp.result_type(l)) for l in leaves), x.shape[1:], x.dtype)
-        sig += (self.dim, bool(summed))
-        if sig not in _BYTES:  # the model's analysis takes about a second on a ResNet: once per model and shapes
+
+        def estimate():  # the model's analysis takes about a second on a ResNet: once per model and shapes
             plan = analyze(apply_fn, params, tuple(x.shape[1:]), x.dtype)
             shapes = jax.eval_shape(lambda p, xx: factors(plan, p, xx, summed=summed), params, x[:1])
             itemsize = max(jnp.dtype(jax.eval_shape(apply_fn, params, x[:1]).dtype).itemsize, 4)
-            _BYTES[sig] = (*block_bytes(plan, shapes, self.dim, summed, itemsize), plan.n_classes, itemsize)
-            while len(_BYTES) > 16:
-                _BYTES.pop(next(iter(_BYTES)))
-        per, fixed, n_classes, itemsize = _BYTES[sig]
+            return (*block_bytes(plan, shapes, self.dim, summed, itemsize), plan.n_classes, itemsize)
+
+        key = (_auto_key(apply_fn, params, x, None, None), self.dim, bool(summed))
+        per, fixed, n_classes, itemsize = memoized(_BYTES, key, estimate)
         budget = memory_budget(self.memory_budget) - 2 * n * n_classes * self.dim * itemsize - fixed
         fit = int(max(1, budget // max(per, 1)))  # examples whose factors fit at once
         if fit < _CHUNK or n <= _CHUNK:
