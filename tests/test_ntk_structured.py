@@ -347,6 +347,43 @@ def test_blocked_engine_panels_against_oracle(monkeypatch):
     assert calls == [7]
 
 
+def test_small_blocks_merged_only_when_all_stay_resident(monkeypatch):
+    """batched(k, 32) at N = 256: the engine contracts blocks of 128 rows when all of them fit the budget, and keeps
+    blocks of 32 when the merged blocks would not all stay resident; both equal the float64 oracle. Lazy and
+    Gram-of-positions layouts, so the column-by-column tiles of lazy layers run in both."""
+    monkeypatch.setattr(L, "choose_kinds", _mixed(("lazy", "pos")))
+    calls = []
+    features = B.features
+    monkeypatch.setattr(B, "features", lambda plan, p, x, *a: calls.append(x.shape[0]) or features(plan, p, x, *a))
+    g, q = _conv_scale_dense()
+    x = _normal(7, (256, 6, 6, 2))
+    want = oracle_kernels(g, q, x, x)["trntk0"]
+    k = jc.batched(jc.trace_ntk(g, normalize=False), 32, progress_bar=False)
+    B._JITS.clear()
+    np.testing.assert_allclose(k(q, x), want, **TOL64)
+    assert set(calls) == {128}
+    small = 32 * L._setup(g, q, x, 256, 256, True, "trace", 32, 2**31, engine=True).per_point()
+    cap = lambda free, per_block: 8 if per_block <= small else 1  # noqa: E731 - 128-row blocks: one at a time
+    monkeypatch.setattr(L, "_capacity", cap)
+    monkeypatch.setattr(B, "_capacity", cap)
+    calls.clear()
+    B._JITS.clear()
+    np.testing.assert_allclose(k(q, x), want, **TOL64)
+    assert set(calls) == {32}
+
+
+def test_long_row_gram_against_numpy():
+    """The Gram of two row blocks summed in steps of columns, a partial last step included, equals NumPy's float64
+    product (a dropped or repeated step would be off by a whole slice's contribution)."""
+    from jaxcompare.ntk._common import _GRAM_COLS, gram_rows
+
+    p = 2 * _GRAM_COLS + 37
+    a, b = np.asarray(_normal(8, (3, p))), np.asarray(_normal(9, (5, p)))
+    got = jax.jit(gram_rows)(a, b)
+    np.testing.assert_allclose(got, a @ b.T, rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(gram_rows(a[:, :100], b[:, :100]), a[:, :100] @ b[:, :100].T, rtol=1e-12)
+
+
 def test_engine_plans_its_panel_after_measuring_what_compiling_added(monkeypatch):
     """On CPU the engine compiles its programs first, then reads the process's resident memory: what compiling added
     (it stays resident) is taken from the budget before the blocks of features are counted. Simulated: 400 MB

@@ -29,10 +29,12 @@ the layouts right away), so peak memory is the stored features plus one chunk, n
 the features of a block are computed once; as many blocks as the budget allows stay resident (a *panel*), the
 others are streamed past it, so memory is bounded by the budget and the block, not by ``N``. Within a panel the
 ``lazy`` layers are taken one at a time, each block's gradients formed once for all the panel's tiles (when they
-fit in half the free memory; else once per tile). The per-example-gradient product, each Gram-of-positions layer
-and each lazy layer run as programs of their own (XLA:CPU slows a large product down ~10× when a Gram of positions
-shares its program). On CPU the programs are compiled before the panel is planned and the resident memory that
-compiling added is taken from the budget; freed heap memory is handed back before and after a call.
+fit in half the free memory); else the tiles are taken a column at a time, the column block's gradients formed once
+for the column and each row block's once per tile. The per-example-gradient product, each Gram-of-positions layer,
+each lazy layer's gradients and their products run as programs of their own (XLA:CPU slows a large product down
+~10× when a Gram of positions shares its program). On CPU the programs are compiled before the panel is planned and
+the resident memory that compiling added is taken from the budget; freed heap memory is handed back before and
+after a call.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..._precision import accumulation_dtype
-from .._common import contract
+from .._common import contract, gram_rows
 from ._analysis import Plan, analyze
 from ._embed import embed_diag, embed_equal, embed_grad
 from ._factors import example_factors
@@ -156,12 +158,17 @@ def _peg_dce(a: jax.Array, g: jax.Array, vocab: int = 0) -> jax.Array:
     return m.astype(jnp.result_type(a, g)).reshape(a.shape[1], c, e)
 
 
+def _gram(m1: jax.Array, m2: jax.Array, full: bool) -> jax.Array:
+    """Kernel tile of two blocks' per-example gradients: ``(N1, N2)`` from ``(N, P)`` rows (:func:`gram_rows`), or
+    ``(N1, N2, C', C')`` from ``(N, D, C', E)``."""
+    return contract("idce,jdfe->ijcf", m1, m2) if full else gram_rows(m1, m2)
+
+
 def _lazy_pair(total, a1, g1, a2, g2, full: bool, same: bool, vocab: int = 0) -> jax.Array:
     """Add the ``lazy`` layer's contribution to ``total``: the per-example gradients of the second block formed
     once, those of the first block slice by slice (each slice after the previous one is summed, so at most one
     slice is alive besides the second block's); ``same`` (a block with itself): one product."""
     n1, n2, c = a1.shape[0], a2.shape[0], g1.shape[1]
-    spec = "idce,jdfe->ijcf" if full else "ip,jp->ij"
     if total is not None:
         total, (a1, g1, a2, g2) = jax.lax.optimization_barrier((total, (a1, g1, a2, g2)))
     peg = jax.vmap(lambda a, g: _peg_dce(a, g, vocab))
@@ -171,12 +178,12 @@ def _lazy_pair(total, a1, g1, a2, g2, full: bool, same: bool, vocab: int = 0) ->
     if total is None:
         total = jnp.zeros((n1, n2) + ((c, c) if full else ()), accumulation_dtype(m2))
     if same:  # one product of the block's gradients with themselves (no slices: nothing more is formed)
-        return total + contract(spec, m2, m2).astype(total.dtype)
+        return total + _gram(m2, m2, full).astype(total.dtype)
     rows = max(1, -(-n1 // _LAZY_SLICES))
     for r in range(0, n1, rows):
         total, (ar, gr, m2) = jax.lax.optimization_barrier((total, (a1[r : r + rows], g1[r : r + rows], m2)))
         m1 = peg(ar, gr)
-        total = total.at[r : r + rows].add(contract(spec, m1, m2).astype(total.dtype))
+        total = total.at[r : r + rows].add(_gram(m1, m2, full).astype(total.dtype))
     return total
 
 
@@ -191,7 +198,7 @@ def tile(f1, f2, kinds: tuple, full: bool, same: bool = False, skip_lazy: bool =
     """Kernel tile ``(N1, N2)`` (``full``: ``(N1, N2, C', C')``) of two blocks' features; ``same``: ``f2 is f1``;
     ``skip_lazy``: without the ``lazy`` layers (the engine adds them one call at a time); ``voc``: :func:`vocabs`."""
     (d1, fac1), (d2, fac2) = f1, f2
-    total = None if d1 is None else contract("icp,jdp->ijcd" if full else "ip,jp->ij", d1, d2)
+    total = None if d1 is None else (contract("icp,jdp->ijcd", d1, d2) if full else gram_rows(d1, d2))
     for u, k in enumerate(kinds):
         if k == GRAD or (skip_lazy and k == LAZY):
             continue
@@ -329,6 +336,7 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
     bs = int(min(block_size, max(n1, n2)))
     budget_b = memory_budget(budget)
     s = _setup(apply_fn, params, x1, n1, n2, x2 is None, mode, bs, budget_b, engine=True)
+    bs, s = _merged(apply_fn, params, x1, n1, n2, x2 is None, mode, bs, budget_b, s)
     plan, summed, full, kinds, c, item = s.plan, s.summed, s.full, s.kinds, s.cc, s.item
     voc = vocabs(plan)
     chunk = _chunk(s.transient(), bs, budget_b)
@@ -356,11 +364,9 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
             with_policy(lambda p, xb, c0: features(plan, p, xb, summed, kinds, chunk, full, _classes(s, c0))),
             with_policy(lambda f1, f2: tile(f1, f2, dense_kinds, full, skip_lazy=True, voc=voc)),
             with_policy(lambda f: tile(f, f, dense_kinds, full, same=True, skip_lazy=True, voc=voc)),
-            with_policy(lambda m1, m2: contract("idce,jdfe->ijcf" if full else "ip,jp->ij", m1, m2)),
+            with_policy(lambda m1, m2: _gram(m1, m2, full)),
             *[
                 (
-                    with_policy(lambda a1, g1, a2, g2, v=v: _lazy_pair(None, a1, g1, a2, g2, full, False, v)),
-                    with_policy(lambda a, g, v=v: _lazy_pair(None, a, g, a, g, full, True, v)),
                     with_policy(lambda a, g, v=v: _formed(a, g, full, v)),
                     with_policy(lambda a1, g1, a2, g2, v=v: _pos_pair(a1, g1, a2, g2, full, v)),
                 )
@@ -380,20 +386,26 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
     def core_fn(f1, f2, same: bool):  # the dense part and the Gram-of-positions layers, one call each
         t = dense_self_fn(f1) if same else dense_fn(f1, f2)
         for u in pos:
-            t = t + lazy_of[voc[u]][3](*f1[1][u], *f2[1][u])
+            t = t + lazy_of[voc[u]][1](*f1[1][u], *f2[1][u])
         return t
 
-    def tile_fn(f1, f2):  # the lazy layers one call at a time: one layer's gradients alive at once
-        t = core_fn(f1, f2, False)
+    def column(rows: dict, fk, k: int) -> None:
+        """The tiles ``(i, k)`` of the blocks ``i`` of ``rows`` (of ``x1``) with block ``k`` (of ``x2``, features
+        ``fk``; ``x2 = None`` and ``k`` among the rows: its self tile). Each lazy layer's gradients of block ``k``
+        are formed once for the column and those of each row block once, so at most two blocks' gradients of one
+        layer are alive (whole products, no row slices: a 32-row slice's product ran at half the speed of the
+        128-row one)."""
+        t = {i: core_fn(f, fk, sym and i == k) for i, f in rows.items()}
         for u in lazy:
-            t = t + lazy_of[voc[u]][0](*f1[1][u], *f2[1][u])
-        return t
-
-    def self_fn(f):
-        t = core_fn(f, f, True)
-        for u in lazy:
-            t = t + lazy_of[voc[u]][1](*f[1][u])
-        return t
+            form = lazy_of[voc[u]][0]
+            mk = form(*fk[1][u])
+            for i, f in rows.items():
+                mi = mk if sym and i == k else form(*f[1][u])
+                t[i] = t[i] + gram_fn(mi, mk)
+                del mi
+            del mk
+        for i in rows:
+            put(i, k, t[i])
 
     def blocks(x):
         n = x.shape[0]
@@ -407,7 +419,7 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
     per_block = bs * s.per_point()
     cls = s.c_all * s.c_all if full else 1
     out_bytes = n1 * n2 * cls * item
-    work = chunk * s.transient() + _tile_bytes(s.uses, kinds, c, item, 2 * bs) + bs * bs * item * cls
+    work = chunk * s.transient() + _tile_bytes(s.uses, kinds, c, item, 2 * bs, True) + bs * bs * item * cls
     sym = x2 is None
     n_blocks = len(b1) if sym else len(b1) + len(b2)
     if s.choice.fits and rss0 is not None:
@@ -461,21 +473,18 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
                             if j >= i:
                                 put(i, j, core_fn(panel[i], panel[j], i == j))
                     for u in lazy:
-                        ms = {i: lazy_of[voc[u]][2](*panel[i][1][u]) for i in panel}
+                        ms = {i: lazy_of[voc[u]][0](*panel[i][1][u]) for i in panel}
                         for i in panel:
                             for j in panel:
                                 if j >= i:
                                     put(i, j, gram_fn(ms[i], ms[j]), count=False)
                         del ms
                 else:
-                    for i in panel:
-                        for j in panel:
-                            if j >= i:
-                                put(i, j, self_fn(panel[i]) if i == j else tile_fn(panel[i], panel[j]))
+                    for j in panel:
+                        column({i: f for i, f in panel.items() if i <= j}, panel[j], j)
                 for k in range(p + m, len(b1)):
                     fk = feat(b1[k])
-                    for i in panel:
-                        put(i, k, tile_fn(panel[i], fk))
+                    column(panel, fk, k)
                     del fk
                 del panel
                 p += m
@@ -492,8 +501,7 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
                         fj = feat(b2[j])
                         if keep2:
                             cache2[j] = fj
-                    for i in panel:
-                        put(i, j, tile_fn(panel[i], fj))
+                    column(panel, fj, j)
                     del fj
                 del panel
                 p += m
@@ -507,10 +515,26 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
     return jnp.asarray(k), (None if d is None else jnp.asarray(d))
 
 
+def _merged(apply_fn, params, x1, n1: int, n2: int, sym: bool, mode: str, bs: int, budget: int, s):
+    """``(rows per block, plan)``: blocks smaller than :data:`ENGINE_BLOCK` rows merged into blocks of about that
+    many when every merged block's features stay resident within the budget, so that the memory is still bounded
+    by the budget and the tiles are contracted at the speed of larger products (a 64-row tile's products run at
+    about half the speed of a 128-row one's on CPU); else the blocks asked for."""
+    n = max(n1, n2)
+    if bs >= ENGINE_BLOCK or n < 2 * ENGINE_BLOCK or not s.choice.fits:
+        return bs, s
+    rows = -(-n // -(-n // ENGINE_BLOCK))
+    s2 = _setup(apply_fn, params, x1, n1, n2, sym, mode, rows, budget, engine=True)
+    blocks = -(-n1 // rows) + (0 if sym else -(-n2 // rows))
+    if s2.choice.fits and s2.choice.resident >= blocks:
+        return rows, s2
+    return bs, s
+
+
 def _compile(fns, lazy: list, pos: list, voc: tuple, params, x0, sym: bool, pairs: bool) -> None:
-    """Compile the programs the engine will call (features, tiles, the lazy layers' products) for blocks shaped
-    like ``x0``, without running them: ``jax.jit`` keeps what it compiled for the calls."""
-    feat_fn, dense_fn, dense_self_fn, _, *lazy_fns = fns
+    """Compile the programs the engine will call (features, tiles, the lazy layers' gradients and products) for
+    blocks shaped like ``x0``, without running them: ``jax.jit`` keeps what it compiled for the calls."""
+    feat_fn, dense_fn, dense_self_fn, gram_fn, *lazy_fns = fns
     lazy_of = dict(zip(sorted(set(voc)), lazy_fns))
     c0 = jax.ShapeDtypeStruct((), jnp.int32)
     feat_fn.lower(params, x0, c0).compile()
@@ -520,14 +544,13 @@ def _compile(fns, lazy: list, pos: list, voc: tuple, params, x0, sym: bool, pair
     if pairs or not sym:
         dense_fn.lower(f, f).compile()
     for u in lazy:
-        a, g = f[1][u]
-        if sym:
-            lazy_of[voc[u]][1].lower(a, g).compile()
-        if pairs or not sym:
-            lazy_of[voc[u]][0].lower(a, g, a, g).compile()
+        form = lazy_of[voc[u]][0]
+        form.lower(*f[1][u]).compile()
+        m = jax.eval_shape(form, *f[1][u])
+        gram_fn.lower(m, m).compile()
     for u in pos:
         a, g = f[1][u]
-        lazy_of[voc[u]][3].lower(a, g, a, g).compile()
+        lazy_of[voc[u]][1].lower(a, g, a, g).compile()
 
 
 _MODES = {"entk": "full", "trntk": "trace", "trntk0": "trace", "pntk": "pseudo", "pntk0": "pseudo"}

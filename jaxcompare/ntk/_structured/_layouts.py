@@ -188,15 +188,16 @@ def _option(s: Setup, cc: int, kinds: tuple, n1: int, n2: int, sym: bool, rows: 
         chunk = _chunk(transient, bs, budget)
         nb1 = -(-n1 // bs)
         nb2 = nb1 if sym else -(-n2 // bs)
-        work = chunk * transient + _tile_bytes(s.uses, kinds, cc, s.item, 2 * bs) + bs * bs * s.item * cls
+        work = chunk * transient + _tile_bytes(s.uses, kinds, cc, s.item, 2 * bs, True) + bs * bs * s.item * cls
         cap = _capacity(budget - out - work, bs * per)
         total_blocks = nb1 if sym else nb1 + nb2
         need = min(total_blocks, 2)
         resident = min(max(cap, need), total_blocks)
         passes = PL.feature_passes(nb1, nb2, sym, max(cap, need))
         featurized = passes * bs
-        # a panel holding every block forms each block's lazy gradients once (one layer at a time), else per tile
-        formed = (nb1 if sym and cap >= nb1 else (nb1 * nb1 if sym else 2 * nb1 * nb2)) * bs
+        # a panel holding every block forms each block's lazy gradients once (one layer at a time), else once per
+        # column of tiles and once per tile for the row block
+        formed = (nb1 if sym and cap >= nb1 else (nb1 * (nb1 + 1) // 2 if sym else nb1 * nb2 + nb2)) * bs
         pairs = (nb1 * (nb1 + 1) // 2 if sym else nb1 * nb2) * bs * bs
         bytes_ = out + work + resident * bs * per
         fits = cap >= need
@@ -220,11 +221,12 @@ def _sym_cuts(n: int, full: bool) -> list:
     return [i * n // nb for i in range(nb + 1)]
 
 
-def _tile_bytes(uses, kinds, c, item, rows: int) -> int:
+def _tile_bytes(uses, kinds, c, item, rows: int, whole: bool = False) -> int:
     """Largest transient of one tile of ``rows`` points (two blocks): a lazily formed gradient (the second block's
-    and one slice of the first), or the intermediates of a Gram of positions."""
+    and one slice of the first; ``whole``, the eager engine: both blocks'), or the intermediates of a Gram of
+    positions."""
     lazy = max([c * d * e for (t, d, e), k in zip(uses, kinds) if k == LAZY] or [0])
-    lazy_rows = rows // 2 + -(-rows // (2 * _LAZY_SLICES))
+    lazy_rows = rows if whole else rows // 2 + -(-rows // (2 * _LAZY_SLICES))
     half = max(rows // 2, 1)
     pos = max([3 * min(_POS_ELEMENTS, half * half * t * t) for (t, d, e), k in zip(uses, kinds) if k == POS] or [0])
     return item * max(lazy_rows * lazy, pos)
