@@ -362,6 +362,12 @@ def test_small_blocks_merged_only_when_all_stay_resident(monkeypatch):
     B._JITS.clear()
     np.testing.assert_allclose(k(q, x), want, **TOL64)
     assert set(calls) == {128}
+    full = jc.batched(jc.empirical_ntk(g), 32, progress_bar=False)
+    for n2, block in ((250, 128), (130, 32)):  # x2 given, the full kernel; x2 not padded from 130 to 256 rows
+        x2 = _normal(10, (n2, 6, 6, 2))
+        calls.clear()
+        np.testing.assert_allclose(full(q, x, x2), oracle_kernels(g, q, x, x2)["full"], **TOL64)
+        assert set(calls) == {block}
     small = 32 * L._setup(g, q, x, 256, 256, True, "trace", 32, 2**31, engine=True).per_point()
     cap = lambda free, per_block: 8 if per_block <= small else 1  # noqa: E731 - 128-row blocks: one at a time
     monkeypatch.setattr(L, "_capacity", cap)

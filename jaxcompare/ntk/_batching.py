@@ -82,9 +82,9 @@ def batched(
     compact per-layer form (per-example gradients, or the layer inputs and output sensitivities where that needs
     fewer FLOPs or less memory); as many blocks as ``memory_budget`` allows stay resident and the others are
     streamed past them, so peak memory is bounded by the budget and the block, not by ``N``. Blocks under 128 rows
-    are merged into blocks of about 128 when all of them stay resident within the budget (the same kernel; larger
-    products run faster). A block size that cannot fit the budget raises before any work, with a block size that
-    fits.
+    are merged into blocks of about 128 when all of them stay resident within the budget and little of them would be
+    padding (the same kernel; larger products run faster). A block size that cannot fit the budget raises before
+    any work, with a block size that fits.
 
     Args:
       kernel_fn: any ``kernel_fn(params, x1, x2=None) -> (N1, N2, ...)`` (from this package or your own).

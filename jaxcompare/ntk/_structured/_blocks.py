@@ -519,11 +519,15 @@ def _merged(apply_fn, params, x1, n1: int, n2: int, sym: bool, mode: str, bs: in
     """``(rows per block, plan)``: blocks smaller than :data:`ENGINE_BLOCK` rows merged into blocks of about that
     many when every merged block's features stay resident within the budget, so that the memory is still bounded
     by the budget and the tiles are contracted at the speed of larger products (a 64-row tile's products run at
-    about half the speed of a 128-row one's on CPU); else the blocks asked for."""
+    about half the speed of a 128-row one's on CPU); else (or when more than 1/8 of the merged blocks' rows would
+    be padding, e.g. a short ``x2``) the blocks asked for."""
     n = max(n1, n2)
     if bs >= ENGINE_BLOCK or n < 2 * ENGINE_BLOCK or not s.choice.fits:
         return bs, s
     rows = -(-n // -(-n // ENGINE_BLOCK))
+    sizes = (n1,) if sym else (n1, n2)
+    if rows <= bs or sum(-(-m // rows) * rows for m in sizes) > 1.125 * sum(sizes):  # the other input mostly padding
+        return bs, s
     s2 = _setup(apply_fn, params, x1, n1, n2, sym, mode, rows, budget, engine=True)
     blocks = -(-n1 // rows) + (0 if sym else -(-n2 // rows))
     if s2.choice.fits and s2.choice.resident >= blocks:
