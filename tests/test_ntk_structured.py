@@ -393,20 +393,23 @@ def test_long_row_gram_against_numpy():
 def test_engine_plans_its_panel_after_measuring_what_compiling_added(monkeypatch):
     """On CPU the engine compiles its programs first, then reads the process's resident memory: what compiling added
     (it stays resident) is taken from the budget before the blocks of features are counted. Simulated: 400 MB
-    appear between the two readings; the free memory handed to the capacity rule is 400 MB smaller than without."""
+    appear between the two readings; the free memory handed to the capacity rule is 400 MB smaller than without, and
+    stays smaller for a second call that compiles nothing (its programs are still resident)."""
     from jaxcompare.ntk import _memory as M
 
     g, q = _conv_scale_dense()
     x = _normal(4, (7, 6, 6, 2))
     seen = []
     monkeypatch.setattr(B, "_capacity", lambda free, per_block: seen.append(free) or 3)
-    for extra in (0, 400 * 2**20):
+    kfn = jc.batched(jc.trace_ntk(g, normalize=False), 2, progress_bar=False, memory_budget="1G")
+    for extra, clear in ((0, True), (400 * 2**20, True), (0, False)):  # the last: a second call, nothing compiled
         reads = iter([10**9, 10**9 + extra])
         monkeypatch.setattr(M, "resident_bytes", lambda reads=reads, extra=extra: next(reads, 10**9 + extra))
-        B._JITS.clear()
-        k = jc.batched(jc.trace_ntk(g, normalize=False), 2, progress_bar=False, memory_budget="1G")(q, x)
-        np.testing.assert_allclose(k, oracle_kernels(g, q, x, x)["trntk0"], **TOL64)
-    assert seen[0] - seen[1] == 400 * 2**20
+        if clear:
+            B._JITS.clear()
+        np.testing.assert_allclose(kfn(q, x), oracle_kernels(g, q, x, x)["trntk0"], **TOL64)
+    # compiling's 400 MB are charged to the call that compiled and to the later call that reused the programs
+    assert seen[0] - seen[1] == 400 * 2**20 and seen[2] == seen[1]
 
 
 def test_resident_bytes_reads_this_process():
