@@ -316,6 +316,7 @@ _JITS: collections.OrderedDict = collections.OrderedDict()
 # resident bytes that compiling the programs of a _JITS key added (they stay resident): charged to every later
 # call's budget too, so that a second call plans the same panel as the first
 _COMPILED: dict = {}
+_HEAP_NOISE = 16 * 2**20  # resident-memory changes below this are not counted as compiled code (no drift over calls)
 
 
 def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None, show: bool = False, precision=None):
@@ -433,7 +434,9 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
         _compile(fns, lazy, pos, voc, params, b1[0], sym, len(b1) > 1)
         release_memory()
         rss = resident_bytes()
-        compiled = max(0, (rss or rss0) - rss0) + (_COMPILED.get(key, 0) if key is not None else 0)
+        added = max(0, (rss or rss0) - rss0)
+        added = added if added >= _HEAP_NOISE else 0  # smaller changes are the heap's, not compiled code
+        compiled = added + (_COMPILED.get(key, 0) if key is not None else 0)
         if key is not None:
             _COMPILED[key] = compiled
         work += compiled
