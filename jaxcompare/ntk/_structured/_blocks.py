@@ -336,11 +336,12 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
         release_memory()
     rss0 = resident_bytes() if cpu else None
     n1 = x1.shape[0]
-    n2 = n1 if x2 is None else x2.shape[0]
+    sym = x2 is None
+    n2 = n1 if sym else x2.shape[0]
     bs = int(min(block_size, max(n1, n2)))
     budget_b = memory_budget(budget)
-    s = _setup(apply_fn, params, x1, n1, n2, x2 is None, mode, bs, budget_b, engine=True)
-    bs, s = _merged(apply_fn, params, x1, n1, n2, x2 is None, mode, bs, budget_b, s)
+    s = _setup(apply_fn, params, x1, n1, n2, sym, mode, bs, budget_b, engine=True)
+    bs, s = _merged(apply_fn, params, x1, n1, n2, sym, mode, bs, budget_b, s)
     plan, summed, full, kinds, c, item = s.plan, s.summed, s.full, s.kinds, s.cc, s.item
     voc = vocabs(plan)
     chunk = _chunk(s.transient(), bs, budget_b)
@@ -419,12 +420,11 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
         return [x[i * bs : (i + 1) * bs] for i in range(nb)]
 
     b1 = blocks(x1)
-    b2 = b1 if x2 is None else blocks(x2)
+    b2 = b1 if sym else blocks(x2)
     per_block = bs * s.per_point()
     cls = s.c_all * s.c_all if full else 1
     out_bytes = n1 * n2 * cls * item
     work = chunk * s.transient() + _tile_bytes(s.uses, kinds, c, item, 2 * bs, True) + bs * bs * item * cls
-    sym = x2 is None
     n_blocks = len(b1) if sym else len(b1) + len(b2)
     if s.choice.fits and rss0 is not None:
         # compile first, then measure: on CPU what compiling adds stays resident, and the panel is planned from
