@@ -36,7 +36,7 @@ def _forced(kind):
     """A ``choose_kinds`` that puts every layer with several positions in layout ``kind`` (``pos`` only where it
     exists: not for the full class blocks)."""
 
-    def choose(uses, c, full, tile_rows, allow_lazy, embed=()):
+    def choose(uses, c, full, tile_rows, allow_lazy, embed=(), geo=()):
         return tuple(("grad" if kind == "pos" and full else kind) if t > 1 else "pos" for t, _, _ in uses)
 
     return choose
@@ -306,7 +306,7 @@ def _conv_scale_dense():
 def _mixed(kinds):
     """A ``choose_kinds`` giving the layers with several positions the layouts ``kinds`` in turn."""
 
-    def choose(uses, c, full, tile_rows, allow_lazy, embed=()):
+    def choose(uses, c, full, tile_rows, allow_lazy, embed=(), geo=()):
         out, i = [], 0
         for t, _, _ in uses:
             k = "pos" if t == 1 else kinds[i % len(kinds)]
@@ -644,3 +644,127 @@ def test_planner_chunks_classes_only_when_memory_is_short():
     assert tight.cc < 10 and tight.choice.fits and tight.choice.bytes <= budget
     for mode, c in (("full", 10), ("pseudo", 1)):  # never chunked
         assert L._setup(f, p, x, 64, 64, True, mode, 64, 10**5, engine=True).cc == c
+
+
+def _np_patches(x, taps, strides, dil, pads):
+    """Naive float64 patches of one NHWC example, by loops: ``(T, taps·C)`` in (taps, channels) order, zero where a
+    tap reads padding."""
+    h, w, c = x.shape
+    oh = (h + pads[0][0] + pads[0][1] - dil[0] * (taps[0] - 1) - 1) // strides[0] + 1
+    ow = (w + pads[1][0] + pads[1][1] - dil[1] * (taps[1] - 1) - 1) // strides[1] + 1
+    out = np.zeros((oh, ow, taps[0], taps[1], c))
+    for y in range(oh):
+        for z in range(ow):
+            for i in range(taps[0]):
+                for j in range(taps[1]):
+                    u = strides[0] * y + i * dil[0] - pads[0][0]
+                    v = strides[1] * z + j * dil[1] - pads[1][0]
+                    if 0 <= u < h and 0 <= v < w:
+                        out[y, z, i, j] = x[u, v]
+    return out.reshape(oh * ow, -1)
+
+
+@pytest.mark.parametrize(
+    "shape, taps, strides, dil, pads",
+    [
+        ((4, 4, 3), (3, 3), (1, 1), (1, 1), ((1, 1), (1, 1))),
+        ((8, 7, 2), (3, 3), (2, 2), (1, 1), ((1, 1), (0, 1))),
+        ((7, 6, 2), (3, 2), (2, 1), (2, 1), ((2, 0), (0, 3))),
+        ((6, 5, 2), (3, 3), (1, 1), (1, 1), ((-1, 2), (1, 0))),
+    ],
+)
+def test_raw_input_patches_and_their_gram_against_numpy(shape, taps, strides, dil, pads):
+    """A convolution's raw inputs: the patches formed from them and the Gram of patches as shifted Grams of pixels
+    (plus 1 for a fused bias) equal naive NumPy patches and their Gram, for strides, dilations, asymmetric and
+    negative (cropping) padding."""
+    jax.config.update("jax_enable_x64", True)
+    x = np.asarray(_normal(0, (3,) + shape))
+    ref = np.stack([_np_patches(xi, taps, strides, dil, pads) for xi in x])
+    oh_ow = (ref.shape[1],)
+    out_sp = (
+        (shape[0] + sum(pads[0]) - dil[0] * (taps[0] - 1) - 1) // strides[0] + 1,
+        (shape[1] + sum(pads[1]) - dil[1] * (taps[1] - 1) - 1) // strides[1] + 1,
+    )
+    assert int(np.prod(out_sp)) == oh_ow[0]
+    for bias in (False, True):
+        geo = P.ConvGeo((0, 3, 1, 2), shape[:2], shape[2], taps, strides, dil, pads, out_sp, bias)
+        want = np.concatenate([ref, np.ones(ref.shape[:2] + (1,))], -1) if bias else ref
+        raw = jnp.asarray(x.reshape(3, -1, shape[2]))
+        np.testing.assert_allclose(P.patches_of(raw, geo), want, rtol=0, atol=0)
+        np.testing.assert_allclose(P.raw_gram(raw[:2], raw, geo), np.einsum("itd,jsd->tisj", want[:2], want), **TOL64)
+
+
+def _conv_bias_stack():
+    """NHWC 3×3 stride-1 convolution with a fused bias, an NCHW convolution with asymmetric padding, stride 2 and
+    a dilated filter, a dense head: convolutions whose inputs the structured kernel keeps raw."""
+    q = {
+        "K1": _normal(1, (3, 3, 3, 4), 0.4),
+        "b1": _normal(2, (4,), 0.2),
+        "K2": _normal(3, (3, 4, 3, 3), 0.3),
+        "V": _normal(4, (3 * 3 * 3, 3), 0.3),
+    }
+
+    def g(p, x):
+        h = jax.lax.conv_general_dilated(x, p["K1"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        h = jnp.tanh(h + p["b1"][None, None, None, :])
+        h = jnp.transpose(h, (0, 3, 1, 2))
+        h = jax.lax.conv_general_dilated(
+            h, p["K2"], (2, 2), ((1, 0), (2, 1)), rhs_dilation=(1, 2), dimension_numbers=("NCHW", "OIHW", "NCHW")
+        )
+        return jnp.tanh(h).reshape(h.shape[0], -1) @ p["V"]
+
+    return g, q
+
+
+@pytest.mark.parametrize("kinds", [("pos", "lazy"), ("lazy", "pos")])
+def test_raw_convolution_inputs_against_oracle(monkeypatch, kinds):
+    """Convolutions in the ``pos``/``lazy`` layouts keep their raw inputs, and a Gram of positions is taken as
+    shifted Grams of pixels (forced here, also for the strided, dilated convolution): traced kernels and the
+    blocked engine (trace with x2 = None and given, pseudo, full) equal the float64 oracle."""
+    monkeypatch.setattr(L, "choose_kinds", _mixed(kinds))
+    monkeypatch.setattr(B, "raw_gram_cheaper", lambda geo: True)
+    grams = []
+    raw_gram = B.raw_gram
+    monkeypatch.setattr(B, "raw_gram", lambda a1, a2, geo: grams.append(geo) or raw_gram(a1, a2, geo))
+    B._JITS.clear()
+    g, q = _conv_bias_stack()
+    x, x2 = _normal(5, (5, 6, 6, 3)), _normal(6, (3, 6, 6, 3))
+    plan = S.analyze(g, q, x.shape[1:], x.dtype)
+    uses, *_ = L.dims(plan, q, x.shape[1:], x.dtype, False)
+    geos = L.layer_geos(plan, uses)
+    assert [geo is not None for geo in geos] == [True, True, False]
+    assert geos[0].bias and not geos[1].bias
+    _check_against_oracle(g, q, x, x2)
+    assert grams  # the Gram of pixels ran (in the layer whose layout is pos)
+    o, o2 = oracle_kernels(g, q, x, x), oracle_kernels(g, q, x, x2)
+    bat = lambda k, bs=2: jc.batched(k, bs, progress_bar=False)  # noqa: E731
+    np.testing.assert_allclose(bat(jc.trace_ntk(g, normalize=False))(q, x), o["trntk0"], **TOL64)
+    np.testing.assert_allclose(bat(jc.trace_ntk(g, normalize=False))(q, x, x2), o2["trntk0"], **TOL64)
+    np.testing.assert_allclose(bat(jc.pseudo_ntk(g))(q, x, x2), o2["pntk"], **TOL64)
+    np.testing.assert_allclose(bat(jc.empirical_ntk(g), 3)(q, x), o["full"], **TOL64)
+
+
+def test_raw_inputs_kept_only_where_smaller():
+    """Raw inputs are kept for a 3×3 convolution (9× fewer floats than its patches), not for a 1×1 convolution
+    of stride 2 (its patches skip three pixels in four); the Gram of pixels is used for stride 1 only where the
+    model of its cost says so."""
+    q = {"K1": _normal(1, (3, 3, 8, 8), 0.2), "K2": _normal(2, (1, 1, 8, 8), 0.2), "V": _normal(3, (4 * 4 * 8, 2))}
+
+    def g(p, x):
+        h = jnp.tanh(
+            jax.lax.conv_general_dilated(x, p["K1"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        )
+        h = jax.lax.conv_general_dilated(h, p["K2"], (2, 2), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jnp.tanh(h).reshape(h.shape[0], -1) @ p["V"]
+
+    x = _normal(4, (2, 8, 8, 8))
+    plan = S.analyze(g, q, x.shape[1:], x.dtype)
+    uses, *_ = L.dims(plan, q, x.shape[1:], x.dtype, False)
+    geos = L.layer_geos(plan, uses)
+    assert geos[0] is not None and geos[0].t_in * geos[0].c_in * 9 == uses[0][0] * uses[0][1]
+    assert geos[1] is None and geos[2] is None
+    # 3×3 stride 1 on 8 channels: the Gram of pixels (2·64²·8 + 50·9·64² FLOPs) is dearer than that of the
+    # patches (2·64²·72); on 128 channels at 4×4 (a ResNet's last stage) it is cheaper
+    assert not P.raw_gram_cheaper(geos[0])
+    big = P.ConvGeo((0, 3, 1, 2), (4, 4), 128, (3, 3), (1, 1), (1, 1), ((1, 1), (1, 1)), (4, 4), False)
+    assert P.raw_gram_cheaper(big) and P.ga_flops(big) < 2 * 16**2 * 9 * 128 / 2

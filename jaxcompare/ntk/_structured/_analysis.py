@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._embed import embed_layout
-from ._patches import conv_ok
+from ._patches import conv_geo, conv_ok
 from ._program import Eqn, Lit, Program, program
 
 __all__ = ["Use", "Plan", "analyze"]
@@ -46,6 +46,7 @@ class Use:
     by_patches: bool = False
     vocab: int = 0
     mode: str = ""
+    geo: Any = None  # a convolution's geometry (:class:`._patches.ConvGeo`: its inputs may be kept raw)
 
     @property
     def n_positions(self) -> int:
@@ -273,9 +274,14 @@ def analyze(apply_fn: Callable, params: Any, x_shape: tuple, x_dtype: Any, embed
                     and _bias_ok(prog, tuple(jnp.shape(leaves[b])), chain, tuple(out_shape), out_perm, n_pos)
                 ):
                     out, bias = a.outs[0], b
-        uses.append(
-            Use(k, leaf, act, out, kind, bias, act_perm, out_perm, n_pos, tuple(out_shape), out_dtype, filt, by_patches)
+        use = Use(
+            k, leaf, act, out, kind, bias, act_perm, out_perm, n_pos, tuple(out_shape), out_dtype, filt, by_patches
         )
+        if kind == "conv":
+            o_spec = e.params["dimension_numbers"].out_spec
+            out_sp = tuple(out_shape[d] for d in o_spec[2:])
+            use = dataclasses.replace(use, geo=conv_geo(e.params, shapes[e.ins[0]], filt, out_sp, bias is not None))
+        uses.append(use)
     structured = {u.leaf for u in uses} | {u.bias for u in uses if u.bias is not None}
     fallback = tuple(
         l

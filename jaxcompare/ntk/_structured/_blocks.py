@@ -66,8 +66,10 @@ from ._layouts import (
     choose_kinds,
     dims,
     grouped,
+    groups,
     vocabs,
 )
+from ._patches import patches_of, raw_gram, raw_gram_cheaper
 
 __all__ = ["choose_kinds", "features", "tile", "kernel", "diag", "blocked", "estimate"]
 
@@ -97,17 +99,20 @@ def features(
     chunk: int,
     full: bool = False,
     classes: tuple | None = None,
+    raw: tuple = (),
 ):
     """``(dense, facs)`` of a block: ``dense`` the per-example gradients of the ``grad`` uses and fallback leaves
     side by side, ``(N, C'·P_dense)`` (``full``: ``(N, C', P_dense)``; None when there are none), ``facs[u]``
     ``(A, G)`` for ``pos``/``lazy`` uses (None for ``grad``). Two-dimensional ``dense`` keeps the tile's product a
     plain ``A Bᵀ`` (XLA copies an operand of a product contracting two axes). ``classes = (start, size)``: the
-    factors of one chunk of classes (trace kernels, :mod:`._planner`)."""
+    factors of one chunk of classes (trace kernels, :mod:`._planner`). ``raw[u]`` (:attr:`Setup.raw`): the layer's
+    ``A`` are its raw inputs ``(T_in, C_in)``."""
     leaves = jax.tree_util.tree_leaves(params)
     voc = vocabs(plan)
+    raw_uses = frozenset(grp[0] for grp, g in zip(groups(plan), raw) if g is not None)
 
     def one(xi):
-        a, g, j = example_factors(plan, leaves, xi, summed=summed, classes=classes)
+        a, g, j = example_factors(plan, leaves, xi, summed=summed, classes=classes, raw=raw_uses)
         a, g = grouped(plan, a, g)
         dense = [_grad_of(a[u], g[u], voc[u]) for u, k in enumerate(kinds) if k == GRAD] + list(j)
         facs = tuple(None if k == GRAD else (a[u], g[u]) for u, k in enumerate(kinds))
@@ -119,12 +124,24 @@ def features(
     return jax.lax.map(one, x, batch_size=min(chunk, x.shape[0]))
 
 
-def _pos_pair(a1, g1, a2, g2, full: bool, vocab: int = 0) -> jax.Array:
+def _pos_pair(a1, g1, a2, g2, full: bool, vocab: int = 0, geo=None) -> jax.Array:
     """Gram of positions ``Σ_{t,s} <a_it, a_js> Σ_c <g_cit, g_cjs>`` (``T = 1``: also the full class blocks), in
     row slices that keep the ``rows × N2 × T²`` intermediate bounded; ``vocab``: ``a`` are token ids and
-    ``<a_it, a_js>`` is their equality (:mod:`._embed`)."""
+    ``<a_it, a_js>`` is their equality (:mod:`._embed`); ``geo``: ``a`` are a convolution's raw inputs, whose
+    patches' Gram is a sum of shifted Grams of pixels (:func:`._patches.raw_gram`) where that is cheaper."""
     n1, c, t, e = g1.shape
     n2 = g2.shape[0]
+    if geo is not None and (t == 1 or full or not raw_gram_cheaper(geo)):
+        a1, a2, geo = patches_of(a1, geo), patches_of(a2, geo), None
+    if geo is not None:
+        rows = max(1, min(n1, _POS_ELEMENTS // max(1, n2 * max(t * t, geo.t_in**2))))
+        g2t = jnp.transpose(g2, (2, 0, 1, 3))  # (s, j, c, e): products laid out like the Gram of pixels
+        out = []
+        for r in range(0, n1, rows):
+            ga = raw_gram(a1[r : r + rows], a2, geo)  # (t, i, s, j)
+            gg = contract("tice,sjce->tisj", jnp.transpose(g1[r : r + rows], (2, 0, 1, 3)), g2t)
+            out.append(jnp.sum(ga * gg, axis=(0, 2)))
+        return out[0] if len(out) == 1 else jnp.concatenate(out, axis=0)
     if vocab:
         rows = max(1, min(n1, _POS_ELEMENTS // max(1, n2 * t * t)))
         out = []
@@ -149,8 +166,11 @@ def _pos_pair(a1, g1, a2, g2, full: bool, vocab: int = 0) -> jax.Array:
     return out[0] if len(out) == 1 else jnp.concatenate(out, axis=0)
 
 
-def _peg_dce(a: jax.Array, g: jax.Array, vocab: int = 0) -> jax.Array:
-    """Per-example gradient of one example as ``(D, C', E)`` (no transposition of the product)."""
+def _peg_dce(a: jax.Array, g: jax.Array, vocab: int = 0, geo=None) -> jax.Array:
+    """Per-example gradient of one example as ``(D, C', E)`` (no transposition of the product); ``geo``: ``a``
+    are a convolution's raw inputs (their patches formed first)."""
+    if geo is not None:
+        a = patches_of(a[None], geo)[0]
     if vocab:
         return embed_grad(a, g, vocab)
     c, t, e = g.shape
@@ -164,16 +184,16 @@ def _gram(m1: jax.Array, m2: jax.Array, full: bool) -> jax.Array:
     return contract("idce,jdfe->ijcf", m1, m2) if full else gram_rows(m1, m2)
 
 
-def _lazy_pair(total, a1, g1, a2, g2, full: bool, same: bool, vocab: int = 0) -> jax.Array:
+def _lazy_pair(total, a1, g1, a2, g2, full: bool, same: bool, vocab: int = 0, geo=None) -> jax.Array:
     """Add the ``lazy`` layer's contribution to ``total``: the per-example gradients of the second block formed
     once, those of the first block slice by slice (each slice after the previous one is summed, so at most one
     slice is alive besides the second block's); ``same`` (a block with itself): one product."""
     n1, n2, c = a1.shape[0], a2.shape[0], g1.shape[1]
     if total is not None:
         total, (a1, g1, a2, g2) = jax.lax.optimization_barrier((total, (a1, g1, a2, g2)))
-    peg = jax.vmap(lambda a, g: _peg_dce(a, g, vocab))
+    peg = jax.vmap(lambda a, g: _peg_dce(a, g, vocab, geo))
     if not full:
-        peg = jax.vmap(lambda a, g: _peg_dce(a, g, vocab).reshape(-1))
+        peg = jax.vmap(lambda a, g: _peg_dce(a, g, vocab, geo).reshape(-1))
     m2 = peg(a2, g2)
     if total is None:
         total = jnp.zeros((n1, n2) + ((c, c) if full else ()), accumulation_dtype(m2))
@@ -187,16 +207,20 @@ def _lazy_pair(total, a1, g1, a2, g2, full: bool, same: bool, vocab: int = 0) ->
     return total
 
 
-def _formed(a, g, full: bool, vocab: int = 0) -> jax.Array:
-    """A block's per-example gradients of one ``lazy`` layer: ``(N, D, C', E)`` (``full``) or ``(N, C'·D·E)``."""
+def _formed(a, g, full: bool, vocab: int = 0, geo=None) -> jax.Array:
+    """A block's per-example gradients of one ``lazy`` layer: ``(N, D, C', E)`` (``full``) or ``(N, C'·D·E)``;
+    ``geo``: ``a`` are raw convolution inputs."""
     if full:
-        return jax.vmap(lambda a, g: _peg_dce(a, g, vocab))(a, g)
-    return jax.vmap(lambda a, g: _peg_dce(a, g, vocab).reshape(-1))(a, g)
+        return jax.vmap(lambda a, g: _peg_dce(a, g, vocab, geo))(a, g)
+    return jax.vmap(lambda a, g: _peg_dce(a, g, vocab, geo).reshape(-1))(a, g)
 
 
-def tile(f1, f2, kinds: tuple, full: bool, same: bool = False, skip_lazy: bool = False, voc: tuple = ()) -> jax.Array:
+def tile(
+    f1, f2, kinds: tuple, full: bool, same: bool = False, skip_lazy: bool = False, voc: tuple = (), raw: tuple = ()
+) -> jax.Array:
     """Kernel tile ``(N1, N2)`` (``full``: ``(N1, N2, C', C')``) of two blocks' features; ``same``: ``f2 is f1``;
-    ``skip_lazy``: without the ``lazy`` layers (the engine adds them one call at a time); ``voc``: :func:`vocabs`."""
+    ``skip_lazy``: without the ``lazy`` layers (the engine adds them one call at a time); ``voc``: :func:`vocabs`;
+    ``raw``: :attr:`Setup.raw`."""
     (d1, fac1), (d2, fac2) = f1, f2
     total = None if d1 is None else (contract("icp,jdp->ijcd", d1, d2) if full else gram_rows(d1, d2))
     for u, k in enumerate(kinds):
@@ -206,11 +230,12 @@ def tile(f1, f2, kinds: tuple, full: bool, same: bool = False, skip_lazy: bool =
         if total is not None:  # one layer at a time: its intermediates start after the previous layers are summed
             total, (a1, g1, a2, g2) = jax.lax.optimization_barrier((total, (a1, g1, a2, g2)))
         v = voc[u] if voc else 0
+        geo = raw[u] if raw else None
         if k == POS:
-            t = _pos_pair(a1, g1, a2, g2, full, v)
+            t = _pos_pair(a1, g1, a2, g2, full, v, geo)
             total = t if total is None else total + t
         else:
-            total = _lazy_pair(total, a1, g1, a2, g2, full, same, v)
+            total = _lazy_pair(total, a1, g1, a2, g2, full, same, v, geo)
     if total is None:
         if skip_lazy and LAZY in kinds:
             g1, g2 = fac1[kinds.index(LAZY)][1], fac2[kinds.index(LAZY)][1]
@@ -233,20 +258,22 @@ def kernel(apply_fn, params, x1, x2, *, mode: str):
     cuts = _sym_cuts(n1, mode == "full") if x2 is None else [0, n1]
     rows = max(cuts[i + 1] - cuts[i] for i in range(len(cuts) - 1))
     s = _setup(apply_fn, params, x1, n1, n2, x2 is None, mode, rows, None, engine=False)
-    kinds, full, voc = s.kinds, s.full, vocabs(s.plan)
+    kinds, full, voc, raw = s.kinds, s.full, vocabs(s.plan), s.raw
     chunk = _chunk(s.transient(), n1)
 
     def one(c0):
-        f1 = features(s.plan, params, x1, s.summed, kinds, chunk, full, _classes(s, c0))
+        f1 = features(s.plan, params, x1, s.summed, kinds, chunk, full, _classes(s, c0), raw)
         if x2 is not None:
-            f2 = features(s.plan, params, x2, s.summed, kinds, _chunk(s.transient(), n2), full, _classes(s, c0))
-            return tile(f1, f2, kinds, full, voc=voc)
+            f2 = features(s.plan, params, x2, s.summed, kinds, _chunk(s.transient(), n2), full, _classes(s, c0), raw)
+            return tile(f1, f2, kinds, full, voc=voc, raw=raw)
         if len(cuts) == 2:
-            return tile(f1, f1, kinds, full, same=True, voc=voc)
+            return tile(f1, f1, kinds, full, same=True, voc=voc, raw=raw)
         nb = len(cuts) - 1
         part = [jax.tree_util.tree_map(lambda v, i=i: v[cuts[i] : cuts[i + 1]], f1) for i in range(nb)]
         tiles = {
-            (i, j): tile(part[i], part[j], kinds, full, same=i == j, voc=voc) for i in range(nb) for j in range(i, nb)
+            (i, j): tile(part[i], part[j], kinds, full, same=i == j, voc=voc, raw=raw)
+            for i in range(nb)
+            for j in range(i, nb)
         }
         return jnp.concatenate(
             [jnp.concatenate([tiles[i, j] if i <= j else tiles[j, i].T for j in range(nb)], axis=1) for i in range(nb)],
@@ -308,7 +335,7 @@ def estimate(apply_fn, params, x1, x2, mode: str) -> tuple[int, int]:
     per = s.per_point()
     out = n1 * n2 * (s.c_all * s.c_all if s.full else 1) * s.item
     chunk = _chunk(s.transient(), n1)
-    return per, out + chunk * s.transient() + _tile_bytes(s.uses, s.kinds, s.cc, s.item, 2 * rows)
+    return per, out + chunk * s.transient() + _tile_bytes(s.uses, s.kinds, s.cc, s.item, 2 * rows, geo=s.raw)
 
 
 # ------------------------------------------------------------------------------------------------ eager engine
@@ -342,8 +369,10 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
     budget_b = memory_budget(budget)
     s = _setup(apply_fn, params, x1, n1, n2, sym, mode, bs, budget_b, engine=True)
     bs, s = _merged(apply_fn, params, x1, n1, n2, sym, mode, bs, budget_b, s)
-    plan, summed, full, kinds, c, item = s.plan, s.summed, s.full, s.kinds, s.cc, s.item
+    plan, summed, full, kinds, c, item, raw = s.plan, s.summed, s.full, s.kinds, s.cc, s.item, s.raw
     voc = vocabs(plan)
+    # per layer, the key of its programs: an embedding's vocabulary or a convolution's raw-input geometry
+    lkey = tuple((v, g) for v, g in zip(voc, raw))
     chunk = _chunk(s.transient(), bs, budget_b)
     policy = resolve_precision(precision)
     key = (apply_fn, jax.tree_util.tree_structure(params), tuple(x1.shape[1:]), str(x1.dtype), mode, kinds, chunk)
@@ -366,16 +395,16 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
         # ResNet, jaxlib 0.10.2; optimization barriers do not help)
         dense_kinds = tuple(LAZY if k == POS else k for k in kinds)
         fns = (
-            with_policy(lambda p, xb, c0: features(plan, p, xb, summed, kinds, chunk, full, _classes(s, c0))),
+            with_policy(lambda p, xb, c0: features(plan, p, xb, summed, kinds, chunk, full, _classes(s, c0), raw)),
             with_policy(lambda f1, f2: tile(f1, f2, dense_kinds, full, skip_lazy=True, voc=voc)),
             with_policy(lambda f: tile(f, f, dense_kinds, full, same=True, skip_lazy=True, voc=voc)),
             with_policy(lambda m1, m2: _gram(m1, m2, full)),
             *[
                 (
-                    with_policy(lambda a, g, v=v: _formed(a, g, full, v)),
-                    with_policy(lambda a1, g1, a2, g2, v=v: _pos_pair(a1, g1, a2, g2, full, v)),
+                    with_policy(lambda a, g, v=v, geo=geo: _formed(a, g, full, v, geo)),
+                    with_policy(lambda a1, g1, a2, g2, v=v, geo=geo: _pos_pair(a1, g1, a2, g2, full, v, geo)),
                 )
-                for v in sorted(set(voc))
+                for v, geo in _layer_keys(lkey)
             ],
         )
         if key is not None:
@@ -383,7 +412,7 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
             while len(_JITS) > 16:
                 _COMPILED.pop(_JITS.popitem(last=False)[0], None)
     feat_fn, dense_fn, dense_self_fn, gram_fn, *lazy_fns = fns
-    lazy_of = dict(zip(sorted(set(voc)), lazy_fns))
+    lazy_of = dict(zip(_layer_keys(lkey), lazy_fns))
     lazy = [u for u, k in enumerate(kinds) if k == LAZY]
 
     pos = [u for u, k in enumerate(kinds) if k == POS]
@@ -391,7 +420,7 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
     def core_fn(f1, f2, same: bool):  # the dense part and the Gram-of-positions layers, one call each
         t = dense_self_fn(f1) if same else dense_fn(f1, f2)
         for u in pos:
-            t = t + lazy_of[voc[u]][1](*f1[1][u], *f2[1][u])
+            t = t + lazy_of[lkey[u]][1](*f1[1][u], *f2[1][u])
         return t
 
     def column(rows: dict, fk, k: int) -> None:
@@ -402,7 +431,7 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
         128-row one)."""
         t = {i: core_fn(f, fk, sym and i == k) for i, f in rows.items()}
         for u in lazy:
-            form = lazy_of[voc[u]][0]
+            form = lazy_of[lkey[u]][0]
             mk = form(*fk[1][u])
             for i, f in rows.items():
                 mi = mk if sym and i == k else form(*f[1][u])
@@ -424,14 +453,14 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
     per_block = bs * s.per_point()
     cls = s.c_all * s.c_all if full else 1
     out_bytes = n1 * n2 * cls * item
-    work = chunk * s.transient() + _tile_bytes(s.uses, kinds, c, item, 2 * bs, True) + bs * bs * item * cls
+    work = chunk * s.transient() + _tile_bytes(s.uses, kinds, c, item, 2 * bs, True, raw) + bs * bs * item * cls
     n_blocks = len(b1) if sym else len(b1) + len(b2)
     if s.choice.fits and rss0 is not None:
         # compile first, then measure: on CPU what compiling adds stays resident, and the panel is planned from
         # what is left of the budget (the first call of a model compiles; later calls reuse the programs, and are
         # charged what their compiling added: measured, a second call of ResNet-18 ¼ at N = 1024 under a 1.5 GiB
         # budget otherwise kept one block more and peaked 0.25 GiB higher than the first)
-        _compile(fns, lazy, pos, voc, params, b1[0], sym, len(b1) > 1)
+        _compile(fns, lazy, pos, lkey, params, b1[0], sym, len(b1) > 1)
         release_memory()
         rss = resident_bytes()
         added = max(0, (rss or rss0) - rss0)
@@ -484,7 +513,7 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
                             if j >= i:
                                 put(i, j, core_fn(panel[i], panel[j], i == j))
                     for u in lazy:
-                        ms = {i: lazy_of[voc[u]][0](*panel[i][1][u]) for i in panel}
+                        ms = {i: lazy_of[lkey[u]][0](*panel[i][1][u]) for i in panel}
                         for i in panel:
                             for j in panel:
                                 if j >= i:
@@ -546,11 +575,20 @@ def _merged(apply_fn, params, x1, n1: int, n2: int, sym: bool, mode: str, bs: in
     return bs, s
 
 
-def _compile(fns, lazy: list, pos: list, voc: tuple, params, x0, sym: bool, pairs: bool) -> None:
+def _layer_keys(lkey: tuple) -> list:
+    """The distinct program keys of the layers (``(vocabulary, raw geometry)``), in a fixed order."""
+    out = []
+    for k in lkey:
+        if k not in out:
+            out.append(k)
+    return out
+
+
+def _compile(fns, lazy: list, pos: list, lkey: tuple, params, x0, sym: bool, pairs: bool) -> None:
     """Compile the programs the engine will call (features, tiles, the lazy layers' gradients and products) for
     blocks shaped like ``x0``, without running them: ``jax.jit`` keeps what it compiled for the calls."""
     feat_fn, dense_fn, dense_self_fn, gram_fn, *lazy_fns = fns
-    lazy_of = dict(zip(sorted(set(voc)), lazy_fns))
+    lazy_of = dict(zip(_layer_keys(lkey), lazy_fns))
     c0 = jax.ShapeDtypeStruct((), jnp.int32)
     feat_fn.lower(params, x0, c0).compile()
     f = jax.eval_shape(feat_fn, params, x0, c0)
@@ -559,13 +597,13 @@ def _compile(fns, lazy: list, pos: list, voc: tuple, params, x0, sym: bool, pair
     if pairs or not sym:
         dense_fn.lower(f, f).compile()
     for u in lazy:
-        form = lazy_of[voc[u]][0]
+        form = lazy_of[lkey[u]][0]
         form.lower(*f[1][u]).compile()
         m = jax.eval_shape(form, *f[1][u])
         gram_fn.lower(m, m).compile()
     for u in pos:
         a, g = f[1][u]
-        lazy_of[voc[u]][1].lower(a, g, a, g).compile()
+        lazy_of[lkey[u]][1].lower(a, g, a, g).compile()
 
 
 _MODES = {"entk": "full", "trntk": "trace", "trntk0": "trace", "pntk": "pseudo", "pntk0": "pseudo"}

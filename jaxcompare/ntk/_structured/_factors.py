@@ -20,7 +20,7 @@ import numpy as np
 from .._common import HIGHEST
 from ._analysis import Plan, Use
 from ._embed import embed_ids
-from ._patches import conv_patches, prefer_patches
+from ._patches import conv_patches, prefer_patches, raw_input
 from ._program import Program, run
 
 __all__ = ["factors", "example_factors", "out_dtype"]
@@ -66,15 +66,19 @@ def out_dtype(plan: Plan, leaves: list):
     return jnp.result_type(float)
 
 
-def example_factors(plan: Plan, leaves: list, xi: jax.Array, *, summed: bool, classes: tuple | None = None):
+def example_factors(
+    plan: Plan, leaves: list, xi: jax.Array, *, summed: bool, classes: tuple | None = None, raw: frozenset = frozenset()
+):
     """The factors of one example ``xi`` (no batch axis): lists ``A[u]`` ``(T, D)``, ``G[u]`` ``(C', T, E)`` and
     ``J[l]`` ``(C', P_l)`` (see :func:`factors`), cast to :func:`out_dtype` (embedding ids stay int32).
     ``classes = (start, size)``: only logits ``start .. start + size - 1`` (``start`` may be traced; rows past the
-    last class are zero), ``C' = size``."""
+    last class are zero), ``C' = size``. ``raw``: indices of convolution uses whose ``A[u]`` is their raw input
+    ``(T_in, C_in)`` (:func:`._patches.raw_input`; its patches by :func:`._patches.patches_of`)."""
     prog = plan.prog
     capture = {u.eqn: u.act for u in plan.uses}
     # the convolution strategy, per layer and backend (patches for strided convolutions on CPU, else native)
     patch_convs = frozenset(u.eqn for u in plan.uses if u.by_patches and prefer_patches(prog.eqns[u.eqn].params))
+    raw_eqns = frozenset(plan.uses[u].eqn for u in raw)
     c = plan.n_classes
     out_dt = out_dtype(plan, leaves)
 
@@ -82,7 +86,9 @@ def example_factors(plan: Plan, leaves: list, xi: jax.Array, *, summed: bool, cl
         vals = list(leaves)
         for l, v in zip(plan.fallback, fb):
             vals[l] = v
-        outs, acts = run(prog, vals, xi[None], dict(zip([u.out for u in plan.uses], eps)), capture, patch_convs)
+        outs, acts = run(
+            prog, vals, xi[None], dict(zip([u.out for u in plan.uses], eps)), capture, patch_convs, raw_eqns
+        )
         return outs[0][0], acts
 
     eps0 = [jnp.zeros(u.out_shape, u.out_dtype) for u in plan.uses]
@@ -93,7 +99,10 @@ def example_factors(plan: Plan, leaves: list, xi: jax.Array, *, summed: bool, cl
         basis = jnp.concatenate([cts, jnp.zeros((classes[1] - 1, c), out.dtype)], axis=0)
         cts = jax.lax.dynamic_slice_in_dim(basis, classes[0], classes[1], 0)
     d_eps, d_fb = jax.vmap(vjp_fn)(cts)
-    a_mats = [_act_matrix(u, prog, acts[u.eqn], u.eqn in patch_convs) for u in plan.uses]
+    a_mats = [
+        raw_input(acts[u.eqn], u.geo) if i in raw else _act_matrix(u, prog, acts[u.eqn], u.eqn in patch_convs)
+        for i, u in enumerate(plan.uses)
+    ]
     a_mats = [a if u.kind == "embed" else a.astype(out_dt) for u, a in zip(plan.uses, a_mats)]
     g_mats = [
         jax.vmap(lambda d, u=u: _as_positions(d, u.out_perm, u.n_pos))(d).astype(out_dt)

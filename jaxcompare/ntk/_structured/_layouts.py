@@ -80,15 +80,43 @@ def vocabs(plan: Plan) -> tuple:
     return tuple(plan.uses[grp[0]].vocab if plan.uses[grp[0]].kind == "embed" else 0 for grp in groups(plan))
 
 
-def choose_kinds(uses: tuple, c: int, full: bool, tile_rows: int, allow_lazy: bool, embed: tuple = ()) -> tuple:
+def layer_geos(plan: Plan, uses: tuple) -> tuple:
+    """Per layer (:func:`groups`): the :class:`._patches.ConvGeo` of a convolution whose raw inputs ``(T_in,
+    C_in)`` are fewer floats than its patches ``(T, D)`` (kept raw in the ``pos``/``lazy`` layouts), else None."""
+    out = []
+    for grp, (t, d, _) in zip(groups(plan), uses):
+        geo = plan.uses[grp[0]].geo if len(grp) == 1 else None
+        ok = geo is not None and geo.t_out == t and geo.d == d and geo.t_in * geo.c_in < t * d
+        out.append(geo if ok else None)
+    return tuple(out)
+
+
+def raw_geos(geo: tuple, kinds: tuple) -> tuple:
+    """``geo`` where the layer's inputs are kept raw (layouts ``pos`` and ``lazy``), None elsewhere."""
+    return (
+        tuple(g if g is not None and k != GRAD else None for g, k in zip(geo, kinds)) if geo else (None,) * len(kinds)
+    )
+
+
+def a_floats(t: int, d: int, embed: bool, geo) -> int:
+    """Floats of one example's stored layer inputs: token ids, raw inputs (``geo``) or ``(T, D)``."""
+    return t if embed else (geo.t_in * geo.c_in if geo is not None else t * d)
+
+
+def choose_kinds(
+    uses: tuple, c: int, full: bool, tile_rows: int, allow_lazy: bool, embed: tuple = (), geo: tuple = ()
+) -> tuple:
     """The layout of each structured use (see module docstring); ``embed[u]``: use ``u`` is an embedding lookup
-    (its inputs are ids: a Gram of positions without ``D``, a lazily formed gradient that costs a segment sum)."""
+    (its inputs are ids: a Gram of positions without ``D``, a lazily formed gradient that costs a segment sum);
+    ``geo[u]``: a convolution whose inputs can be kept raw (:func:`layer_geos`)."""
     kinds = []
     for u, (t, d, e) in enumerate(uses):
         v = bool(embed) and embed[u]
+        gu = geo[u] if geo else None
         grad = c * d * e
-        fac = t * (1 if v else d) + c * t * e
-        if t == 1 or (not full and t * t * ((1 if v else d) + c * e + 1) <= grad):
+        fac = a_floats(t, d, v, gu) + c * t * e
+        ga = PL.ga_pair(t, d, v, gu) / 2  # multiply-adds of the Gram of the inputs' positions
+        if t == 1 or (not full and ga + t * t * (c * e + 1) <= grad):
             kinds.append(POS)
         elif allow_lazy and 2 * fac <= grad and (v or t <= tile_rows):
             kinds.append(LAZY)
@@ -97,18 +125,19 @@ def choose_kinds(uses: tuple, c: int, full: bool, tile_rows: int, allow_lazy: bo
     return tuple(kinds)
 
 
-def feature_floats(uses: tuple, fb: tuple, c: int, kinds: tuple, embed: tuple = ()) -> int:
-    """Floats kept per example (an embedding's ids count as one each)."""
+def feature_floats(uses: tuple, fb: tuple, c: int, kinds: tuple, embed: tuple = (), geo: tuple = ()) -> int:
+    """Floats kept per example (an embedding's ids count as one each; ``geo``: :func:`layer_geos`)."""
     n = c * sum(fb)
     for u, ((t, d, e), k) in enumerate(zip(uses, kinds)):
-        n += c * d * e if k == GRAD else t * (1 if embed and embed[u] else d) + c * t * e
+        v, gu = bool(embed) and embed[u], geo[u] if geo else None
+        n += c * d * e if k == GRAD else a_floats(t, d, v, gu) + c * t * e
     return n
 
 
 def _chunk(transient: int, n: int, budget: int | None = None) -> int:
     """Examples per chunk of the factor computation: about :data:`_CHUNK_BYTES` (at most an eighth of the budget)
     of transient memory."""
-    target = _CHUNK_BYTES if budget is None else min(_CHUNK_BYTES, budget // 8)
+    target = _CHUNK_BYTES if budget is None else min(_CHUNK_BYTES, budget // 16)
     return int(max(1, min(n, target // max(transient, 1))))
 
 
@@ -131,6 +160,12 @@ class Setup:
     act: int  # activation floats of one example (the transient of the factor passes)
     fwd: float
     choice: PL.Choice
+    geo: tuple = ()  # per layer: convolutions whose inputs can be kept raw (:func:`layer_geos`)
+
+    @property
+    def raw(self) -> tuple:
+        """Per layer: the geometry of the convolutions whose inputs are kept raw in this plan, else None."""
+        return raw_geos(self.geo, self.kinds)
 
     @property
     def kinds(self) -> tuple:
@@ -151,7 +186,8 @@ class Setup:
 
     def per_point(self, c: int | None = None, kinds: tuple | None = None) -> int:
         c = self.cc if c is None else c
-        return self.item * feature_floats(self.uses, self.fb, c, self.kinds if kinds is None else kinds, self.embed)
+        kinds = self.kinds if kinds is None else kinds
+        return self.item * feature_floats(self.uses, self.fb, c, kinds, self.embed, self.geo)
 
 
 def _setup(apply_fn, params, x1, n1: int, n2: int, sym: bool, mode: str, rows: int, budget, engine: bool) -> Setup:
@@ -166,11 +202,11 @@ def _setup(apply_fn, params, x1, n1: int, n2: int, sym: bool, mode: str, rows: i
     fwd = PL.forward_flops(plan, params, tuple(x1.shape[1:]))
     # traced calls (budget None) plan from a machine constant, not the free memory: same call, same program
     budget = planning_budget() if budget is None else memory_budget(budget)
-    base = Setup(plan, summed, full, uses, embeds(plan), fb, c_all, item, act, fwd, None)
+    base = Setup(plan, summed, full, uses, embeds(plan), fb, c_all, item, act, fwd, None, layer_geos(plan, uses))
     choices = []
     for cc in PL.class_chunks(c_all) if mode == "trace" else [c_all]:
         for allow_lazy in (False, True):
-            kinds = choose_kinds(uses, cc, full, rows, allow_lazy, embed=base.embed)
+            kinds = choose_kinds(uses, cc, full, rows, allow_lazy, embed=base.embed, geo=base.geo)
             if allow_lazy and LAZY not in kinds:
                 continue
             choices.append(_option(base, cc, kinds, n1, n2, sym, rows, budget, engine))
@@ -188,7 +224,8 @@ def _option(s: Setup, cc: int, kinds: tuple, n1: int, n2: int, sym: bool, rows: 
         chunk = _chunk(transient, bs, budget)
         nb1 = -(-n1 // bs)
         nb2 = nb1 if sym else -(-n2 // bs)
-        work = chunk * transient + _tile_bytes(s.uses, kinds, cc, s.item, 2 * bs, True) + bs * bs * s.item * cls
+        tb = _tile_bytes(s.uses, kinds, cc, s.item, 2 * bs, True, raw_geos(s.geo, kinds))
+        work = chunk * transient + tb + bs * bs * s.item * cls
         cap = _capacity(budget - out - work, bs * per)
         total_blocks = nb1 if sym else nb1 + nb2
         need = min(total_blocks, 2)
@@ -209,10 +246,12 @@ def _option(s: Setup, cc: int, kinds: tuple, n1: int, n2: int, sym: bool, rows: 
         featurized = n_all
         formed = (nb * nb if sym else 2) * rows
         pairs = n1 * (n1 + rows) / 2 if sym else n1 * n2
-        bytes_ = out + n_all * per + chunk * transient + _tile_bytes(s.uses, kinds, cc, s.item, 2 * rows)
+        tb = _tile_bytes(s.uses, kinds, cc, s.item, 2 * rows, geo=raw_geos(s.geo, kinds))
+        bytes_ = out + n_all * per + chunk * transient + tb
         resident = 0
         fits = bytes_ <= budget
-    flops = PL.plan_cost(s.uses, s.embed, s.fb, kinds, cc, s.c_all, s.fwd, featurized, formed, pairs)
+    geo = raw_geos(s.geo, kinds)
+    flops = PL.plan_cost(s.uses, s.embed, s.fb, kinds, cc, s.c_all, s.fwd, featurized, formed, pairs, geo)
     return PL.Choice(cc, kinds, flops, int(bytes_), bool(fits), resident)
 
 
@@ -221,15 +260,22 @@ def _sym_cuts(n: int, full: bool) -> list:
     return [i * n // nb for i in range(nb + 1)]
 
 
-def _tile_bytes(uses, kinds, c, item, rows: int, whole: bool = False) -> int:
+def _tile_bytes(uses, kinds, c, item, rows: int, whole: bool = False, geo: tuple = ()) -> int:
     """Largest transient of one tile of ``rows`` points (two blocks): a lazily formed gradient (the second block's
-    and one slice of the first; ``whole``, the eager engine: both blocks'), or the intermediates of a Gram of
-    positions."""
-    lazy = max([c * d * e for (t, d, e), k in zip(uses, kinds) if k == LAZY] or [0])
+    and one slice of the first; ``whole``, the eager engine: both blocks'; raw inputs: plus one block's patches),
+    or the intermediates of a Gram of positions (raw inputs, :func:`._patches.raw_gram`: also the patches of a
+    block, or the Gram of pixels)."""
+    geo = geo or (None,) * len(uses)
     lazy_rows = rows if whole else rows // 2 + -(-rows // (2 * _LAZY_SLICES))
     half = max(rows // 2, 1)
-    pos = max([3 * min(_POS_ELEMENTS, half * half * t * t) for (t, d, e), k in zip(uses, kinds) if k == POS] or [0])
-    return item * max(lazy_rows * lazy, pos)
+    lazy = pos = 0
+    for (t, d, e), k, g in zip(uses, kinds, geo):
+        if k == LAZY:
+            lazy = max(lazy, lazy_rows * c * d * e + (half * t * d if g is not None else 0))
+        elif k == POS:
+            extra = 0 if g is None else max(half * t * d, min(_POS_ELEMENTS, half * half * g.t_in**2))
+            pos = max(pos, 3 * min(_POS_ELEMENTS, half * half * t * t) + extra)
+    return item * max(lazy, pos)
 
 
 def _capacity(free: int, per_block: int) -> int:

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._patches import ga_flops
 from ._program import Lit
 
 __all__: list[str] = []
@@ -86,11 +87,20 @@ def _form(uses, embed, kinds, c: int, kind: str) -> float:
     return sum(2.0 * c * t * (e if v else d * e) for (t, d, e), v, k in zip(uses, embed, kinds) if k == kind)
 
 
-def gram_flops(uses, embed, fb, kinds, c: int) -> float:
-    """FLOPs of one pair of examples' kernel entry."""
+def ga_pair(t: int, d: int, embed: bool, geo) -> float:
+    """FLOPs per pair of examples of the Gram of a layer's input positions: ``2 T² D`` (token ids: ``2 T²``; raw
+    convolution inputs: :func:`._patches.ga_flops`)."""
+    if embed:
+        return 2.0 * t * t
+    return ga_flops(geo) if geo is not None else 2.0 * t * t * d
+
+
+def gram_flops(uses, embed, fb, kinds, c: int, geo: tuple = ()) -> float:
+    """FLOPs of one pair of examples' kernel entry (``geo``: raw convolution inputs, :func:`._layouts.raw_geos`)."""
     total = 2.0 * c * sum(fb)
-    for (t, d, e), v, k in zip(uses, embed, kinds):
-        total += 2.0 * t * t * ((1 if v else d) + c * e) if k == POS else 2.0 * c * d * e
+    geo = geo or (None,) * len(uses)
+    for (t, d, e), v, k, g in zip(uses, embed, kinds, geo):
+        total += ga_pair(t, d, v, g) + 2.0 * t * t * c * e if k == POS else 2.0 * c * d * e
     return total
 
 
@@ -114,14 +124,14 @@ def feature_passes(nb1: int, nb2: int, sym: bool, cap: int) -> int:
 
 
 def plan_cost(
-    uses, embed, fb, kinds, c: int, c_all: int, fwd: float, featurized: float, formed: float, pairs: float
+    uses, embed, fb, kinds, c: int, c_all: int, fwd: float, featurized: float, formed: float, pairs: float, geo=()
 ) -> float:
     """Modelled cost (see module docstring) of ``ceil(c_all / c)`` chunks, each featurizing ``featurized`` examples,
     re-forming ``formed`` examples' lazy gradients and contracting ``pairs`` pairs."""
     per_chunk = (
         featurized * (PASS_WEIGHT * fwd * (1 + 2 * c) + _form(uses, embed, kinds, c, GRAD))
         + formed * _form(uses, embed, kinds, c, LAZY)
-        + pairs * gram_flops(uses, embed, fb, kinds, c)
+        + pairs * gram_flops(uses, embed, fb, kinds, c, geo)
     )
     return -(-c_all // c) * per_chunk
 

@@ -133,9 +133,11 @@ def program(apply_fn: Callable, params: Any, x_shape: tuple, x_dtype: Any) -> tu
     return prog, treedef
 
 
-def run(prog: Program, leaf_vals: list, x: jax.Array, eps: dict, capture: dict, patch_convs=frozenset()):
+def run(
+    prog: Program, leaf_vals: list, x: jax.Array, eps: dict, capture: dict, patch_convs=frozenset(), raw=frozenset()
+):
     """Evaluate the flat program with ``eps`` added to the listed outputs; ``capture[k]`` records operand
-    ``capture[k]`` of equation ``k`` (for a convolution in ``patch_convs``: its patches, see
+    ``capture[k]`` of equation ``k`` (for a convolution in ``patch_convs`` and not in ``raw``: its patches, see
     :func:`conv_by_patches`)."""
     env = dict(prog.consts)
     for i, v in zip(prog.in_ids, list(leaf_vals) + [x]):
@@ -149,6 +151,8 @@ def run(prog: Program, leaf_vals: list, x: jax.Array, eps: dict, capture: dict, 
         ins = [read(r) for r in e.ins]
         if k in patch_convs:
             out, acts[k] = conv_by_patches(ins[0], ins[1], e.params)
+            if k in raw:
+                acts[k] = ins[0]
             outs = [out.astype(e.shapes[0][1])]
         else:
             if k in capture:
