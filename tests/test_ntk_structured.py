@@ -347,6 +347,35 @@ def test_blocked_engine_panels_against_oracle(monkeypatch):
     assert calls == [7]
 
 
+@pytest.mark.parametrize("slices", ["one", "all"])
+def test_panel_lazy_layers_in_slices_of_output_features(monkeypatch, slices):
+    """A resident panel forms each block's lazy gradients once per slice of the layer's output features (one
+    slice, or one feature per slice); the slices' products sum to the kernel: trace (plain and normalized),
+    pseudo and full equal the float64 oracle, with raw and patch inputs."""
+    monkeypatch.setattr(L, "choose_kinds", _mixed(("lazy",)))
+    seen = []
+    pick = (lambda e, whole, room: 1) if slices == "one" else (lambda e, whole, room: e)
+    monkeypatch.setattr(B, "_slices", lambda e, whole, room: seen.append(e) or pick(e, whole, room))
+    B._JITS.clear()
+    g, q = _conv_bias_stack()
+    x = _normal(8, (7, 6, 6, 3))
+    o = oracle_kernels(g, q, x, x)
+    bat = lambda k, bs=2: jc.batched(k, bs, progress_bar=False)  # noqa: E731
+    np.testing.assert_allclose(bat(jc.trace_ntk(g, normalize=False))(q, x), o["trntk0"], **TOL64)
+    np.testing.assert_allclose(bat(jc.trace_ntk(g))(q, x), o["trntk"], **TOL64)
+    np.testing.assert_allclose(bat(jc.pseudo_ntk(g))(q, x), o["pntk"], **TOL64)
+    np.testing.assert_allclose(bat(jc.empirical_ntk(g), 3)(q, x), o["full"], **TOL64)
+    assert sorted(set(seen)) == [3, 4]  # both convolutions were lazy and formed in slices
+
+
+def test_slices_fit_the_room():
+    """The fewest slices (a divisor of the output features) whose share fits the room, else one per feature."""
+    assert B._slices(64, 100, 100) == 1
+    assert B._slices(64, 101, 100) == 2
+    assert B._slices(64, 300, 100) == 4  # 3 does not divide 64
+    assert B._slices(6, 10**9, 1) == 6
+
+
 def test_small_blocks_merged_only_when_all_stay_resident(monkeypatch):
     """batched(k, 32) at N = 256: the engine contracts blocks of 128 rows when all of them fit the budget, and keeps
     blocks of 32 when the merged blocks would not all stay resident; both equal the float64 oracle. Lazy and

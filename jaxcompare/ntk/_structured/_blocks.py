@@ -15,6 +15,9 @@ factors are at least twice smaller than the gradient and ``T ≤`` rows per bloc
 decides between the plans with and without ``lazy`` layers by modelled FLOPs under the memory budget. A *layer*
 is one use, or several dense uses of the same input side by side (e.g. query, key and value projections:
 :func:`._layouts.groups`), whose inputs are then kept once.
+A convolution in the ``pos`` or ``lazy`` layout keeps its *raw* inputs ``(T_in, C_in)`` (9× fewer floats than the
+3×3 patches, :func:`._layouts.layer_geos`); its patches are formed from them when its gradients are, and its Gram
+of positions is a sum of shifted Grams of pixels (:func:`._patches.raw_gram`) where that is cheaper (stride 1).
 Fallback leaves (norm scales, shared weights) are per-example gradients (``grad``). Embedding tables used once
 (:mod:`._embed`) are layers whose inputs are token ids: ``D`` is the number of rows, the factors ``T + C'·T·E``,
 the Gram of positions is token equality (``T²(1 + C'·E)`` per pair), the gradient a segment sum.
@@ -28,9 +31,10 @@ the layouts right away), so peak memory is the stored features plus one chunk, n
 :func:`blocked` is the eager engine of :func:`jaxcompare.batched` and of eager default calls:
 the features of a block are computed once; as many blocks as the budget allows stay resident (a *panel*), the
 others are streamed past it, so memory is bounded by the budget and the block, not by ``N``. Within a panel the
-``lazy`` layers are taken one at a time, each block's gradients formed once for all the panel's tiles (when they
-fit in half the free memory); else the tiles are taken a column at a time, the column block's gradients formed once
-for the column and each row block's once per tile. The per-example-gradient product, each Gram-of-positions layer,
+``lazy`` layers are taken one at a time and in slices of their output features, so that all the panel's blocks'
+gradients of one slice fit the memory set aside for two blocks' whole gradients: each block's gradients are formed
+once for all the panel's tiles. A block streamed past the panel takes its column of tiles: its gradients formed
+once for the column, each panel block's once per tile. The per-example-gradient product, each Gram-of-positions layer,
 each lazy layer's gradients and their products run as programs of their own (XLA:CPU slows a large product down
 ~10× when a Gram of positions shares its program). On CPU the programs are compiled before the panel is planned and
 the resident memory that compiling added is taken from the budget; freed heap memory is handed back before and
@@ -215,6 +219,22 @@ def _formed(a, g, full: bool, vocab: int = 0, geo=None) -> jax.Array:
     return jax.vmap(lambda a, g: _peg_dce(a, g, vocab, geo).reshape(-1))(a, g)
 
 
+def _formed_slice(a, g, e0, full: bool, vocab: int, geo, width: int) -> jax.Array:
+    """:func:`_formed` of the output features ``e0 .. e0 + width - 1`` of a layer (``e0`` may be traced): the
+    gradients of one slice of the layer's weights, whose products with another block's same slice sum to the
+    layer's kernel."""
+    return _formed(a, jax.lax.dynamic_slice_in_dim(g, e0, width, axis=3), full, vocab, geo)
+
+
+def _slices(e: int, whole: int, room: int) -> int:
+    """Slices of a layer's ``e`` output features (a divisor of ``e``) such that ``whole / slices`` bytes fit in
+    ``room``: the fewest that do, else ``e``."""
+    for k in range(1, e + 1):
+        if e % k == 0 and whole <= k * room:
+            return k
+    return e
+
+
 def tile(
     f1, f2, kinds: tuple, full: bool, same: bool = False, skip_lazy: bool = False, voc: tuple = (), raw: tuple = ()
 ) -> jax.Array:
@@ -383,12 +403,12 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
         key, fns = None, None
     if fns is None:
 
-        def with_policy(fn):
+        def with_policy(fn, static=()):
             def run(*args):
                 with traced_with_policy(policy):
                     return fn(*args)
 
-            return jax.jit(run)
+            return jax.jit(run, static_argnums=static)
 
         # the per-example-gradient part, each Gram-of-positions layer and each lazy layer in calls of their own:
         # XLA:CPU runs the dense product ~10x slower when a Gram of positions shares its program (measured on a
@@ -403,6 +423,7 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
                 (
                     with_policy(lambda a, g, v=v, geo=geo: _formed(a, g, full, v, geo)),
                     with_policy(lambda a1, g1, a2, g2, v=v, geo=geo: _pos_pair(a1, g1, a2, g2, full, v, geo)),
+                    with_policy(lambda a, g, e0, w, v=v, geo=geo: _formed_slice(a, g, e0, full, v, geo, w), (3,)),
                 )
                 for v, geo in _layer_keys(lkey)
             ],
@@ -453,7 +474,8 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
     per_block = bs * s.per_point()
     cls = s.c_all * s.c_all if full else 1
     out_bytes = n1 * n2 * cls * item
-    work = chunk * s.transient() + _tile_bytes(s.uses, kinds, c, item, 2 * bs, True, raw) + bs * bs * item * cls
+    tile_room = _tile_bytes(s.uses, kinds, c, item, 2 * bs, True, raw)  # transient of one tile, two blocks
+    work = chunk * s.transient() + tile_room + bs * bs * item * cls
     n_blocks = len(b1) if sym else len(b1) + len(b2)
     if s.choice.fits and rss0 is not None:
         # compile first, then measure: on CPU what compiling adds stays resident, and the panel is planned from
@@ -478,7 +500,6 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
             f"{format_bytes(budget_b)}; use block_size <= {fit}, a larger memory_budget, or a projection."
         )
     cap = max(cap, min(2, n_blocks))
-    largest_lazy = max([c * d * e for (t, d, e), k in zip(s.uses, kinds) if k == LAZY] or [0]) * bs * item
     shape = (len(b1) * bs, len(b2) * bs) + ((c, c) if full else ())
     out = None  # allocated with the first tile's dtype (contractions accumulate in at least float32)
     n_chunks = -(-s.c_all // c) if s.chunked else 1
@@ -504,21 +525,36 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
             p = 0
             while p < len(b1):
                 m = len(b1) - p if len(b1) - p <= cap else cap - 1
-                panel = {i: feat(b1[i]) for i in range(p, p + m)}
+                panel = {}
+                for i in range(p, p + m):
+                    panel[i] = feat(b1[i])
+                    if cpu:
+                        release_memory()
                 free = budget_b - out_bytes - work - per_block * min(cap, len(b1))
-                if len(panel) > 1 and lazy and 2 * len(panel) * largest_lazy <= free:  # half the free memory
-                    # the panel's lazy layers one at a time: each block's gradients formed once, not once per tile
+                if len(panel) > 1 and lazy:
+                    # the panel's lazy layers one at a time, each in slices of its output features small enough
+                    # that all the panel's blocks' gradients of one slice fit the memory set aside for two blocks'
+                    # whole gradients (and what is free): each block's gradients formed once, not once per tile
                     for i in panel:
                         for j in panel:
                             if j >= i:
                                 put(i, j, core_fn(panel[i], panel[j], i == j))
                     for u in lazy:
-                        ms = {i: lazy_of[lkey[u]][0](*panel[i][1][u]) for i in panel}
-                        for i in panel:
-                            for j in panel:
-                                if j >= i:
-                                    put(i, j, gram_fn(ms[i], ms[j]), count=False)
-                        del ms
+                        _, d_u, e_u = s.uses[u]
+                        patches = 0 if raw[u] is None else bs * raw[u].t_out * raw[u].d * item
+                        whole = len(panel) * bs * c * d_u * e_u * item
+                        ns = _slices(e_u, whole, max(1, tile_room + max(0, free) - patches))
+                        form = lazy_of[lkey[u]][2]
+                        for e0 in range(0, e_u, e_u // ns):
+                            e0 = jnp.asarray(e0, jnp.int32)
+                            ms = {i: form(*panel[i][1][u], e0, e_u // ns) for i in panel}
+                            for i in panel:
+                                for j in panel:
+                                    if j >= i:
+                                        put(i, j, gram_fn(ms[i], ms[j]), count=False)
+                            del ms
+                            if cpu:  # freed slices handed back: the heap otherwise keeps them resident
+                                release_memory()
                 else:
                     for j in panel:
                         column({i: f for i, f in panel.items() if i <= j}, panel[j], j)
