@@ -797,3 +797,16 @@ def test_raw_inputs_kept_only_where_smaller():
     assert not P.raw_gram_cheaper(geos[0])
     big = P.ConvGeo((0, 3, 1, 2), (4, 4), 128, (3, 3), (1, 1), (1, 1), ((1, 1), (1, 1)), (4, 4), False)
     assert P.raw_gram_cheaper(big) and P.ga_flops(big) < 2 * 16**2 * 9 * 128 / 2
+
+
+def test_lazy_forms_counts_the_engine_loops():
+    """The planner's count of lazy-gradient formations per layer and chunk, by hand from the engine's loops:
+    4 blocks, 3 resident (a panel of 2 forms each once; the 2 streamed blocks form theirs and the panel's twice;
+    the last panel forms its 2), all resident (each once), and x2 given (each column forms its block and the
+    panel's)."""
+    from jaxcompare.ntk._structured import _planner as PL
+
+    assert PL.lazy_forms(4, 4, True, 3) == (2 + 2 * 3) + 2
+    assert PL.lazy_forms(4, 4, True, 4) == 4
+    assert PL.lazy_forms(3, 2, False, 10) == 2 * (1 + 3)
+    assert PL.lazy_forms(3, 2, False, 2) == 3 * 2 * (1 + 1)

@@ -232,9 +232,7 @@ def _option(s: Setup, cc: int, kinds: tuple, n1: int, n2: int, sym: bool, rows: 
         resident = min(max(cap, need), total_blocks)
         passes = PL.feature_passes(nb1, nb2, sym, max(cap, need))
         featurized = passes * bs
-        # a panel holding every block forms each block's lazy gradients once (one layer at a time), else once per
-        # column of tiles and once per tile for the row block
-        formed = (nb1 if sym and cap >= nb1 else (nb1 * (nb1 + 1) // 2 if sym else nb1 * nb2 + nb2)) * bs
+        formed = PL.lazy_forms(nb1, nb2, sym, max(cap, need)) * bs
         pairs = (nb1 * (nb1 + 1) // 2 if sym else nb1 * nb2) * bs * bs
         bytes_ = out + work + resident * bs * per
         fits = cap >= need

@@ -123,6 +123,26 @@ def feature_passes(nb1: int, nb2: int, sym: bool, cap: int) -> int:
     return n
 
 
+def lazy_forms(nb1: int, nb2: int, sym: bool, cap: int) -> int:
+    """Blocks whose lazy gradients the engine forms per layer and chunk (the panel loops of
+    :func:`._blocks.blocked`): a symmetric panel forms each of its blocks once (in slices of output features), and a
+    block streamed past a panel takes a column of tiles, its gradients formed once and each panel block's once;
+    without symmetry every column of a panel forms its block and each panel block's."""
+    n, p = 0, 0
+    if sym:
+        while p < nb1:
+            m = nb1 - p if nb1 - p <= cap else cap - 1
+            n += m + (nb1 - p - m) * (1 + m)
+            p += m
+        return n
+    keep2 = nb1 + nb2 <= cap
+    while p < nb1:
+        m = min(nb1 - p, cap - (nb2 if keep2 else 1))
+        n += nb2 * (1 + m)
+        p += m
+    return n
+
+
 def plan_cost(
     uses, embed, fb, kinds, c: int, c_all: int, fwd: float, featurized: float, formed: float, pairs: float, geo=()
 ) -> float:
