@@ -135,8 +135,8 @@ def feature_floats(uses: tuple, fb: tuple, c: int, kinds: tuple, embed: tuple = 
 
 
 def _chunk(transient: int, n: int, budget: int | None = None) -> int:
-    """Examples per chunk of the factor computation: about :data:`_CHUNK_BYTES` (at most an eighth of the budget)
-    of transient memory."""
+    """Examples per chunk of the factor computation: about :data:`_CHUNK_BYTES` (at most a sixteenth of the
+    budget, so that the engine's blocks, not the chunk, take the memory) of transient memory."""
     target = _CHUNK_BYTES if budget is None else min(_CHUNK_BYTES, budget // 16)
     return int(max(1, min(n, target // max(transient, 1))))
 
