@@ -535,10 +535,9 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
                     # the panel's lazy layers one at a time, each in slices of its output features small enough
                     # that all the panel's blocks' gradients of one slice fit the memory set aside for two blocks'
                     # whole gradients (and what is free): each block's gradients formed once, not once per tile
-                    for i in panel:
-                        for j in panel:
-                            if j >= i:
-                                put(i, j, core_fn(panel[i], panel[j], i == j))
+                    pairs = [(i, j) for i in panel for j in panel if j >= i]
+                    for i, j in pairs:
+                        put(i, j, core_fn(panel[i], panel[j], i == j))
                     for u in lazy:
                         _, d_u, e_u = s.uses[u]
                         patches = 0 if raw[u] is None else bs * raw[u].t_out * raw[u].d * item
@@ -548,10 +547,8 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
                         for e0 in range(0, e_u, e_u // ns):
                             e0 = jnp.asarray(e0, jnp.int32)
                             ms = {i: form(*panel[i][1][u], e0, e_u // ns) for i in panel}
-                            for i in panel:
-                                for j in panel:
-                                    if j >= i:
-                                        put(i, j, gram_fn(ms[i], ms[j]), count=False)
+                            for i, j in pairs:
+                                put(i, j, gram_fn(ms[i], ms[j]), count=False)
                             del ms
                             if cpu:  # freed slices handed back: the heap otherwise keeps them resident
                                 release_memory()
