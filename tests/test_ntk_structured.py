@@ -648,6 +648,78 @@ def test_class_chunks_against_oracle(monkeypatch, classes):
     assert seen and set(seen) == {classes}
 
 
+@pytest.mark.parametrize("width", [1, 128])
+def test_panel_programs_and_inputs_kept_across_class_chunks(monkeypatch, width):
+    """Lazy embedding and dense layers on a resident panel of two blocks run as one program per layer (each slice
+    of output features formed, then its products: slices of one feature, or whole layers), and with the classes
+    taken one at a time the layers' inputs of the first chunk serve the later chunks (whose factor programs leave
+    them out): the trace (plain and normalized) equals the float64 oracle; the full kernel too (never chunked)."""
+    monkeypatch.setattr(L, "choose_kinds", _forced("lazy"))
+    monkeypatch.setattr(L.PL, "best", lambda options: min(options, key=lambda o: (o.classes, o.flops)))
+    monkeypatch.setattr(B, "_SLICE_WIDTH", width)
+    programs, inputs = [], []
+    panel_lazy, features = B._panel_lazy, B.features
+
+    def spy_panel(a, g, full, vocab, w):
+        programs.append((len(a), g[0].shape[3], w))
+        return panel_lazy(a, g, full, vocab, w)
+
+    def spy_features(plan, p, x, *a):
+        inputs.append(a[6] if len(a) > 6 else True)
+        return features(plan, p, x, *a)
+
+    monkeypatch.setattr(B, "_panel_lazy", spy_panel)
+    monkeypatch.setattr(B, "features", spy_features)
+    B._JITS.clear()
+    f, p = _embed_model("clip")
+    tok = jnp.concatenate([_TOK1, _TOK2[:1] + 1, _TOK1[2:3]], axis=0)  # 6 rows: two blocks of 3
+    o = _int_oracle(f, p, tok, tok)
+    bat = lambda k, bs=3: jc.batched(k, bs, progress_bar=False)  # noqa: E731
+    np.testing.assert_allclose(bat(jc.trace_ntk(f, normalize=False))(p, tok), o["trntk0"], **TOL64)
+    # the embedding (4 features) and the dense layer (3): slices of `width` features (or whole), two blocks each
+    assert sorted(set(programs)) == sorted({(2, 4, min(width, 4)), (2, 3, min(width, 3))})
+    # traced (once per program): the factors with the layers' inputs (first chunk), then without (later chunks)
+    assert inputs == [True, False]
+    np.testing.assert_allclose(bat(jc.trace_ntk(f))(p, tok), o["trntk"], **TOL64)
+    programs.clear()
+    inputs.clear()
+    np.testing.assert_allclose(bat(jc.empirical_ntk(f))(p, tok), o["full"], **TOL64)
+    assert programs and all(n == 2 for n, _, _ in programs) and inputs == [True]  # one chunk: inputs computed
+
+
+def test_factor_programs_compile_options(monkeypatch):
+    """On CPU the factor programs of a model without convolutions compile with YNNPACK fusions of products only;
+    a model with a convolution keeps the default; an option this jaxlib rejects falls back to the default (probed
+    once), and the engine's kernel equals the float64 oracle either way."""
+    f, p = _embed_model("clip")
+    plan = S.analyze(f, p, (5,), jnp.int32, embeddings=True)
+    g, q = _conv_scale_dense()
+    x = _normal(4, (7, 6, 6, 2))
+    assert B._factor_options(S.analyze(g, q, tuple(x.shape[1:]), x.dtype)) is None
+    assert B._factor_options(plan) == B._YNN_DOTS  # this project's jaxlib takes the option
+    want = _int_oracle(f, p, _TOK1, _TOK1)["trntk0"]
+    kfn = jc.batched(jc.trace_ntk(f, normalize=False), 3, progress_bar=False)
+    B._JITS.clear()
+    np.testing.assert_allclose(kfn(p, _TOK1), want, **TOL64)
+    monkeypatch.setattr(B, "_YNN_DOTS", {"xla_cpu_experimental_ynn_fusion_type": "NOT_A_FUSION_TYPE"})
+    monkeypatch.setattr(B, "_YNN_OK", [])
+    assert B._factor_options(plan) is None and B._YNN_OK == [False]
+    B._JITS.clear()
+    np.testing.assert_allclose(kfn(p, _TOK1), want, **TOL64)
+
+
+def test_panel_slices_and_wider_chunks():
+    """A panel's program takes slices of at most the set width (a divisor of the features) and more where the
+    room asks for it; the factor chunks widen with what the budget leaves, by at most half of it, up to the cap."""
+    assert B._panel_slices(1024, 1, 10**9) == 1024 // B._SLICE_WIDTH
+    assert B._panel_slices(96, 1, 10**9) == 1  # 96 features: one slice
+    assert B._panel_slices(1024, 64 * 10**6, 10**6) == 64  # the room: 64 slices of 16 features
+    assert B._panel_slices(7, 1, 10**9) == 1 and B._panel_slices(7, 10, 2) == 7  # a prime: whole, or one by one
+    assert L.wider_chunk(2, 100, 600, 128) == 5  # half of 600 bytes: 3 more examples of 100
+    assert L.wider_chunk(2, 100, 10**9, 128) == L._CHUNK_MAX and L.wider_chunk(2, 100, 10**9, 4) == 4
+    assert L.wider_chunk(2, 100, -5, 128) == 2 and L.wider_chunk(32, 100, 10**9, 128) == 32  # never narrower
+
+
 def test_planner_chunks_classes_only_when_memory_is_short():
     """With room for every class's factors the planner keeps one chunk; under a budget that only chunked factors
     fit it splits the classes (and says the plan fits); the forward FLOPs are those of the model's products."""

@@ -28,17 +28,20 @@ chooses the chunk and the layouts by a FLOP model under the memory budget.
 
 Features are computed by ``lax.map`` over chunks of examples (the factors of one chunk alive at a time, reduced to
 the layouts right away), so peak memory is the stored features plus one chunk, never ``N`` times the activations.
-:func:`blocked` is the eager engine of :func:`jaxcompare.batched` and of eager default calls:
-the features of a block are computed once; as many blocks as the budget allows stay resident (a *panel*), the
-others are streamed past it, so memory is bounded by the budget and the block, not by ``N``. Within a panel the
-``lazy`` layers are taken one at a time and in slices of their output features, so that all the panel's blocks'
-gradients of one slice fit the memory set aside for two blocks' whole gradients: each block's gradients are formed
-once for all the panel's tiles. A block streamed past the panel takes its column of tiles: its gradients formed
-once for the column, each panel block's once per tile. The per-example-gradient product, each Gram-of-positions layer,
-each lazy layer's gradients and their products run as programs of their own (XLA:CPU slows a large product down
-~10× when a Gram of positions shares its program). On CPU the programs are compiled before the panel is planned and
-the resident memory that compiling added is taken from the budget; freed heap memory is handed back before and
-after a call.
+:func:`blocked` is the eager engine of :func:`jaxcompare.batched` and of eager default calls: the features of a
+block are computed once; as many blocks as the budget allows stay resident (a *panel*), the others are streamed past
+it, so memory is bounded by the budget and the block, not by ``N``. Within a panel the ``lazy`` layers are taken one
+at a time and in slices of their output features, so that all the panel's blocks' gradients of one slice fit the
+memory set aside for two blocks' whole gradients: each block's gradients are formed once for all the panel's tiles.
+A layer whose inputs are not a convolution's raw inputs runs as one program for the whole panel: a loop over slices
+of at most 128 output features, each slice formed and multiplied while it is in cache. When one panel holds every
+block and the classes come in chunks, the layers' inputs of the first chunk serve the others (they do not depend on
+the class). A block streamed past the panel takes its column of tiles: its gradients formed once for the column,
+each panel block's once per tile. The per-example-gradient product, each Gram-of-positions layer, each lazy layer's
+gradients and their products run as programs of their own (XLA:CPU slows a large product down ~10× when a Gram of
+positions shares its program). On CPU the programs are compiled before the panel is planned and the resident memory
+that compiling added is taken from the budget, and what the panel leaves of the budget widens the chunks of the
+factor computation; freed heap memory is handed back before and after a call, and the programs run one at a time.
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ from ._layouts import (
     grouped,
     groups,
     vocabs,
+    wider_chunk,
 )
 from ._patches import patches_of, raw_gram, raw_gram_cheaper
 
@@ -104,13 +108,15 @@ def features(
     full: bool = False,
     classes: tuple | None = None,
     raw: tuple = (),
+    inputs: bool = True,
 ):
     """``(dense, facs)`` of a block: ``dense`` the per-example gradients of the ``grad`` uses and fallback leaves
     side by side, ``(N, C'·P_dense)`` (``full``: ``(N, C', P_dense)``; None when there are none), ``facs[u]``
     ``(A, G)`` for ``pos``/``lazy`` uses (None for ``grad``). Two-dimensional ``dense`` keeps the tile's product a
     plain ``A Bᵀ`` (XLA copies an operand of a product contracting two axes). ``classes = (start, size)``: the
     factors of one chunk of classes (trace kernels, :mod:`._planner`). ``raw[u]`` (:attr:`Setup.raw`): the layer's
-    ``A`` are its raw inputs ``(T_in, C_in)``."""
+    ``A`` are its raw inputs ``(T_in, C_in)``. ``inputs=False``: every ``A`` is None (they do not depend on the
+    class: the engine keeps those of its first chunk of classes for the others, and XLA drops their work)."""
     leaves = jax.tree_util.tree_leaves(params)
     voc = vocabs(plan)
     raw_uses = frozenset(grp[0] for grp, g in zip(groups(plan), raw) if g is not None)
@@ -119,7 +125,7 @@ def features(
         a, g, j = example_factors(plan, leaves, xi, summed=summed, classes=classes, raw=raw_uses)
         a, g = grouped(plan, a, g)
         dense = [_grad_of(a[u], g[u], voc[u]) for u, k in enumerate(kinds) if k == GRAD] + list(j)
-        facs = tuple(None if k == GRAD else (a[u], g[u]) for u, k in enumerate(kinds))
+        facs = tuple(None if k == GRAD else (a[u] if inputs else None, g[u]) for u, k in enumerate(kinds))
         if not dense:
             return None, facs
         dense = jnp.concatenate(dense, axis=-1)
@@ -224,6 +230,37 @@ def _formed_slice(a, g, e0, full: bool, vocab: int, geo, width: int) -> jax.Arra
     gradients of one slice of the layer's weights, whose products with another block's same slice sum to the
     layer's kernel."""
     return _formed(a, jax.lax.dynamic_slice_in_dim(g, e0, width, axis=3), full, vocab, geo)
+
+
+def _panel_lazy(a_blocks: tuple, g_blocks: tuple, full: bool, vocab: int, width: int) -> tuple:
+    """The tiles ``(i, j)``, ``i ≤ j``, of a resident panel's blocks for one ``lazy`` layer (not a raw convolution)
+    in one program: a loop over slices of ``width`` output features, each block's gradients of the slice formed
+    once and their products added to the tiles while the slice is still in cache (20–28% faster on the
+    transformer's layers than forming each block's slice and multiplying the slices in programs of their own,
+    whose products ran at about half the matmul peak)."""
+    nb = len(a_blocks)
+    pairs = [(i, j) for i in range(nb) for j in range(i, nb)]
+
+    def products(e0, acc):
+        ms = [_formed_slice(a, g, e0, full, vocab, None, width) for a, g in zip(a_blocks, g_blocks)]
+        tiles = [_gram(ms[i], ms[j], full) for i, j in pairs]
+        return tuple(tiles) if acc is None else tuple(t + m.astype(t.dtype) for t, m in zip(acc, tiles))
+
+    first = products(0, None)
+    n_slices = g_blocks[0].shape[3] // width
+    return jax.lax.fori_loop(1, n_slices, lambda k, acc: products(k * width, acc), first)
+
+
+_SLICE_WIDTH = 128  # output features per slice of a lazy layer in a panel's program (see _panel_slices)
+
+
+def _panel_slices(e: int, whole: int, room: int) -> int:
+    """Slices of a lazy layer's ``e`` output features in a panel's program: enough that the panel's gradients of
+    one slice (``whole`` bytes for all slices) fit ``room``, and slices of at most :data:`_SLICE_WIDTH` features
+    (the transformer's layers, 256 inputs × 256/768/1024 outputs and 1024 × 256, two blocks of 128 rows: slices of
+    128 features ran 0.9–1.0× the time of the best width measured, whole layers 1.1–1.25×)."""
+    narrow = next(k for k in range(1, e + 1) if e % k == 0 and e // k <= _SLICE_WIDTH)
+    return max(_slices(e, whole, room), narrow)
 
 
 def _slices(e: int, whole: int, room: int) -> int:
@@ -403,19 +440,28 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
         key, fns = None, None
     if fns is None:
 
-        def with_policy(fn, static=()):
+        def with_policy(fn, static=(), options=None):
             def run(*args):
                 with traced_with_policy(policy):
                     return fn(*args)
 
-            return jax.jit(run, static_argnums=static)
+            return jax.jit(run, static_argnums=static, compiler_options=options)
 
         # the per-example-gradient part, each Gram-of-positions layer and each lazy layer in calls of their own:
         # XLA:CPU runs the dense product ~10x slower when a Gram of positions shares its program (measured on a
         # ResNet, jaxlib 0.10.2; optimization barriers do not help)
         dense_kinds = tuple(LAZY if k == POS else k for k in kinds)
+        classes_of = lambda c0: _classes(s, c0)  # noqa: E731
         fns = (
-            with_policy(lambda p, xb, c0: features(plan, p, xb, summed, kinds, chunk, full, _classes(s, c0), raw)),
+            # the features, and the features without the layers' inputs (later chunks of classes)
+            *[
+                with_policy(
+                    lambda p, xb, c0, ch, a=a: features(plan, p, xb, summed, kinds, ch, full, classes_of(c0), raw, a),
+                    (3,),
+                    _factor_options(plan),
+                )
+                for a in (True, False)
+            ],
             with_policy(lambda f1, f2: tile(f1, f2, dense_kinds, full, skip_lazy=True, voc=voc)),
             with_policy(lambda f: tile(f, f, dense_kinds, full, same=True, skip_lazy=True, voc=voc)),
             with_policy(lambda m1, m2: _gram(m1, m2, full)),
@@ -424,6 +470,7 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
                     with_policy(lambda a, g, v=v, geo=geo: _formed(a, g, full, v, geo)),
                     with_policy(lambda a1, g1, a2, g2, v=v, geo=geo: _pos_pair(a1, g1, a2, g2, full, v, geo)),
                     with_policy(lambda a, g, e0, w, v=v, geo=geo: _formed_slice(a, g, e0, full, v, geo, w), (3,)),
+                    with_policy(lambda a, g, w, v=v: _panel_lazy(a, g, full, v, w), (2,)),
                 )
                 for v, geo in _layer_keys(lkey)
             ],
@@ -432,7 +479,12 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
             _JITS[key] = fns
             while len(_JITS) > 16:
                 _COMPILED.pop(_JITS.popitem(last=False)[0], None)
-    feat_fn, dense_fn, dense_self_fn, gram_fn, *lazy_fns = fns
+    feat_fn, grads_fn, dense_fn, dense_self_fn, gram_fn, *lazy_fns = fns
+    if cpu:  # one program at a time (see _synced)
+        feat_fn, grads_fn, dense_fn, dense_self_fn, gram_fn = map(
+            _synced, (feat_fn, grads_fn, dense_fn, dense_self_fn, gram_fn)
+        )
+        lazy_fns = [tuple(map(_synced, t)) for t in lazy_fns]
     lazy_of = dict(zip(_layer_keys(lkey), lazy_fns))
     lazy = [u for u, k in enumerate(kinds) if k == LAZY]
 
@@ -482,7 +534,7 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
         # what is left of the budget (the first call of a model compiles; later calls reuse the programs, and are
         # charged what their compiling added: measured, a second call of ResNet-18 ¼ at N = 1024 under a 1.5 GiB
         # budget otherwise kept one block more and peaked 0.25 GiB higher than the first)
-        _compile(fns, lazy, pos, lkey, params, b1[0], sym, len(b1) > 1)
+        _compile(fns, lazy, pos, lkey, params, b1[0], sym, len(b1) > 1, chunk)
         release_memory()
         rss = resident_bytes()
         added = max(0, (rss or rss0) - rss0)
@@ -500,6 +552,9 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
             f"{format_bytes(budget_b)}; use block_size <= {fit}, a larger memory_budget, or a projection."
         )
     cap = max(cap, min(2, n_blocks))
+    # what the panel leaves of the budget widens the chunks of the factor computation (compiled on first use)
+    wide = wider_chunk(chunk, s.transient(), budget_b - out_bytes - work - per_block * min(cap, n_blocks), bs)
+    work += (wide - chunk) * s.transient()
     shape = (len(b1) * bs, len(b2) * bs) + ((c, c) if full else ())
     out = None  # allocated with the first tile's dtype (contractions accumulate in at least float32)
     n_chunks = -(-s.c_all // c) if s.chunked else 1
@@ -518,16 +573,27 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
             t = np.swapaxes(t, 0, 1)
             out[j * bs : (j + 1) * bs, i * bs : (i + 1) * bs] += np.swapaxes(t, 2, 3) if full else t
 
+    # one panel for every chunk of classes: the layers' inputs of the first chunk are kept for the others (they do
+    # not depend on the class; the transformer at N = 256 computes its factors ~8% faster without them)
+    keep_inputs = sym and n_chunks > 1 and len(b1) <= cap
+    inputs = {}
     for ck in range(n_chunks):
         c0 = jnp.asarray(ck * c, jnp.int32)
-        feat = lambda xb, c0=c0: feat_fn(params, xb, c0)  # noqa: E731
+        feat = lambda xb, c0=c0: feat_fn(params, xb, c0, wide)  # noqa: E731
         if sym:
             p = 0
             while p < len(b1):
                 m = len(b1) - p if len(b1) - p <= cap else cap - 1
                 panel = {}
                 for i in range(p, p + m):
-                    panel[i] = feat(b1[i])
+                    if i in inputs:
+                        dense_i, g_i = grads_fn(params, b1[i], c0, wide)
+                        panel[i] = (dense_i, tuple(None if f is None else (a, f[1]) for a, f in zip(inputs[i], g_i)))
+                        del dense_i, g_i
+                    else:
+                        panel[i] = feat(b1[i])
+                    if keep_inputs:
+                        inputs[i] = tuple(None if f is None else f[0] for f in panel[i][1])
                     if cpu:
                         release_memory()
                 free = budget_b - out_bytes - work - per_block * min(cap, len(b1))
@@ -542,7 +608,20 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
                         _, d_u, e_u = s.uses[u]
                         patches = 0 if raw[u] is None else bs * raw[u].t_out * raw[u].d * item
                         whole = len(panel) * bs * c * d_u * e_u * item
-                        ns = _slices(e_u, whole, max(1, tile_room + max(0, free) - patches))
+                        room = max(1, tile_room + max(0, free) - patches)
+                        if raw[u] is None:  # one program for the panel: each slice formed, then its products
+                            # counted twice: the program's formed slices and its copies of them (peak RSS)
+                            ns = _panel_slices(e_u, 2 * whole, room)
+                            fac = [panel[i][1][u] for i in panel]
+                            tiles = lazy_of[lkey[u]][3](tuple(f[0] for f in fac), tuple(f[1] for f in fac), e_u // ns)
+                            del fac
+                            for (i, j), t in zip(pairs, tiles):
+                                put(i, j, t, count=False)
+                            del tiles
+                            if cpu:
+                                release_memory()
+                            continue
+                        ns = _slices(e_u, whole, room)
                         form = lazy_of[lkey[u]][2]
                         for e0 in range(0, e_u, e_u // ns):
                             e0 = jnp.asarray(e0, jnp.int32)
@@ -579,6 +658,7 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
                 del panel
                 p += m
             del cache2
+    inputs.clear()
     if cpu:
         release_memory()
     k = out[:n1, :n2]
@@ -586,6 +666,38 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
         k = k / plan.n_classes
     d = np.diagonal(k).copy() if sym and not full else None
     return jnp.asarray(k), (None if d is None else jnp.asarray(d))
+
+
+_YNN_DOTS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+_YNN_OK: list = []  # whether this jaxlib takes _YNN_DOTS (probed once)
+
+
+def _factor_options(plan: Plan) -> dict | None:
+    """XLA compiler options of the factor programs: on CPU, for a model without convolutions, YNNPACK fusions of
+    products only. Its fused elementwise and reduction kernels ran a product-and-sum over the unit batch axis of
+    one example ~10× slower (LayerNorms, softmaxes, scale gradients); the factor programs of the transformer and
+    the ViT ran 14% and 19% faster without them, a ResNet's 20% slower (its default kept). None elsewhere, or
+    where this jaxlib does not know the option (probed once with a small program)."""
+    if jax.default_backend() != "cpu" or any(e.prim.name == "conv_general_dilated" for e in plan.prog.eqns):
+        return None
+    if not _YNN_OK:
+        try:
+            jax.jit(lambda v: v + 1, compiler_options=_YNN_DOTS).lower(jnp.zeros(2)).compile()
+            _YNN_OK.append(True)
+        except Exception:  # noqa: BLE001 - an unknown option or value: the default compilation
+            _YNN_OK.append(False)
+    return dict(_YNN_DOTS) if _YNN_OK[0] else None
+
+
+def _synced(fn):
+    """``fn`` waiting for its result: on CPU each of the engine's programs uses every core, and one dispatched
+    while another still runs competes with it (the transformer at N = 256: 82 s with the programs dispatched
+    asynchronously, 67 s one at a time)."""
+
+    def call(*args):
+        return jax.block_until_ready(fn(*args))
+
+    return call
 
 
 def _merged(apply_fn, params, x1, n1: int, n2: int, sym: bool, mode: str, bs: int, budget: int, s):
@@ -617,14 +729,15 @@ def _layer_keys(lkey: tuple) -> list:
     return out
 
 
-def _compile(fns, lazy: list, pos: list, lkey: tuple, params, x0, sym: bool, pairs: bool) -> None:
-    """Compile the programs the engine will call (features, tiles, the lazy layers' gradients and products) for
-    blocks shaped like ``x0``, without running them: ``jax.jit`` keeps what it compiled for the calls."""
-    feat_fn, dense_fn, dense_self_fn, gram_fn, *lazy_fns = fns
+def _compile(fns, lazy: list, pos: list, lkey: tuple, params, x0, sym: bool, pairs: bool, chunk: int) -> None:
+    """Compile the programs the engine will call (features in chunks of ``chunk`` examples, tiles, the lazy layers'
+    gradients and products) for blocks shaped like ``x0``, without running them: ``jax.jit`` keeps what it
+    compiled for the calls."""
+    feat_fn, _, dense_fn, dense_self_fn, gram_fn, *lazy_fns = fns
     lazy_of = dict(zip(_layer_keys(lkey), lazy_fns))
     c0 = jax.ShapeDtypeStruct((), jnp.int32)
-    feat_fn.lower(params, x0, c0).compile()
-    f = jax.eval_shape(feat_fn, params, x0, c0)
+    feat_fn.lower(params, x0, c0, chunk).compile()
+    f = feat_fn.eval_shape(params, x0, c0, chunk)
     if sym:
         dense_self_fn.lower(f).compile()
     if pairs or not sym:
