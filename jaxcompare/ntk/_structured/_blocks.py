@@ -617,9 +617,7 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
                             del fac
                             for (i, j), t in zip(pairs, tiles):
                                 put(i, j, t, count=False)
-                            del tiles
-                            if cpu:
-                                release_memory()
+                            del tiles  # the heap reuses what it held for the next layer's program (handed back below)
                             continue
                         ns = _slices(e_u, whole, room)
                         form = lazy_of[lkey[u]][2]
@@ -631,6 +629,8 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
                             del ms
                             if cpu:  # freed slices handed back: the heap otherwise keeps them resident
                                 release_memory()
+                    if cpu:
+                        release_memory()
                 else:
                     for j in panel:
                         column({i: f for i, f in panel.items() if i <= j}, panel[j], j)
