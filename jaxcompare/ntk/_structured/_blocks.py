@@ -78,6 +78,7 @@ from ._layouts import (
     wider_chunk,
 )
 from ._patches import patches_of, raw_gram, raw_gram_cheaper
+from ._planner import panels
 
 __all__ = ["choose_kinds", "features", "tile", "kernel", "diag", "blocked", "estimate"]
 
@@ -581,11 +582,9 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
         c0 = jnp.asarray(ck * c, jnp.int32)
         feat = lambda xb, c0=c0: feat_fn(params, xb, c0, wide)  # noqa: E731
         if sym:
-            p = 0
-            while p < len(b1):
-                m = len(b1) - p if len(b1) - p <= cap else cap - 1
+            for rows in panels(len(b1), len(b2), sym, cap):
                 panel = {}
-                for i in range(p, p + m):
+                for i in rows:
                     if i in inputs:
                         dense_i, g_i = grads_fn(params, b1[i], c0, wide)
                         panel[i] = (dense_i, tuple(None if f is None else (a, f[1]) for a, f in zip(inputs[i], g_i)))
@@ -634,19 +633,16 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
                 else:
                     for j in panel:
                         column({i: f for i, f in panel.items() if i <= j}, panel[j], j)
-                for k in range(p + m, len(b1)):
+                for k in range(rows.stop, len(b1)):
                     fk = feat(b1[k])
                     column(panel, fk, k)
                     del fk
                 del panel
-                p += m
         else:
             keep2 = len(b1) + len(b2) <= cap
             cache2 = {}
-            p = 0
-            while p < len(b1):
-                m = min(len(b1) - p, cap - (len(b2) if keep2 else 1))
-                panel = {i: feat(b1[i]) for i in range(p, p + m)}
+            for rows in panels(len(b1), len(b2), sym, cap):
+                panel = {i: feat(b1[i]) for i in rows}
                 for j in range(len(b2)):
                     fj = cache2.get(j)
                     if fj is None:
@@ -656,7 +652,6 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
                     column(panel, fj, j)
                     del fj
                 del panel
-                p += m
             del cache2
     inputs.clear()
     if cpu:

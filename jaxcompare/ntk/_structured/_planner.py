@@ -123,24 +123,30 @@ def feature_passes(nb1: int, nb2: int, sym: bool, cap: int) -> int:
     return n
 
 
+def panels(nb1: int, nb2: int, sym: bool, cap: int) -> list:
+    """The engine's panels (:func:`._blocks.blocked`): ranges of row blocks kept resident together when ``cap``
+    blocks fit. Symmetric: all remaining blocks when they fit, else one fewer than fit (room for a block streamed
+    past them); otherwise room is left for the column blocks (all of them when every block fits, else one)."""
+    out, p = [], 0
+    keep2 = nb1 + nb2 <= cap
+    while p < nb1:
+        if sym:
+            m = nb1 - p if nb1 - p <= cap else cap - 1
+        else:
+            m = min(nb1 - p, cap - (nb2 if keep2 else 1))
+        out.append(range(p, p + m))
+        p += m
+    return out
+
+
 def lazy_forms(nb1: int, nb2: int, sym: bool, cap: int) -> int:
     """Blocks whose lazy gradients the engine forms per layer and chunk (the panel loops of
     :func:`._blocks.blocked`): a symmetric panel forms each of its blocks once (in slices of output features), and a
     block streamed past a panel takes a column of tiles, its gradients formed once and each panel block's once;
     without symmetry every column of a panel forms its block and each panel block's."""
-    n, p = 0, 0
     if sym:
-        while p < nb1:
-            m = nb1 - p if nb1 - p <= cap else cap - 1
-            n += m + (nb1 - p - m) * (1 + m)
-            p += m
-        return n
-    keep2 = nb1 + nb2 <= cap
-    while p < nb1:
-        m = min(nb1 - p, cap - (nb2 if keep2 else 1))
-        n += nb2 * (1 + m)
-        p += m
-    return n
+        return sum(len(r) + (nb1 - r.stop) * (1 + len(r)) for r in panels(nb1, nb2, sym, cap))
+    return sum(nb2 * (1 + len(r)) for r in panels(nb1, nb2, sym, cap))
 
 
 def plan_cost(
