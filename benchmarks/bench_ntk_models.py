@@ -312,6 +312,8 @@ def _floors(model: str, n: int, params, x) -> dict:
     plan = analyze(f, params, tuple(x.shape[1:]), x.dtype)
     a, g, _ = jax.eval_shape(lambda p, xx: factors(plan, p, xx, summed=False), params, x[:1])
     layer = sum(2.0 * c * gg.shape[2] * aa.shape[-1] * gg.shape[-1] for aa, gg in zip(a, g))
+    if fwd < 0.5 * layer / c:  # XLA's GPU cost analysis leaves out the convolutions it hands to cuDNN (ResNet-18:
+        fwd = layer / c  # 2e6 FLOPs counted for 1.1e9): the structured layers' own forward FLOPs instead
     p = sum(int(v.size) for v in jax.tree_util.tree_leaves(params))
     passes = n * fwd * (1 + 2 * c)
     return {"passes": passes, "layer_grads": n * layer, "gram": float(n) * n * c * p}
@@ -335,7 +337,7 @@ def _child(cfg: dict) -> dict:
     def run():
         nonlocal est
         if method == "exact":
-            kfn = jc.trace_ntk(f, implementation=cfg.get("impl", "auto"))
+            kfn = jc.trace_ntk(f, implementation=cfg.get("impl", "auto"), precision=cfg.get("precision"))
             if cfg.get("block"):
                 kfn = jc.batched(kfn, cfg["block"], progress_bar=False)
             return kfn(params, x)
@@ -354,8 +356,15 @@ def _child(cfg: dict) -> dict:
         t0 = time.perf_counter()
         kern = np.asarray(jax.block_until_ready(run()))
         t = time.perf_counter() - t0
-    out = {"time": t, "first": first, "est": est}
-    if method == "exact":
+    out = {"time": t, "first": first, "est": est, "dev_gib": device_peak_gib()}
+    if method == "exact" and cfg.get("precision", "highest") != "highest":  # a faster policy: its error vs highest
+        if exact_path.exists():
+            iu = np.triu_indices(n, 1)
+            out["err"] = float(np.abs(kern - np.load(exact_path))[iu].mean())
+            out["max_err"] = float(np.abs(kern - np.load(exact_path))[iu].max())
+        out["floors"] = _floors(model, n, params, x)
+        out["est_gib"], out["rss_jax_gib"] = float("nan"), rss_jax
+    elif method == "exact":
         from jaxcompare.ntk._memory import kernel_bytes
 
         _CACHE.mkdir(parents=True, exist_ok=True)
@@ -370,12 +379,25 @@ def _child(cfg: dict) -> dict:
     return out
 
 
-def _matmul_peak(size: int = 2048, reps: int = 5) -> float:
-    a = jnp.ones((size, size), jnp.float32)
-    mm = jax.jit(lambda u: u @ u)
+def _matmul_peak(size: int | None = None, reps: int = 5, precision: str = "highest") -> float:
+    """Float32 matmul rate (FLOP/s) of the default backend at ``precision`` (the kernels' default policy is
+    "highest": on a GPU, true float32 products rather than TF32), best of ``reps``; 2048² on a CPU, 8192² on an
+    accelerator (a 2048² product is launch-bound there)."""
+    gpu = jax.default_backend() != "cpu"
+    size = size or (8192 if gpu else 2048)
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    mm = jax.jit(lambda u: jnp.matmul(u, u, precision=precision))
     mm(a).block_until_ready()
     best = min(_timed(lambda: mm(a).block_until_ready()) for _ in range(reps))
     return 2.0 * size**3 / best
+
+
+def device_peak_gib() -> float | None:
+    """Peak bytes the accelerator's allocator held in this process (GiB), or None on a CPU (peak RSS says it)."""
+    if jax.default_backend() == "cpu":
+        return None
+    stats = jax.devices()[0].memory_stats() or {}
+    return stats.get("peak_bytes_in_use", 0) / _GIB
 
 
 def _timed(fn) -> float:
@@ -429,12 +451,17 @@ def _run_torch(model: str, n: int, args, run_child) -> dict | str:
     budget = _parse_gib(args.torch_budget)
     if need > budget:
         return f"does not fit: needs {need:.1f} GiB (per-example Jacobian N·C·P float32) > --torch-budget {budget:g}"
-    if args.device == "gpu" and not (Path(_peer_env.__file__).parent / ".trak-env" / "bin" / "python").exists():
+    import importlib.util
+
+    if args.device == "gpu" and importlib.util.find_spec("torch") is not None:
+        py = sys.executable  # an accelerator image that ships torch beside jax (it may have no network to build one)
+    elif args.device == "gpu" and not (Path(_peer_env.__file__).parent / ".trak-env" / "bin" / "python").exists():
         return "no torch environment on this machine (benchmarks/.trak-env; an accelerator machine may be offline)"
-    try:
-        py = str(_peer_env.torch_env())
-    except (OSError, subprocess.CalledProcessError) as e:
-        return f"no torch environment ({type(e).__name__}: {e})"
+    else:
+        try:
+            py = str(_peer_env.torch_env())
+        except (OSError, subprocess.CalledProcessError) as e:
+            return f"no torch environment ({type(e).__name__}: {e})"
     cfg = dict(model=model, n=n, device=args.device, chunk=_torch_chunk(model, n), **export(model, n))
     env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
     torch_py = str(Path(__file__).resolve().parent / "_torch_models.py")
@@ -462,10 +489,10 @@ def _exact_configs(quick: bool, device: str) -> list:
     if device == "gpu":  # about 8 min on one H200
         return [
             dict(model=r, n=1024, method="exact"),
-            dict(model=r, n=1024, method="exact", impl="jacobian", block=256),
-            dict(model=r, n=4096, method="exact", block=1024),
+            dict(model=r, n=1024, method="exact", precision="high"),
+            dict(model=r, n=4096, method="exact", block=1024, precision="high"),
             dict(model=t, n=256, method="exact"),
-            dict(model=t, n=1024, method="exact", block=256),
+            dict(model=t, n=1024, method="exact", block=256, precision="high"),
         ]
     return [
         dict(model=r, n=256, method="exact"),
@@ -483,10 +510,10 @@ def _big_configs(model: str, quick: bool, device: str) -> list:
     if quick:
         return [dict(model=model, n=32, method="exact", block=16), dict(model=model, n=32, method="structured", k=1024)]
     if device == "gpu":  # full-width N = 10 000 / 50 000 projected: bench_ntk_projection.py --only resnet --device gpu
-        return [
+        return [  # exact at two N (the linear and quadratic terms of the extrapolation), TF32 against highest
             dict(model=model, n=1024, method="exact"),
-            dict(model=model, n=4096, method="exact", block=1024),
-            dict(model=model, n=4096, method="structured", k=4096),
+            dict(model=model, n=1024, method="exact", precision="high"),
+            dict(model=model, n=4096, method="exact", block=1024, precision="high"),
         ]
     if model == "resnet":
         return [
@@ -579,12 +606,14 @@ def main() -> None:
         for i, cfg in enumerate(configs):
             print(i, cfg, f"torch.func needs {torch_needs_gib(cfg['model'], cfg['n']):.1f} GiB")
         return
-    if gpu:
-        os.environ["JAX_PLATFORMS"] = "cuda"
+    if gpu:  # this parent measures the matmul peak only: it must not take the device's memory from the rows
+        os.environ.update(JAX_PLATFORMS="cuda", XLA_PYTHON_CLIENT_PREALLOCATE="false")
     peak = _matmul_peak()
+    fast = f" (TF32, precision 'high': {_matmul_peak(precision='high') / 1e12:.0f} TFLOP/s)" if gpu else ""
     print(
-        f"{time.strftime('%Y-%m-%d %H:%M')}  device {args.device}  matmul peak (float32, 2048², this run): "
-        f"{peak / 1e9:.0f} GFLOP/s; load {os.getloadavg()}; budget {args.budget}; torch budget {args.torch_budget}",
+        f"{time.strftime('%Y-%m-%d %H:%M')}  device {args.device} ({jax.devices()[0].device_kind})  matmul peak "
+        f"(float32 'highest', {8192 if gpu else 2048}², this run): {peak / 1e9:.0f} GFLOP/s{fast}; load "
+        f"{os.getloadavg()}; budget {args.budget}; torch budget {args.torch_budget}",
         flush=True,
     )
     print(
@@ -597,6 +626,7 @@ def main() -> None:
     for cfg in configs:
         m = (cfg["model"], cfg["n"])
         name = cfg.get("impl", cfg["method"]) + (f"/b{cfg['block']}" if cfg.get("block") else "")
+        name += f"/{cfg['precision']}" if cfg.get("precision") else ""
         head = f"{cfg['model']:11} {cfg['n']:>5} {name:11} {cfg.get('k') or '':>5}"
         if args.reuse_exact and cfg["method"] == "exact" and (_CACHE / f"exact_{m[0]}_{m[1]}.npy").exists():
             continue
@@ -635,7 +665,7 @@ def _print_row(head, cfg, r, m, load, peak, exact_t, floors, budget) -> None:
     if cfg["method"] == "exact":
         import _subprocess
 
-        if m not in exact_t or not (cfg.get("block") or cfg.get("impl")):  # "× exact": the default call
+        if m not in exact_t or not (cfg.get("block") or cfg.get("impl") or cfg.get("precision")):  # the default call
             exact_t[m] = r["time"]
         floors[m] = _subprocess.floor_seconds(m, r["floors"], peak)
         print(
@@ -648,7 +678,8 @@ def _print_row(head, cfg, r, m, load, peak, exact_t, floors, budget) -> None:
         f"{head} {r['time']:8.2f} {r['first']:7.2f} {r['rss_gib']:7.2f} {r.get('err', float('nan')):10.4f} "
         f"{r['est'] if r.get('est') is not None else float('nan'):7.4f} {load:5.1f} "
         f"{r['time'] / exact_t[m] if m in exact_t else float('nan'):7.2f} "
-        f"{r['time'] / fl if fl else float('nan'):7.2f}",
+        f"{r['time'] / fl if fl else float('nan'):7.2f}"
+        + (f"  device peak {r['dev_gib']:.2f} GiB" if r.get("dev_gib") is not None else ""),
         flush=True,
     )
 

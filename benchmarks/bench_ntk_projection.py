@@ -87,6 +87,7 @@ def _child(cfg: dict) -> dict:
         kern = np.asarray(jax.block_until_ready(run()))
         t = time.perf_counter() - t0
     out = {"time": t, "first": first, "rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2}
+    out["dev_gib"] = models.device_peak_gib()
     out["est"] = est
     exact_path = _CACHE / f"exact_{model}_{n}.npy"
     if method == "exact":
@@ -98,9 +99,12 @@ def _child(cfg: dict) -> dict:
                 _CACHE / f"{model}_{n}.npz", [{kk: np.asarray(v) for kk, v in d.items()} for d in params], np.asarray(x)
             )
             np.save(_CACHE / f"{model}_{n}_logits.npy", np.asarray(f(params, x)))
-    elif exact_path.exists():
-        iu = np.triu_indices(n, 1)
-        out["err"] = float(np.abs(kern - np.load(exact_path))[iu].mean())
+    else:
+        if exact_path.exists():
+            iu = np.triu_indices(n, 1)
+            out["err"] = float(np.abs(kern - np.load(exact_path))[iu].mean())
+        # the floors of a row without an exact row of its model before it (the parent prefers the exact row's)
+        out["floors"] = models._floors(model, n, params, x) if model in models.MODELS else _floors(table, model, n)
     return out
 
 
@@ -121,24 +125,18 @@ def _floors(table, model: str, n: int) -> dict:
     plan = analyze(f, params, shape, x.dtype)
     a, g, _ = jax.eval_shape(lambda p, xx: factors(plan, p, xx, summed=False), params, x)
     layer = sum(2.0 * 10 * gg.shape[2] * aa.shape[-1] * gg.shape[-1] for aa, gg in zip(a, g))
+    fwd = max(fwd, layer / 10) if fwd < 0.5 * layer / 10 else fwd  # as bench_ntk_models._floors (GPU cost analysis)
     p = sum(int(v.size) for v in jax.tree_util.tree_leaves(params))
     del np
     return {"passes": n * fwd * 21, "layer_grads": n * layer, "gram": float(n) * n * 10 * p}
 
 
-def _matmul_peak(size: int = 2048, reps: int = 5) -> float:
-    import jax
-    import jax.numpy as jnp
+def _matmul_peak(size: int | None = None, reps: int = 5, precision: str = "highest") -> float:
+    """As bench_ntk_models._matmul_peak (float32 at ``precision``; 8192² on an accelerator)."""
+    sys.path.insert(0, str(HERE))
+    import bench_ntk_models as models
 
-    a = jnp.ones((size, size), jnp.float32)
-    mm = jax.jit(lambda u: u @ u)
-    mm(a).block_until_ready()
-    best = 1e9
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        mm(a).block_until_ready()
-        best = min(best, time.perf_counter() - t0)
-    return 2.0 * size**3 / best
+    return models._matmul_peak(size, reps, precision)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -282,6 +280,7 @@ def main() -> None:
     ap.add_argument("--n10k", action="store_true", help="also the projected ResNet ¼ at N = 10 000")
     ap.add_argument("--n-resnet", type=int, default=None, help="N of the ResNet ¼ rows (default 1024; gpu 4096)")
     ap.add_argument("--no-trak", action="store_true", help="skip the TRAK rows (no torch environment built)")
+    ap.add_argument("--rows", nargs="+", type=int, help="only these rows (0-based) of the configurations")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per row")
     ap.add_argument("--repeat-below", type=float, default=300.0, help="time a second call when the first is faster")
     ap.add_argument("--budget", default=None, help="JAXCOMPARE_MEMORY_BUDGET of the rows (default 1.5G; gpu 40G)")
@@ -299,12 +298,15 @@ def main() -> None:
         _errors(args)
         return
     args.budget = args.budget or ("40G" if args.device == "gpu" else "1.5G")
-    if args.device == "gpu":
-        os.environ["JAX_PLATFORMS"] = "cuda"
+    if args.device == "gpu":  # this parent measures the matmul peak only: it must not take the device's memory
+        os.environ.update(JAX_PLATFORMS="cuda", XLA_PYTHON_CLIENT_PREALLOCATE="false")
     peak = _matmul_peak()
+    gpu = args.device == "gpu"
+    fast = f" (TF32, precision 'high': {_matmul_peak(precision='high') / 1e12:.0f} TFLOP/s)" if gpu else ""
     print(
-        f"{time.strftime('%Y-%m-%d %H:%M')}  device {args.device}  matmul peak (float32, 2048², this run): "
-        f"{peak / 1e9:.0f} GFLOP/s; load {os.getloadavg()[0]:.1f}; budget {args.budget}",
+        f"{time.strftime('%Y-%m-%d %H:%M')}  device {args.device}  matmul peak (float32 'highest', "
+        f"{8192 if gpu else 2048}², this run): {peak / 1e9:.0f} GFLOP/s{fast}; load {os.getloadavg()[0]:.1f}; "
+        f"budget {args.budget}",
         flush=True,
     )
     print(
@@ -313,7 +315,8 @@ def main() -> None:
         flush=True,
     )
     exact_t, floors = {}, {}
-    for cfg in _configs(args):
+    configs = _configs(args)
+    for cfg in [configs[i] for i in args.rows] if args.rows else configs:
         if cfg["method"] == "trak" and args.no_trak:
             continue
         load = os.getloadavg()[0]
@@ -331,12 +334,18 @@ def main() -> None:
         fl = floors.get(fm, {}).get("exact" if cfg["method"] == "exact" else "proj")
         if fl and fm != m:  # another N than the exact row: floors scale linearly in N for the projected path
             fl = fl * cfg["n"] / fm[1]
+        if not fl and r.get("floors"):  # no exact row of this model: the row's own floors
+            import _subprocess
+
+            fl = _subprocess.floor_seconds(m, r["floors"], peak)["proj"]
         note = ""
         if cfg["method"] == "trak":
             note = (
                 f"torch {r['torch']} ({r['threads']} threads), jacrev {r['grad_time']:.2f} s, block {r['block_size']}, "
                 f"max|logit Δ| {r['logit_err']:.1e}"
             )
+        if r.get("dev_gib") is not None:
+            note += f" device peak {r['dev_gib']:.2f} GiB"
         ratio = r["time"] / exact_t[m] if m in exact_t else float("nan")
         print(
             f"{cfg['model']:9} {cfg['n']:>6} {cfg['method']:11} {cfg.get('k') or '':>5} {r['time']:8.2f} "

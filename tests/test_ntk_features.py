@@ -189,6 +189,38 @@ def test_validation():
         jc.structured_projection(jax.random.key(0), 8, memory_budget="lots")
 
 
+def test_default_budget_is_the_accelerators_memory(monkeypatch):
+    """On a GPU or TPU the default budget is half of what the device's allocator may still take (the kernels' arrays
+    live there), the planning budget half its limit; a backend without statistics falls back to the host's memory
+    (MemTotal read here from /proc/meminfo, independently of the package)."""
+    import jaxcompare.ntk._memory as mem
+
+    gib = 2**30
+
+    class Device:
+        def __init__(self, stats):
+            self.stats = stats
+
+        def memory_stats(self):
+            return self.stats
+
+    monkeypatch.delenv("JAXCOMPARE_MEMORY_BUDGET", raising=False)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(jax, "local_devices", lambda: [Device({"bytes_limit": 80 * gib, "bytes_in_use": 16 * gib})])
+    assert mem.memory_budget() == 32 * gib
+    assert mem.memory_budget(0.25) == 16 * gib  # a fraction of the device's free memory
+    assert mem.memory_budget("3G") == 3 * gib  # explicit sizes are kept as given
+    assert mem.planning_budget() == 40 * gib
+    monkeypatch.setattr(jax, "local_devices", lambda: [Device(None)])
+    with open("/proc/meminfo") as fh:
+        total = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("MemTotal:"))
+    assert mem.planning_budget() == total // 2
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")  # the CPU never asks the device
+    monkeypatch.setattr(jax, "local_devices", lambda: [Device({"bytes_limit": 1, "bytes_in_use": 0})])
+    assert mem.accelerator_bytes() is None
+    assert mem.planning_budget() == total // 2
+
+
 def test_memory_plan_blocks_or_raises_before_work(monkeypatch):
     """The default exact call estimates its memory first: over the budget it computes in blocks (same kernel as
     the unplanned call and as the float64 oracle), and when not even one block fits it raises with the estimate."""
@@ -258,6 +290,24 @@ def test_automatic_block_whole_chunks_within_budget():
     assert tiny.block_for(f, p, x) == 1
     ref = jc.project_gradients(f, p, x[:40], big)
     np.testing.assert_allclose(jc.project_gradients(f, p, x[:40], tiny), ref, rtol=1e-12, atol=1e-12)
+
+
+def test_accelerator_block_layout_gives_the_same_features(monkeypatch):
+    """The accelerator's layout (larger blocks and chunks, several examples folded at once, a remainder fold batch)
+    gives the CPU layout's features, and its automatic block is its own maximum; checked here on the CPU by
+    selecting that layout. A float64 model so that only the summation order may differ."""
+    import jaxcompare.ntk._sketch as sk
+
+    f, p = flax_cnn(jax.random.key(0))
+    x = _x(1, (27, 6, 6, 2))
+    proj = jc.structured_projection(jax.random.key(7), 32)
+    ref = jc.project_gradients(f, p, x, proj)
+    assert sk._tuning() == sk._TUNING["cpu"]
+    monkeypatch.setitem(sk._TUNING, "cpu", sk._Tuning(max_block=20, chunk=12, fold=5))  # 27 = 20 + 7; 12 = 5+5+2
+    jax.clear_caches()  # the layout is read when the features are traced
+    big = jc.structured_projection(jax.random.key(7), 32, memory_budget="1G")
+    assert big.block_for(f, p, x) == 20 and big.block_for(f, p, x[:9]) == 9
+    np.testing.assert_allclose(jc.project_gradients(f, p, x, big), ref, rtol=1e-12, atol=1e-12)
 
 
 def test_automatic_block_of_an_unhashable_model():

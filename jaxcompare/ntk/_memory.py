@@ -2,7 +2,9 @@
 
 Budget (bytes): ``memory_budget=`` where a function takes it, else the environment variable
 ``JAXCOMPARE_MEMORY_BUDGET`` (bytes, or a suffix ``K``/``M``/``G``/``GiB``, or a fraction of the available memory
-such as ``0.25``), else half of the memory the operating system reports as available (``MemAvailable`` of
+such as ``0.25``), else half of the available memory. The available memory is the default device's: on a GPU or
+TPU the memory its allocator may still take (``bytes_limit − bytes_in_use`` of ``Device.memory_stats()``; the
+kernels' arrays live there), on a CPU what the operating system reports as available (``MemAvailable`` of
 ``/proc/meminfo``; ``os.sysconf`` pages elsewhere; 4 GiB when neither is known). Estimates are made from shapes
 before any work; a computation that does not fit plans its own blocks or raises with the estimate and a block size
 that fits — never an out-of-memory kill.
@@ -35,8 +37,30 @@ _UNITS = {
 }
 
 
+def accelerator_bytes(free: bool = True) -> int | None:
+    """Memory of JAX's default device when it is an accelerator: what its allocator may still take
+    (``bytes_limit − bytes_in_use``) or, with ``free=False``, its limit; None on a CPU or when the backend reports
+    no memory statistics."""
+    import jax
+
+    if jax.default_backend() == "cpu":
+        return None
+    try:
+        stats = jax.local_devices()[0].memory_stats()
+    except Exception:  # a backend without statistics (some plugins raise instead of returning None)
+        return None
+    if not stats or not stats.get("bytes_limit"):
+        return None
+    limit = int(stats["bytes_limit"])
+    return max(limit - int(stats.get("bytes_in_use", 0)), 0) if free else limit
+
+
 def available_bytes() -> int:
-    """Memory available to new allocations (``MemAvailable``), or total physical memory, or 4 GiB if unknown."""
+    """Memory available to new allocations: the accelerator's (:func:`accelerator_bytes`) when JAX's default device
+    is one, else the host's (``MemAvailable``), or total physical memory, or 4 GiB if unknown."""
+    dev = accelerator_bytes()
+    if dev is not None:
+        return dev
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -92,7 +116,11 @@ def memory_budget(budget: int | float | str | None = None) -> int:
 
 
 def total_bytes() -> int:
-    """Physical memory (``MemTotal``), or 4 GiB if unknown: a machine constant, unlike :func:`available_bytes`."""
+    """The accelerator's memory limit when JAX's default device is one, else physical memory (``MemTotal``), or
+    4 GiB if unknown: a machine constant, unlike :func:`available_bytes`."""
+    dev = accelerator_bytes(free=False)
+    if dev is not None:
+        return dev
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -108,8 +136,8 @@ def total_bytes() -> int:
 
 def planning_budget() -> int:
     """The budget that choices baked into a traced program use: ``JAXCOMPARE_MEMORY_BUDGET`` if set, else half the
-    physical memory. Unlike :func:`memory_budget` it does not move with the machine's load, so the same call traces
-    the same program (the on-disk fingerprint of a kernel depends on it)."""
+    physical memory (of the accelerator, on one). Unlike :func:`memory_budget` it does not move with the machine's
+    load, so the same call traces the same program (the on-disk fingerprint of a kernel depends on it)."""
     env = os.environ.get("JAXCOMPARE_MEMORY_BUDGET")
     if env:
         return _parse(env, "JAXCOMPARE_MEMORY_BUDGET")

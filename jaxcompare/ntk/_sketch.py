@@ -71,11 +71,30 @@ from ._structured._contract import _per_example_grads
 
 __all__ = ["StructuredProjection", "structured_projection"]
 
-# examples per compiled call when block_size is automatic: at most this many, and within the memory budget
-_MAX_BLOCK = 64
-# examples whose factors are formed together within a call (a lax.map over chunks): 16 kept the factors' buffers in
-# cache (quarter-width ResNet-18, 2-core CPU: 16 ms per example against 19 ms for all 64 at once)
-_CHUNK = 16
+
+@dataclasses.dataclass(frozen=True)
+class _Tuning:
+    """How a block is cut, per backend: ``max_block`` examples per compiled call when ``block_size`` is automatic (at
+    most, and within the memory budget); ``chunk`` examples whose factors are formed together (a ``lax.map`` over
+    chunks); ``fold`` examples folded together (the ``lax.map``'s ``batch_size`` over a chunk's examples)."""
+
+    max_block: int
+    chunk: int
+    fold: int
+
+
+# CPU: a chunk of 16 kept the factors' buffers in cache (quarter-width ResNet-18, 2-core CPU: 16 ms per example
+# against 19 ms for all 64 at once) and one example folded at a time kept its rows in cache (4-5x faster than a
+# block's). An accelerator has no such cache to keep and pays per launch: larger chunks and folds of several examples
+# (benchmarks/tune_sketch.py sweeps them on the machine at hand).
+_TUNING = {"cpu": _Tuning(64, 16, 1), "accelerator": _Tuning(512, 64, 8)}
+
+
+def _tuning() -> _Tuning:
+    """The block layout of JAX's default backend."""
+    return _TUNING["cpu" if jax.default_backend() == "cpu" else "accelerator"]
+
+
 # block_for's memory estimates by model signature (apply_fn, parameter and input shapes, dim, summed)
 _BYTES: collections.OrderedDict = collections.OrderedDict()
 
@@ -222,10 +241,10 @@ def _fold_layer(a: jax.Array, g: jax.Array, lay: _Layout, tables: tuple) -> jax.
     return y.sum(axis=1)
 
 
-def block_bytes(plan: Any, shapes: tuple, dim: int, summed: bool, itemsize: int) -> tuple[int, int]:
+def block_bytes(plan: Any, shapes: tuple, dim: int, summed: bool, itemsize: int, fold: int = 1) -> tuple[int, int]:
     """Estimated peak bytes of a block: ``(per example, fixed)``. Per example: activations kept for the backward
     passes, the factors, the largest rows-path layer's gradient rows and the features. Fixed: the largest folded
-    layer's permuted factors and gradient rows, formed one example at a time."""
+    layer's permuted factors and gradient rows, formed ``fold`` examples at a time."""
     c = 1 if summed else plan.n_classes
     act = sum(int(np.prod(s[0], dtype=np.int64)) for e in plan.prog.eqns for s in e.shapes)
     a_shapes, g_shapes, j_shapes = shapes
@@ -239,7 +258,7 @@ def block_bytes(plan: Any, shapes: tuple, dim: int, summed: bool, itemsize: int)
         else:
             rows = 2 * lay.eh * lay.r
             fold_layer = max(fold_layer, 2 * c * rows * lay.w + c * rows * t + lay.r * lay.w * t)
-    return itemsize * ((2 + c) * act + 2 * fac + rows_layer + 4 * c * dim), itemsize * fold_layer
+    return itemsize * ((2 + c) * act + 2 * fac + rows_layer + 4 * c * dim), itemsize * fold_layer * fold
 
 
 @jax.tree_util.register_dataclass
@@ -270,21 +289,22 @@ class StructuredProjection:
         n = x.shape[0]
         if self.block_size is not None:
             return min(self.block_size, n)
+        tune = _tuning()
 
         def estimate():  # the model's analysis takes about a second on a ResNet: once per model and shapes
             plan = analyze(apply_fn, params, tuple(x.shape[1:]), x.dtype)
             shapes = jax.eval_shape(lambda p, xx: factors(plan, p, xx, summed=summed), params, x[:1])
             itemsize = max(jnp.dtype(jax.eval_shape(apply_fn, params, x[:1]).dtype).itemsize, 4)
-            return (*block_bytes(plan, shapes, self.dim, summed, itemsize), plan.n_classes, itemsize)
+            return (*block_bytes(plan, shapes, self.dim, summed, itemsize, tune.fold), plan.n_classes, itemsize)
 
-        key = (_auto_key(apply_fn, params, x, None, None), self.dim, bool(summed))
+        key = (_auto_key(apply_fn, params, x, None, None), self.dim, bool(summed), tune)
         per, fixed, n_classes, itemsize = memoized(_BYTES, key, estimate)
         budget = memory_budget(self.memory_budget) - 2 * n * n_classes * self.dim * itemsize - fixed
         fit = int(max(1, budget // max(per, 1)))  # examples whose factors fit at once
-        if fit < _CHUNK or n <= _CHUNK:
+        if fit < tune.chunk or n <= tune.chunk:
             return min(n, fit)
-        # chunks of 16 fit: more examples per call cost only their features; whole chunks (no padded chunk per call)
-        return n if n <= _MAX_BLOCK else _MAX_BLOCK
+        # whole chunks fit: more examples per call cost only their features; whole chunks (no padded chunk per call)
+        return n if n <= tune.max_block else tune.max_block
 
     def features(self, apply_fn: Callable, params: Any, x: jax.Array, *, summed: bool = False) -> jax.Array:
         """Sketched gradients ``(N, C, dim)`` (``(N, dim)`` when ``summed``: of the summed logits)."""
@@ -295,6 +315,7 @@ class StructuredProjection:
         if not plan.uses and not plan.fallback:
             raise ValueError("params has no differentiable leaf used by apply_fn: there is nothing to project.")
         half = self.dim // 2
+        tune = _tuning()
 
         m = half
         lays = [_fold_choice(a.shape[-1], g.shape[2], g.shape[-1], m) for a, g in zip(a_s, g_s)]
@@ -338,7 +359,10 @@ class StructuredProjection:
                         out = s if out is None else out + s
                     return out
 
-                pq = jax.lax.map(one, ([a[u] for u in folded], [g[u] for u in folded]))
+                fold = min(tune.fold, mb)
+                pq = jax.lax.map(
+                    one, ([a[u] for u in folded], [g[u] for u in folded]), batch_size=fold if fold > 1 else None
+                )
             if j:
                 rows = jnp.concatenate([jnp.transpose(jm, (2, 0, 1)).reshape(jm.shape[2], -1) for jm in j])
                 s = sketch_rows(rows, fb_table)
@@ -350,7 +374,7 @@ class StructuredProjection:
             out = jnp.concatenate([p_ + q_, p_ - q_], axis=-1) * jnp.asarray(scale, pq.dtype)
             return out  # (m, C', dim)
 
-        ch = min(bs, _CHUNK)
+        ch = min(bs, tune.chunk)
         nb = -(-n // ch)
         if nb == 1:
             phi = block(x)

@@ -1,0 +1,77 @@
+"""Sweep the structured sketch's block layout (``jaxcompare.ntk._sketch._TUNING``) on the machine at hand.
+
+    python benchmarks/tune_sketch.py                                   # quarter-width ResNet-18, N = 256, CPU layouts
+    python benchmarks/tune_sketch.py --model resnet --n 2048 --layouts 64,16,1 512,64,8 1024,128,16   # an accelerator
+
+Each layout is ``max_block,chunk,fold``: examples per compiled call, examples whose factors are formed together, and
+examples folded together. For each, ``project_gradients`` runs twice (the first call compiles) and the second call's
+time per example is printed with the features' agreement with the first layout's (the layout changes only the
+summation order). The device's peak memory is cumulative over the sweep (JAX cannot reset it), so it is printed
+after each layout as the running maximum.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="resnet_q", help="a model of bench_ntk_projection (cnn, resnet_q, resnet, ...)")
+    ap.add_argument("--n", type=int, default=256)
+    ap.add_argument("--k", type=int, default=4096)
+    ap.add_argument("--layouts", nargs="+", default=["64,16,1", "64,32,1", "64,16,4"])
+    ap.add_argument("--budget", default=None, help="JAXCOMPARE_MEMORY_BUDGET (default: the package's)")
+    args = ap.parse_args()
+    if args.budget:
+        os.environ["JAXCOMPARE_MEMORY_BUDGET"] = args.budget
+    sys.path.insert(0, str(HERE))
+    import bench_ntk_projection as bp
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import jaxcompare as jc
+    from jaxcompare.ntk import _sketch
+
+    _, table = bp._models()
+    init, f, shape = table[args.model]
+    params = jax.tree_util.tree_map(jnp.asarray, init(0))
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((args.n,) + shape).astype(np.float32))
+    proj = jc.structured_projection(jax.random.key(0), args.k)
+    slot = "cpu" if jax.default_backend() == "cpu" else "accelerator"
+    print(f"{args.model} N = {args.n} K = {args.k} on {jax.devices()[0].device_kind}; layouts of '{slot}'", flush=True)
+    ref = None
+    for text in args.layouts:
+        mb, ch, fo = (int(v) for v in text.split(","))
+        _sketch._TUNING[slot] = _sketch._Tuning(max_block=mb, chunk=ch, fold=fo)
+        jax.clear_caches()  # the layout is read when the features are traced: trace them again
+        try:
+            t0 = time.perf_counter()
+            phi = jax.block_until_ready(jc.project_gradients(f, params, x, proj))
+            first = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            phi = np.asarray(jax.block_until_ready(jc.project_gradients(f, params, x, proj)))
+            t = time.perf_counter() - t0
+        except Exception as e:  # an out-of-memory layout says so and the sweep goes on
+            print(f"  {text:>12}: failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
+            continue
+        ref = phi if ref is None else ref
+        err = float(np.abs(phi - ref).max() / max(np.abs(ref).max(), 1e-30))
+        stats = jax.devices()[0].memory_stats() or {}
+        peak = stats.get("peak_bytes_in_use")
+        print(
+            f"  {text:>12}: {t:7.2f} s ({1e3 * t / args.n:6.2f} ms/example), first call {first:6.2f} s, "
+            f"max rel. diff {err:.1e}" + (f", device peak so far {peak / 2**30:.2f} GiB" if peak else ""),
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
