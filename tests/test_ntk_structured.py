@@ -687,6 +687,59 @@ def test_panel_programs_and_inputs_kept_across_class_chunks(monkeypatch, width):
     assert programs and all(n == 2 for n, _, _ in programs) and inputs == [True]  # one chunk: inputs computed
 
 
+def test_tile_room_narrow_slices_only_when_they_keep_every_block():
+    """The tile's room is two blocks' whole lazy gradients, unless only the panel's narrow slices (32 features,
+    counted twice: the program's copies) leave room for every block of a symmetric kernel to stay resident."""
+    assert [L.narrowest_slices(e) for e in (1024, 256, 96, 50, 10, 1)] == [32, 8, 3, 1, 1, 1]
+    uses, kinds, geo = ((1, 64, 256),), (L.LAZY,), (None,)
+    whole = 8 * 20 * 64 * 256  # float64, two blocks of 10 rows, one class
+    sliced = 2 * 8 * 4 * 10 * 64 * 32  # four blocks' slices of 32 features, twice
+    assert L._tile_bytes(uses, kinds, 1, 8, 20, True, geo) == whole
+    assert L._panel_tile_bytes(uses, kinds, 1, 8, 10, 4, geo) == sliced < whole
+    per_block = 100_000
+
+    def room(spare, sym=True, n_blocks=4, kinds=kinds):
+        return L.tile_room_bytes(uses, kinds, 1, 8, 10, n_blocks, sym, geo, spare, per_block)
+
+    assert room(whole + 4 * per_block) == whole  # the whole gradients fit beside every block
+    assert room(sliced + 4 * per_block) == sliced  # only the slices do
+    assert room(sliced + 4 * per_block - 1) == whole  # neither: blocks are streamed, whole gradients per column
+    assert room(sliced + 4 * per_block, sym=False) == whole
+    assert room(sliced + 4 * per_block, n_blocks=1) == whole
+    assert room(sliced + 4 * per_block, kinds=(L.GRAD,)) == L._tile_bytes(uses, (L.GRAD,), 1, 8, 20, True, geo)
+
+
+def test_plan_made_again_when_compiled_code_leaves_too_little(monkeypatch):
+    """A plan that keeps two blocks resident until compiling its programs takes memory (faked here) is made again
+    with that much less budget, once: the kernel still equals the float64 oracle, and the model's next call plans
+    with the room left for compiled code from the start."""
+    import jaxcompare.ntk._memory as mem
+
+    f, p = _embed_model("clip", n_classes=10)
+    tok = jnp.concatenate([_TOK1, _TOK2[:1] + 1, _TOK1[2:3]], axis=0)  # two blocks of 3
+    want = _int_oracle(f, p, tok, tok)["trntk0"]
+    budget = 64 * 2**20  # compiled code is counted from 16 MiB on (smaller changes are the heap's)
+    first = L._setup(f, p, tok, 6, 6, True, "trace", 3, budget, engine=True).choice
+    assert first.classes == 10 and first.fits
+    compiled = budget - first.bytes + 1  # beside this much compiled code every class at once no longer fits
+    planned, setup = [], B._setup
+    monkeypatch.setattr(B, "_setup", lambda *a, **k: planned.append(a[8]) or setup(*a, **k))
+    rss = iter([0, compiled] + [compiled] * 8)
+    monkeypatch.setattr(mem, "resident_bytes", lambda: next(rss))
+    B._JITS.clear()
+    B._COMPILED.clear()
+    B._RESERVED.clear()
+    kfn = jc.batched(jc.trace_ntk(f, normalize=False), 3, memory_budget=budget, progress_bar=False)
+    np.testing.assert_allclose(kfn(p, tok), want, **TOL64)
+    assert planned[0] == budget and planned[-1] == budget - compiled  # planned again, with the compiled code's room
+    assert list(B._RESERVED.values()) == [compiled]
+    again = L._setup(f, p, tok, 6, 6, True, "trace", 3, budget - compiled, engine=True).choice
+    assert again.fits and again.bytes <= budget - compiled < first.bytes  # a smaller plan (layouts or chunks)
+    planned.clear()
+    np.testing.assert_allclose(kfn(p, tok), want, **TOL64)
+    assert planned and set(planned) == {budget - compiled}  # the next call: room left from the start
+
+
 def test_factor_programs_compile_options(monkeypatch):
     """On CPU the factor programs of a model without convolutions compile with YNNPACK fusions of products only;
     a model with a convolution keeps the default; an option this jaxlib rejects falls back to the default (probed

@@ -74,6 +74,7 @@ from ._layouts import (
     dims,
     grouped,
     groups,
+    tile_room_bytes,
     vocabs,
     wider_chunk,
 )
@@ -402,15 +403,32 @@ _JITS: collections.OrderedDict = collections.OrderedDict()
 # call's budget too, so that a second call plans the same panel as the first
 _COMPILED: dict = {}
 _HEAP_NOISE = 16 * 2**20  # resident-memory changes below this are not counted as compiled code (no drift over calls)
+# per model (function, parameter structure, input shape and dtype, mode, policy): the compiled code a plan of it left
+# resident, which later plans of that model leave room for (a plan that no longer fits once compiled is made again)
+_RESERVED: collections.OrderedDict = collections.OrderedDict()
 
 
-def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None, show: bool = False, precision=None):
+def blocked(
+    apply_fn,
+    params,
+    x1,
+    x2,
+    *,
+    mode: str,
+    block_size: int,
+    budget=None,
+    show: bool = False,
+    precision=None,
+    _replan: bool = True,
+):
     """Eager blocked kernel (see module docstring): ``(kernel (N1, N2[, C', C']), diagonal of x1 or None)``.
 
     Each block's features are computed once when all blocks fit the memory budget; otherwise as many as fit stay
     resident (a panel) and the other blocks are streamed past it (recomputed once per panel). Trace kernels may
     run once per chunk of classes (:mod:`._planner`), the chunks' tiles summed. Inputs smaller than one block are
-    not padded; a partial last block is padded by repeating its first row (one compiled shape).
+    not padded; a partial last block is padded by repeating its first row (one compiled shape). On CPU the
+    programs are compiled before the panel is planned and what compiling left resident is charged to the budget;
+    when the plan then no longer keeps two blocks resident, the call is planned again with that much less (once).
     """
     from ..._precision import resolve_precision, traced_with_policy
     from ..._progress import progress
@@ -425,14 +443,19 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
     n2 = n1 if sym else x2.shape[0]
     bs = int(min(block_size, max(n1, n2)))
     budget_b = memory_budget(budget)
-    s = _setup(apply_fn, params, x1, n1, n2, sym, mode, bs, budget_b, engine=True)
-    bs, s = _merged(apply_fn, params, x1, n1, n2, sym, mode, bs, budget_b, s)
+    policy = resolve_precision(precision)
+    mkey = (apply_fn, jax.tree_util.tree_structure(params), tuple(x1.shape[1:]), str(x1.dtype), mode, policy)
+    try:
+        reserve = _RESERVED.get(mkey, 0)
+    except TypeError:  # an unhashable model: no memo
+        mkey, reserve = None, 0
+    s = _setup(apply_fn, params, x1, n1, n2, sym, mode, bs, budget_b - reserve, engine=True)
+    bs, s = _merged(apply_fn, params, x1, n1, n2, sym, mode, bs, budget_b - reserve, s)
     plan, summed, full, kinds, c, item, raw = s.plan, s.summed, s.full, s.kinds, s.cc, s.item, s.raw
     voc = vocabs(plan)
     # per layer, the key of its programs: an embedding's vocabulary or a convolution's raw-input geometry
     lkey = tuple((v, g) for v, g in zip(voc, raw))
     chunk = _chunk(s.transient(), bs, budget_b)
-    policy = resolve_precision(precision)
     key = (apply_fn, jax.tree_util.tree_structure(params), tuple(x1.shape[1:]), str(x1.dtype), mode, kinds, chunk)
     key = key + (c, policy)
     try:
@@ -527,9 +550,12 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
     per_block = bs * s.per_point()
     cls = s.c_all * s.c_all if full else 1
     out_bytes = n1 * n2 * cls * item
-    tile_room = _tile_bytes(s.uses, kinds, c, item, 2 * bs, True, raw)  # transient of one tile, two blocks
-    work = chunk * s.transient() + tile_room + bs * bs * item * cls
     n_blocks = len(b1) if sym else len(b1) + len(b2)
+    work = chunk * s.transient() + bs * bs * item * cls
+    # transient of one tile: two blocks' whole lazy gradients, or the panel's narrow slices when only those let every
+    # block stay resident (the engine then slices each lazy layer as narrowly as the room needs)
+    tile_room = tile_room_bytes(s.uses, kinds, c, item, bs, len(b1), sym, raw, budget_b - out_bytes - work, per_block)
+    work += tile_room
     if s.choice.fits and rss0 is not None:
         # compile first, then measure: on CPU what compiling adds stays resident, and the panel is planned from
         # what is left of the budget (the first call of a model compiles; later calls reuse the programs, and are
@@ -544,7 +570,29 @@ def blocked(apply_fn, params, x1, x2, *, mode: str, block_size: int, budget=None
         if key is not None:
             _COMPILED[key] = compiled
         work += compiled
+        if _replan and mkey is not None and compiled > reserve:
+            _RESERVED[mkey] = compiled
+            while len(_RESERVED) > 64:
+                _RESERVED.popitem(last=False)
+            if _capacity(budget_b - out_bytes - work, per_block) < min(2, n_blocks):  # no longer fits: plan again
+                return blocked(
+                    apply_fn,
+                    params,
+                    x1,
+                    x2,
+                    mode=mode,
+                    block_size=block_size,
+                    budget=budget,
+                    show=show,
+                    precision=precision,
+                    _replan=False,
+                )
     cap = _capacity(budget_b - out_bytes - work, per_block)
+    whole = _tile_bytes(s.uses, kinds, c, item, 2 * bs, True, raw)
+    if cap < len(b1) and tile_room < whole:  # compiling took the room of the narrow slices: blocks are streamed
+        work += whole - tile_room  # past a panel, two blocks' whole gradients at a time (column)
+        tile_room = whole
+        cap = _capacity(budget_b - out_bytes - work, per_block)
     if not s.choice.fits:
         fit = max(1, int(bs * (budget_b - out_bytes - work) // max(2 * per_block, 1)))
         raise ValueError(

@@ -235,8 +235,11 @@ def _option(s: Setup, cc: int, kinds: tuple, n1: int, n2: int, sym: bool, rows: 
         chunk = _chunk(transient, bs, budget)
         nb1 = -(-n1 // bs)
         nb2 = nb1 if sym else -(-n2 // bs)
-        tb = _tile_bytes(s.uses, kinds, cc, s.item, 2 * bs, True, raw_geos(s.geo, kinds))
-        work = chunk * transient + tb + bs * bs * s.item * cls
+        fixed = chunk * transient + bs * bs * s.item * cls
+        tb = tile_room_bytes(
+            s.uses, kinds, cc, s.item, bs, nb1, sym, raw_geos(s.geo, kinds), budget - out - fixed, bs * per
+        )
+        work = fixed + tb
         cap = _capacity(budget - out - work, bs * per)
         total_blocks = nb1 if sym else nb1 + nb2
         need = min(total_blocks, 2)
@@ -277,14 +280,61 @@ def _tile_bytes(uses, kinds, c, item, rows: int, whole: bool = False, geo: tuple
     geo = geo or (None,) * len(uses)
     lazy_rows = rows if whole else rows // 2 + -(-rows // (2 * _LAZY_SLICES))
     half = max(rows // 2, 1)
-    lazy = pos = 0
+    lazy = 0
     for (t, d, e), k, g in zip(uses, kinds, geo):
         if k == LAZY:
             lazy = max(lazy, lazy_rows * c * d * e + (half * t * d if g is not None else 0))
-        elif k == POS:
+    return max(item * lazy, _pos_bytes(uses, kinds, item, rows, geo))
+
+
+_MIN_SLICE = 32  # narrowest slices of output features a resident panel's lazy layers are planned with
+
+
+def narrowest_slices(e: int) -> int:
+    """Slices of a lazy layer's ``e`` output features when they are :data:`_MIN_SLICE` wide (or the whole layer
+    when it is narrower): the most the engine's panel is planned to need. The transformer's layers ran within ±10%
+    at slice widths 32–256 (eighth session), so narrow slices cost memory planning nothing in time."""
+    return max(k for k in range(1, e + 1) if e % k == 0 and e // k >= min(_MIN_SLICE, e))
+
+
+def _panel_tile_bytes(uses, kinds, c, item, bs: int, n_blocks: int, geo: tuple = ()) -> int:
+    """Largest transient of a resident panel of ``n_blocks`` blocks of ``bs`` points (:func:`._blocks.blocked`, all
+    blocks in one panel): each lazy layer formed for every block of the panel at once in slices of its output
+    features at most :data:`_MIN_SLICE` wide — counted twice when one program forms and multiplies them (its
+    slices and XLA's copies), once plus one block's patches for raw convolution inputs — or a tile's
+    Gram-of-positions intermediates (as :func:`_tile_bytes`)."""
+    geo = geo or (None,) * len(uses)
+    lazy = 0
+    for (t, d, e), k, g in zip(uses, kinds, geo):
+        if k == LAZY:
+            sliced = n_blocks * bs * c * d * (e // narrowest_slices(e))
+            lazy = max(lazy, sliced + bs * t * d if g is not None else 2 * sliced)
+    return max(item * lazy, _pos_bytes(uses, kinds, item, 2 * bs, geo))
+
+
+def _pos_bytes(uses, kinds, item, rows: int, geo: tuple) -> int:
+    """The Gram-of-positions part of :func:`_tile_bytes`."""
+    half = max(rows // 2, 1)
+    pos = 0
+    for (t, d, _), k, g in zip(uses, kinds, geo):
+        if k == POS:
             extra = 0 if g is None else max(half * t * d, min(_POS_ELEMENTS, half * half * g.t_in**2))
             pos = max(pos, 3 * min(_POS_ELEMENTS, half * half * t * t) + extra)
-    return item * max(lazy, pos)
+    return item * pos
+
+
+def tile_room_bytes(
+    uses, kinds, c, item, bs: int, n_blocks: int, sym: bool, geo: tuple, spare: int, per_block: int
+) -> int:
+    """Bytes set aside for one tile's transients (:func:`._blocks.blocked` and the planner alike): two blocks' whole
+    lazy gradients (:func:`_tile_bytes`); or, when those leave too little of ``spare`` (the budget less the output
+    and the factor chunk) for every block of a symmetric kernel to stay resident but the panel's lazy layers formed
+    in narrow slices would, the latter (:func:`_panel_tile_bytes`; the engine then slices as narrowly as needed)."""
+    tb = _tile_bytes(uses, kinds, c, item, 2 * bs, True, geo)
+    if not sym or n_blocks < 2 or LAZY not in kinds or _capacity(spare - tb, per_block) >= n_blocks:
+        return tb
+    tp = _panel_tile_bytes(uses, kinds, c, item, bs, n_blocks, geo)
+    return tp if tp < tb and _capacity(spare - tp, per_block) >= n_blocks else tb
 
 
 def _capacity(free: int, per_block: int) -> int:
