@@ -47,6 +47,10 @@ probe)
     part tune 80 "$PY" benchmarks/tune_sketch.py --model resnet --n 1024 --budget 40G \
         --layouts 512,64,8 1024,256,32 512,128,16 64,16,1
     part exact 50 "$PY" benchmarks/bench_ntk_models.py --only resnet --device gpu --rows 0 --no-torch --timeout 45
+    # the layouts' features differed by 9.1e-3 in float32 on 2026-11-30 (1.4e-7 on a CPU): float64 tells rounding
+    # (then ~1e-15) from a layout that computes something else
+    part layouts64 60 "$PY" benchmarks/tune_sketch.py --model resnet_q --n 256 --k 1024 --float64 \
+        --layouts 512,64,8 1024,256,32 64,16,1
     ;;
 full)
     env_report 2>&1 | tee "$OUT/env.log"

@@ -28,6 +28,11 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=4096)
     ap.add_argument("--layouts", nargs="+", default=["64,16,1", "64,32,1", "64,16,4"])
     ap.add_argument("--budget", default=None, help="JAXCOMPARE_MEMORY_BUDGET (default: the package's)")
+    ap.add_argument(
+        "--float64",
+        action="store_true",
+        help="weights and inputs in float64: layouts then agree to rounding (~1e-15) unless one computes differently",
+    )
     args = ap.parse_args()
     if args.budget:
         os.environ["JAXCOMPARE_MEMORY_BUDGET"] = args.budget
@@ -40,13 +45,19 @@ def main() -> None:
     import jaxcompare as jc
     from jaxcompare.ntk import _sketch
 
+    jax.config.update("jax_enable_x64", args.float64)
     _, table = bp._models()
     init, f, shape = table[args.model]
-    params = jax.tree_util.tree_map(jnp.asarray, init(0))
-    x = jnp.asarray(np.random.default_rng(1).standard_normal((args.n,) + shape).astype(np.float32))
+    dt = np.float64 if args.float64 else np.float32
+    params = jax.tree_util.tree_map(lambda v: jnp.asarray(np.asarray(v, dt)), init(0))
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((args.n,) + shape).astype(dt))
     proj = jc.structured_projection(jax.random.key(0), args.k)
     slot = "cpu" if jax.default_backend() == "cpu" else "accelerator"
-    print(f"{args.model} N = {args.n} K = {args.k} on {jax.devices()[0].device_kind}; layouts of '{slot}'", flush=True)
+    print(
+        f"{args.model} N = {args.n} K = {args.k} {np.dtype(dt).name} on {jax.devices()[0].device_kind}; layouts of "
+        f"'{slot}'",
+        flush=True,
+    )
     ref = None
     for text in args.layouts:
         mb, ch, fo = (int(v) for v in text.split(","))
