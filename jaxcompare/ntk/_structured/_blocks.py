@@ -570,23 +570,23 @@ def blocked(
         if key is not None:
             _COMPILED[key] = compiled
         work += compiled
-        if _replan and mkey is not None and compiled > reserve:
-            _RESERVED[mkey] = compiled
+        fits_compiled = _capacity(budget_b - out_bytes - work, per_block) >= min(2, n_blocks)
+        if _replan and mkey is not None and compiled > reserve and not fits_compiled:  # plan again with less
+            _RESERVED[mkey] = compiled  # (only then: a plan that fits is planned the same way by the next call)
             while len(_RESERVED) > 64:
                 _RESERVED.popitem(last=False)
-            if _capacity(budget_b - out_bytes - work, per_block) < min(2, n_blocks):  # no longer fits: plan again
-                return blocked(
-                    apply_fn,
-                    params,
-                    x1,
-                    x2,
-                    mode=mode,
-                    block_size=block_size,
-                    budget=budget,
-                    show=show,
-                    precision=precision,
-                    _replan=False,
-                )
+            return blocked(
+                apply_fn,
+                params,
+                x1,
+                x2,
+                mode=mode,
+                block_size=block_size,
+                budget=budget,
+                show=show,
+                precision=precision,
+                _replan=False,
+            )
     cap = _capacity(budget_b - out_bytes - work, per_block)
     whole = _tile_bytes(s.uses, kinds, c, item, 2 * bs, True, raw)
     if cap < len(b1) and tile_room < whole:  # compiling took the room of the narrow slices: blocks are streamed
