@@ -556,6 +556,7 @@ def blocked(
     # block stay resident (the engine then slices each lazy layer as narrowly as the room needs)
     tile_room = tile_room_bytes(s.uses, kinds, c, item, bs, len(b1), sym, raw, budget_b - out_bytes - work, per_block)
     work += tile_room
+    compiled = 0
     if s.choice.fits and rss0 is not None:
         # compile first, then measure: on CPU what compiling adds stays resident, and the panel is planned from
         # what is left of the budget (the first call of a model compiles; later calls reuse the programs, and are
@@ -570,8 +571,9 @@ def blocked(
         if key is not None:
             _COMPILED[key] = compiled
         work += compiled
-        fits_compiled = _capacity(budget_b - out_bytes - work, per_block) >= min(2, n_blocks)
-        if _replan and mkey is not None and compiled > reserve and not fits_compiled:  # plan again with less
+    cap = _capacity(budget_b - out_bytes - work, per_block)
+    if _replan and rss0 is not None and s.choice.fits and mkey is not None and compiled > reserve:
+        if cap < min(2, n_blocks):  # the plan no longer fits beside its compiled code: plan again with less
             _RESERVED[mkey] = compiled  # (only then: a plan that fits is planned the same way by the next call)
             while len(_RESERVED) > 64:
                 _RESERVED.popitem(last=False)
@@ -587,7 +589,6 @@ def blocked(
                 precision=precision,
                 _replan=False,
             )
-    cap = _capacity(budget_b - out_bytes - work, per_block)
     whole = _tile_bytes(s.uses, kinds, c, item, 2 * bs, True, raw)
     if cap < len(b1) and tile_room < whole:  # compiling took the room of the narrow slices: blocks are streamed
         work += whole - tile_room  # past a panel, two blocks' whole gradients at a time (column)
