@@ -90,45 +90,20 @@ def _child(cfg: dict) -> dict:
     out["dev_gib"] = models.device_peak_gib()
     out["est"] = est
     exact_path = _CACHE / f"exact_{model}_{n}.npy"
+    # FLOP floors (every model here is one of bench_ntk_models.MODELS); the parent prefers an exact row's
+    out["floors"] = models._floors(model, n, params, x)
     if method == "exact":
         _CACHE.mkdir(parents=True, exist_ok=True)
         np.save(exact_path, kern)
-        out["floors"] = models._floors(model, n, params, x) if model in models.MODELS else _floors(table, model, n)
         if cfg.get("save_npz"):  # weights, inputs and logits for the TRAK child
             models.save(
                 _CACHE / f"{model}_{n}.npz", [{kk: np.asarray(v) for kk, v in d.items()} for d in params], np.asarray(x)
             )
             np.save(_CACHE / f"{model}_{n}_logits.npy", np.asarray(f(params, x)))
-    else:
-        if exact_path.exists():
-            iu = np.triu_indices(n, 1)
-            out["err"] = float(np.abs(kern - np.load(exact_path))[iu].mean())
-        # the floors of a row without an exact row of its model before it (the parent prefers the exact row's)
-        out["floors"] = models._floors(model, n, params, x) if model in models.MODELS else _floors(table, model, n)
+    elif exact_path.exists():
+        iu = np.triu_indices(n, 1)
+        out["err"] = float(np.abs(kern - np.load(exact_path))[iu].mean())
     return out
-
-
-def _floors(table, model: str, n: int) -> dict:
-    """FLOP floors of a model outside bench_ntk_models (the full-width ResNet), as there."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    from jaxcompare.ntk._structured import analyze, factors
-
-    init, f, shape = table[model]
-    params = jax.tree_util.tree_map(jnp.asarray, init(0))
-    x = jnp.zeros((1,) + shape, jnp.float32)
-    fp = jax.jit(f).lower(params, x).compile().cost_analysis()
-    fp = fp[0] if isinstance(fp, (list, tuple)) else fp
-    fwd = float(fp.get("flops", 0.0))
-    plan = analyze(f, params, shape, x.dtype)
-    a, g, _ = jax.eval_shape(lambda p, xx: factors(plan, p, xx, summed=False), params, x)
-    layer = sum(2.0 * 10 * gg.shape[2] * aa.shape[-1] * gg.shape[-1] for aa, gg in zip(a, g))
-    fwd = max(fwd, layer / 10) if fwd < 0.5 * layer / 10 else fwd  # as bench_ntk_models._floors (GPU cost analysis)
-    p = sum(int(v.size) for v in jax.tree_util.tree_leaves(params))
-    del np
-    return {"passes": n * fwd * 21, "layer_grads": n * layer, "gram": float(n) * n * 10 * p}
 
 
 def _matmul_peak(size: int | None = None, reps: int = 5, precision: str = "highest") -> float:
