@@ -601,6 +601,9 @@ def main() -> None:
     args.budget = args.budget or ("40G" if gpu else "2G")
     args.torch_budget = args.torch_budget or ("100G" if gpu else "6G")
     configs = _configs(args.only, args.slow, args.quick, args.device)
+    bad = [i for i in args.rows or () if not 0 <= i < len(configs)]
+    if bad:
+        raise SystemExit(f"--rows {bad}: this selection has rows 0..{len(configs) - 1} (see --list)")
     configs = [configs[i] for i in args.rows] if args.rows else configs
     if args.list:
         for i, cfg in enumerate(configs):

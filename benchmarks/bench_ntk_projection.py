@@ -273,6 +273,10 @@ def main() -> None:
         _errors(args)
         return
     args.budget = args.budget or ("40G" if args.device == "gpu" else "1.5G")
+    configs = _configs(args)
+    bad = [i for i in args.rows or () if not 0 <= i < len(configs)]
+    if bad:
+        raise SystemExit(f"--rows {bad}: this selection has rows 0..{len(configs) - 1}")
     if args.device == "gpu":  # this parent measures the matmul peak only: it must not take the device's memory
         os.environ.update(JAX_PLATFORMS="cuda", XLA_PYTHON_CLIENT_PREALLOCATE="false")
     peak = _matmul_peak()
@@ -290,7 +294,6 @@ def main() -> None:
         flush=True,
     )
     exact_t, floors = {}, {}
-    configs = _configs(args)
     for cfg in [configs[i] for i in args.rows] if args.rows else configs:
         if cfg["method"] == "trak" and args.no_trak:
             continue

@@ -111,6 +111,27 @@ def test_transforms_check_params_and_dtypes(tmp_path):
         jc.batched(jc.trace_ntk(f), 4)(p, x, x.astype(jnp.complex128))
 
 
+def test_a_kernel_function_passed_as_the_model_is_refused():
+    # a kernel's (N, N) output would be read as N logits per example: explain() listed every leaf as a fallback and
+    # trace_ntk(trace_ntk(f)) computed a kernel of a kernel, with no error
+    f, p, x = _data(6)
+    k = jc.trace_ntk(f)
+    proj = jc.structured_projection(jax.random.key(0), 8)
+    calls = [
+        ("apply_fn", lambda g: jc.ntk.explain(g, p, x)),
+        ("apply_fn", lambda g: jc.trace_ntk(g)),
+        ("apply_fn", lambda g: jc.empirical_ntk(g)),
+        ("apply_fn", lambda g: jc.project_gradients(g, p, x, proj)),
+        ("feature_fn", lambda g: jc.conjugate_kernel(g)),
+    ]
+    for name, call in calls:
+        for g in (k, jax.jit(k), jc.batched(k, 4)):
+            with pytest.raises(TypeError, match=f"{name} is a kernel function .* not a model"):
+                call(g)
+        call(f)  # the model itself is taken
+    assert jc.ntk.explain(f, p, x).auto == "structured"
+
+
 def test_integer_cast_weight_has_zero_gradient():
     """Fake quantization: autodiff gives W.astype(int8).astype(float) zero gradient; so must the structured path."""
     _, p = mlp(jax.random.key(0))

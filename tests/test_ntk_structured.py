@@ -36,7 +36,7 @@ def _forced(kind):
     """A ``choose_kinds`` that puts every layer with several positions in layout ``kind`` (``pos`` only where it
     exists: not for the full class blocks)."""
 
-    def choose(uses, c, full, tile_rows, allow_lazy, embed=(), geo=()):
+    def choose(uses, c, full, tile_rows, allow_lazy, embed=(), geo=(), long_lazy=False):
         return tuple(("grad" if kind == "pos" and full else kind) if t > 1 else "pos" for t, _, _ in uses)
 
     return choose
@@ -306,7 +306,7 @@ def _conv_scale_dense():
 def _mixed(kinds):
     """A ``choose_kinds`` giving the layers with several positions the layouts ``kinds`` in turn."""
 
-    def choose(uses, c, full, tile_rows, allow_lazy, embed=(), geo=()):
+    def choose(uses, c, full, tile_rows, allow_lazy, embed=(), geo=(), long_lazy=False):
         out, i = [], 0
         for t, _, _ in uses:
             k = "pos" if t == 1 else kinds[i % len(kinds)]
@@ -471,6 +471,8 @@ def test_layouts_chosen_by_flops_and_memory():
     assert L.choose_kinds(uses, c, False, 128, False) == ("grad", "grad", "pos", "pos")
     assert L.choose_kinds(uses, c, False, 128, True) == ("grad", "lazy", "pos", "pos")
     assert L.choose_kinds(uses, c, False, 32, True) == ("grad", "grad", "pos", "pos")  # T > rows per block
+    # ... unless asked (small blocks: formed in the tile's batched products, not one example at a time)
+    assert L.choose_kinds(uses, c, False, 32, True, long_lazy=True) == ("grad", "lazy", "pos", "pos")
     assert L.choose_kinds(uses, c, True, 128, False) == ("grad", "grad", "grad", "pos")  # full: no T > 1 Gram
     kinds = ("grad", "lazy", "pos", "pos")
     assert L.feature_floats(uses, (5,), c, kinds) == (
@@ -657,6 +659,7 @@ def test_panel_programs_and_inputs_kept_across_class_chunks(monkeypatch, width):
     monkeypatch.setattr(L, "choose_kinds", _forced("lazy"))
     monkeypatch.setattr(L.PL, "best", lambda options: min(options, key=lambda o: (o.classes, o.flops)))
     monkeypatch.setattr(B, "_SLICE_WIDTH", width)
+    monkeypatch.setattr(B, "_SLICE_WIDTH_FEW", width)  # 6 rows: a panel of few rows
     programs, inputs = [], []
     panel_lazy, features = B._panel_lazy, B.features
 
@@ -768,6 +771,8 @@ def test_panel_slices_and_wider_chunks():
     assert B._panel_slices(96, 1, 10**9) == 1  # 96 features: one slice
     assert B._panel_slices(1024, 64 * 10**6, 10**6) == 64  # the room: 64 slices of 16 features
     assert B._panel_slices(7, 1, 10**9) == 1 and B._panel_slices(7, 10, 2) == 7  # a prime: whole, or one by one
+    assert B._panel_slices(1024, 1, 10**9, rows=64) == 1024 // B._SLICE_WIDTH_FEW  # few rows: narrower slices
+    assert B._panel_slices(1024, 1, 10**9, rows=256) == 1024 // B._SLICE_WIDTH
     assert L.wider_chunk(2, 100, 600, 128) == 5  # half of 600 bytes: 3 more examples of 100
     assert L.wider_chunk(2, 100, 10**9, 128) == L._CHUNK_MAX and L.wider_chunk(2, 100, 10**9, 4) == 4
     assert L.wider_chunk(2, 100, -5, 128) == 2 and L.wider_chunk(32, 100, 10**9, 128) == 32  # never narrower
@@ -798,6 +803,37 @@ def test_planner_chunks_classes_only_when_memory_is_short():
     assert tight.cc < 10 and tight.choice.fits and tight.choice.bytes <= budget
     for mode, c in (("full", 10), ("pseudo", 1)):  # never chunked
         assert L._setup(f, p, x, 64, 64, True, mode, 64, 10**5, engine=True).cc == c
+
+
+def test_one_small_block_forms_long_layers_in_its_tiles(monkeypatch):
+    """A layer with more positions than the block has rows, whose factors are less than half its gradients: one
+    block of 3 examples (FLOPs equal either way) forms its gradients in the tile's program, in slices of its output
+    features (the layout needing less memory), and the kernel equals the float64 oracle; plans of equal cost differ
+    only in memory."""
+    from jaxcompare.ntk._structured import _planner as PL
+
+    cheap, small, big = (PL.Choice(10, k, 1.0, b, True, 1) for k, b in ((("grad",), 9), (("lazy",), 4), (("pos",), 7)))
+    assert PL.best([cheap, big, small]) is small
+    assert PL.best([PL.Choice(10, ("grad",), 0.5, 9, True, 1), small]).flops == 0.5  # cost first
+    p = {"E": [_normal(i, (32, 32), 0.2) for i in range(4)], "O": _normal(9, (32, 3), 0.2)}
+
+    def f(q, x):  # 4 layers on T = 7 positions, D = E = 32, C = 3: factors 896 floats per example, gradients 3072
+        for e in q["E"]:
+            x = jnp.tanh(jnp.einsum("btd,de->bte", x, e))
+        return jnp.mean(x, axis=1) @ q["O"]
+
+    x = _normal(2, (3, 7, 32))
+    assert L.choose_kinds(((7, 32, 32),), 3, False, 3, True) == ("grad",)  # T > rows: not lazy unless asked
+    plans, programs = [], []
+    setup, panel_lazy = B._setup, B._panel_lazy
+    monkeypatch.setattr(B, "_setup", lambda *a, **k: plans.append(setup(*a, **k)) or plans[-1])
+    monkeypatch.setattr(B, "_panel_lazy", lambda a, g, *r: programs.append(len(a)) or panel_lazy(a, g, *r))
+    B._JITS.clear()
+    o = oracle_kernels(f, p, x, x)
+    k = jc.trace_ntk(f, normalize=False, implementation="structured")(p, x)
+    np.testing.assert_allclose(k, o["trntk0"], **TOL64)
+    assert plans and plans[-1].kinds == ("lazy",) * 4 + ("pos",)
+    assert programs == [1]  # the panel program of one block (traced once: the four layers have one shape)
 
 
 def _np_patches(x, taps, strides, dil, pads):

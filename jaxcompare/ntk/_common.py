@@ -26,6 +26,7 @@ from .._validation import check_finite_tree, is_concrete
 from ._inputs import batch_size, canonical, check_outputs, describe, validate_pair, validate_x  # noqa: F401
 
 __all__ = [
+    "check_apply_fn",
     "KernelSpec",
     "Kernel",
     "Implementation",
@@ -115,6 +116,21 @@ class Kernel:
     def __repr__(self) -> str:
         t = "".join(f"{n}(" for n in reversed(self.spec.transforms))
         return f"Kernel({t}{self.spec.name!r}{')' * len(self.spec.transforms)}, label={self.spec.label!r})"
+
+
+def check_apply_fn(apply_fn: Any, name: str = "apply_fn") -> None:
+    """A callable model, not one of our kernel functions: a kernel's ``(N1, N2)`` output would otherwise be taken for
+    ``N2`` outputs per example and give a plausible but meaningless answer."""
+    if not callable(apply_fn):
+        raise TypeError(f"{name} must be a callable (params, x) -> ..., got {type(apply_fn).__name__}.")
+    f, seen = apply_fn, 0
+    while not isinstance(f, Kernel) and hasattr(f, "__wrapped__") and seen < 16:
+        f, seen = f.__wrapped__, seen + 1
+    if isinstance(f, Kernel):
+        raise TypeError(
+            f"{name} is a kernel function ({f!r}), not a model: pass the model itself, {name}(params, x), not a "
+            f"kernel built from it such as jc.trace_ntk({name})."
+        )
 
 
 def kernel_spec(kernel_fn: Any, caller: str) -> KernelSpec | None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import jax
 
-from ._common import canonical_args
+from ._common import canonical_args, check_apply_fn
 from ._implementations import choose_auto
 from ._structured import Unsupported, analyze
 
@@ -68,8 +68,7 @@ def explain(apply_fn: Callable, params: Any, x: Any) -> Explanation:
         ['w1'] (3, 4): structured — dense layer (dot_general), 1 position(s)
         ['w2'] (4, 4): fallback — used 2 times (shared weight or other uses: dot_general, slice)
     """
-    if not callable(apply_fn):
-        raise TypeError(f"apply_fn must be a callable (params, x) -> (N, C), got {type(apply_fn).__name__}.")
+    check_apply_fn(apply_fn)
     # a pytree batch or (N, ..., C) outputs: the canonical model (one packed input array, flat outputs, ._inputs)
     apply_fn, x, _, n_classes, _, _ = canonical_args(params, x, None, apply_fn)
     paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]

@@ -28,6 +28,7 @@ from ._common import (
     KernelSpec,
     batch_size,
     canonical_args,
+    check_apply_fn,
     contract,
     cosine_normalize,
     describe,
@@ -41,11 +42,6 @@ from ._projection import RandomProjection
 __all__ = ["empirical_ntk", "trace_ntk", "pseudo_ntk", "conjugate_kernel", "embedding_kernel"]
 
 _MODES = ("full", "trace", "pseudo")
-
-
-def _check_apply_fn(apply_fn: Any, name: str = "apply_fn") -> None:
-    if not callable(apply_fn):
-        raise TypeError(f"{name} must be a callable (params, x) -> ..., got {type(apply_fn).__name__}.")
 
 
 def _check_implementation(implementation: str) -> None:
@@ -313,7 +309,7 @@ def _public_gradient_kernel(
     precision: str | None = None,
 ) -> Kernel:
     """Check the factory arguments and build the kernel record (:class:`Kernel`)."""
-    _check_apply_fn(apply_fn)
+    check_apply_fn(apply_fn)
     _check_implementation(implementation)
     _check_projection(projection)
     if precision is not None:
@@ -594,7 +590,7 @@ def conjugate_kernel(feature_fn: Callable, *, normalize: bool = False, precision
     Returns:
       ``kernel_fn(params, x1, x2=None) -> (N1, N2)``.
     """
-    _check_apply_fn(feature_fn, "feature_fn")
+    check_apply_fn(feature_fn, "feature_fn")
     return _feature_kernel(
         "ck", lambda p, x: [feature_fn(p, x)], bool(normalize), "feature_fn", feature_fn, precision=precision
     )
@@ -614,5 +610,5 @@ def embedding_kernel(layers_fn: Callable, *, normalize: bool = True, precision: 
     Returns:
       ``kernel_fn(params, x1, x2=None) -> (N1, N2)``.
     """
-    _check_apply_fn(layers_fn, "layers_fn")
+    check_apply_fn(layers_fn, "layers_fn")
     return _feature_kernel("em", layers_fn, bool(normalize), "layers_fn", layers_fn, precision=precision)

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from .._precision import accumulation_dtype, resolve_precision, traced_with_policy
 from .._validation import check_finite, check_int
-from ._common import HIGHEST, canonical_args, cosine_normalize
+from ._common import HIGHEST, canonical_args, check_apply_fn, cosine_normalize
 from ._project_disk import features_to_disk
 
 __all__ = ["project_gradients", "projected_kernel", "ProjectedKernel"]
@@ -118,8 +118,7 @@ def project_gradients(
       >>> bool(jnp.abs(pk.kernel - exact).max() < 0.1), bool(pk.mean_abs_error < 0.05)
       (True, True)
     """
-    if not callable(apply_fn):
-        raise TypeError(f"apply_fn must be a callable (params, x) -> (N, C), got {type(apply_fn).__name__}.")
+    check_apply_fn(apply_fn)
     _check_projection(projection)
     apply_fn, x, _, _, _, _ = canonical_args(params, x, None, apply_fn)  # pytree x: one packed array
     summed = bool(summed)

@@ -4,6 +4,7 @@ of classes under the memory budget (:mod:`._planner`)."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from typing import Any
 
@@ -11,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..._validation import is_concrete
+from .._memo import memoized
 from . import _planner as PL
 from ._analysis import Plan, analyze
 from ._factors import example_factors
@@ -104,11 +107,21 @@ def a_floats(t: int, d: int, embed: bool, geo) -> int:
 
 
 def choose_kinds(
-    uses: tuple, c: int, full: bool, tile_rows: int, allow_lazy: bool, embed: tuple = (), geo: tuple = ()
+    uses: tuple,
+    c: int,
+    full: bool,
+    tile_rows: int,
+    allow_lazy: bool,
+    embed: tuple = (),
+    geo: tuple = (),
+    long_lazy: bool = False,
 ) -> tuple:
     """The layout of each structured use (see module docstring); ``embed[u]``: use ``u`` is an embedding lookup
     (its inputs are ids: a Gram of positions without ``D``, a lazily formed gradient that costs a segment sum);
-    ``geo[u]``: a convolution whose inputs can be kept raw (:func:`layer_geos`)."""
+    ``geo[u]``: a convolution whose inputs can be kept raw (:func:`layer_geos`). ``allow_lazy``: layers with no
+    more positions than ``tile_rows`` are formed lazily when their factors are less than half their gradient;
+    ``long_lazy``: those with more positions too (one block of a few examples: each block's gradients formed once,
+    in the tile's batched products, instead of one example at a time in the factor pass)."""
     kinds = []
     for u, (t, d, e) in enumerate(uses):
         v = bool(embed) and embed[u]
@@ -118,7 +131,7 @@ def choose_kinds(
         ga = PL.ga_pair(t, d, v, gu) / 2  # multiply-adds of the Gram of the inputs' positions
         if t == 1 or (not full and ga + t * t * (c * e + 1) <= grad):
             kinds.append(POS)
-        elif allow_lazy and 2 * fac <= grad and (v or t <= tile_rows):
+        elif allow_lazy and 2 * fac <= grad and (v or t <= tile_rows or long_lazy):
             kinds.append(LAZY)
         else:
             kinds.append(GRAD)
@@ -201,25 +214,40 @@ class Setup:
         return self.item * feature_floats(self.uses, self.fb, c, kinds, self.embed, self.geo)
 
 
+_MODELS: collections.OrderedDict = collections.OrderedDict()  # model key -> Setup without a choice (:func:`_setup`)
+
+
 def _setup(apply_fn, params, x1, n1: int, n2: int, sym: bool, mode: str, rows: int, budget, engine: bool) -> Setup:
     """Analyse the model and plan the call: ``rows`` per block (engine) or per tile (traced kernel, all points'
     features resident); ``budget`` None: the planning budget of traced calls (a machine constant)."""
     from .._memory import memory_budget, planning_budget
 
-    plan = analyze(apply_fn, params, tuple(x1.shape[1:]), x1.dtype, embeddings=True)
     summed, full = mode == "pseudo", mode == "full"
-    uses, fb, c_all, item, _ = dims(plan, params, tuple(x1.shape[1:]), x1.dtype, summed)
-    act = sum(int(np.prod(s[0], dtype=np.int64)) for e in plan.prog.eqns for s in e.shapes)
-    fwd = PL.forward_flops(plan, params, tuple(x1.shape[1:]))
+
+    def model():  # the model's analysis and dimensions depend on shapes only: once per model (0.5 s a transformer)
+        plan = analyze(apply_fn, params, tuple(x1.shape[1:]), x1.dtype, embeddings=True)
+        uses, fb, c_all, item, _ = dims(plan, params, tuple(x1.shape[1:]), x1.dtype, summed)
+        act = sum(int(np.prod(s[0], dtype=np.int64)) for e in plan.prog.eqns for s in e.shapes)
+        fwd = PL.forward_flops(plan, params, tuple(x1.shape[1:]))
+        return Setup(plan, summed, full, uses, embeds(plan), fb, c_all, item, act, fwd, None, layer_geos(plan, uses))
+
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    if all(is_concrete(v) for v in (*leaves, x1)) and jax.sharding.get_abstract_mesh().empty:
+        avals = tuple((tuple(jnp.shape(v)), str(jnp.result_type(v))) for v in leaves)
+        key = (apply_fn, treedef, avals, tuple(x1.shape[1:]), str(x1.dtype), summed, full)
+        base = memoized(_MODELS, key, model, 32)
+    else:  # traced (inside jit, shard_map, a mesh): the program is the context's, not kept for eager calls
+        base = model()
     # traced calls (budget None) plan from a machine constant, not the free memory: same call, same program
     budget = planning_budget() if budget is None else memory_budget(budget)
-    base = Setup(plan, summed, full, uses, embeds(plan), fb, c_all, item, act, fwd, None, layer_geos(plan, uses))
     choices = []
-    for cc in PL.class_chunks(c_all) if mode == "trace" else [c_all]:
-        for allow_lazy in (False, True):
-            kinds = choose_kinds(uses, cc, full, rows, allow_lazy, embed=base.embed, geo=base.geo)
-            if allow_lazy and LAZY not in kinds:
+    for cc in PL.class_chunks(base.c_all) if mode == "trace" else [base.c_all]:
+        seen = set()
+        for allow_lazy, long_lazy in ((False, False), (True, False), (True, True)):
+            kinds = choose_kinds(base.uses, cc, full, rows, allow_lazy, base.embed, base.geo, long_lazy=long_lazy)
+            if kinds in seen:
                 continue
+            seen.add(kinds)
             choices.append(_option(base, cc, kinds, n1, n2, sym, rows, budget, engine))
     return dataclasses.replace(base, choice=PL.best(choices))
 

@@ -163,8 +163,8 @@ def plan_cost(
 
 
 def best(options: list) -> Choice:
-    """The cheapest plan that fits (ties: fewer chunks), else the one needing the least memory."""
+    """The cheapest plan that fits (ties: fewer chunks, then less memory), else the one needing the least memory."""
     ok = [o for o in options if o.fits]
     if ok:
-        return min(ok, key=lambda o: (o.flops, -o.classes))
+        return min(ok, key=lambda o: (o.flops, -o.classes, o.bytes))
     return min(options, key=lambda o: (o.bytes, o.flops))
