@@ -836,6 +836,28 @@ def test_one_small_block_forms_long_layers_in_its_tiles(monkeypatch):
     assert programs == [1]  # the panel program of one block (traced once: the four layers have one shape)
 
 
+def test_model_analysed_once_per_model_and_shapes(monkeypatch):
+    """Eager engine calls analyse a model once per model and shapes (the analysis traces the model: 0.5 s on the
+    transformer); traced calls (inside jit) analyse it afresh and keep nothing; other shapes are analysed again."""
+    calls = []
+    analyze = L.analyze
+    monkeypatch.setattr(L, "analyze", lambda *a, **k: calls.append(a[2]) or analyze(*a, **k))
+    L._MODELS.clear()
+    f, p = mlp(jax.random.key(0))
+    k = jc.batched(jc.trace_ntk(f, normalize=False), 4, progress_bar=False)
+    x = _normal(1, (6, 5))
+    first = k(p, x)
+    np.testing.assert_array_equal(k(p, x), first)
+    assert calls == [(5,)]
+    jax.jit(jc.trace_ntk(f, normalize=False, implementation="structured"))(p, x)
+    assert calls == [(5,), (5,)] and len(L._MODELS) == 1  # traced: analysed, not kept
+    k(p, _normal(2, (6, 5)))
+    assert len(calls) == 2  # same shapes, new values: the kept analysis
+    g = lambda q, xx: f(q, xx.reshape(xx.shape[0], -1))  # noqa: E731
+    jc.batched(jc.trace_ntk(g), 4, progress_bar=False)(p, _normal(3, (6, 5, 1)))
+    assert calls[-1] == (5, 1) and len(L._MODELS) == 2
+
+
 def _np_patches(x, taps, strides, dil, pads):
     """Naive float64 patches of one NHWC example, by loops: ``(T, taps·C)`` in (taps, channels) order, zero where a
     tap reads padding."""

@@ -263,7 +263,7 @@ def _panel_slices(e: int, whole: int, room: int, rows: int = _FEW_ROWS) -> int:
     panel's gradients of one slice (``whole`` bytes for all slices) fit ``room``, and slices of at most
     :data:`_SLICE_WIDTH` features (the transformer's layers, 256 inputs × 256/768/1024 outputs and 1024 × 256, two
     blocks of 128 rows: slices of 128 features ran 0.9–1.0× the time of the best width measured, whole layers
-    1.1–1.25×; 32 features 1.02–1.04×), or :data:`_SLICE_WIDTH_FEW` for fewer rows, whose products are too small to
+    1.1–1.25×; 32 features 1.02–1.06×), or :data:`_SLICE_WIDTH_FEW` for fewer rows, whose products are too small to
     run at the matmul peak and gain from a slice that stays in cache (one block of 16, 32 or 64 rows: 32 features
     12–14% faster than 128)."""
     width = _SLICE_WIDTH if rows >= _FEW_ROWS else _SLICE_WIDTH_FEW
