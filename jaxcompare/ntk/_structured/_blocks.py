@@ -578,7 +578,8 @@ def blocked(
             _COMPILED[key] = compiled
         work += compiled
     cap = _capacity(budget_b - out_bytes - work, per_block)
-    if _replan and rss0 is not None and s.choice.fits and mkey is not None and compiled > reserve:
+    # compiled > reserve: this call measured its compiled code (CPU, a plan that fits) and it took more than planned
+    if _replan and mkey is not None and compiled > reserve:
         if cap < min(2, n_blocks):  # the plan no longer fits beside its compiled code: plan again with less
             _RESERVED[mkey] = compiled  # (only then: a plan that fits is planned the same way by the next call)
             while len(_RESERVED) > 64:
