@@ -145,14 +145,16 @@ def test_fold_layout_invariants(d, e, m):
 def test_fold_layer_equals_explicit_countsketch():
     """_fold_layer against a float64 NumPy oracle: the per-example gradients Σ_t a_t ⊗ g_ct are formed explicitly
     and every entry (e, d) is added, with its sign, into the bucket the tables assign it (column slot -> chunk and
-    position, row slot -> half-block and row, offset per chunk and half-block). Also: inside a half-block no two
-    entries of the same row or column share a bucket (what makes the variance that of a dense projection)."""
+    position, row slot -> half-block and row, one offset per half-block: the chunks are summed before the fold).
+    Also: inside one chunk's half-block no two entries of the same row or column share a bucket (what makes the
+    variance that of a dense projection)."""
     from jaxcompare.ntk._sketch import _fold_layer, _fold_tables, _layout
 
     n, c, t, d, e, m = 3, 2, 4, 11, 6, 8
     a = np.asarray(jax.random.normal(jax.random.key(0), (n, t, d)), np.float64)
     g = np.asarray(jax.random.normal(jax.random.key(1), (n, c, t, e)), np.float64)
     lay = _layout(d, e, m)
+    assert lay.r > 1  # several chunks share each half-block's buckets
     tabs = _fold_tables(jax.random.key(2), lay, d, e, jnp.float64)
     got = np.asarray(_fold_layer(jnp.asarray(a), jnp.asarray(g), lay, tabs))
     cols, s_in, rows, s_out, offsets = (np.asarray(v) for v in tabs)
@@ -168,7 +170,7 @@ def test_fold_layer_equals_explicit_countsketch():
                     dd = cols[j * lay.w + s]
                     if ee >= e or dd >= d:
                         continue  # a padding slot: zero
-                    b = ((rho * lay.w + s) % m + offsets[j, h]) % m
+                    b = ((rho * lay.w + s) % m + offsets[h]) % m
                     want[:, :, h, b] += s_out[j, row_slot] * s_in[j * lay.w + s] * grads[:, :, ee, dd]
                     assert (ee, b) not in seen_row and (dd, b) not in seen_col
                     seen_row[ee, b] = seen_col[dd, b] = True
