@@ -286,6 +286,7 @@ def n_params(model: str) -> int:
 #     python benchmarks/bench_ntk_models.py                    # small CNN N = 512, quarter-width ResNet-18 N = 256
 #     python benchmarks/bench_ntk_models.py --only cnn --slow  # add the slow peers (rademacher K = 4096, sparse ResNet)
 #     python benchmarks/bench_ntk_models.py --only exact       # exact path: quarter ResNet-18 N = 256/1024, transformer
+#     python benchmarks/bench_ntk_models.py --only exact --rows 6 --reuse-exact  # the transformer's sketch (N = 256)
 #     python benchmarks/bench_ntk_models.py --only resnet vit  # full-width ResNet-18 N = 256, ViT N = 256
 #     python benchmarks/bench_ntk_models.py --only torch       # every model at an N where torch.func's recipe fits
 #     python benchmarks/bench_ntk_models.py --only exact --quick         # the same at small sizes (< 3 min)
@@ -373,9 +374,11 @@ def _child(cfg: dict) -> dict:
         per, fixed = kernel_bytes(f, params, x, None, 10, cfg.get("impl", "structured"), "trace")
         out["est_gib"] = (per * n + fixed) / _GIB  # estimate of the unblocked (jitted) call
         out["rss_jax_gib"] = rss_jax
-    elif exact_path.exists():
-        iu = np.triu_indices(n, 1)
-        out["err"] = float(np.abs(kern - np.load(exact_path))[iu].mean())
+    else:  # a projection: its own floors (used when the run has no exact row of this model and N)
+        out["floors"] = _floors(model, n, params, x)
+        if exact_path.exists():
+            iu = np.triu_indices(n, 1)
+            out["err"] = float(np.abs(kern - np.load(exact_path))[iu].mean())
     return out
 
 
@@ -478,7 +481,8 @@ def _parse_gib(text: str) -> float:
 # configurations
 # ----------------------------------------------------------------------------------------------------------------
 def _exact_configs(quick: bool, device: str) -> list:
-    """The exact path at scale: quarter-width ResNet-18 (default call, jacobian, batched) and the transformer."""
+    """The exact path at scale: quarter-width ResNet-18 (default call, jacobian, batched) and the transformer (and its
+    structured sketch, on CPU)."""
     r, t = "resnet_q", "transformer"
     if quick:  # < 3 min on 2 quiet cores
         return [
@@ -501,6 +505,7 @@ def _exact_configs(quick: bool, device: str) -> list:
         dict(model=t, n=256, method="exact"),
         dict(model=r, n=1024, method="exact", block=128),
         dict(model=r, n=256, method="exact", impl="jacobian"),
+        dict(model=t, n=256, method="structured", k=1024),  # its error against row 3's kernel
     ]
 
 
@@ -676,6 +681,10 @@ def _print_row(head, cfg, r, m, load, peak, exact_t, floors, budget) -> None:
             f"{r['est_gib']:.2f} GiB (budget {budget})",
             flush=True,
         )
+    if cfg["method"] != "exact" and m not in floors and r.get("floors"):
+        import _subprocess
+
+        floors[m] = _subprocess.floor_seconds(m, r["floors"], peak)
     fl = floors.get(m, {}).get("exact" if cfg["method"] == "exact" else "proj")
     print(
         f"{head} {r['time']:8.2f} {r['first']:7.2f} {r['rss_gib']:7.2f} {r.get('err', float('nan')):10.4f} "

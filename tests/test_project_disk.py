@@ -177,3 +177,23 @@ def test_validation_and_foreign_stores(tmp_path):
         _run(tmp_path, 0, overwrite=True)
     with pytest.raises(ValueError, match="fingerprint"):  # other data: refused
         jc.project_gradients(F, P, X + 1.0, PROJ, block_size=BS, path=tmp_path, process_index=1, process_count=2)
+
+
+def test_store_of_an_older_sketch_layout_is_refused(tmp_path, monkeypatch):
+    """Features of the structured sketch's previous hash layout (``layout = 1``: every chunk folded with its own
+    offsets) are another sketch: a store begun under it must not be completed under today's layout (a kernel of the
+    mixed features would be wrong between blocks); ``overwrite=True`` starts it afresh."""
+    from jaxcompare.ntk._sketch import StructuredProjection
+
+    proj = jc.structured_projection(jax.random.key(3), 8)
+    run = dict(block_size=BS, path=tmp_path, process_count=2)
+    monkeypatch.setattr(StructuredProjection, "layout", 1)
+    with pytest.warns(RuntimeWarning, match="not written yet"):  # blocks 0 and 2 under the old layout
+        jc.project_gradients(F, P, X, proj, process_index=0, **run)
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="projection layout"):
+        jc.project_gradients(F, P, X, proj, process_index=1, **run)
+    with pytest.warns(RuntimeWarning, match="not written yet"):
+        jc.project_gradients(F, P, X, proj, process_index=1, overwrite=True, **run)
+    got = jc.project_gradients(F, P, X, proj, process_index=0, **run)
+    np.testing.assert_array_equal(got, jc.project_gradients(F, P, X, proj, block_size=BS))

@@ -25,10 +25,11 @@ them assembles and all return the features. With the overrides the last process 
 finds blocks of other shares missing warns and returns None (``features.npy`` exists only once complete) — rerun the
 missing processes, or any process with ``process_count=1``, to complete the store.
 
-What is verified before the store is trusted: the fingerprint (else an error, or a fresh start with
-``overwrite=True``); every block of the process's share against its recorded checksum (edited or lost blocks are
-recomputed); ``features.npy`` on reopen, block by block against the same checksums (else reassembled, with a
-warning). The features are bit-for-bit those of an uninterrupted single-process run, whatever the process count.
+What is verified before the store is trusted: the fingerprint — of the data, the options, the model and the
+projection's hash layout (a store begun by an older structured sketch holds another sketch) — else an error, or a
+fresh start with ``overwrite=True``; every block of the process's share against its recorded checksum (edited or
+lost blocks are recomputed); ``features.npy`` on reopen, block by block against the same checksums (else reassembled,
+with a warning). The features are bit-for-bit those of an uninterrupted single-process run, whatever the process count.
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ def _fingerprints(apply_fn, params, x, projection, summed, bs, policy) -> tuple[
     options = (type(projection).__name__, int(projection.dim), str(getattr(projection, "kind", "")), summed, bs)
     if policy != "highest":  # features under another policy are other features (stores made before it stay valid)
         options += (policy,)
+    layout = getattr(projection, "layout", 1)
+    if layout != 1:  # another hash layout of the same projection is another sketch (layout-1 stores stay valid)
+        options += (("layout", layout),)
     data = data_fingerprint(_SALT, {"params": params, "x": x, "key": projection.key, "options": repr(options)})
     model = model_fingerprint(
         {}, {"model": (apply_fn, (params, jax.ShapeDtypeStruct((1,) + x.shape[1:], x.dtype)))}, apply_fn
@@ -282,8 +286,8 @@ def _setup(root: Path, lock: DirLock, fp: str, model_fp: str, n: int, bs: int, o
     if header is not None and header["fingerprint"] != fp:
         if not overwrite:
             raise ValueError(
-                f"{root} holds features of other data, options or model (fingerprint mismatch); "
-                "use another path or overwrite=True."
+                f"{root} holds features of other data, options, model or projection layout (fingerprint "
+                "mismatch); use another path or overwrite=True."
             )
         header = None
     busy = RuntimeError(

@@ -44,6 +44,13 @@ chunk (``T > w``: permuting the factors costs more than the gradient), when padd
 added row by row into ``K`` buckets (a balanced CountSketch: a random permutation of the entries modulo ``K``, random
 signs; rows ``< K/2`` go to ``P``); the fallback leaves are CountSketched together the same way.
 
+**Embeddings.** A table ``V × E`` whose only use is a lookup of whole rows (``analyze(embeddings=True)``) is a
+dense layer with one-hot inputs: its per-example gradient ``Σ_t e_{k_t} ⊗ δ_{c,t}`` is zero outside the rows the
+example reads. Its entries are CountSketched from the token ids and ``δ`` directly — entry ``(k, e)`` has the rows
+path's index ``k·E + e`` — by ``T·E`` signed additions per class instead of a dense ``V·E`` gradient (the
+transformer's 1000 × 256 table: 64·256 instead of 256 000); an out-of-range id of a ``fill`` lookup adds nothing,
+as in autodiff.
+
 **Error estimate.** Halves ``a = P + Q`` and ``b = P − Q`` give ``K_a − K_b = 2(<P, Q'> + <Q, P'>)``: mean zero,
 uncorrelated with ``K`` (independent signs), with the variance of ``K`` except that it also counts pairs of one
 column placed in different half-blocks — so it errs on the side of overestimating (by up to ~1.5× on small
@@ -152,6 +159,24 @@ def _sketch_rows(rows: jax.Array, buckets: jax.Array, signs: jax.Array, dim: int
     return jax.ops.segment_sum(rows, buckets, num_segments=dim)
 
 
+def _embed_rows(ids: jax.Array, g: jax.Array, buckets: jax.Array, signs: jax.Array, dim: int) -> jax.Array:
+    """CountSketch ``(dim, N·C')`` of an embedding table's per-example gradients ``Σ_t e_{k_t} ⊗ δ_{c,t}`` from the
+    token ids ``(N, T, 1)`` (``-1``: out of range, adds nothing) and sensitivities ``(N, C', T, E)``: entry ``(k, e)``
+    of the ``V × E`` gradient has the hash index ``k·E + e`` of :func:`_layer_rows`' layout, so this equals
+    :func:`_sketch_rows` of the dense per-example gradients, by ``T·E`` additions per class instead of ``V·E``
+    (accumulated in at least float32)."""
+    n, c, t, e = g.shape
+    k = ids[..., 0]
+    ok = k >= 0
+    idx = jnp.where(ok, k, 0)[:, :, None] * e + jnp.arange(e, dtype=jnp.int32)[None, None, :]  # (N, T, E)
+    acc_dt = jnp.promote_types(g.dtype, jnp.float32)
+    sg = jnp.where(ok[:, :, None], signs[idx].astype(acc_dt), 0)
+    vals = jnp.transpose(g, (0, 2, 3, 1)).astype(acc_dt) * sg[..., None]  # (N, T, E, C')
+    seg = buckets[idx] + dim * jnp.arange(n, dtype=jnp.int32)[:, None, None]  # example n's buckets: n·dim + b
+    acc = jax.ops.segment_sum(vals.reshape(n * t * e, c), seg.reshape(-1), num_segments=n * dim)  # (N·dim, C')
+    return jnp.transpose(acc.reshape(n, dim, c), (1, 0, 2)).reshape(dim, n * c).astype(g.dtype)
+
+
 def _layer_rows(a: jax.Array, g: jax.Array) -> jax.Array:
     """Per-example gradients of one structured layer as rows: ``(D·E, N·C')`` with ``[(d, e), (n, c)] =
     Σ_t a[n, t, d] g[n, c, t, e]`` (the generic path, for layers :func:`_layout` cannot fold)."""
@@ -255,10 +280,12 @@ def block_bytes(plan: Any, shapes: tuple, dim: int, summed: bool, itemsize: int,
     a_shapes, g_shapes, j_shapes = shapes
     fac = sum(int(np.prod(s.shape[1:], dtype=np.int64)) for s in (*a_shapes, *g_shapes, *j_shapes))
     rows_layer = fold_layer = 0
-    for a, g in zip(a_shapes, g_shapes):
+    for u, a, g in zip(plan.uses, a_shapes, g_shapes):
         d, t, e = a.shape[-1], g.shape[2], g.shape[-1]
-        lay = _fold_choice(d, t, e, dim // 2)
-        if lay is None:
+        lay = None if u.kind == "embed" else _fold_choice(d, t, e, dim // 2)
+        if u.kind == "embed":  # signed values, bucket indices and their sums: T·E per class
+            rows_layer = max(rows_layer, 4 * c * t * e)
+        elif lay is None:
             rows_layer = max(rows_layer, 4 * max(c * d * e, -(-c * d * e // dim) * dim))
         else:
             rows = 2 * lay.eh
@@ -285,6 +312,11 @@ class StructuredProjection:
     memory_budget: int | None = dataclasses.field(default=None, metadata=dict(static=True))
 
     kind = "structured"
+    # the hash layout: features of two layouts are two different sketches, never to be mixed in one store
+    # (1: each chunk of a layer folded and rolled by its own offsets, embedding tables as dense leaves, until
+    # 2026-11-30; 2: the chunks summed in one product, one offset per half-block, embedding tables sketched from their
+    # token ids). project_gradients(path=) fingerprints it (see _project_disk).
+    layout = 2
 
     def block_for(self, apply_fn: Callable, params: Any, x: Any, *, summed: bool = False) -> int:
         """Examples per call: ``block_size``; else 64 (or all of ``x`` when fewer) when the factors of 16 examples
@@ -297,7 +329,7 @@ class StructuredProjection:
         tune = _tuning()
 
         def estimate():  # the model's analysis takes about a second on a ResNet: once per model and shapes
-            plan = analyze(apply_fn, params, tuple(x.shape[1:]), x.dtype)
+            plan = analyze(apply_fn, params, tuple(x.shape[1:]), x.dtype, embeddings=True)
             shapes = jax.eval_shape(lambda p, xx: factors(plan, p, xx, summed=summed), params, x[:1])
             itemsize = max(jnp.dtype(jax.eval_shape(apply_fn, params, x[:1]).dtype).itemsize, 4)
             return (*block_bytes(plan, shapes, self.dim, summed, itemsize, tune.fold), plan.n_classes, itemsize)
@@ -313,7 +345,7 @@ class StructuredProjection:
 
     def features(self, apply_fn: Callable, params: Any, x: jax.Array, *, summed: bool = False) -> jax.Array:
         """Sketched gradients ``(N, C, dim)`` (``(N, dim)`` when ``summed``: of the summed logits)."""
-        plan = analyze(apply_fn, params, tuple(x.shape[1:]), x.dtype)
+        plan = analyze(apply_fn, params, tuple(x.shape[1:]), x.dtype, embeddings=True)
         n = x.shape[0]
         bs = self.block_for(apply_fn, params, x, summed=summed)
         a_s, g_s, j_s = jax.eval_shape(lambda p, xx: factors(plan, p, xx, summed=summed), params, x[:1])
@@ -323,9 +355,12 @@ class StructuredProjection:
         tune = _tuning()
 
         m = half
-        lays = [_fold_choice(a.shape[-1], g.shape[2], g.shape[-1], m) for a, g in zip(a_s, g_s)]
-        dt = jnp.result_type(*a_s, *g_s) if a_s else jnp.float32
-        sizes = [a.shape[-1] * g.shape[-1] for a, g in zip(a_s, g_s)]
+        emb = [u.kind == "embed" for u in plan.uses]  # token ids and δ: the embed path (module docstring)
+        lays = [
+            None if em else _fold_choice(a.shape[-1], g.shape[2], g.shape[-1], m) for a, g, em in zip(a_s, g_s, emb)
+        ]
+        dt = jnp.result_type(*[a for a, em in zip(a_s, emb) if not em], *g_s) if g_s else jnp.float32
+        sizes = [(u.vocab if em else a.shape[-1]) * g.shape[-1] for u, a, g, em in zip(plan.uses, a_s, g_s, emb)]
         fb_size = sum(j.shape[-1] for j in j_s)
         need = [_hash_words(sz, self.dim) if lay is None else _fold_words(lay) for sz, lay in zip(sizes, lays)]
         need.append(_hash_words(fb_size, self.dim) if j_s else 0)
@@ -351,7 +386,10 @@ class StructuredProjection:
             rows_out = None  # (2·half, m·C'): layers without a fold layout and the fallback leaves
             pq = None  # (m, C', 2, half): the folded layers' half-block outputs P, Q
             for u in range(len(a)):  # one layer's gradient rows alive at a time
-                if lays[u] is None:
+                if emb[u]:
+                    s = _embed_rows(a[u], g[u], tables[u][0], tables[u][1], self.dim)
+                    rows_out = s if rows_out is None else rows_out + s
+                elif lays[u] is None:
                     s = sketch_rows(_layer_rows(a[u], g[u]), tables[u])
                     rows_out = s if rows_out is None else rows_out + s
             folded = [u for u in range(len(a)) if lays[u] is not None]
@@ -398,8 +436,9 @@ def structured_projection(
 
     Each layer's gradient is formed from its permuted, signed factors (inputs and output sensitivities) for one
     block of examples at a time, directly in the sketch's layout, and folded into ``dim`` buckets (a reshape and a
-    sum: no per-example gradient is transposed or scattered); layers with many positions and leaves without that
-    structure (norms, shared weights) are CountSketched from their per-example gradients.
+    sum: no per-example gradient is transposed or scattered); embedding tables from their token ids (the nonzero rows
+    of their gradients only); layers with many positions and leaves without that structure (norms, shared weights)
+    are CountSketched from their per-example gradients.
     ``E[<φ(x), φ(x')>] = <g(x), g(x')>`` with (at most) the variance of a dense Rademacher projection of the same
     dimension, at ``O(P)`` instead of ``O(dim · P)`` per gradient.
     Pass it as ``projection=`` to :func:`trace_ntk`/:func:`pseudo_ntk`, or to :func:`project_gradients`.
