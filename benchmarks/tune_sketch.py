@@ -2,6 +2,8 @@
 
     python benchmarks/tune_sketch.py                                   # quarter-width ResNet-18, N = 256, CPU layouts
     python benchmarks/tune_sketch.py --model resnet --n 2048 --layouts 64,16,1 512,64,8 1024,128,16   # an accelerator
+    python benchmarks/tune_sketch.py --model transformer --vocab 50000 --layers 1 --n 128 --k 1024 --layouts 64,16,1
+    python benchmarks/tune_sketch.py ... --per-block-tables   # the hash tables rebuilt in every block (as before)
 
 Each layout is ``max_block,chunk,fold``: examples per compiled call, examples whose factors are formed together, and
 examples folded together. For each, ``project_gradients`` runs twice (the first call compiles) and the second call's
@@ -28,6 +30,13 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=4096)
     ap.add_argument("--layouts", nargs="+", default=["64,16,1", "64,32,1", "64,16,4"])
     ap.add_argument("--budget", default=None, help="JAXCOMPARE_MEMORY_BUDGET (default: the package's)")
+    ap.add_argument("--vocab", type=int, default=None, help="transformer: vocabulary (default 1000)")
+    ap.add_argument("--layers", type=int, default=None, help="transformer: layers (default 4)")
+    ap.add_argument(
+        "--per-block-tables",
+        action="store_true",
+        help="rebuild the hash tables inside every block's program (as project_gradients did before preparing them)",
+    )
     ap.add_argument(
         "--float64",
         action="store_true",
@@ -46,16 +55,29 @@ def main() -> None:
     from jaxcompare.ntk import _sketch
 
     jax.config.update("jax_enable_x64", args.float64)
-    _, table = bp._models()
+    models, table = bp._models()
     init, f, shape = table[args.model]
     dt = np.float64 if args.float64 else np.float32
+    if args.model == "transformer":  # token inputs; optionally another vocabulary or depth
+        import functools
+
+        cfg = dict(models._TF)
+        cfg.update({k: v for k, v in (("vocab", args.vocab), ("layers", args.layers)) if v is not None})
+        init, f = (
+            functools.partial(models.transformer_init, cfg=cfg),
+            functools.partial(models.transformer_apply, cfg=cfg),
+        )
+        x = jnp.asarray(np.random.default_rng(1).integers(0, cfg["vocab"], (args.n,) + shape).astype(np.int32))
+    else:
+        x = jnp.asarray(np.random.default_rng(1).standard_normal((args.n,) + shape).astype(dt))
     params = jax.tree_util.tree_map(lambda v: jnp.asarray(np.asarray(v, dt)), init(0))
-    x = jnp.asarray(np.random.default_rng(1).standard_normal((args.n,) + shape).astype(dt))
+    if args.per_block_tables:
+        _sketch.StructuredProjection.prepared = lambda self, *a, **k: self
     proj = jc.structured_projection(jax.random.key(0), args.k)
     slot = "cpu" if jax.default_backend() == "cpu" else "accelerator"
     print(
         f"{args.model} N = {args.n} K = {args.k} {np.dtype(dt).name} on {jax.devices()[0].device_kind}; layouts of "
-        f"'{slot}'",
+        f"'{slot}'" + ("; hash tables rebuilt in every block" if args.per_block_tables else ""),
         flush=True,
     )
     ref = None

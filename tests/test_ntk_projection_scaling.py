@@ -361,3 +361,43 @@ def test_convolution_strategies_agree_with_oracle(monkeypatch):
         np.testing.assert_allclose(out[-1][2], oracle, **TOL64)
     for u, v in zip(jax.tree_util.tree_leaves(out[0][:2]), jax.tree_util.tree_leaves(out[1][:2])):
         np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-12)
+
+
+def _primitives(jaxpr) -> set:
+    """Names of every primitive in a jaxpr, sub-jaxprs (loops, calls) included."""
+    out = set()
+    for e in jaxpr.eqns:
+        out.add(e.primitive.name)
+        for v in e.params.values():
+            for sub in v if isinstance(v, (list, tuple)) else [v]:
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    out |= _primitives(inner)
+    return out
+
+
+def test_prepared_tables_are_built_once_and_give_the_same_features(monkeypatch):
+    """project_gradients builds the structured sketch's hash tables once (``prepared``), not inside every block's
+    program: a prepared projection's block program has no sort (the tables' permutations), an unprepared one has;
+    the features are the same (bit-identical in one call; in blocks of 3, to rounding); tables prepared for another
+    input shape are refused."""
+    f, p = mlp(jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (10, 5), jnp.float64)
+    proj = jc.structured_projection(jax.random.key(2), 16)
+    ready = proj.prepared(f, p, x)
+    assert ready.tables is not None and proj.tables is None
+    assert "sort" in _primitives(jax.make_jaxpr(lambda pr, xb: pr.features(f, p, xb))(proj, x).jaxpr)
+    assert "sort" not in _primitives(jax.make_jaxpr(lambda pr, xb: pr.features(f, p, xb))(ready, x).jaxpr)
+    want = np.asarray(proj.features(f, p, x))
+    np.testing.assert_array_equal(np.asarray(ready.features(f, p, x)), want)
+    from jaxcompare.ntk._sketch import StructuredProjection
+
+    calls = []
+    real = StructuredProjection.prepared
+    monkeypatch.setattr(StructuredProjection, "prepared", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    blocks = np.asarray(jc.project_gradients(f, p, x, proj, block_size=3))  # other batch shapes: other rounding
+    assert len(calls) == 1  # once for its 4 blocks
+    np.testing.assert_allclose(blocks, want, rtol=1e-12, atol=1e-14)
+    f2, p2 = mlp(jax.random.key(0), d_in=6)
+    with pytest.raises(ValueError, match="prepared for another model or input shape"):
+        ready.features(f2, p2, jnp.ones((4, 6)))

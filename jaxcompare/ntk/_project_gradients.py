@@ -131,6 +131,8 @@ def project_gradients(
     else:
         bs = _DEFAULT_BLOCK
     bs = min(bs, n)
+    if getattr(projection, "tables", False) is None:  # a structured sketch: its hash tables once, not per block
+        projection = projection.prepared(apply_fn, params, x, summed=summed)
     fn = functools.partial(_features_jit, apply_fn=apply_fn, summed=summed, precision=policy)
     nb = -(-n // bs)
 

@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -293,6 +294,15 @@ def block_bytes(plan: Any, shapes: tuple, dim: int, summed: bool, itemsize: int,
     return itemsize * ((2 + c) * act + 2 * fac + rows_layer + 4 * c * dim), itemsize * fold_layer * fold
 
 
+class _Static(collections.namedtuple("_Static", "plan a_s g_s j_s emb lays dt sizes fb_size")):
+    """A model's sketch layout (:meth:`StructuredProjection._layout`): its analysis, factor shapes, per-layer path
+    (``emb``; ``lays``: fold layout or None for the rows path), the fold tables' dtype and the hashed sizes."""
+
+
+# jitted table builders by model signature (apply_fn, parameter and input shapes, dim, summed)
+_BUILDERS: collections.OrderedDict = collections.OrderedDict()
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class StructuredProjection:
@@ -304,12 +314,15 @@ class StructuredProjection:
       block_size: examples per compiled call (their factors formed ``min(block_size, 16)`` at a time; memory grows
         with both); None: automatic from the memory budget (:meth:`block_for`).
       memory_budget: bytes for the automatic block size (None: :func:`jaxcompare.ntk._memory.memory_budget`).
+      tables: the hash tables derived from ``key`` for one model and input shape (:meth:`prepared`), or None: built
+        inside every call of :meth:`features` (an argsort of one random word per hashed entry).
     """
 
     key: jax.Array
     dim: int = dataclasses.field(metadata=dict(static=True))
     block_size: int | None = dataclasses.field(default=None, metadata=dict(static=True))
     memory_budget: int | None = dataclasses.field(default=None, metadata=dict(static=True))
+    tables: Any = dataclasses.field(default=None, repr=False)  # one model's hash tables, built once (:meth:`prepared`)
 
     kind = "structured"
     # the hash layout: features of two layouts are two different sketches, never to be mixed in one store
@@ -343,38 +356,72 @@ class StructuredProjection:
         # whole chunks fit: more examples per call cost only their features; whole chunks (no padded chunk per call)
         return n if n <= tune.max_block else tune.max_block
 
-    def features(self, apply_fn: Callable, params: Any, x: jax.Array, *, summed: bool = False) -> jax.Array:
-        """Sketched gradients ``(N, C, dim)`` (``(N, dim)`` when ``summed``: of the summed logits)."""
+    def _layout(self, apply_fn: Callable, params: Any, x: jax.Array, summed: bool) -> _Static:
+        """The model's analysis and the static layout of its sketch (per layer: embed, fold or rows path)."""
         plan = analyze(apply_fn, params, tuple(x.shape[1:]), x.dtype, embeddings=True)
-        n = x.shape[0]
-        bs = self.block_for(apply_fn, params, x, summed=summed)
         a_s, g_s, j_s = jax.eval_shape(lambda p, xx: factors(plan, p, xx, summed=summed), params, x[:1])
         if not plan.uses and not plan.fallback:
             raise ValueError("params has no differentiable leaf used by apply_fn: there is nothing to project.")
-        half = self.dim // 2
-        tune = _tuning()
-
-        m = half
-        emb = [u.kind == "embed" for u in plan.uses]  # token ids and δ: the embed path (module docstring)
-        lays = [
+        emb = tuple(u.kind == "embed" for u in plan.uses)  # token ids and δ: the embed path (module docstring)
+        m = self.dim // 2
+        lays = tuple(
             None if em else _fold_choice(a.shape[-1], g.shape[2], g.shape[-1], m) for a, g, em in zip(a_s, g_s, emb)
-        ]
+        )
         dt = jnp.result_type(*[a for a, em in zip(a_s, emb) if not em], *g_s) if g_s else jnp.float32
-        sizes = [(u.vocab if em else a.shape[-1]) * g.shape[-1] for u, a, g, em in zip(plan.uses, a_s, g_s, emb)]
-        fb_size = sum(j.shape[-1] for j in j_s)
-        need = [_hash_words(sz, self.dim) if lay is None else _fold_words(lay) for sz, lay in zip(sizes, lays)]
-        need.append(_hash_words(fb_size, self.dim) if j_s else 0)
-        # every table from one call (see _perm): layer u's words, then the fallback leaves'
-        words = jax.random.bits(self.key, (sum(need),), jnp.uint32)
+        sizes = tuple((u.vocab if em else a.shape[-1]) * g.shape[-1] for u, a, g, em in zip(plan.uses, a_s, g_s, emb))
+        return _Static(plan, a_s, g_s, j_s, emb, lays, jnp.dtype(dt), sizes, sum(j.shape[-1] for j in j_s))
+
+    def _build(self, lo: _Static, key: jax.Array) -> tuple:
+        """``(tables per structured use, table of the fallback leaves or None)`` from ``key``: every table from one
+        ``jax.random.bits`` call (see :func:`_perm`), layer ``u``'s words, then the fallback leaves'."""
+        need = [_hash_words(sz, self.dim) if lay is None else _fold_words(lay) for sz, lay in zip(lo.sizes, lo.lays)]
+        need.append(_hash_words(lo.fb_size, self.dim) if lo.j_s else 0)
+        words = jax.random.bits(key, (sum(need),), jnp.uint32)
         starts = np.concatenate([[0], np.cumsum(need)]).astype(int)
         tables = [
             _hash_tables(None, sz, self.dim, words[starts[u] : starts[u + 1]])
             if lay is None
-            else _fold_tables(None, lay, a.shape[-1], g.shape[-1], dt, words[starts[u] : starts[u + 1]])
-            for u, (a, g, sz, lay) in enumerate(zip(a_s, g_s, sizes, lays))
+            else _fold_tables(None, lay, a.shape[-1], g.shape[-1], lo.dt, words[starts[u] : starts[u + 1]])
+            for u, (a, g, sz, lay) in enumerate(zip(lo.a_s, lo.g_s, lo.sizes, lo.lays))
         ]
         # the fallback leaves (often many small ones: norms) are sketched together, as one concatenated vector
-        fb_table = _hash_tables(None, fb_size, self.dim, words[starts[-2] :]) if j_s else None
+        fb_table = _hash_tables(None, lo.fb_size, self.dim, words[starts[-2] :]) if lo.j_s else None
+        return tables, fb_table
+
+    def prepared(self, apply_fn: Callable, params: Any, x: jax.Array, *, summed: bool = False) -> StructuredProjection:
+        """This projection with its hash tables built once for ``apply_fn`` and the shapes of ``params`` and ``x``
+        (:func:`project_gradients` does it before its blocks: otherwise every block's program rebuilds them, an
+        argsort of one random word per hashed entry — seconds for a 50 000 × 768 token table). Same features."""
+        one = jax.ShapeDtypeStruct((1,) + tuple(x.shape[1:]), x.dtype)  # the tables do not depend on N
+        memo_key = (_auto_key(apply_fn, params, one, None, None), self.dim, bool(summed))
+
+        def builder():  # the model's layout (a trace of its factor program, ~1 s on a ResNet): once per signature
+            return jax.jit(functools.partial(self._build, self._layout(apply_fn, params, x, summed)))
+
+        return dataclasses.replace(self, tables=memoized(_BUILDERS, memo_key, builder, size=16)(self.key))
+
+    def features(self, apply_fn: Callable, params: Any, x: jax.Array, *, summed: bool = False) -> jax.Array:
+        """Sketched gradients ``(N, C, dim)`` (``(N, dim)`` when ``summed``: of the summed logits)."""
+        lo = self._layout(apply_fn, params, x, summed)
+        plan, emb, lays = lo.plan, lo.emb, lo.lays
+        n = x.shape[0]
+        bs = self.block_for(apply_fn, params, x, summed=summed)
+        half = self.dim // 2
+        tune = _tuning()
+        if self.tables is None:
+            tables, fb_table = self._build(lo, self.key)
+        else:  # prepared: the tables must be those of this model and input shape
+            want = jax.eval_shape(functools.partial(self._build, lo), self.key)
+            got = self.tables
+            if jax.tree_util.tree_structure(got) != jax.tree_util.tree_structure(want) or any(
+                (g.shape, g.dtype) != (w.shape, w.dtype)
+                for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want))
+            ):
+                raise ValueError(
+                    "this projection's tables were prepared for another model or input shape; call "
+                    "projection.prepared(apply_fn, params, x) for this one, or use the projection without tables."
+                )
+            tables, fb_table = got
         scale = 1.0 / np.sqrt(2.0)
 
         def sketch_rows(rows, tabs):  # (P, N·C') -> (2·half, N·C'): signed rows added into their buckets
