@@ -670,9 +670,9 @@ def main() -> None:
 
 
 def _print_row(head, cfg, r, m, load, peak, exact_t, floors, budget) -> None:
-    if cfg["method"] == "exact":
-        import _subprocess
+    import _subprocess
 
+    if cfg["method"] == "exact":
         if m not in exact_t or not (cfg.get("block") or cfg.get("impl") or cfg.get("precision")):  # the default call
             exact_t[m] = r["time"]
         floors[m] = _subprocess.floor_seconds(m, r["floors"], peak)
@@ -682,8 +682,6 @@ def _print_row(head, cfg, r, m, load, peak, exact_t, floors, budget) -> None:
             flush=True,
         )
     if cfg["method"] != "exact" and m not in floors and r.get("floors"):
-        import _subprocess
-
         floors[m] = _subprocess.floor_seconds(m, r["floors"], peak)
     fl = floors.get(m, {}).get("exact" if cfg["method"] == "exact" else "proj")
     print(
