@@ -3,6 +3,8 @@
     python benchmarks/tune_sketch.py                                   # quarter-width ResNet-18, N = 256, CPU layouts
     python benchmarks/tune_sketch.py --model resnet --n 2048 --layouts 64,16,1 512,64,8 1024,128,16   # an accelerator
     python benchmarks/tune_sketch.py --model transformer --vocab 50000 --layers 1 --n 128 --k 1024 --layouts 64,16,1
+    python benchmarks/tune_sketch.py --model transformer --vocab 50257 --width 768 --layers 1 --n 64 --k 1024 \
+        --layouts 64,16,1                                              # a GPT-2-sized token table (38.6 M entries)
     python benchmarks/tune_sketch.py ... --per-block-tables   # the hash tables rebuilt in every block (as before)
 
 Each layout is ``max_block,chunk,fold``: examples per compiled call, examples whose factors are formed together, and
@@ -32,6 +34,7 @@ def main() -> None:
     ap.add_argument("--budget", default=None, help="JAXCOMPARE_MEMORY_BUDGET (default: the package's)")
     ap.add_argument("--vocab", type=int, default=None, help="transformer: vocabulary (default 1000)")
     ap.add_argument("--layers", type=int, default=None, help="transformer: layers (default 4)")
+    ap.add_argument("--width", type=int, default=None, help="transformer: model width d, MLP 4d (default 256)")
     ap.add_argument(
         "--per-block-tables",
         action="store_true",
@@ -63,6 +66,8 @@ def main() -> None:
 
         cfg = dict(models._TF)
         cfg.update({k: v for k, v in (("vocab", args.vocab), ("layers", args.layers)) if v is not None})
+        if args.width is not None:
+            cfg.update(d=args.width, ff=4 * args.width)
         init, f = (
             functools.partial(models.transformer_init, cfg=cfg),
             functools.partial(models.transformer_apply, cfg=cfg),

@@ -180,15 +180,16 @@ def test_fold_layer_equals_explicit_countsketch():
 def test_embedding_rows_equal_explicit_countsketch():
     """_embed_rows against a float64 NumPy oracle: each example's embedding gradient Σ_t e_{k_t} ⊗ δ_ct is formed
     densely (V × E, repeated ids summed, an out-of-range id -1 dropped) and every entry (k, e) is added with its sign
-    into the bucket of index k·E + e."""
-    from jaxcompare.ntk._sketch import _embed_rows, _hash_tables
+    into its bucket, both read from the hash of all V × E entries at once."""
+    from jaxcompare.ntk._sketch import _embed_hash, _embed_keys, _embed_rows
 
     n, c, t, e, v, dim = 3, 2, 5, 4, 6, 16
     ids = np.array([[0, 3, 3, 5, -1], [1, 1, 1, 1, 1], [5, 4, 2, 0, 3]], np.int32)[:, :, None]
     g = np.asarray(jax.random.normal(jax.random.key(0), (n, c, t, e)), np.float64)
-    buckets, signs = _hash_tables(jax.random.key(1), v * e, dim)
-    got = np.asarray(_embed_rows(jnp.asarray(ids), jnp.asarray(g), buckets, signs, dim))  # (dim, N·C)
-    b, sg = np.asarray(buckets), np.asarray(signs, np.float64)
+    col_keys = _embed_keys(jax.random.bits(jax.random.key(1), (2,), jnp.uint32), e)
+    got = np.asarray(_embed_rows(jnp.asarray(ids), jnp.asarray(g), col_keys, dim))  # (dim, N·C)
+    b, bits = map(np.asarray, _embed_hash(col_keys, jnp.arange(v), dim))  # (V, E)
+    assert b.shape == (v, e) and b.min() >= 0 and b.max() < dim
     want = np.zeros((dim, n, c))
     for i in range(n):
         grad = np.zeros((v, c, e))
@@ -197,8 +198,39 @@ def test_embedding_rows_equal_explicit_countsketch():
                 grad[ids[i, tt, 0]] += g[i, :, tt, :]
         for k in range(v):
             for ee in range(e):
-                want[b[k * e + ee], i] += sg[k * e + ee] * grad[k, :, ee]
+                want[b[k, ee], i] += (1 - 2 * bits[k, ee]) * grad[k, :, ee]
     np.testing.assert_allclose(got, want.reshape(dim, n * c), rtol=1e-12, atol=1e-12)
+
+
+def test_embedding_hash_is_uniform_and_has_no_rectangles():
+    """The embedding entries' hash on a 300 × 64 table into 64 buckets: bucket counts uniform (chi-square p > 1e-4),
+    signs balanced, pairs of distinct entries collide at rate 1/64, and the four signs of a rectangle (k, e), (k, e'),
+    (k', e), (k', e') — the pattern of an embedding gradient's entries, where hashes that factor over rows and columns
+    (or XOR tabulation) correlate — multiply to mean zero; each rate within 5 standard errors."""
+    import scipy.stats
+
+    from jaxcompare.ntk._sketch import _embed_hash, _embed_keys
+
+    v, e, dim = 300, 64, 64
+    col_keys = _embed_keys(jax.random.bits(jax.random.key(3), (2,), jnp.uint32), e)
+    b, bits = map(np.asarray, _embed_hash(col_keys, jnp.arange(v), dim))
+    assert scipy.stats.chisquare(np.bincount(b.ravel(), minlength=dim)).pvalue > 1e-4
+    s = 1.0 - 2.0 * bits
+    m = s.size
+    assert abs(s.mean()) < 5 / np.sqrt(m)
+    flat = b.ravel()
+    rng = np.random.default_rng(0)
+    i, j = rng.integers(0, m, (2, 200_000))
+    i, j = i[i != j], j[i != j]
+    rate = np.mean(flat[i] == flat[j])
+    assert abs(rate - 1 / dim) < 5 * np.sqrt((1 / dim) * (1 - 1 / dim) / i.size), rate
+    rect = s[:-1, :-1] * s[:-1, 1:] * s[1:, :-1] * s[1:, 1:]  # adjacent rows and columns
+    far = s[: v // 2, : e // 2] * s[: v // 2, e // 2 :] * s[v // 2 :, : e // 2] * s[v // 2 :, e // 2 :]
+    for r in (rect, far):
+        assert abs(r.mean()) < 5 / np.sqrt(r.size), r.mean()
+    same_row = np.mean(b[:, :-1] == b[:, 1:]), np.mean(b[:-1] == b[1:])  # one row's or one column's neighbours
+    for r in same_row:
+        assert abs(r - 1 / dim) < 5 * np.sqrt((1 / dim) / (v * e)), r
 
 
 def _embedding_only(key, vocab=40, d=8, n_classes=3):
@@ -228,6 +260,9 @@ def test_structured_sketch_of_models_with_an_embedding_table(model):
     x = jax.random.randint(jax.random.key(21), (4, 6), 0, 40 if model == "transformer" else 5)
     plan = analyze(f, p, (6,), x.dtype, embeddings=True)
     assert [u.kind for u in plan.uses].count("embed") == 1  # the table takes the embed path
+    if model == "embedding only":  # its hash tables: a key per column, nothing of the table's size V·E = 320
+        ready = jc.structured_projection(jax.random.key(0), 32).prepared(f, p, x)
+        assert sum(leaf.size for leaf in jax.tree_util.tree_leaves(ready.tables)) <= 2 * 8
     jac = np.asarray(oracle_jacobian(f, p, x))  # (N, C, P)
     dim = 32
     gram = np.einsum("icp,jdp->ijcd", jac, jac)

@@ -46,10 +46,14 @@ signs; rows ``< K/2`` go to ``P``); the fallback leaves are CountSketched togeth
 
 **Embeddings.** A table ``V × E`` whose only use is a lookup of whole rows (``analyze(embeddings=True)``) is a
 dense layer with one-hot inputs: its per-example gradient ``Σ_t e_{k_t} ⊗ δ_{c,t}`` is zero outside the rows the
-example reads. Its entries are CountSketched from the token ids and ``δ`` directly — entry ``(k, e)`` has the rows
-path's index ``k·E + e`` — by ``T·E`` signed additions per class instead of a dense ``V·E`` gradient (the
-transformer's 1000 × 256 table: 64·256 instead of 256 000); an out-of-range id of a ``fill`` lookup adds nothing,
-as in autodiff.
+example reads. Its entries are CountSketched from the token ids and ``δ`` directly, by ``T·E`` signed additions per
+class instead of a dense ``V·E`` gradient (the transformer's 1000 × 256 table: 64·256 instead of 256 000); an
+out-of-range id of a ``fill`` lookup adds nothing, as in autodiff. Entry ``(k, e)`` is hashed where it is read: two
+words of threefry2x32 of the counter ``k`` under a key of column ``e`` give its bucket in ``[0, K)`` and its sign, so
+no table of ``V·E`` entries is built (an argsort of 38.6 M words took 26 s per call for GPT-2's 50 257 × 768 table)
+and the hash costs one threefry block per nonzero entry. Buckets and signs are then independent and uniform over
+the entries (up to the generator): a pair of entries collides with probability ``1/K`` (against the rows and fold
+paths' entries too), which gives exactly the variance of a dense Rademacher projection for the table's part.
 
 **Error estimate.** Halves ``a = P + Q`` and ``b = P − Q`` give ``K_a − K_b = 2(<P, Q'> + <Q, P'>)``: mean zero,
 uncorrelated with ``K`` (independent signs), with the variance of ``K`` except that it also counts pairs of one
@@ -160,20 +164,36 @@ def _sketch_rows(rows: jax.Array, buckets: jax.Array, signs: jax.Array, dim: int
     return jax.ops.segment_sum(rows, buckets, num_segments=dim)
 
 
-def _embed_rows(ids: jax.Array, g: jax.Array, buckets: jax.Array, signs: jax.Array, dim: int) -> jax.Array:
+def _embed_keys(words: jax.Array, e: int) -> jax.Array:
+    """Per-column threefry keys ``(E, 2)`` (uint32 key data) of an embedding table's hash, from two random words."""
+    key = jax.random.wrap_key_data(words[:2], impl="threefry2x32")
+    return jax.random.key_data(jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(e, dtype=jnp.uint32)))
+
+
+def _embed_hash(col_keys: jax.Array, k: jax.Array, dim: int) -> tuple[jax.Array, jax.Array]:
+    """Buckets (int32 in ``[0, dim)``) and sign bits (0/1) ``(..., E)`` of the table entries ``(k, e)`` for the row
+    indices ``k`` (any shape, non-negative): two words of threefry2x32 keyed by column ``e``'s key, of the counter
+    ``k``; bucket ``word₀ mod dim`` (bias ≤ dim/2³², negligible), sign the lowest bit of ``word₁``."""
+    keys = jax.random.wrap_key_data(col_keys, impl="threefry2x32")  # (E,)
+    per_entry = jax.vmap(jax.vmap(jax.random.fold_in, (0, None)), (None, 0))  # (M,) rows x (E,) columns
+    w = jax.random.key_data(per_entry(keys, k.reshape(-1).astype(jnp.uint32)))  # (M, E, 2)
+    shape = k.shape + (col_keys.shape[0],)
+    return (w[..., 0] % dim).astype(jnp.int32).reshape(shape), (w[..., 1] & 1).astype(jnp.int32).reshape(shape)
+
+
+def _embed_rows(ids: jax.Array, g: jax.Array, col_keys: jax.Array, dim: int) -> jax.Array:
     """CountSketch ``(dim, N·C')`` of an embedding table's per-example gradients ``Σ_t e_{k_t} ⊗ δ_{c,t}`` from the
     token ids ``(N, T, 1)`` (``-1``: out of range, adds nothing) and sensitivities ``(N, C', T, E)``: entry ``(k, e)``
-    of the ``V × E`` gradient has the hash index ``k·E + e`` of :func:`_layer_rows`' layout, so this equals
-    :func:`_sketch_rows` of the dense per-example gradients, by ``T·E`` additions per class instead of ``V·E``
-    (accumulated in at least float32)."""
+    of the ``V × E`` gradient goes to the bucket and sign of :func:`_embed_hash`, by ``T·E`` additions per class
+    instead of ``V·E`` and with no table of ``V·E`` entries (accumulated in at least float32)."""
     n, c, t, e = g.shape
     k = ids[..., 0]
     ok = k >= 0
-    idx = jnp.where(ok, k, 0)[:, :, None] * e + jnp.arange(e, dtype=jnp.int32)[None, None, :]  # (N, T, E)
+    buckets, bits = _embed_hash(col_keys, jnp.where(ok, k, 0), dim)  # (N, T, E)
     acc_dt = jnp.promote_types(g.dtype, jnp.float32)
-    sg = jnp.where(ok[:, :, None], signs[idx].astype(acc_dt), 0)
+    sg = jnp.where(ok[:, :, None], (1 - 2 * bits).astype(acc_dt), 0)
     vals = jnp.transpose(g, (0, 2, 3, 1)).astype(acc_dt) * sg[..., None]  # (N, T, E, C')
-    seg = buckets[idx] + dim * jnp.arange(n, dtype=jnp.int32)[:, None, None]  # example n's buckets: n·dim + b
+    seg = buckets + dim * jnp.arange(n, dtype=jnp.int32)[:, None, None]  # example n's buckets: n·dim + b
     acc = jax.ops.segment_sum(vals.reshape(n * t * e, c), seg.reshape(-1), num_segments=n * dim)  # (N·dim, C')
     return jnp.transpose(acc.reshape(n, dim, c), (1, 0, 2)).reshape(dim, n * c).astype(g.dtype)
 
@@ -284,8 +304,8 @@ def block_bytes(plan: Any, shapes: tuple, dim: int, summed: bool, itemsize: int,
     for u, a, g in zip(plan.uses, a_shapes, g_shapes):
         d, t, e = a.shape[-1], g.shape[2], g.shape[-1]
         lay = None if u.kind == "embed" else _fold_choice(d, t, e, dim // 2)
-        if u.kind == "embed":  # signed values, bucket indices and their sums: T·E per class
-            rows_layer = max(rows_layer, 4 * c * t * e)
+        if u.kind == "embed":  # signed values and their sums per class, hash words, buckets and signs: T·E each
+            rows_layer = max(rows_layer, 2 * c * t * e + 6 * t * e)
         elif lay is None:
             rows_layer = max(rows_layer, 4 * max(c * d * e, -(-c * d * e // dim) * dim))
         else:
@@ -296,7 +316,7 @@ def block_bytes(plan: Any, shapes: tuple, dim: int, summed: bool, itemsize: int,
 
 class _Static(collections.namedtuple("_Static", "plan a_s g_s j_s emb lays dt sizes fb_size")):
     """A model's sketch layout (:meth:`StructuredProjection._layout`): its analysis, factor shapes, per-layer path
-    (``emb``; ``lays``: fold layout or None for the rows path), the fold tables' dtype and the hashed sizes."""
+    (``emb``; ``lays``: fold layout or None for the rows path), the fold tables' dtype and the rows path's hashed sizes."""
 
 
 # jitted table builders by model signature (apply_fn, parameter and input shapes, dim, summed)
@@ -328,8 +348,9 @@ class StructuredProjection:
     # the hash layout: features of two layouts are two different sketches, never to be mixed in one store
     # (1: each chunk of a layer folded and rolled by its own offsets, embedding tables as dense leaves, until
     # 2026-11-30; 2: the chunks summed in one product, one offset per half-block, embedding tables sketched from their
-    # token ids). project_gradients(path=) fingerprints it (see _project_disk).
-    layout = 2
+    # token ids through the rows path's permutation, until 2026-12-01; 3: embedding entries hashed by threefry of
+    # their (row, column), no V·E table). project_gradients(path=) fingerprints it (see _project_disk).
+    layout = 3
 
     def block_for(self, apply_fn: Callable, params: Any, x: Any, *, summed: bool = False) -> int:
         """Examples per call: ``block_size``; else 64 (or all of ``x`` when fewer) when the factors of 16 examples
@@ -368,21 +389,26 @@ class StructuredProjection:
             None if em else _fold_choice(a.shape[-1], g.shape[2], g.shape[-1], m) for a, g, em in zip(a_s, g_s, emb)
         )
         dt = jnp.result_type(*[a for a, em in zip(a_s, emb) if not em], *g_s) if g_s else jnp.float32
-        sizes = tuple((u.vocab if em else a.shape[-1]) * g.shape[-1] for u, a, g, em in zip(plan.uses, a_s, g_s, emb))
+        sizes = tuple(0 if em else a.shape[-1] * g.shape[-1] for a, g, em in zip(a_s, g_s, emb))  # hashed entries
         return _Static(plan, a_s, g_s, j_s, emb, lays, jnp.dtype(dt), sizes, sum(j.shape[-1] for j in j_s))
 
     def _build(self, lo: _Static, key: jax.Array) -> tuple:
         """``(tables per structured use, table of the fallback leaves or None)`` from ``key``: every table from one
         ``jax.random.bits`` call (see :func:`_perm`), layer ``u``'s words, then the fallback leaves'."""
-        need = [_hash_words(sz, self.dim) if lay is None else _fold_words(lay) for sz, lay in zip(lo.sizes, lo.lays)]
+        need = [
+            2 if em else _hash_words(sz, self.dim) if lay is None else _fold_words(lay)
+            for sz, lay, em in zip(lo.sizes, lo.lays, lo.emb)
+        ]
         need.append(_hash_words(lo.fb_size, self.dim) if lo.j_s else 0)
         words = jax.random.bits(key, (sum(need),), jnp.uint32)
         starts = np.concatenate([[0], np.cumsum(need)]).astype(int)
         tables = [
-            _hash_tables(None, sz, self.dim, words[starts[u] : starts[u + 1]])
+            _embed_keys(words[starts[u] : starts[u + 1]], g.shape[-1])
+            if em
+            else _hash_tables(None, sz, self.dim, words[starts[u] : starts[u + 1]])
             if lay is None
             else _fold_tables(None, lay, a.shape[-1], g.shape[-1], lo.dt, words[starts[u] : starts[u + 1]])
-            for u, (a, g, sz, lay) in enumerate(zip(lo.a_s, lo.g_s, lo.sizes, lo.lays))
+            for u, (a, g, sz, lay, em) in enumerate(zip(lo.a_s, lo.g_s, lo.sizes, lo.lays, lo.emb))
         ]
         # the fallback leaves (often many small ones: norms) are sketched together, as one concatenated vector
         fb_table = _hash_tables(None, lo.fb_size, self.dim, words[starts[-2] :]) if lo.j_s else None
@@ -391,7 +417,7 @@ class StructuredProjection:
     def prepared(self, apply_fn: Callable, params: Any, x: jax.Array, *, summed: bool = False) -> StructuredProjection:
         """This projection with its hash tables built once for ``apply_fn`` and the shapes of ``params`` and ``x``
         (:func:`project_gradients` does it before its blocks: otherwise every block's program rebuilds them, an
-        argsort of one random word per hashed entry — seconds for a 50 000 × 768 token table). Same features."""
+        argsort of one random word per entry of the rows path — a second for a few million). Same features."""
         one = jax.ShapeDtypeStruct((1,) + tuple(x.shape[1:]), x.dtype)  # the tables do not depend on N
         memo_key = (_auto_key(apply_fn, params, one, None, None), self.dim, bool(summed))
 
@@ -434,7 +460,7 @@ class StructuredProjection:
             pq = None  # (m, C', 2, half): the folded layers' half-block outputs P, Q
             for u in range(len(a)):  # one layer's gradient rows alive at a time
                 if emb[u]:
-                    s = _embed_rows(a[u], g[u], tables[u][0], tables[u][1], self.dim)
+                    s = _embed_rows(a[u], g[u], tables[u], self.dim)
                     rows_out = s if rows_out is None else rows_out + s
                 elif lays[u] is None:
                     s = sketch_rows(_layer_rows(a[u], g[u]), tables[u])
