@@ -316,7 +316,8 @@ def block_bytes(plan: Any, shapes: tuple, dim: int, summed: bool, itemsize: int,
 
 class _Static(collections.namedtuple("_Static", "plan a_s g_s j_s emb lays dt sizes fb_size")):
     """A model's sketch layout (:meth:`StructuredProjection._layout`): its analysis, factor shapes, per-layer path
-    (``emb``; ``lays``: fold layout or None for the rows path), the fold tables' dtype and the rows path's hashed sizes."""
+    (``emb``; ``lays``: fold layout or None for the rows path), the fold tables' dtype and the rows path's hashed
+    sizes."""
 
 
 # jitted table builders by model signature (apply_fn, parameter and input shapes, dim, summed)
