@@ -142,39 +142,68 @@ def test_fold_layout_invariants(d, e, m):
     assert _layout(5, 40, 8) is None and _layout(5, 3, 1) is None  # E > 2m, or m < 2: the rows path
 
 
-def test_fold_layer_equals_explicit_countsketch():
-    """_fold_layer against a float64 NumPy oracle: the per-example gradients Σ_t a_t ⊗ g_ct are formed explicitly
-    and every entry (e, d) is added, with its sign, into the bucket the tables assign it (column slot -> chunk and
-    position, row slot -> half-block and row, one offset per half-block: the chunks are summed before the fold).
-    Also: inside one chunk's half-block no two entries of the same row or column share a bucket (what makes the
-    variance that of a dense projection)."""
-    from jaxcompare.ntk._sketch import _fold_layer, _fold_tables, _layout
-
-    n, c, t, d, e, m = 3, 2, 4, 11, 6, 8
-    a = np.asarray(jax.random.normal(jax.random.key(0), (n, t, d)), np.float64)
-    g = np.asarray(jax.random.normal(jax.random.key(1), (n, c, t, e)), np.float64)
-    lay = _layout(d, e, m)
-    assert lay.r > 1  # several chunks share each half-block's buckets
-    tabs = _fold_tables(jax.random.key(2), lay, d, e, jnp.float64)
-    got = np.asarray(_fold_layer(jnp.asarray(a), jnp.asarray(g), lay, tabs))
+def _fold_oracle(grads, lay, tabs, m, e0, eg):
+    """float64 NumPy fold of explicit gradients ``grads`` (N, C, E, D) with one group's tables, its outputs
+    ``e0 + [0, eg)``: every entry (e, d) added with its sign into the bucket its column slot (chunk, position), row
+    slot (half-block, row) and the half-block's offset assign it. Also asserts that inside one chunk's half-block no
+    two entries of the same row or column share a bucket (what makes the variance that of a dense projection)."""
+    n, c, e, d = grads.shape
     cols, s_in, rows, s_out, offsets = (np.asarray(v) for v in tabs)
-    grads = np.einsum("ntd,ncte->nced", a, g)
     want = np.zeros((n, c, 2, m))
     for j in range(lay.r):
         for h in range(2):
             seen_row, seen_col = {}, {}
             for rho in range(lay.eh):
                 row_slot = h * lay.eh + rho
-                ee = rows[j, row_slot]
+                ee = e0 + rows[j, row_slot]
                 for s in range(lay.w):
                     dd = cols[j * lay.w + s]
-                    if ee >= e or dd >= d:
+                    if rows[j, row_slot] >= eg or ee >= e or dd >= d:
                         continue  # a padding slot: zero
                     b = ((rho * lay.w + s) % m + offsets[h]) % m
                     want[:, :, h, b] += s_out[j, row_slot] * s_in[j * lay.w + s] * grads[:, :, ee, dd]
                     assert (ee, b) not in seen_row and (dd, b) not in seen_col
                     seen_row[ee, b] = seen_col[dd, b] = True
+    return want
+
+
+def test_fold_layer_equals_explicit_countsketch():
+    """_fold_layer against a float64 NumPy oracle (_fold_oracle): the per-example gradients Σ_t a_t ⊗ g_ct formed
+    explicitly, each entry added with its sign into the bucket the tables assign it (one offset per half-block: the
+    chunks are summed before the fold)."""
+    from jaxcompare.ntk._sketch import _fold_layer, _fold_tables, _layout
+
+    n, c, t, d, e, m = 3, 2, 4, 11, 6, 8
+    a = np.asarray(jax.random.normal(jax.random.key(0), (n, t, d)), np.float64)
+    g = np.asarray(jax.random.normal(jax.random.key(1), (n, c, t, e)), np.float64)
+    lay = _layout(d, e, m)
+    assert lay.r > 1 and lay.groups == 1  # several chunks share each half-block's buckets
+    tabs = _fold_tables(jax.random.key(2), lay, d, e, jnp.float64)
+    got = np.asarray(_fold_layer(jnp.asarray(a), jnp.asarray(g), lay, tabs))
+    grads = np.einsum("ntd,ncte->nced", a, g)
+    np.testing.assert_allclose(got, _fold_oracle(grads, lay, tabs, m, 0, e), rtol=1e-12, atol=1e-12)
+
+
+def test_fold_of_a_layer_with_more_outputs_than_buckets_in_groups():
+    """A layer with E > 2m outputs (a transformer's MLP at K < 4d) folds in groups of ceil(E/groups) outputs, each
+    with its own tables and offsets: the sum of the groups' oracle folds, the last group's missing rows zero; and
+    _fold_choice cuts such layers into groups (it sent them to the rows path before)."""
+    import dataclasses
+
+    from jaxcompare.ntk._sketch import _fold_choice, _fold_layer, _fold_tables, _layout
+
+    n, c, t, d, e, m = 2, 2, 3, 11, 21, 8  # 21 outputs > 2m = 16: two groups of 11 (the second: 10 and a zero row)
+    a = np.asarray(jax.random.normal(jax.random.key(0), (n, t, d)), np.float64)
+    g = np.asarray(jax.random.normal(jax.random.key(1), (n, c, t, e)), np.float64)
+    lay = dataclasses.replace(_layout(d, 11, m), groups=2)
+    tabs = _fold_tables(jax.random.key(2), lay, d, e, jnp.float64)
+    assert tabs[0].shape[0] == 2 and not np.array_equal(np.asarray(tabs[2][0]), np.asarray(tabs[2][1]))  # own tables
+    got = np.asarray(_fold_layer(jnp.asarray(a), jnp.asarray(g), lay, tabs))
+    grads = np.einsum("ntd,ncte->nced", a, g)
+    one = dataclasses.replace(lay, groups=1)
+    want = sum(_fold_oracle(grads, one, jax.tree_util.tree_map(lambda v: v[j], tabs), m, j * 11, 11) for j in range(2))
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    assert _fold_choice(14, 1, 64, 16).groups == 2 and _fold_choice(768, 64, 3072, 512).groups == 3
 
 
 def test_embedding_rows_equal_explicit_countsketch():
@@ -283,18 +312,19 @@ def test_structured_sketch_of_models_with_an_embedding_table(model):
     assert 0.5 < ratio < 1.25, ratio
 
 
-def test_structured_sketch_variance_at_most_a_dense_rademacher_projections():
+@pytest.mark.parametrize("d_in,width", [(16, 32), (14, 64)])
+def test_structured_sketch_variance_at_most_a_dense_rademacher_projections(d_in, width):
     """Var of the projected trNTK⁰ entries over 400 keys against the closed-form variance of a dense Rademacher
     projection of the same dimension, (1/K) Σ_{c,c'} (<u_c,u_c'><v_c,v_c'> + <u_c,v_c'><v_c,u_c'> − 2 Σ_p
     u_cp u_c'p v_cp v_c'p) (u = g(x_i), v = g(x_j), float64 oracle gradients), summed over the 10 entries of a
     4-point kernel. A wide MLP (dense layers: rank-one gradients, where sketches with structured signs pay up to
-    3×) whose layers take the fold path. The ratio must lie in [0.5, 1.25]: the sampling error of the summed
-    variance is ≤ 7% (relative sd of a 399-dof variance estimate), so a false failure needs a 3.5σ deviation
-    (< 3e-4)."""
+    3×) whose layers take the fold path; with 64 hidden units, more than the 2m = 32 rows a fold holds, its first
+    layer folds in two groups. The ratio must lie in [0.5, 1.25]: the sampling error of the summed variance is ≤ 7%
+    (relative sd of a 399-dof variance estimate), so a false failure needs a 3.5σ deviation (< 3e-4)."""
     k1, k2 = jax.random.split(jax.random.key(10))
     p = {
-        "W1": jax.random.normal(k1, (16, 32), jnp.float64) / 4.0,
-        "W2": jax.random.normal(k2, (32, 4), jnp.float64) / np.sqrt(32),
+        "W1": jax.random.normal(k1, (d_in, width), jnp.float64) / np.sqrt(d_in),
+        "W2": jax.random.normal(k2, (width, 4), jnp.float64) / np.sqrt(width),
     }
 
     def f(pp, x):
@@ -302,8 +332,9 @@ def test_structured_sketch_variance_at_most_a_dense_rademacher_projections():
 
     from jaxcompare.ntk._sketch import _fold_choice
 
-    assert _fold_choice(16, 1, 32, 16) is not None and _fold_choice(32, 1, 4, 16) is not None  # both layers fold
-    x = jax.random.normal(jax.random.key(11), (4, 16), jnp.float64)
+    lays = _fold_choice(d_in, 1, width, 16), _fold_choice(width, 1, 4, 16)
+    assert None not in lays and lays[0].groups == width // 32  # both layers fold; the first in groups when wide
+    x = jax.random.normal(jax.random.key(11), (4, d_in), jnp.float64)
     jac = np.asarray(oracle_jacobian(f, p, x))  # (N, C, P)
     dim = 32
     gram = np.einsum("icp,jdp->ijcd", jac, jac)  # <g_ic, g_jd>

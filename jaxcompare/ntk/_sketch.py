@@ -21,7 +21,8 @@ half-block land at ``ρ·w + x`` and ``ρ'·w + x'`` with independent uniform ro
 otherwise, ``1/m`` over the random column slots; pairs in different half-blocks or layers collide with probability
 ``1/m`` (the offsets). Summing the chunks inside the product (rather than folding each chunk and rolling it by its
 own offset) writes ``r`` times fewer products: on the quarter-width ResNet-18's deepest layers (``T = 16``, ``r = 5``)
-the product's output, not its FLOPs, bounded the speed, and the fold ran 1.9× faster (0.84 → 0.45 ms per example).
+the product's output, not its FLOPs, bounded the speed, and the fold ran 1.9× faster (0.84 → 0.45 ms per example). A layer with more outputs than ``2m`` is cut into groups
+of at most ``2m`` output rows, each folded as a layer of its own (own tables and offsets).
 
 **Features.** With ``P``, ``Q`` the sums over layers and chunks, ``φ = [P + Q; P − Q] / √2``, so
 ``<φ(x), φ(x')> = <P, P'> + <Q, Q'>``: a CountSketch into ``2m = K`` buckets. Signs are independent per column and
@@ -39,8 +40,8 @@ reach this when one row or column may collide: their four-sign products do not v
 gradients of dense layers the variance grows up to 3× — the TensorSketch/Kronecker penalty.)
 
 **Rows (layers with many positions, or no fold layout).** When a layer has more positions than input slots per
-chunk (``T > w``: permuting the factors costs more than the gradient), when padding would exceed 50 %, or when
-``E > K``, the layer's gradient is formed per example (``(D × T) @ (T × C·E)``), laid out as rows ``(D·E, N·C)`` and
+chunk (``T > w``: permuting the factors costs more than the gradient) or when padding would exceed 50 %, the
+layer's gradient is formed per example (``(D × T) @ (T × C·E)``), laid out as rows ``(D·E, N·C)`` and
 added row by row into ``K`` buckets (a balanced CountSketch: a random permutation of the entries modulo ``K``, random
 signs; rows ``< K/2`` go to ``P``); the fallback leaves are CountSketched together the same way.
 
@@ -209,12 +210,15 @@ def _layer_rows(a: jax.Array, g: jax.Array) -> jax.Array:
 @dataclasses.dataclass(frozen=True)
 class _Layout:
     """Static layout of one layer's folded sketch (module docstring): ``r`` chunks of ``w`` input slots, each with
-    ``2·eh`` output rows (two half-blocks of ``eh`` rows, each folded into ``m`` buckets: ``eh·w = rh·m``)."""
+    ``2·eh`` output rows (two half-blocks of ``eh`` rows, each folded into ``m`` buckets: ``eh·w = rh·m``);
+    ``groups`` > 1: the outputs cut into that many groups of ``ceil(E/groups)`` rows, each folded as a layer of its
+    own (own tables and offsets) with this layout."""
 
     r: int
     w: int
     eh: int
     m: int
+    groups: int = 1
 
     @property
     def rh(self) -> int:
@@ -241,24 +245,31 @@ def _layout(d: int, e: int, m: int) -> _Layout | None:
 def _fold_choice(d: int, t: int, e: int, m: int) -> _Layout | None:
     """The fold layout when it is the cheaper path for a ``D × E`` layer with ``T`` positions, else None (the rows
     path): the fold permutes the factors (``T·(D + C·E)`` numbers) and pads the gradient to ``2·eh·r·w`` entries,
-    so it pays when there are fewer positions than input slots per chunk and the padding is under 50%."""
-    lay = _layout(d, e, m)
-    if lay is None or t > lay.w or 2 * lay.eh * lay.r * lay.w > 1.5 * d * e:
+    so it pays when there are fewer positions than input slots per chunk and the padding is under 50%. More outputs
+    than ``2m`` (a transformer's MLP at K < 4d) are cut into groups of at most ``2m`` rows, each folded on its own."""
+    groups = max(1, -(-e // (2 * m)))
+    lay = _layout(d, -(-e // groups), m)
+    if lay is None or t > lay.w or groups * 2 * lay.eh * lay.r * lay.w > 1.5 * d * e:
         return None
-    return lay
+    return dataclasses.replace(lay, groups=groups)
 
 
 def _fold_words(lay: _Layout) -> int:
     """Random words used by :func:`_fold_tables`."""
-    return lay.r * lay.w + lay.r * 2 * lay.eh + 2
+    return lay.groups * (lay.r * lay.w + lay.r * 2 * lay.eh + 2)
 
 
 def _fold_tables(key: jax.Array, lay: _Layout, d: int, e: int, dtype, words: jax.Array | None = None) -> tuple:
     """Random parts of one layer's fold: input slots (``r·w`` column indices, ``d`` = zero), input signs, output
-    rows per chunk (``(r, 2·eh)`` row indices, ``e`` = zero), output signs and the two half-blocks' offsets.
+    rows per chunk (``(r, 2·eh)`` row indices, ``e`` = zero), output signs and the two half-blocks' offsets; with
+    ``groups`` > 1, independent tables per group of ``ceil(E/groups)`` outputs, stacked on a leading axis.
     ``words``: :func:`_fold_words` random uint32 words to use instead of ``key``."""
     if words is None:
         words = jax.random.bits(key, (_fold_words(lay),), jnp.uint32)
+    if lay.groups > 1:
+        one = dataclasses.replace(lay, groups=1)
+        eg = -(-e // lay.groups)
+        return jax.vmap(lambda w: _fold_tables(None, one, d, eg, dtype, w))(words.reshape(lay.groups, -1))
     n_in, n_out = lay.r * lay.w, lay.r * 2 * lay.eh
     w_in, w_out, w_off = words[:n_in], words[n_in : n_in + n_out].reshape(lay.r, 2 * lay.eh), words[n_in + n_out :]
     perm = _perm(w_in)
@@ -276,7 +287,15 @@ def _fold_layer(a: jax.Array, g: jax.Array, lay: _Layout, tables: tuple) -> jax.
 
     One product ``(C'·2eh × r·T) @ (r·T × w)`` of the permuted, signed factors gives the sum over chunks of their
     gradient rows; each half-block (``eh × w``, contiguous) is folded modulo ``m`` by a reshape and a sum, and rolled
-    by its random offset."""
+    by its random offset. ``groups`` > 1: the sum of the groups' folds, each over its ``ceil(E/groups)`` outputs."""
+    if lay.groups > 1:
+        one, eg = dataclasses.replace(lay, groups=1), -(-g.shape[-1] // lay.groups)
+        gp = jnp.pad(g, [(0, 0)] * 3 + [(0, lay.groups * eg - g.shape[-1])])  # the last group's missing rows: zero
+        out = None
+        for j in range(lay.groups):  # one group's product and fold at a time
+            s = _fold_layer(a, gp[..., j * eg : (j + 1) * eg], one, jax.tree_util.tree_map(lambda v: v[j], tables))
+            out = s if out is None else out + s
+        return out
     cols, s_in, rows, s_out, offsets = tables
     n, c, t, e = g.shape
     zero_a = jnp.zeros((n, t, 1), a.dtype)
@@ -310,7 +329,10 @@ def block_bytes(plan: Any, shapes: tuple, dim: int, summed: bool, itemsize: int,
             rows_layer = max(rows_layer, 4 * max(c * d * e, -(-c * d * e // dim) * dim))
         else:
             rows = 2 * lay.eh
-            fold_layer = max(fold_layer, 2 * c * rows * lay.w + 2 * c * rows * lay.r * t + 2 * lay.r * lay.w * t)
+            padded = c * t * e if lay.groups > 1 else 0  # the sensitivities padded to whole groups
+            fold_layer = max(
+                fold_layer, 2 * c * rows * lay.w + 2 * c * rows * lay.r * t + 2 * lay.r * lay.w * t + padded
+            )
     return itemsize * ((2 + c) * act + 2 * fac + rows_layer + 4 * c * dim), itemsize * fold_layer * fold
 
 
@@ -349,9 +371,10 @@ class StructuredProjection:
     # the hash layout: features of two layouts are two different sketches, never to be mixed in one store
     # (1: each chunk of a layer folded and rolled by its own offsets, embedding tables as dense leaves, until
     # 2026-11-30; 2: the chunks summed in one product, one offset per half-block, embedding tables sketched from their
-    # token ids through the rows path's permutation, until 2026-12-01; 3: embedding entries hashed by threefry of
-    # their (row, column), no V·E table). project_gradients(path=) fingerprints it (see _project_disk).
-    layout = 3
+    # token ids through the rows path's permutation, until 2026-11-30; 3: embedding entries hashed by threefry of
+    # their (row, column), no V·E table, for an hour; 4: layers with more than K outputs folded in groups, not
+    # sketched from their per-example gradients). project_gradients(path=) fingerprints it (see _project_disk).
+    layout = 4
 
     def block_for(self, apply_fn: Callable, params: Any, x: Any, *, summed: bool = False) -> int:
         """Examples per call: ``block_size``; else 64 (or all of ``x`` when fewer) when the factors of 16 examples
