@@ -201,7 +201,7 @@ def test_fold_of_a_layer_with_more_outputs_than_buckets_in_groups():
     got = np.asarray(_fold_layer(jnp.asarray(a), jnp.asarray(g), lay, tabs))
     grads = np.einsum("ntd,ncte->nced", a, g)
     one = dataclasses.replace(lay, groups=1)
-    want = sum(_fold_oracle(grads, one, jax.tree_util.tree_map(lambda v: v[j], tabs), m, j * 11, 11) for j in range(2))
+    want = sum(_fold_oracle(grads, one, tuple(v[j] for v in tabs), m, j * 11, 11) for j in range(2))
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
     assert _fold_choice(14, 1, 64, 16).groups == 2 and _fold_choice(768, 64, 3072, 512).groups == 3
 
