@@ -139,7 +139,7 @@ def test_fold_layout_invariants(d, e, m):
     assert lay is not None
     assert m % lay.eh == 0 and 2 * lay.eh >= e and (lay.eh * lay.w) % m == 0 and lay.w <= m // 2
     assert lay.r * lay.w >= d and all((s * lay.w) % m for s in range(1, lay.eh))
-    assert _layout(5, 40, 8) is None and _layout(5, 3, 1) is None  # E > 2m, or m < 2: the rows path
+    assert _layout(5, 40, 8) is None and _layout(5, 3, 1) is None  # E > 2m (_fold_choice: groups), or m < 2
 
 
 def _fold_oracle(grads, lay, tabs, m, e0, eg):
