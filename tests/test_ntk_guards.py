@@ -161,25 +161,29 @@ def test_layer_analysis_reasons():
         "e": jnp.ones((4, 4)),
         "s": jnp.ones(4),
         "u": jnp.ones(2),
+        "v": jnp.ones(4),
         "z": jnp.ones(2, jnp.int32),
     }
 
     def f(q, x):
         h = jnp.tanh(x @ q["a"] + q["b"][None, :])  # dense + fused bias
-        h = h * q["s"][None, :]  # elementwise scale: fallback
+        h = h * q["s"][None, :]  # elementwise scale: structured (a sum over positions)
+        h = h * jnp.exp(q["v"])[None, :]  # a function of the leaf, not the leaf: fallback
         return (h @ q["e"]) @ q["e"][:, :2]  # shared weight: fallback; u, z unused
 
     r = dict(zip(sorted(p), analyze(f, p, (3,), jnp.float64).reasons))
     assert r["a"].startswith("structured: dense") and r["b"].startswith("structured: bias")
-    assert r["e"].startswith("fallback: used 2 times") and r["s"].startswith("fallback: used by mul")
+    assert r["s"].startswith("structured: elementwise scale") and r["v"].startswith("fallback: used by exp")
+    assert r["e"].startswith("fallback: used 2 times")
     assert r["u"].startswith("none: not used") and r["z"].startswith("none: dtype int32")
     e = jc.ntk.explain(f, dict(p, z=jnp.ones(2)), jnp.ones((2, 3)))
     assert e.auto == "structured" and [row[2] for row in e.leaves] == [
         "structured",
         "structured",
         "fallback",
-        "fallback",
+        "structured",
         "none",
+        "fallback",
         "none",
     ]
 

@@ -184,6 +184,61 @@ def test_bias_not_fused_when_broadcast_is_partial():
     _check_against_oracle(f, p, x, x[:3])
 
 
+def test_elementwise_scales_and_shifts_against_oracle():
+    """A leaf broadcast over positions and multiplied into (a norm's γ) or added to (its β) an activation gets its
+    per-example gradient as a sum over positions of the recorded activation times the sensitivity: the
+    classification of each pattern, then the per-example gradients and every kernel against oracles. Patterns: a
+    fused scale and shift, a shift alone spread over positions × features, a scalar scale with the leaf on the left,
+    leaves whose entries reach the features permuted (transposed before their reshape), a scale along the positions
+    axis followed by a shift along the features (not fused: a shift alone), a scale of an activation that the mul
+    itself broadcasts (flax's LayerNorm: ``rsqrt(var) · γ``), a scale of the model's output."""
+    p = {
+        "W": _normal(0, (4, 6), 0.5),
+        "g": 1 + _normal(1, (6,), 0.3),
+        "b": _normal(2, (6,), 0.3),
+        "P": _normal(3, (5, 6), 0.3),
+        "t": 1 + _normal(4, (), 0.3),
+        "q": 1 + _normal(5, (2, 3), 0.3),
+        "r": 1 + _normal(6, (5,), 0.3),
+        "c": _normal(7, (2, 3), 0.3),
+        "V": _normal(8, (6, 3), 0.5),
+        "o": 1 + _normal(9, (3,), 0.3),
+        "k": _normal(11, (6,), 0.3),
+    }
+
+    def f(q, x):  # x: (N, 5, 4)
+        h = jnp.einsum("ntd,de->nte", x, q["W"])
+        h = h * q["g"][None, None, :] + q["b"][None, None, :]
+        h = jnp.tanh(h) + q["P"][None]
+        h = q["t"] * h
+        h = jnp.transpose(q["q"]).reshape(6)[None, None, :] * jnp.sin(h)
+        h = h * q["r"][None, :, None] + jnp.transpose(q["c"]).reshape(6)[None, None, :]
+        # a (N, 5, 1) activation broadcast by the mul itself, as flax's LayerNorm's rsqrt(var)
+        h = h + jnp.cos(h).mean(-1, keepdims=True) * q["k"][None, None, :]
+        return (jnp.tanh(h).mean(1) @ q["V"]) * q["o"][None, :]
+
+    x = _normal(10, (4, 5, 4))
+    plan = S.analyze(f, p, (5, 4), x.dtype)
+    names = sorted(p)
+    got = {
+        (names[s.scale] if s.scale is not None else None, names[s.shift] if s.shift is not None else None)
+        for s in plan.scales
+    }
+    want = {("g", "b"), (None, "P"), ("t", None), ("q", None), ("r", None), (None, "c"), ("k", None), ("o", None)}
+    assert got == want
+    assert {names[s.scale]: s.n_positions for s in plan.scales if s.scale is not None} == dict(
+        g=5, t=30, q=5, r=6, k=5, o=1
+    )
+    assert sorted(names[l] for l in plan.fallback) == sorted(set(names) - {"W", "V"})  # per-example gradients
+    assert all(r.startswith("structured") for r in plan.reasons)
+    # the per-example gradients in each leaf's own entry order (a kernel cannot tell a permuted order)
+    _, _, j = S.factors(plan, p, x[:2], summed=False)
+    jac = jax.vmap(lambda xi: jax.jacrev(lambda q: f(q, xi[None])[0])(p))(x[:2])
+    for l, jm in zip(plan.fallback, j):
+        np.testing.assert_allclose(jm, np.asarray(jac[names[l]]).reshape(jm.shape), **TOL64)
+    _check_against_oracle(f, p, x, x[:3])
+
+
 @pytest.mark.slow
 def test_structured_batched_and_float32_cnn():
     f, p = flax_cnn(jax.random.key(0), dtype=jnp.float32)

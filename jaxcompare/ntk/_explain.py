@@ -45,10 +45,12 @@ def explain(apply_fn: Callable, params: Any, x: Any) -> Explanation:
 
     A leaf is *structured* when its only use is one dense (``dot_general``) or convolution layer reached through
     layout-only operations, a bias added right after such a layer, or an embedding table whose only use is a
-    gather of whole rows (in the exact kernels its inputs are the token ids; the structured sketch of
-    :func:`jaxcompare.project_gradients` differentiates tables per example); every other differentiable leaf
-    *falls back* to per-example gradients in the same pass (shared or tied weights, norms, weights cast through an
-    integer type...). ``auto`` picks the structured path when at least one leaf is structured.
+    gather of whole rows (its inputs are the token ids), or an elementwise scale or shift — a leaf broadcast over
+    positions, each entry once per position, multiplied into or added to an activation (a norm's γ and β): its
+    per-example gradient ``Σ_t a_t ⊙ δ_t`` (``Σ_t δ_t``) is formed from the recorded activation and sensitivity;
+    every other differentiable leaf *falls back* to per-example gradients in the same pass (shared or tied
+    weights, functions of a leaf, weights cast through an integer type...). ``auto`` picks the structured path when
+    at least one dense/conv layer is structured.
 
     Args:
       apply_fn: ``apply_fn(params, x) -> (N, C)`` logits.

@@ -16,9 +16,14 @@ Mechanism (documented design): the model is traced to a jaxpr for one example (`
 to ``jit``/``closed_call``/``checkpoint`` are inlined. A parameter leaf is *structured* when its only use is one
 ``dot_general`` (without batch dimensions) or ``conv_general_dilated`` (no feature/batch groups), reached through
 layout-only operations (reshape, transpose, dtype conversion, squeeze, expand_dims); a bias leaf when its only use
-is an ``add`` to such a layer's output (checked by pushing an index array through its broadcast chain). Every other
-leaf — shared weights (used more than once), norms, tied embeddings, parameters entering custom-derivative functions
-— falls back to per-example gradients within the same pass. An embedding table whose only use is a gather of whole
+is an ``add`` to such a layer's output (checked by pushing an index array through its broadcast chain). An
+elementwise scale or shift — a leaf whose only use is a ``mul`` or ``add`` with an activation, reached through a
+broadcast chain that puts it whole at every position (a norm's γ and β) — has the per-example gradient
+``Σ_t a_t ⊙ δ_{c,t}`` (``Σ_t δ_{c,t}``): the activation is recorded, a perturbation at the product (or at the shift
+right after it) gives ``δ``, and the sum over positions is formed after the backward passes (:class:`._analysis.Scale`;
+the kernels see these leaves as per-example gradients). Every other leaf — shared weights (used more than once),
+tied embeddings, functions of a leaf, parameters entering custom-derivative functions — falls back to per-example
+gradients within the same pass. An embedding table whose only use is a gather of whole
 rows is structured in the exact kernels (:mod:`._embed`: the layer's inputs are the token ids). The jaxpr is
 re-evaluated by a small interpreter that adds a zero perturbation ``ε_u`` to each structured layer output and
 records its input; one ``vjp`` per class with respect to ``(ε, fallback leaves)`` gives all sensitivities ``δ`` and

@@ -16,7 +16,7 @@ from ._embed import embed_layout
 from ._patches import conv_geo, conv_ok
 from ._program import Eqn, Lit, Program, program
 
-__all__ = ["Use", "Plan", "analyze"]
+__all__ = ["Use", "Scale", "Plan", "analyze"]
 
 _ALIAS = {"reshape", "transpose", "convert_element_type", "copy", "copy_p", "squeeze", "expand_dims"}
 
@@ -54,16 +54,45 @@ class Use:
 
 
 @dataclasses.dataclass(frozen=True)
+class Scale:
+    """An elementwise scale ``y = a ⊙ s`` of an activation ``a`` by a leaf ``s`` broadcast over positions (a norm's
+    γ), with the shift ``+ b`` added right after it when there is one (its β), or a shift alone (``scale`` None:
+    ``y = a + b``). Their per-example gradients are sums over positions, ``Σ_t a_t ⊙ δ_{c,t}`` and ``Σ_t δ_{c,t}``,
+    formed from the recorded ``a`` and the sensitivity ``δ`` at ``out`` (:func:`._factors.example_factors`): no
+    reduction inside the backward passes. Both leaves stay in :attr:`Plan.fallback` (per-example gradients) for the
+    kernels and sketches. ``eqn``/``act``: the ``mul`` and its activation operand (the ``add`` for a shift alone);
+    ``perm``: the output's axes as (positions..., features...) with ``n_pos`` position axes; ``order_scale``/
+    ``order_shift``: the leaf entry at each feature slot."""
+
+    eqn: int
+    act: int
+    out: int
+    scale: int | None
+    shift: int | None
+    perm: tuple
+    n_pos: int
+    order_scale: tuple
+    order_shift: tuple
+    out_shape: tuple
+    out_dtype: Any
+
+    @property
+    def n_positions(self) -> int:
+        return int(np.prod([self.out_shape[a] for a in self.perm[: self.n_pos]], dtype=np.int64))
+
+
+@dataclasses.dataclass(frozen=True)
 class Plan:
     """Result of :func:`analyze`: the flat program, structured uses, fallback leaves, the tree structure."""
 
     prog: Program
     uses: tuple
-    fallback: tuple  # leaf indices differentiated per example
+    fallback: tuple  # leaf indices whose per-example gradients are formed (by the vjp, or by ``scales``)
     n_leaves: int
     treedef: Any
     n_classes: int
     reasons: tuple = ()  # per leaf: how it is handled and why (see :func:`analyze`)
+    scales: tuple = ()  # elementwise scales and shifts among the fallback leaves (:class:`Scale`)
 
     @property
     def structured_leaves(self) -> tuple:
@@ -121,24 +150,50 @@ def _layout(e: Eqn, act: int, act_ndim: int, w_ndim: int, kind: str):
     return act_perm, out_perm, n_pos
 
 
-def _bias_ok(prog: Program, leaf_shape: tuple, chain: tuple, out_shape: tuple, out_perm: tuple, n_pos: int) -> bool:
-    """Push an index array of the bias leaf through its broadcast chain: at every position of the layer output the
-    bias must appear whole, each entry once (then its gradient is ``Σ_t δ_t``: a constant input feature 1)."""
+def _spread(prog: Program, leaf_shape: tuple, chain: tuple, out_shape: tuple) -> np.ndarray | None:
+    """The leaf's entry index at each element of an output it reaches through the layout/broadcast ``chain`` (an
+    index array pushed through the chain), or None when the chain cannot be followed."""
     size = int(np.prod(leaf_shape, dtype=np.int64))
     v = np.arange(size, dtype=np.int64).reshape(leaf_shape)
     try:
         for k in chain:
             c = prog.eqns[k]
             v = _np_structural(c.prim.name, v, c.params)
-        v = np.broadcast_to(v, out_shape)
+        return np.broadcast_to(v, out_shape)
     except (ValueError, TypeError, KeyError):
-        return False
-    v = np.transpose(v, out_perm)
+        return None
+
+
+def _whole_per_position(v: np.ndarray, perm: tuple, n_pos: int, size: int) -> np.ndarray | None:
+    """With the output's axes permuted to (positions..., features...): the leaf entry at each feature slot when the
+    leaf appears whole at every position, each entry once (then its gradient is a sum over positions), else None."""
+    v = np.transpose(v, perm)
     n_rows = int(np.prod(v.shape[:n_pos], dtype=np.int64))
     rows = v.reshape(n_rows, -1)
-    return (
-        rows.shape[1] == size and bool(np.all(rows == rows[:1])) and np.array_equal(np.sort(rows[0]), np.arange(size))
-    )
+    if rows.shape[1] == size and np.all(rows == rows[:1]) and np.array_equal(np.sort(rows[0]), np.arange(size)):
+        return rows[0]
+    return None
+
+
+def _bias_ok(prog: Program, leaf_shape: tuple, chain: tuple, out_shape: tuple, out_perm: tuple, n_pos: int) -> bool:
+    """Push an index array of the bias leaf through its broadcast chain: at every position of the layer output the
+    bias must appear whole, each entry once (then its gradient is ``Σ_t δ_t``: a constant input feature 1)."""
+    v = _spread(prog, leaf_shape, chain, out_shape)
+    size = int(np.prod(leaf_shape, dtype=np.int64))
+    return v is not None and _whole_per_position(v, out_perm, n_pos, size) is not None
+
+
+def _elementwise_slots(prog: Program, leaf_shape: tuple, chain: tuple, out_shape: tuple):
+    """``(perm, n_pos, order)`` of a leaf broadcast over an output (a norm's scale or shift): the axes along which
+    its index varies are the features, the others positions; ``order[j]``: the leaf entry at feature slot ``j``.
+    None unless the leaf appears whole at every position, each entry once."""
+    v = _spread(prog, leaf_shape, chain, out_shape)
+    if v is None:
+        return None
+    feat = tuple(ax for ax in range(v.ndim) if np.any(v != np.take(v, [0], axis=ax)))
+    perm = tuple(ax for ax in range(v.ndim) if ax not in feat) + feat
+    order = _whole_per_position(v, perm, v.ndim - len(feat), int(np.prod(leaf_shape, dtype=np.int64)))
+    return None if order is None else (perm, v.ndim - len(feat), tuple(int(o) for o in order))
 
 
 def analyze(apply_fn: Callable, params: Any, x_shape: tuple, x_dtype: Any, embeddings: bool = False) -> Plan:
@@ -288,17 +343,85 @@ def analyze(apply_fn: Callable, params: Any, x_shape: tuple, x_dtype: Any, embed
         for l in range(n_leaves)
         if l not in structured and uses_of[l] and jnp.issubdtype(jnp.result_type(leaves[l]), jnp.inexact)
     )
+    scales = _scales(prog, leaves, shapes, bchain, uses_of, consumers, out_ids, set(structured) | int_cast)
     out_shape = shapes[prog.out_refs[0]] if is_ref(prog.out_refs[0]) else np.shape(prog.out_refs[0].val)
-    reasons = _reasons(prog, leaves, uses, uses_of, {l for _, l, _, _ in candidates}, int_cast)
-    return Plan(prog, tuple(uses), fallback, n_leaves, treedef, int(out_shape[-1]), reasons)
+    reasons = _reasons(prog, leaves, uses, uses_of, {l for _, l, _, _ in candidates}, int_cast, scales)
+    return Plan(prog, tuple(uses), fallback, n_leaves, treedef, int(out_shape[-1]), reasons, scales)
 
 
-def _reasons(prog: Program, leaves: list, uses: list, uses_of: dict, candidate: set, int_cast: set) -> tuple:
+def _scales(
+    prog: Program, leaves: list, shapes: dict, bchain: dict, uses_of: dict, consumers: dict, out_ids: set, taken: set
+) -> tuple:
+    """The elementwise scales (a ``mul`` of an activation by a leaf broadcast over positions, each entry once per
+    position), each with the shift added right after it when its leaf spreads over the same axes, and the shifts
+    alone (an ``add`` of such a leaf to an activation): :class:`Scale`. ``taken``: leaves already handled."""
+
+    def own(r):  # (leaf, chain) of an operand that is a leaf used only here, else None
+        if isinstance(r, Lit) or r not in bchain:
+            return None
+        l, chain = bchain[r]
+        ok = l not in taken and len(uses_of[l]) == 1 and jnp.issubdtype(jnp.result_type(leaves[l]), jnp.inexact)
+        return (l, chain) if ok else None
+
+    def split(e):  # (leaf operand index, (leaf, chain)) of a two-operand op of an activation and such a leaf
+        if len(e.ins) != 2:
+            return None
+        mine = [(i, own(r)) for i, r in enumerate(e.ins)]
+        mine = [(i, lc) for i, lc in mine if lc is not None]
+        other = e.ins[1 - mine[0][0]] if len(mine) == 1 else None
+        if other is None or isinstance(other, Lit) or other in bchain:
+            return None
+        try:  # the activation may be broadcast by the op itself (size-1 axes, as a LayerNorm's rsqrt(var) is)
+            if np.broadcast_shapes(tuple(shapes[other]), tuple(e.shapes[0][0])) != tuple(e.shapes[0][0]):
+                return None
+        except ValueError:
+            return None
+        return mine[0]
+
+    out = []
+    for k, e in enumerate(prog.eqns):
+        name = e.prim.name
+        if name not in ("mul", "add"):
+            continue
+        hit = split(e)
+        if hit is None:
+            continue
+        i, (l, chain) = hit
+        out_shape, out_dtype = e.shapes[0]
+        slots = _elementwise_slots(prog, tuple(jnp.shape(leaves[l])), chain, tuple(out_shape))
+        if slots is None:
+            continue
+        perm, n_pos, order = slots
+        if name == "add":  # a shift alone
+            out.append(Scale(k, 1 - i, e.outs[0], None, l, perm, n_pos, (), order, tuple(out_shape), out_dtype))
+            taken.add(l)
+            continue
+        taken.add(l)
+        z, shift, order_shift = e.outs[0], None, ()
+        cons = consumers.get(z, [])
+        if len(cons) == 1 and z not in out_ids and prog.eqns[cons[0]].prim.name == "add":
+            a = prog.eqns[cons[0]]
+            nxt = split(a)
+            if nxt is not None and a.ins[1 - nxt[0]] == z:
+                b, bchain_b = nxt[1]
+                sl = _elementwise_slots(prog, tuple(jnp.shape(leaves[b])), bchain_b, tuple(out_shape))
+                if sl is not None and sl[:2] == (perm, n_pos):
+                    z, shift, order_shift = a.outs[0], b, sl[2]
+                    taken.add(b)
+        out.append(Scale(k, 1 - i, z, l, shift, perm, n_pos, order, order_shift, tuple(out_shape), out_dtype))
+    return tuple(out)
+
+
+def _reasons(
+    prog: Program, leaves: list, uses: list, uses_of: dict, candidate: set, int_cast: set, scales: tuple = ()
+) -> tuple:
     """One line per leaf: ``"structured: ..."``, ``"fallback: ..."`` (per-example gradients) or ``"none: ..."``."""
     out = []
     for l, leaf in enumerate(leaves):
         layer = [u for u in uses if u.leaf == l]
         bias = [u for u in uses if u.bias == l]
+        scale = [s for s in scales if s.scale == l]
+        shift = [s for s in scales if s.shift == l]
         prims = sorted({prog.eqns[k].prim.name if k >= 0 else "model output" for k in uses_of[l]})
         if layer:
             u = layer[0]
@@ -310,6 +433,10 @@ def _reasons(prog: Program, leaves: list, uses: list, uses_of: dict, candidate: 
             out.append(f"structured: {what}, {u.n_positions} position(s)")
         elif bias:
             out.append("structured: bias fused with its layer (constant input feature 1)")
+        elif scale:
+            out.append(f"structured: elementwise scale (gradient Σ_t a_t ⊙ δ_t), {scale[0].n_positions} position(s)")
+        elif shift:
+            out.append(f"structured: elementwise shift (gradient Σ_t δ_t), {shift[0].n_positions} position(s)")
         elif not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
             out.append(f"none: dtype {jnp.result_type(leaf)} is not floating-point (no gradient)")
         elif not uses_of[l]:
