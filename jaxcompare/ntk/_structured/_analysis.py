@@ -402,7 +402,7 @@ def _scales(
         if len(cons) == 1 and z not in out_ids and prog.eqns[cons[0]].prim.name == "add":
             a = prog.eqns[cons[0]]
             nxt = split(a)
-            if nxt is not None and a.ins[1 - nxt[0]] == z:
+            if nxt is not None and a.ins[1 - nxt[0]] == z and tuple(a.shapes[0][0]) == tuple(out_shape):
                 b, bchain_b = nxt[1]
                 sl = _elementwise_slots(prog, tuple(jnp.shape(leaves[b])), bchain_b, tuple(out_shape))
                 if sl is not None and sl[:2] == (perm, n_pos):
