@@ -1,6 +1,7 @@
 """Layer analysis: which parameter leaves are structured (one dense/conv use reached through layout-only
 operations, a bias added right after such a layer, or — with ``embeddings=True`` — a table whose only use is a
-gather of whole rows, :mod:`._embed`) and which fall back to per-example gradients, and why."""
+gather of whole rows, :mod:`._embed`), which are elementwise scales and shifts (:class:`Scale`: per-example
+gradients summed over positions from recorded factors) and which fall back to per-example gradients, and why."""
 
 from __future__ import annotations
 

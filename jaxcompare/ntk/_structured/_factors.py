@@ -134,7 +134,7 @@ def _sum_positions(v: jax.Array) -> jax.Array:
 
 
 def _scale_grads(s: Scale, act: jax.Array | None, d: jax.Array) -> dict:
-    """Per-example gradients ``(C', *leaf)`` of an elementwise scale and its shift (:class:`._analysis.Scale`) from
+    """Per-example gradients ``(C', P_leaf)`` of an elementwise scale and its shift (:class:`._analysis.Scale`) from
     the recorded activation ``act`` (the output's shape) and the sensitivities ``d`` ``(C', *output)``: ``Σ_t a_t ⊙
     δ_{c,t}`` and ``Σ_t δ_{c,t}`` (accumulated in at least float32), entries put back in the leaf's order."""
     acc = jnp.promote_types(d.dtype, jnp.float32)
