@@ -6,6 +6,7 @@
     python benchmarks/tune_sketch.py --model transformer --vocab 50257 --width 768 --layers 1 --n 64 --k 1024 \
         --layouts 64,16,1                                              # a GPT-2-sized token table (38.6 M entries)
     python benchmarks/tune_sketch.py ... --per-block-tables   # the hash tables rebuilt in every block (as before)
+    python benchmarks/tune_sketch.py --sums          # a norm scale's gradient: fused multiply-reduce vs pairwise adds
 
 Each layout is ``max_block,chunk,fold``: examples per compiled call, examples whose factors are formed together, and
 examples folded together. For each, ``project_gradients`` runs twice (the first call compiles) and the second call's
@@ -23,6 +24,36 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+
+
+def _sums() -> None:
+    """The per-example gradient of an elementwise scale for 16 examples × 10 classes × (T positions, E features):
+    ``jnp.sum(a * δ, axis=positions)`` (what autodiff's transpose of a broadcast multiply gives) against
+    ``_sum_positions`` (pairwise adds of contiguous slices), median of 30 calls after a warm-up."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jaxcompare.ntk._structured._factors import _sum_positions
+
+    def ms(f, *a):
+        jax.block_until_ready(f(*a))
+        ts = []
+        for _ in range(30):
+            t0 = time.perf_counter()
+            jax.block_until_ready(f(*a))
+            ts.append(time.perf_counter() - t0)
+        return 1e3 * float(np.median(ts))
+
+    fused = jax.jit(lambda a, d: jnp.sum(a[:, None] * d, axis=2))
+    pairwise = jax.jit(jax.vmap(lambda a, d: _sum_positions(d * a[None])))
+    print(f"{time.strftime('%Y-%m-%d %H:%M')}  load {os.getloadavg()[0]:.1f}  (16, 10, T, E) float32")
+    print(f"{'T × E':>10} {'fused ms':>9} {'pairwise ms':>12}  max |Δ|")
+    for t, e in [(1024, 16), (256, 32), (64, 64), (16, 128), (64, 256)]:
+        a = jax.random.normal(jax.random.key(0), (16, t, e))
+        d = jax.random.normal(jax.random.key(1), (16, 10, t, e))
+        diff = float(jnp.abs(fused(a, d) - pairwise(a, d)).max())
+        print(f"{t:>4} × {e:<4} {ms(fused, a, d):9.2f} {ms(pairwise, a, d):12.2f}  {diff:.1e}")
 
 
 def main() -> None:
@@ -45,7 +76,16 @@ def main() -> None:
         action="store_true",
         help="weights and inputs in float64: layouts then agree to rounding (~1e-15) unless one computes differently",
     )
+    ap.add_argument(
+        "--sums",
+        action="store_true",
+        help="only time a norm scale's gradient, Σ_t a_t ⊙ δ_t for 16 examples × 10 classes: autodiff's fused "
+        "multiply-reduce against the pairwise adds the factors use (jaxcompare.ntk._structured._factors)",
+    )
     args = ap.parse_args()
+    if args.sums:
+        _sums()
+        return
     if args.budget:
         os.environ["JAXCOMPARE_MEMORY_BUDGET"] = args.budget
     sys.path.insert(0, str(HERE))
