@@ -393,11 +393,10 @@ def _scales(
         if slots is None:
             continue
         perm, n_pos, order = slots
+        taken.add(l)
         if name == "add":  # a shift alone
             out.append(Scale(k, 1 - i, e.outs[0], None, l, perm, n_pos, (), order, tuple(out_shape), out_dtype))
-            taken.add(l)
             continue
-        taken.add(l)
         z, shift, order_shift = e.outs[0], None, ()
         cons = consumers.get(z, [])
         if len(cons) == 1 and z not in out_ids and prog.eqns[cons[0]].prim.name == "add":
@@ -414,7 +413,7 @@ def _scales(
 
 
 def _reasons(
-    prog: Program, leaves: list, uses: list, uses_of: dict, candidate: set, int_cast: set, scales: tuple = ()
+    prog: Program, leaves: list, uses: list, uses_of: dict, candidate: set, int_cast: set, scales: tuple
 ) -> tuple:
     """One line per leaf: ``"structured: ..."``, ``"fallback: ..."`` (per-example gradients) or ``"none: ..."``."""
     out = []
