@@ -7,6 +7,7 @@
         --layouts 64,16,1                                              # a GPT-2-sized token table (38.6 M entries)
     python benchmarks/tune_sketch.py ... --per-block-tables   # the hash tables rebuilt in every block (as before)
     python benchmarks/tune_sketch.py --sums          # a norm scale's gradient: fused multiply-reduce vs pairwise adds
+    python benchmarks/tune_sketch.py --factors transformer 32 2    # the factor pass alone: model, examples, classes
 
 Each layout is ``max_block,chunk,fold``: examples per compiled call, examples whose factors are formed together, and
 examples folded together. For each, ``project_gradients`` runs twice (the first call compiles) and the second call's
@@ -56,6 +57,37 @@ def _sums() -> None:
         print(f"{t:>4} × {e:<4} {ms(fused, a, d):9.2f} {ms(pairwise, a, d):12.2f}  {diff:.1e}")
 
 
+def _factors(model: str, n: int, classes: int) -> None:
+    """The factor pass alone (the exact engine's program: its compiler options, ``classes`` logits per pass) of a
+    model of bench_ntk_models for ``n`` examples: median and best of 7 calls after a warm-up."""
+    sys.path.insert(0, str(HERE))
+    import bench_ntk_models as models
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jaxcompare.ntk._structured import analyze, factors
+    from jaxcompare.ntk._structured._blocks import _factor_options
+
+    init, f, _ = models.MODELS[model]
+    params = jax.tree_util.tree_map(jnp.asarray, init(0))
+    x = jnp.asarray(models.inputs(model, n))
+    plan = analyze(f, params, tuple(x.shape[1:]), x.dtype, embeddings=True)
+    fn = jax.jit(
+        lambda p, xx: factors(plan, p, xx, summed=False, classes=(0, classes)), compiler_options=_factor_options(plan)
+    )
+    jax.block_until_ready(fn(params, x))
+    ts = []
+    for _ in range(7):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(params, x))
+        ts.append(time.perf_counter() - t0)
+    print(
+        f"{time.strftime('%Y-%m-%d %H:%M')}  load {os.getloadavg()[0]:.1f}  {model}: factors of {n} examples × "
+        f"{classes} classes: median {1e3 * float(np.median(ts)):.1f} ms, best {1e3 * min(ts):.1f} ms"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="resnet_q", help="a model of bench_ntk_projection (cnn, resnet_q, resnet, ...)")
@@ -82,7 +114,16 @@ def main() -> None:
         help="only time a norm scale's gradient, Σ_t a_t ⊙ δ_t for 16 examples × 10 classes: autodiff's fused "
         "multiply-reduce against the pairwise adds the factors use (jaxcompare.ntk._structured._factors)",
     )
+    ap.add_argument(
+        "--factors",
+        nargs=3,
+        metavar=("MODEL", "N", "CLASSES"),
+        help="only time the factor pass of a bench_ntk_models model (e.g. transformer 32 2)",
+    )
     args = ap.parse_args()
+    if args.factors:
+        _factors(args.factors[0], int(args.factors[1]), int(args.factors[2]))
+        return
     if args.sums:
         _sums()
         return
