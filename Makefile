@@ -41,7 +41,7 @@ docs: $(STAMP)
 	$(BIN)/python -m sphinx -q -W --keep-going -b html docs/api docs/api/_build/html
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(WORKERS) --dist loadfile --durations=15
+	$(BIN)/python -m pytest -q -n $(WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_ntk.py

@@ -34,3 +34,25 @@ def _release_compiled_programs():
     if resident_bytes() > _CACHE_LIMIT:
         jax.clear_caches()
         release_memory()
+
+
+# Seconds each test file took (the sum of its tests' times in `pytest -q -n 2 --dist loadfile --junitxml=...`,
+# 2026-11-30 13:16 UTC, 874 s wall). `make test` hands files to its two workers in this order, longest first
+# (`--no-loadscope-reorder`; xdist's default puts the files with the most tests first, which leaves the long files
+# with few tests — README examples, notebooks, the multi-process and multi-device runs — for the end, where one
+# worker may run them alone). Only the order depends on these numbers; a file not listed counts as short.
+_FILE_SECONDS = {
+    "test_ntk_structured": 158, "test_docstrings": 145, "test_ntk": 116, "test_cli": 96, "test_readme": 78,
+    "test_notebooks": 77, "test_ntk_projection_scaling": 64, "test_ntk_architectures": 63, "test_lwr": 61,
+    "test_compare": 58, "test_conformance": 54, "test_calibration": 50, "test_distributed": 46, "test_similarity": 44,
+    "test_ntk_features": 42, "test_ntk_sharded": 39, "test_recipes": 39, "test_ntk_precision": 39,
+    "test_ntk_inputs": 37, "test_study_sections": 34, "test_embed_stats": 34, "test_ntk_guards": 30, "test_embed": 30,
+    "test_surrogate": 27, "test_lwr_theorems": 25, "test_spectra_layers": 22, "test_study": 22, "test_ntk_ooc": 19,
+    "test_compare_browser": 18, "test_surrogate_digits": 18, "test_result_convention": 17, "test_spectra": 16,
+    "test_trimming": 15, "test_trimming_protocol": 15, "test_metrics": 13,
+}  # fmt: skip
+
+
+def pytest_collection_modifyitems(config, items):
+    """Longest test files first (stable: each file's tests keep their order), see :data:`_FILE_SECONDS`."""
+    items.sort(key=lambda item: -_FILE_SECONDS.get(item.path.stem, 5))
