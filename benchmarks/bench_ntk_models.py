@@ -300,13 +300,15 @@ _CACHE = Path(__file__).resolve().parent / "results" / "ntk_models"  # git-ignor
 _GIB = 1024**3
 
 
-def _floors(model: str, n: int, params, x) -> dict:
+def _floors(model: str, n: int, params, x, passes: int = 10, apply_fn=None) -> dict:
     """FLOPs: forward pass (XLA cost analysis), C backward passes (≈ 2 forward each), per-example layer gradients
-    (2 N C T D E per structured layer, from the structured plan) and the Gram of the exact kernel (N² C P, x2 = x1)."""
+    (2 N C T D E per structured layer, from the structured plan) and the Gram of the exact kernel (N² C P, x2 = x1).
+    ``passes``: backward passes per example in place of the C = 10 classes (``p`` output probes, or every output of
+    a model with more); ``apply_fn``: another forward pass than the model's (a per-token head)."""
     from jaxcompare.ntk._structured import analyze, factors
 
-    f = MODELS[model][1]
-    c = 10
+    f = apply_fn or MODELS[model][1]
+    c = passes
     fp = jax.jit(f).lower(params, x[:1]).compile().cost_analysis()
     fp = fp[0] if isinstance(fp, (list, tuple)) else fp
     fwd = float(fp.get("flops", 0.0))

@@ -11,6 +11,8 @@ run, and the FLOP floors (C backward passes + per-example layer gradients, + the
 printed with each model. Error: mean |Δcos| of the cosine-normalized projected trNTK against the exact trNTK of the
 same run (off-diagonal entries); ``est.`` is ``projected_kernel(...).mean_abs_error`` (two half-sketches, no exact
 kernel needed). ``time s`` is a second, compiled call when the first took under ``--repeat-below`` seconds.
+Rows ``structured/pP``: the structured sketch with ``output_probes=P`` (P random ±1 combinations of the 10 logits,
+P backward passes per example instead of 10); their floor counts P passes.
 
 TRAK: ``trak.projectors.BasicProjector`` (traker 0.3.2, its CPU projector: a dense Rademacher matrix generated in
 blocks) applied to per-example, per-class gradients from ``torch.func.vmap(jacrev)`` — run in the benchmark's own
@@ -73,7 +75,8 @@ def _child(cfg: dict) -> dict:
             return kfn(params, x)
         t0 = time.perf_counter()
         if method == "structured":
-            feats = jc.project_gradients(f, params, x, jc.structured_projection(key, k))
+            proj = jc.structured_projection(key, k, output_probes=cfg.get("probes"))
+            feats = jc.project_gradients(f, params, x, proj)
         else:
             feats = jc.project_gradients(f, params, x, jc.random_projection(key, k, method))
         jax.block_until_ready(feats)
@@ -95,7 +98,7 @@ def _child(cfg: dict) -> dict:
     out["est"] = est
     exact_path = _CACHE / f"exact_{model}_{n}.npy"
     # FLOP floors (every model here is one of bench_ntk_models.MODELS); the parent prefers an exact row's
-    out["floors"] = models._floors(model, n, params, x)
+    out["floors"] = models._floors(model, n, params, x, passes=cfg.get("probes") or 10)
     if method == "exact":
         _CACHE.mkdir(parents=True, exist_ok=True)
         np.save(exact_path, kern)
@@ -217,6 +220,7 @@ def _configs(args) -> list:
         n = args.n_resnet or (4096 if gpu else 1024)
         out.append(dict(model="resnet_q", n=n, method="exact"))
         out += [dict(model="resnet_q", n=n, method="structured", k=k) for k in (1024, 4096)]
+        out += [dict(model="resnet_q", n=n, method="structured", k=1024, probes=p) for p in (4, 2)]
         if args.slow:
             out.append(dict(model="resnet_q", n=n, method="sparse", k=1024))
         if args.n10k:
@@ -304,8 +308,9 @@ def main() -> None:
         load = os.getloadavg()[0]
         r = _run_child(cfg, args)
         m = (cfg["model"], cfg["n"])
+        label = cfg["method"] + (f"/p{cfg['probes']}" if cfg.get("probes") else "")
         if isinstance(r, str):
-            print(f"{cfg['model']:9} {cfg['n']:>6} {cfg['method']:11} {cfg.get('k') or '':>5} {r}", flush=True)
+            print(f"{cfg['model']:9} {cfg['n']:>6} {label:11} {cfg.get('k') or '':>5} {r}", flush=True)
             continue
         if cfg["method"] == "exact":
             import _subprocess
@@ -316,6 +321,10 @@ def main() -> None:
         fl = floors.get(fm, {}).get("exact" if cfg["method"] == "exact" else "proj")
         if fl and fm != m:  # another N than the exact row: floors scale linearly in N for the projected path
             fl = fl * cfg["n"] / fm[1]
+        if cfg.get("probes") or (not fl and r.get("floors")):  # output probes, or no exact row: the row's own
+            import _subprocess
+
+            fl = _subprocess.floor_seconds(m + (f"{cfg.get('probes')} probes",), r["floors"], peak)["proj"]
         if not fl and r.get("floors"):  # no exact row of this model: the row's own floors
             import _subprocess
 
@@ -328,7 +337,7 @@ def main() -> None:
             )
         if r.get("feat_time") is not None:
             note += f"features {r['feat_time']:.2f} s"
-            feat_t[(m, cfg["method"], cfg.get("k"))] = r["feat_time"]
+            feat_t[(m, label, cfg.get("k"))] = r["feat_time"]
         if cfg["method"] == "trak" and (m, "structured", cfg.get("k")) in feat_t:
             ours = feat_t[(m, "structured", cfg.get("k"))]
             note += f"; structured features {r['time'] / ours:.1f}x faster"
@@ -336,7 +345,7 @@ def main() -> None:
             note += f" device peak {r['dev_gib']:.2f} GiB"
         ratio = r["time"] / exact_t[m] if m in exact_t else float("nan")
         print(
-            f"{cfg['model']:9} {cfg['n']:>6} {cfg['method']:11} {cfg.get('k') or '':>5} {r['time']:8.2f} "
+            f"{cfg['model']:9} {cfg['n']:>6} {label:11} {cfg.get('k') or '':>5} {r['time']:8.2f} "
             f"{r['first']:7.2f} {r['rss_gib']:7.2f} {r.get('err', float('nan')):10.4f} "
             f"{r['est'] if r.get('est') is not None else float('nan'):7.4f} {load:5.1f} {ratio:7.2f} "
             f"{r['time'] / fl if fl else float('nan'):7.2f}  {note}",

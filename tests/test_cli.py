@@ -201,6 +201,62 @@ def test_ntk_command_matches_library(ntk_files):
     np.testing.assert_allclose(k, oracle, rtol=1e-6)
 
 
+def test_ntk_command_projection_and_output_probes(ntk_files):
+    """``--kernel proj_trntk --output-probes 2``: the structured sketch with two output probes, in tiles of 3, is the
+    library's kernel for the same key (the CLI runs without jax_enable_x64, this test with it: the probes are the
+    same); it is close to the exact trNTK (cosine, dim 4096)."""
+    import jax
+
+    import jaxcompare as jc
+    from jaxcompare.cli._ntk import import_model, load_params
+
+    base = ["--model", "mymodel:apply_fn", "--params", "params.npz", "--data", "x.npy", "--block-size", "3"]
+    rc, so, se = run_cli(
+        "ntk",
+        *base,
+        "--kernel",
+        "proj_trntk",
+        "--dim",
+        "4096",
+        "--output-probes",
+        "2",
+        "--out",
+        "k.npy",
+        cwd=ntk_files,
+    )
+    assert rc == 0, se
+    k = np.load(ntk_files / "k.npy")
+    import sys
+
+    sys.path.insert(0, str(ntk_files))
+    try:
+        fn = import_model("mymodel:apply_fn")
+    finally:
+        sys.path.remove(str(ntk_files))
+    params = load_params(str(ntk_files / "params.npz"))
+    x = np.load(ntk_files / "x.npy")
+    proj = jc.structured_projection(jax.random.key(0), 4096, output_probes=2)
+    np.testing.assert_allclose(k, np.asarray(jc.trace_ntk(fn, projection=proj)(params, x)), rtol=1e-5, atol=1e-6)
+    exact = np.asarray(jc.trace_ntk(fn)(params, x))
+    assert np.abs(k - exact).max() < 0.25 and not np.allclose(k, exact, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--kernel", "proj_trntk", "--output-probes", "3"], "must be even"),
+        (["--kernel", "proj_trntk", "--output-probes", "4"], "not fewer than the model's 3 outputs"),
+        (["--kernel", "proj_pntk", "--output-probes", "2"], "pNTK"),
+        (["--kernel", "trntk", "--output-probes", "2"], "proj_* kernels"),
+        (["--kernel", "proj_trntk", "--dim", "33"], "even"),
+    ],
+)
+def test_ntk_command_projection_failures(ntk_files, args, needle):
+    base = ["--model", "mymodel:apply_fn", "--params", "params.npz", "--data", "x.npy", "--out", "o.npy"]
+    rc, so, se = run_cli("ntk", *base, *args, cwd=ntk_files)
+    assert_one_line_error(rc, se, needle)
+
+
 @pytest.mark.parametrize(
     "args,needle",
     [

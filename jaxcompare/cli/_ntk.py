@@ -112,7 +112,17 @@ def cmd_ntk(args) -> int:
     elif args.implementation != "auto":
         raise CLIError(f"--implementation applies to the unprojected gradient kernels, not to {args.kernel}")
     if info.projected:
-        opts["projection"] = ntk.random_projection(jax.random.key(args.seed), args.dim)
+        key = jax.random.key(args.seed)
+        try:
+            if args.projection == "structured":
+                proj = ntk.structured_projection(key, args.dim, output_probes=args.output_probes)
+            else:
+                proj = ntk.random_projection(key, args.dim, args.projection, output_probes=args.output_probes)
+        except (TypeError, ValueError) as e:
+            raise CLIError(f"--dim/--output-probes: {e}") from None
+        opts["projection"] = proj
+    elif args.output_probes is not None or args.projection != "structured":
+        raise CLIError(f"--projection/--output-probes apply to the proj_* kernels, not to {args.kernel}")
     kfn = ntk.batched(ntk.kernel(args.kernel, fn, **opts), block_size=args.block_size)
     k = np.asarray(kfn(params, x1, x2))
     np.save(out, k)

@@ -248,6 +248,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="kernel name of the registry jaxcompare.ntk.KERNELS",
     )
     nt.add_argument("--dim", type=_positive_int, default=1024, help="projection dimension for proj_* kernels")
+    nt.add_argument(
+        "--projection",
+        choices=["structured", "rademacher", "gaussian", "sparse"],
+        default="structured",
+        help="projection of the proj_* kernels: structured (a sketch from each layer's factors, the fast one; "
+        "--dim even) or random_projection's kinds",
+    )
+    nt.add_argument(
+        "--output-probes",
+        type=_positive_int,
+        default=None,
+        help="proj_trntk: trace over the outputs from this many random ±1 combinations of them (even, fewer than "
+        "the outputs): one backward pass per probe instead of per output",
+    )
     nt.add_argument("--block-size", type=_positive_int, default=256, help="tile size (memory bound)")
     nt.add_argument("--implementation", default="auto", help="NTK implementation of the gradient kernels")
     nt.add_argument("--seed", type=_seed, default=0, help="PRNG seed for projections")

@@ -418,7 +418,9 @@ def trace_ntk(
     ``K0[i, j] = Σ_t Σ_c <g_tc(x1_i), g_tc(x2_j)>``, i.e. every (position, class) pair is one output. One kernel
     per position (``Σ_c`` only) is not offered: it needs a position-keeping contraction in every implementation
     (the structured path sums positions inside its Gram products) and per-position norms through every transform;
-    ``trace_ntk(lambda p, x: apply_fn(p, x)[:, t])`` gives position ``t`` at the cost of one kernel.
+    ``trace_ntk(lambda p, x: apply_fn(p, x)[:, t])`` gives position ``t`` at the cost of one kernel. Every exact path
+    pays one backward pass per output (``L·C`` of them); a projection with ``output_probes=p``
+    (:func:`structured_projection`) traces over them with ``p`` backward passes, unbiased.
 
     Args:
       apply_fn: ``apply_fn(params, x) -> (N, C)`` or ``(N, ..., C)`` logits.

@@ -62,6 +62,9 @@ def _fingerprints(apply_fn, params, x, projection, summed, bs, policy) -> tuple[
     layout = getattr(projection, "layout", 1)
     if layout != 1:  # another hash layout of the same projection is another sketch (layout-1 stores stay valid)
         options += (("layout", layout),)
+    probes = getattr(projection, "output_probes", None)
+    if probes is not None:  # features of output probes are other features (stores without them stay valid)
+        options += (("output_probes", probes),)
     data = data_fingerprint(_SALT, {"params": params, "x": x, "key": projection.key, "options": repr(options)})
     model = model_fingerprint(
         {}, {"model": (apply_fn, (params, jax.ShapeDtypeStruct((1,) + x.shape[1:], x.dtype)))}, apply_fn

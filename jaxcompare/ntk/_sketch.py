@@ -86,6 +86,7 @@ from .._precision import policy_precision
 from .._validation import check_int, check_key
 from ._implementations import _auto_key
 from ._memo import memoized
+from ._probes import ab_layout, check_output_probes, check_use, probe_matrix
 from ._structured import analyze, factors
 from ._structured._contract import _per_example_grads
 
@@ -317,9 +318,10 @@ def block_bytes(plan: Any, shapes: tuple, dim: int, summed: bool, itemsize: int,
     """Estimated peak bytes of a block: ``(per example, fixed)``. Per example: activations kept for the backward
     passes, the factors, the largest rows-path layer's gradient rows and the features. Fixed: the largest folded
     layer's permuted factors and gradient rows, formed ``fold`` examples at a time."""
-    c = 1 if summed else plan.n_classes
-    act = sum(int(np.prod(s[0], dtype=np.int64)) for e in plan.prog.eqns for s in e.shapes)
     a_shapes, g_shapes, j_shapes = shapes
+    # backward passes per example: 1 summed, C per output, or p output probes (the factors' class axis)
+    c = g_shapes[0].shape[1] if g_shapes else j_shapes[0].shape[1] if j_shapes else 1 if summed else plan.n_classes
+    act = sum(int(np.prod(s[0], dtype=np.int64)) for e in plan.prog.eqns for s in e.shapes)
     fac = sum(int(np.prod(s.shape[1:], dtype=np.int64)) for s in (*a_shapes, *g_shapes, *j_shapes))
     rows_layer = fold_layer = 0
     for u, a, g in zip(plan.uses, a_shapes, g_shapes):
@@ -359,6 +361,8 @@ class StructuredProjection:
       block_size: examples per compiled call (their factors formed ``min(block_size, 16)`` at a time; memory grows
         with both); None: automatic from the memory budget (:meth:`block_for`).
       memory_budget: bytes for the automatic block size (None: :func:`jaxcompare.ntk._memory.memory_budget`).
+      output_probes: ``p`` random combinations of the outputs in place of the ``C`` per-output gradients
+        (:mod:`jaxcompare.ntk._probes`): features ``(N, p/2, dim)``; None: one per output, ``(N, C, dim)``.
       tables: the hash tables derived from ``key`` for one model and input shape (:meth:`prepared`), or None: built
         inside every call of :meth:`features` (an argsort of one random word per hashed entry).
     """
@@ -367,6 +371,7 @@ class StructuredProjection:
     dim: int = dataclasses.field(metadata=dict(static=True))
     block_size: int | None = dataclasses.field(default=None, metadata=dict(static=True))
     memory_budget: int | None = dataclasses.field(default=None, metadata=dict(static=True))
+    output_probes: int | None = dataclasses.field(default=None, metadata=dict(static=True))
     tables: Any = dataclasses.field(default=None, repr=False)  # one model's hash tables, built once (:meth:`prepared`)
 
     kind = "structured"
@@ -388,13 +393,19 @@ class StructuredProjection:
             return min(self.block_size, n)
         tune = _tuning()
 
+        probes = self.output_probes
+
         def estimate():  # the model's analysis takes about a second on a ResNet: once per model and shapes
             plan = analyze(apply_fn, params, tuple(x.shape[1:]), x.dtype, embeddings=True)
-            shapes = jax.eval_shape(lambda p, xx: factors(plan, p, xx, summed=summed), params, x[:1])
+            seeds = None if probes is None else jax.ShapeDtypeStruct((probes, plan.n_classes), jnp.float32)
+            shapes = jax.eval_shape(
+                lambda p, xx, sd: factors(plan, p, xx, summed=summed, seeds=sd), params, x[:1], seeds
+            )
             itemsize = max(jnp.dtype(jax.eval_shape(apply_fn, params, x[:1]).dtype).itemsize, 4)
-            return (*block_bytes(plan, shapes, self.dim, summed, itemsize, tune.fold), plan.n_classes, itemsize)
+            rows = plan.n_classes if probes is None else probes // 2  # feature rows per example
+            return (*block_bytes(plan, shapes, self.dim, summed, itemsize, tune.fold), rows, itemsize)
 
-        key = (_auto_key(apply_fn, params, x, None, None), self.dim, bool(summed), tune)
+        key = (_auto_key(apply_fn, params, x, None, None), self.dim, bool(summed), probes, tune)
         per, fixed, n_classes, itemsize = memoized(_BYTES, key, estimate)
         budget = memory_budget(self.memory_budget) - 2 * n * n_classes * self.dim * itemsize - fixed
         fit = int(max(1, budget // max(per, 1)))  # examples whose factors fit at once
@@ -453,9 +464,14 @@ class StructuredProjection:
         return dataclasses.replace(self, tables=memoized(_BUILDERS, memo_key, builder, size=16)(self.key))
 
     def features(self, apply_fn: Callable, params: Any, x: jax.Array, *, summed: bool = False) -> jax.Array:
-        """Sketched gradients ``(N, C, dim)`` (``(N, dim)`` when ``summed``: of the summed logits)."""
+        """Sketched gradients ``(N, C, dim)`` (``(N, dim)`` when ``summed``: of the summed logits; ``(N, p/2, dim)``
+        with ``output_probes=p``)."""
         lo = self._layout(apply_fn, params, x, summed)
         plan, emb, lays = lo.plan, lo.emb, lo.lays
+        seeds = None
+        if self.output_probes is not None:
+            check_use(self.output_probes, plan.n_classes, summed)
+            seeds = probe_matrix(self.key, self.output_probes, plan.n_classes, jnp.float32)
         n = x.shape[0]
         bs = self.block_for(apply_fn, params, x, summed=summed)
         half = self.dim // 2
@@ -480,7 +496,7 @@ class StructuredProjection:
             return _sketch_rows(rows, tabs[0], tabs[1], self.dim)
 
         def block(xb):
-            a, g, j = factors(plan, params, xb, summed=summed)
+            a, g, j = factors(plan, params, xb, summed=summed, seeds=seeds)
             mb, c = xb.shape[0], (g[0] if g else j[0]).shape[1]
             rows_out = None  # (2·half, m·C'): layers without a fold layout and the fallback leaves
             pq = None  # (m, C', 2, half): the folded layers' half-block outputs P, Q
@@ -524,11 +540,18 @@ class StructuredProjection:
             xp = jnp.concatenate([x, jnp.broadcast_to(x[:1], (nb * ch - n,) + x.shape[1:])]) if nb * ch > n else x
             phi = jax.lax.map(block, xp.reshape((nb, ch) + x.shape[1:]))
             phi = phi.reshape((nb * ch,) + phi.shape[2:])[:n]
+        if seeds is not None:
+            return ab_layout(phi)
         return phi[:, 0] if summed else phi
 
 
 def structured_projection(
-    key: Any, dim: int, *, block_size: int | None = None, memory_budget: int | str | None = None
+    key: Any,
+    dim: int,
+    *,
+    block_size: int | None = None,
+    memory_budget: int | str | None = None,
+    output_probes: int | None = None,
 ) -> StructuredProjection:
     """A structured sketch of per-example gradients: the fast, linear-in-N projection (see
     :mod:`jaxcompare.ntk._sketch` for the construction and its variance).
@@ -550,6 +573,12 @@ def structured_projection(
         default: 64 when the factors of 16 examples fit the memory budget, else as many as fit.
       memory_budget: bytes (or ``"2G"``, or a fraction of the available memory) for the automatic block size;
         default ``JAXCOMPARE_MEMORY_BUDGET`` or half the available memory.
+      output_probes: ``p`` (even, ``>= 2``, fewer than the model's outputs): sketch the trace over outputs with
+        ``p`` random ±1 combinations of them — ``p`` backward passes per example instead of one per output
+        (:mod:`jaxcompare.ntk._probes`). Features ``(N, p/2, dim)``; their trace kernel stays unbiased for the
+        trNTK⁰, with added variance from the kernel between different outputs, which :func:`projected_kernel`'s
+        error estimate includes. For :func:`trace_ntk` and :func:`project_gradients`, not the pNTK (``summed``).
+        Per-token logits ``(N, L, C)`` are ``L·C`` outputs: there the saving is largest.
 
     Returns:
       A :class:`StructuredProjection`.
@@ -582,4 +611,7 @@ def structured_projection(
         block_size = check_int(block_size, "block_size", min=1)
     if memory_budget is not None:
         memory_budget = _budget(memory_budget)
-    return StructuredProjection(key=key, dim=dim, block_size=block_size, memory_budget=memory_budget)
+    output_probes = check_output_probes(output_probes)
+    return StructuredProjection(
+        key=key, dim=dim, block_size=block_size, memory_budget=memory_budget, output_probes=output_probes
+    )

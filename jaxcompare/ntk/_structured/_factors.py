@@ -70,13 +70,23 @@ def out_dtype(plan: Plan, leaves: list):
 
 
 def example_factors(
-    plan: Plan, leaves: list, xi: jax.Array, *, summed: bool, classes: tuple | None = None, raw: frozenset = frozenset()
+    plan: Plan,
+    leaves: list,
+    xi: jax.Array,
+    *,
+    summed: bool,
+    classes: tuple | None = None,
+    raw: frozenset = frozenset(),
+    seeds: jax.Array | None = None,
 ):
     """The factors of one example ``xi`` (no batch axis): lists ``A[u]`` ``(T, D)``, ``G[u]`` ``(C', T, E)`` and
     ``J[l]`` ``(C', P_l)`` (see :func:`factors`), cast to :func:`out_dtype` (embedding ids stay int32).
     ``classes = (start, size)``: only logits ``start .. start + size - 1`` (``start`` may be traced; rows past the
     last class are zero), ``C' = size``. ``raw``: indices of convolution uses whose ``A[u]`` is their raw input
-    ``(T_in, C_in)`` (:func:`._patches.raw_input`; its patches by :func:`._patches.patches_of`)."""
+    ``(T_in, C_in)`` (:func:`._patches.raw_input`; its patches by :func:`._patches.patches_of`). ``seeds``: a
+    ``(C', C)`` matrix whose rows are the cotangents of the backward passes (the gradients of ``Σ_c seeds[k, c]
+    f_c``: output probes, :mod:`jaxcompare.ntk._probes`) instead of the identity; not with ``summed`` or
+    ``classes``."""
     prog = plan.prog
     capture = {u.eqn: u.act for u in plan.uses} | {s.eqn: s.act for s in plan.scales if s.scale is not None}
     # the convolution strategy, per layer and backend (patches for strided convolutions on CPU, else native)
@@ -99,7 +109,11 @@ def example_factors(
     fb0 = [leaves[l] for l in diff]
     out, vjp_fn, acts = jax.vjp(g, eps0, fb0, has_aux=True)
     cts = jnp.ones((1, c), out.dtype) if summed else jnp.eye(c, dtype=out.dtype)
-    if classes is not None and not summed:  # one chunk of classes (a zero row past the last class adds nothing)
+    if seeds is not None:
+        if summed or classes is not None or seeds.ndim != 2 or seeds.shape[1] != c:
+            raise ValueError(f"seeds must be (C', {c}) without summed or classes, got {seeds.shape}.")
+        cts = seeds.astype(out.dtype)
+    elif classes is not None and not summed:  # one chunk of classes (a zero row past the last class adds nothing)
         basis = jnp.concatenate([cts, jnp.zeros((classes[1] - 1, c), out.dtype)], axis=0)
         cts = jax.lax.dynamic_slice_in_dim(basis, classes[0], classes[1], 0)
     d_eps, d_fb = jax.vmap(vjp_fn)(cts)
@@ -161,12 +175,15 @@ def _scale_grads(s: Scale, act: jax.Array | None, d: jax.Array) -> dict:
     return out
 
 
-def factors(plan: Plan, params: Any, x: jax.Array, *, summed: bool, classes: tuple | None = None):
+def factors(
+    plan: Plan, params: Any, x: jax.Array, *, summed: bool, classes: tuple | None = None, seeds: jax.Array | None = None
+):
     """Per-example factors of the gradients of every logit (``summed``: of the summed logits).
 
     Returns ``(A, G, J)``: for each structured use, ``A[u]`` ``(N, T, D)`` inputs and ``G[u]`` ``(N, C', T, E)``
     output sensitivities with ``g_c = Σ_t A[:, t] ⊗ G[:, c, t]``; for each fallback leaf ``J[l]`` ``(N, C', P_l)``
-    per-example gradients. ``C' = 1`` when ``summed`` else ``C`` (``classes``: see :func:`example_factors`).
+    per-example gradients. ``C' = 1`` when ``summed`` else ``C`` (``classes``, ``seeds``: see
+    :func:`example_factors`).
     """
     leaves = jax.tree_util.tree_leaves(params)
-    return jax.vmap(lambda xi: example_factors(plan, leaves, xi, summed=summed, classes=classes))(x)
+    return jax.vmap(lambda xi: example_factors(plan, leaves, xi, summed=summed, classes=classes, seeds=seeds))(x)
