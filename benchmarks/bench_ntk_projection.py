@@ -231,6 +231,7 @@ def _configs(args) -> list:
         out.append(dict(model="resnet", n=n, method="structured", k=4096))
         if gpu:
             out += [dict(model="resnet", n=nn, method="structured", k=4096, repeat_below=0) for nn in (10_000, 50_000)]
+            out.append(dict(model="resnet", n=50_000, method="structured", k=4096, probes=4, repeat_below=0))
     return out
 
 

@@ -3,7 +3,7 @@
 # $OUT (default benchmarks/results/gpu), so a part that fails or runs long costs only its own time.
 #
 #     bash benchmarks/gpu_session.sh probe   # ~3.5 min: versions, oracle tests on the GPU, sketch layouts, one exact row
-#     bash benchmarks/gpu_session.sh full    # ~7 min: projected N = 10 000 / 50 000, exact N = 1024 (highest, TF32)
+#     bash benchmarks/gpu_session.sh full    # ~8 min: projected N = 10 000 / 50 000, exact N = 1024 (highest, TF32)
 #     bash benchmarks/gpu_session.sh more    # ~7 min: exact N = 4096 (TF32), quarter ResNet-18 and transformer
 #
 # The machine's own python3 runs it (JAX with CUDA, torch); nothing is installed. Tables go to docs/benchmarks.md.
@@ -55,8 +55,9 @@ probe)
 full)
     env_report 2>&1 | tee "$OUT/env.log"
     # full-width ResNet-18, projected K = 4096 at N = 10 000 and 50 000 (the goal: 50 000 in <= 2 min);
-    # 2026-11-30: the 10 000 row took 58 s with its compile, so the 50 000 row needs about 150 s more
-    part projected 270 "$PY" benchmarks/bench_ntk_projection.py --only resnet --device gpu --rows 2 3 --timeout 240
+    # 2026-11-30: the 10 000 row took 58 s with its compile, so the 50 000 row needs about 150 s more; row 4 is
+    # N = 50 000 with 4 output probes (4 backward passes instead of 10), run before the per-class one
+    part projected 330 "$PY" benchmarks/bench_ntk_projection.py --only resnet --device gpu --rows 2 4 3 --timeout 240
     # exact N = 1024 at "highest" (first call 74 s: compiling) and at TF32 ("high"; its error against highest)
     part exact 150 "$PY" benchmarks/bench_ntk_models.py --only resnet --device gpu --rows 0 1 --no-torch --timeout 120
     ;;

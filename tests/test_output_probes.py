@@ -187,8 +187,12 @@ def test_bad_output_probes_are_refused():
         jc.project_gradients(f, p, x, jc.structured_projection(key, 32, output_probes=6))
     with pytest.raises(ValueError, match="pNTK"):
         jc.pseudo_ntk(f, projection=jc.structured_projection(key, 32, output_probes=2))(p, x)
-    with pytest.raises(ValueError, match="summed=True"):
-        jc.project_gradients(f, p, x, jc.random_projection(key, 32, "sparse", output_probes=2), summed=True)
+    for proj in (
+        jc.random_projection(key, 32, "sparse", output_probes=2),
+        jc.structured_projection(key, 32, output_probes=2),
+    ):
+        with pytest.raises(ValueError, match="summed=True"):
+            jc.project_gradients(f, p, x, proj, summed=True)
 
 
 def test_store_on_disk_keeps_probed_features_apart(tmp_path):

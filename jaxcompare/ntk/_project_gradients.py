@@ -101,8 +101,9 @@ def project_gradients(
         process_count``; both or neither): default ``jax.process_index()``, ``jax.process_count()``.
 
     Returns:
-      ``(N, C, dim)`` (``(N, dim)`` when ``summed``): a ``jax.Array``, or a ``numpy.memmap`` with ``path`` (None,
-      with a ``RuntimeWarning``, while blocks of other processes' shares are missing).
+      ``(N, C, dim)`` (``(N, dim)`` when ``summed``; ``(N, p/2, dim)`` for a projection with ``output_probes=p``,
+      whose Gram summed over axis 1 is the same unbiased trNTK⁰): a ``jax.Array``, or a ``numpy.memmap`` with
+      ``path`` (None, with a ``RuntimeWarning``, while blocks of other processes' shares are missing).
 
     Example:
       >>> def apply_fn(params, x):                         # a tiny two-layer MLP: (N, 3) -> (N, 2) logits
@@ -251,7 +252,9 @@ def projected_kernel(features1: Any, features2: Any = None, *, normalize: bool =
     variance of ``K``; so ``|K_a − K_b| / 2`` estimates the standard error of each entry of ``K``. For
     :func:`structured_projection` the halves are ``P ± Q`` (uncorrelated, :mod:`jaxcompare.ntk._sketch`) and the
     estimate errs on the high side (up to ~1.5× on small CNNs). Not valid for ``kind="sparse"`` or the Kronecker
-    projection (their halves are not independent).
+    projection (their halves are not independent). With ``output_probes`` each half also has its own probes, so the
+    estimate counts their variance; resting on few independent probes, it then varies more from key to key
+    (:mod:`jaxcompare.ntk._probes`).
 
     Args:
       features1: ``(N1, C, dim)`` or ``(N1, dim)`` from :func:`project_gradients`; ``dim`` even.

@@ -397,6 +397,8 @@ class StructuredProjection:
 
         def estimate():  # the model's analysis takes about a second on a ResNet: once per model and shapes
             plan = analyze(apply_fn, params, tuple(x.shape[1:]), x.dtype, embeddings=True)
+            if probes is not None:
+                check_use(probes, plan.n_classes, summed)
             seeds = None if probes is None else jax.ShapeDtypeStruct((probes, plan.n_classes), jnp.float32)
             shapes = jax.eval_shape(
                 lambda p, xx, sd: factors(plan, p, xx, summed=summed, seeds=sd), params, x[:1], seeds
