@@ -45,7 +45,7 @@ _FILE_SECONDS = {
     "test_ntk_structured": 158, "test_docstrings": 145, "test_ntk": 116, "test_cli": 96, "test_readme": 78,
     "test_notebooks": 77, "test_ntk_projection_scaling": 64, "test_ntk_architectures": 63, "test_lwr": 61,
     "test_compare": 58, "test_conformance": 54, "test_calibration": 50, "test_distributed": 46, "test_similarity": 44,
-    "test_ntk_features": 42, "test_output_probes": 42, "test_ntk_sharded": 39, "test_recipes": 39,
+    "test_ntk_features": 42, "test_output_probes": 60, "test_ntk_sharded": 39, "test_recipes": 39,
     "test_ntk_precision": 39, "test_ntk_inputs": 37, "test_study_sections": 34, "test_embed_stats": 34,
     "test_ntk_guards": 30, "test_embed": 30,
     "test_surrogate": 27, "test_lwr_theorems": 25, "test_spectra_layers": 22, "test_study": 22, "test_ntk_ooc": 19,
