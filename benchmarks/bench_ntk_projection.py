@@ -325,11 +325,8 @@ def main() -> None:
         if cfg.get("probes") or (not fl and r.get("floors")):  # output probes, or no exact row: the row's own
             import _subprocess
 
-            fl = _subprocess.floor_seconds(m + (f"{cfg.get('probes')} probes",), r["floors"], peak)["proj"]
-        if not fl and r.get("floors"):  # no exact row of this model: the row's own floors
-            import _subprocess
-
-            fl = _subprocess.floor_seconds(m, r["floors"], peak)["proj"]
+            name = m + ((f"{cfg['probes']} probes",) if cfg.get("probes") else ())
+            fl = _subprocess.floor_seconds(name, r["floors"], peak)["proj"]
         note = ""
         if cfg["method"] == "trak":
             note = (

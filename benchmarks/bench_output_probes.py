@@ -1,8 +1,8 @@
 """Output probes (``output_probes=p``) against one backward pass per output, in one run.
 
-    python benchmarks/bench_output_probes.py                  # both parts (about 8 minutes here)
+    python benchmarks/bench_output_probes.py                  # both parts (about 20 minutes here)
     python benchmarks/bench_output_probes.py --only resnet    # quarter-width ResNet-18 (10 classes), N = 256
-    python benchmarks/bench_output_probes.py --only tokens    # per-token logits: 64 positions × 10 classes
+    python benchmarks/bench_output_probes.py --only tokens    # per-token logits: 64 positions × 10 classes (13 min)
 
 ``resnet``: the exact trNTK (structured engine) and the structured sketch (K = 1024) with one backward pass per class
 and with p = 2, 4 and 8 probes, on ``bench_ntk_models``' quarter-width ResNet-18 at N = 256 (its weights and
@@ -29,7 +29,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 _CACHE = HERE / "results" / "output_probes"  # git-ignored (benchmarks/results)
-_POS = 64  # positions of the per-token transformer (bench_ntk_models._TF["seq"])
 
 
 def _model(name: str):
