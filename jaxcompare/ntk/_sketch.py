@@ -404,8 +404,8 @@ class StructuredProjection:
                 lambda p, xx, sd: factors(plan, p, xx, summed=summed, seeds=sd), params, x[:1], seeds
             )
             itemsize = max(jnp.dtype(jax.eval_shape(apply_fn, params, x[:1]).dtype).itemsize, 4)
-            rows = plan.n_classes if probes is None else probes  # feature rows per example (all p probes' rows
-            # before the halves of the two sets are taken)
+            # feature rows per example: one per class, or all p probes' rows (before each set's half is taken)
+            rows = plan.n_classes if probes is None else probes
             return (*block_bytes(plan, shapes, self.dim, summed, itemsize, tune.fold), rows, itemsize)
 
         key = (_auto_key(apply_fn, params, x, None, None), self.dim, bool(summed), probes, tune)
