@@ -25,6 +25,7 @@ __all__ = [
     "check_finite",
     "check_finite_tree",
     "check_int",
+    "check_flag",
     "check_float",
     "check_probability",
     "check_choice",
@@ -174,6 +175,13 @@ def check_array(
     return a
 
 
+def check_flag(v: Any, name: str) -> bool:
+    """A yes/no option: ``True``/``False`` (NumPy's booleans too), never a string or a number read as truthy."""
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    raise TypeError(f"{name} must be True or False, got {v!r} ({type(v).__name__}).")
+
+
 def check_int(v: Any, name: str, *, min: int | None = None, max: int | None = None) -> int:
     """Validate a Python integer parameter (not a float, not a bool)."""
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
@@ -231,13 +239,24 @@ def check_key(key: Any, name: str = "key") -> jax.Array:
     if key is None:
         raise TypeError(f"{name} is required: pass an explicit PRNG key, e.g. jax.random.key(0).")
     if hasattr(key, "dtype") and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise ValueError(_key_batch_message(name, key.shape))
         return key
     a = jnp.asarray(key) if not isinstance(key, int) else None
     if a is None or a.dtype != jnp.uint32 or a.shape[-1:] != (2,):
         raise TypeError(
             f"{name} must be a PRNG key from jax.random.key(seed) (or jax.random.PRNGKey(seed)), got {key!r}."
         )
+    if a.shape != (2,):
+        raise ValueError(_key_batch_message(name, a.shape[:-1]))
     return jax.random.wrap_key_data(a)
+
+
+def _key_batch_message(name: str, batch: tuple) -> str:
+    return (
+        f"{name} must be one PRNG key, got a batch of keys of shape {_shape_str(tuple(batch))} (e.g. from "
+        "jax.random.split); pass one of them, or jax.vmap over the keys to get one result per key."
+    )
 
 
 def check_labels(y: Any, name: str, n_classes: int | None = None, *, length: int | None = None) -> jax.Array:

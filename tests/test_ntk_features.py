@@ -187,6 +187,18 @@ def test_validation():
         jc.projected_kernel(jnp.ones((4, 3, 4)), jnp.ones((4, 2, 4)))
     with pytest.raises(ValueError, match="memory_budget"):
         jc.structured_projection(jax.random.key(0), 8, memory_budget="lots")
+    keys = jax.random.split(jax.random.key(0), 3)
+    for batch in (keys, jax.random.key_data(keys)):  # a batch of keys (typed or legacy uint32): one key, or vmap
+        with pytest.raises(ValueError, match=r"one PRNG key, got a batch of keys of shape \(3,\)"):
+            jc.structured_projection(batch, 8)
+        with pytest.raises(ValueError, match="batch of keys"):
+            jc.random_projection(batch, 8)
+    with pytest.raises(ValueError, match="kind='sparse' only"):
+        jc.random_projection(jax.random.key(0), 8, "rademacher", nnz=3)
+    with pytest.raises(TypeError, match="normalize must be True or False"):
+        jc.projected_kernel(jnp.ones((4, 3, 4)), normalize="no")
+    with pytest.raises(FloatingPointError, match="overflowed float32"):
+        jc.projected_kernel(jnp.full((4, 3, 4), 1e20, jnp.float32), normalize=False)
 
 
 def test_default_budget_is_the_accelerators_memory(monkeypatch):
@@ -287,9 +299,23 @@ def test_automatic_block_whole_chunks_within_budget():
     big = jc.structured_projection(jax.random.key(0), 8, memory_budget="1G")
     assert big.block_for(f, p, x) == 64 and big.block_for(f, p, x[:40]) == 40 and big.block_for(f, p, x[:9]) == 9
     tiny = jc.structured_projection(jax.random.key(0), 8, memory_budget="1K")
-    assert tiny.block_for(f, p, x) == 1
+    with pytest.warns(RuntimeWarning, match="no room for the structured sketch's factors of one"):
+        assert tiny.block_for(f, p, x) == 1
     ref = jc.project_gradients(f, p, x[:40], big)
-    np.testing.assert_allclose(jc.project_gradients(f, p, x[:40], tiny), ref, rtol=1e-12, atol=1e-12)
+    with pytest.warns(RuntimeWarning, match="path="):
+        np.testing.assert_allclose(jc.project_gradients(f, p, x[:40], tiny), ref, rtol=1e-12, atol=1e-12)
+    # features going to disk do not count against the budget: 20 examples' factors fit (whole chunks of 16: the
+    # default 64 per call), not the features of all examples too
+    per = jc.structured_projection(jax.random.key(0), 8, memory_budget="1G").block_for(f, p, x)
+    assert per == 64
+    from jaxcompare.ntk import _sketch
+
+    (per_ex, fixed, rows, item) = next(v for v in _sketch._BYTES.values() if v[2] == 3)
+    mid = jc.structured_projection(jax.random.key(0), 8, memory_budget=int(fixed + 20 * per_ex + 100))
+    xx = _x(2, (50_000, 5))  # the features of 50 000 examples (9.6 MB in float64) exceed this budget
+    with pytest.warns(RuntimeWarning, match="no room"):
+        assert mid.block_for(f, p, xx) == 1
+    assert mid.block_for(f, p, xx, held=False) == 64
 
 
 def test_accelerator_block_layout_gives_the_same_features(monkeypatch):

@@ -305,6 +305,30 @@ def test_conv_by_patches_matches_lax_conv_and_its_vjp(shape, w_shape, strides, p
     ct = _normal(2, y.shape)
     for a, b in zip(vjp_mine(ct), vjp_ref(ct)):
         np.testing.assert_allclose(a, b, **TOL64)
+    # both outputs (the product and its patches) differentiated, against autodiff of plain strided slices
+    both = lambda x, w: P.conv_by_patches(x, w, params)  # noqa: E731
+    (_, pat), vjp_both = jax.vjp(both, x, w)
+    ct_p = _normal(3, pat.shape)
+
+    def plain(x, w):
+        dn_ = params["dimension_numbers"]
+        a = P._padded_input(x, params)
+        wk = jnp.transpose(w, tuple(dn_.rhs_spec[2:]) + (dn_.rhs_spec[1], dn_.rhs_spec[0]))
+        k = x.ndim - 2
+        taps = tuple(int(t) for t in wk.shape[:k])
+        p = P._extract_patches.fun(a, taps, tuple(rhs_dil), tuple(strides)).reshape(pat.shape)
+        return jnp.einsum("...d,de->...e", p, wk.reshape(-1, wk.shape[-1])), p
+
+    (z_ref, p_ref), vjp_plain = jax.vjp(plain, x, w)
+    np.testing.assert_allclose(pat, p_ref, rtol=0, atol=0)
+    ct_z = jnp.transpose(ct, _out_perm(params["dimension_numbers"].out_spec))
+    for a, b in zip(vjp_both((ct, ct_p)), vjp_plain((ct_z, ct_p))):
+        np.testing.assert_allclose(a, b, **TOL64)
+
+
+def _out_perm(out_spec) -> tuple:
+    """Axes of a convolution's output in its out_spec order, as (batch, spatial..., features)."""
+    return (out_spec[0],) + tuple(out_spec[2:]) + (out_spec[1],)
 
 
 def test_transposed_and_1d_convolutions_against_oracle():

@@ -197,3 +197,118 @@ def test_store_of_an_older_sketch_layout_is_refused(tmp_path, monkeypatch):
         jc.project_gradients(F, P, X, proj, process_index=1, overwrite=True, **run)
     got = jc.project_gradients(F, P, X, proj, process_index=0, **run)
     np.testing.assert_array_equal(got, jc.project_gradients(F, P, X, proj, block_size=BS))
+
+
+def test_store_refuses_another_sparse_nnz(tmp_path):
+    """A sparse sketch with another number of nonzeros per column is another projection: its store is refused."""
+    one = jc.random_projection(jax.random.key(4), 8, "sparse", nnz=1)
+    two = jc.random_projection(jax.random.key(4), 8, "sparse", nnz=2)
+    jc.project_gradients(F, P, X, one, block_size=BS, path=tmp_path)
+    with pytest.raises(ValueError, match="fingerprint"):
+        jc.project_gradients(F, P, X, two, block_size=BS, path=tmp_path)
+    got = jc.project_gradients(F, P, X, two, block_size=BS, path=tmp_path, overwrite=True)
+    np.testing.assert_array_equal(got, jc.project_gradients(F, P, X, two, block_size=BS))
+
+
+_X64_CHILD = """
+import sys, numpy as np, jax, jax.numpy as jnp
+import jaxcompare as jc
+d = np.load(sys.argv[1])
+p = {"w": jnp.asarray(d["w"]), "v": jnp.asarray(d["v"])}
+f = lambda q, x: jnp.tanh(x @ q["w"]) @ q["v"]
+out = {k: np.asarray(jc.project_gradients(f, p, jnp.asarray(d["x"]), jc.random_projection(jax.random.key(5), 16, k)))
+       for k in ("sparse", "rademacher", "gaussian")}
+np.savez(sys.argv[2], **out)
+"""
+
+
+def test_one_key_one_projection_with_or_without_x64(tmp_path):
+    """The random kinds draw their signs and rows from 32-bit words: a float32 model's features are bit-identical
+    with ``jax_enable_x64`` on (this process) and off (a child process). (``jax.random.rademacher`` compares float64
+    uniforms under x64: the same key gave another projection, and a shared store mixed the two.)"""
+    import subprocess
+    import sys
+
+    g = np.random.default_rng(0)
+    d = dict(w=g.standard_normal((3, 6)).astype(np.float32), v=g.standard_normal((6, 2)).astype(np.float32))
+    d["x"] = g.standard_normal((5, 3)).astype(np.float32)
+    np.savez(tmp_path / "in.npz", **d)
+    env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"}
+    env["JAX_ENABLE_X64"] = "0"
+    script = tmp_path / "child.py"
+    script.write_text(_X64_CHILD)
+    subprocess.run([sys.executable, script, tmp_path / "in.npz", tmp_path / "out.npz"], env=env, check=True)
+    child = np.load(tmp_path / "out.npz")
+    assert jax.config.jax_enable_x64
+    p = {"w": jnp.asarray(d["w"]), "v": jnp.asarray(d["v"])}
+
+    def f(q, x):
+        return jnp.tanh(x @ q["w"]) @ q["v"]
+
+    for kind in ("sparse", "rademacher", "gaussian"):
+        mine = jc.project_gradients(f, p, jnp.asarray(d["x"]), jc.random_projection(jax.random.key(5), 16, kind))
+        assert mine.dtype == jnp.float32
+        np.testing.assert_array_equal(np.asarray(mine), child[kind], err_msg=kind)
+
+
+def test_bfloat16_features_stored_as_float32(tmp_path):
+    """A bfloat16 model's features go to disk (the .npy format has no bfloat16) as float32, the same values."""
+    p16 = jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16), P)
+    proj = jc.structured_projection(jax.random.key(6), 8)
+    mem = jc.project_gradients(F, p16, X.astype(jnp.bfloat16), proj, block_size=BS)
+    assert mem.dtype == jnp.bfloat16
+    for _ in range(2):  # written, then reopened and verified against the checksums
+        got = jc.project_gradients(F, p16, X.astype(jnp.bfloat16), proj, block_size=BS, path=tmp_path)
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, np.asarray(mem.astype(jnp.float32)))
+
+
+def test_resume_keeps_the_stored_block_size(tmp_path, ref):
+    """The automatic block size follows the memory free at the time: a resumed call without block_size continues
+    with the blocks the store was begun with; an explicit other block size is refused with the one to pass."""
+    with pytest.warns(RuntimeWarning, match="not written yet"):
+        _run(tmp_path, 0)  # blocks 0 and 2 of 4, in blocks of 3
+    with pytest.raises(ValueError, match="begun with block_size=3"):
+        jc.project_gradients(F, P, X, PROJ, block_size=4, path=tmp_path, process_index=1, process_count=2)
+    got = jc.project_gradients(F, P, X, PROJ, path=tmp_path, process_index=1, process_count=2)
+    np.testing.assert_array_equal(got, ref)
+    assert json.loads((tmp_path / "state.json").read_text())["block_size"] == BS
+
+
+def _sqrt_model(q, x):
+    """Finite everywhere, but its gradient in ``a`` is not finite where ``x[:, 0] = 0`` (sqrt's derivative at 0)."""
+    return jnp.sqrt(q["a"] * x[:, :1] ** 2) + x @ q["w"]
+
+
+def test_nonfinite_gradients_raise_and_are_never_stored(tmp_path):
+    """Finite params and inputs, a model whose gradients are NaN at two points: FloatingPointError naming them, in
+    memory and with path= (no block recorded for them, nothing assembled)."""
+    p = {"a": jnp.ones((1, 1)), "w": jax.random.normal(jax.random.key(0), (5, 3))}
+    x = X.at[4, 0].set(0.0).at[7, 0].set(0.0)
+    proj = jc.random_projection(jax.random.key(2), 8)
+    with pytest.raises(FloatingPointError, match=r"x points \[4, 7\]"):
+        jc.project_gradients(_sqrt_model, p, x, proj, block_size=BS)
+    with pytest.raises(FloatingPointError, match=r"x points \[4\]"):
+        jc.project_gradients(_sqrt_model, p, x, proj, block_size=BS, path=tmp_path)
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert sorted(state["blocks"]) == ["0"] and not (tmp_path / "features.npy").exists()
+    ok = jc.project_gradients(_sqrt_model, p, X, proj, block_size=BS)  # the same model where it is finite
+    assert bool(jnp.all(jnp.isfinite(ok)))
+
+
+def test_store_arguments_and_other_projections(tmp_path):
+    """path= must be a directory; yes/no options are booleans; the Kronecker projection has a store too."""
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueError, match="existing file"):
+        jc.project_gradients(F, P, X, PROJ, path=tmp_path / "afile")
+    with pytest.raises(TypeError, match="overwrite must be True or False"):
+        jc.project_gradients(F, P, X, PROJ, path=tmp_path / "s", overwrite="yes")
+    with pytest.raises(TypeError, match="summed must be True or False"):
+        jc.project_gradients(F, P, X, PROJ, summed="no")
+    kron = jc.kronecker_projection(jax.random.key(7), 2, 2)
+    got = jc.project_gradients(F, P, X, kron, block_size=BS, path=tmp_path / "k")
+    np.testing.assert_array_equal(got, jc.project_gradients(F, P, X, kron, block_size=BS))
+    with pytest.raises(ValueError, match="fingerprint"):
+        jc.project_gradients(
+            F, P, X, jc.kronecker_projection(jax.random.key(7), 2, 3), block_size=BS, path=tmp_path / "k"
+        )

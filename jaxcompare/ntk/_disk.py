@@ -61,8 +61,8 @@ def atomic_npy(path: Path, a: np.ndarray, durable: bool = False) -> None:
 
 
 def crc(a: np.ndarray) -> int:
-    """CRC-32 of the C-ordered bytes of ``a`` (no copy when ``a`` is contiguous)."""
-    return zlib.crc32(memoryview(np.ascontiguousarray(a)).cast("B"))
+    """CRC-32 of the C-ordered bytes of ``a`` (no copy when ``a`` is contiguous; any dtype, bfloat16 included)."""
+    return zlib.crc32(memoryview(np.ascontiguousarray(a).reshape(-1).view(np.uint8)))
 
 
 def open_npy(kpath: Path, shape: tuple, dtype: np.dtype, mode: str = "r+") -> np.memmap | None:

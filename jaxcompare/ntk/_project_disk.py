@@ -9,7 +9,8 @@ Layout of the directory ``path``:
   ``n``, ``block_size`` — and the ledger of process 0: the blocks it finished with a CRC-32 checksum of each
   (``blocks``); once assembled also ``complete``, ``shape`` and ``dtype`` of ``features.npy``;
   ``state.<p>.json``: the ledger of process ``p > 0``;
-- ``features.npy``: all blocks, written once every block is recorded;
+- ``features.npy``: all blocks, written once every block is recorded (bfloat16 features as float32: the ``.npy``
+  format has no bfloat16; the values are the same);
 - ``.lock``, ``.lock.setup``, ``.lock.<p>``: the writers' locks (:class:`._disk.DirLock`): a second writer with the
   same process index is refused, a store in use is never discarded.
 
@@ -48,7 +49,7 @@ from ._disk import DirLock, atomic_json, atomic_npy, crc, tmp_name
 from ._fingerprint import data_fingerprint, model_fingerprint
 from ._ooc_ledger import _ledger_path, _ledgers, processes
 
-__all__ = ["features_to_disk"]
+__all__ = ["features_to_disk", "stored_block_size", "check_store_path", "finite_block", "nonfinite_message"]
 
 _VERSION = 2  # ledger format (1: one process; its stores are read as process 0's ledger)
 _SALT = "project_gradients v1"  # the fingerprint's salt, unchanged: stores made before stay valid
@@ -56,7 +57,14 @@ _SALT = "project_gradients v1"  # the fingerprint's salt, unchanged: stores made
 
 def _fingerprints(apply_fn, params, x, projection, summed, bs, policy) -> tuple[str, str]:
     """``(fingerprint of data, options and model, fingerprint of the model)``."""
-    options = (type(projection).__name__, int(projection.dim), str(getattr(projection, "kind", "")), summed, bs)
+    dim = projection.dim if hasattr(projection, "dim") else (projection.dim_in, projection.dim_out)  # Kronecker
+    kind = str(getattr(projection, "kind", ""))
+    options = (type(projection).__name__, dim if isinstance(dim, tuple) else int(dim), kind, summed, bs)
+    nnz = getattr(projection, "nnz", 1)
+    if nnz != 1:  # another sparse sketch (stores of the default nnz = 1 stay valid)
+        options += (("nnz", int(nnz)),)
+    if kind in ("sparse", "rademacher") and jax.config.jax_enable_x64:  # their draws under x64 changed: see
+        options += (("draws", "32-bit"),)  # _projection._signs (stores made without x64 stay valid)
     if policy != "highest":  # features under another policy are other features (stores made before it stay valid)
         options += (policy,)
     layout = getattr(projection, "layout", 1)
@@ -70,6 +78,64 @@ def _fingerprints(apply_fn, params, x, projection, summed, bs, policy) -> tuple[
         {}, {"model": (apply_fn, (params, jax.ShapeDtypeStruct((1,) + x.shape[1:], x.dtype)))}, apply_fn
     )
     return data + model, model
+
+
+def finite_block(block: Callable, b: int, a: Any, lo: int, *, raise_: bool = True) -> Any:
+    """Block ``b`` of the features (rows from ``lo``) when finite. Params and inputs were checked finite, so inf/NaN
+    features are the model's own (non-finite gradients at some points) or a fault of the backend: the block is
+    compiled afresh and computed once more (XLA:CPU was seen to return an all-NaN result from one compiled program,
+    see :func:`jaxcompare.ntk._kernels._checked_result`); finite then, it is returned with a warning, else
+    :class:`FloatingPointError` names the points (``raise_=False``: returns ``(block, points)`` instead). Never
+    stored, never returned, silently."""
+    if np.all(np.isfinite(a)):
+        return a if raise_ else (a, [])
+    jax.clear_caches()
+    a2 = block(b)
+    if bool(jax.numpy.all(jax.numpy.isfinite(a2))):
+        warnings.warn(
+            f"block {b} of the projected features came back non-finite once for finite params and inputs and finite "
+            "when compiled and computed again: a nondeterministic fault of the backend; the recomputed block is used.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        a2 = np.asarray(a2) if isinstance(a, np.ndarray) else a2
+        return a2 if raise_ else (a2, [])
+    bad = np.logical_not(np.isfinite(np.asarray(a2))).reshape(a2.shape[0], -1).any(axis=1)
+    points = (lo + np.flatnonzero(bad)).tolist()
+    if raise_:
+        raise FloatingPointError(nonfinite_message(points))
+    return a2, points
+
+
+def nonfinite_message(points: list) -> str:
+    return (
+        "the projected features have inf/NaN entries although params and inputs are finite, twice (compiled afresh "
+        f"the second time): the model's gradients are not finite at (first 10) x points {points[:10]} (e.g. log(0), "
+        "the derivative of sqrt at 0, an overflowing exp or division by zero inside apply_fn; float16 holds values up "
+        "to 65504). No features are returned or stored for them; evaluate jax.grad of your model at those points."
+    )
+
+
+def check_store_path(path: Any) -> Path:
+    """``path`` as a directory for the store: a new or existing directory, not a file."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a directory path (str or os.PathLike), got {type(path).__name__}.")
+    root = Path(path)
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"path must be a directory for the features' store, but {root} is an existing file.")
+    return root
+
+
+def stored_block_size(root: Path, n: int) -> int | None:
+    """The block size of the store at ``root`` for ``n`` examples, when it has a readable header: a resumed call
+    with the automatic block size continues with the blocks it began with (the automatic size follows the memory
+    free at the time, and the fingerprint includes the block size)."""
+    try:
+        state = json.loads((root / "state.json").read_text())
+        bs = state.get("block_size") if isinstance(state, dict) and state.get("n") == n else None
+    except (OSError, ValueError):
+        return None
+    return bs if isinstance(bs, int) and not isinstance(bs, bool) and 1 <= bs <= n else None
 
 
 def _block_path(root: Path, b: int) -> Path:
@@ -130,8 +196,10 @@ class _Store:
         return a if a.shape[:1] == (hi - lo,) and crc(a) in sums else None
 
     def write(self, b: int, a: Any) -> np.ndarray:
-        """Write block ``b`` atomically, then record it in this process's ledger."""
-        a = np.asarray(a)
+        """Write block ``b`` atomically, then record it in this process's ledger (finite features only)."""
+        a = finite_block(self.block, b, np.asarray(a), self.rows(b)[0])
+        if a.dtype.kind == "V":  # bfloat16 (ml_dtypes): .npy files have no such type; stored exactly as float32
+            a = a.astype(np.float32)
         atomic_npy(_block_path(self.root, b), a)
         self.ledger["blocks"][str(b)] = crc(a)
         atomic_json(self.ledger_path, self.ledger)
@@ -288,9 +356,15 @@ def _setup(root: Path, lock: DirLock, fp: str, model_fp: str, n: int, bs: int, o
     header = _read_header(state_path, overwrite)
     if header is not None and header["fingerprint"] != fp:
         if not overwrite:
+            other = header.get("block_size"), header.get("n")
+            note = (
+                f" It was begun with block_size={other[0]} (this call: {bs}): pass block_size={other[0]} to resume it."
+                if other[1] == n and isinstance(other[0], int) and other[0] != bs
+                else ""
+            )
             raise ValueError(
                 f"{root} holds features of other data, options, model or projection layout (fingerprint "
-                "mismatch); use another path or overwrite=True."
+                f"mismatch); use another path or overwrite=True.{note}"
             )
         header = None
     busy = RuntimeError(

@@ -9,10 +9,12 @@ Scaling: Rademacher entries ``±1/sqrt(dim)`` or Gaussian ``N(0, 1/dim)``, so ``
 ``E[<R g, R g'>] = <g, g'>`` (unbiased).
 
 ``kind="sparse"``: a sparse Johnson–Lindenstrauss sketch (Kane & Nelson 2014; CountSketch for ``nnz=1``): column
-``p`` of ``R`` has ``nnz`` entries ``±1/sqrt(nnz)`` in rows drawn uniformly (from ``fold_in(key, leaf)``), so
-``E[R^T R] = I`` again. It is applied to per-example gradients (computed in chunks
-of examples) by a scatter-add: ``O(nnz · P)`` per gradient instead of ``O(dim · P)``, and ``R`` costs ``O(nnz · P)``
-integers whatever ``dim``.
+``p`` of ``R`` is the sum of ``nnz`` entries ``±1/sqrt(nnz)`` in rows drawn uniformly and independently (from
+``fold_in(key, leaf)``; two of them may land in the same row), so ``E[R^T R] = I`` again. It is applied to
+per-example gradients (computed in chunks of examples) by a scatter-add: ``O(nnz · P)`` per gradient instead of
+``O(dim · P)``, and ``R`` costs ``O(nnz · P)`` integers whatever ``dim``.
+
+The draws use 32-bit random bits whatever ``jax_enable_x64``: one key gives one ``R`` in either mode.
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ class RandomProjection:
             # one draw of all P entries per row (a single threefry instance: fast to compile), split into leaves
             kt = jax.random.fold_in(self.key, t)
             if self.kind == "rademacher":
-                flat = jax.random.rademacher(kt, (int(bounds[-1]),), dtype=gen_dt)
+                flat = _signs(kt, (int(bounds[-1]),), gen_dt)
             else:
                 flat = jax.random.normal(kt, (int(bounds[-1]),), dtype=gen_dt)
             flat = flat * jnp.asarray(scale, gen_dt)
@@ -159,8 +161,8 @@ class RandomProjection:
         for l, leaf in enumerate(leaves):
             kl = jax.random.fold_in(self.key, l)
             size = int(jnp.size(leaf))
-            rows = jax.random.randint(jax.random.fold_in(kl, 0), (self.nnz, size), 0, self.dim)
-            signs = jax.random.rademacher(jax.random.fold_in(kl, 1), (self.nnz, size), dtype=jnp.int8)
+            rows = jax.random.randint(jax.random.fold_in(kl, 0), (self.nnz, size), 0, self.dim, dtype=jnp.int32)
+            signs = _signs(jax.random.fold_in(kl, 1), (self.nnz, size), jnp.int8)
             hashes.append((rows, signs))
         scale = 1.0 / math.sqrt(self.nnz)
 
@@ -186,6 +188,13 @@ class RandomProjection:
         out = jax.lax.map(do_chunk, xp.reshape((n_chunks, chunk) + x.shape[1:]))
         out = out.reshape((n_chunks * chunk,) + out.shape[2:])[:n]
         return out[:, 0] if summed else out
+
+
+def _signs(key: jax.Array, shape: tuple, dtype: Any) -> jax.Array:
+    """Random ±1 in ``dtype``: ``jax.random.rademacher``'s values with 64-bit mode off, and the same values with it
+    on (``rademacher`` then compares float64 uniforms, so one key gave another projection under ``jax_enable_x64``
+    and a store on disk could mix the two)."""
+    return jnp.where(jax.random.uniform(key, shape, jnp.float32) < 0.5, 1, -1).astype(dtype)
 
 
 def _intermediate_elements(apply_fn: Callable, params: Any, x: jax.Array) -> int:
@@ -228,14 +237,16 @@ def random_projection(
 
     Args:
       key: PRNG key (``jax.random.key(seed)``).
-      dim: projection dimension ``k >= 1``. The error of a cosine-normalized projected kernel is typically of order
-        ``a / k`` with ``a`` ≈ 20–60 for real networks (shared/spec/ntk.md).
+      dim: projection dimension ``k >= 1`` (even for :func:`projected_kernel`'s error estimate). The error of a
+        cosine-normalized projected kernel is typically of order ``a / k`` with ``a`` ≈ 20–60 for real networks
+        (shared/spec/ntk.md).
       kind: ``"rademacher"`` (entries ±1/√k), ``"gaussian"`` (entries N(0, 1/k)) — both applied by forward-mode
         products, ``dim`` forward passes — or ``"sparse"`` (a sparse JL sketch with ``nnz`` entries ±1/√nnz per
-        column, applied to per-example gradients by scatter-adds: cheaper when ``dim`` is large).
+        column in independently drawn rows, applied to per-example gradients by scatter-adds: cheaper when ``dim``
+        is large).
       chunk_size: rows of ``R`` generated and applied at once (memory ``chunk_size × P``); default automatic.
         For ``"sparse"``, examples whose gradients are formed at once (memory ``chunk_size × C × P``).
-      nnz: nonzeros per column for ``kind="sparse"`` (``>= 1``).
+      nnz: nonzeros per column for ``kind="sparse"`` (``>= 1``; only that kind).
       output_probes: ``p`` (even, ``>= 2``, fewer than the model's outputs): the trace over outputs from ``p``
         random ±1 combinations of them (:mod:`jaxcompare.ntk._probes`); features ``(N, p/2, dim)``, unbiased for
         the trNTK⁰. Saves backward passes for ``"sparse"`` (``p`` instead of ``C``); the forward-mode kinds cost
@@ -266,6 +277,8 @@ def random_projection(
     if chunk_size is not None:
         chunk_size = check_int(chunk_size, "chunk_size", min=1)
     nnz = check_int(nnz, "nnz", min=1)
+    if nnz != 1 and kind != "sparse":
+        raise ValueError(f"nnz (nonzeros per column) applies to kind='sparse' only, got nnz={nnz} with kind={kind!r}.")
     if nnz > dim:
         raise ValueError(f"nnz must be <= dim (nonzeros per column of a {dim}-row matrix), got nnz={nnz}.")
     output_probes = check_output_probes(output_probes)

@@ -59,8 +59,8 @@ paths' entries too), which gives exactly the variance of a dense Rademacher proj
 
 **Error estimate.** Halves ``a = P + Q`` and ``b = P − Q`` give ``K_a − K_b = 2(<P, Q'> + <Q, P'>)``: mean zero,
 uncorrelated with ``K`` (independent signs), with the variance of ``K`` except that it also counts pairs of one
-column placed in different half-blocks — so it errs on the side of overestimating (by up to ~1.5× on small
-CNNs). See :func:`jaxcompare.projected_kernel`.
+column placed in different half-blocks — so it errs on the side of overestimating (by up to ~1.8× in our tests:
+a tiny MLP at ``K`` = 64; about 1× on a small CNN). See :func:`jaxcompare.projected_kernel`.
 
 Cost: the C backward passes (the factors) plus one product per layer, ``2·C·2eh·r·T·w`` FLOPs, and one read of
 its ``C·2eh·w`` rows. The fold runs one example at a time (``lax.map`` over the block's factors): a block's folded rows
@@ -75,6 +75,7 @@ import collections
 import dataclasses
 import functools
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -383,9 +384,11 @@ class StructuredProjection:
     # sketched from their per-example gradients). project_gradients(path=) fingerprints it (see _project_disk).
     layout = 4
 
-    def block_for(self, apply_fn: Callable, params: Any, x: Any, *, summed: bool = False) -> int:
+    def block_for(self, apply_fn: Callable, params: Any, x: Any, *, summed: bool = False, held: bool = True) -> int:
         """Examples per call: ``block_size``; else 64 (or all of ``x`` when fewer) when the factors of 16 examples
-        fit the memory budget, else as many examples as fit."""
+        fit the memory budget, else as many examples as fit. ``held``: the features of all of ``x`` stay in memory
+        (their bytes count against the budget); False when they go to disk block by block. When not even one
+        example's factors fit, one example per call, with a warning."""
         from ._memory import memory_budget
 
         n = x.shape[0]
@@ -410,8 +413,22 @@ class StructuredProjection:
 
         key = (_auto_key(apply_fn, params, x, None, None), self.dim, bool(summed), probes, tune)
         per, fixed, n_classes, itemsize = memoized(_BYTES, key, estimate)
-        budget = memory_budget(self.memory_budget) - 2 * n * n_classes * self.dim * itemsize - fixed
-        fit = int(max(1, budget // max(per, 1)))  # examples whose factors fit at once
+        total = memory_budget(self.memory_budget)
+        features = 2 * n * n_classes * self.dim * itemsize if held else 0
+        budget = total - features - fixed
+        fit = int(budget // max(per, 1))  # examples whose factors fit at once
+        if fit < 1:
+            warnings.warn(
+                f"the memory budget ({total / 2**30:.2f} GiB) leaves no room for the structured sketch's factors of "
+                f"one example ({per / 2**20:.1f} MiB"
+                + (f", after the features of all {n} examples: {features / 2**30:.2f} GiB" if held else "")
+                + "); computing one example per call, which may exceed it. "
+                + ("Write the features to disk (path=), or " if held else "")
+                + "raise the budget (memory_budget=, JAXCOMPARE_MEMORY_BUDGET).",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            fit = 1
         if fit < tune.chunk or n <= tune.chunk:
             return min(n, fit)
         # whole chunks fit: more examples per call cost only their features; whole chunks (no padded chunk per call)
