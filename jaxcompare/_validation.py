@@ -97,7 +97,7 @@ def check_finite(x: Any, name: str) -> None:
         shape = x.shape
     else:
         a = np.asarray(x)
-        if a.dtype.kind not in "fc" or np.all(np.isfinite(a)):
+        if not jnp.issubdtype(a.dtype, jnp.inexact) or np.all(np.isfinite(a)):  # bfloat16 too (NumPy kind "V")
             return
         n_nan, n_inf, shape = int(np.isnan(a).sum()), int(np.isinf(a).sum()), a.shape
     if n_nan or n_inf:

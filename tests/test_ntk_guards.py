@@ -220,6 +220,44 @@ def test_non_finite_gradients_raise_naming_the_points(factory, impl):
     assert np.isfinite(np.asarray(factory(_sqrt_model, implementation=impl)(p, ok))).all()
 
 
+@pytest.mark.parametrize("impl", ["structured", "jacobian"])
+def test_batched_kernels_are_never_silently_non_finite(impl):
+    """Tiled by batched (the CLI's path), with and without x2: NaN gradients at point 2 raise naming it; a float16
+    model whose gradients overflow raises the overflow error (a plain FloatingPointError, also where the tile's own
+    check runs as a host callback inside its jit)."""
+    p = {"w": jnp.ones((3, 4)), "v": jnp.ones((4, 2))}
+    x = jnp.ones((5, 3)).at[2].set(0.0)
+    k = jc.batched(jc.trace_ntk(_sqrt_model, implementation=impl, normalize=False), 2, progress_bar=False)
+    with pytest.raises(FloatingPointError, match=r"points \[2\]"):
+        k(p, x)
+    with pytest.raises(FloatingPointError, match=r"points \[2\]"):
+        k(p, x, x[:4])
+    big = {"w": jnp.full((3, 4), 30.0, jnp.float16), "v": jnp.full((4, 2), 30.0, jnp.float16)}
+
+    def f16(q, xx):
+        return jnp.tanh(xx @ q["w"]) @ q["v"] * jnp.float16(3000.0)  # gradients up to ~3·10⁶: beyond float16
+
+    k16 = jc.batched(jc.trace_ntk(f16, implementation=impl), 2, progress_bar=False)
+    for args in ((jnp.ones((5, 3), jnp.float16),), (jnp.ones((5, 3), jnp.float16), jnp.ones((3, 3), jnp.float16))):
+        with pytest.raises(FloatingPointError, match="float16"):
+            k16(big, *args)
+
+
+def test_one_model_function_at_several_widths():
+    """A width sweep with one apply_fn: each width's kernel is its own (the compiled programs are keyed by the
+    parameters' shapes and dtypes, not only their structure), default call and batched, against the oracle."""
+
+    def f(q, xx):
+        return jnp.tanh(xx @ q["w"]) @ q["v"]
+
+    x = jax.random.normal(jax.random.key(1), (6, 3))
+    for h in (9, 4, 9):
+        q = {"w": jax.random.normal(jax.random.key(h), (3, h)), "v": jax.random.normal(jax.random.key(h + 1), (h, 2))}
+        want = oracle_kernels(f, q, x, x)["trntk0"]
+        for kfn in (jc.trace_ntk(f, normalize=False), jc.batched(jc.trace_ntk(f, normalize=False), 4)):
+            np.testing.assert_allclose(kfn(q, x), want, rtol=1e-10, atol=1e-10)
+
+
 def test_a_transient_non_finite_result_is_recomputed_with_a_warning():
     """A backend fault (non-finite once, finite when recomputed) returns the recomputed kernel and says so."""
     from jaxcompare.ntk._kernels import _checked_result
@@ -231,3 +269,59 @@ def test_a_transient_non_finite_result_is_recomputed_with_a_warning():
     np.testing.assert_array_equal(d, np.ones(3))
     with pytest.raises(FloatingPointError, match="scattered"):  # NaN twice, in no whole row: reported as entries
         _checked_result(lambda: (good.at[0, 1].set(jnp.inf), None, None), good.at[0, 1].set(jnp.nan), None, "k", "x")
+
+
+def test_bfloat16_nan_inputs_are_named():
+    """NumPy sees bfloat16 as kind "V": its NaN/inf must still be caught at the boundary, naming the leaf."""
+    p = {"w": jnp.ones((3, 4), jnp.bfloat16), "v": jnp.ones((4, 2), jnp.bfloat16)}
+    x = jnp.ones((5, 3), jnp.bfloat16)
+    with pytest.raises(ValueError, match=r"params\['w'\] must be finite, but it has 1 NaN"):
+        jc.trace_ntk(_sqrt_model)({**p, "w": p["w"].at[0, 0].set(jnp.nan)}, x)
+    with pytest.raises(ValueError, match="x1 must be finite, but it has 0 NaN and 1 infinite"):
+        jc.trace_ntk(_sqrt_model)(p, x.at[1, 1].set(jnp.inf))
+
+
+def test_inputs_smaller_than_a_block_are_not_padded():
+    """batched and sharded with a block larger than the input (the CLI's default 256 on a small set): the model is
+    never traced with more rows than the input has, eagerly, under jit, with x2, and on the diagonal."""
+    seen = set()
+
+    def f(q, xx):
+        seen.add(xx.shape[0])
+        return jnp.tanh(xx @ q["w"]) @ q["v"]
+
+    q = {"w": jax.random.normal(jax.random.key(0), (3, 4)), "v": jax.random.normal(jax.random.key(1), (4, 2))}
+    x = jax.random.normal(jax.random.key(2), (5, 3))
+    oracle = oracle_kernels(f, q, x, x)  # (it calls the model with x1 and x2 stacked)
+    want = oracle["trntk0"]
+    seen.clear()
+    for impl in ("structured", "jacobian"):
+        k = jc.trace_ntk(f, implementation=impl, normalize=False)
+        for kfn in (jc.batched(k, 512, progress_bar=False), jax.jit(jc.batched(k, 512)), jc.sharded(k, block_size=512)):
+            np.testing.assert_allclose(kfn(q, x), want, rtol=1e-10, atol=1e-10)
+            np.testing.assert_allclose(kfn(q, x, x[:3]), want[:, :3], rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(
+            jc.batched(jc.trace_ntk(f, implementation=impl), 512, progress_bar=False)(q, x),
+            oracle["trntk"],
+            rtol=1e-10,
+            atol=1e-10,
+        )
+    assert max(seen) <= 5, seen
+
+
+def test_integer_logits_and_yes_no_options_are_refused():
+    """Integer outputs have no gradient (every kernel would be zero): refused, naming the dtype; yes/no options
+    are booleans, never a string read as true."""
+    p = {"w": jnp.ones((3, 4)), "v": jnp.ones((4, 2))}
+    x = jnp.ones((5, 3))
+
+    def argmax_model(q, xx):
+        return jnp.argmax(xx @ q["w"], axis=1, keepdims=True).astype(jnp.int32) * jnp.ones((1, 2), jnp.int32)
+
+    for impl in ("auto", "jacobian"):
+        with pytest.raises(TypeError, match="floating-point logits, got dtype int32"):
+            jc.trace_ntk(argmax_model, implementation=impl)(p, x)
+    with pytest.raises(TypeError, match="normalize must be True or False"):
+        jc.trace_ntk(_sqrt_model, normalize="no")
+    with pytest.raises(TypeError, match="progress_bar must be True or False"):
+        jc.batched(jc.trace_ntk(_sqrt_model), 2, progress_bar="no")

@@ -235,6 +235,24 @@ def test_flax_models_in_training_mode():
     f, p = jc.from_nnx(net)
     assert jc.trace_ntk(f)(p, jnp.ones((3, 3))).shape == (3, 3)
 
+    class FlagAtCall(nnx.Module):  # the training flag passed in the call: eval() does not reach it
+        def __init__(self, rngs):
+            self.l1, self.bn, self.l2 = (
+                nnx.Linear(3, 4, rngs=rngs),
+                nnx.BatchNorm(4, rngs=rngs),
+                nnx.Linear(4, 2, rngs=rngs),
+            )
+
+        def __call__(self, x):
+            return self.l2(self.bn(self.l1(x), use_running_average=False))
+
+    at_call = FlagAtCall(nnx.Rngs(0))
+    at_call.eval()
+    f, p = jc.from_nnx(at_call)
+    for call in (lambda: jc.trace_ntk(f)(p, jnp.ones((3, 3))), lambda: jc.ntk.explain(f, p, jnp.ones((3, 3)))):
+        with pytest.raises(ValueError, match=r"mutates its state.*training mode.*use_running_average=False"):
+            call()
+
     class Lin(nn.Module):
         @nn.compact
         def __call__(self, x, train=True):

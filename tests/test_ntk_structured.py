@@ -536,10 +536,24 @@ def test_resident_bytes_reads_this_process():
 def test_blocked_engine_budget_errors():
     g, q = _conv_scale_dense()
     x = _normal(4, (7, 6, 6, 2))
-    with pytest.raises(ValueError, match="block_size <="):
+    with pytest.raises(ValueError, match=r"block_size <= [1-3],"):
+        jc.batched(jc.trace_ntk(g), 4, progress_bar=False, memory_budget=20_000)(q, x)
+    with pytest.raises(ValueError, match="not even one point per block fits"):
         jc.batched(jc.trace_ntk(g), 4, progress_bar=False, memory_budget=1000)(q, x)
     with pytest.raises(ValueError, match="memory_budget"):
         jc.batched(jc.trace_ntk(g), 4, memory_budget="lots")
+    # the budget's units: a fraction in (0, 1] whatever its type, else whole bytes; ambiguous or infinite: refused
+    from jaxcompare.ntk._memory import available_bytes, memory_budget
+
+    whole = available_bytes()
+    assert all(abs(memory_budget(v) - whole) < 0.05 * whole for v in (1, "1", 1.0))
+    assert memory_budget(4096) == memory_budget("4096") == memory_budget("4K") == 4096
+    for bad in (1.5, "1.5", float("inf"), "1e400", float("nan"), 0, "0", -2):
+        with pytest.raises(ValueError, match="memory_budget"):
+            memory_budget(bad)
+    # the output alone over the budget: to disk, not a block size that cannot fit either
+    with pytest.raises(ValueError, match="kernel_to_disk"):
+        jc.batched(jc.trace_ntk(g), 4, progress_bar=False, memory_budget=300)(q, _normal(5, (9, 6, 6, 2)))
 
 
 def test_layouts_chosen_by_flops_and_memory():

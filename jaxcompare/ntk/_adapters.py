@@ -109,16 +109,20 @@ def from_nnx(module: Any, *, trainable: Any = None) -> tuple[Callable, Any]:
             "(batch statistics) or on random masks, so per-example gradients and kernels are undefined: call "
             "model.eval() first (it sets use_running_average=True and deterministic=True), then from_nnx(model)."
         )
+    from flax.errors import TraceContextError  # (flax.nnx has no `errors` module)
+
     filt = nnx.Param if trainable is None else trainable
     graphdef, params, rest = nnx.split(module, filt, ...)
 
     def apply_fn(p, x):
         try:
             return nnx.merge(graphdef, p, rest)(x)
-        except nnx.errors.TraceContextError as e:  # state mutated in the call: a training-mode layer we missed
+        except TraceContextError as e:  # state mutated in the call: a training-mode layer we missed
             raise ModelModeError(
-                f"{type(module).__name__} mutates its state when called ({_msg(e)}): it is in "
-                "training mode; call model.eval() first, then from_nnx(model)."
+                f"{type(module).__name__} mutates its state when called ({_msg(e)}): it runs in training mode "
+                "(batch statistics updated or dropout drawn); call model.eval() first, then from_nnx(model) — and "
+                "where __call__ passes use_running_average=False or deterministic=False to a layer itself, make it "
+                "follow the layer's own setting instead."
             ) from e
 
     return apply_fn, params

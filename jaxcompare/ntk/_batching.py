@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._progress import progress
-from .._validation import check_int, is_concrete
+from .._validation import check_flag, check_int, is_concrete
 from ._common import batch_size, canonical_args, validate_pair
 from ._structured._blocks import _MODES as ENGINE_KERNELS
 from ._structured._blocks import blocked, engine_mode
@@ -59,6 +59,20 @@ def _eager(kfn_jit, params, x1, x2, plan: TilePlan, swap_trailing, desc, show):
         if plan.symmetric and i != j:
             out[j * bs : (j + 1) * bs, i * bs : (i + 1) * bs] = swap(t, swap_trailing)
     return jnp.asarray(out[: plan.n1, : plan.n2])
+
+
+def _finite_or_raise(k: Any, again: Callable, params: Any, name: str) -> Any:
+    """A tiled kernel of this package with inf/NaN entries (finite params and inputs were checked): a low-precision
+    model's overflow raises at once (:func:`jaxcompare._precision.check_overflow`); otherwise the kernel is compiled
+    afresh and computed once more (a backend fault) and still non-finite raises naming the points
+    (:func:`._kernels._checked_result`) — the same guarantees as an untiled call: never an inf/NaN kernel."""
+    from .._precision import check_overflow, low_precision_dtype
+    from ._kernels import _checked_result
+
+    low = low_precision_dtype(params)
+    if low is not None:
+        check_overflow(jnp.asarray(False), low, f"{name} kernel", "batched")
+    return _checked_result(lambda: (again(), None, None), k, None, f"{name} kernel", "batched")[0]
 
 
 def batched(
@@ -111,6 +125,8 @@ def batched(
     """
     parts = kernel_parts(kernel_fn, "batched")
     bs = check_int(block_size, "block_size", min=1)
+    if progress_bar is not None:
+        check_flag(progress_bar, "progress_bar")
     if memory_budget is not None:
         from ._memory import memory_budget as _budget
 
@@ -128,7 +144,8 @@ def batched(
         # symmetry of tiles is known for our kernels; for a user's kernel we do not assume it
         symmetric = x2 is None and parts.symmetric_known
         xx2 = x1 if x2 is None else x2
-        plan = TilePlan(batch_size(x1), batch_size(xx2), bs, symmetric)
+        n1, n2 = batch_size(x1), batch_size(xx2)
+        plan = TilePlan(n1, n2, min(bs, max(n1, n2)), symmetric)  # inputs smaller than a block: not padded
         if traced:
             return _traced(parts.tile_fn, params, x1, xx2, plan, parts.swap_trailing)
         engine = _engine(params, x1, x2)
@@ -161,7 +178,7 @@ def batched(
             precision=dict(parts.spec.options).get("precision"),
         )
 
-    def fn(params, x1, x2=None):
+    def tiled(params, x1, x2=None):
         if parts.use_norm and x2 is None and all(is_concrete(l) for l in jax.tree_util.tree_leaves((params, x1))):
             engine = _engine(params, *validate_pair(x1, None))
             if engine is not None and engine[1] is not None:  # the norms are the diagonal of the symmetric base
@@ -172,5 +189,17 @@ def batched(
         d1 = diag(params, x1)
         d2 = d1 if x2 is None else diag(params, x2)
         return normalize(k, d1, d2, warn=x2 is None)
+
+    def fn(params, x1, x2=None):
+        try:
+            k = tiled(params, x1, x2)
+        except jax.errors.JaxRuntimeError as e:  # a tile's own overflow check: a host callback inside its jit
+            text = str(e)
+            if "FloatingPointError: " not in text:
+                raise
+            raise FloatingPointError(text.split("FloatingPointError: ", 1)[1].splitlines()[0]) from None
+        if parts.spec is None or isinstance(k, jax.core.Tracer) or bool(jnp.all(jnp.isfinite(k))):
+            return k  # a kernel of this package is finite (one scalar back), else raises below; a user's: as it is
+        return _finite_or_raise(k, lambda: tiled(params, x1, x2), params, parts.name)
 
     return transformed(kernel_fn, parts, fn, base, diag if diag_fn is not None else None, "batched")

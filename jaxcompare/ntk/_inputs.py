@@ -295,4 +295,10 @@ def check_outputs(apply_fn: Callable, params: Any, x1: Any) -> tuple:
         )
     if math.prod(shape[1:]) < 1:
         raise ValueError(f"apply_fn returned zero outputs per example (shape {tuple(shape)}).")
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise TypeError(
+            f"apply_fn must return floating-point logits, got dtype {out.dtype} (shape {tuple(shape)}): outputs of "
+            "integer or boolean type have no gradient, and every kernel of them would be zero. Return the logits "
+            "before any argmax or cast."
+        )
     return tuple(int(s) for s in shape)

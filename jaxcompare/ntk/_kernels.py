@@ -22,7 +22,7 @@ from .._precision import (
     resolve_precision,
     traced_with_policy,
 )
-from .._validation import check_choice, check_finite_tree, is_concrete
+from .._validation import check_choice, check_finite_tree, check_flag, is_concrete
 from ._common import (
     Kernel,
     KernelSpec,
@@ -449,7 +449,7 @@ def trace_ntk(
       >>> K_test.shape
       (4, 10)
     """
-    normalize = bool(normalize)
+    normalize = check_flag(normalize, "normalize")
     name = ("proj_" if projection is not None else "") + ("trntk" if normalize else "trntk0")
     return _public_gradient_kernel(
         apply_fn,
@@ -481,7 +481,7 @@ def pseudo_ntk(
     Returns:
       ``kernel_fn(params, x1, x2=None) -> (N1, N2)``.
     """
-    normalize = bool(normalize)
+    normalize = check_flag(normalize, "normalize")
     name = ("proj_" if projection is not None else "") + ("pntk" if normalize else "pntk0")
     return _public_gradient_kernel(
         apply_fn,
@@ -594,7 +594,12 @@ def conjugate_kernel(feature_fn: Callable, *, normalize: bool = False, precision
     """
     check_apply_fn(feature_fn, "feature_fn")
     return _feature_kernel(
-        "ck", lambda p, x: [feature_fn(p, x)], bool(normalize), "feature_fn", feature_fn, precision=precision
+        "ck",
+        lambda p, x: [feature_fn(p, x)],
+        check_flag(normalize, "normalize"),
+        "feature_fn",
+        feature_fn,
+        precision=precision,
     )
 
 
@@ -613,4 +618,6 @@ def embedding_kernel(layers_fn: Callable, *, normalize: bool = True, precision: 
       ``kernel_fn(params, x1, x2=None) -> (N1, N2)``.
     """
     check_apply_fn(layers_fn, "layers_fn")
-    return _feature_kernel("em", layers_fn, bool(normalize), "layers_fn", layers_fn, precision=precision)
+    return _feature_kernel(
+        "em", layers_fn, check_flag(normalize, "normalize"), "layers_fn", layers_fn, precision=precision
+    )

@@ -2,7 +2,9 @@
 
 Budget (bytes): ``memory_budget=`` where a function takes it, else the environment variable
 ``JAXCOMPARE_MEMORY_BUDGET`` (bytes, or a suffix ``K``/``M``/``G``/``GiB``, or a fraction of the available memory
-such as ``0.25``), else half of the available memory. The available memory is the default device's: on a GPU or
+such as ``0.25``), else half of the available memory. A value without a unit is a fraction when it is in (0, 1]
+(``1``, ``"1"`` and ``1.0`` alike: all of the available memory) and a whole number of bytes above 1 (``1.5``
+without a unit is refused as ambiguous). The available memory is the default device's: on a GPU or
 TPU the memory its allocator may still take (``bytes_limit − bytes_in_use`` of ``Device.memory_stats()``; the
 kernels' arrays live there), on a CPU what the operating system reports as available (``MemAvailable`` of
 ``/proc/meminfo``; ``os.sysconf`` pages elsewhere; 4 GiB when neither is known). Estimates are made from shapes
@@ -12,6 +14,7 @@ that fits — never an out-of-memory kill.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 
@@ -82,11 +85,27 @@ def _parse(text: str, what: str) -> int:
             f"available memory in (0, 1]; got {text!r}."
         )
     v = float(m.group(1))
-    if not m.group(2) and 0 < v <= 1:
-        return int(v * available_bytes())
+    if not m.group(2):
+        return _unitless(v, text, what)
     v *= _UNITS[m.group(2).lower()]
+    if not math.isfinite(v):
+        raise ValueError(f"{what} must be a finite number of bytes, got {text!r}.")
     if v < 1:
         raise ValueError(f"{what} must be positive, got {text!r}.")
+    return int(v)
+
+
+def _unitless(v: float, given: object, what: str) -> int:
+    """A budget without a unit: a fraction of the available memory in (0, 1], else a whole number of bytes."""
+    if not math.isfinite(v) or not v > 0:
+        raise ValueError(f"{what} must be a positive, finite number of bytes or a fraction in (0, 1], got {given!r}.")
+    if v <= 1:
+        return int(v * available_bytes())
+    if v != int(v):
+        raise ValueError(
+            f"{what} without a unit is a fraction of the available memory in (0, 1] or a whole number of bytes, got "
+            f'{given!r}: write e.g. 0.5 for half, or give a unit ("1.5G").'
+        )
     return int(v)
 
 
@@ -109,9 +128,7 @@ def memory_budget(budget: int | float | str | None = None) -> int:
     if isinstance(budget, bool):
         raise TypeError(f"memory_budget must be a number of bytes or a string, got {budget!r}.")
     if isinstance(budget, (int, float)):
-        if not budget > 0:
-            raise ValueError(f"memory_budget must be positive, got {budget!r}.")
-        return int(budget * available_bytes()) if budget <= 1 and isinstance(budget, float) else int(budget)
+        return _unitless(float(budget), budget, "memory_budget")
     return _parse(budget, "memory_budget")
 
 
@@ -167,7 +184,13 @@ def kernel_bytes(apply_fn, params, x1, x2, n_classes: int, impl_name: str, mode:
     out = x1.shape[0] * n2 * (n_classes * n_classes if mode == "full" else 1) * itemsize
     n_par = int(sum(np.prod(jnp.shape(l), dtype=np.int64) for l in jax.tree_util.tree_leaves(params)))
     if impl_name == "jacobian":
-        return c * n_par * itemsize, out
+        # the Jacobian rows and, while they are formed, every intermediate of the model: its value and one cotangent
+        # per class (vmap over the classes' backward passes; measured: the Jacobian alone left a transformer 5×
+        # over its budget)
+        from ._projection import _intermediate_elements
+
+        act = _intermediate_elements(apply_fn, params, x1)
+        return (c * n_par + (c + 1) * act) * itemsize, out
     if impl_name != "structured":
         return 0, out
     from ._structured._blocks import estimate

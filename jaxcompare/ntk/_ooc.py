@@ -297,7 +297,8 @@ def _setup(root, lock, fp, model_fp, shape, dtype, plan, use_norm, name, overwri
             what = (
                 "inputs (params, x1, x2, kernel or block size)"
                 if state["fingerprint"] != fp
-                else "model (apply_fn or kernel function)"
+                else "model (apply_fn or kernel function; the fingerprint is that of the traced tile program, which "
+                "also changes with the jaxcompare/JAX version and, for blocked plans, with JAXCOMPARE_MEMORY_BUDGET)"
             )
             raise ValueError(
                 f"{root} holds a kernel run with different {what}; pass overwrite=True to start "

@@ -144,13 +144,14 @@ def sharded(kernel_fn: Callable, mesh: Mesh | None = None, *, block_size: int | 
     def tile(p, a, b):
         if bs is None:
             return parts.tile_fn(p, a, b)
-        return _traced(parts.tile_fn, p, a, b, TilePlan(batch_size(a), batch_size(b), bs, False), parts.swap_trailing)
+        na, nb = batch_size(a), batch_size(b)  # a shard smaller than a block: not padded to one
+        return _traced(parts.tile_fn, p, a, b, TilePlan(na, nb, min(bs, max(na, nb)), False), parts.swap_trailing)
 
     def diag_tile(p, a):
         if bs is None:
             return parts.tile_fn(p, a, a)
         n = batch_size(a)
-        return _traced(parts.tile_fn, p, a, a, TilePlan(n, n, bs, True), parts.swap_trailing)
+        return _traced(parts.tile_fn, p, a, a, TilePlan(n, n, min(bs, n), True), parts.swap_trailing)
 
     compiled: dict = {}
 

@@ -129,6 +129,7 @@ def check_transform_args(params: Any) -> None:
 def diag_blocks(diag_fn: Callable, params: Any, x: Any, bs: int, traced: bool) -> jax.Array:
     """``diag_fn(params, x)`` computed ``bs`` rows at a time (``lax.map`` when traced, else a Python loop)."""
     n = batch_size(x)
+    bs = min(bs, n)  # fewer rows than a block: not padded
     nb = -(-n // bs)
     xp = pad_rows(x, nb * bs)
     if traced:

@@ -414,6 +414,22 @@ _HEAP_NOISE = 16 * 2**20  # resident-memory changes below this are not counted a
 _RESERVED: collections.OrderedDict = collections.OrderedDict()
 
 
+def _too_small(compiled: int, budget: int) -> str:
+    from .._memory import format_bytes
+
+    return (
+        f"the memory budget {format_bytes(budget)} is smaller than this model's compiled kernel programs alone (about "
+        f"{format_bytes(compiled)}, measured when they were compiled): raise it to a few times that (memory_budget=, "
+        "JAXCOMPARE_MEMORY_BUDGET)."
+    )
+
+
+def _params_key(params) -> tuple:
+    """The structure, leaf shapes and leaf dtypes of ``params`` (part of the compiled programs' cache keys)."""
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    return treedef, tuple((tuple(jnp.shape(l)), str(jnp.result_type(l))) for l in leaves)
+
+
 def blocked(
     apply_fn,
     params,
@@ -450,11 +466,15 @@ def blocked(
     bs = int(min(block_size, max(n1, n2)))
     budget_b = memory_budget(budget)
     policy = resolve_precision(precision)
-    mkey = (apply_fn, jax.tree_util.tree_structure(params), tuple(x1.shape[1:]), str(x1.dtype), mode, policy)
+    # the parameters' structure, shapes and dtypes: one model function evaluated at another width is another program
+    pkey = _params_key(params)
+    mkey = (apply_fn, pkey, tuple(x1.shape[1:]), str(x1.dtype), mode, policy)
     try:
         reserve = _RESERVED.get(mkey, 0)
     except TypeError:  # an unhashable model: no memo
         mkey, reserve = None, 0
+    if reserve >= budget_b:  # measured by an earlier call: this model's compiled programs alone exceed the budget
+        raise ValueError(_too_small(reserve, budget_b))
     s = _setup(apply_fn, params, x1, n1, n2, sym, mode, bs, budget_b - reserve, engine=True)
     bs, s = _merged(apply_fn, params, x1, n1, n2, sym, mode, bs, budget_b - reserve, s)
     plan, summed, full, kinds, c, item, raw = s.plan, s.summed, s.full, s.kinds, s.cc, s.item, s.raw
@@ -462,7 +482,7 @@ def blocked(
     # per layer, the key of its programs: an embedding's vocabulary or a convolution's raw-input geometry
     lkey = tuple((v, g) for v, g in zip(voc, raw))
     chunk = _chunk(s.transient(), bs, budget_b)
-    key = (apply_fn, jax.tree_util.tree_structure(params), tuple(x1.shape[1:]), str(x1.dtype), mode, kinds, chunk)
+    key = (apply_fn, pkey, tuple(x1.shape[1:]), str(x1.dtype), mode, kinds, chunk)
     key = key + (c, policy)
     try:
         fns = _JITS.get(key)
@@ -581,7 +601,11 @@ def blocked(
     # compiled > reserve: this call measured its compiled code (CPU, a plan that fits) and it took more than planned
     if _replan and mkey is not None and compiled > reserve:
         if cap < min(2, n_blocks):  # the plan no longer fits beside its compiled code: plan again with less
-            _RESERVED[mkey] = compiled  # (only then: a plan that fits is planned the same way by the next call)
+            _RESERVED[mkey] = compiled
+            if compiled >= budget_b:
+                raise ValueError(
+                    _too_small(compiled, budget_b)
+                )  # (only then: a plan that fits is planned the same way by the next call)
             while len(_RESERVED) > 64:
                 _RESERVED.popitem(last=False)
             return blocked(
@@ -602,12 +626,24 @@ def blocked(
         tile_room = whole
         cap = _capacity(budget_b - out_bytes - work, per_block)
     if not s.choice.fits:
-        fit = max(1, int(bs * (budget_b - out_bytes - work) // max(2 * per_block, 1)))
-        raise ValueError(
-            f"batched: blocks of {bs} points need about {format_bytes(2 * per_block + work)} at once (features "
-            f"{format_bytes(per_block)} per block, output {format_bytes(out_bytes)}), more than the memory budget "
-            f"{format_bytes(budget_b)}; use block_size <= {fit}, a larger memory_budget, or a projection."
+        need = 2 * per_block + work + out_bytes
+        head = (
+            f"the kernel's blocks of {bs} points need about {format_bytes(need)} at once (features "
+            f"{format_bytes(per_block)} per block, working memory {format_bytes(work)}, the output "
+            f"{format_bytes(out_bytes)}), more than the memory budget {format_bytes(budget_b)}"
         )
+        fit = int(bs * (budget_b - out_bytes - work) // max(2 * per_block, 1))
+        if out_bytes >= budget_b // 2:  # no block size fits beside the output: the output must go to disk
+            raise ValueError(
+                f"{head}; the output itself takes {format_bytes(out_bytes)}: write the kernel to disk tile by tile "
+                "(kernel_to_disk), raise the budget (memory_budget=, JAXCOMPARE_MEMORY_BUDGET), or use a projection."
+            )
+        if fit < 1:
+            raise ValueError(
+                f"{head}; not even one point per block fits: raise the budget (memory_budget=, "
+                "JAXCOMPARE_MEMORY_BUDGET) or use a projection."
+            )
+        raise ValueError(f"{head}; use block_size <= {fit}, a larger memory budget, or a projection.")
     cap = max(cap, min(2, n_blocks))
     # what the panel leaves of the budget widens the chunks of the factor computation (compiled on first use)
     wide = wider_chunk(chunk, s.transient(), budget_b - out_bytes - work - per_block * min(cap, n_blocks), bs)
@@ -826,8 +862,8 @@ def engine_block(n1: int, x2: Any, per: int, fixed: int, budget: int, mode: str)
         target = max(1, min(target, int((budget - fixed) // max(2 * per, 1)) if budget > fixed else 1))
         warnings.warn(
             f"the {mode} kernel needs an estimated {format_bytes(need)} at once, more than the memory budget "
-            f"{format_bytes(budget)}: computing it in blocks of about {target} points, the features of as many "
-            "blocks as fit kept and the others recomputed (set JAXCOMPARE_MEMORY_BUDGET or call "
+            f"{format_bytes(budget)}: computing it block by block, the features of as many blocks as fit kept and "
+            "the others recomputed (the blocks follow the budget; set JAXCOMPARE_MEMORY_BUDGET or call "
             "batched(kernel_fn, block_size, memory_budget=...) to choose).",
             RuntimeWarning,
             stacklevel=5,
