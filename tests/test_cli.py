@@ -836,3 +836,22 @@ def test_spectra_command_failures(tmp_path, capsys):
     assert main(["spectra", "--checkpoint", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("jaxcompare spectra: error:")
+
+
+def test_ntk_out_must_be_a_file_and_long_tuples_stay_tuples(capsys, ntk_files, monkeypatch):
+    """--out naming a directory is refused before any work (it wrote "dir/.npy" or "dir.npy"); an input pytree of
+    eleven or more members x/0 … x/10 is a tuple (string order put "10" before "2")."""
+    from jaxcompare.cli._ntk import _as_tree
+
+    monkeypatch.chdir(ntk_files)
+    monkeypatch.syspath_prepend(str(ntk_files))
+    (ntk_files / "outdir").mkdir(exist_ok=True)
+    base = ("ntk", "--model", "mymodel:apply_fn", "--params", "params.npz", "--data", "x.npy")
+    for out in ("outdir", "outdir/"):
+        rc, _, err = run_main(capsys, *base, "--out", out)
+        assert rc == 2 and "--out must name a file" in err and "Traceback" not in err
+    assert not list((ntk_files / "outdir").iterdir()) and not (ntk_files / "outdir.npy").exists()
+    leaves = {str(i): np.full((2,), i) for i in range(11)}
+    tree = _as_tree(leaves)
+    assert isinstance(tree, tuple) and [int(t[0]) for t in tree] == list(range(11))
+    assert isinstance(_as_tree({"0": 1, "2": 2}), dict)  # not 0 … k-1: stays a dict

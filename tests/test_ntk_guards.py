@@ -325,3 +325,43 @@ def test_integer_logits_and_yes_no_options_are_refused():
         jc.trace_ntk(_sqrt_model, normalize="no")
     with pytest.raises(TypeError, match="progress_bar must be True or False"):
         jc.batched(jc.trace_ntk(_sqrt_model), 2, progress_bar="no")
+
+
+def test_pair_structure_and_save_rows_targets(tmp_path):
+    """A pytree x1 with an array x2 (or the reverse) gets the structure error (jax's tree comparison refused None);
+    save_rows refuses a directory and bfloat16 before writing anything, and leaves no temporary file."""
+    p = {"w": jnp.ones((3, 4)), "v": jnp.ones((4, 2))}
+
+    def f(q, x):
+        x = x["a"] if isinstance(x, dict) else x
+        return jnp.tanh(x @ q["w"]) @ q["v"]
+
+    x = jnp.ones((4, 3))
+    for a, b in (({"a": x}, x), (x, {"a": x})):
+        with pytest.raises(ValueError, match="must have the same structure"):
+            jc.trace_ntk(f)(p, a, b)
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(ValueError, match="got the directory"):
+        jc.save_rows(jnp.eye(4), tmp_path / "sub")
+    with pytest.raises(TypeError, match="cast K from bfloat16"):
+        jc.save_rows(jnp.eye(4, dtype=jnp.bfloat16), tmp_path / "K.npy")
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["sub"] and not list((tmp_path / "sub").iterdir())
+
+
+def test_float64_inputs_beyond_float32_are_named(tmp_path):
+    """Without x64, finite float64 inputs beyond float32's range would turn into inf inside JAX (reported as the
+    model's non-finite gradients): named as the inputs' range instead (a child process: this suite runs with x64)."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "child.py"
+    script.write_text(
+        "import numpy as np, jax.numpy as jnp, jaxcompare as jc\n"
+        "x = np.ones((4, 3)); x[1, 2] = 1e39\n"
+        "p = {'w': jnp.ones((3, 2))}\n"
+        "try:\n    jc.trace_ntk(lambda q, xx: xx @ q['w'])(p, x)\nexcept ValueError as e:\n    print(e)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"}
+    out = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True, check=True).stdout
+    assert "x1 has values up to 1e+39, beyond float32's range" in out

@@ -208,6 +208,8 @@ def test_bad_batches_have_clear_errors(setup):
         k(p, dict(x1, n=jnp.float64(1.0)))
     with pytest.raises(TypeError, match=r"x2\['tokens'\] has complex dtype"):
         k(p, x1, dict(x2, tokens=x2["tokens"].astype(jnp.complex64)))
+    with pytest.raises(TypeError, match=r"x1\['tokens'\] and x2\['tokens'\] must both be integer"):
+        k(p, x1, dict(x2, tokens=x2["tokens"].astype(jnp.float32)))  # promoted together: float token ids
     for t in (jc.batched(k, 4), jc.sharded(k)):
         with pytest.raises(ValueError, match="same leading"):
             t(p, dict(x1, mask=x1["mask"][:4]))

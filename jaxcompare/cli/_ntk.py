@@ -23,7 +23,7 @@ def _as_tree(node):
     if not isinstance(node, dict):
         return node
     out = {k: _as_tree(v) for k, v in node.items()}
-    if sorted(out) == [str(i) for i in range(len(out))]:
+    if set(out) == {str(i) for i in range(len(out))}:  # (as a set: "10" sorts before "2" as a string)
         return tuple(out[str(i)] for i in range(len(out)))
     return out
 
@@ -96,7 +96,9 @@ def cmd_ntk(args) -> int:
 
     from .. import ntk
 
-    out = args.out if args.out.endswith(".npy") else args.out + ".npy"
+    if args.out.endswith(("/", os.sep)) or os.path.isdir(args.out):
+        raise CLIError(f"--out must name a file (e.g. kernel.npy), got the directory {args.out}")
+    out = args.out if args.out.lower().endswith(".npy") else args.out + ".npy"
     check_output_file(out)
     info = ntk.KERNELS[args.kernel]
     fn = import_model(args.model)

@@ -109,7 +109,11 @@ def create_npy(root: Path, kpath: Path, shape: tuple, dtype: np.dtype, *, exclus
             raise OSError(f"cannot reserve {need / 1e9:.2f} GB in {root} for the kernel: {e}") from None
         os.close(fd)
     if not exclusive:
-        os.replace(tmp, kpath)
+        try:
+            os.replace(tmp, kpath)
+        except OSError:
+            tmp.unlink(missing_ok=True)  # (a kernel-sized file left behind otherwise)
+            raise
         return True
     try:
         os.link(tmp, kpath)  # atomic and fails when the file exists

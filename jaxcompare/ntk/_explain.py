@@ -22,7 +22,8 @@ class Explanation:
 
     Attributes:
       leaves: ``(path, shape, status, reason)`` per parameter leaf; status ``"structured"``, ``"fallback"``
-        (per-example gradients) or ``"none"`` (no gradient: unused or not floating-point).
+        (per-example gradients) or ``"none"`` (no gradient: unused by the model). Parameters must be floating-point,
+        as for every kernel.
       auto: the implementation ``implementation="auto"`` uses for these shapes.
       unsupported: why the structured analysis could not run at all ("" when it ran).
     """
@@ -55,7 +56,8 @@ def explain(apply_fn: Callable, params: Any, x: Any) -> Explanation:
     Args:
       apply_fn: ``apply_fn(params, x) -> (N, C)`` logits.
       params: the parameter pytree.
-      x: a batch ``(N, ...)`` of inputs, or a pytree of them (only per-example shapes and dtypes matter).
+      x: a batch ``(N, ...)`` of finite inputs, or a pytree of them (the analysis uses only their per-example shapes
+        and dtypes).
 
     Returns:
       :class:`Explanation` (print it for a table).

@@ -101,7 +101,11 @@ def save_rows(K: jax.Array, path: str | os.PathLike, *, rows: int | None = None)
         raise TypeError("path is required: the .npy file to write.")
     n = K.shape[0] if rows is None else check_int(rows, "rows", min=1, max=K.shape[0])
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"path must name the .npy file to write, got the directory {path}.")
     shape, dtype = (n,) + tuple(K.shape[1:]), np.dtype(K.dtype)
+    if dtype.kind == "V":  # bfloat16 (ml_dtypes): the .npy format would store opaque 2-byte records
+        raise TypeError(f"save_rows writes NumPy dtypes to .npy; cast K from {K.dtype} first (e.g. to float32).")
     if jax.process_index() == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
         create_npy(path.parent, path, shape, dtype)

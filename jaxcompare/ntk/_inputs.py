@@ -100,6 +100,14 @@ def _check_array(x: Any, name: str) -> jax.Array:
             "the real and imaginary parts as features."
         )
     check_finite(x, name)
+    if isinstance(x, np.ndarray) and x.dtype == np.float64 and not jax.config.jax_enable_x64 and x.size:
+        big = float(np.max(np.abs(x)))
+        if big > float(np.finfo(np.float32).max):  # finite here, inf once JAX takes it in float32
+            raise ValueError(
+                f"{name} has values up to {big:.3g}, beyond float32's range (3.4e38), and JAX runs in float32 "
+                "(jax_enable_x64 is off): rescale the inputs, or enable x64 (jax.config.update('jax_enable_x64', "
+                "True), JAX_ENABLE_X64=1)."
+            )
     return x
 
 
@@ -160,10 +168,11 @@ def validate_pair(x1: Any, x2: Any) -> tuple[Any, Any]:
                 f"x1 and x2 must have the same per-example shape: x1 has {tuple(x1.shape[1:])}, "
                 f"x2 has {tuple(x2.shape[1:])} (shapes {tuple(x1.shape)} and {tuple(x2.shape)})."
             )
+        _same_kind(x1, x2, "")
         return x1, x2
     t1 = None if is_array(x1) else jax.tree_util.tree_structure(x1)
     t2 = None if is_array(x2) else jax.tree_util.tree_structure(x2)
-    if t1 != t2:
+    if (t1 is None) != (t2 is None) or (t1 is not None and t1 != t2):  # (a PyTreeDef refuses to compare with None)
         raise ValueError(f"x1 and x2 must have the same structure: x1 is a {describe(x1)}, x2 is a {describe(x2)}.")
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(x1), jax.tree_util.tree_leaves(x2)):
         if tuple(a.shape[1:]) != tuple(b.shape[1:]):
@@ -172,7 +181,18 @@ def validate_pair(x1: Any, x2: Any) -> tuple[Any, Any]:
                 f"x1 and x2 must have the same per-example shapes: x1{k} has {tuple(a.shape[1:])}, "
                 f"x2{k} has {tuple(b.shape[1:])} (shapes {tuple(a.shape)} and {tuple(b.shape)})."
             )
+        _same_kind(a, b, jax.tree_util.keystr(path))
     return x1, x2
+
+
+def _same_kind(a: Any, b: Any, k: str) -> None:
+    """Integer (or boolean) against floating leaves: promoted together they would turn token ids into floats."""
+    fa, fb = (jnp.issubdtype(jnp.result_type(v), jnp.inexact) for v in (a, b))
+    if fa != fb:
+        raise TypeError(
+            f"x1{k} and x2{k} must both be integer or both floating-point (they are batched together), got "
+            f"{jnp.result_type(a)} and {jnp.result_type(b)}; cast one of them (token ids stay integers)."
+        )
 
 
 def tree_rows(f: Callable, *xs: Any) -> Any:

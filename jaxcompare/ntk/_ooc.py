@@ -241,7 +241,8 @@ def kernel_to_disk(
         ledgers = _ledgers(root, state)
         done = _verified_tiles(mm, plan, ledgers, share, n1, n2)
         mine = ledgers.get(pi, dict(version=_VERSION, fingerprint=fp, model=model_fp, done=[], checksums={}))
-        keep = [t for t in mine["done"] if t not in share or t in done]
+        sums = mine.get("checksums", {})  # a tile listed without its checksum (an edited ledger): not trusted
+        keep = [t for t in mine["done"] if (t not in share or t in done) and str(t) in sums]
         mine = dict(mine, done=keep, checksums={str(t): mine["checksums"][str(t)] for t in keep})
         if pi == 0:
             mine = dict(state, done=keep, checksums=mine["checksums"])
