@@ -855,3 +855,13 @@ def test_ntk_out_must_be_a_file_and_long_tuples_stay_tuples(capsys, ntk_files, m
     tree = _as_tree(leaves)
     assert isinstance(tree, tuple) and [int(t[0]) for t in tree] == list(range(11))
     assert isinstance(_as_tree({"0": 1, "2": 2}), dict)  # not 0 … k-1: stays a dict
+
+
+def test_model_given_as_a_file_path_gets_a_hint():
+    """--model mymodel.py:f or sub/mod:f: the import error says to give a module name (sub.mod:f)."""
+    from jaxcompare.cli._io import CLIError
+    from jaxcompare.cli._ntk import import_model
+
+    for spec, want in (("nosuchmod.py:f", "e.g. nosuchmod:f"), ("sub/nosuchmod:f", "e.g. sub.nosuchmod:f")):
+        with pytest.raises(CLIError, match=f"not a file path: {want}"):
+            import_model(spec)

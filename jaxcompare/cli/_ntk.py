@@ -76,7 +76,11 @@ def import_model(spec: str, flag: str = "--model"):
     try:
         mod = importlib.import_module(mod_name)
     except ImportError as e:
-        raise CLIError(f"{flag}: could not import module {mod_name!r}: {e}") from None
+        hint = ""
+        if mod_name.endswith(".py") or "/" in mod_name or os.sep in mod_name:
+            dotted = mod_name.removesuffix(".py").replace(os.sep, ".").replace("/", ".")
+            hint = f" (a module name, not a file path: e.g. {dotted}:{fn_name}, from the folder that holds it)"
+        raise CLIError(f"{flag}: could not import module {mod_name!r}: {e}{hint}") from None
     except SystemExit as e:
         raise CLIError(
             f"{flag}: importing module {mod_name!r} called sys.exit({e.code!r}); a model module must "
