@@ -365,3 +365,25 @@ def test_float64_inputs_beyond_float32_are_named(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"}
     out = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True, check=True).stdout
     assert "x1 has values up to 1e+39, beyond float32's range" in out
+
+
+def test_feature_kernels_are_never_silently_non_finite():
+    """CK and Em of finite params and inputs whose features are NaN at point 1 (log of a negative): an error naming
+    the point and the features (not the gradients), untiled, normalized and tiled by batched."""
+    p = {"w": jnp.ones((3, 2))}
+    x = jnp.ones((4, 3)).at[1].set(-1.0)
+
+    def feats(q, xx):
+        return jnp.log(xx @ q["w"])
+
+    def layers(q, xx):
+        return [xx, jnp.log(xx @ q["w"])]
+
+    kernels = [jc.conjugate_kernel(feats), jc.conjugate_kernel(feats, normalize=True), jc.embedding_kernel(layers)]
+    kernels.append(jc.batched(jc.conjugate_kernel(feats), 2, progress_bar=False))
+    for k in kernels:
+        with pytest.raises(
+            FloatingPointError, match=r"features of (feature_fn|layers_fn) are not finite.*points \[1\]"
+        ):
+            k(p, x)
+    np.testing.assert_allclose(jc.conjugate_kernel(feats)(p, jnp.ones((3, 3))), np.full((3, 3), 2 * np.log(3.0) ** 2))

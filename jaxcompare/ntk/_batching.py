@@ -67,8 +67,10 @@ def _finite_or_raise(k: Any, again: Callable, params: Any, name: str) -> Any:
     afresh and computed once more (a backend fault) and still non-finite raises naming the points
     (:func:`._kernels._checked_result`) — the same guarantees as an untiled call: never an inf/NaN kernel."""
     from .._precision import check_overflow, low_precision_dtype
-    from ._kernels import _checked_result
+    from ._kernels import _checked_result, _features_finite
 
+    if name.startswith(("ck", "em")):  # a feature kernel: its features are what is not finite
+        _features_finite(k, f"{name} kernel", "feature_fn" if name.startswith("ck") else "layers_fn")
     low = low_precision_dtype(params)
     if low is not None:
         check_overflow(jnp.asarray(False), low, f"{name} kernel", "batched")

@@ -562,6 +562,7 @@ def _feature_kernel(
         k, d1, finite = compute_jit(params, x1, x2, with_norm, resolve_precision(precision))
         if finite is not None:
             check_overflow(finite, feature_dtype(params, x1), f"{name} kernel", source="features")
+        _features_finite(k, f"{name} kernel", what)
         if with_norm and x2 is None:
             warn_zero_norm(d1, "feature vector")
         return k
@@ -571,6 +572,7 @@ def _feature_kernel(
         d, finite = diag_jit(params, x, resolve_precision(precision))
         if finite is not None:
             check_overflow(finite, feature_dtype(params, x), f"{name} kernel's diagonal", source="features")
+        _features_finite(d, f"{name} kernel's diagonal", what)
         return d
 
     base, kernel_fn = _entry_points(run, normalize)
@@ -578,6 +580,25 @@ def _feature_kernel(
     name = name if normalize else name + "0"
     options = (("precision", precision),) if precision is not None else ()
     return Kernel(kernel_fn, KernelSpec(name, base, diag, normalize, False, user_fn, options, _label(name)))
+
+
+def _features_finite(k: Any, label: str, what: str) -> None:
+    """A feature kernel of finite params and inputs with inf/NaN entries: the features themselves are not finite
+    at some points (``log`` of a negative, an overflowing ``exp``): raise naming them, never return the NaN."""
+    if isinstance(k, jax.core.Tracer) or bool(jnp.all(jnp.isfinite(k))):
+        return
+    bad = np.logical_not(np.isfinite(np.asarray(k)))
+    if bad.ndim == 1:
+        where = f"x points {np.flatnonzero(bad)[:10].tolist()}"
+    else:
+        rows = np.flatnonzero(bad.all(axis=1))[:10].tolist()
+        cols = np.flatnonzero(bad.all(axis=0))[:10].tolist()
+        where = f"x1 points {rows} and x2 points {cols}" if rows or cols else f"{int(bad.sum())} scattered entries"
+    raise FloatingPointError(
+        f"the {label} has inf/NaN entries although params and inputs are finite: the features of {what} are not "
+        f"finite at (first 10) {where} (e.g. log of a negative, an overflowing exp). No kernel is returned; evaluate "
+        f"{what} at those points."
+    )
 
 
 def conjugate_kernel(feature_fn: Callable, *, normalize: bool = False, precision: str | None = None) -> Callable:
