@@ -268,10 +268,9 @@ def projected_kernel(features1: Any, features2: Any = None, *, normalize: bool =
     variance of ``K``; so ``|K_a − K_b| / 2`` estimates the standard error of each entry of ``K``. For
     :func:`structured_projection` the halves are ``P ± Q`` (uncorrelated, :mod:`jaxcompare.ntk._sketch`) and the
     estimate errs on the high side (by up to ~1.8× in our tests: a tiny MLP at ``dim`` = 64; about 1× on a small
-    CNN). Not valid for ``kind="sparse"`` or the Kronecker
-    projection (their halves are not independent). With ``output_probes`` each half also has its own probes, so the
-    estimate counts their variance; resting on few independent probes, it then varies more from key to key
-    (:mod:`jaxcompare.ntk._probes`).
+    CNN). Not valid for ``kind="sparse"`` or the Kronecker projection (their halves are not independent). With
+    ``output_probes`` each half also has its own probes, so the estimate counts their variance; resting on few
+    independent probes, it then varies more from key to key (:mod:`jaxcompare.ntk._probes`).
 
     Args:
       features1: ``(N1, C, dim)`` or ``(N1, dim)`` from :func:`project_gradients`; ``dim`` even.
