@@ -384,3 +384,31 @@ def test_constants_documented():
     assert S.E_MAX == 10241 and S.T_MAX == 10240 and S.FFT_LEN >= 3 * S.E_MAX - 2
     assert S.N_CELLS % 1000 == 0 and S.N_CELLS * (S.E_MAX - 1) < 2**31
     assert math.isclose(S.SIGMA_MIN, 2**-10)
+
+
+def test_low_precision_probabilities_and_yes_no_options():
+    """float16/bfloat16 probabilities are taken in float32: bin counts and sums in them stopped at 2048 (float16)
+    and 256 (bfloat16), so an ECE of 0.44 came out 0.17 and 0; AUROC ranks in float16 gave NaN. Oracle: the ECE of
+    constant confidence 0.95 is |0.95 − accuracy|; AUROC from scikit-learn's definition by pairs (NumPy)."""
+    n = 3000
+    g = np.random.default_rng(0)
+    correct = g.random(n) < 0.5087
+    probs = np.zeros((n, 2))
+    probs[:, 0], probs[:, 1] = 0.95, 0.05
+    labels = np.where(correct, 0, 1)
+    want = abs(0.95 - correct.mean())
+    scores = g.normal(size=400) + 0.4 * (pos := g.random(400) < 0.5)
+    diff = scores[pos][:, None] - scores[~pos][None, :]
+    auroc_want = float(np.mean(diff > 0) + 0.5 * np.mean(diff == 0))
+    for dt in (jnp.float16, jnp.bfloat16):
+        p = jnp.asarray(probs, dt)
+        assert abs(float(jc.ece(p, labels, n_bins=15)) - want) < 2e-3, dt
+        s = jnp.asarray(scores, dt)
+        assert abs(float(jc.metrics.auroc(s, pos)) - auroc_want) < 0.02, dt  # scores rounded to 8 / 11 bits
+    p32 = jnp.asarray(probs, jnp.float32)
+    with pytest.raises(TypeError, match="classwise must be True or False"):
+        jc.ece(p32, labels, classwise="no")
+    with pytest.raises(TypeError, match="return_sigma must be True or False"):
+        jc.smooth_ece(p32, labels, return_sigma="no")
+    with pytest.raises(ValueError, match="eps must lie in"):
+        jc.metrics.smooth_reliability(p32, labels, eps=5.0)

@@ -537,3 +537,24 @@ def test_plot_similarity_negative_values_and_masked_diagonal(debiased):
         neg, zero, pos = _cell_rgb(fig, ax, 0, 1), _cell_rgb(fig, ax, 1, 2), _cell_rgb(fig, ax, 0, 2)
         assert neg[2] > neg[0] + 0.2 and pos[0] > pos[2] + 0.2 and zero.min() > 0.9
     plt.close(fig)
+
+
+def test_low_precision_and_extreme_scales():
+    """bfloat16/float16 inputs are taken in float32 (a permutation test's tie window in bfloat16, 0.125, swallowed the
+    whole null: p 0.93 for a related pair with p 0.001 in float32); linear CKA is scale-free at ×1e9 and ×1e-12 (its
+    fourth powers of the scale overflowed and underflowed float32). Oracle: the float64 CKA of the same features."""
+    kx, ky = jax.random.split(jax.random.key(0))
+    X = jax.random.normal(kx, (60, 6), jnp.float32)
+    Y = jnp.tanh(X @ jax.random.normal(ky, (6, 4), jnp.float32)) + 0.5 * jax.random.normal(ky, (60, 4))
+    x64, y64 = np.asarray(X, np.float64), np.asarray(Y, np.float64)
+    want = float(cka(jnp.asarray(x64 @ x64.T), jnp.asarray(y64 @ y64.T)))
+    for s in (1e9, 1e-12):
+        Xs = (X * s).astype(jnp.float32)
+        assert abs(float(linear_cka(Xs, Y)) - want) < 1e-4, s
+    K1, K2 = X @ X.T, Y @ Y.T
+    ref = cka_test(jax.random.key(3), K1, K2, n_permutations=199)
+    for dt in (jnp.bfloat16, jnp.float16):
+        low = cka_test(jax.random.key(3), K1.astype(dt), K2.astype(dt), n_permutations=199)
+        assert low.statistic.dtype == jnp.float32, dt
+        assert abs(float(low.p_value) - 1 / 200) < 1e-7 and abs(float(ref.p_value) - 1 / 200) < 1e-7, dt
+        assert bool(jnp.isfinite(linear_cka(X.astype(dt), Y.astype(dt))))

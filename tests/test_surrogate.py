@@ -416,3 +416,15 @@ def test_faithfulness_ranks_float32_confident_points_like_float64():
     assert np.mean(pn[np.arange(T), y] == 1.0) > 0.5  # the saturation the fix is about
     got_p = jc.faithfulness(zn32, zs32, y, network_probs=pn, surrogate_probs=ps)
     assert abs(float(got_p.kendall_tau) - want) < 1e-3  # probabilities carry float32 rounding of the small terms
+
+
+def test_throw_is_a_yes_no_option():
+    """throw="False" raised (a non-empty string is true) and throw=None meant False: booleans only."""
+    F = jax.random.normal(jax.random.key(0), (12, 3))
+    y = jnp.argmax(F, axis=1)
+    for bad in ("False", None, 0):
+        with pytest.raises(TypeError, match="throw must be True or False"):
+            jc.fit_kglm(F @ F.T, y, throw=bad)
+    s = jax.random.normal(jax.random.key(1), (4, 40))
+    with pytest.raises(TypeError, match="throw must be True or False"):
+        jc.ensemble_alpha_hat(jax.random.key(0), s, candidates=jnp.arange(2), reference=jnp.arange(2, 4), throw="no")

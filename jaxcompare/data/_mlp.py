@@ -125,8 +125,8 @@ def _train_one(key, hyper, module, x, y, n_classes, batch_size, max_steps):
     lr, noise, steps = hyper
     k_init, k_noise, k_flip, k_batch = jax.random.split(key, 4)
     params = module.init(k_init, x[:1])["params"]
-    flip = jax.random.uniform(k_noise, y.shape) < noise
-    other = (y + jax.random.randint(k_flip, y.shape, 1, max(n_classes, 2))) % n_classes
+    flip = jax.random.uniform(k_noise, y.shape, jnp.float32) < noise  # 32-bit draws: one dataset with or without x64
+    other = (y + jax.random.randint(k_flip, y.shape, 1, max(n_classes, 2), dtype=jnp.int32)) % n_classes
     y = jnp.where(flip, other, y)
     opt = optax.scale_by_adam()
     state = opt.init(params)

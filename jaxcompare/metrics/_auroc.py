@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._validation import check_array, check_same_length, is_concrete
+from ._calibration import at_least_float32
 
 __all__ = ["auroc"]
 
@@ -43,7 +44,7 @@ def auroc(scores: Any, positive: Any) -> jax.Array:
       than the other, Ann. Math. Statist. 18(1). J. A. Hanley, B. J. McNeil (1982), The meaning and use of the area
       under a ROC curve, Radiology 143(1).
     """
-    s = check_array(scores, "scores", ndim=1)
+    s = at_least_float32(check_array(scores, "scores", ndim=1))  # ranks and rank sums: not in float16
     m = jnp.asarray(positive)
     if m.ndim != 1:
         raise ValueError(f"positive must be a 1-D mask (one entry per score), got shape {m.shape}.")

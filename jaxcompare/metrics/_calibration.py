@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._validation import check_array, check_choice, check_int, check_labels, check_same_length, is_concrete
+from .._validation import check_array, check_choice, check_flag, check_int, check_labels, check_same_length, is_concrete
 
 __all__ = ["ece", "reliability_bins", "ReliabilityBins"]
 
@@ -32,8 +32,14 @@ class ReliabilityBins:
     confidence: jax.Array
 
 
+def at_least_float32(a: jax.Array) -> jax.Array:
+    """float16/bfloat16 taken in float32: bin counts, sums and ranks accumulated in them were wrong (float16 counts
+    stop at 2048, bfloat16 at 256: an ECE of 0.44 came out 0.17 and 0)."""
+    return a.astype(jnp.float32) if jnp.issubdtype(a.dtype, jnp.floating) and a.dtype.itemsize < 4 else a
+
+
 def _check_probs(probs: Any, labels: Any) -> tuple[jax.Array, jax.Array]:
-    p = check_array(probs, "probs", ndim=2)
+    p = at_least_float32(check_array(probs, "probs", ndim=2))
     if p.shape[1] < 2:
         raise ValueError(
             f"probs must have at least 2 columns (one per class), got shape {p.shape}; "
@@ -117,7 +123,7 @@ def ece(probs: Any, labels: Any, *, n_bins: int = 15, binning: str = "uniform", 
     n_bins = check_int(n_bins, "n_bins", min=1)
     check_choice(binning, "binning", _BINNINGS)
     p, y = _check_probs(probs, labels)
-    return _ece(p, y, n_bins, binning, bool(classwise))
+    return _ece(p, y, n_bins, binning, check_flag(classwise, "classwise"))
 
 
 @jax.jit(static_argnums=(2, 3, 4))

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .._validation import check_choice, check_float, check_int, check_key, check_probability
+from .._validation import check_choice, check_flag, check_float, check_int, check_key, check_probability
 from ._calibration import _BINNINGS, _check_probs, _ece
 from ._smooth_ece import _check_binary_or_top, _smooth_ece_core
 
@@ -94,7 +94,7 @@ def _bootstrap(
     n = arrays[0].shape[0]
 
     def one(k):
-        idx = jax.random.randint(k, (n,), 0, n)
+        idx = jax.random.randint(k, (n,), 0, n, dtype=jnp.int32)  # 32-bit: the same resamples with or without x64
         return stat(*(a[idx] for a in arrays), *params)
 
     reps = lax.map(one, jax.random.split(key, n_boot), batch_size=min(batch_size, n_boot))
@@ -146,7 +146,9 @@ def ece_interval(
     n_bins = check_int(n_bins, "n_bins", min=1)
     check_choice(binning, "binning", _BINNINGS)
     p, y = _check_probs(probs, labels)
-    return _interval(_ece, key, (p, y), (n_bins, binning, bool(classwise)), n_boot, level, method, batch_size)
+    return _interval(
+        _ece, key, (p, y), (n_bins, binning, check_flag(classwise, "classwise")), n_boot, level, method, batch_size
+    )
 
 
 def _smooth_stat(f: jax.Array, y: jax.Array, eps: float) -> jax.Array:

@@ -12,7 +12,7 @@ import numpy as np
 from jax import lax
 
 from .._optional import optional_import
-from .._validation import check_int, check_key, check_probability
+from .._validation import check_float, check_int, check_key, check_probability
 from ._smooth_ece import _check_binary_or_top, _curve_core, _smooth_ece_core
 
 __all__ = ["SmoothReliability", "smooth_reliability", "plot_reliability"]
@@ -46,7 +46,7 @@ def _band(key, f, y, sigma, t, n_boot: int, level: float):
     n = f.shape[0]
 
     def one(k):
-        idx = jax.random.randint(k, (n,), 0, n)
+        idx = jax.random.randint(k, (n,), 0, n, dtype=jnp.int32)  # 32-bit: the same resamples with or without x64
         return _curve_core(f[idx], y[idx], sigma, t)[0]
 
     reps = lax.map(one, jax.random.split(key, n_boot), batch_size=min(16, n_boot))
@@ -94,6 +94,7 @@ def smooth_reliability(
     n_points = check_int(n_points, "n_points", min=2)
     n_boot = check_int(n_boot, "n_boot", min=2)
     check_probability(level, "level")
+    check_float(eps, "eps", low=0.0, high=1.0, high_open=True)  # as smooth_ece
     smece, sigma = _smooth_ece_core(f, y, jnp.asarray(eps, f.dtype))
     t = jnp.linspace(0, 1, n_points, dtype=f.dtype)
     mean, density = _curve_core(f, y, sigma, t)
@@ -146,7 +147,7 @@ def plot_reliability(
 
     bins = check_int(bins, "bins", min=1)
     multiclass = np.ndim(probs) == 2
-    r = smooth_reliability(probs, labels, key=key, n_boot=n_boot, level=level)
+    r = smooth_reliability(probs, labels, key=key, n_boot=n_boot, level=level, eps=eps)
     f, _ = _check_binary_or_top(probs, labels)
     if ax is None:
         fig, (ax0, ax1) = plt.subplots(

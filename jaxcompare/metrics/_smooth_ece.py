@@ -48,8 +48,8 @@ import numpy as np
 from jax import lax
 
 from .._checked import traced_finite, traced_labels, traced_range
-from .._validation import check_array, check_float, check_labels, check_same_length, is_concrete
-from ._calibration import _check_probs
+from .._validation import check_array, check_flag, check_float, check_labels, check_same_length, is_concrete
+from ._calibration import _check_probs, at_least_float32
 
 __all__ = ["smooth_ece", "smooth_ece_sigma"]
 
@@ -72,7 +72,7 @@ T_COARSE = 1024  # T <= 1001 when E = 1001
 def _check_binary_or_top(probs: Any, labels: Any) -> tuple[jax.Array, jax.Array]:
     """Validate ``(n,)`` binary probabilities with 0/1 labels or ``(n, C)`` probabilities with labels in ``[0, C)``;
     return confidences ``f`` and 0/1 outcomes ``y`` (top label for ``(n, C)``) in the float dtype of ``probs``."""
-    p = check_array(probs, "probs", ndim=(1, 2))
+    p = at_least_float32(check_array(probs, "probs", ndim=(1, 2)))
     if p.ndim == 2:
         p, y = _check_probs(p, labels)
         traced_finite(p, "probs")
@@ -298,7 +298,7 @@ def smooth_ece(probs: Any, labels: Any, *, eps: float = 1e-3, return_sigma: bool
         value, sigma = _smooth_ece_cells_core(_host_cells(f, y, f.dtype), eps_a)
     else:
         value, sigma = _smooth_ece_core(f, y, eps_a)
-    return (value, sigma) if return_sigma else value
+    return (value, sigma) if check_flag(return_sigma, "return_sigma") else value
 
 
 def smooth_ece_sigma(probs: Any, labels: Any, sigma: Any) -> jax.Array:

@@ -72,7 +72,7 @@ def check_kernel(K: Any, name: str, *, n: int | None = None, debiased: bool = Fa
     Symmetry (concrete arrays only): ``max|K - Kᵀ| <= sqrt(eps) · max|K|``; within it, CKA is that of the symmetric
     part ``(K + Kᵀ)/2`` up to rounding (see :func:`center`).
     """
-    a = check_array(K, name, ndim=2, finite=False)  # finiteness below, on the device
+    a = _at_least_float32(check_array(K, name, ndim=2, finite=False))  # finiteness below, on the device
     if a.shape[0] != a.shape[1]:
         raise ValueError(
             f"{name} must be a square (N, N) kernel on N points, got shape {a.shape}; "
@@ -243,9 +243,17 @@ def _u_hsic(sq: jax.Array, k: jax.Array, l: jax.Array, n: int) -> jax.Array:
     return sq - kl + jnp.sum(k) * jnp.sum(l) / ((n - 1) * (n - 2)) - 2 * kl / (n - 2)
 
 
+def _pow2_unit(A: jax.Array) -> jax.Array:
+    """``A`` divided by the power of two nearest its largest magnitude (exact): CKA is scale-free, and the fourth
+    powers of the feature scale in ``‖XcᵀXc‖²`` overflowed float32 at ×1e9 and underflowed at ×1e-12."""
+    m = jnp.max(jnp.abs(A))
+    return A / jnp.where(m > 0, jnp.exp2(jnp.round(jnp.log2(jnp.where(m > 0, m, 1)))), 1).astype(A.dtype)
+
+
 @functools.partial(jax.jit, static_argnames=("debiased",))
 def _linear_parts(X: jax.Array, Y: jax.Array, debiased: bool):
     n = X.shape[0]
+    X, Y = _pow2_unit(X), _pow2_unit(Y)
     Xc = X - jnp.mean(X, axis=0, keepdims=True)
     Yc = Y - jnp.mean(Y, axis=0, keepdims=True)
     xy = jnp.sum(jnp.square(jnp.matmul(Xc.T, Yc, precision=HIGHEST)))
@@ -261,8 +269,14 @@ def _linear_parts(X: jax.Array, Y: jax.Array, debiased: bool):
     return (_u_hsic(xy, k, l, n), s1, s2), (_ratio_or_zero(s1, xx), _ratio_or_zero(s2, yy))
 
 
+def _at_least_float32(a: jax.Array) -> jax.Array:
+    """float16/bfloat16 taken in float32: their rounding (a permutation test's tie window of 16·eps was 0.125 in
+    bfloat16, wider than the whole null) and range (float16 sums overflowed to NaN) are not a similarity's."""
+    return a.astype(jnp.float32) if jnp.issubdtype(a.dtype, jnp.floating) and a.dtype.itemsize < 4 else a
+
+
 def check_features(X: Any, name: str, *, n: int | None = None, debiased: bool = False) -> jax.Array:
-    a = check_array(X, name, ndim=2)
+    a = _at_least_float32(check_array(X, name, ndim=2))
     if n is not None and a.shape[0] != n:
         raise ValueError(f"{name} must have one row per point, the same N = {n} as X; got shape {a.shape}.")
     need = min_points(debiased)

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from .._optional import optional_import
+from .._validation import check_flag
 from ._kernel_similarity import KernelSimilarity
 
 __all__ = ["plot_similarity"]
@@ -56,6 +57,8 @@ def plot_similarity(
     c = np.asarray(result.cka, dtype=np.float64)
     p = np.asarray(result.p_value, dtype=np.float64)
     m = c.shape[0]
+    if annotate is not None:
+        check_flag(annotate, "annotate")
     if annotate is None:
         annotate = m <= 12
     if ax is None:

@@ -25,6 +25,7 @@ from .._results import Result, SolverWarning
 from .._validation import (
     check_array,
     check_choice,
+    check_flag,
     check_float,
     check_int,
     check_labels,
@@ -258,6 +259,7 @@ def fit_kglm(
       0.9
     """
     loss = check_choice(loss, "loss", _LOSSES)
+    throw = check_flag(throw, "throw")
     K = check_array(kernel_train_train, "kernel_train_train", ndim=2)
     traced_finite(K, "kernel_train_train")
     N, M = K.shape

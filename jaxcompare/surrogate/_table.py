@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from .._progress import progress
-from .._validation import REQUIRED, check_array, check_int, check_key, check_labels
+from .._validation import REQUIRED, check_array, check_flag, check_int, check_key, check_labels
 from ._faithfulness import faithfulness
 from ._kglm import KGLM, fit_kglm, kglm_logits
 
@@ -210,6 +210,7 @@ def surrogate_table(
         raise TypeError("surrogate_table() missing the argument y_test (the test labels).")
     if not callable(apply_fn):
         raise TypeError(f"apply_fn must be callable, got {type(apply_fn).__name__}.")
+    keep_kernels = check_flag(keep_kernels, "keep_kernels")
     if key is not None:
         key = check_key(key, "key")
     registry = _registry()
@@ -221,7 +222,7 @@ def surrogate_table(
             if given[registry[n].needs] is not None and not (registry[n].projected and key is None)
         ]
     else:
-        names = list(kernels)
+        names = [kernels] if isinstance(kernels, str) else list(kernels)  # one name, or several
         for n in names:
             if n not in registry or registry[n].name == "entk":
                 valid = [m for m in registry if m != "entk"]

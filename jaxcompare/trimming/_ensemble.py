@@ -16,6 +16,7 @@ from .._validation import (
     REQUIRED,
     check_array,
     check_choice,
+    check_flag,
     check_float,
     check_int,
     check_key,
@@ -89,9 +90,10 @@ def bootstrap_halves(key: Any, n_test: int, sample_size: int) -> tuple[jax.Array
 def _bootstrap_halves(key: jax.Array, n_test: int, sample_size: int) -> tuple[jax.Array, jax.Array]:
     k_perm, k1, k2 = jax.random.split(key, 3)
     half = n_test // 2
-    perm = jnp.argsort(jax.random.uniform(k_perm, (n_test,)))  # a uniform random permutation (one sort)
-    x1 = perm[:half][jax.random.randint(k1, (sample_size,), 0, half)]
-    x2 = perm[half : 2 * half][jax.random.randint(k2, (sample_size,), 0, half)]
+    # 32-bit draws: the same halves with jax_enable_x64 on or off (float64/int64 draws consume other bits)
+    perm = jnp.argsort(jax.random.uniform(k_perm, (n_test,), jnp.float32))  # a uniform random permutation
+    x1 = perm[:half][jax.random.randint(k1, (sample_size,), 0, half, dtype=jnp.int32)]
+    x2 = perm[half : 2 * half][jax.random.randint(k2, (sample_size,), 0, half, dtype=jnp.int32)]
     return x1, x2
 
 
@@ -199,6 +201,7 @@ def ensemble_alpha_hat(
             f"shared indices: {np.intersect1d(cand, ref).tolist()}."
         )
     n_boot = check_int(n_boot, "n_boot", min=1)
+    throw = check_flag(throw, "throw")
     sample_size = n_test // 2 if sample_size is None else check_int(sample_size, "sample_size", min=1, max=n_test // 2)
     if round_batch is not None:
         round_batch = check_int(round_batch, "round_batch", min=1)
