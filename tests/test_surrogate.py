@@ -428,3 +428,42 @@ def test_throw_is_a_yes_no_option():
     s = jax.random.normal(jax.random.key(1), (4, 40))
     with pytest.raises(TypeError, match="throw must be True or False"):
         jc.ensemble_alpha_hat(jax.random.key(0), s, candidates=jnp.arange(2), reference=jnp.arange(2, 4), throw="no")
+
+
+def _exact_tie_key(z, y):
+    """Oracle of the rank of p_y: -Σ_{j≠y} e^{z_j − z_y} summed over the sorted gaps in Python floats (equal
+    multisets of gaps, as for logits that are permutations of each other, give exactly equal keys)."""
+    return np.array(
+        [
+            -sum(np.exp(v) for v in sorted(float(z[i, j] - z[i, y[i]]) for j in range(z.shape[1]) if j != y[i]))
+            for i in range(len(y))
+        ]
+    )
+
+
+def test_tau_k_ties_and_saturated_margins():
+    """τ_K ranks the correct-class probability through its log-odds, summed in sorted order: equal probabilities
+    tie (integer logits; the summation order broke ties: τ −0.667 for −0.548), and margins beyond float32's
+    exp range (~88) still rank (every point tied and τ was undefined). Oracles: SciPy's τ-b of exact-tie keys; the
+    float64 log-odds (scipy.special.logsumexp)."""
+    from scipy.special import logsumexp
+
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        y = rng.integers(0, 5, 60)  # five classes: four gaps, whose float sum depends on their order
+        zn, zs = rng.integers(0, 4, (60, 5)).astype(np.float32), rng.integers(0, 4, (60, 5)).astype(np.float32)
+        want = kendalltau(_exact_tie_key(zn, y), _exact_tie_key(zs, y)).statistic
+        assert abs(float(jc.faithfulness(zn, zs, y).kendall_tau) - want) < 1e-6, seed
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 3, 50)
+    base = rng.normal(size=(50, 3))
+    zn = (base + 4.0 * np.eye(3)[y]) * 60.0  # margins ~200: every network probability is 1 in float32
+    zs = base + 2.0 * np.eye(3)[y] + 0.3 * rng.normal(size=(50, 3))
+
+    def log_odds(z):
+        other = np.where(np.eye(3)[y] > 0, -np.inf, z - z[np.arange(50), y][:, None])
+        return -logsumexp(other, axis=1)
+
+    want = kendalltau(log_odds(zn), log_odds(zs)).statistic
+    got = jc.faithfulness(jnp.asarray(zn, jnp.float32), jnp.asarray(zs, jnp.float32), y).kendall_tau
+    assert abs(float(got) - want) < 1e-6

@@ -47,26 +47,27 @@ class Faithfulness:
         }
 
 
-def _correct_logprob(logits: jax.Array, probs: jax.Array | None, y: jax.Array) -> jax.Array:
-    """``log p(y | x)`` of the correct class, accurate where the probability rounds to 1.
+def _correct_class_key(logits: jax.Array, probs: jax.Array | None, y: jax.Array) -> jax.Array:
+    """A ranking key of ``p(y | x)``, the probability of the correct class: ``-logsumexp_{j≠y}(z_j - z_y)``, the
+    log-odds of the correct class against all others (``log p_y = -softplus(−key)``: the same order as ``p_y``).
 
-    ``log_softmax`` computes ``z_y - logsumexp(z)``, which is exactly 0 in float32 once the margin exceeds ~17:
-    every confident point would tie. Writing ``log p_y = -log1p(Σ_{j≠y} exp(z_j - z_y))`` keeps the small terms
-    (used when ``y`` is the top class, so every term is ``<= 1``; otherwise the usual form is accurate). Given
-    probabilities, ``log p_y = -log1p(Σ_{j≠y} p_j / p_y)`` (rows normalized) does the same from the other classes'
-    probabilities, which keep their resolution when ``p_y`` rounds to 1.
+    ``log_softmax`` is exactly 0 in float32 once the margin exceeds ~17, and even ``-log1p(Σ_{j≠y} e^{z_j - z_y})``
+    once it exceeds ~88 (every term underflows): confident points then tie, and a fully accurate network's τ_K was
+    undefined ("x is constant"). The log-odds never underflow. The terms are sorted before they are summed, so that
+    equal probabilities (logits that are permutations of each other) give equal keys and tie, as they should, not
+    an order that the summation happened to produce. Given probabilities: ``log Σ_{j≠y} p_j − log p_y`` (others'
+    mass at least the smallest normal number).
     """
     C = (logits if probs is None else probs).shape[1]
     other = jnp.arange(C)[None, :] != y[:, None]
     if probs is None:
         zy = jnp.take_along_axis(logits, y[:, None], axis=1)
-        top = jnp.all(jnp.where(other, logits <= zy, True), axis=1)
-        rest = jnp.sum(jnp.where(other, jnp.exp(jnp.minimum(logits - zy, 0.0)), 0.0), axis=1)
-        usual = zy[:, 0] - jax.scipy.special.logsumexp(logits, axis=1)
-        return jnp.where(top, -jnp.log1p(rest), usual)
-    py = jnp.maximum(jnp.take_along_axis(probs, y[:, None], axis=1)[:, 0], jnp.finfo(probs.dtype).tiny)
-    rest = jnp.sum(jnp.where(other, probs, 0.0), axis=1)
-    return -jnp.log1p(rest / py)
+        d = jnp.sort(jnp.where(other, logits - zy, -jnp.inf), axis=1)  # the other classes' gaps, ascending
+        return -jax.scipy.special.logsumexp(d, axis=1)
+    tiny = jnp.finfo(probs.dtype).tiny
+    py = jnp.maximum(jnp.take_along_axis(probs, y[:, None], axis=1)[:, 0], tiny)
+    rest = jnp.sum(jnp.sort(jnp.where(other, probs, 0.0), axis=1), axis=1)
+    return jnp.log(py) - jnp.log(jnp.maximum(rest, tiny))
 
 
 @jax.jit
@@ -78,7 +79,7 @@ def _core(zn, zs, y, pn, ps):
     union = jnp.sum(wrong_n | wrong_s)
     inter = jnp.sum(wrong_n & wrong_s)
     r_miss = jnp.where(union > 0, inter / jnp.maximum(union, 1), 1.0).astype(zn.dtype)
-    return acc_s, acc_n, r_miss, _correct_logprob(zn, pn, y), _correct_logprob(zs, ps, y)
+    return acc_s, acc_n, r_miss, _correct_class_key(zn, pn, y), _correct_class_key(zs, ps, y)
 
 
 def _center_rows(z: jax.Array) -> jax.Array:
@@ -124,9 +125,9 @@ def faithfulness(
     * ``TAD = acc(surrogate) − acc(network)`` (predictions are the argmax of the logits);
     * ``τ_K = τ_b(p_net(y_t | x_t), p_sur(y_t | x_t))`` over test points ``t`` — Kendall's τ-b
       (:func:`jaxcompare.kendall_tau`, as ``scipy.stats.kendalltau``) between the probabilities each model gives
-      the correct class, softmax of the logits unless ``*_probs`` are given (ranked through log-probabilities
-      computed from the other classes' terms, ``-log1p(Σ_{j≠y} e^{z_j - z_y})``, which keeps float32 resolution
-      where the probability rounds to 1 and leaves τ unchanged);
+      the correct class, softmax of the logits unless ``*_probs`` are given (ranked through the log-odds of the
+      correct class, ``-logsumexp_{j≠y}(z_j - z_y)``, summed in sorted order: they keep float32 resolution where
+      the probability rounds to 1, at any margin, equal probabilities tie, and τ is unchanged);
     * ``R_Miss = |E_net ∩ E_sur| / |E_net ∪ E_sur|`` with ``E`` the misclassified test points (1 if both are
       perfect);
     * optional ``R²`` of the row-centered network logits (softmax is invariant to a per-row shift) predicted from
@@ -184,7 +185,7 @@ def faithfulness(
     except ValueError as e:
         raise ValueError(
             f"Kendall τ_K is undefined for these inputs ({e}); x holds the network's and y the "
-            f"surrogate's correct-class log-probabilities."
+            f"surrogate's log-odds of the correct class."
         ) from None
     r2_val = None
     if link == "linear":
