@@ -206,6 +206,8 @@ def check_float(
     """Validate a scalar real parameter in a (half-)open/closed interval; tracers pass through unchecked."""
     if not is_concrete(v):
         return v
+    if isinstance(v, (str, bytes, bool, np.bool_)):  # "1e-3" passed on to jax failed deep inside; True read as 1
+        raise TypeError(f"{name} must be a real number, got {v!r} ({type(v).__name__}).")
     try:
         f = float(v)
     except (TypeError, ValueError):

@@ -467,3 +467,16 @@ def test_tau_k_ties_and_saturated_margins():
     want = kendalltau(log_odds(zn), log_odds(zs)).statistic
     got = jc.faithfulness(jnp.asarray(zn, jnp.float32), jnp.asarray(zs, jnp.float32), y).kendall_tau
     assert abs(float(got) - want) < 1e-6
+
+
+def test_numbers_given_as_strings_or_booleans_are_refused():
+    """l2="1e-3" was passed on to jax (a raw error from inside its jit); level="0.05" was parsed silently and a
+    threshold of True read as 1: real-number parameters take numbers only."""
+    F = jax.random.normal(jax.random.key(0), (12, 3))
+    y = jnp.argmax(F, axis=1)
+    for kw in (dict(l2="1e-3"), dict(tol="1e-6"), dict(l2=True)):
+        with pytest.raises(TypeError, match="must be a real number"):
+            jc.fit_kglm(F @ F.T, y, **kw)
+    a, b = jax.random.normal(jax.random.key(1), (50,)), jax.random.normal(jax.random.key(2), (50,))
+    with pytest.raises(TypeError, match="level must be a real number"):
+        jc.alpha_hat(a, b, level="0.05")
