@@ -26,6 +26,7 @@ __all__ = [
     "check_finite_tree",
     "check_int",
     "check_flag",
+    "at_least_float32",
     "check_float",
     "check_probability",
     "check_choice",
@@ -173,6 +174,12 @@ def check_array(
     if finite:
         check_finite(a, name)
     return a
+
+
+def at_least_float32(a: jax.Array) -> jax.Array:
+    """float16/bfloat16 arrays in float32 (others unchanged): counts, sums, ranks and permutation-test ties in them
+    were wrong (float16 counts stop at 2048, bfloat16 at 256; a bfloat16 tie window of 16·eps is 0.125)."""
+    return a.astype(jnp.float32) if jnp.issubdtype(a.dtype, jnp.floating) and a.dtype.itemsize < 4 else a
 
 
 def check_flag(v: Any, name: str) -> bool:

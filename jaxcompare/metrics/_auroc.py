@@ -8,8 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._validation import check_array, check_same_length, is_concrete
-from ._calibration import at_least_float32
+from .._validation import at_least_float32, check_array, check_same_length, is_concrete
 
 __all__ = ["auroc"]
 

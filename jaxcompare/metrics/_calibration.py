@@ -9,7 +9,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._validation import check_array, check_choice, check_flag, check_int, check_labels, check_same_length, is_concrete
+from .._validation import (
+    at_least_float32,
+    check_array,
+    check_choice,
+    check_flag,
+    check_int,
+    check_labels,
+    check_same_length,
+    is_concrete,
+)
 
 __all__ = ["ece", "reliability_bins", "ReliabilityBins"]
 
@@ -30,12 +39,6 @@ class ReliabilityBins:
     count: jax.Array
     accuracy: jax.Array
     confidence: jax.Array
-
-
-def at_least_float32(a: jax.Array) -> jax.Array:
-    """float16/bfloat16 taken in float32: bin counts, sums and ranks accumulated in them were wrong (float16 counts
-    stop at 2048, bfloat16 at 256: an ECE of 0.44 came out 0.17 and 0)."""
-    return a.astype(jnp.float32) if jnp.issubdtype(a.dtype, jnp.floating) and a.dtype.itemsize < 4 else a
 
 
 def _check_probs(probs: Any, labels: Any) -> tuple[jax.Array, jax.Array]:

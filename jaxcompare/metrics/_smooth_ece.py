@@ -48,8 +48,16 @@ import numpy as np
 from jax import lax
 
 from .._checked import traced_finite, traced_labels, traced_range
-from .._validation import check_array, check_flag, check_float, check_labels, check_same_length, is_concrete
-from ._calibration import _check_probs, at_least_float32
+from .._validation import (
+    at_least_float32,
+    check_array,
+    check_flag,
+    check_float,
+    check_labels,
+    check_same_length,
+    is_concrete,
+)
+from ._calibration import _check_probs
 
 __all__ = ["smooth_ece", "smooth_ece_sigma"]
 

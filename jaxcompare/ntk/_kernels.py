@@ -171,6 +171,16 @@ def _memory_plan(apply_fn, params, x1, x2, n_classes, impl_name, mode) -> int | 
     return bs
 
 
+def _nonfinite_where(k: Any) -> str:
+    """Where a kernel (or its diagonal) is not finite: the points whose whole row (column) is, first 10 of each."""
+    bad = np.logical_not(np.isfinite(np.asarray(k)))
+    if bad.ndim == 1:  # a diagonal
+        return f"x points {np.flatnonzero(bad)[:10].tolist()}"
+    b = bad.reshape(bad.shape[0], bad.shape[1], -1).any(axis=2)
+    rows, cols = np.flatnonzero(b.all(axis=1))[:10].tolist(), np.flatnonzero(b.all(axis=0))[:10].tolist()
+    return f"x1 points {rows} and x2 points {cols}" if rows or cols else f"{int(b.sum())} scattered entries"
+
+
 def _checked_result(compute: Callable, k: Any, d1: Any, what: str, impl_name: str) -> tuple[Any, Any]:
     """``(k, d1)`` of an eager call, verified finite on device (one scalar comes back; traced values pass through).
 
@@ -196,13 +206,7 @@ def _checked_result(compute: Callable, k: Any, d1: Any, what: str, impl_name: st
             stacklevel=4,
         )
         return k2, d2
-    bad = np.logical_not(np.isfinite(np.asarray(k2)))
-    if bad.ndim == 1:  # a diagonal
-        where = f"x points {np.flatnonzero(bad)[:10].tolist()}"
-    else:
-        b = bad.reshape(bad.shape[0], bad.shape[1], -1).any(axis=2)
-        rows, cols = np.flatnonzero(b.all(axis=1))[:10].tolist(), np.flatnonzero(b.all(axis=0))[:10].tolist()
-        where = f"x1 points {rows} and x2 points {cols}" if rows or cols else f"{int(b.sum())} scattered entries"
+    where = _nonfinite_where(k2)
     raise FloatingPointError(
         f"the {what} has inf/NaN entries although params and inputs are finite, twice (compiled afresh the second "
         f"time): the model's gradients are not finite at (first 10) {where} (e.g. log(0), the derivative of sqrt at "
@@ -587,13 +591,7 @@ def _features_finite(k: Any, label: str, what: str) -> None:
     at some points (``log`` of a negative, an overflowing ``exp``): raise naming them, never return the NaN."""
     if isinstance(k, jax.core.Tracer) or bool(jnp.all(jnp.isfinite(k))):
         return
-    bad = np.logical_not(np.isfinite(np.asarray(k)))
-    if bad.ndim == 1:
-        where = f"x points {np.flatnonzero(bad)[:10].tolist()}"
-    else:
-        rows = np.flatnonzero(bad.all(axis=1))[:10].tolist()
-        cols = np.flatnonzero(bad.all(axis=0))[:10].tolist()
-        where = f"x1 points {rows} and x2 points {cols}" if rows or cols else f"{int(bad.sum())} scattered entries"
+    where = _nonfinite_where(k)
     raise FloatingPointError(
         f"the {label} has inf/NaN entries although params and inputs are finite: the features of {what} are not "
         f"finite at (first 10) {where} (e.g. log of a negative, an overflowing exp). No kernel is returned; evaluate "

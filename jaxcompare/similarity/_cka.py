@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._precision import HIGHEST  # noqa: F401 - re-exported to the area's modules
-from .._validation import check_array, check_finite, is_concrete
+from .._validation import at_least_float32, check_array, check_finite, is_concrete
 
 __all__ = ["cka", "linear_cka"]
 
@@ -72,7 +72,7 @@ def check_kernel(K: Any, name: str, *, n: int | None = None, debiased: bool = Fa
     Symmetry (concrete arrays only): ``max|K - Kᵀ| <= sqrt(eps) · max|K|``; within it, CKA is that of the symmetric
     part ``(K + Kᵀ)/2`` up to rounding (see :func:`center`).
     """
-    a = _at_least_float32(check_array(K, name, ndim=2, finite=False))  # finiteness below, on the device
+    a = at_least_float32(check_array(K, name, ndim=2, finite=False))  # finiteness below, on the device
     if a.shape[0] != a.shape[1]:
         raise ValueError(
             f"{name} must be a square (N, N) kernel on N points, got shape {a.shape}; "
@@ -269,14 +269,8 @@ def _linear_parts(X: jax.Array, Y: jax.Array, debiased: bool):
     return (_u_hsic(xy, k, l, n), s1, s2), (_ratio_or_zero(s1, xx), _ratio_or_zero(s2, yy))
 
 
-def _at_least_float32(a: jax.Array) -> jax.Array:
-    """float16/bfloat16 taken in float32: their rounding (a permutation test's tie window of 16·eps was 0.125 in
-    bfloat16, wider than the whole null) and range (float16 sums overflowed to NaN) are not a similarity's."""
-    return a.astype(jnp.float32) if jnp.issubdtype(a.dtype, jnp.floating) and a.dtype.itemsize < 4 else a
-
-
 def check_features(X: Any, name: str, *, n: int | None = None, debiased: bool = False) -> jax.Array:
-    a = _at_least_float32(check_array(X, name, ndim=2))
+    a = at_least_float32(check_array(X, name, ndim=2))
     if n is not None and a.shape[0] != n:
         raise ValueError(f"{name} must have one row per point, the same N = {n} as X; got shape {a.shape}.")
     need = min_points(debiased)
