@@ -26,6 +26,7 @@ __all__ = [
     "check_finite_tree",
     "check_int",
     "check_flag",
+    "host_float64",
     "at_least_float32",
     "check_float",
     "check_probability",
@@ -180,6 +181,18 @@ def at_least_float32(a: jax.Array) -> jax.Array:
     """float16/bfloat16 arrays in float32 (others unchanged): counts, sums, ranks and permutation-test ties in them
     were wrong (float16 counts stop at 2048, bfloat16 at 256; a bfloat16 tie window of 16·eps is 0.125)."""
     return a.astype(jnp.float32) if jnp.issubdtype(a.dtype, jnp.floating) and a.dtype.itemsize < 4 else a
+
+
+def host_float64(x: Any, a: jax.Array) -> np.ndarray:
+    """The float64 host values of the input ``x`` that was validated as ``a``.
+
+    A NumPy array or a list keeps its own precision here, which ``a`` lost when ``jax_enable_x64`` is off (float64
+    values rounded to float32 can tie: ``1 + 1e-9`` and ``1 + 2e-9`` become one value); a ``jax.Array`` holds no more
+    than its dtype, so its values are read from ``a``. Only for concrete ``a``.
+    """
+    if isinstance(x, jax.Array) or a.dtype == jnp.float64:
+        return np.asarray(a, np.float64)
+    return np.asarray(x, np.float64).reshape(a.shape)
 
 
 def check_flag(v: Any, name: str) -> bool:

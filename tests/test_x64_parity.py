@@ -48,3 +48,37 @@ def test_bootstrap_draws_do_not_depend_on_x64(tmp_path):
     assert child["x1"] == mine["x1"] and child["x2"] == mine["x2"]
     np.testing.assert_allclose(mine["alpha_hat"], child["alpha_hat"], rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(mine["ci"], child["ci"], rtol=1e-5, atol=1e-6)
+
+
+_RANKS_CHILD = r"""
+import json, numpy as np, jax, jaxcompare as jc
+assert not jax.config.jax_enable_x64
+g = np.random.default_rng(3)
+x = 1.0 + 1e-9 * g.permutation(40)        # distinct in float64, one value in float32
+y = g.normal(size=40)
+pos = np.arange(40) % 3 == 0
+t = jc.metrics.kendall_tau_test(x, y)
+print(json.dumps(dict(tau=float(jc.metrics.kendall_tau(x, y)), test=[float(t.statistic), float(t.pvalue)],
+                      auroc=float(jc.metrics.auroc(x, pos)), auroc_list=float(jc.metrics.auroc(list(x), pos)))))
+"""
+
+
+def test_rank_metrics_keep_float64_inputs_without_x64():
+    """Kendall's tau and AUROC of NumPy float64 scores that differ by 1e-9 (one float32 value): without x64 they
+    were computed on float32-rounded copies (x "constant", AUROC 0.5); oracle: SciPy and scikit-learn in float64."""
+    import scipy.stats
+    import sklearn.metrics
+
+    env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"}
+    env["JAX_ENABLE_X64"] = "0"
+    out = subprocess.run([sys.executable, "-c", _RANKS_CHILD], env=env, capture_output=True, text=True, check=True)
+    child = json.loads(out.stdout.strip().splitlines()[-1])
+    g = np.random.default_rng(3)
+    x, y = 1.0 + 1e-9 * g.permutation(40), g.normal(size=40)
+    pos = np.arange(40) % 3 == 0
+    ref = scipy.stats.kendalltau(x, y, method="asymptotic")
+    np.testing.assert_allclose(child["tau"], ref.statistic, rtol=1e-6)
+    np.testing.assert_allclose(child["test"], [ref.statistic, ref.pvalue], rtol=1e-5)
+    auc = sklearn.metrics.roc_auc_score(pos, x)
+    assert abs(auc - 0.5) > 0.05  # the rounded scores would all tie
+    np.testing.assert_allclose([child["auroc"], child["auroc_list"]], auc, rtol=1e-6)

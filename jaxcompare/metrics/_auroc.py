@@ -7,8 +7,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.stats
 
-from .._validation import at_least_float32, check_array, check_same_length, is_concrete
+from .._validation import at_least_float32, check_array, check_same_length, host_float64, is_concrete
 
 __all__ = ["auroc"]
 
@@ -22,7 +23,9 @@ def auroc(scores: Any, positive: Any) -> jax.Array:
     .. math:: \mathrm{AUROC} = \frac{1}{n_+ n_-}\sum_{i ∈ +}\sum_{j ∈ -}\big([s_i > s_j] + \tfrac12 [s_i = s_j]\big)
               = \frac{R_+ - n_+(n_+ + 1)/2}{n_+ n_-},
 
-    with ``R₊`` the sum of the positives' mid-ranks (ties share their average rank), computed in ``O(n log n)``.
+    with ``R₊`` the sum of the positives' mid-ranks (ties share their average rank), computed in ``O(n log n)``:
+    concrete inputs on the host in float64 NumPy (NumPy scores keep their own precision, so float64 scores that
+    differ never tie because ``jax_enable_x64`` is off), traced ones (``jit``/``vmap``) in JAX.
     1 means every positive outranks every negative, 0.5 is chance, 0 a perfect inverse ranking.
 
     Args:
@@ -60,7 +63,17 @@ def auroc(scores: Any, positive: Any) -> jax.Array:
                 f"positive must mark at least one positive and one negative point; it marks {n_pos} of "
                 f"{mn.size} as positive."
             )
+        if is_concrete(s):
+            return jnp.asarray(_auroc_host(host_float64(scores, s), mn.astype(bool)), s.dtype)
     return _auroc(s, m.astype(bool))
+
+
+def _auroc_host(s: np.ndarray, m: np.ndarray) -> float:
+    ranks = scipy.stats.rankdata(s, method="average")
+    n_pos = float(m.sum())
+    n_neg = s.size - n_pos
+    # the sorted sum: one value whatever the order of the points (a mid-rank sum is a sum of halves, exact here)
+    return (float(np.sum(np.sort(ranks[m]))) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
 @jax.jit

@@ -11,7 +11,7 @@ import scipy.special
 from jax import lax
 
 from .._checked import traced_finite
-from .._validation import check_array, check_same_length, is_concrete
+from .._validation import check_array, check_same_length, host_float64, is_concrete
 from ._labels import _float_dtype
 from ._runs import run_bounds, run_lengths
 
@@ -260,15 +260,19 @@ def _kendall_host(x: np.ndarray, y: np.ndarray, pvalue: bool) -> tuple[float, fl
     return tau, min(max(p, 0.0), 1.0)
 
 
-def _kendall(xa: jax.Array, ya: jax.Array, pvalue: bool) -> tuple[jax.Array, jax.Array]:
-    if is_concrete(xa) and is_concrete(ya):
-        tau, p = _kendall_host(np.asarray(xa, np.float64), np.asarray(ya, np.float64), pvalue)
+def _kendall(
+    xa: jax.Array, ya: jax.Array, pvalue: bool, hosts: tuple[np.ndarray, np.ndarray] | None
+) -> tuple[jax.Array, jax.Array]:
+    if hosts is not None:
+        tau, p = _kendall_host(*hosts, pvalue)
         dtype = _float_dtype(xa, ya)
         return jnp.asarray(tau, dtype), jnp.asarray(p, dtype)
     return _kendall_core(xa, ya)
 
 
-def _check_pair(x: Any, y: Any, min_n: int) -> tuple[jax.Array, jax.Array]:
+def _check_pair(x: Any, y: Any, min_n: int) -> tuple[jax.Array, jax.Array, tuple[np.ndarray, np.ndarray] | None]:
+    """The validated pair, and their float64 host values when both are concrete (NumPy inputs at their own
+    precision: float64 values that differ must not tie because x64 is off)."""
     xa = check_array(x, "x", ndim=1)
     ya = check_array(y, "y", ndim=1)
     traced_finite(xa, "x")
@@ -276,10 +280,13 @@ def _check_pair(x: Any, y: Any, min_n: int) -> tuple[jax.Array, jax.Array]:
     n = check_same_length({"x": xa, "y": ya})
     if n < min_n:
         raise ValueError(f"x and y need at least {min_n} points, got {n}.")
-    for name, a in (("x", xa), ("y", ya)):
-        if is_concrete(a) and np.all(np.asarray(a) == np.asarray(a)[0]):
+    if not (is_concrete(xa) and is_concrete(ya)):
+        return xa, ya, None
+    hosts = (host_float64(x, xa), host_float64(y, ya))
+    for name, h in zip("xy", hosts):
+        if np.all(h == h[0]):
             raise ValueError(f"{name} is constant, so Kendall's tau is undefined (0/0).")
-    return xa, ya
+    return xa, ya, hosts
 
 
 def kendall_tau(x: Any, y: Any) -> jax.Array:
@@ -307,8 +314,8 @@ def kendall_tau(x: Any, y: Any) -> jax.Array:
       >>> round(float(kendall_tau(jnp.array([12., 2, 1, 12, 2]), jnp.array([1., 4, 7, 1, 0]))), 4)
       -0.4714
     """
-    xa, ya = _check_pair(x, y, 2)
-    return _kendall(xa, ya, False)[0]
+    xa, ya, hosts = _check_pair(x, y, 2)
+    return _kendall(xa, ya, False, hosts)[0]
 
 
 def kendall_tau_test(x: Any, y: Any) -> KendallTauResult:
@@ -329,5 +336,5 @@ def kendall_tau_test(x: Any, y: Any) -> KendallTauResult:
       >>> round(float(res.statistic), 12), float(res.pvalue) < 1e-3
       (1.0, True)
     """
-    xa, ya = _check_pair(x, y, 3)
-    return KendallTauResult(*_kendall(xa, ya, True))
+    xa, ya, hosts = _check_pair(x, y, 3)
+    return KendallTauResult(*_kendall(xa, ya, True, hosts))
