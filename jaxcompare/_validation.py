@@ -66,13 +66,13 @@ def _replicated(sharding: jax.sharding.Sharding) -> jax.sharding.NamedSharding:
     return jax.sharding.NamedSharding(jax.sharding.Mesh(devices, ("devices",)), jax.sharding.PartitionSpec())
 
 
-def device_reduce(fn: Any, x: jax.Array) -> Any:
-    """``fn(x)`` (small outputs: counts, extremes) computed where ``x`` lives, returned as NumPy values.
+def device_reduce(fn: Any, x: jax.Array, *more: jax.Array) -> Any:
+    """``fn(x, *more)`` (small outputs: counts, extremes) computed where ``x`` lives, returned as NumPy values.
 
     For an array that spans other processes the outputs are replicated on every process, so each reads them without
     copying ``x`` to the host; every process must call it (a collective). Pass a module-level ``fn`` (one compile).
     """
-    out = jax.jit(fn, out_shardings=_replicated(x.sharding))(x)
+    out = jax.jit(fn, out_shardings=_replicated(x.sharding))(x, *more)
     return jax.tree.map(np.asarray, out)
 
 
@@ -283,6 +283,11 @@ def _key_batch_message(name: str, batch: tuple) -> str:
 
 def check_labels(y: Any, name: str, n_classes: int | None = None, *, length: int | None = None) -> jax.Array:
     """Integer class labels in ``[0, n_classes)``; rejects floats with fractional parts, negatives, NaNs."""
+    if not isinstance(y, jax.Array) and np.asarray(y).dtype.kind in "USO":
+        raise TypeError(
+            f"{name} must hold integer class labels in [0, n_classes), got {np.asarray(y).dtype.name} values "
+            f"(strings or objects); encode them first, e.g. codes = np.unique({name}, return_inverse=True)[1]."
+        )
     a = jnp.asarray(y)
     if a.ndim != 1:
         raise ValueError(f"{name} must be a 1-D array of integer labels, got shape {_shape_str(a.shape)}.")

@@ -480,3 +480,46 @@ def test_numbers_given_as_strings_or_booleans_are_refused():
     a, b = jax.random.normal(jax.random.key(1), (50,)), jax.random.normal(jax.random.key(2), (50,))
     with pytest.raises(TypeError, match="level must be a real number"):
         jc.alpha_hat(a, b, level="0.05")
+
+
+def test_balanced_weights_count_sample_weights_like_sklearn():
+    """With sample weights, "balanced" counts each class's weight (scikit-learn's compute_class_weight with
+    sample_weight, as LogisticRegression uses it): a zero weight is a point left out."""
+    K, y, Kt, _ = _data(seed=6)
+    sw = np.random.default_rng(1).uniform(0.1, 3.0, size=y.shape[0])
+    sw[y == 2] *= 4.0  # weighted counts far from the unweighted ones
+    l2 = 1e-2
+    model = jc.fit_kglm(K, y, l2=l2, class_weight="balanced", sample_weight=sw, **TIGHT)
+    cw = compute_class_weight("balanced", classes=np.arange(3), y=y, sample_weight=sw)
+    np.testing.assert_allclose(np.asarray(model.class_weight), cw, rtol=1e-12)
+    sk = _sk_lr(K, y, l2, class_weight="balanced").fit(K, y, sample_weight=sw)
+    ref = _centered(sk.decision_function(Kt))
+    np.testing.assert_allclose(_centered(jc.kglm_logits(model, Kt)), ref, atol=1e-5 * np.abs(ref).max())
+    keep = np.arange(y.shape[0]) % 3 != 0
+    zero = jc.fit_kglm(K, y, l2=l2, class_weight="balanced", sample_weight=keep.astype(float), **TIGHT)
+    np.testing.assert_allclose(
+        np.asarray(zero.class_weight), compute_class_weight("balanced", classes=np.arange(3), y=y[keep]), rtol=1e-12
+    )
+    with pytest.raises(ValueError, match="positive sample_weight"):
+        jc.fit_kglm(K, y, class_weight="balanced", sample_weight=(y != 1).astype(float))
+
+
+def test_string_labels_and_half_precision_kernels():
+    """String labels get an error saying how to encode them (was a raw JAX error); float16/bfloat16 kernels are
+    fitted in float32 (they stalled at a gradient their objective cannot resolve), close to the float32 fit."""
+    K, y, Kt, _ = _data(seed=7)
+    with pytest.raises(TypeError, match="return_inverse"):
+        jc.fit_kglm(K, np.array(["cat", "dog", "eel"])[y])
+    with pytest.raises(TypeError, match="integer class labels"):
+        jc.fit_kglm(K, [str(v) for v in y])
+    K32 = np.asarray(K, np.float32)
+    ref = jc.fit_kglm(K32, y, l2=1e-2)
+    for dt in (jnp.float16, jnp.bfloat16):
+        Kh = jnp.asarray(K32, dt)
+        m = jc.fit_kglm(Kh, y, l2=1e-2)
+        assert m.W.dtype == jnp.float32 and bool(m.converged)
+        # the oracle: the float32 fit on the same rounded kernel
+        m32 = jc.fit_kglm(np.asarray(Kh.astype(jnp.float32)), y, l2=1e-2)
+        np.testing.assert_allclose(np.asarray(m.W), np.asarray(m32.W), rtol=0, atol=0)
+        agree = np.mean(np.argmax(jc.kglm_logits(m, Kt), 1) == np.argmax(jc.kglm_logits(ref, Kt), 1))
+        assert agree >= 0.9

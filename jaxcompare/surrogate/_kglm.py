@@ -23,6 +23,7 @@ from .._checked import traced_finite, traced_labels, traced_result
 from .._precision import HIGHEST as _HIGHEST
 from .._results import Result, SolverWarning
 from .._validation import (
+    at_least_float32,
     check_array,
     check_choice,
     check_flag,
@@ -112,9 +113,15 @@ def _ovr_objective(X, K, T, omega, l2, inv_scale):
     return jnp.sum(omega * jax.nn.softplus(-T * Z), axis=0) / N + 0.5 * l2 * jnp.sum(W * W, axis=1)
 
 
-def _balanced_weights(y, n_classes, dtype):
-    counts = jnp.bincount(y, length=n_classes).astype(dtype)
-    return y.shape[0] / (n_classes * counts)
+def _class_mass(y, sample_weight, *, n_classes):
+    return jnp.zeros((n_classes,), sample_weight.dtype).at[y].add(sample_weight)
+
+
+def _balanced_weights(y, n_classes, sample_weight):
+    """``Σ_i s_i / (C · Σ_{y_i = c} s_i)``: scikit-learn's ``compute_class_weight("balanced", ...,
+    sample_weight=s)`` (with unit weights ``N / (C · n_c)``)."""
+    counts = _class_mass(y, sample_weight, n_classes=n_classes)
+    return jnp.sum(sample_weight) / (n_classes * counts)
 
 
 @partial(jax.jit, static_argnames=("loss", "n_classes", "memory_size"))
@@ -204,7 +211,8 @@ def fit_kglm(
 
     Intercepts are not penalized. Weights: ``ω_i = sample_weight_i · class_weight[y_i]`` (softmax, binary);
     for one-vs-rest with ``C > 2`` the positives of class ``c`` get ``class_weight[c]`` and the rest ``1``, as
-    scikit-learn's ``SGDClassifier``. ``class_weight="balanced"`` is ``N / (C · n_c)``.
+    scikit-learn's ``SGDClassifier``. ``class_weight="balanced"`` is ``N / (C · n_c)``, counted with the sample
+    weights when they are given (``Σ_i s_i / (C · Σ_{y_i = c} s_i)``, scikit-learn's ``compute_class_weight``).
 
     Relation to scikit-learn: ``SGDClassifier(loss="log_loss", penalty="l2", alpha=a)`` targets this objective
     with ``l2 = a`` (stochastically, stopping short of the optimum). The published protocol is
@@ -220,8 +228,10 @@ def fit_kglm(
 
     Args:
       kernel_train_train: ``(N, M)`` kernel between the fitting points and the training (anchor) points —
-        usually the square train×train kernel. Finite; float32 or float64 (kept).
-      labels: ``(N,)`` integer labels in ``[0, n_classes)``.
+        usually the square train×train kernel. Finite; float32 or float64 (kept); float16/bfloat16 kernels are
+        fitted in float32 (their objective cannot resolve a gradient of ``tol``), and the model is float32.
+      labels: ``(N,)`` integer labels in ``[0, n_classes)`` (encode other labels first, e.g.
+        ``np.unique(names, return_inverse=True)[1]``).
       loss: ``"softmax"`` or ``"ovr"``.
       l2: L2 strength (``> 0``); may be traced (e.g. ``vmap`` over a grid).
       n_classes: number of classes ``C`` (default ``max(labels) + 1``; required under ``jit``).
@@ -260,7 +270,7 @@ def fit_kglm(
     """
     loss = check_choice(loss, "loss", _LOSSES)
     throw = check_flag(throw, "throw")
-    K = check_array(kernel_train_train, "kernel_train_train", ndim=2)
+    K = at_least_float32(check_array(kernel_train_train, "kernel_train_train", ndim=2))
     traced_finite(K, "kernel_train_train")
     N, M = K.shape
     if n_classes is None:
@@ -297,12 +307,13 @@ def fit_kglm(
     balanced = isinstance(class_weight, str)
     if balanced:
         check_choice(class_weight, "class_weight", ("balanced",))
-        if is_concrete(y):
-            counts = _host(partial(jnp.bincount, length=C), y)
+        if is_concrete(y) and is_concrete(sw):
+            counts = _host(partial(_class_mass, n_classes=C), y, sw)
             if np.any(counts == 0):
+                what = "training points" if sample_weight is None else "training points of positive sample_weight"
                 raise ValueError(
                     f"class_weight='balanced' needs every class present, but classes {np.flatnonzero(counts == 0)} "
-                    f"have no training points (n_classes={C})."
+                    f"have no {what} (n_classes={C})."
                 )
         cw = jnp.ones((C,), dtype)
     elif class_weight is None:
@@ -317,7 +328,7 @@ def fit_kglm(
         raise ValueError("standardize=True needs a non-constant kernel (its standard deviation is 0).")
 
     if balanced:
-        cw = _balanced_weights(y, C, dtype)
+        cw = _balanced_weights(y, C, sw)
     model = _fit(K, y, sw, cw, l2, tol, max_iter, bool(standardize), loss=loss, n_classes=C, memory_size=memory_size)
     traced_result(model.result, throw, "fit_kglm")
     if is_concrete(model.result) and np.any(np.asarray(model.result) != int(Result.successful)):
@@ -342,9 +353,11 @@ def fit_kglm(
     return model
 
 
-def _host(fn: Any, x: jax.Array) -> np.ndarray:
-    """``fn(x)`` (a small reduction) as NumPy; computed on the devices for an array spanning other processes."""
-    return device_reduce(fn, x) if spans_processes(x) else np.asarray(fn(x))
+def _host(fn: Any, x: jax.Array, *more: jax.Array) -> np.ndarray:
+    """``fn(x, *more)`` (a small reduction) as NumPy; computed on the devices for arrays spanning other processes."""
+    if spans_processes(x) or any(spans_processes(m) for m in more):
+        return device_reduce(fn, x, *more)
+    return np.asarray(fn(x, *more))
 
 
 def _check_model(model: Any) -> KGLM:
