@@ -865,3 +865,45 @@ def test_model_given_as_a_file_path_gets_a_hint():
     for spec, want in (("nosuchmod.py:f", "e.g. nosuchmod:f"), ("sub/nosuchmod:f", "e.g. sub.nosuchmod:f")):
         with pytest.raises(CLIError, match=f"not a file path: {want}"):
             import_model(spec)
+
+
+def test_ntk_precision_reaches_the_programs_and_out_is_replaced_whole(capsys, ntk_files, monkeypatch, tmp_path):
+    """--precision is the policy of every product the command compiles (read from the lowered modules JAX writes
+    with JAX_DUMP_IR_TO); a bad policy is refused; a write that fails halfway leaves an existing --out as it was
+    (it was truncated in place) and no temporary file."""
+    import re
+
+    base = ("ntk", "--model", "mymodel:apply_fn", "--params", "params.npz", "--data", "x.npy", "--out", "kp.npy")
+    env = dict(ENV, JAX_DUMP_IR_TO=str(tmp_path))
+    p = subprocess.run(
+        [sys.executable, "-m", "jaxcompare", *base, "--precision", "high"],
+        capture_output=True,
+        text=True,
+        cwd=ntk_files,
+        env=env,
+        timeout=600,
+    )
+    assert p.returncode == 0, p.stderr
+    precs = [
+        m.group(1)
+        for f in tmp_path.glob("*.mlir")
+        for m in re.finditer(r"stablehlo\.dot_general[^\n]*?precision = \[(\w+)", f.read_text())
+    ]
+    assert precs and set(precs) == {"HIGH"}, precs
+    monkeypatch.chdir(ntk_files)
+    monkeypatch.syspath_prepend(str(ntk_files))
+    rc, _, err = run_main(capsys, *base, "--precision", "fast")
+    assert rc == 2 and "invalid choice" in err
+    before = (ntk_files / "kp.npy").read_bytes()
+    real_save = np.save
+
+    def save_then_fail(f, a, *args, **kw):  # the disk fills up halfway through the kernel
+        f.write(b"\x93NUMPY partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "save", save_then_fail)
+    rc, _, err = run_main(capsys, *base, "--kernel", "trntk0")
+    monkeypatch.setattr(np, "save", real_save)
+    assert rc != 0 and "No space left" in err
+    assert (ntk_files / "kp.npy").read_bytes() == before  # was truncated in place
+    assert not [q.name for q in ntk_files.iterdir() if q.name.startswith("kp.npy.")]  # no temporary left

@@ -300,3 +300,48 @@ def test_float16_overflow_under_jit_and_features():
     assert ck.dtype == jnp.float32 and _rel(ck, x64 @ x64.T) < 1e-6
     with pytest.raises(FloatingPointError, match="float16 features overflowed"):
         jc.conjugate_kernel(lambda q, xx: xx * jnp.float16(1000))(None, xf)
+
+
+def _conv_scan_model():
+    def conv(x, w, s):
+        return jax.lax.conv_general_dilated(x, w, (s, s), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    def apply_fn(q, xx):
+        h = jax.nn.relu(conv(xx, q["c1"], 1))
+        h = jnp.mean(jax.nn.relu(conv(h, q["c2"], 2)), axis=(1, 2))
+        h = jax.lax.scan(lambda c, w: (jnp.tanh(c @ w), None), h, q["mid"])[0]  # layers in a scan
+        return h @ q["out"]
+
+    k = jax.random.split(jax.random.key(3), 5)
+    shapes = {"c1": (3, 3, 3, 4), "c2": (3, 3, 4, 6), "mid": (2, 6, 6), "out": (6, 3)}
+    q = {n: 0.5 * jax.random.normal(kk, s) for kk, (n, s) in zip(k, shapes.items())}
+    return apply_fn, q, jax.random.normal(k[4], (9, 8, 8, 3))
+
+
+@pytest.mark.parametrize("policy", ["high", "highest"])
+def test_structured_engine_programs_carry_the_policy(tmp_path, policy):
+    """The default (structured, blocked) engine re-evaluates the model from a jaxpr captured once, outside any
+    policy; every product and convolution of the programs it compiles — the model's own, forward and backward, in
+    a scan too, and the kernel's contractions — carries the policy (read from the lowered modules JAX writes with
+    ``jax_dump_ir_to``). Fails when the programs are not traced under the policy."""
+    import re
+
+    f, q, x = _conv_scan_model()
+    q, x = _cast(q, jnp.float32), x.astype(jnp.float32)
+    old = jax.config.values["jax_dump_ir_to"]
+    jax.config.update("jax_dump_ir_to", str(tmp_path))
+    try:
+        k = jc.trace_ntk(f, precision=policy, implementation="structured")(q, x)
+    finally:
+        jax.config.update("jax_dump_ir_to", old)
+    want = policy.upper()
+    seen = []
+    for path in tmp_path.glob("*.mlir"):
+        for line in path.read_text().splitlines():
+            m = re.search(r"stablehlo\.(dot_general|convolution)", line)
+            if m:
+                p = re.search(r"precision(?:_config)? = \[(?:#stablehlo<precision )?(\w+)", line)
+                seen.append((m.group(1), p.group(1) if p else None))
+    assert sum(kind == "convolution" for kind, _ in seen) >= 1 and sum(kind == "dot_general" for kind, _ in seen) >= 5
+    assert {p for _, p in seen} == {want}, seen
+    assert np.all(np.isfinite(np.asarray(k)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from pathlib import Path
 
 from ._io import CLIError, check_output_file, load_array
 from ._params import load_params
@@ -99,6 +100,7 @@ def cmd_ntk(args) -> int:
     import numpy as np
 
     from .. import ntk
+    from ..ntk._disk import atomic_npy
 
     if args.out.endswith(("/", os.sep)) or os.path.isdir(args.out):
         raise CLIError(f"--out must name a file (e.g. kernel.npy), got the directory {args.out}")
@@ -129,8 +131,8 @@ def cmd_ntk(args) -> int:
         opts["projection"] = proj
     elif args.output_probes is not None or args.projection != "structured":
         raise CLIError(f"--projection/--output-probes apply to the proj_* kernels, not to {args.kernel}")
-    kfn = ntk.batched(ntk.kernel(args.kernel, fn, **opts), block_size=args.block_size)
+    kfn = ntk.batched(ntk.kernel(args.kernel, fn, precision=args.precision, **opts), block_size=args.block_size)
     k = np.asarray(kfn(params, x1, x2))
-    np.save(out, k)
+    atomic_npy(Path(out), k)  # an existing file is replaced only by a complete kernel
     print(f"wrote {out}: {args.kernel} ({info.label}) kernel of shape {k.shape}")
     return 0

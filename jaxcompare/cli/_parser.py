@@ -101,6 +101,7 @@ def _kernel_name(s: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .._precision import PRECISIONS
     from ..metrics._scores import SCORE_REDUCTIONS
     from ..ntk import KERNELS
     from ..study import SECTIONS
@@ -265,7 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
     nt.add_argument("--block-size", type=_positive_int, default=256, help="tile size (memory bound)")
     nt.add_argument("--implementation", default="auto", help="NTK implementation of the gradient kernels")
     nt.add_argument("--seed", type=_seed, default=0, help="PRNG seed for projections")
-    nt.add_argument("--out", required=True, help="output kernel (.npy)")
+    nt.add_argument(
+        "--precision",
+        choices=list(PRECISIONS),
+        default="highest",
+        help="matmul precision policy (jaxcompare.ntk.precision): highest = full float32 products; high / default "
+        "allow TF32 on GPU and bf16 passes on TPU, with float32 accumulation (the same kernel on CPU)",
+    )
+    nt.add_argument("--out", required=True, help="output kernel (.npy), replaced only once it is complete")
 
     from ._compare import add_parser as add_compare
 

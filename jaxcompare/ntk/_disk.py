@@ -40,24 +40,28 @@ def tmp_name(path: Path) -> Path:
     return path.with_name(f"{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
 
 
-def atomic_json(path: Path, obj: dict, durable: bool = False) -> None:
+def _replace_from_tmp(path: Path, write, mode: str, durable: bool) -> None:
+    """``write(f)`` into a temporary file next to ``path``, then ``os.replace``: ``path`` is either as it was or
+    complete; a failed write removes its temporary file."""
     tmp = tmp_name(path)
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-        if durable:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, mode) as f:
+            write(f)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_json(path: Path, obj: dict, durable: bool = False) -> None:
+    _replace_from_tmp(path, lambda f: json.dump(obj, f), "w", durable)
 
 
 def atomic_npy(path: Path, a: np.ndarray, durable: bool = False) -> None:
-    tmp = tmp_name(path)
-    with open(tmp, "wb") as f:
-        np.save(f, a)
-        if durable:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+    _replace_from_tmp(path, lambda f: np.save(f, a), "wb", durable)
 
 
 def crc(a: np.ndarray) -> int:
