@@ -251,6 +251,30 @@ def test_one_key_one_projection_with_or_without_x64(tmp_path):
         np.testing.assert_array_equal(np.asarray(mine), child[kind], err_msg=kind)
 
 
+def test_one_key_one_gaussian_projection_whatever_the_params_dtype():
+    """Gaussian rows are drawn in float32 and cast to the params' dtype: float64 params get the float32 params'
+    rows exactly, bfloat16 ones those rows rounded (they were drawn in each dtype: another projection per dtype,
+    and bfloat16-quantized normals)."""
+    import ml_dtypes
+
+    proj = jc.random_projection(jax.random.key(4), 32, "gaussian")
+    g = np.random.default_rng(1)
+    p32 = {
+        "w": jnp.asarray(g.standard_normal((3, 6)), jnp.float32),
+        "v": jnp.asarray(g.standard_normal(4), jnp.float32),
+    }
+    rows = {
+        dt: proj.rows(jax.tree.map(lambda a, dt=dt: a.astype(dt), p32), jnp.arange(5))
+        for dt in ("float32", "float64", "bfloat16")
+    }
+    for leaf in ("w", "v"):
+        r32 = np.asarray(rows["float32"][leaf])
+        assert rows["float64"][leaf].dtype == jnp.float64 and rows["bfloat16"][leaf].dtype == jnp.bfloat16
+        np.testing.assert_array_equal(np.asarray(rows["float64"][leaf]), r32.astype(np.float64))
+        np.testing.assert_array_equal(np.asarray(rows["bfloat16"][leaf]), r32.astype(ml_dtypes.bfloat16))
+        assert abs(np.std(r32) * np.sqrt(32) - 1) < 0.2  # entries N(0, 1/k)
+
+
 def test_bfloat16_features_stored_as_float32(tmp_path):
     """A bfloat16 model's features go to disk (the .npy format has no bfloat16) as float32, the same values."""
     p16 = jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16), P)

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ._disk import DirLock, atomic_json, atomic_npy, crc, tmp_name
@@ -55,6 +56,13 @@ _VERSION = 2  # ledger format (1: one process; its stores are read as process 0'
 _SALT = "project_gradients v1"  # the fingerprint's salt, unchanged: stores made before stay valid
 
 
+def _float_dtype(params: Any) -> Any:
+    """The dtype a random projection of ``params`` is generated in (``RandomProjection.rows``)."""
+    dts = [jnp.result_type(leaf) for leaf in jax.tree_util.tree_leaves(params)]
+    dts = [d if jnp.issubdtype(d, jnp.floating) else jnp.result_type(float) for d in dts]
+    return jnp.result_type(*dts) if dts else jnp.result_type(float)
+
+
 def _fingerprints(apply_fn, params, x, projection, summed, bs, policy) -> tuple[str, str]:
     """``(fingerprint of data, options and model, fingerprint of the model)``."""
     dim = projection.dim if hasattr(projection, "dim") else (projection.dim_in, projection.dim_out)  # Kronecker
@@ -65,6 +73,8 @@ def _fingerprints(apply_fn, params, x, projection, summed, bs, policy) -> tuple[
         options += (("nnz", int(nnz)),)
     if kind in ("sparse", "rademacher") and jax.config.jax_enable_x64:  # their draws under x64 changed: see
         options += (("draws", "32-bit"),)  # _projection._signs (stores made without x64 stay valid)
+    if kind == "gaussian" and _float_dtype(params) != jnp.float32:  # drawn in the params' dtype before; now in
+        options += (("draws", "float32"),)  # float32 whatever it is (float32 stores stay valid)
     if policy != "highest":  # features under another policy are other features (stores made before it stay valid)
         options += (policy,)
     layout = getattr(projection, "layout", 1)

@@ -14,7 +14,9 @@ Scaling: Rademacher entries ``±1/sqrt(dim)`` or Gaussian ``N(0, 1/dim)``, so ``
 per-example gradients (computed in chunks of examples) by a scatter-add: ``O(nnz · P)`` per gradient instead of
 ``O(dim · P)``, and ``R`` costs ``O(nnz · P)`` integers whatever ``dim``.
 
-The draws use 32-bit random bits whatever ``jax_enable_x64``: one key gives one ``R`` in either mode.
+The draws use 32-bit random bits whatever ``jax_enable_x64``, and Gaussian entries are drawn in float32 whatever
+the parameters' dtype (then cast to it): one key gives one ``R`` in either mode and for float32, float64 or
+bfloat16 parameters.
 """
 
 from __future__ import annotations
@@ -79,10 +81,9 @@ class RandomProjection:
             # one draw of all P entries per row (a single threefry instance: fast to compile), split into leaves
             kt = jax.random.fold_in(self.key, t)
             if self.kind == "rademacher":
-                flat = _signs(kt, (int(bounds[-1]),), gen_dt)
-            else:
-                flat = jax.random.normal(kt, (int(bounds[-1]),), dtype=gen_dt)
-            flat = flat * jnp.asarray(scale, gen_dt)
+                flat = _signs(kt, (int(bounds[-1]),), gen_dt) * jnp.asarray(scale, gen_dt)
+            else:  # float32 normals whatever the params' dtype: one key, one R (and no bfloat16-quantized normals)
+                flat = jax.random.normal(kt, (int(bounds[-1]),), dtype=jnp.float32) * jnp.float32(scale)
             return [
                 flat[bounds[l] : bounds[l + 1]].reshape(jnp.shape(leaf)).astype(dtypes[l])
                 for l, leaf in enumerate(leaves)
