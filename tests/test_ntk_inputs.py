@@ -213,8 +213,21 @@ def test_bad_batches_have_clear_errors(setup):
     for t in (jc.batched(k, 4), jc.sharded(k)):
         with pytest.raises(ValueError, match="same leading"):
             t(p, dict(x1, mask=x1["mask"][:4]))
-    # a list of Python numbers is still one array
+    # object, string and raw-byte arrays: an error naming the argument (was JAX's "not a valid JAX array type")
     f = lambda p, x: x @ p["w"]  # noqa: E731
+    objs = np.empty((2, 2), object)
+    objs[:] = 1.0
+    with pytest.raises(TypeError, match=r"x1 has dtype object.*np.asarray\(x1, dtype=np.float32\)"):
+        jc.trace_ntk(f)({"w": jnp.ones((2, 3))}, objs)
+    with pytest.raises(TypeError, match=r"x2 has dtype <U1.*encode"):
+        jc.trace_ntk(f)({"w": jnp.ones((2, 3))}, np.ones((2, 2)), np.full((2, 2), "a"))
+    with pytest.raises(TypeError, match=r"x1\['mask'\] has dtype object"):
+        k(p, dict(x1, mask=np.asarray(x1["mask"]).astype(object)))
+    with pytest.raises(TypeError, match=r"x1 has dtype \|V4"):
+        jc.project_gradients(
+            f, {"w": jnp.ones((2, 3))}, np.zeros((2, 2), "V4"), jc.structured_projection(jax.random.key(0), 8)
+        )
+    # a list of Python numbers is still one array
     assert jc.trace_ntk(f)({"w": jnp.ones((2, 3))}, [[1.0, 2.0], [3.0, 4.0]]).shape == (2, 2)
 
 

@@ -93,7 +93,16 @@ def _check_array(x: Any, name: str) -> jax.Array:
         raise ValueError(f"{name} must be a batch of shape (N, ...), got a scalar.")
     if x.shape[0] < 1:
         raise ValueError(f"{name} is empty: expected at least one example along axis 0, got shape {tuple(x.shape)}.")
-    if jnp.issubdtype(jnp.result_type(x), jnp.complexfloating):
+    try:
+        dt = jnp.result_type(x)
+    except TypeError:  # object arrays, strings, raw bytes
+        hint = (
+            f"convert it first, e.g. np.asarray({name}, dtype=np.float32)"
+            if x.dtype.kind == "O"
+            else "encode it as numbers first (e.g. token ids)"
+        )
+        raise TypeError(f"{name} has dtype {x.dtype}: expected numbers (float, int or bool); {hint}.") from None
+    if jnp.issubdtype(dt, jnp.complexfloating):
         raise TypeError(
             f"{name} has complex dtype {jnp.result_type(x)}: kernels of complex inputs are not "
             "supported (a real kernel of them would be silently different); pass real inputs, e.g. "
@@ -141,9 +150,12 @@ def validate_x(x: Any, name: str) -> Any:
                 leaf = jnp.asarray(leaf)
             except (TypeError, ValueError) as e:
                 raise TypeError(f"{where} must be an array, got {type(leaf).__name__}: {e}") from None
-        dt = jnp.result_type(leaf)
+        try:
+            dt = jnp.result_type(leaf)
+        except TypeError:  # object arrays, strings, raw bytes
+            dt = leaf.dtype
         if not (jnp.issubdtype(dt, jnp.number) or jnp.issubdtype(dt, jnp.bool_)):
-            raise TypeError(f"{where} has dtype {jnp.result_type(leaf)}: expected numbers (float, int or bool).")
+            raise TypeError(f"{where} has dtype {dt}: expected numbers (float, int or bool).")
         if len(leaf.shape) < 1:
             raise ValueError(f"{where} is a scalar: every leaf of {name} needs the batch as axis 0, shape (N, ...).")
         out.append(leaf)
