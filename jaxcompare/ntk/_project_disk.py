@@ -49,18 +49,12 @@ import numpy as np
 from ._disk import DirLock, atomic_json, atomic_npy, crc, tmp_name
 from ._fingerprint import data_fingerprint, model_fingerprint
 from ._ooc_ledger import _ledger_path, _ledgers, processes
+from ._projection import rows_dtype
 
 __all__ = ["features_to_disk", "stored_block_size", "check_store_path", "finite_block", "nonfinite_message"]
 
 _VERSION = 2  # ledger format (1: one process; its stores are read as process 0's ledger)
 _SALT = "project_gradients v1"  # the fingerprint's salt, unchanged: stores made before stay valid
-
-
-def _float_dtype(params: Any) -> Any:
-    """The dtype a random projection of ``params`` is generated in (``RandomProjection.rows``)."""
-    dts = [jnp.result_type(leaf) for leaf in jax.tree_util.tree_leaves(params)]
-    dts = [d if jnp.issubdtype(d, jnp.floating) else jnp.result_type(float) for d in dts]
-    return jnp.result_type(*dts) if dts else jnp.result_type(float)
 
 
 def _fingerprints(apply_fn, params, x, projection, summed, bs, policy) -> tuple[str, str]:
@@ -73,7 +67,7 @@ def _fingerprints(apply_fn, params, x, projection, summed, bs, policy) -> tuple[
         options += (("nnz", int(nnz)),)
     if kind in ("sparse", "rademacher") and jax.config.jax_enable_x64:  # their draws under x64 changed: see
         options += (("draws", "32-bit"),)  # _projection._signs (stores made without x64 stay valid)
-    if kind == "gaussian" and _float_dtype(params) != jnp.float32:  # drawn in the params' dtype before; now in
+    if kind == "gaussian" and rows_dtype(params) != jnp.float32:  # drawn in the params' dtype before; now in
         options += (("draws", "float32"),)  # float32 whatever it is (float32 stores stay valid)
     if policy != "highest":  # features under another policy are other features (stores made before it stay valid)
         options += (policy,)

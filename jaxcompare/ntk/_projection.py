@@ -42,6 +42,18 @@ _SKETCH_ELEMENTS = 2**25
 _AUTO_CHUNK_ELEMENTS = 2**25
 
 
+def _leaf_dtypes(leaves: list) -> list:
+    """The dtype of each leaf's rows of ``R``: the leaf's floating dtype (the default float for others)."""
+    dts = [jnp.result_type(leaf) for leaf in leaves]
+    return [d if jnp.issubdtype(d, jnp.floating) else jnp.result_type(float) for d in dts]
+
+
+def rows_dtype(params: Any) -> Any:
+    """The dtype ``RandomProjection.rows`` generates a row of ``params`` in (the leaves' common floating dtype)."""
+    dts = _leaf_dtypes(jax.tree_util.tree_leaves(params))
+    return jnp.result_type(*dts) if dts else jnp.result_type(float)
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class RandomProjection:
@@ -69,10 +81,7 @@ class RandomProjection:
         """Rows ``index`` (int array ``(m,)``) of ``R`` as a parameter pytree with leaves ``(m, *leaf.shape)``."""
         leaves, treedef = jax.tree_util.tree_flatten(params)
         sizes = [int(np.prod(jnp.shape(l), dtype=np.int64)) for l in leaves]
-        dtypes = []
-        for leaf in leaves:
-            dt = jnp.result_type(leaf)
-            dtypes.append(dt if jnp.issubdtype(dt, jnp.floating) else jnp.result_type(float))
+        dtypes = _leaf_dtypes(leaves)
         gen_dt = jnp.result_type(*dtypes)
         scale = 1.0 / math.sqrt(self.dim)
         bounds = np.cumsum([0] + sizes)
