@@ -288,6 +288,10 @@ def check_labels(y: Any, name: str, n_classes: int | None = None, *, length: int
             f"{name} must hold integer class labels in [0, n_classes), got {np.asarray(y).dtype.name} values "
             f"(strings or objects); encode them first, e.g. codes = np.unique({name}, return_inverse=True)[1]."
         )
+    if not isinstance(y, jax.Array):  # NumPy or lists: the range in their own dtype (int64 beyond int32 wraps in JAX)
+        yn = np.asarray(y)
+        if yn.dtype.kind in "iuf" and yn.size and (yn.dtype.kind != "f" or np.all(np.isfinite(yn))):
+            _check_label_range(yn.min(), yn.max(), name, n_classes)
     a = jnp.asarray(y)
     if a.ndim != 1:
         raise ValueError(f"{name} must be a 1-D array of integer labels, got shape {_shape_str(a.shape)}.")
@@ -316,10 +320,16 @@ def check_labels(y: Any, name: str, n_classes: int | None = None, *, length: int
             an = np.asarray(a)
             lo = int(an.min())
             hi = int(an.max())
-        if lo < 0 or (n_classes is not None and hi >= n_classes):
-            rng = f"[0, {n_classes})" if n_classes is not None else ">= 0"
-            raise ValueError(f"{name} must lie in {rng}; found values from {lo} to {hi}.")
+        _check_label_range(lo, hi, name, n_classes)
     return a
+
+
+def _check_label_range(lo: Any, hi: Any, name: str, n_classes: int | None) -> None:
+    top = np.iinfo(np.int32).max if n_classes is None else n_classes - 1
+    if lo < 0 or hi > top:
+        rng = f"[0, {n_classes})" if n_classes is not None else "[0, 2**31 - 1] (class indices)"
+        lo, hi = (int(v) if float(v).is_integer() else float(v) for v in (lo, hi))
+        raise ValueError(f"{name} must lie in {rng}; found values from {lo} to {hi}.")
 
 
 def check_same_length(arrays: dict[str, Any], axis: int = 0) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -256,3 +258,27 @@ Y = np.array([1, 0, 1])
 def test_bad_input(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+def test_labels_beyond_int32_are_refused_not_wrapped():
+    """int64 labels beyond int32 (or negative beyond it) wrapped when JAX took them in int32 without x64: 2**32 + 1
+    read as 1 and scored as correct; -2**32 read as 0. The range is now checked in the input's own dtype. The
+    child runs without x64 (this suite enables it); the oracle is NumPy's range of the labels."""
+    import subprocess
+    import sys
+
+    child = (
+        "import numpy as np, jaxcompare as jc\n"
+        "for y in (np.array([2**32 + 1, 2**32]), np.array([1, -2**32]), np.array([0.0, 3e9])):\n"
+        "    try:\n"
+        "        jc.metrics.accuracy(np.array([[.1, .9], [.9, .1]]), y); print('accepted')\n"
+        "    except ValueError as e:\n"
+        "        print(str(e))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"}
+    out = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, text=True, check=True)
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 3 and all("must lie in [0, 2)" in line for line in lines), lines
+    assert "from 4294967296 to 4294967297" in lines[0] and "from -4294967296 to 1" in lines[1]
+    with pytest.raises(ValueError, match=r"must lie in \[0, 2\*\*31 - 1\]"):
+        jc.fit_kglm(np.eye(3), np.array([0, 1, 2**40]))
