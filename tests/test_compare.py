@@ -387,6 +387,16 @@ def test_spectra_section(grouped, population):
         (dict(x_test=np.ones((3, 2)), y_test=np.zeros(3, int)), "at least 4 points"),
         (dict(apply_fn=lambda p, x: x @ p["w"]), r"must return \(N, C\) logits"),
         (dict(apply_fn=lambda p, x: jnp.full((x.shape[0], 2), jnp.nan)), "must be finite"),
+        # one architecture: a leaf of another shape broadcast silently, a missing leaf failed inside jit
+        (dict(params_list=[{"w": np.ones(2)}, {"w": np.ones(1)}]), r"'model 1'\['w'\] has shape \(1,\)"),
+        (dict(params_list=[{"w": np.ones(2)}, {"v": np.ones(2)}]), "one structure"),
+        (dict(params_list={"a": {"w": np.ones(2)}, "b": {"w": np.ones(2)}}, names=["x", "y"]), "its keys are"),
+        (dict(groups=[1, "1"]), r"different values with one name: \['1'\]"),  # were merged into one group
+        (dict(groups="gg"), "got the string 'gg'"),
+        (
+            dict(x_train=np.ones((6, 2)), y_train=np.array([0, 1] * 3), sections=("surrogate",), attribution_k=7),
+            r"attribution_k \(7\) must be at most the surrogates' training points \(6",  # was clipped to 6
+        ),
     ],
 )
 def test_compare_models_errors(kwargs, match):
@@ -406,6 +416,20 @@ def test_compare_models_errors(kwargs, match):
             base.pop("y_test"),
             **base,
         )
+
+
+def test_compare_models_takes_a_dict_of_models_and_one_section_name():
+    """A dict name -> params names the models by its keys (its iteration gave the names as params); a section given
+    as one string is that section (it was split into letters: "got 'a'")."""
+    x = np.random.default_rng(0).standard_normal((40, 2))
+    y = (x[:, 0] > 0).astype(int)
+    fn = lambda p, x: jnp.stack([x @ p["w"], -x @ p["w"]], axis=1)  # noqa: E731
+    ps = {f"m{i}": {"w": np.array([1.0, 0.1 * i])} for i in range(3)}
+    res = compare_models(jax.random.key(0), fn, ps, x, y, sections="alpha", n_boot=5, progress_bar=False)
+    assert [r["name"] for r in res.rows] == ["m0", "m1", "m2"] and res.settings["sections"] == ["alpha"]
+    ref = compare_models(jax.random.key(0), fn, list(ps.values()), x, y, sections=("alpha",), n_boot=5,
+                         names=list(ps), progress_bar=False)  # fmt: skip
+    assert [r["accuracy"] for r in res.rows] == [r["accuracy"] for r in ref.rows]
 
 
 # ---------------------------------------------------------------- the command

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -75,6 +75,10 @@ def _logits(
 
 
 def _split_names(params_list: Any, names: Sequence[str] | None) -> tuple[list, list[str]]:
+    if isinstance(params_list, Mapping):  # {"name": params}: the names are its keys (iterating gave the names)
+        if names is not None:
+            raise ValueError("params_list is a dict of name -> params: its keys are the names; do not pass names=.")
+        return _split_names(list(params_list.items()), None)
     items = list(params_list)
     pairs = all(isinstance(it, tuple) and len(it) == 2 and isinstance(it[0], str) for it in items)
     if pairs and items:
@@ -92,12 +96,46 @@ def _split_names(params_list: Any, names: Sequence[str] | None) -> tuple[list, l
     return items, names
 
 
+def _check_same_params(params_list: list, names: list[str]) -> None:
+    """One architecture: every model's parameters have the first one's structure, leaf shapes and kinds (a bias of
+    shape (1,) where (C,) is expected would broadcast silently)."""
+    leaves0, tree0 = jax.tree_util.tree_flatten_with_path(params_list[0])
+    for name, p in zip(names[1:], params_list[1:]):
+        leaves, tree = jax.tree_util.tree_flatten_with_path(p)
+        if tree != tree0:
+            raise ValueError(
+                f"params_list must hold parameter pytrees of one structure (one architecture): {name!r} differs "
+                f"from {names[0]!r} ({tree} vs {tree0})."
+            )
+        for (path, a), (_, b) in zip(leaves, leaves0):
+            if np.shape(a) != np.shape(b):
+                raise ValueError(
+                    f"params_list must hold parameters of one architecture: {name!r}{jax.tree_util.keystr(path)} "
+                    f"has shape {np.shape(a)}, {names[0]!r} has {np.shape(b)}."
+                )
+
+
+def _same_label(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError):  # arrays of several values and the like
+        return a is b
+
+
 def _resolve_groups(groups: Sequence[Any] | None, reference: Any, k: int) -> tuple[list[str] | None, str | None]:
     if groups is None:
         if reference is not None:
             raise ValueError("reference names a group, so groups must be given (one group per model).")
         return None, None
+    if isinstance(groups, str):
+        raise TypeError(f"groups must be a sequence of group names, one per model, got the string {groups!r}.")
     g = [str(x) for x in groups]
+    first: dict[str, Any] = {}
+    merged = {s for s, v in zip(g, groups) if not _same_label(first.setdefault(s, v), v)}
+    if merged:
+        raise ValueError(
+            f"groups holds different values with one name: {sorted(merged)} (e.g. 1 and '1'); use one type of label."
+        )
     if len(g) != k:
         raise ValueError(f"groups must have one entry per model ({k}), got {len(g)}.")
     counts = Counter(g)
@@ -238,7 +276,7 @@ def compare_models(
     n_bins = check_int(n_bins, "n_bins", min=1)
     if batch_size is not None:
         batch_size = check_int(batch_size, "batch_size", min=1)
-    sections = tuple(sections)
+    sections = (sections,) if isinstance(sections, str) else tuple(sections)  # "alpha" is one section, not five
     for s in sections:
         check_choice(s, "sections", tuple(SECTIONS))
     check_choice(kernel, "kernel", kernel_names())
@@ -248,6 +286,14 @@ def compare_models(
     attribution_k = check_int(attribution_k, "attribution_k", min=1)
     n_attribution = check_int(n_attribution, "n_attribution", min=1)
     grp, ref_group = _resolve_groups(groups, reference, k)
+    if x_train is not None and "surrogate" in sections and np.ndim(x_train) >= 1:
+        n_tr = min(n_surrogate_train, int(np.shape(x_train)[0]))
+        if attribution_k > n_tr:
+            raise ValueError(
+                f"attribution_k ({attribution_k}) must be at most the surrogates' training points ({n_tr} = "
+                "min(n_surrogate_train, len(x_train))): their top-k would be every training point."
+            )
+    _check_same_params(params_list, names)
 
     logits = _logits(apply_fn, params_list, x, None, batch_size, "x_test", progress_bar)  # (K, T, C)
     n_test, n_classes = logits.shape[1], logits.shape[2]
