@@ -89,6 +89,33 @@ def test_stability_bound_matches_theory():
     assert float(res.lr_bound) == pytest.approx(lwr.stable_lr(CFG400), rel=0.08)
 
 
+@pytest.mark.parametrize("h", [100, 1600])
+def test_stable_lr_of_both_layers_against_measured_edges(h):
+    """With ``train_v`` the step is bounded by the NTK of both layers, ``K_W + K_CK``: ``stable_lr`` ignored it
+    and gave the ``W``-only step, about twice too large (357.8 against a measured 2n/λ_max ≈ 180 at h = 1600).
+    Oracle: λ_max of the empirical NTK (float64 ``eigvalsh``) over three draws at n = 400 sits within the edge
+    fluctuation above the limit edge (measured 2–9 %; bound 15 %), never far below it; the ``W``-only
+    edge is the closed form, the ``K_W + K_CK`` edge read from the limiting density."""
+    cfg = lwr.LWRConfig(n=400, d=200, h=h, train_v=True)
+    bound = lwr.stable_lr(cfg)
+    assert bound < 0.7 * lwr.stable_lr(dataclasses.replace(cfg, train_v=False))
+    measured = []
+    for s in range(3):
+        data = lwr.sample_data(jax.random.key(10 + s), cfg)
+        K = lwr.kernels(lwr.init_params(jax.random.key(20 + s), cfg), data.X)
+        measured.append(2 * cfg.n / np.linalg.eigvalsh(np.asarray(K.ntk, np.float64))[-1])
+    assert 0.85 < bound / np.mean(measured) <= 1.0, (bound, measured)
+
+
+def test_stable_lr_and_edge_check_nu2():
+    cfg = lwr.LWRConfig(n=300, d=200, h=100)
+    for bad, exc in ((-1.0, ValueError), (0.0, ValueError), (float("nan"), ValueError), ("1", TypeError)):
+        for fn in (lwr.stable_lr, lwr.ntk_w_edge):
+            with pytest.raises(exc, match="nu2"):
+                fn(cfg, nu2=bad)
+    assert lwr.stable_lr(cfg, nu2=2.0) == pytest.approx(lwr.stable_lr(cfg) / 2)
+
+
 def test_limit_helpers():
     cfg = lwr.LWRConfig(n=300, d=200, h=100)
     assert lwr.limit_atoms(cfg, "weights") == ((0.0, 0.5),)

@@ -106,14 +106,39 @@ def limit_atoms(cfg: LWRConfig, matrix: str = "weights") -> tuple[tuple[float, f
 def ntk_w_edge(cfg: LWRConfig, *, nu2: float = 1.0) -> float:
     """Limit of ``λ_max(K_W)``: ``ν²[(a − b²) + b²(1 + √(n/d))²]`` (2.236 for the typical tanh config)."""
     _check_cfg(cfg)
+    nu2 = _check(cfg, "ntk_w", nu2)
     c = gaussian_constants(cfg.activation)
     return float(nu2 * ((c.a - c.b**2) + c.b**2 * (1 + np.sqrt(cfg.n / cfg.d)) ** 2))
 
 
+def _support_top(cfg: LWRConfig, matrix: str, nu2: float) -> float:
+    """Right edge of the limiting law's support, from its density (it integrates to at most 1 and vanishes like a
+    square root at the edge): the last point where it exceeds 1e-4, on a coarse grid (``ε = 1e-4``) widened until
+    the density has ended, then on a fine grid (``ε = 1e-5``) from 5% below that point. (Relative to the peak, a
+    threshold cut the long thin tail of the NTK of both layers when ``h < n``; a wide ``ε`` stretches the tail past
+    the edge.)"""
+    hi = 4.0 * ntk_w_edge(cfg, nu2=nu2) + 4.0
+    for _ in range(8):
+        x = np.linspace(hi / 1000, hi, 1000)
+        top = x[np.nonzero(limit_density(cfg, x, matrix, eps=1e-4, nu2=nu2) > 1e-4)[0][-1]]
+        if top < 0.9 * hi:
+            break
+        hi *= 2.0
+    x = np.linspace(0.95 * top, top + (x[1] - x[0]), 300)
+    return float(x[np.nonzero(limit_density(cfg, x, matrix, eps=1e-5, nu2=nu2) > 1e-4)[0][-1]])
+
+
 def stable_lr(cfg: LWRConfig, *, nu2: float = 1.0) -> float:
-    """Largest stable full-batch GD step in the limit (W only): ``η_max = 2n/λ_max(K_W)`` (≈ 0.89 n typically)."""
+    """Largest stable full-batch GD step in the limit: ``η_max = 2n/λ_max(K)`` (≈ 0.89 n typically).
+
+    ``K = K_W`` when only ``W`` trains (the closed form of :func:`ntk_w_edge`); with ``cfg.train_v`` the NTK of
+    both layers, ``K_W + K_CK``, whose edge is read from its limiting density (:func:`limit_density`): ≈ 0.43 n
+    for ``n = 400, d = 200, h = 1600``, half of the ``W``-only step.
+    """
     _check_cfg(cfg)
-    return 2 * cfg.n / ntk_w_edge(cfg, nu2=nu2)
+    nu2 = _check(cfg, "ntk", nu2)
+    edge = _support_top(cfg, "ntk", nu2) if cfg.train_v else ntk_w_edge(cfg, nu2=nu2)
+    return 2 * cfg.n / edge
 
 
 @dataclasses.dataclass(frozen=True)
