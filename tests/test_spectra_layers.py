@@ -234,3 +234,51 @@ def test_powerlaw_fit_matches_pinned_powerlaw_package_fit():
     assert float(fit.alpha) == pytest.approx(5.3480187877954775, rel=1e-9)
     assert int(fit.n_tail) == 47
     assert float(fit.ks) == pytest.approx(0.04638111882457496, rel=1e-8)
+
+
+def test_rank_deficient_layer_gets_no_mp_fit_to_rounding_noise():
+    """A rank-20 256×64 layer: 44 of its 64 eigenvalues are rounding noise (~1e-13 of λmax). The MP bulk was fitted
+    to them (σ² = 3e-13) and the 20 real eigenvalues (and some noise) counted as outliers (22 > rank). Oracle: the
+    rank of the factors; NumPy's eigenvalues in float64."""
+    rng = np.random.default_rng(0)
+    L = (rng.standard_normal((256, 20)) @ rng.standard_normal((20, 64))).astype(np.float32)
+    row = S.analyze_params({"l": L}).rows[0]
+    assert np.isnan(row["mp_sigma2"]) and row["n_outliers"] == -1 and "no MP fit" in row["note"]
+    lam = np.linalg.eigvalsh(L.astype(np.float64).T @ L / 256)
+    assert np.sum(lam > 1e-8 * lam[-1]) == 20
+    full = rng.standard_normal((256, 64)).astype(np.float32)  # full rank: fitted as before
+    assert S.analyze_params({"w": full}).rows[0]["n_outliers"] == 0
+
+
+def test_half_precision_layers_and_samples_are_analysed_in_float32():
+    """float16/bfloat16 layers: the SVD (which has no half-precision kernel) and the tail fit run in float32, on the
+    rounded values. Oracle: NumPy's float64 eigenvalues of the rounded matrix; the power-law fit of the rounded
+    sample in float32 (which `test_powerlaw_*` check against float64 scans). In bfloat16 the fit refused every
+    tail ("numerically constant") or counted ranks past 256 wrongly."""
+    rng = np.random.default_rng(1)
+    W = rng.standard_normal((96, 48)).astype(np.float32)
+    for dt in (jnp.float16, jnp.bfloat16):
+        Wh = jnp.asarray(W, dt)
+        res = S.analyze_params({"w": Wh})
+        lam = np.linalg.eigvalsh(
+            np.asarray(Wh.astype(jnp.float32), np.float64).T @ np.asarray(Wh.astype(jnp.float32), np.float64) / 96
+        )
+        assert res.eigenvalues["w"].dtype == np.float32
+        np.testing.assert_allclose(res.eigenvalues["w"], lam, rtol=1e-4, atol=1e-5 * lam[-1])
+        x = jnp.asarray(rng.pareto(3.0, 3000) + 1.0, dt)
+        got, ref = S.powerlaw_fit(x), S.powerlaw_fit(np.asarray(x.astype(jnp.float32)))
+        assert got.alpha.dtype == jnp.float32
+        np.testing.assert_array_equal([float(got.alpha), int(got.n_tail)], [float(ref.alpha), int(ref.n_tail)])
+
+
+def test_matrix_fn_results_are_checked():
+    W = np.random.default_rng(2).standard_normal((30, 20)).astype(np.float32)
+    cases = [
+        (lambda p, l: np.full((30, 20), np.nan), ValueError, r"matrix_fn\('w', \.\.\.\)'s matrix must be finite"),
+        (lambda p, l: np.zeros((0, 20, 20)), ValueError, "must not be empty"),
+        (lambda p, l: "abc", TypeError, "must be a numeric array"),
+        (lambda p, l: np.ones(3), ValueError, "2-D matrix, a 3-D stack"),
+    ]
+    for fn, exc, match in cases:
+        with pytest.raises(exc, match=match):
+            S.analyze_params({"w": W}, matrix_fn=fn)

@@ -12,7 +12,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._validation import check_choice, check_finite_tree, check_float, check_int, check_key
+from .._validation import (
+    at_least_float32,
+    check_array,
+    check_choice,
+    check_finite_tree,
+    check_float,
+    check_int,
+    check_key,
+)
 from ._mp_fit import TW1_Q99, mp_bulk_fit
 from ._powerlaw import KS_CONVENTIONS, MIN_DISTINCT, powerlaw_fit, powerlaw_gof
 
@@ -39,7 +47,8 @@ class LayerSpectra:
         ``outlier_threshold``, ``n_outliers``, the power-law tail ``alpha``, ``xmin``, ``ks``, ``alpha_sigma``,
         ``n_tail``, the bootstrap ``p_value`` (NaN without a key: "no bootstrap" in ``note``), ``note``.
       skipped: ``{"path", "shape", "reason"}`` for every leaf not analysed (biases, 1-D, tiny, integer).
-      eigenvalues: path → ascending eigenvalues of ``WᵀW/N`` (read-only NumPy, the parameter's dtype).
+      eigenvalues: path → ascending eigenvalues of ``WᵀW/N`` (read-only NumPy, the parameter's dtype; float32 for
+        float16/bfloat16 layers, whose SVD runs in float32).
       settings: every option used.
     """
 
@@ -101,11 +110,11 @@ def _as_stack(path: str, leaf, conv: str, matrix_fn) -> tuple[Any, str, str | No
         mat = matrix_fn(path, leaf)
         if mat is None:
             return None, "", "skipped by matrix_fn"
-        mat = jnp.asarray(mat)
-        if mat.ndim not in (2, 3):
+        if isinstance(mat, (np.ndarray, jax.Array)) and mat.ndim not in (2, 3):
             raise ValueError(
                 f"matrix_fn({path!r}, ...) must return a 2-D matrix, a 3-D stack or None; got shape {mat.shape}."
             )
+        mat = check_array(mat, f"matrix_fn({path!r}, ...)'s matrix", ndim=(2, 3))  # numbers, finite, not empty
         return (mat[None] if mat.ndim == 2 else mat), "matrix_fn", None
     if len(shape) < 2:
         return None, "", f"{len(shape)}-D (bias, scale or scalar)"
@@ -270,15 +279,18 @@ def analyze_params(
             continue
         k_mat, r, c = (int(s) for s in stack.shape)
         n, m = max(r, c), min(r, c)
-        lam_j = _eigs(stack, n)
+        lam_j = _eigs(at_least_float32(stack), n)  # no SVD in float16/bfloat16: those layers in float32
         lam = np.asarray(lam_j)
         lam.setflags(write=False)
         lam64 = lam.astype(np.float64)
-        mp = mp_bulk_fit(lam64, n, m, n_matrices=k_mat, tw_margin=tw_margin) if np.median(lam64) > 0 else None
+        # a median at rounding level (rank below half the eigenvalues) is no bulk: fitting MP to it counted the
+        # nonzero eigenvalues as outliers (22 outliers of a rank-20 matrix)
+        zero = lam64[-1] * lam64.size * np.finfo(lam.dtype).eps
+        mp = mp_bulk_fit(lam64, n, m, n_matrices=k_mat, tw_margin=tw_margin) if np.median(lam64) > zero else None
         layer_key = None if key is None else jax.random.fold_in(key, i)
         tail, note = _tail_fit(layer_key, lam64, lam.dtype, opts)
         if mp is None:
-            note = "; ".join(filter(None, [note, "no MP fit: zero median eigenvalue"]))
+            note = "; ".join(filter(None, [note, "no MP fit: zero median eigenvalue (rank below half the size)"]))
         rows.append(types.MappingProxyType({
             "path": path, "group": path.rsplit("/", 1)[0] if "/" in path else path, "shape": shape,
             "matrix": kind, "n": n, "m": m, "n_matrices": k_mat, "ratio": m / n,

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._validation import check_array, check_choice, check_int, check_key, is_concrete
+from .._validation import at_least_float32, check_array, check_choice, check_int, check_key, is_concrete
 
 __all__ = ["PowerLawFit", "PowerLawGOF", "powerlaw_fit", "powerlaw_gof"]
 
@@ -103,7 +103,7 @@ def _fit_sorted(xs: jax.Array, cand: np.ndarray, block: int, ks: str) -> PowerLa
 
 
 def _check_sample(x, name: str, min_tail: int) -> jax.Array:
-    x = check_array(x, name, ndim=1)
+    x = at_least_float32(check_array(x, name, ndim=1))  # counts, log-sums and rank steps: not in float16/bfloat16
     if x.shape[0] < min_tail:
         raise ValueError(f"{name} needs at least min_tail = {min_tail} points, got {x.shape[0]}.")
     if is_concrete(x) and bool(jnp.any(x <= 0)):
