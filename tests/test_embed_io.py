@@ -144,3 +144,39 @@ def test_report_section(tmp_path):
     assert md.startswith("## Embedding microscope")
     assert "original vs noised" in md and "(m.png)" in md
     assert (tmp_path / "m.png").stat().st_size > 0
+
+
+def test_loader_refuses_what_it_used_to_misread(tmp_path):
+    """Each case was read silently wrong or failed with a raw error: a byte-order mark hid the label column (the
+    labels became a feature), an unnamed index column became a feature, a blank label shifted every code, one
+    name string became its letters, bytes names read "b'..'", a label of 10**7 made ten million names (320 MB
+    for 4 rows), corrupt files raised zipfile/EOF errors, an .npy named .npz a TypeError."""
+    X = np.arange(8.0).reshape(4, 2)
+    (tmp_path / "bom.csv").write_text("label,f1,f2\na,1,2\nb,3,4\n", encoding="utf-8-sig")
+    data = embed.load_embeddings(tmp_path / "bom.csv")
+    assert data.embeddings.shape == (2, 2) and data.names == ("a", "b") and data.labels.tolist() == [0, 1]
+    (tmp_path / "index.csv").write_text(",f1,f2\n0,1,2\n1,3,4\n")
+    with pytest.raises(ValueError, match="header column 1 has no name"):
+        embed.load_embeddings(tmp_path / "index.csv")
+    (tmp_path / "blank.csv").write_text("label,f1,f2\n,1,2\n0,3,4\n1,3,4\n")
+    with pytest.raises(ValueError, match=r"1 rows have an empty label \(first data rows: \[1\]\)"):
+        embed.load_embeddings(tmp_path / "blank.csv")
+    with pytest.raises(ValueError, match="names must be a 1-D sequence"):
+        embed.save_embeddings(tmp_path / "n.npz", X[:2], [0, 0], names=np.array("human"))
+    embed.save_embeddings(tmp_path / "b.npz", X[:2], [0, 1], names=[b"human", b"llm"])
+    assert embed.load_embeddings(tmp_path / "b.npz").names == ("human", "llm")
+    with pytest.raises(ValueError, match=r"reach 10000000 for 4 samples.*np.unique"):
+        embed.save_embeddings(tmp_path / "big.npz", X, [0, 1, 2, 10**7])
+    assert not (tmp_path / "big.npz").exists()
+    np.savez(tmp_path / "ok.npz", embeddings=X)
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "ok.npz").read_bytes()[:100])
+    (tmp_path / "empty.npz").write_bytes(b"")
+    np.save(tmp_path / "ok.npy", X)
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "ok.npy").read_bytes()[:140])
+    for name in ("cut.npz", "empty.npz", "cut.npy"):
+        with pytest.raises(ValueError, match=f"{name}: the file is truncated or corrupt"):
+            embed.load_embeddings(tmp_path / name)
+    with open(tmp_path / "npy.npz", "wb") as f:
+        np.save(f, X)
+    with pytest.raises(ValueError, match="not an .npz archive"):
+        embed.load_embeddings(tmp_path / "npy.npz")

@@ -307,3 +307,48 @@ def test_separability_singular_fold_is_flagged_not_nan():
     with pytest.warns(RuntimeWarning, match="singular"):
         res = embed.separability(jax.random.key(0), X, y, shrinkage=0.0, throw=False)
     assert int(res.result) == 5 and float(res.accuracy) == 1.0  # nearest class mean separates the two points
+
+
+def test_half_precision_inputs_and_extreme_directions():
+    """float16/bfloat16 embeddings are taken in float32: the MMD's kernel sums overflowed float16 (statistic NaN,
+    p = 0.005 for two samples of one distribution) and PCA/LDA had no half-precision SVD. A direction of any scale
+    gives the same extremes (its norm overflowed at 1e20 and underflowed at 1e-25: indices 0, 1, 2). Oracles:
+    the float32 computation on the rounded values (itself checked against float64 above); NumPy's argsort."""
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(300, 8)), rng.normal(size=(300, 8))
+    key = jax.random.key(0)
+    for dt in (jnp.float16, jnp.bfloat16):
+        ah, bh = jnp.asarray(a, dt), jnp.asarray(b, dt)
+        a32, b32 = np.asarray(ah.astype(jnp.float32)), np.asarray(bh.astype(jnp.float32))
+        got, ref = (
+            embed.two_sample_test(key, ah, bh, n_permutations=200),
+            embed.two_sample_test(key, a32, b32, n_permutations=200),
+        )
+        assert np.isfinite(float(got.statistic)) and float(got.p_value) > 0.05
+        np.testing.assert_allclose(float(got.statistic), float(ref.statistic), rtol=1e-6)
+        assert embed.pca(2).fit(ah).components.dtype == jnp.float32
+        st = embed.lda().fit(ah[:40], np.arange(40) % 2)
+        np.testing.assert_allclose(st.scalings, embed.lda().fit(a32[:40], np.arange(40) % 2).scalings, rtol=1e-5)
+    X, u = rng.normal(size=(30, 5)).astype(np.float32), rng.normal(size=5)
+    order = np.argsort(-(X - X.mean(0)) @ u, kind="stable")
+    for scale in (1.0, 1e20, 1e-25):
+        ex = embed.extremes(X, u * scale, k=3)
+        assert ex.top_indices.tolist() == order[:3].tolist() and ex.bottom_indices.tolist() == order[::-1][:3].tolist()
+    assert embed.extremes(X.astype(np.float16), u * 300, k=3).top_indices.tolist() == order[:3].tolist()
+    with pytest.raises(TypeError, match="center must be True or False"):
+        embed.extremes(X, u, center="no")
+
+
+def test_absent_classes_are_refused():
+    """Labels {0, 2} (class 1 absent) gave an LDA direction of zeros; labels up to 10**6 tried to allocate 8 TB."""
+    X = np.random.default_rng(1).normal(size=(40, 4))
+    y = np.arange(40) % 2
+    for labels, kw, shown in (
+        (2 * y, {}, r"\[1\]"),
+        (np.where(y == 0, 10**6, y), {}, r"'\.\.\.'"),
+        (y, dict(n_classes=5), r"\[2, 3, 4\]"),
+    ):
+        with pytest.raises(ValueError, match=f"no samples of .* classes .*{shown}"):
+            embed.lda(**kw).fit(X, labels)
+    with pytest.raises(ValueError, match="no samples of 1 of the 3 classes"):
+        embed.separability(jax.random.key(0), X, 2 * y)

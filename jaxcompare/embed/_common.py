@@ -10,7 +10,7 @@ import numpy as np
 
 from .._checked import traced_finite, traced_labels
 from .._precision import HIGHEST  # noqa: F401 - re-exported to the area's modules
-from .._validation import check_array, check_labels, is_concrete
+from .._validation import at_least_float32, check_array, check_labels, is_concrete
 
 
 def mm(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -19,8 +19,9 @@ def mm(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def check_data(X: Any, name: str = "X", *, min_samples: int = 2) -> jax.Array:
-    """A finite floating ``(n, d)`` matrix with at least ``min_samples`` rows."""
-    X = check_array(X, name, ndim=2)
+    """A finite floating ``(n, d)`` matrix with at least ``min_samples`` rows (float16/bfloat16 in float32: their
+    sums of squares overflow and SVDs have no half-precision kernel)."""
+    X = at_least_float32(check_array(X, name, ndim=2))
     traced_finite(X, name)
     if X.shape[0] < min_samples:
         raise ValueError(f"{name} needs at least {min_samples} samples (rows), got shape {tuple(X.shape)}.")
@@ -38,7 +39,7 @@ def apply_checked(fn: Any, state: Any, X: Any, state_type: type, factory: str, m
             f"state must be the {state_type.__name__} returned by {factory}(...).fit, got {type(state).__name__}."
         )
     d = getattr(state, mean_field).shape[-1]
-    X = check_array(X, "X", ndim=(1, 2))
+    X = at_least_float32(check_array(X, "X", ndim=(1, 2)))
     traced_finite(X, "X")
     if X.shape[-1] != d:
         raise ValueError(
@@ -70,6 +71,14 @@ def check_class_labels(labels: Any, n: int, n_classes: int | None, name: str = "
             raise ValueError(
                 f"{name} must contain at least two classes (sources) to compare, but all {n} samples have label "
                 f"{int(present[0])}."
+            )
+        if present.size < n_classes:  # an absent class: a direction of zeros and a prior of 0 (LDA), empty folds
+            absent = np.setdiff1d(np.arange(n_classes), present)
+            shown = absent[:10].tolist() + (["..."] if absent.size > 10 else [])
+            raise ValueError(
+                f"{name} has no samples of {absent.size} of the {n_classes} classes in [0, {n_classes}) ({shown}); "
+                "every class must be present: encode the labels densely, e.g. np.unique(labels, "
+                "return_inverse=True)[1], or pass the n_classes that are there."
             )
     elif n_classes < 2:
         raise ValueError(f"n_classes must be >= 2 to compare sources, got {n_classes}.")

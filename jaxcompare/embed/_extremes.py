@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._validation import check_array, check_int, is_concrete
+from .._validation import check_array, check_flag, check_int, is_concrete
 from ._common import check_data, mm
 
 __all__ = ["Extremes", "extremes"]
@@ -40,6 +40,7 @@ class Extremes:
 
 @partial(jax.jit, static_argnames=("k", "center"))
 def _extremes(X, u, k, center):
+    u = u / jnp.max(jnp.abs(u))  # first to max |u| = 1: the norm of 1e20·u overflows float32, of 1e-25·u underflows
     u = u / jnp.linalg.norm(u)
     Xc = X - jnp.mean(X, axis=0)[None, :] if center else X
     s = mm(Xc, u[:, None])[:, 0]
@@ -89,6 +90,6 @@ def extremes(X: Any, direction: Any, *, k: int = 10, center: bool = True) -> Ext
         u = check_array(direction, "direction", shape=(d,))
         if is_concrete(u) and not np.any(np.asarray(u) != 0):
             raise ValueError("direction must be a non-zero vector, got all zeros.")
-        u = u.astype(X.dtype)
+        u = (u / jnp.max(jnp.abs(u))).astype(X.dtype)  # scaled before the cast (300·u overflows float16's norm)
     k = check_int(k, "k", min=1, max=n)
-    return _extremes(X, u, k, bool(center))
+    return _extremes(X, u, k, check_flag(center, "center"))

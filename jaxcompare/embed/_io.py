@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import os
+import zipfile
+import zlib
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -62,25 +64,51 @@ def _encode_labels(lab: np.ndarray, names: Sequence[str] | None, n: int, where: 
             raise ValueError(f"{where}: labels must be integers (or strings), got non-integer values.")
     elif lab.dtype.kind not in "iub":
         raise ValueError(f"{where}: labels must be integers or strings, got dtype {lab.dtype}.")
-    lab = lab.astype(np.int64)
     if lab.min() < 0:
-        raise ValueError(f"{where}: labels must be >= 0, found {int(lab.min())}.")
+        raise ValueError(f"{where}: labels must be >= 0, found {lab.min()}.")
+    if lab.max() > max(2 * n, 256):  # one name per code 0..max: a label of 10**7 made ten million names
+        raise ValueError(
+            f"{where}: integer labels are codes 0..K-1 (names[i] for label i), but they reach {lab.max()} for {n} "
+            "samples; encode them first, e.g. codes, values = np.unique(labels, return_inverse=True)[::-1], and "
+            "pass the values as names."
+        )
+    lab = lab.astype(np.int64)
     K = int(lab.max()) + 1
     if names is None:
         names = tuple(str(i) for i in range(K))
     else:
-        names = tuple(str(s) for s in np.asarray(names).tolist())
+        names = _names(names, where)
         if len(names) < K:
             raise ValueError(f"{where}: {len(names)} names given for labels up to {K - 1}.")
     return lab.astype(np.int32), names
 
 
+def _names(names: Any, where: str) -> tuple[str, ...]:
+    """Source names: a 1-D sequence of strings (bytes decoded as UTF-8; one string is not a sequence of names)."""
+    a = np.asarray(names)
+    if a.ndim != 1:
+        raise ValueError(f"{where}: names must be a 1-D sequence of source names, got shape {a.shape} ({names!r}).")
+    return tuple(v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in a.tolist())
+
+
+def _unreadable(path: str, e: Exception) -> ValueError:
+    """The error for a file NumPy could not read: pickles refused, or the file truncated or corrupt."""
+    if "pickle" in str(e).lower() or "object arrays" in str(e).lower():
+        return ValueError(f"{path}: cannot read without pickle (object arrays are not accepted): {e}")
+    return ValueError(f"{path}: the file is truncated or corrupt ({type(e).__name__}: {e}).")
+
+
 def _load_npz(path: str, ek: str, lk: str, nk: str) -> EmbeddingData:
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, allow_pickle=False)
+        if not hasattr(z, "files"):  # an .npy file named .npz
+            raise ValueError(f"{path}: not an .npz archive (an .npy file named .npz?); rename it to .npy.")
+        with z:
             files = {k: z[k] for k in z.files}
-    except ValueError as e:
-        raise ValueError(f"{path}: cannot read without pickle (object arrays are not accepted): {e}") from None
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile, zlib.error) as e:
+        if isinstance(e, ValueError) and str(e).startswith(path):
+            raise
+        raise _unreadable(path, e) from None
     if ek in files:
         X = _as_embeddings(files[ek], path)
     elif len(files) == 1:
@@ -96,7 +124,7 @@ def _load_npz(path: str, ek: str, lk: str, nk: str) -> EmbeddingData:
 
 
 def _load_csv(path: str, delimiter: str) -> EmbeddingData:
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # a byte-order mark (Excel) is not part of the header
         rows = [r for r in csv.reader(f, delimiter=delimiter) if r and any(c.strip() for c in r)]
     if not rows:
         raise ValueError(f"{path}: empty file.")
@@ -117,6 +145,11 @@ def _load_csv(path: str, delimiter: str) -> EmbeddingData:
         if len(r) != width:
             raise ValueError(f"{path}: row {i + 1 + (header is not None)} has {len(r)} fields, expected {width}.")
     label_col = None
+    if header is not None and not all(header):
+        raise ValueError(
+            f"{path}: header column {header.index('') + 1} has no name (a pandas index? write the file with "
+            "index=False); name every column, the label column 'label'."
+        )
     if header is not None:
         hits = [j for j, h in enumerate(header) if h.lower() in _LABEL_COLUMNS]
         label_col = hits[0] if hits else None
@@ -131,6 +164,12 @@ def _load_csv(path: str, delimiter: str) -> EmbeddingData:
     if label_col is None:
         return EmbeddingData(X, None, ())
     raw = np.array([r[label_col].strip() for r in body])
+    blank = np.flatnonzero(raw == "")
+    if blank.size:
+        raise ValueError(
+            f"{path}: {blank.size} rows have an empty label (first data rows: {(blank[:5] + 1).tolist()}); give "
+            "every sample its source."
+        )
     if all(numeric(c) for c in raw):
         lab, names = _encode_labels(raw.astype(np.float64), None, X.shape[0], path)
     else:
@@ -148,8 +187,8 @@ def _load_one(path: Any, ek: str, lk: str, nk: str) -> EmbeddingData:
     if ext == ".npy":
         try:
             a = np.load(path, allow_pickle=False)
-        except ValueError as e:
-            raise ValueError(f"{path}: cannot read without pickle (object arrays are not accepted): {e}") from None
+        except (ValueError, EOFError, OSError) as e:
+            raise _unreadable(path, e) from None
         return EmbeddingData(_as_embeddings(a, path), None, ())
     if ext in (".csv", ".tsv"):
         return _load_csv(path, "\t" if ext == ".tsv" else ",")

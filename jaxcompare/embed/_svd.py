@@ -8,7 +8,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .._validation import check_array, check_int, check_key
+from .._validation import at_least_float32, check_array, check_int, check_key
 from ._common import mm
 
 __all__ = ["randomized_svd"]
@@ -72,7 +72,7 @@ def randomized_svd(
       N. Halko, P.-G. Martinsson, J. A. Tropp, "Finding structure with randomness", SIAM Review 53(2), 2011.
     """
     key = check_key(key)
-    A = check_array(A, "A", ndim=2)
+    A = at_least_float32(check_array(A, "A", ndim=2))  # no half-precision SVD/QR kernels
     k = check_int(k, "k", min=1, max=min(A.shape))
     n_oversamples = check_int(n_oversamples, "n_oversamples", min=0)
     n_iter = check_int(n_iter, "n_iter", min=0)
