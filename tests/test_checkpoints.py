@@ -94,7 +94,9 @@ def test_save_params_safetensors_is_the_documented_format(tmp_path):
     b = header["b"]
     assert b["dtype"] == "I32"
     np.testing.assert_array_equal(np.frombuffer(buf[b["data_offsets"][0] : b["data_offsets"][1]], "<i4"), [1, 2, 3])
-    assert sum(e["data_offsets"][1] - e["data_offsets"][0] for e in header.values()) == len(buf)
+    tensors = {k: e for k, e in header.items() if k != "__metadata__"}  # the format's optional string map
+    assert sum(e["data_offsets"][1] - e["data_offsets"][0] for e in tensors.values()) == len(buf)
+    assert header["__metadata__"] == {"jaxcompare.separator": "/"}
 
 
 def test_npz_roundtrip_and_sequences(tmp_path):
@@ -260,7 +262,7 @@ def test_pickles_nan_and_clashes_refused(tmp_path):
         np.savez(f, w=np.array([{"a": 1}], dtype=object))
     with pytest.raises(ValueError, match="pickles are refused"):
         load_checkpoint(tmp_path / "obj.npz")
-    save_params({"w": np.array([1.0, np.nan])}, tmp_path / "nan.npz")
+    np.savez(tmp_path / "nan.npz", w=np.array([1.0, np.nan]))  # written by another tool (save_params refuses it)
     with pytest.raises(ValueError, match=r"nan\.npz: parameter 'w' has 1 NaN/inf"):
         load_checkpoint(tmp_path / "nan.npz")
     with zipfile.ZipFile(tmp_path / "clash.npz", "w") as z:
@@ -271,3 +273,36 @@ def test_pickles_nan_and_clashes_refused(tmp_path):
         load_checkpoint(tmp_path / "clash.npz")
     with pytest.raises(ValueError, match="must end in .npz or .safetensors"):
         save_params({"w": np.ones(2)}, tmp_path / "w.pkl")
+
+
+def test_saved_checkpoints_come_back_exactly(tmp_path):
+    """A 0-d leaf came back from .safetensors as shape (1,) (so an .npz and a .safetensors of one model did not
+    match), a key with a dot as two levels; NaN weights were written and then refused on reading. The oracle is
+    the tree saved."""
+    params = {"t": np.float32(1.5), "conv.weight": np.arange(3.0), "blocks": [{"w": np.eye(2, dtype=np.float32)}]}
+    back = {ext: load_checkpoint(save_params(params, tmp_path / f"m{ext}")) for ext in (".npz", ".safetensors")}
+    for tree in back.values():
+        assert tree["t"].shape == () and float(tree["t"]) == 1.5
+        np.testing.assert_array_equal(tree["conv.weight"], params["conv.weight"])
+        np.testing.assert_array_equal(tree["blocks"]["0"]["w"], np.eye(2))
+    with pytest.raises(ValueError, match="'w' has 1 NaN/inf values"):
+        save_params({"w": np.array([1.0, np.nan])}, tmp_path / "nan.npz")
+    assert not (tmp_path / "nan.npz").exists()
+
+
+def test_files_that_are_not_npz_archives(tmp_path):
+    """Garbage bytes named .npz were reported as pickles; an .npy named .npz raised a TypeError; a zip with other
+    members (a PyTorch zip checkpoint) was read as raw bytes; a corrupt msgpack dtype escaped as a TypeError."""
+    (tmp_path / "g.npz").write_bytes(b"garbage bytes")
+    with open(tmp_path / "p.npz", "wb") as f:
+        np.save(f, np.ones(3))
+    with zipfile.ZipFile(tmp_path / "z.npz", "w") as z:
+        z.writestr("archive/data.pkl", "not an array")
+    for name, match in (("g.npz", "not a zip archive"), ("p.npz", "an .npy file"), ("z.npz", r"not \.npy arrays")):
+        with pytest.raises(ValueError, match=match):
+            load_checkpoint(tmp_path / name)
+    serialization = pytest.importorskip("flax.serialization")
+    raw = serialization.msgpack_serialize({"w": np.ones(2, np.float32)}).replace(b"float32", b"floaX32")
+    (tmp_path / "c.msgpack").write_bytes(raw)
+    with pytest.raises(ValueError, match="c.msgpack is not a valid flax msgpack file"):
+        load_checkpoint(tmp_path / "c.msgpack")

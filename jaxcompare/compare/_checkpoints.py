@@ -26,6 +26,7 @@ CHECKPOINT_FORMATS = {
     "orbax": (),  # a directory
 }
 _ORBAX_MARKERS = ("_CHECKPOINT_METADATA", "_METADATA", "manifest.ocdbt", "checkpoint")
+_FILE_EXTS = tuple(e for exts in CHECKPOINT_FORMATS.values() for e in exts)
 
 
 def flatten_params(tree: Any, *, sep: str = "/") -> dict[str, Any]:
@@ -101,6 +102,25 @@ def _format(path: str) -> str:
 def _load_npz(path: str) -> dict[str, Any]:
     import zipfile
 
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if head[:4] != b"PK\x03\x04":
+        what = (
+            "an .npy file (rename it to .npy? a checkpoint is an .npz of named arrays)"
+            if head == b"\x93NUMPY"
+            else (f"not a zip archive (it starts with {head!r})")
+        )
+        raise ValueError(f"checkpoint {path} is not a valid .npz file: {what}")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            other = [i.filename for i in zf.infolist() if not i.filename.endswith(".npy")]
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"checkpoint {path} is not a valid .npz file (truncated or corrupt?): {e}") from None
+    if other:
+        raise ValueError(
+            f"checkpoint {path} is a zip archive with members that are not .npy arrays ({other[:3]}): not an "
+            ".npz of named arrays (a PyTorch zip checkpoint? convert it with save_params)"
+        )
     try:
         with np.load(path, allow_pickle=False) as z:
             flat = {k: z[k] for k in z.keys()}
@@ -115,9 +135,13 @@ def _load_npz(path: str) -> dict[str, Any]:
     return _unflatten(flat, "/", path)
 
 
+_SEP_KEY = "jaxcompare.separator"  # written by save_params: its names are joined by "/" (a "." is part of a key)
+
+
 def _load_safetensors(path: str) -> dict[str, Any]:
-    flat, _ = read_safetensors(path)
-    sep = "/" if any("/" in k for k in flat) else "."
+    flat, meta = read_safetensors(path)
+    # files of other tools (PyTorch state dicts) join nested names by "."; ours record that they use "/"
+    sep = meta.get(_SEP_KEY) or ("/" if any("/" in k for k in flat) else ".")
     return _unflatten(flat, sep, path)
 
 
@@ -134,7 +158,7 @@ def _load_msgpack(path: str) -> Any:
         raw = f.read()
     try:
         return serialization.msgpack_restore(raw)
-    except ValueError as e:  # msgpack's unpack errors (incomplete input, extra data) are ValueErrors
+    except (ValueError, TypeError, KeyError) as e:  # unpack errors (incomplete input, extra data), bad dtypes
         raise ValueError(f"checkpoint {path} is not a valid flax msgpack file (truncated or corrupt?): {e}") from None
 
 
@@ -222,9 +246,12 @@ def _entries(paths_or_dir: Any) -> list[str]:
             raise FileNotFoundError(f"checkpoints not found: {d}")
         if not os.path.isdir(d):
             return [d]
-        if any(os.path.exists(os.path.join(d, m)) for m in _ORBAX_MARKERS):
-            return [d]  # one orbax checkpoint
         names = sorted(n for n in os.listdir(d) if not n.startswith((".", "_")))
+        # one orbax checkpoint; a file named "checkpoint" (TensorFlow's index) beside checkpoint files is not one
+        strong = any(os.path.exists(os.path.join(d, m)) for m in _ORBAX_MARKERS if m != "checkpoint")
+        files = [n for n in names if os.path.splitext(n)[1].lower() in _FILE_EXTS]
+        if strong or (os.path.exists(os.path.join(d, "checkpoint")) and not files):
+            return [d]
         if not names:
             raise ValueError(f"checkpoint directory {d} is empty (one entry per model expected)")
         return [os.path.join(d, n) for n in names]
@@ -328,6 +355,10 @@ def save_params(params: Any, path: str | os.PathLike) -> str:
     for k, v in flat.items():
         if v.dtype.kind not in "biuf" and v.dtype.name != "bfloat16":
             raise TypeError(f"params leaf {k!r} has dtype {v.dtype}; only numeric arrays can be saved")
+        if v.dtype.kind == "f" or v.dtype.name == "bfloat16":
+            bad = int(np.sum(~np.isfinite(v.astype(np.float32))))
+            if bad:  # load_checkpoint refuses them: a file that cannot be read back is not written
+                raise ValueError(f"params leaf {k!r} has {bad} NaN/inf values; a checkpoint must be finite")
         if ext == ".npz" and v.dtype.name == "bfloat16":
             raise TypeError(
                 f"params leaf {k!r} is bfloat16, which .npz cannot hold (NumPy has no such dtype); save to "
@@ -338,5 +369,5 @@ def save_params(params: Any, path: str | os.PathLike) -> str:
         with open(path, "wb") as f:
             np.savez(f, **flat)
     else:
-        write_safetensors(flat, path)
+        write_safetensors(flat, path, metadata={_SEP_KEY: "/"})
     return path

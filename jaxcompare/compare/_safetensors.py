@@ -174,7 +174,8 @@ def write_safetensors(arrays: dict[str, Any], path: str | os.PathLike, metadata:
     chunks = []
     pos = 0
     for name in sorted(arrays):
-        a = np.ascontiguousarray(np.asarray(arrays[name]))
+        a0 = np.asarray(arrays[name])
+        a = np.ascontiguousarray(a0).reshape(a0.shape)  # (ascontiguousarray makes a 0-d array (1,))
         if a.dtype.byteorder == ">":
             a = a.astype(a.dtype.newbyteorder("<"))
         st = _st_name(a.dtype)
