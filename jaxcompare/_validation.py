@@ -420,7 +420,7 @@ def check_real_points(x: Any, name: str) -> np.ndarray:
             f"{name} must be real points, got dtype {a.dtype}; pass the real grid (use the Stieltjes "
             f"transform for complex points)."
         )
-    if a.dtype.kind not in "biuf":
+    if a.dtype.kind not in "biuf" and a.dtype.name != "bfloat16":  # (NumPy sees bfloat16 as kind "V")
         raise TypeError(f"{name} must be a numeric array, got dtype {a.dtype}.")
     a = a.astype(np.float64)
     check_finite(a, name)

@@ -382,3 +382,26 @@ def test_mp_stieltjes_small_ratio_without_cancellation(c):
     assert abs(m.real - (0.5 + c / 8 - c * c / 16)) < 1e-13 and m.imag == 0
     w = S.mp_stieltjes(np.array([-3.0, 5.0 + 0.5j]), c)  # farther points: 1/(1 − z) to O(c)
     np.testing.assert_allclose(w, 1 / (1 - np.array([-3.0, 5.0 + 0.5j])), rtol=10 * c + 1e-13)
+
+
+def test_fan_wang_reports_non_convergence_and_checks_g_eigenvalues():
+    """One iteration at damping 1e-4 returned −0.938+0.721j for a converged −0.897+0.432j without a word; now a
+    SolverWarning says so. ``g_eigenvalues`` must be real, finite, non-empty and (up to rounding) non-negative:
+    complex values lost their imaginary part, strings and negatives were accepted."""
+    from jaxcompare import SolverWarning
+
+    c = S.gaussian_constants("tanh")
+    kw = dict(gamma0=2.0, gamma1=1.5, t0=c.m2 - c.b**2, t1=c.b**2)
+    ref = S.fan_wang_stieltjes(1 + 1e-3j, **kw)
+    with pytest.warns(SolverWarning, match="did not converge"):
+        rough = S.fan_wang_stieltjes(1 + 1e-3j, damping=1e-4, max_iter=1, **kw)
+    assert abs(rough - ref) > 0.1
+    for bad, exc, match in (
+        (np.array([1.0, 2.0 + 1j]), TypeError, "real points"),
+        (["a", "b"], TypeError, "numeric array"),
+        (np.array([-1.0, 2.0]), ValueError, r"\(>= 0\)"),
+        (np.array([]), ValueError, "must not be empty"),
+        (np.array([1.0, np.nan]), ValueError, "finite"),
+    ):
+        with pytest.raises(exc, match=match):
+            S.fan_wang_stieltjes(1 + 0.1j, g_eigenvalues=bad, **kw)

@@ -116,16 +116,22 @@ def _support_top(cfg: LWRConfig, matrix: str, nu2: float) -> float:
     square root at the edge): the last point where it exceeds 1e-4, on a coarse grid (``ε = 1e-4``) widened until
     the density has ended, then on a fine grid (``ε = 1e-5``) from 5% below that point. (Relative to the peak, a
     threshold cut the long thin tail of the NTK of both layers when ``h < n``; a wide ``ε`` stretches the tail past
-    the edge.)"""
+    the edge.) The fixed point is solved to ``1e-6``, far below what a threshold of 1e-4 can see (near the real
+    axis ``1e-12`` takes more than the iteration cap)."""
+    params = _fw_params(cfg, matrix, nu2)
+
+    def last_above(x, eps):
+        dens = fan_wang_stieltjes(x + 1j * eps, tol=1e-6, **params).imag / np.pi
+        return x[np.nonzero(dens > 1e-4)[0][-1]]
+
     hi = 4.0 * ntk_w_edge(cfg, nu2=nu2) + 4.0
     for _ in range(8):
         x = np.linspace(hi / 1000, hi, 1000)
-        top = x[np.nonzero(limit_density(cfg, x, matrix, eps=1e-4, nu2=nu2) > 1e-4)[0][-1]]
+        top = last_above(x, 1e-4)
         if top < 0.9 * hi:
             break
         hi *= 2.0
-    x = np.linspace(0.95 * top, top + (x[1] - x[0]), 300)
-    return float(x[np.nonzero(limit_density(cfg, x, matrix, eps=1e-5, nu2=nu2) > 1e-4)[0][-1]])
+    return float(last_above(np.linspace(0.95 * top, top + (x[1] - x[0]), 300), 1e-5))
 
 
 def stable_lr(cfg: LWRConfig, *, nu2: float = 1.0) -> float:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
+from .._results import SolverWarning
 from .._validation import check_float, check_int, check_real_points, check_upper_half_plane
 from ._marchenko_pastur import _mp_stieltjes, mp_support
 
@@ -70,9 +73,13 @@ def fan_wang_stieltjes(
         lo, hi = mp_support(g0)
         m_g = lambda w: _mp_stieltjes(w, g0, lo, hi)  # noqa: E731
     else:
-        lam = np.asarray(g_eigenvalues, dtype=np.float64).ravel()
-        if lam.size == 0 or not np.all(np.isfinite(lam)):
-            raise ValueError("g_eigenvalues must be a non-empty finite array of eigenvalues of G = XᵀX/d.")
+        lam = check_real_points(g_eigenvalues, "g_eigenvalues").ravel()  # real and finite
+        if lam.size == 0:
+            raise ValueError("g_eigenvalues must not be empty: pass the eigenvalues of G = XᵀX/d.")
+        if lam.min() < -1e-5 * max(lam.max(), 0.0):  # (rounding leaves zero eigenvalues slightly negative)
+            raise ValueError(
+                f"g_eigenvalues must be eigenvalues of G = XᵀX/d (>= 0), got a minimum of {float(lam.min()):g}."
+            )
         m_g = lambda w: np.mean(1.0 / (lam[None, :] - w.reshape(-1, 1)), axis=1).reshape(w.shape)  # noqa: E731
 
     flat = zt.ravel()
@@ -82,6 +89,7 @@ def fan_wang_stieltjes(
         levels.append(levels[-1] / 3.0)
     s = np.ones_like(flat)
     M = np.zeros_like(flat)
+    delta = 0.0
     for eta in levels + [None]:
         zz = flat if eta is None else flat.real + 1j * np.maximum(eta, eta_target)
         for _ in range(max_iter):
@@ -94,6 +102,13 @@ def fan_wang_stieltjes(
             s = (1 - damping) * s + damping * s_new
             if delta < tol:
                 break
+    if not delta < tol:  # the target level's iteration stopped at max_iter
+        warnings.warn(
+            f"fan_wang_stieltjes did not converge at the target points: max |Δs| = {delta:.3g} > tol = {tol:.3g} "
+            f"after max_iter = {max_iter} iterations (damping {damping}); raise max_iter or damping, or loosen tol.",
+            SolverWarning,
+            stacklevel=2,
+        )
     alpha = A0 - flat + t0 * s
     beta = A1 + t1 * s
     M = m_g(-alpha / beta) / beta
