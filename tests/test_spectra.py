@@ -1,6 +1,7 @@
 """Tests of jaxcompare.spectra against independent float64 oracles (SciPy quadrature, NumPy random matrices,
 naive loops). Statistical tests use fixed seeds; their false-failure probability for a random seed is stated."""
 
+import json
 import math
 
 import jax
@@ -405,3 +406,35 @@ def test_fan_wang_reports_non_convergence_and_checks_g_eigenvalues():
     ):
         with pytest.raises(exc, match=match):
             S.fan_wang_stieltjes(1 + 0.1j, g_eigenvalues=bad, **kw)
+
+
+def test_bbp_at_huge_spikes_and_mp_median_of_array_scalars():
+    """θ⁴ overflowed beyond θ ≈ 1e77 (NaN outlier and alignment); the closed forms are ≈ θ² and → 1. ``theta=True``
+    was read as 1; ``mp_median`` of a NumPy/JAX scalar failed in its cache ("unhashable type")."""
+    th = np.array([1e80, 1e150])
+    np.testing.assert_allclose(S.bbp_outlier(th, 0.5), th**2 * (1 + 1.5 / th**2), rtol=1e-12)
+    np.testing.assert_allclose(S.bbp_alignment(th, 0.5), 1.0, rtol=1e-12)
+    assert S.bbp_outlier(2.0, 1.0) == 6.25 and round(float(S.bbp_alignment(2.0, 1.0)), 12) == 0.75
+    with pytest.raises(TypeError, match="booleans"):
+        S.bbp_outlier(True, 1.0)
+    assert S.mp_median(np.array(0.5)) == S.mp_median(0.5) == S.mp_median(jnp.float32(0.5))
+    with pytest.raises(TypeError, match="ratio must be a real number"):
+        S.mp_median(True)
+
+
+def test_mp_bulk_fit_keeps_float64_eigenvalues_without_x64():
+    """Without x64, NumPy float64 eigenvalues went through float32: ×1e39 was "94 infinite entries" and ×1e-42
+    denormals moved σ²; the host fit now reads them at their own precision (scale invariance is the oracle)."""
+    import os
+    import subprocess
+    import sys
+
+    child = (
+        "import json, numpy as np, jaxcompare.spectra as S\n"
+        "W = np.random.default_rng(0).standard_normal((400, 100)); lam = np.linalg.eigvalsh(W.T @ W / 400)\n"
+        "print(json.dumps([S.mp_bulk_fit(lam * s, 400, 100).sigma2 / s for s in (1.0, 1e39, 1e-42)]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"}
+    out = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, text=True, check=True)
+    s = json.loads(out.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(s, s[0], rtol=1e-12)

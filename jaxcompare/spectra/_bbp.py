@@ -12,7 +12,9 @@ __all__ = ["bbp_threshold", "bbp_outlier", "bbp_alignment"]
 def _prep(theta, ratio):
     c = float(check_float(ratio, "ratio", low=0.0, low_open=True))
     th = np.asarray(theta)
-    if th.dtype.kind not in "biuf":
+    if th.dtype.kind == "b":
+        raise TypeError(f"theta must hold real numbers, got booleans ({theta!r}).")
+    if th.dtype.kind not in "iuf" and th.dtype.name != "bfloat16":
         raise TypeError(f"theta must hold real numbers, got dtype {th.dtype}.")
     th = th.astype(np.float64)
     if np.any(~np.isfinite(th)) or np.any(th < 0):
@@ -43,7 +45,7 @@ def bbp_outlier(theta, ratio: float) -> np.ndarray:
       6.25
     """
     c, th, t2 = _prep(theta, ratio)
-    out = (1 + t2) * (c + t2) / t2
+    out = (1 + t2) * (1 + c / t2)  # = (1 + θ²)(c + θ²)/θ², without θ⁴ (inf, then NaN, beyond θ ≈ 1e77)
     return np.where(th > c**0.25, out, (1 + np.sqrt(c)) ** 2)
 
 
@@ -57,5 +59,5 @@ def bbp_alignment(theta, ratio: float) -> np.ndarray:
       0.75
     """
     c, th, t2 = _prep(theta, ratio)
-    out = 1 - c * (1 + t2) / (t2 * (t2 + c))
+    out = 1 - c / (t2 + c) * (1 + 1 / t2)  # = 1 − c(1 + θ²)/(θ²(θ² + c)), without θ⁴
     return np.where(th > c**0.25, np.clip(out, 0.0, 1.0), 0.0)

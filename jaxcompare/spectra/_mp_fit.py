@@ -9,7 +9,7 @@ import numpy as np
 import scipy.integrate
 import scipy.optimize
 
-from .._validation import check_array, check_float, check_int
+from .._validation import check_array, check_finite, check_float, check_int, host_float64
 
 __all__ = ["MPBulkFit", "mp_bulk_fit", "mp_median", "TW1_Q99"]
 
@@ -43,7 +43,6 @@ def _theta_integrand(theta: float, c: float) -> float:
     return half**2 * np.sin(theta) ** 2 / (2 * np.pi * c * max(x, 1e-300))
 
 
-@functools.lru_cache(maxsize=256)
 def mp_median(ratio: float) -> float:
     r"""Median of the Marchenko–Pastur law with ``σ² = 1`` and ratio ``c ∈ (0, 1]`` (no atom).
 
@@ -54,7 +53,12 @@ def mp_median(ratio: float) -> float:
       >>> round(mp_median(1.0), 4)
       0.6528
     """
-    c = float(check_float(ratio, "ratio", low=0.0, high=1.0, low_open=True))
+    # validated before the cache: an array scalar is unhashable, and the cache sees True == 1
+    return _mp_median(float(check_float(ratio, "ratio", low=0.0, high=1.0, low_open=True)))
+
+
+@functools.lru_cache(maxsize=256)
+def _mp_median(c: float) -> float:
     lo, hi = (1 - np.sqrt(c)) ** 2, (1 + np.sqrt(c)) ** 2
 
     def cdf_minus_half(t: float) -> float:
@@ -105,7 +109,10 @@ def mp_bulk_fit(eigenvalues, n: int, m: int, *, n_matrices: int = 1, tw_margin: 
     m = check_int(m, "m", min=2, max=n)
     n_matrices = check_int(n_matrices, "n_matrices", min=1)
     tw_margin = float(check_float(tw_margin, "tw_margin", low=0.0))
-    lam = np.asarray(check_array(eigenvalues, "eigenvalues", ndim=1), dtype=np.float64)
+    with np.errstate(over="ignore", under="ignore"):  # without x64, JAX holds float64 values in float32
+        checked = check_array(eigenvalues, "eigenvalues", ndim=1, finite=False)
+    lam = host_float64(eigenvalues, checked)  # NumPy float64 at its own precision (1e39 is finite, 1e-42 not 0)
+    check_finite(lam, "eigenvalues")
     if lam.size != n_matrices * m:
         raise ValueError(f"eigenvalues must have n_matrices * m = {n_matrices * m} entries, got {lam.size}.")
     c = m / n
