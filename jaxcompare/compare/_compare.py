@@ -97,7 +97,7 @@ def _split_names(params_list: Any, names: Sequence[str] | None) -> tuple[list, l
 
 
 def _check_same_params(params_list: list, names: list[str]) -> None:
-    """One architecture: every model's parameters have the first one's structure, leaf shapes and kinds (a bias of
+    """One architecture: every model's parameters have the first one's structure and leaf shapes (a bias of
     shape (1,) where (C,) is expected would broadcast silently)."""
     leaves0, tree0 = jax.tree_util.tree_flatten_with_path(params_list[0])
     for name, p in zip(names[1:], params_list[1:]):
