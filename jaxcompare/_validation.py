@@ -119,6 +119,13 @@ def check_finite_tree(tree: Any, name: str) -> None:
 
 def as_float_array(x: Any, name: str, dtype: Any = None) -> jax.Array:
     """Convert to a floating ``jax.Array`` keeping a floating dtype, promoting ints/bools to the default float."""
+    if dtype is None and not isinstance(x, jax.Array) and not jax.config.jax_enable_x64:
+        try:
+            xn = np.asarray(x)
+        except (TypeError, ValueError):
+            xn = None  # reported below
+        if xn is not None and xn.dtype.kind in "iu" and xn.size and (xn.max() > 2**31 - 1 or xn.min() < -(2**31)):
+            x = xn.astype(np.float64)  # to float32 by value: JAX would wrap int64 to int32 first (2**32 -> 0)
     try:
         a = jnp.asarray(x) if dtype is None else jnp.asarray(x, dtype=dtype)
     except (TypeError, ValueError) as e:  # e.g. strings, ragged lists

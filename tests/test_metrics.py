@@ -282,3 +282,31 @@ def test_labels_beyond_int32_are_refused_not_wrapped():
     assert "from 4294967296 to 4294967297" in lines[0] and "from -4294967296 to 1" in lines[1]
     with pytest.raises(ValueError, match=r"must lie in \[0, 2\*\*31 - 1\]"):
         jc.fit_kglm(np.eye(3), np.array([0, 1, 2**40]))
+
+
+def test_half_precision_counts_majority_votes_and_negative_labels_under_jit():
+    """float16 accuracy over 70 000 points was NaN (the count overflows float16) and over 65 504 0.9995; integer
+    (K, n) votes were read as logit gaps (label 1 wherever any model voted 1); under jit a label −1 read the last
+    class's score. Oracles: scikit-learn's accuracy, a majority vote by np.bincount, NaN as documented."""
+    import sklearn.metrics
+
+    n = 70000
+    pred = np.tile([[0.0, 1.0]], (n, 1)).astype(np.float16)
+    y = np.ones(n, int)
+    y[::7] = 0
+    acc = jc.metrics.accuracy(pred, y)
+    assert acc.dtype == jnp.float32
+    np.testing.assert_allclose(float(acc), sklearn.metrics.accuracy_score(y, pred.argmax(1)), rtol=1e-6)
+    np.testing.assert_allclose(float(jc.metrics.churn(pred, y)), np.mean(pred.argmax(1) != y), rtol=1e-6)
+    votes = np.random.default_rng(0).integers(0, 4, size=(5, 200))
+    oracle = [np.bincount(col, minlength=4).argmax() for col in votes.T]  # ties: smallest label
+    assert jc.metrics.ensemble_label(votes).tolist() == oracle
+    assert jc.metrics.ensemble_label(jnp.array([[0, 1, 1], [0, 0, 1], [1, 0, 1]])).tolist() == [0, 0, 1]
+    logits = jnp.array([[2.0, 0.5, 1.0], [0.0, 3.0, 1.0]])
+    got = jax.jit(lambda l, t: jc.logit_scores(l, t))(logits, jnp.array([-1, 1]))
+    assert np.isnan(got[0]) and float(got[1]) == 2.0
+    margin = jc.logit_scores(jnp.array([[6e4, -6e4]], jnp.float16), jnp.array([0]))
+    assert float(margin[0]) == 120000.0  # overflowed float16 to inf
+    for bad, match in ((None, "dtype object"), (["a", "b"], "strings: encode")):
+        with pytest.raises(TypeError, match=match):
+            jc.metrics.accuracy(bad, np.array([0, 1]))

@@ -306,3 +306,27 @@ def test_ks_threshold_dkw_is_conservative():
             res = scipy.stats.ks_2samp(x, x + k - 0.5, method="exact")
             assert res.statistic == pytest.approx(k / n)
             assert res.pvalue <= level
+
+
+def test_half_precision_scores_are_counted_in_float32():
+    """float16 samples: the empirical CDFs' counts were float16 (2048 is its last exact integer), so a KS of 0.12
+    over 70 000 points read 0 and α̂ of every model 1.0 (select_members picked the shifted model 0). Oracle: the
+    same computation on the rounded values in float32, which the LP and SciPy tests above check."""
+    import jaxcompare as jc
+
+    g = np.random.default_rng(0)
+    c16, r16 = g.normal(size=70000).astype(np.float16), (g.normal(size=70000) + 0.3).astype(np.float16)
+    got = jc.trimming.trimmed_ks(c16, r16, 0.0)
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(
+        float(got), float(jc.trimming.trimmed_ks(c16.astype(np.float32), r16.astype(np.float32), 0.0)), rtol=1e-6
+    )
+    s = g.normal(size=(12, 4000))
+    s[0] += 1.0
+    for dt in (np.float16, jnp.bfloat16):
+        sel = jc.trimming.select_members(jax.random.key(0), np.asarray(jnp.asarray(s, dt)), k=5)
+        ref = jc.trimming.select_members(jax.random.key(0), np.asarray(jnp.asarray(s, dt).astype(jnp.float32)), k=5)
+        assert (
+            0 not in np.asarray(sel.members).tolist()
+            and np.asarray(sel.members).tolist() == np.asarray(ref.members).tolist()
+        )

@@ -82,3 +82,48 @@ def test_rank_metrics_keep_float64_inputs_without_x64():
     auc = sklearn.metrics.roc_auc_score(pos, x)
     assert abs(auc - 0.5) > 0.05  # the rounded scores would all tie
     np.testing.assert_allclose([child["auroc"], child["auroc_list"]], auc, rtol=1e-6)
+
+
+_ORDER_CHILD = r"""
+import json, numpy as np, jax, jaxcompare as jc
+from jaxcompare.trimming import trimmed_ks, w1_excess, recipe_alpha, pool_threshold
+assert not jax.config.jax_enable_x64
+g = np.random.default_rng(5)
+c, r = 1.0 + 1e-9 * g.permutation(60), 1.0 + 1e-9 * (g.permutation(80) + 0.5)   # one float32 value
+out = dict(
+    ks=[float(trimmed_ks(c, r, a)) for a in (0.0, 0.2)],
+    big=float(trimmed_ks(np.array([2**32]), np.array([0]), 0.0)),
+    near=float(trimmed_ks(np.array([2**24 + 1]), np.array([2**24]), 0.0)),
+    w1=float(w1_excess(np.array([2**32]), np.array([0]), 0.0)),
+    recipe=float(recipe_alpha(c, np.stack([r, r + 1e-10]), threshold=0.05)),
+    pool=float(pool_threshold(np.stack([c[:50], r[:50], r[30:]]))),
+)
+try:
+    jc.metrics.churn(np.array([2**32, 1]), np.array([0, 1])); out["churn"] = "accepted"
+except ValueError as e:
+    out["churn"] = str(e)
+print(json.dumps(out))
+"""
+
+
+def test_rank_statistics_keep_the_order_of_float64_inputs_without_x64():
+    """KS-type statistics depend only on the order of the pooled scores; without x64, NumPy float64 scores that
+    differ below float32 resolution tied (a KS distance of 0.6 read as 0) and int64 2**32 wrapped to 0. They are
+    now computed on the joint ranks. Oracles: SciPy's ks_2samp in float64, the same functions in this process
+    (x64 on), and W1 by hand."""
+    import scipy.stats
+
+    env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"}
+    out = subprocess.run([sys.executable, "-c", _ORDER_CHILD], env=env, capture_output=True, text=True, check=True)
+    child = json.loads(out.stdout.strip().splitlines()[-1])
+    from jaxcompare.trimming import pool_threshold, recipe_alpha, trimmed_ks
+
+    g = np.random.default_rng(5)
+    c, r = 1.0 + 1e-9 * g.permutation(60), 1.0 + 1e-9 * (g.permutation(80) + 0.5)
+    ks = scipy.stats.ks_2samp(c, r).statistic
+    assert ks > 0.1
+    np.testing.assert_allclose(child["ks"], [ks, float(trimmed_ks(c, r, 0.2))], rtol=1e-6)
+    assert child["big"] == 1.0 and child["near"] == 1.0 and child["w1"] == 2.0**32
+    np.testing.assert_allclose(child["recipe"], float(recipe_alpha(c, np.stack([r, r + 1e-10]), threshold=0.05)))
+    np.testing.assert_allclose(child["pool"], float(pool_threshold(np.stack([c[:50], r[:50], r[30:]]))), rtol=1e-6)
+    assert "must lie in" in child["churn"]

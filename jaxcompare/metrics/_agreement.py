@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from .._checked import traced_finite, traced_labels
 from .._validation import check_array, check_labels, check_same_length
-from ._labels import _float_dtype, hard_labels
+from ._labels import _float_dtype, as_input, hard_labels
 
 __all__ = ["accuracy", "churn", "pairwise_churn"]
 
@@ -32,7 +32,7 @@ def accuracy(pred: Any, labels: Any) -> jax.Array:
       >>> float(accuracy(jnp.array([[0.2, 0.8], [0.6, 0.4]]), jnp.array([1, 1])))
       0.5
     """
-    p = jnp.asarray(pred)
+    p = as_input(pred, "pred")
     n_classes = p.shape[1] if p.ndim == 2 else None
     yhat = hard_labels(p, "pred", n_classes)
     traced_labels(labels, "labels", n_classes)
@@ -60,7 +60,7 @@ def churn(a: Any, b: Any) -> jax.Array:
       >>> float(churn(jnp.array([0, 1, 1, 0]), jnp.array([0, 1, 0, 0])))
       0.25
     """
-    pa, pb = jnp.asarray(a), jnp.asarray(b)
+    pa, pb = as_input(a, "a"), as_input(b, "b")
     ca = pa.shape[1] if pa.ndim == 2 else None
     cb = pb.shape[1] if pb.ndim == 2 else None
     if ca is not None and cb is not None and ca != cb:
@@ -88,12 +88,13 @@ def pairwise_churn(preds: Any) -> jax.Array:
       >>> pairwise_churn(jnp.array([[0, 1], [1, 1]])).tolist()
       [[0.0, 0.5], [0.5, 0.0]]
     """
-    p = jnp.asarray(preds)
+    p = as_input(preds, "preds")
     if p.ndim == 3:
         p = check_array(p, "preds", ndim=3)
         traced_finite(p, "preds")
         lab = jnp.argmax(p, axis=-1)
     elif p.ndim == 2 and not jnp.issubdtype(p.dtype, jnp.floating):
+        traced_labels(p, "preds", None)
         lab = check_labels(p.reshape(-1), "preds").reshape(p.shape)
     else:
         raise ValueError(

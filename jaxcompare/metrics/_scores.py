@@ -7,7 +7,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .._validation import check_array, check_choice, check_labels
+from .._validation import at_least_float32, check_array, check_choice, check_labels
 
 __all__ = ["logit_scores", "SCORE_REDUCTIONS"]
 
@@ -38,8 +38,8 @@ def logit_scores(logits: Any, labels: Any = None, *, score: str = "margin") -> j
       score: one of :data:`SCORE_REDUCTIONS`.
 
     Returns:
-      ``(..., T)`` scores in the floating dtype of ``logits``. Under ``jit`` the labels' values cannot be checked:
-      out-of-range labels then give NaN scores.
+      ``(..., T)`` scores in the floating dtype of ``logits`` (float32 for float16/bfloat16). Under ``jit`` the
+      labels' values cannot be checked: out-of-range labels (negative ones too) then give NaN scores.
 
     Example:
       >>> l = jnp.array([[2.0, 0.5, 1.0], [0.0, 3.0, 1.0]])
@@ -49,7 +49,7 @@ def logit_scores(logits: Any, labels: Any = None, *, score: str = "margin") -> j
       [1.0, 2.0]
     """
     check_choice(score, "score", SCORE_REDUCTIONS)
-    a = check_array(logits, "logits")
+    a = at_least_float32(check_array(logits, "logits"))  # a float16 margin of 6e4 - (-6e4) overflows
     if a.ndim < 2 or a.shape[-1] < 2:
         raise ValueError(f"logits must have shape (..., T, C) with C >= 2 classes, got shape {a.shape}.")
     if score in _NEEDS_LABELS:
@@ -73,7 +73,9 @@ def _gap(a: jax.Array) -> jax.Array:
 @jax.jit(static_argnames="score")
 def _labelled(a: jax.Array, y: jax.Array, score: str) -> jax.Array:
     yb = jnp.broadcast_to(y[:, None], (*a.shape[:-1], 1))
-    correct = jnp.take_along_axis(a, yb, axis=-1, mode="fill", fill_value=jnp.nan)[..., 0]
+    # (take_along_axis reads a negative label from the end, as Python does: -1 gave the last class's score)
+    valid = (yb[..., 0] >= 0) & (yb[..., 0] < a.shape[-1])
+    correct = jnp.where(valid, jnp.take_along_axis(a, yb, axis=-1, mode="fill", fill_value=jnp.nan)[..., 0], jnp.nan)
     if score == "true_logprob":
         return correct - jax.nn.logsumexp(a, axis=-1)
     is_y = jnp.arange(a.shape[-1]).reshape((1,) * (a.ndim - 1) + (a.shape[-1],)) == yb

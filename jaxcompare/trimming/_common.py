@@ -6,22 +6,57 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from .._checked import traced_finite, traced_range
-from .._validation import check_array, check_float, check_probability
+from .._validation import check_array, check_float, check_probability, host_float64, is_concrete
 from ._threshold import ks_threshold
 
 
-def check_samples(candidate: Any, reference: Any) -> tuple[jax.Array, jax.Array, Any]:
-    """Two non-empty finite 1-D samples, promoted to a common floating dtype (finiteness of traced samples is
-    checked in :func:`jaxcompare.checked` mode)."""
+def check_samples(candidate: Any, reference: Any, *, order_only: bool = True) -> tuple[jax.Array, jax.Array, Any]:
+    """Two non-empty finite 1-D samples, promoted to a common floating dtype of at least float32 (finiteness of
+    traced samples is checked in :func:`jaxcompare.checked` mode). ``order_only``: the caller's statistic depends
+    on the order of the pooled values only (KS-type), so inputs wider than float32 may be replaced by their joint
+    ranks (:func:`exact_order`)."""
     c = check_array(candidate, "candidate", ndim=1)
     r = check_array(reference, "reference", ndim=1)
     traced_finite(c, "candidate")
     traced_finite(r, "reference")
-    dtype = jnp.result_type(c.dtype, r.dtype)
+    if order_only:
+        c, r = exact_order([(candidate, c), (reference, r)])
+    dtype = jnp.promote_types(jnp.result_type(c.dtype, r.dtype), jnp.float32)  # counts: not in float16
     return c.astype(dtype), r.astype(dtype), dtype
+
+
+def _wider_than_float32(x: Any) -> bool:
+    if isinstance(x, jax.Array):
+        return False  # a JAX array holds no more than its dtype, which JAX computes in
+    a = np.asarray(x)
+    if a.dtype.kind == "f":
+        return a.dtype.itemsize > 4
+    return a.dtype.kind in "iu" and a.size > 0 and bool(np.abs(a.astype(np.float64)).max() > 2**24)
+
+
+def exact_order(pairs: list[tuple[Any, jax.Array]]) -> list[jax.Array]:
+    """The validated arrays of ``(input, validated)`` pairs, for statistics that depend only on the order of their
+    pooled values. Without ``jax_enable_x64``, JAX holds NumPy float64 (and integers beyond ``2**24``) in float32,
+    whose rounding ties values that differ (``1 + 1e-9`` and ``1``: a KS distance of 1 read as 0); then the inputs
+    are replaced by their joint ranks in float32 (exact below ``2**24`` distinct values), which keep the order."""
+    checked = [a for _, a in pairs]
+    if jax.config.jax_enable_x64 or not all(is_concrete(a) for a in checked):
+        return checked
+    if not any(_wider_than_float32(x) for x, _ in pairs):
+        return checked
+    hosts = [host_float64(x, a) for x, a in pairs]
+    values, ranks = np.unique(np.concatenate([h.ravel() for h in hosts]), return_inverse=True)
+    if values.size > 2**24:  # ranks are not exact in float32 either
+        return checked
+    out, start = [], 0
+    for h in hosts:
+        out.append(jnp.asarray(ranks[start : start + h.size].reshape(h.shape), jnp.float32))
+        start += h.size
+    return out
 
 
 def resolve_threshold(threshold: Any, level: Any, n: int, m: int, method: str = "dkw") -> Any:

@@ -14,6 +14,7 @@ from .._checked import traced_finite, traced_range, traced_result
 from .._results import Result, report_result
 from .._validation import (
     REQUIRED,
+    at_least_float32,
     check_array,
     check_choice,
     check_flag,
@@ -25,7 +26,7 @@ from .._validation import (
     key_first,
     spans_processes,
 )
-from ._common import resolve_threshold
+from ._common import exact_order, resolve_threshold
 from ._core import make_grid, solve_alpha_hat, trimmed_distance
 
 __all__ = ["ensemble_alpha_hat", "EnsembleAlphaResult", "bootstrap_halves", "grid_alpha", "PUBLISHED_ALPHA_GRID"]
@@ -189,6 +190,7 @@ def ensemble_alpha_hat(
     key, scores = key_first("ensemble_alpha_hat", (key, scores), deprecated, ("key", "scores"))
     s = check_array(scores, "scores", ndim=2)
     traced_finite(s, "scores")
+    s = at_least_float32(exact_order([(scores, s)])[0])  # KS-type: the order of the scores (counts in float32)
     key = check_key(key)
     n_models, n_test = s.shape
     if n_test < 2:

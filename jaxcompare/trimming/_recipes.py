@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._checked import traced_finite
-from .._validation import check_array, check_float, check_probability, is_concrete
-from ._common import resolve_threshold, sort_input
+from .._validation import at_least_float32, check_array, check_float, check_probability, is_concrete
+from ._common import exact_order, resolve_threshold, sort_input
 from ._core import make_grid, solve_alpha_hat, trimmed_distance
 
 __all__ = [
@@ -24,6 +24,11 @@ __all__ = [
     "evaluate_identification",
     "IdentificationReport",
 ]
+
+
+def _count_dtype(*arrays: jax.Array) -> Any:
+    """The arrays' common floating dtype, at least float32 (the empirical CDFs count points)."""
+    return jnp.promote_types(jnp.result_type(*(a.dtype for a in arrays)), jnp.float32)
 
 
 def _check_pool(pool: Any, name: str = "pool") -> jax.Array:
@@ -100,6 +105,7 @@ def pool_threshold(pool: Any, *, quantile: float = 1.0) -> jax.Array:
     """
     p = check_array(pool, "pool", ndim=2)
     traced_finite(p, "pool")
+    p = at_least_float32(exact_order([(pool, p)])[0])
     if p.shape[0] < 2:
         raise ValueError(f"pool needs at least 2 models (rows) for a leave-one-out threshold, got shape {p.shape}.")
     check_float(quantile, "quantile", low=0.0, high=1.0, low_open=True)
@@ -164,8 +170,9 @@ def recipe_alpha(candidate: Any, pool: Any, *, threshold: Any = None, level: flo
     """
     c = _check_candidate(candidate)
     p = _check_pool(pool)
+    c, p = exact_order([(candidate, c), (pool, p)])
     check_probability(level, "level")
-    dtype = jnp.result_type(c.dtype, p.dtype)
+    dtype = _count_dtype(c, p)
     c, p = c.astype(dtype), p.astype(dtype)
     delta = _resolve(threshold, level, c.shape[0], p)
     return _alpha_and_ks(c, p, delta)[0]
@@ -243,8 +250,10 @@ def identify_recipe(
     """
     c = _check_candidate(candidate)
     ps = _check_pools(pools)
+    ordered = exact_order([(candidate, c)] + [(pools[name], p) for name, p in ps.items()])
+    c, ps = ordered[0], dict(zip(ps, ordered[1:]))
     check_probability(level, "level")
-    dtype = jnp.result_type(c.dtype, *(p.dtype for p in ps.values()))
+    dtype = _count_dtype(c, *ps.values())
     c = c.astype(dtype)
     deltas = _thresholds(ps, c.shape[0], threshold, level, dtype)
     res = [_alpha_and_ks(c, p.astype(dtype), dl) for p, dl in zip(ps.values(), deltas)]
@@ -324,13 +333,19 @@ def evaluate_identification(
     check_probability(level, "level")
     conf = np.zeros((len(names), len(names)), np.int64)
     predicted, alphas = {}, {}
+    checked = {}
     for true, vals in candidates.items():
         if true not in ps:
             raise ValueError(f"candidates key {true!r} is not a recipe of pools {list(names)}.")
         v = check_array(vals, f"candidates[{true!r}]", ndim=2)
         if not is_concrete(v):
             raise TypeError("evaluate_identification needs concrete candidate values (not traced).")
-        dtype = jnp.result_type(v.dtype, *(p.dtype for p in ps.values()))
+        checked[true] = v
+    ordered = exact_order([(pools[n], p) for n, p in ps.items()] + [(candidates[t], v) for t, v in checked.items()])
+    ps = dict(zip(ps, ordered[: len(ps)]))
+    checked = dict(zip(checked, ordered[len(ps) :]))
+    for true, v in checked.items():
+        dtype = _count_dtype(v, *ps.values())
         deltas = _thresholds(ps, v.shape[1], threshold, level, dtype)
         out = [
             jax.vmap(partial(_alpha_and_ks_fixed, p.astype(dtype), dl))(v.astype(dtype))

@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._validation import check_array, check_choice, check_int, check_key, is_concrete
-from ._common import resolve_threshold
+from .._validation import at_least_float32, check_array, check_choice, check_int, check_key, is_concrete
+from ._common import exact_order, resolve_threshold
 from ._core import make_grid, solve_alpha_hat
 from ._ensemble import _bootstrap_halves, ensemble_alpha_hat
 
@@ -89,6 +89,7 @@ def select_members(
     """
     key = check_key(key)
     s = check_array(scores, "scores", ndim=2)
+    s = at_least_float32(exact_order([(scores, s)])[0])  # KS-type: the order of the scores (counts in float32)
     if not is_concrete(s):
         raise TypeError("select_members needs concrete scores (it returns host-side indices), got a tracer.")
     check_choice(direction, "direction", ("pool", "candidate"))

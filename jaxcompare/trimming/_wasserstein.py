@@ -39,7 +39,7 @@ def w1_excess(candidate: Any, reference: Any, threshold: Any) -> jax.Array:
       >>> float(w1_excess(jnp.array([0.0]), jnp.array([2.0]), 0.25))   # |F - F0| = 1 on [0, 2)
       1.5
     """
-    c, r, dtype = check_samples(candidate, reference)
+    c, r, dtype = check_samples(candidate, reference, order_only=False)  # W1 needs the values
     check_array(threshold, "threshold", ndim=0, min_size=0)
     check_float(threshold, "threshold", low=0.0)
     traced_range(threshold, "threshold", 0.0)
