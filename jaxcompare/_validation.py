@@ -233,7 +233,9 @@ def check_float(
     """Validate a scalar real parameter in a (half-)open/closed interval; tracers pass through unchecked."""
     if not is_concrete(v):
         return v
-    if isinstance(v, (str, bytes, bool, np.bool_)):  # "1e-3" passed on to jax failed deep inside; True read as 1
+    if isinstance(v, (str, bytes, bool, np.bool_)) or (  # "1e-3" passed on to jax failed deep inside; True read as 1
+        hasattr(v, "dtype") and (np.dtype(v.dtype) == np.bool_ or np.dtype(v.dtype).kind in "USO")
+    ):
         raise TypeError(f"{name} must be a real number, got {v!r} ({type(v).__name__}).")
     try:
         f = float(v)

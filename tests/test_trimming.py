@@ -330,3 +330,16 @@ def test_half_precision_scores_are_counted_in_float32():
             0 not in np.asarray(sel.members).tolist()
             and np.asarray(sel.members).tolist() == np.asarray(ref.members).tolist()
         )
+
+
+def test_boolean_arrays_are_not_numbers():
+    """``jnp.array(True)`` passed as a level or threshold was read as 1 (``recipe_alpha(..., threshold=
+    jnp.array(True))`` returned 0.0); Python and NumPy booleans were already refused."""
+    import jaxcompare as jc
+
+    c, r = np.arange(5.0), np.arange(6.0)
+    for bad in (jnp.array(True), np.array(False)):
+        with pytest.raises(TypeError, match="must be a real number"):
+            jc.trimming.trimmed_ks(c, r, bad)
+        with pytest.raises(TypeError, match="must be a real number"):
+            jc.trimming.recipe_alpha(c, r[None], threshold=bad)
