@@ -931,3 +931,27 @@ def test_spectra_command_writes_group_figures(tmp_path, capsys):
     out = capsys.readouterr().out
     for f in ("spectra.png", "spectra_convolutions_24_output_channels.png", "spectra_dense_layers.png"):
         assert (tmp_path / "o" / f).stat().st_size > 1000 and (f == "spectra.png" or f in out)
+
+
+def test_command_checks_out_and_seed_before_any_work(tmp_path, untrained, model_module, capsys):
+    """An unwritable --out failed after the whole comparison; a run that failed on its data left an empty --out
+    behind; --seed -1 was accepted (every other command refuses it)."""
+    from jaxcompare.cli import main
+
+    base = ["compare", "--model", model_module, "--checkpoints", str(untrained["dir"]), "--data"]
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if not os.access(locked, os.W_OK):  # (root may write anywhere)
+            rc = main([*base, str(untrained["data"]), "--out", str(locked / "o"), "--n-boot", "2"])
+            assert rc == 2 and "--out" in capsys.readouterr().err
+    finally:
+        locked.chmod(0o700)
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x_test=np.ones((20, 6)), y_test=np.full(20, 0.5))
+    rc = main([*base, str(bad), "--out", str(tmp_path / "fresh")])
+    assert rc == 2 and not (tmp_path / "fresh").exists()
+    with pytest.raises(SystemExit):
+        main([*base, str(untrained["data"]), "--out", str(tmp_path / "s"), "--seed", "-1"])
+    assert "seed" in capsys.readouterr().err

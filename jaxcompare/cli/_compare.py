@@ -51,10 +51,13 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 
 
 def add_parser(subparsers: Any, **kwargs: Any) -> argparse.ArgumentParser:
-    """Add the ``compare`` sub-command to ``subparsers`` (extra ``kwargs`` go to ``add_parser``, e.g. parents)."""
+    """Add the ``compare`` sub-command to ``subparsers`` (extra ``kwargs`` go to ``add_parser``, e.g. parents;
+    ``seed_type`` validates ``--seed`` as the other commands do)."""
     from ..compare._compare import SECTIONS
     from ..compare._kernels import kernel_names
     from ..metrics._scores import SCORE_REDUCTIONS
+
+    seed_type = kwargs.pop("seed_type", int)
 
     kwargs.setdefault("formatter_class", _Formatter)
     c = subparsers.add_parser(
@@ -92,7 +95,7 @@ def add_parser(subparsers: Any, **kwargs: Any) -> argparse.ArgumentParser:
     c.add_argument("--permutations", type=int, default=199, help="permutations of each CKA p-value")
     c.add_argument("--surrogate-train", type=int, default=500, help="training points of the kernel surrogates")
     c.add_argument("--batch-size", type=int, default=None, help="evaluate the model on this many points at a time")
-    c.add_argument("--seed", type=int, default=0, help="PRNG seed of the bootstrap")
+    c.add_argument("--seed", type=seed_type, default=0, help="PRNG seed of the bootstrap")
     c.add_argument("--out", required=True, help="output directory")
     return c
 
@@ -197,11 +200,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import jax
-
-    from ..compare._checkpoints import load_checkpoints
-    from ..compare._compare import SECTIONS, compare_models
-    from ._ntk import import_model
+    from ..compare._compare import SECTIONS
+    from ._io import CLIError, check_output_dir
 
     if args.n_boot < 1:
         raise ValueError(f"--n-boot must be >= 1, got {args.n_boot}")
@@ -220,17 +220,34 @@ def _run(args: argparse.Namespace) -> int:
         bad = [s for s in sections if s not in SECTIONS]
         if bad:
             raise ValueError(f"--sections: unknown section(s) {bad}; choose from {', '.join(SECTIONS)}")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise ValueError(f"--out must be a directory, but {args.out} is a file")
     if args.reference is not None and args.groups is None:
         raise ValueError("--reference names a group, so --groups is needed")
+    created = not os.path.exists(args.out)
+    try:
+        check_output_dir(args.out)  # writable, before any work (it failed after the whole comparison)
+    except CLIError as e:
+        raise ValueError(str(e)) from None  # this command's errors are ValueErrors (see run)
+    try:
+        return _compare_into(args, sections)
+    except BaseException:
+        if created and os.path.isdir(args.out) and not os.listdir(args.out):
+            os.rmdir(args.out)  # nothing was written: no empty directory left behind
+        raise
+
+
+def _compare_into(args: argparse.Namespace, sections: tuple) -> int:
+    import jax
+
+    from ..compare._checkpoints import load_checkpoints
+    from ..compare._compare import compare_models
+    from ._ntk import import_model
+
     apply_fn = model_apply_fn(import_model(args.model))
     data = load_data(args.data)
     paths = _checkpoint_paths(args.checkpoints)
     loaded = load_checkpoints(paths)
     names = [n for n, _ in loaded]
     groups = load_groups(args.groups, names, paths) if args.groups else None
-    os.makedirs(args.out, exist_ok=True)
     res = compare_models(
         jax.random.key(args.seed),
         apply_fn,

@@ -277,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from ._compare import add_parser as add_compare
 
-    add_compare(sub, parents=[common])
+    add_compare(sub, parents=[common], seed_type=_seed)
 
     from ._spectra import add_parser as add_spectra
 
