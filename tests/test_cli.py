@@ -907,3 +907,35 @@ def test_ntk_precision_reaches_the_programs_and_out_is_replaced_whole(capsys, nt
     assert rc != 0 and "No space left" in err
     assert (ntk_files / "kp.npy").read_bytes() == before  # was truncated in place
     assert not [q.name for q in ntk_files.iterdir() if q.name.startswith("kp.npy.")]  # no temporary left
+
+
+def test_alpha_binary_gaps_ensemble_label_and_probability_warning(capsys, tmp_path):
+    """With (M, T) binary scores the reference ensemble's label is the sign of the mean gap, as
+    ``jc.ensemble_label`` defines it (the command took the argmax of the mean sigmoid: gaps +3, -1, -1 have mean
+    +0.33 but mean probability 0.497); scores that all lie in [0, 1] (probabilities passed as gaps) get a warning
+    instead of silently wrong accuracy and ECE. Oracle: churn against NumPy's sign of the mean gap."""
+    import jaxcompare as jc
+
+    rng = np.random.default_rng(0)
+    T = 64
+    ref = np.stack([np.full(T, 3.0), np.full(T, -1.0), np.full(T, -1.0)]) + 0.01 * rng.normal(size=(3, T))
+    cand = np.full((2, T), 0.5) + 0.01 * rng.normal(size=(2, T))
+    y = rng.integers(0, 2, T)
+    np.save(tmp_path / "c.npy", cand)
+    np.save(tmp_path / "r.npy", ref)
+    np.save(tmp_path / "y.npy", y)
+    out = tmp_path / "o.json"
+    args = ["alpha", "--candidates", str(tmp_path / "c.npy"), "--reference", str(tmp_path / "r.npy")]
+    rc, _, err = run_main(capsys, *args, "--labels", str(tmp_path / "y.npy"), "--bootstrap", "0", "--out", str(out))
+    assert rc == 0 and "warning" not in err
+    rows = json.loads(out.read_text())["candidates"]
+    ens = (ref.mean(axis=0) > 0).astype(int)  # all 1 here; the mean sigmoid (0.497) gave all 0
+    assert np.array_equal(np.asarray(jc.metrics.ensemble_label(ref)), ens) and ens.all()
+    churn = [float(np.mean((c > 0).astype(int) != ens)) for c in cand]
+    np.testing.assert_allclose([r["churn"] for r in rows], churn)
+    probs = 1 / (1 + np.exp(-ref))
+    np.save(tmp_path / "pr.npy", probs)
+    np.save(tmp_path / "pc.npy", 1 / (1 + np.exp(-cand)))
+    args = ["alpha", "--candidates", str(tmp_path / "pc.npy"), "--reference", str(tmp_path / "pr.npy")]
+    rc, _, err = run_main(capsys, *args, "--labels", str(tmp_path / "y.npy"), "--bootstrap", "0")
+    assert rc == 0 and "warning: every score lies in [0, 1]" in err

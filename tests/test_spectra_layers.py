@@ -282,3 +282,22 @@ def test_matrix_fn_results_are_checked():
     for fn, exc, match in cases:
         with pytest.raises(exc, match=match):
             S.analyze_params({"w": W}, matrix_fn=fn)
+
+
+def test_layers_whose_eigenvalues_leave_float32_are_skipped_with_the_reason():
+    """A float32 layer ×1e-25 (×1e30) has eigenvalues s²/N that underflow to 0 (overflow to inf): it was reported
+    with λmax 0 and no fit, and the CLI's figure then crashed after writing half its report. Oracle: the float64
+    eigenvalues of the same matrix (1e-50 scale, 1e60 scale) are outside float32's range."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    rng = np.random.default_rng(0)
+    good = rng.standard_normal((64, 32)).astype(np.float32)
+    params = {"a": good, "tiny": (good * 1e-25).astype(np.float32), "huge": (good * 1e30).astype(np.float32)}
+    lam = np.linalg.eigvalsh(params["tiny"].astype(np.float64).T @ params["tiny"].astype(np.float64) / 64)
+    assert lam[-1] < np.finfo(np.float32).tiny
+    res = S.analyze_params(params)
+    assert [r["path"] for r in res.rows] == ["a"]
+    reasons = {s["path"]: s["reason"] for s in res.skipped}
+    assert "leave the range of float32" in reasons["tiny"] and "leave the range of float32" in reasons["huge"]
+    S.plot_layer_spectra(res)

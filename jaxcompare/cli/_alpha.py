@@ -43,7 +43,7 @@ def _metrics(cand: np.ndarray, ref: np.ndarray, y: np.ndarray, logits: bool) -> 
     else:  # binary logit gaps l1 - l0
         probs_c = np.stack([np.asarray(M.binary_probs(s)) for s in cand])
         probs_r = np.stack([np.asarray(M.binary_probs(s)) for s in ref])
-    ens = np.asarray(M.ensemble_label(probs_r))
+    ens = np.asarray(M.ensemble_label(probs_r if logits else ref))  # binary: the sign of the mean gap, as the library
     return [
         dict(accuracy=float(M.accuracy(p, y)), churn=float(M.churn(p, ens)), ece=float(M.ece(p, y))) for p in probs_c
     ]
@@ -103,6 +103,13 @@ def cmd_alpha(args) -> int:
         if score is not None:
             raise CLIError("--score reduces (M, T, C) logits; these inputs are already scores (M, T)")
         cand_s, ref_s = cand.astype(np.float64), ref.astype(np.float64)
+        if y is not None and min(cand_s.min(), ref_s.min()) >= 0 and max(cand_s.max(), ref_s.max()) <= 1:
+            print(
+                "jaxcompare alpha: warning: every score lies in [0, 1], like a probability, but accuracy, churn and "
+                "ECE read (M, T) scores as binary logit gaps l1 - l0 (class 1 where > 0); pass logit gaps, or "
+                "(M, T, 2) logits",
+                file=sys.stderr,
+            )
     boot = args.bootstrap > 0
     n = n_points // 2 if boot else n_points
     if boot and n_points < 4:

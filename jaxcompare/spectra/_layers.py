@@ -281,6 +281,12 @@ def analyze_params(
         n, m = max(r, c), min(r, c)
         lam_j = _eigs(at_least_float32(stack), n)  # no SVD in float16/bfloat16: those layers in float32
         lam = np.asarray(lam_j)
+        if not (np.all(np.isfinite(lam)) and lam[-1] > 0):  # s²/N overflowed or underflowed the dtype
+            big = float(jnp.max(jnp.abs(stack)))
+            skipped.append({"path": path, "shape": shape, "reason": (
+                f"its eigenvalues s²/N leave the range of {lam.dtype} (max |w| = {big:.3g}): rescale the layer "
+                "or analyse it in float64 (jax_enable_x64)")})  # fmt: skip
+            continue
         lam.setflags(write=False)
         lam64 = lam.astype(np.float64)
         # a median at rounding level (rank below half the eigenvalues) is no bulk: fitting MP to it counted the
