@@ -292,13 +292,13 @@ def _key_batch_message(name: str, batch: tuple) -> str:
 
 def check_labels(y: Any, name: str, n_classes: int | None = None, *, length: int | None = None) -> jax.Array:
     """Integer class labels in ``[0, n_classes)``; rejects floats with fractional parts, negatives, NaNs."""
-    if not isinstance(y, jax.Array) and np.asarray(y).dtype.kind in "USO":
-        raise TypeError(
-            f"{name} must hold integer class labels in [0, n_classes), got {np.asarray(y).dtype.name} values "
-            f"(strings or objects); encode them first, e.g. codes = np.unique({name}, return_inverse=True)[1]."
-        )
-    if not isinstance(y, jax.Array):  # NumPy or lists: the range in their own dtype (int64 beyond int32 wraps in JAX)
+    if not isinstance(y, jax.Array):  # NumPy or lists: checked in their own dtype (int64 beyond int32 wraps in JAX)
         yn = np.asarray(y)
+        if yn.dtype.kind in "USO":
+            raise TypeError(
+                f"{name} must hold integer class labels in [0, n_classes), got {yn.dtype.name} values (strings or "
+                f"objects); encode them first, e.g. codes = np.unique({name}, return_inverse=True)[1]."
+            )
         if yn.dtype.kind in "iuf" and yn.size and (yn.dtype.kind != "f" or np.all(np.isfinite(yn))):
             _check_label_range(yn.min(), yn.max(), name, n_classes)
     a = jnp.asarray(y)
