@@ -939,17 +939,12 @@ def test_command_checks_out_and_seed_before_any_work(tmp_path, untrained, model_
     from jaxcompare.cli import main
 
     base = ["compare", "--model", model_module, "--checkpoints", str(untrained["dir"]), "--data"]
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o500)
-    try:
-        if not os.access(locked, os.W_OK):  # (root may write anywhere)
-            rc = main([*base, str(untrained["data"]), "--out", str(locked / "o"), "--n-boot", "2"])
-            assert rc == 2 and "--out" in capsys.readouterr().err
-    finally:
-        locked.chmod(0o700)
     bad = tmp_path / "bad.npz"
     np.savez(bad, x_test=np.ones((20, 6)), y_test=np.full(20, 0.5))
+    unwritable = tmp_path / "a_file" / "o"  # a directory that cannot be made (root may write anywhere else)
+    (tmp_path / "a_file").write_text("")
+    rc = main([*base, str(bad), "--out", str(unwritable)])
+    assert rc == 2 and "--out" in capsys.readouterr().err  # the output, not the data, fails first
     rc = main([*base, str(bad), "--out", str(tmp_path / "fresh")])
     assert rc == 2 and not (tmp_path / "fresh").exists()
     with pytest.raises(SystemExit):

@@ -10,6 +10,7 @@ import numpy as np
 from jax import lax
 
 from .._checked import traced_finite, traced_range
+from .._precision import accumulation_dtype
 from .._validation import check_array, check_float, check_probability, host_float64, is_concrete
 from ._threshold import ks_threshold
 
@@ -25,7 +26,7 @@ def check_samples(candidate: Any, reference: Any, *, order_only: bool = True) ->
     traced_finite(r, "reference")
     if order_only:
         c, r = exact_order([(candidate, c), (reference, r)])
-    dtype = jnp.promote_types(jnp.result_type(c.dtype, r.dtype), jnp.float32)  # counts: not in float16
+    dtype = accumulation_dtype(c, r)  # counts: not in float16
     return c.astype(dtype), r.astype(dtype), dtype
 
 

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._checked import traced_finite
+from .._precision import accumulation_dtype
 from .._validation import at_least_float32, check_array, check_float, check_probability, is_concrete
 from ._common import exact_order, resolve_threshold, sort_input
 from ._core import make_grid, solve_alpha_hat, trimmed_distance
@@ -24,11 +25,6 @@ __all__ = [
     "evaluate_identification",
     "IdentificationReport",
 ]
-
-
-def _count_dtype(*arrays: jax.Array) -> Any:
-    """The arrays' common floating dtype, at least float32 (the empirical CDFs count points)."""
-    return jnp.promote_types(jnp.result_type(*(a.dtype for a in arrays)), jnp.float32)
 
 
 def _check_pool(pool: Any, name: str = "pool") -> jax.Array:
@@ -172,7 +168,7 @@ def recipe_alpha(candidate: Any, pool: Any, *, threshold: Any = None, level: flo
     p = _check_pool(pool)
     c, p = exact_order([(candidate, c), (pool, p)])
     check_probability(level, "level")
-    dtype = _count_dtype(c, p)
+    dtype = accumulation_dtype(c, p)
     c, p = c.astype(dtype), p.astype(dtype)
     delta = _resolve(threshold, level, c.shape[0], p)
     return _alpha_and_ks(c, p, delta)[0]
@@ -253,7 +249,7 @@ def identify_recipe(
     ordered = exact_order([(candidate, c)] + [(pools[name], p) for name, p in ps.items()])
     c, ps = ordered[0], dict(zip(ps, ordered[1:]))
     check_probability(level, "level")
-    dtype = _count_dtype(c, *ps.values())
+    dtype = accumulation_dtype(c, *ps.values())
     c = c.astype(dtype)
     deltas = _thresholds(ps, c.shape[0], threshold, level, dtype)
     res = [_alpha_and_ks(c, p.astype(dtype), dl) for p, dl in zip(ps.values(), deltas)]
@@ -345,7 +341,7 @@ def evaluate_identification(
     ps = dict(zip(ps, ordered[: len(ps)]))
     checked = dict(zip(checked, ordered[len(ps) :]))
     for true, v in checked.items():
-        dtype = _count_dtype(v, *ps.values())
+        dtype = accumulation_dtype(v, *ps.values())
         deltas = _thresholds(ps, v.shape[1], threshold, level, dtype)
         out = [
             jax.vmap(partial(_alpha_and_ks_fixed, p.astype(dtype), dl))(v.astype(dtype))
