@@ -827,6 +827,42 @@ def test_spectra_command(tmp_path, capsys):
     assert data["settings"]["n_boot"] == 5 and (out / "spectra.png").stat().st_size > 0
 
 
+def test_spectra_command_attention_heads_and_strict_json(tmp_path, capsys):
+    """An attention kernel (d, heads, head_dim) is analysed as the map d -> heads·head_dim (--heads merge) or per
+    head (--heads split), not as a 1-D convolution; spectra.json is strict JSON (an orthogonal layer has no
+    power-law fit: its NaNs are written as null, which JSON.parse and json.loads(parse_constant=...) accept)."""
+    from jaxcompare import save_params
+
+    rng = np.random.default_rng(1)
+    q = rng.standard_normal((40, 4, 10)).astype(np.float32)
+    ortho = np.linalg.qr(rng.standard_normal((50, 50)))[0].astype(np.float32)
+    params = {"attention": {"query": {"kernel": q}}, "rot": {"kernel": ortho}}
+    ckpt = save_params(params, str(tmp_path / "model.safetensors"))
+
+    def refuse(name):
+        raise AssertionError(f"spectra.json holds {name}: not strict JSON")
+
+    cases = (
+        ("merge", "heads merged", 1, [q.reshape(40, 40)]),
+        ("split", "heads split", 4, [q[:, h] for h in range(4)]),
+    )
+    for heads, kind, n_mat, blocks in cases:
+        out = tmp_path / heads
+        argv = ["spectra", "--checkpoint", ckpt, "--n-boot", "5", "--heads", heads, "--out", str(out)]
+        assert main(argv) == 0
+        capsys.readouterr()
+        data = json.loads((out / "spectra.json").read_text(), parse_constant=refuse)
+        row = next(r for r in data["layers"] if r["path"] == "attention/query/kernel")
+        assert (row["matrix"], row["n_matrices"], data["settings"]["heads"]) == (kind, n_mat, heads)
+        oracle = np.sort(
+            np.concatenate([np.linalg.svd(b.astype(np.float64), compute_uv=False) ** 2 / 40 for b in blocks])
+        )
+        got = np.asarray(data["eigenvalues"]["attention/query/kernel"], np.float64)
+        np.testing.assert_allclose(got, oracle, rtol=1e-4)
+        rot = next(r for r in data["layers"] if r["path"] == "rot/kernel")
+        assert rot["alpha"] is None and "no power-law fit" in rot["note"]
+
+
 def test_spectra_command_failures(tmp_path, capsys):
     assert main(["spectra", "--checkpoint", str(tmp_path / "missing.npz")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

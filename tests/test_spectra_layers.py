@@ -301,3 +301,69 @@ def test_layers_whose_eigenvalues_leave_float32_are_skipped_with_the_reason():
     reasons = {s["path"]: s["reason"] for s in res.skipped}
     assert "leave the range of float32" in reasons["tiny"] and "leave the range of float32" in reasons["huge"]
     S.plot_layer_spectra(res)
+
+
+def _layer_map(module, variables, in_shape) -> np.ndarray:
+    """The linear map a flax layer applies, read off by applying it to the unit basis (bias zeroed): the
+    ``(prod(in_shape), prod(out_shape))`` matrix, in float64."""
+    d = int(np.prod(in_shape))
+    basis = np.eye(d).reshape((d, *in_shape))
+    zeroed = jax.tree_util.tree_map_with_path(
+        lambda kp, a: jnp.zeros_like(a) if "bias" in jax.tree_util.keystr(kp) else a, variables
+    )
+    return np.asarray(module.apply(zeroed, jnp.asarray(basis)), np.float64).reshape(d, -1)
+
+
+def test_attention_kernels_with_a_heads_axis_are_the_maps_the_layer_applies():
+    """flax's SelfAttention keeps query/key/value as (d, heads, head_dim) and out as (heads, head_dim, d). They were
+    read as 1-D convolutions (d·heads, head_dim), a matrix the layer never applies. Oracle: the layer's own linear
+    map, read off by applying the DenseGeneral module to the unit basis, and NumPy's SVD in float64."""
+    import flax.linen as nn
+
+    d, heads, head_dim = 48, 4, 12
+    attn = nn.SelfAttention(num_heads=heads, qkv_features=heads * head_dim, out_features=d, param_dtype=jnp.float64)
+    params = attn.init(jax.random.key(0), jnp.ones((1, 3, d), jnp.float64))["params"]
+    rng = np.random.default_rng(0)
+    params = jax.tree_util.tree_map(lambda a: jnp.asarray(rng.standard_normal(a.shape)), params)  # not iid-shaped init
+    tree = {"Block_0": {"SelfAttention_0": params}}
+    merged = S.analyze_params(tree, min_dim=8)
+    split = S.analyze_params(tree, heads="split", min_dim=8)
+    for name, in_shape in (("query", (d,)), ("key", (d,)), ("value", (d,)), ("out", (heads, head_dim))):
+        path = f"Block_0/SelfAttention_0/{name}/kernel"
+        features = (heads, head_dim) if name != "out" else d
+        axis = -1 if name != "out" else (-2, -1)
+        dense = nn.DenseGeneral(features=features, axis=axis, param_dtype=jnp.float64)
+        M = _layer_map(dense, {"params": params[name]}, in_shape)  # (d, H·hd) or (H·hd, d)
+        row = merged.row(path)
+        assert row["matrix"] == "heads merged" and (row["n"], row["m"], row["n_matrices"]) == (d, heads * head_dim, 1)
+        np.testing.assert_allclose(merged.eigenvalues[path], _np_eigs(M), rtol=1e-10, atol=1e-12)
+        # per head: the columns (rows for out) of head h, eigenvalues pooled
+        blocks = np.split(M, heads, axis=1 if name != "out" else 0)
+        pooled = np.sort(np.concatenate([_np_eigs(b) for b in blocks]))
+        assert split.row(path)["matrix"] == "heads split" and split.row(path)["n_matrices"] == heads
+        np.testing.assert_allclose(split.eigenvalues[path], pooled, rtol=1e-10, atol=1e-12)
+    # a 1-D convolution keeps the patch matrix; "q" outside an attention module is not taken for a projection
+    conv = {"Conv_0": {"kernel": rng.standard_normal((3, 16, 24))}, "q": {"kernel": rng.standard_normal((3, 16, 24))}}
+    res = S.analyze_params(conv, min_dim=8)
+    for p in ("Conv_0/kernel", "q/kernel"):
+        assert res.row(p)["matrix"] == "conv flatten"
+        np.testing.assert_allclose(res.eigenvalues[p], _np_eigs(conv[p.split("/")[0]]["kernel"].reshape(48, 24)))
+    wq = rng.standard_normal((16, 2, 12))
+    inside = S.analyze_params({"attn": {"q": {"kernel": wq}}}, min_dim=8)
+    assert inside.row("attn/q/kernel")["matrix"] == "heads merged"
+    np.testing.assert_allclose(inside.eigenvalues["attn/q/kernel"], _np_eigs(wq.reshape(16, 24)), rtol=1e-10)
+    with pytest.raises(ValueError, match="heads"):
+        S.analyze_params(tree, heads="per-head")
+
+
+def test_nnx_state_paths_end_at_the_variable():
+    """nnx.state(model) leaves sit under a Variable's ``value`` attribute: the path is the variable's
+    ("query/kernel"), so that the value projection's kernel is not mistaken for the leaf ``value``."""
+    from flax import nnx
+
+    m = nnx.MultiHeadAttention(num_heads=4, in_features=32, qkv_features=32, decode=False, rngs=nnx.Rngs(0))
+    res = S.analyze_params(nnx.state(m, nnx.Param), min_dim=8)
+    assert sorted(r["path"] for r in res.rows) == ["key/kernel", "out/kernel", "query/kernel", "value/kernel"]
+    w = np.asarray(m.value.kernel[...], np.float64).reshape(32, 32)
+    assert res.row("value/kernel")["matrix"] == "heads merged"
+    np.testing.assert_allclose(res.eigenvalues["value/kernel"], _np_eigs(w), rtol=1e-5, atol=1e-7)

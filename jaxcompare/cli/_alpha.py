@@ -190,6 +190,8 @@ def cmd_alpha(args) -> int:
     if y is not None:
         print("(churn: disagreement with the reference ensemble's label; ece: 15 equal-width bins)")
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(out, f, indent=1)
+        from ..compare._result import to_jsonable
+
+        with open(args.out, "w") as f:  # strict JSON: a NaN (e.g. no spread of one model) as null
+            json.dump(to_jsonable(out), f, indent=1, allow_nan=False)
     return 0

@@ -32,6 +32,13 @@ def add_parser(sub, *, parents, formatter_class, seed_type, positive_int) -> Non
         default="flatten",
         help="convolution kernels as one patch matrix (flatten) or pooled (cin, cout) slices",
     )
+    s.add_argument(
+        "--heads",
+        choices=["merge", "split"],
+        default="merge",
+        help="attention kernels with a heads axis ((d, heads, head_dim), flax DenseGeneral) as one map d -> "
+        "heads·head_dim (merge) or pooled per-head matrices (split)",
+    )
     s.add_argument("--n-boot", type=positive_int, default=100, help="bootstrap rounds of the power-law p-value")
     s.add_argument("--seed", type=seed_type, default=0, help="PRNG seed of the bootstrap")
     s.add_argument("--out", default=None, help="output directory for spectra.json and the figures")
@@ -41,6 +48,7 @@ def cmd_spectra(args) -> int:
     import jax
 
     from ..compare import load_checkpoint
+    from ..compare._result import to_jsonable
     from ..spectra import analyze_params, format_report
     from ..spectra._layer_plots import group_file_name, plot_layer_groups, plot_layer_overview
 
@@ -49,7 +57,7 @@ def cmd_spectra(args) -> int:
     if not os.path.exists(args.checkpoint):
         raise CLIError(f"--checkpoint: no such file or directory: {args.checkpoint}")
     params = load_checkpoint(args.checkpoint)
-    res = analyze_params(jax.random.key(args.seed), params, conv=args.conv, n_boot=args.n_boot)
+    res = analyze_params(jax.random.key(args.seed), params, conv=args.conv, heads=args.heads, n_boot=args.n_boot)
     print(format_report(res))
     if args.out is not None:
         data = res.to_dict()
@@ -58,10 +66,11 @@ def cmd_spectra(args) -> int:
             checkpoint=os.path.abspath(args.checkpoint),
             seed=args.seed,
             conv=args.conv,
+            heads=args.heads,
             n_boot=args.n_boot,
         )
-        with open(os.path.join(args.out, "spectra.json"), "w") as f:
-            json.dump(data, f, indent=1, default=float)
+        with open(os.path.join(args.out, "spectra.json"), "w") as f:  # strict JSON: NaN (no fit) as null
+            json.dump(to_jsonable(data), f, indent=1, allow_nan=False)
         from .._optional import optional_import
 
         plt = optional_import("matplotlib.pyplot", purpose="the figures of jaxcompare spectra --out")

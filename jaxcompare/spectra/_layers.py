@@ -24,9 +24,17 @@ from .._validation import (
 from ._mp_fit import TW1_Q99, mp_bulk_fit
 from ._powerlaw import KS_CONVENTIONS, MIN_DISTINCT, powerlaw_fit, powerlaw_gof
 
-__all__ = ["LayerSpectra", "analyze_params", "report_rows", "format_report", "CONV_MODES"]
+__all__ = ["LayerSpectra", "analyze_params", "report_rows", "format_report", "CONV_MODES", "HEAD_MODES"]
 
 CONV_MODES = ("flatten", "slices")
+HEAD_MODES = ("merge", "split")
+# Attention projections stored with a heads axis (flax DenseGeneral / nnx LinearGeneral: query (d, heads, head_dim),
+# out (heads, head_dim, d)). Recognized by the module's name (the key before the leaf's own); "q"/"k"/"v"/"o"/"out"
+# and "proj" only inside a module whose name holds "attn"/"attention"/"mha".
+_INTO_HEADS = frozenset({"query", "key", "value", "qkv", "q_proj", "k_proj", "v_proj", "qkv_proj", "in_proj", "c_attn"})
+_INTO_HEADS_IN_ATTENTION = frozenset({"q", "k", "v", "wq", "wk", "wv"})
+_OUT_OF_HEADS = frozenset({"o_proj", "out_proj"})
+_OUT_OF_HEADS_IN_ATTENTION = frozenset({"out", "o", "wo", "proj", "c_proj", "dense"})
 COLUMNS = (
     "path", "group", "shape", "matrix", "n", "m", "n_matrices", "ratio", "lambda_max", "stable_rank",
     "mp_sigma2", "mp_edge", "outlier_threshold", "n_outliers",
@@ -41,7 +49,8 @@ class LayerSpectra:
     Attributes:
       rows: one mapping per layer with the keys of ``COLUMNS`` (Python scalars; NaN only where ``note`` says why):
         ``path`` (``/``-joined pytree key path), ``group`` (the path without its last key: the module), ``shape``
-        (the parameter's), ``matrix`` (``"dense"``, ``"conv flatten"``, ``"conv slices"`` or ``"matrix_fn"``), ``n``
+        (the parameter's), ``matrix`` (``"dense"``, ``"conv flatten"``, ``"conv slices"``, ``"heads merged"``,
+        ``"heads split"`` or ``"matrix_fn"``), ``n``
         and ``m`` (larger and smaller side of each analysed matrix), ``n_matrices`` (1, or the pooled slices),
         ``ratio`` (``m/n``), ``lambda_max``, ``stable_rank``, the Marchenko–Pastur fit ``mp_sigma2``, ``mp_edge``,
         ``outlier_threshold``, ``n_outliers``, the power-law tail ``alpha``, ``xmin``, ``ks``, ``alpha_sigma``,
@@ -103,7 +112,22 @@ def _eigs(mats: jax.Array, n: int) -> jax.Array:
     return jnp.sort((s * s).reshape(-1) / n)
 
 
-def _as_stack(path: str, leaf, conv: str, matrix_fn) -> tuple[Any, str, str | None]:
+def _heads_layout(path: str, ndim: int) -> str | None:
+    """``"into"`` (``(d, *heads)``: a query/key/value projection), ``"out of"`` (``(*heads, d)``: the output
+    projection) or ``None``: from the module's name, for kernels of 3 or more axes."""
+    parts = [p.lower() for p in path.split("/")]
+    if ndim < 3 or len(parts) < 2:
+        return None
+    module, outer = parts[-2], parts[:-2]
+    in_attention = any("attn" in p or "attention" in p or "mha" in p for p in outer)
+    if module in _INTO_HEADS or (in_attention and module in _INTO_HEADS_IN_ATTENTION):
+        return "into"
+    if module in _OUT_OF_HEADS or (in_attention and module in _OUT_OF_HEADS_IN_ATTENTION):
+        return "out of"
+    return None
+
+
+def _as_stack(path: str, leaf, conv: str, heads: str, matrix_fn) -> tuple[Any, str, str | None]:
     """``(stack (K, r, c) or None, kind, skip reason)`` for one leaf."""
     shape = tuple(leaf.shape)
     if matrix_fn is not None:
@@ -120,9 +144,19 @@ def _as_stack(path: str, leaf, conv: str, matrix_fn) -> tuple[Any, str, str | No
         return None, "", f"{len(shape)}-D (bias, scale or scalar)"
     if len(shape) == 2:
         return jnp.asarray(leaf)[None], "dense", None
+    w = jnp.asarray(leaf)
+    layout = _heads_layout(path, len(shape))
+    if layout == "into":  # (d, *heads, head_dim): the map d -> heads·head_dim, or one (d, head_dim) per head
+        if heads == "merge":
+            return jnp.reshape(w, (1, shape[0], -1)), "heads merged", None
+        return jnp.transpose(jnp.reshape(w, (shape[0], -1, shape[-1])), (1, 0, 2)), "heads split", None
+    if layout == "out of":  # (*heads, head_dim, d): the map heads·head_dim -> d, or one (head_dim, d) per head
+        if heads == "merge":
+            return jnp.reshape(w, (1, -1, shape[-1])), "heads merged", None
+        return jnp.reshape(w, (-1, shape[-2], shape[-1])), "heads split", None
     if conv == "flatten":  # flax (*spatial, cin, cout) -> (prod(spatial)·cin, cout)
-        return jnp.reshape(jnp.asarray(leaf), (1, -1, shape[-1])), "conv flatten", None
-    return jnp.reshape(jnp.asarray(leaf), (-1, shape[-2], shape[-1])), "conv slices", None
+        return jnp.reshape(w, (1, -1, shape[-1])), "conv flatten", None
+    return jnp.reshape(w, (-1, shape[-2], shape[-1])), "conv slices", None
 
 
 def _leaves(params) -> list:
@@ -133,6 +167,8 @@ def _leaves(params) -> list:
         )
     out = []
     for kp, leaf in leaves:
+        if len(kp) > 1 and isinstance(kp[-1], jax.tree_util.GetAttrKey) and kp[-1].name == "value":
+            kp = kp[:-1]  # a flax nnx Variable's box (nnx.state(model)): "query/kernel", not "query/kernel/value"
         path = "/".join(_key_name(k) for k in kp) or "<root>"
         if not isinstance(leaf, (np.ndarray, np.generic, jax.Array)):
             raise TypeError(
@@ -180,6 +216,7 @@ def _tail_fit(key, lam: np.ndarray, dtype, opts: dict) -> tuple[dict, str]:
 def analyze_params(
     *args,
     conv: str = "flatten",
+    heads: str = "merge",
     matrix_fn: Callable[[str, Any], Any] | None = None,
     min_dim: int = 10,
     tw_margin: float = TW1_Q99,
@@ -198,8 +235,22 @@ def analyze_params(
     - ``(*spatial, cin, cout)`` convolution kernel (flax layout): ``conv="flatten"`` (default) reshapes it to
       ``(prod(spatial)·cin, cout)``, the matrix of the convolution acting on one patch (im2col);
       ``conv="slices"`` analyses the ``prod(spatial)`` matrices ``(cin, cout)`` and pools their eigenvalues
-      (WeightWatcher's convention). Other layouts (DenseGeneral/attention ``(d, heads, head_dim)``, PyTorch-ordered
-      kernels) need ``matrix_fn(path, leaf)`` returning the matrix, a stack of matrices, or ``None`` to skip.
+      (WeightWatcher's convention);
+    - attention projections with a heads axis (flax ``DenseGeneral``/nnx ``LinearGeneral``: ``query``/``key``/
+      ``value`` kernels ``(d, heads, head_dim)``, ``out`` kernels ``(heads, head_dim, d)``; recognised by the
+      module's name, listed below): ``heads="merge"`` (default) analyses the map ``(d, heads·head_dim)`` (or
+      ``(heads·head_dim, d)``), ``heads="split"`` the ``heads`` matrices ``(d, head_dim)`` (``(head_dim, d)``)
+      with their eigenvalues pooled. Without this rule such a kernel would be read as a 1-D convolution
+      ``(d·heads, head_dim)``, a matrix the layer never applies. Module names taken as projections into the heads:
+      ``query``, ``key``, ``value``, ``qkv``, ``q_proj``, ``k_proj``, ``v_proj``, ``qkv_proj``, ``in_proj``,
+      ``c_attn``, and inside a module whose name holds ``attn``/``attention``/``mha`` also ``q``, ``k``, ``v``,
+      ``wq``, ``wk``, ``wv``; out of the heads: ``o_proj``, ``out_proj``, and inside such a module ``out``, ``o``,
+      ``wo``, ``proj``, ``c_proj``, ``dense``;
+    - other layouts (PyTorch-ordered kernels, custom names) need ``matrix_fn(path, leaf)`` returning the matrix, a
+      stack of matrices, or ``None`` to skip.
+
+    A flax nnx state (``nnx.state(model)``) is read as its plain parameters: paths end at the variable
+    (``"attn/query/kernel"``), not at its ``value`` attribute.
 
     With ``N ≥ M`` the sides of ``W``, the spectrum is the ``M`` eigenvalues of ``WᵀW/N`` (``λ = s²/N`` from the
     singular values; ``N`` is the larger side so that iid entries of variance ``σ²`` give the Marchenko–Pastur law of
@@ -220,6 +271,7 @@ def analyze_params(
       key: optional first positional argument, a ``jax.random.key`` for the bootstrap p-values (split per layer).
       params: pytree of arrays (e.g. ``variables["params"]``).
       conv: ``"flatten"`` or ``"slices"`` (above).
+      heads: ``"merge"`` or ``"split"``: attention kernels with a heads axis (above).
       matrix_fn: optional ``(path, leaf) -> matrix | stack | None`` overriding the default matrices.
       min_dim: layers whose smaller side is below it are skipped (≥ 2).
       tw_margin: outlier margin in Tracy–Widom units (≥ 0).
@@ -249,6 +301,7 @@ def analyze_params(
     """
     key, params = _parse_args(args)
     conv = check_choice(conv, "conv", CONV_MODES)
+    heads = check_choice(heads, "heads", HEAD_MODES)
     if matrix_fn is not None and not callable(matrix_fn):
         raise TypeError(f"matrix_fn must be callable (path, leaf) -> matrix or None, got {matrix_fn!r}.")
     min_dim = check_int(min_dim, "min_dim", min=2)
@@ -259,9 +312,19 @@ def analyze_params(
         if v is not None:
             check_int(v, name, min=1)
     n_boot = check_int(n_boot, "n_boot", min=1)
-    opts = dict(conv=conv, matrix_fn=None if matrix_fn is None else getattr(matrix_fn, "__name__", "callable"),
-                min_dim=min_dim, tw_margin=tw_margin, ks=ks, min_tail=min_tail, max_candidates=max_candidates,
-                n_boot=n_boot if key is not None else 0, boot_candidates=boot_candidates)  # fmt: skip
+    fn_name = None if matrix_fn is None else getattr(matrix_fn, "__name__", "callable")
+    opts = dict(
+        conv=conv,
+        heads=heads,
+        matrix_fn=fn_name,
+        min_dim=min_dim,
+        tw_margin=tw_margin,
+        ks=ks,
+        min_tail=min_tail,
+        max_candidates=max_candidates,
+        n_boot=n_boot if key is not None else 0,
+        boot_candidates=boot_candidates,
+    )
 
     rows, skipped, eigs = [], [], {}
     for i, (path, leaf) in enumerate(_leaves(params)):
@@ -269,7 +332,7 @@ def analyze_params(
         if not jnp.issubdtype(leaf.dtype, jnp.floating):
             skipped.append({"path": path, "shape": shape, "reason": f"not floating (dtype {leaf.dtype})"})
             continue
-        stack, kind, reason = _as_stack(path, leaf, conv, matrix_fn)
+        stack, kind, reason = _as_stack(path, leaf, conv, heads, matrix_fn)
         if reason is None and min(stack.shape[1:]) < min_dim:
             reason = f"smaller side {min(stack.shape[1:])} < min_dim = {min_dim}"
         if reason is None and not bool(jnp.any(stack != 0)):
