@@ -20,18 +20,31 @@ def progress_enabled(flag: bool | None) -> bool:
     return os.environ.get("JAXCOMPARE_PROGRESS", "1") not in ("0", "false", "no")
 
 
+def _interval() -> float:
+    """Seconds between updates: 0.1 on a terminal (tqdm's default), 30 in a log file or pipe."""
+    try:
+        return 0.1 if sys.stderr.isatty() else 30.0
+    except (AttributeError, ValueError):  # a replaced or closed stderr
+        return 30.0
+
+
 def progress(it: Iterable[T], *, total: int | None = None, desc: str = "", enabled: bool | None = None) -> Iterator[T]:
     """Wrap an iterable with a progress bar on stderr.
 
-    Disabled by ``enabled=False`` or the environment variable ``JAXCOMPARE_PROGRESS=0``.
+    Disabled by ``enabled=False`` or the environment variable ``JAXCOMPARE_PROGRESS=0``. When stderr is not a
+    terminal (a batch job's log, a pipe) the line is written at most every 30 s instead of several times a second,
+    so that logs stay readable.
     """
     if not progress_enabled(enabled):
         yield from it
         return
+    interval = _interval()
     try:
         from tqdm.auto import tqdm  # optional dependency
 
-        yield from tqdm(it, total=total, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True)
+        yield from tqdm(
+            it, total=total, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True, mininterval=interval
+        )
         return
     except ImportError:
         pass
@@ -40,7 +53,7 @@ def progress(it: Iterable[T], *, total: int | None = None, desc: str = "", enabl
     for i, x in enumerate(it, 1):
         yield x
         now = time.perf_counter()
-        if now - last > 1.0 or (total is not None and i == total):
+        if now - last > max(interval, 1.0) or (total is not None and i == total):
             last = now
             tot = f"/{total}" if total else ""
             sys.stderr.write(f"\r{desc} {i}{tot} [{now - t0:.1f}s]")

@@ -544,6 +544,20 @@ def test_command_failures(tmp_path, untrained, model_module):
     fails([], ValueError, "checkpoints not found", {"--checkpoints": str(tmp_path / "none")})
     np.savez(tmp_path / "d.npz", x_test=np.ones((4, 6)))
     fails([], ValueError, "lacks y_test", {"--data": str(tmp_path / "d.npz")})
+    # a plain .npy ('ndarray' does not support the context manager protocol), a non-zip and a damaged .npz
+    # (BadZipFile, CRC) named no file
+    np.save(tmp_path / "x.npy", np.ones((4, 6)))
+    fails(
+        [], ValueError, r"--data \S*x\.npy holds a single array of shape \(4, 6\)", {"--data": str(tmp_path / "x.npy")}
+    )
+    good = population["data"].read_bytes()
+    (tmp_path / "junk.npz").write_bytes(b"PK\x03\x04 not a zip")
+    (tmp_path / "half.npz").write_bytes(good[: len(good) // 2])
+    damaged = bytearray(good)
+    damaged[120:180] = bytes(60)  # inside x_test's data: the member's CRC fails
+    (tmp_path / "crc.npz").write_bytes(bytes(damaged))
+    for name in ("junk.npz", "half.npz", "crc.npz"):
+        fails([], ValueError, rf"--data \S*{name} is not a readable \.npz", {"--data": str(tmp_path / name)})
     (tmp_path / "g.csv").write_text("std0,standard\n")
     fails(["--groups", str(tmp_path / "g.csv")], ValueError, "no group for checkpoint")
     (tmp_path / "g3.csv").write_text("a,b,c\n")

@@ -397,3 +397,34 @@ def test_result_survives_chunks_resume_and_concat():
         lambda lr: lwr.train(jax.random.key(2), p, data, cfg, lr=lr, steps=5, spectra=False, throw=False).result
     )(jnp.array([1.0, 1e6]))
     assert vm.tolist() == [0, 3]
+
+
+def test_too_large_for_memory_is_refused_before_any_work(small, monkeypatch, tmp_path, capsys):
+    """n = 200 000 aborted inside XLA ("Out of memory allocating 160000000000 bytes") after the CLI had made --out.
+    Now the n × n kernels are estimated first (about 9 float64/float32 n² matrices: measured 35–37 bytes per n² in
+    float32) and the error gives the largest n that fits, which must then be accepted."""
+    import re
+
+    from jaxcompare.cli import main
+
+    data, p = small
+    monkeypatch.setenv("JAXCOMPARE_MEMORY_BUDGET", "100K")
+    with pytest.raises(ValueError, match=r"n = 40 needs an estimated .*n × n kernels.*JAXCOMPARE_MEMORY_BUDGET") as e:
+        lwr.train(jax.random.key(0), p, data, CFG64, lr=1.0, steps=1)
+    n_max = int(re.search(r"n ≤ (\d+) fits", str(e.value)).group(1))
+    assert 0 < n_max < 40
+    cfg_fit = lwr.LWRConfig(n=n_max, d=16, h=24, dtype="float64")
+    d2 = lwr.sample_data(jax.random.key(0), cfg_fit)
+    lwr.train(jax.random.key(0), lwr.init_params(jax.random.key(1), cfg_fit), d2, cfg_fit, lr=1.0, steps=1)
+    with pytest.raises(ValueError, match=r"n = \d+ needs"):
+        cfg_over = lwr.LWRConfig(n=n_max + 1, d=16, h=24, dtype="float64")
+        lwr.train(jax.random.key(0), lwr.init_params(jax.random.key(1), cfg_over),
+                  lwr.sample_data(jax.random.key(0), cfg_over), cfg_over, lr=1.0, steps=1)  # fmt: skip
+    monkeypatch.setenv("JAXCOMPARE_MEMORY_BUDGET", "1K")
+    with pytest.raises(ValueError, match="the data of n = 40"):
+        lwr.sample_data(jax.random.key(0), CFG64)
+    monkeypatch.delenv("JAXCOMPARE_MEMORY_BUDGET")
+    out = tmp_path / "out"
+    assert main(["lwr", "--n", "200000", "--out", str(out)]) == 2  # against the memory available now
+    err = capsys.readouterr().err
+    assert "--n 200000: n = 200000 needs an estimated" in err and "fits" in err and not out.exists()

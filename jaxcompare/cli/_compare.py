@@ -128,17 +128,30 @@ def load_data(path: str) -> dict[str, np.ndarray]:
     """``x_test, y_test`` (and ``x_train, y_train`` when present) from an ``.npz`` file (no pickles)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"--data file not found: {path}")
+    import zipfile
+
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, allow_pickle=False)
+    except ValueError as e:
+        raise ValueError(
+            f"--data {path} could not be read (an .npz of arrays; pickles are refused): {str(e).splitlines()[0]}"
+        ) from None
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"--data {path} is not a readable .npz file: {e}") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):  # np.load read one .npy array
+        raise ValueError(
+            f"--data {path} holds a single array of shape {z.shape}; expected an .npz with x_test and y_test "
+            "(np.savez(path, x_test=..., y_test=...))"
+        )
+    try:
+        with z:
             data = {k: z[k] for k in z.keys()}
     except ValueError as e:
         raise ValueError(
             f"--data {path} could not be read (an .npz of arrays; pickles are refused): {str(e).splitlines()[0]}"
         ) from None
-    except (OSError, EOFError) as e:
-        raise ValueError(f"--data {path} is not a readable .npz file: {e}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"--data {path} must be an .npz with x_test and y_test, got a single array")
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"--data {path} is not a readable .npz file (damaged or truncated: {e})") from None
     missing = [k for k in ("x_test", "y_test") if k not in data]
     if missing:
         raise ValueError(f"--data {path} lacks {', '.join(missing)}; it has {sorted(data)}")

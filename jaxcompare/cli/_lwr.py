@@ -52,6 +52,12 @@ def cmd_lwr(args) -> int:
             f"--lr {lr:g} is far above Adam's useful range (default {default_lr('adam', args.n):g}; Adam's "
             "step moves every weight by about lr per update)"
         )
+    from ..lwr._model import check_fits
+
+    try:
+        check_fits(cfg, kernels=True)  # an n too large for memory aborted inside XLA after --out was made
+    except ValueError as e:
+        raise CLIError(f"--n {args.n}: {e}") from None
     check_output_dir(args.out)  # after the cheap checks, before any work
     kd, kp, kt = jax.random.split(jax.random.key(args.seed), 3)
     data = lwr.sample_data(kd, cfg)
@@ -112,7 +118,7 @@ def cmd_lwr(args) -> int:
         "history": to_jsonable(h),
     }
     with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(to_jsonable(summary), f)
+        json.dump(to_jsonable(summary), f, allow_nan=False)
     top = np.asarray(h.eig_weights)[-1][:3]
     print(
         f"{args.optimizer}, lr = {lr:g} ({'default' if args.lr is None else 'given'}); full-batch GD stability "

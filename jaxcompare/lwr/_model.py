@@ -66,6 +66,49 @@ def _labels(key, cfg: LWRConfig, X: jax.Array, B: jax.Array) -> jax.Array:
     return _teacher_sum(cfg, proj) + cfg.tau * sq + noise
 
 
+# Peak bytes of one training run per entry of an n × n matrix, in units of the dtype's size: the CK, NTK_W and NTK of
+# the current and the initial weights and LAPACK's workspace (measured: peak RSS of `jaxcompare lwr` grew 35–37 bytes
+# per n² in float32 from n = 2000 to 4000 to 8000, about 9 float32 matrices).
+_N2_MATRICES = 9
+
+
+def check_fits(cfg: LWRConfig, *, kernels: bool) -> None:
+    """Refuse, before any work, a configuration whose data (and with ``kernels`` the ``n × n`` kernels and their
+    eigendecompositions that training records) cannot fit in memory: the allocation would abort or the OS kill the
+    process. The limit is ``JAXCOMPARE_MEMORY_BUDGET`` when set, else the memory available now."""
+    import os
+
+    from ..ntk._memory import available_bytes, format_bytes, memory_budget
+
+    item = jnp.dtype(cfg.jnp_dtype).itemsize
+
+    def need(n: int) -> int:
+        test = cfg.test_size if cfg.n_test is not None else n
+        data = 2 * (n + test) * (cfg.d + 1) * item  # X, y and their test twins, and one temporary each
+        return data + (_N2_MATRICES * n * n * item if kernels else 0)
+
+    set_by_env = bool(os.environ.get("JAXCOMPARE_MEMORY_BUDGET"))
+    limit = memory_budget() if set_by_env else available_bytes()
+    if need(cfg.n) <= limit:
+        return
+    where = "the memory budget JAXCOMPARE_MEMORY_BUDGET" if set_by_env else "the memory available now"
+    if kernels:
+        lo, hi = 0, cfg.n  # the largest n whose need fits: need(lo) <= limit < need(hi)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if need(mid) <= limit else (lo, mid)
+        raise ValueError(
+            f"n = {cfg.n} needs an estimated {format_bytes(need(cfg.n))}: training records the spectra of n × n "
+            f"kernels (about {_N2_MATRICES} such {jnp.dtype(cfg.jnp_dtype).name} matrices at once), more than "
+            f"{where} ({format_bytes(limit)}); nothing was computed. n ≤ {lo} fits (the eigendecompositions "
+            "also cost O(n³) time: n = 8000 took 3.5 minutes on 2 CPU cores)."
+        )
+    raise ValueError(
+        f"the data of n = {cfg.n} (+ {cfg.test_size} test) points in d = {cfg.d} dimensions needs an estimated "
+        f"{format_bytes(need(cfg.n))}, more than {where} ({format_bytes(limit)}); nothing was computed."
+    )
+
+
 def sample_data(key, cfg: LWRConfig) -> LWRData:
     r"""Sample ``x_i ~ N(0, I_d)``, ``β_j`` uniform on the unit sphere, ``y_i = Σ_j g_j(x_iᵀβ_j) + (τ/d)‖x_i‖² + ε_i``.
 
@@ -76,6 +119,10 @@ def sample_data(key, cfg: LWRConfig) -> LWRData:
     Returns:
       :class:`LWRData` in ``cfg.dtype``; ``beta`` is ``(d,)`` for one teacher, ``(k, d)`` for ``k``.
 
+    Raises:
+      ValueError: a bad ``cfg``, or data larger than the memory available (``JAXCOMPARE_MEMORY_BUDGET`` when set),
+        before anything is drawn.
+
     Example:
       >>> data = sample_data(jax.random.key(0), LWRConfig(n=100, d=50, h=80))
       >>> data.X.shape, data.y.shape, data.beta.shape
@@ -83,6 +130,7 @@ def sample_data(key, cfg: LWRConfig) -> LWRData:
     """
     _check_cfg(cfg)
     key = check_key(key)
+    check_fits(cfg, kernels=False)
     dt = cfg.jnp_dtype
     kb, kx, ky, kxt, kyt = jax.random.split(key, 5)
     B = jax.random.normal(kb, (cfg.k, cfg.d), dt)

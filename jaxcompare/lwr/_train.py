@@ -18,7 +18,7 @@ from .._validation import check_choice, check_float, check_int, check_key, is_co
 from ..spectra._activations import ACTIVATIONS
 from ._config import LWRConfig
 from ._eig import default_eig_backend, eigh_top, eigvalsh_desc
-from ._model import LWRData, LWRParams, _apply, _check_cfg, _check_model_data, _kernels, _preact
+from ._model import LWRData, LWRParams, _apply, _check_cfg, _check_model_data, _kernels, _preact, check_fits
 
 __all__ = ["History", "TrainResult", "train", "concat_results", "OPTIMIZERS"]
 
@@ -460,6 +460,12 @@ def train(
     Returns:
       :class:`TrainResult`.
 
+    Raises:
+      ValueError: bad arguments, or a run whose ``n × n`` kernels (about 9 matrices of ``n²`` entries at once, with
+        the eigendecompositions' workspace) exceed the memory available (``JAXCOMPARE_MEMORY_BUDGET`` when set),
+        before any work, with the largest ``n`` that fits.
+      FloatingPointError: training diverged (``throw=True``).
+
     Example:
       >>> from jaxcompare import lwr
       >>> cfg = lwr.LWRConfig(n=64, d=32, h=48)
@@ -471,6 +477,7 @@ def train(
     """
     _check_cfg(cfg)
     key = check_key(key)
+    check_fits(cfg, kernels=True)
     params, X, y, Xt, yt, B = _check_model_data(params, data, cfg)
     for name, a in (("params.W", params.W), ("params.v", params.v), ("data.X", X), ("data.y", y)):
         traced_finite(a, name)
