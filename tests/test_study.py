@@ -362,3 +362,11 @@ def test_lwr_section_report_is_clean(tmp_path):
     assert text.count("|<u1, β>|") >= 2  # guide and table header
     assert "red curves" in text and "orange" not in text  # the limit curves are drawn in red (C3)
     assert (tmp_path / "figures" / "lwr_spectra.png").stat().st_size > 10_000
+    # --quick runs 20 steps: the large-step row said "50 steps" whatever ran
+    import json
+
+    runs = [r["optimizer"] for r in json.loads((tmp_path / "results.json").read_text())["lwr"]["runs"]]
+    assert (
+        "SGD large step (η = 150, batch 32, 20 steps)" in runs
+        and "SGD large step (η = 150, batch 32, 20 steps)" in text
+    )

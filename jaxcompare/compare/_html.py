@@ -5,9 +5,10 @@ from __future__ import annotations
 import base64
 import html
 import io
-import math
 import os
 from typing import Any
+
+from .._format import format_value
 
 __all__ = ["_e", "_fmt", "_table", "_png", "_pyplot", "_short", "_figure_html"]
 
@@ -17,15 +18,8 @@ def _e(x: Any) -> str:
 
 
 def _fmt(v: Any) -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, bool):
-        return "yes" if v else ""
-    if isinstance(v, float):
-        if not math.isfinite(v):
-            return "—"
-        return f"{v:.4g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
-    return _e(v)
+    """A cell or key figure (:func:`jaxcompare._format.format_value`); a false flag is left blank."""
+    return format_value(v, false="")
 
 
 def _table(

@@ -4,40 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 
+from .._jsonable import to_jsonable
+
 __all__ = ["ComparisonResult", "load_comparison", "to_jsonable", "FORMAT_VERSION"]
 
 #: Version of the files :meth:`ComparisonResult.save` writes (``comparison.json`` + ``arrays.npz``).
 FORMAT_VERSION = 1
-
-
-def to_jsonable(x: Any) -> Any:
-    """Arrays, NumPy scalars, dataclasses, mappings made JSON-friendly; NaN/inf become ``None``."""
-    if hasattr(x, "to_dict") and callable(x.to_dict) and not isinstance(x, type):
-        return to_jsonable(x.to_dict())
-    if dataclasses.is_dataclass(x) and not isinstance(x, type):
-        return {f.name: to_jsonable(getattr(x, f.name)) for f in dataclasses.fields(x)}
-    if isinstance(x, (dict, MappingProxyType)):
-        return {str(k): to_jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [to_jsonable(v) for v in x]
-    if hasattr(x, "shape") and hasattr(x, "dtype"):
-        a = np.asarray(x)
-        if a.dtype.kind in "fc" or a.dtype.name == "bfloat16":
-            a = a.astype(np.float64)
-            return to_jsonable(a.tolist()) if a.ndim else to_jsonable(float(a))
-        return a.tolist()
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, (np.integer, np.bool_)):
-        return x.item()
-    return x
 
 
 def _frozen_array(a: Any) -> np.ndarray:

@@ -51,14 +51,15 @@ def run(key: jax.Array, report: Report, size: Mapping[str, Any], out_dir: str) -
     runs = {
         "GD (η = 0.2 n)": dict(optimizer="gd", lr=0.2 * n),
         "SGD small step (η = 1, batch 32)": dict(optimizer="sgd", lr=1.0, batch_size=32),
-        "SGD large step (η = 150, batch 32, 50 steps)": dict(optimizer="sgd", lr=150.0, batch_size=32, steps=50),
+        "SGD large step (η = 150, batch 32, {steps} steps)": dict(optimizer="sgd", lr=150.0, batch_size=32, steps=50),
         "Adam (lr 0.3, batch 32)": dict(optimizer="adam", lr=0.3, batch_size=32),
     }
     results, rows = {}, []
-    for i, (name, kw) in enumerate(runs.items()):
+    for i, (label, kw) in enumerate(runs.items()):
         t0 = time.perf_counter()
         kw = {"steps": steps, **kw}
         kw["steps"] = max(1, min(kw["steps"], steps))
+        name = label.format(steps=kw["steps"])  # the steps this run takes (--quick runs fewer than 50)
         res = lwr.train(
             jax.random.fold_in(kt, i), params, data, cfg, record_every=max(1, kw["steps"] // 5), throw=False, **kw
         )

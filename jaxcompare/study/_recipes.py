@@ -286,7 +286,8 @@ def run(key: jax.Array, report: Report, size: Mapping[str, Any], out_dir: str) -
     report.section(
         f"Which optimizer trained this network? α̂ against recipe pools (n={n}, d={d}, h={h})",
         "The linear-width model of the lwr section trained by its four optimizers, each with seeds "
-        f"0..{n_pool + n_held - 1} (a seed draws new data, initialization and minibatches). Seeds 0..{n_pool - 1} of "
+        f"0..{n_pool + n_held - 1} (a seed draws new data, initialization and minibatches; these seeds are the "
+        f"simulator's own and do not follow the report's seed). Seeds 0..{n_pool - 1} of "
         f"each optimizer form its reference pool; seeds {n_pool}..{n_pool + n_held - 1} are held out. A held-out "
         "network is assigned to the optimizer whose pool it is least atypical of: α̂ (the fraction of its eigenvalues "
         "that must be trimmed before a KS test accepts them as drawn from the pool's pooled eigenvalues) is the "

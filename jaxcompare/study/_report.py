@@ -8,45 +8,19 @@ narrow widths.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import html
 import io
 import json
-import math
 import os
 import re
+from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
+from .._format import format_value
+from .._jsonable import to_jsonable
+from .._validation import check_int
 
 __all__ = ["Report", "to_jsonable", "render_text"]
-
-
-def to_jsonable(x: Any) -> Any:
-    """Arrays, numpy scalars, dataclasses and NaN made JSON-friendly (NaN/inf become null).
-
-    Example:
-      >>> from jaxcompare.study import to_jsonable
-      >>> to_jsonable({"a": np.array([1.5, np.nan]), "b": np.int32(3)})
-      {'a': [1.5, None], 'b': 3}
-    """
-    if dataclasses.is_dataclass(x) and not isinstance(x, type):
-        return {f.name: to_jsonable(getattr(x, f.name)) for f in dataclasses.fields(x)}
-    if isinstance(x, dict):
-        return {str(k): to_jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [to_jsonable(v) for v in x]
-    if hasattr(x, "shape") and hasattr(x, "dtype"):
-        a = np.asarray(x)
-        if a.dtype.kind in "fc":
-            a = a.astype(float)
-            return to_jsonable(a.tolist()) if a.ndim else (float(a) if np.isfinite(a) else None)
-        return a.tolist()
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, (np.integer, np.bool_)):
-        return x.item()
-    return x
 
 
 _CODE = re.compile(r"`([^`]+)`")
@@ -64,13 +38,16 @@ def render_text(s: str) -> str:
 
 
 def _fmt(v: Any) -> str:
-    if isinstance(v, (bool, np.bool_)):
-        return "yes" if v else "no"
-    if isinstance(v, (float, np.floating)):
-        if not np.isfinite(v):
-            return "—"
-        return f"{v:.4g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
-    return html.escape(str(v))
+    return format_value(v)
+
+
+def _text(v: Any, name: str, *, optional: bool = False) -> str | None:
+    """A piece of the page's text: a string (``None`` only where optional), never a number or ``None`` printed."""
+    if v is None and optional:
+        return None
+    if not isinstance(v, str):
+        raise TypeError(f"{name} must be a str (plain text; `backticks` mark code), got {type(v).__name__}: {v!r:.60}.")
+    return v
 
 
 _CSS = """
@@ -106,7 +83,7 @@ class Report:
     """
 
     def __init__(self, title: str):
-        self.title = title
+        self.title = _text(title, "title")
         self.parts: list[str] = []
         self.results: dict[str, Any] = {}
         self.toc: list[tuple[str, str]] = []
@@ -120,6 +97,9 @@ class Report:
         self.findings.extend(other.findings)
 
     def section(self, title: str, guide: str | None = None) -> None:
+        """A new section: a heading (in the table of contents) and an optional reading guide."""
+        title = _text(title, "section title")
+        guide = _text(guide, "guide", optional=True)
         anchor = f"{self.anchor_prefix}s{len(self.toc)}"
         self.toc.append((anchor, title))
         self.parts.append(f'<h2 id="{anchor}">{html.escape(title)}</h2>')
@@ -128,12 +108,19 @@ class Report:
 
     def finding(self, s: str) -> None:
         """A sentence for the summary at the top of the page ("What this report found")."""
-        self.findings.append(s)
+        self.findings.append(_text(s, "finding"))
 
     def text(self, s: str) -> None:
+        """A paragraph."""
+        s = _text(s, "text")
         self.parts.append(f"<p>{render_text(s)}</p>")
 
     def kpis(self, items: dict[str, Any]) -> None:
+        """Key figures in a row, ``{label: value}``."""
+        if not isinstance(items, Mapping):
+            raise TypeError(f"kpis takes a mapping {{label: value}}, got {type(items).__name__}.")
+        for k in items:
+            _text(k, "a key figure's label")
         self.parts.append(
             "<div>"
             + "".join(f'<span class="kpi"><b>{html.escape(k)}</b>: {_fmt(v)}</span>' for k, v in items.items())
@@ -141,9 +128,18 @@ class Report:
         )
 
     def table(self, rows: list[dict[str, Any]], caption: str | None = None, max_rows: int | None = None) -> None:
+        """A table, one mapping per row; columns in the order they first appear in any row (a key missing from a row
+        is an empty cell). ``max_rows`` rows are shown, with a note of how many more are in ``results.json``."""
+        if not isinstance(rows, (list, tuple)) or not all(isinstance(r, Mapping) for r in rows):
+            raise TypeError("table rows must be a list of mappings {column: value}.")
+        caption = _text(caption, "caption", optional=True)
+        if max_rows is not None:
+            max_rows = check_int(max_rows, "max_rows", min=1)
         if not rows:
             return
-        cols = list(rows[0].keys())
+        cols: list = []
+        for r in rows:
+            cols.extend(c for c in r if c not in cols)
         shown = rows if max_rows is None else rows[:max_rows]
         out = ['<div class="table-wrap"><table>']
         if caption:
@@ -162,6 +158,10 @@ class Report:
         self.parts.append("".join(out))
 
     def figure(self, fig: Any, caption: str, *, out_dir: str | None = None, name: str | None = None) -> None:
+        """A matplotlib figure, embedded as PNG (and saved to ``out_dir/figures/name.png`` when both are given)."""
+        caption = _text(caption, "caption")
+        if not hasattr(fig, "savefig"):
+            raise TypeError(f"figure takes a matplotlib Figure, got {type(fig).__name__}.")
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
         data = buf.getvalue()
@@ -204,11 +204,21 @@ class Report:
         )
 
     def write(self, out_dir: str, footer: str = "") -> str:
-        """Write ``out_dir/index.html`` and ``out_dir/results.json``; returns the HTML path."""
+        """Write ``out_dir/index.html`` and ``out_dir/results.json``; returns the HTML path. Both are formed in full
+        first (a result with no JSON form raises before anything is written) and each file is replaced whole."""
+        footer = _text(footer, "footer")
+        page = self.html(footer)
+        data = json.dumps(to_jsonable(self.results), indent=1, allow_nan=False)
         os.makedirs(out_dir, exist_ok=True)
         path = os.path.join(out_dir, "index.html")
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(self.html(footer))
-        with open(os.path.join(out_dir, "results.json"), "w") as f:
-            json.dump(to_jsonable(self.results), f, indent=1, allow_nan=False)
+        for name, text in (("results.json", data), ("index.html", page)):
+            target = os.path.join(out_dir, name)
+            tmp = f"{target}.tmp{os.getpid()}"
+            try:
+                with open(tmp, "w", encoding="utf-8") as f:
+                    f.write(text)
+                os.replace(tmp, target)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
         return path

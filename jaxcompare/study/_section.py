@@ -10,6 +10,7 @@ from typing import Any
 
 import jax
 
+from .._validation import check_float
 from ._report import Report
 
 __all__ = ["Section", "log", "pyplot"]
@@ -35,8 +36,21 @@ class Section:
     cost: float = 1.0
 
     def __post_init__(self):
-        if not self.name.isidentifier():
-            raise ValueError(f"Section.name must be an identifier, got {self.name!r}.")
+        if not isinstance(self.name, str) or not self.name.isidentifier():
+            raise ValueError(f"Section.name must be an identifier (a str such as 'ensembles'), got {self.name!r}.")
+        if not callable(self.run):
+            raise TypeError(f"Section.run must be callable run(key, report, sizes, out_dir) -> dict, got {self.run!r}.")
+        for which in ("quick", "full"):
+            if not isinstance(getattr(self, which), Mapping):
+                raise TypeError(
+                    f"Section.{which} must be a mapping of sizes, got {type(getattr(self, which)).__name__}."
+                )
+        if set(self.quick) != set(self.full):
+            raise ValueError(
+                f"Section {self.name!r}: quick and full must set the same sizes; only in quick: "
+                f"{sorted(set(self.quick) - set(self.full))}, only in full: {sorted(set(self.full) - set(self.quick))}."
+            )
+        check_float(self.cost, "Section.cost", low=0.0, low_open=True)
         object.__setattr__(self, "quick", MappingProxyType(dict(self.quick)))
         object.__setattr__(self, "full", MappingProxyType(dict(self.full)))
 
