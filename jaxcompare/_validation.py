@@ -299,7 +299,9 @@ def check_labels(y: Any, name: str, n_classes: int | None = None, *, length: int
                 f"{name} must hold integer class labels in [0, n_classes), got {yn.dtype.name} values (strings or "
                 f"objects); encode them first, e.g. codes = np.unique({name}, return_inverse=True)[1]."
             )
-        if yn.dtype.kind in "iuf" and yn.size and (yn.dtype.kind != "f" or np.all(np.isfinite(yn))):
+        if yn.dtype.kind == "f" and yn.size:  # whole numbers first: [0.5, 1.5] is no range error of n_classes=2
+            _check_whole_host(yn, name)
+        if yn.dtype.kind in "iuf" and yn.size:
             _check_label_range(yn.min(), yn.max(), name, n_classes)
     a = jnp.asarray(y)
     if a.ndim != 1:
@@ -310,13 +312,10 @@ def check_labels(y: Any, name: str, n_classes: int | None = None, *, length: int
         raise ValueError(f"{name} must have length {length} (one label per point), got {a.shape[0]}.")
     if jnp.issubdtype(a.dtype, jnp.floating):
         if is_concrete(a):
-            if spans_processes(a):
-                whole = bool(device_reduce(_all_whole, a))
-            else:
-                an = np.asarray(a)
-                whole = np.all(np.isfinite(an)) and not np.any(an != np.round(an))
-            if not whole:
-                raise ValueError(f"{name} must hold integer class labels; got non-integer or non-finite values.")
+            if not spans_processes(a):
+                _check_whole_host(np.asarray(a), name)
+            elif not bool(device_reduce(_all_whole, a)):
+                raise ValueError(_not_whole_message(name))
         a = a.astype(jnp.int32)
     elif jnp.issubdtype(a.dtype, jnp.bool_):
         a = a.astype(jnp.int32)
@@ -331,6 +330,18 @@ def check_labels(y: Any, name: str, n_classes: int | None = None, *, length: int
             hi = int(an.max())
         _check_label_range(lo, hi, name, n_classes)
     return a
+
+
+def _not_whole_message(name: str, example: Any = None) -> str:
+    eg = "" if example is None else f" (e.g. {example:g}, not a whole number)"
+    return f"{name} must hold integer class labels; got non-integer or non-finite values{eg}."
+
+
+def _check_whole_host(a: np.ndarray, name: str) -> None:
+    """Float labels on the host are finite whole numbers, else ``ValueError`` naming one that is not."""
+    bad = ~np.isfinite(a) | (a != np.round(a))
+    if np.any(bad):
+        raise ValueError(_not_whole_message(name, float(a[bad].flat[0])))
 
 
 def _check_label_range(lo: Any, hi: Any, name: str, n_classes: int | None) -> None:

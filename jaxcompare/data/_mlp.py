@@ -7,6 +7,8 @@ key (initialization, minibatch order, which labels are flipped). The main job as
 from __future__ import annotations
 
 import dataclasses
+import functools
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -73,17 +75,38 @@ def make_mlp(n_classes: int, width: int = 64, depth: int = 2):
     n_classes = check_int(n_classes, "n_classes", min=2)
     width = check_int(width, "width", min=1)
     depth = check_int(depth, "depth", min=1)
+    return _mlp_class()(n_classes, width, depth)
+
+
+@functools.cache
+def _mlp_class():
+    """The flax class of :func:`make_mlp`'s modules, defined once (flax imported on first use) so that
+    :func:`mlp_feature_fns` can recognise them."""
     nn = optional_import("flax.linen", purpose="make_mlp")
 
     class MLP(nn.Module):
+        n_classes: int
+        width: int = 64
+        depth: int = 2
+
         @nn.compact
         def __call__(self, x):
-            for _ in range(depth):
-                x = jnp.tanh(nn.Dense(width)(x))
+            for _ in range(self.depth):
+                x = jnp.tanh(nn.Dense(self.width)(x))
                 self.sow("intermediates", "hidden", x)
-            return nn.Dense(n_classes)(x)
+            return nn.Dense(self.n_classes)(x)
 
-    return MLP()
+    return MLP
+
+
+def _is_flax_module(module: Any) -> bool:
+    """True for an instance of ``flax.linen.Module`` (flax is imported whenever such an instance exists)."""
+    nn = sys.modules.get("flax.linen")
+    return nn is not None and isinstance(module, nn.Module)
+
+
+def _is_mlp(module: Any) -> bool:
+    return _is_flax_module(module) and isinstance(module, _mlp_class())
 
 
 def mlp_feature_fns(module) -> tuple[Callable, Callable, Callable]:
@@ -100,8 +123,12 @@ def mlp_feature_fns(module) -> tuple[Callable, Callable, Callable]:
       >>> feature_fn(params, jnp.ones((4, 5))).shape, [a.shape for a in layers_fn(params, jnp.ones((4, 5)))]
       ((4, 8), [(4, 8), (4, 8), (4, 3)])
     """
-    if not hasattr(module, "apply"):
-        raise TypeError(f"module must be a flax module from make_mlp, got {type(module).__name__}.")
+    if not _is_mlp(module):
+        raise TypeError(
+            f"mlp_feature_fns takes the MLP returned by make_mlp(n_classes, width, depth) (its hidden layers are "
+            f"sown as 'intermediates'), got {_describe(module)}; for another flax module write the feature "
+            "functions with module.apply(variables, x, mutable=['intermediates'])."
+        )
 
     def apply_fn(p, x):
         return module.apply({"params": p}, x)
@@ -118,6 +145,12 @@ def mlp_feature_fns(module) -> tuple[Callable, Callable, Callable]:
         return hidden + [out]
 
     return apply_fn, feature_fn, layers_fn
+
+
+def _describe(v: Any) -> str:
+    if _is_flax_module(v):
+        return f"the flax module {type(v).__name__}"
+    return f"{v!r} ({type(v).__name__})" if isinstance(v, (str, int, float, type(None))) else type(v).__name__
 
 
 def _train_one(key, hyper, module, x, y, n_classes, batch_size, max_steps):
@@ -162,8 +195,9 @@ def train_ensemble(key: Any, module: Any, x: Any, y: Any, n_classes: int, recipe
 
     Args:
       key: PRNG key (``jax.random.key``).
-      module: a flax module such as :func:`make_mlp`'s.
-      x: ``(n, ...)`` training inputs.
+      module: a ``flax.linen.Module`` such as :func:`make_mlp`'s, mapping ``(b, features...)`` inputs to
+        ``(b, n_classes)`` logits (checked on one example by ``jax.eval_shape`` before training).
+      x: ``(n, features...)`` training inputs, ``n >= 1``.
       y: ``(n,)`` integer labels in ``[0, n_classes)``.
       n_classes: number of classes.
       recipes: one :class:`Recipe` per model; all must share ``batch_size`` (at most ``n``).
@@ -180,8 +214,19 @@ def train_ensemble(key: Any, module: Any, x: Any, y: Any, n_classes: int, recipe
       (3, 4, 8)
     """
     key = check_key(key)
+    if not _is_flax_module(module):
+        what = f"the class {module.__name__} (pass an instance)" if isinstance(module, type) else _describe(module)
+        raise TypeError(
+            f"module must be a flax.linen Module instance mapping x to logits, e.g. make_mlp(n_classes) or "
+            f"make_mnist1d_model('cnn'); got {what}."
+        )
     n_classes = check_int(n_classes, "n_classes", min=2)
     x = check_array(x, "x", min_size=1)
+    if x.ndim < 2:
+        raise ValueError(
+            f"x must have shape (n, features...) with n >= 1 training points, got shape {tuple(x.shape)}; "
+            "a single feature per point is x[:, None]."
+        )
     y = check_labels(y, "y", n_classes, length=x.shape[0])
     recipes = list(recipes)
     if not recipes or not all(isinstance(r, Recipe) for r in recipes):
@@ -192,6 +237,7 @@ def train_ensemble(key: Any, module: Any, x: Any, y: Any, n_classes: int, recipe
     batch_size = next(iter(bs))
     if batch_size > x.shape[0]:
         raise ValueError(f"Recipe.batch_size={batch_size} exceeds the {x.shape[0]} training points.")
+    _check_logits(module, key, x, n_classes)
     n = len(recipes)
     keys = jax.random.split(key, n)
     lr = jnp.asarray([r.lr for r in recipes], jnp.float32)
@@ -200,3 +246,21 @@ def train_ensemble(key: Any, module: Any, x: Any, y: Any, n_classes: int, recipe
     max_steps = max(r.steps for r in recipes)
     fn = jax.vmap(lambda k, h: _train_one(k, h, module, x, y, n_classes, batch_size, max_steps))
     return jax.jit(fn)(keys, (lr, noise, steps))
+
+
+def _check_logits(module: Any, key: jax.Array, x: jax.Array, n_classes: int) -> None:
+    """The module maps one example ``x[:1]`` to ``(1, n_classes)`` logits (shapes only: ``jax.eval_shape``)."""
+    out, _ = jax.eval_shape(module.init_with_output, key, x[:1])
+    shape = getattr(out, "shape", None)
+    if shape is None:
+        raise TypeError(
+            f"module must return one array of logits of shape (batch, n_classes), got a {type(out).__name__} "
+            f"for x[:1] of shape {tuple(x[:1].shape)}."
+        )
+    if tuple(shape) != (1, n_classes):
+        outputs = f"{shape[-1]} outputs" if len(shape) == 2 and shape[0] == 1 else f"output of shape {tuple(shape)}"
+        raise ValueError(
+            f"module gives {outputs} for one example (x[:1] of shape {tuple(x[:1].shape)}) but n_classes="
+            f"{n_classes}: expected logits of shape (1, {n_classes}); build the module with n_classes outputs, "
+            f"e.g. make_mlp({n_classes})."
+        )

@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from .._optional import optional_import
 from .._validation import check_choice, check_float, check_int
@@ -15,6 +16,10 @@ __all__ = ["mnist1d_task", "MNIST1DTask", "make_mnist1d_model", "ARCHITECTURES",
 
 #: architectures of :func:`make_mnist1d_model`
 ARCHITECTURES = ("mlp", "cnn", "gru")
+
+#: shortest signal the CNN takes: its first convolution (kernel 5, padding 1, stride 2) maps L to (L - 3) // 2 + 1
+#: points, which is empty below L = 3; the next two (kernel 3, padding 1) keep a non-empty map non-empty
+_CNN_MIN_LENGTH = 3
 
 #: test accuracies of the dataset's paper (Greydanus 2020; the table of the mnist1d README, 4000 train / 1000 test)
 PAPER_ACCURACY = {"logistic regression": 0.32, "mlp": 0.68, "cnn": 0.94, "gru": 0.91}
@@ -96,6 +101,9 @@ def make_mnist1d_model(arch: str, n_classes: int = 10, *, width: int | None = No
     * ``"gru"``: a GRU of ``width = 32`` units reads the signal one scalar at a time; ``Dense(n_classes)`` on its last
       state (≈ 3.6 k parameters).
 
+    Each model checks, when called (at trace time, on static shapes), that its input is ``(n, L)`` with ``L >= 1``
+    (``L >= 3`` for the CNN) and raises ``ValueError`` otherwise.
+
     Args:
       arch: ``"mlp"``, ``"cnn"`` or ``"gru"`` (:data:`ARCHITECTURES`).
       n_classes: number of outputs (``>= 2``).
@@ -121,6 +129,7 @@ def make_mnist1d_model(arch: str, n_classes: int = 10, *, width: int | None = No
     class MLP(nn.Module):
         @nn.compact
         def __call__(self, x):
+            _check_signals(x, "mlp", 1)
             for _ in range(2):
                 x = nn.relu(nn.Dense(width)(x))
             return nn.Dense(n_classes)(x)
@@ -128,6 +137,7 @@ def make_mnist1d_model(arch: str, n_classes: int = 10, *, width: int | None = No
     class CNN(nn.Module):
         @nn.compact
         def __call__(self, x):
+            _check_signals(x, "cnn", _CNN_MIN_LENGTH)
             h = x[..., None]  # (n, L, 1 channel)
             for k in (5, 3, 3):
                 h = nn.relu(nn.Conv(width, kernel_size=(k,), strides=(2,), padding=[(1, 1)])(h))
@@ -136,8 +146,20 @@ def make_mnist1d_model(arch: str, n_classes: int = 10, *, width: int | None = No
     class GRU(nn.Module):
         @nn.compact
         def __call__(self, x):
+            _check_signals(x, "gru", 1)
             dtype = jnp.result_type(x.dtype, jnp.float32)  # the carry must keep the inputs' (promoted) dtype
             h = nn.RNN(nn.GRUCell(width, param_dtype=dtype))(x[..., None].astype(dtype))  # (n, L, width)
             return nn.Dense(n_classes)(h[:, -1])
 
     return {"mlp": MLP, "cnn": CNN, "gru": GRU}[arch]()
+
+
+def _check_signals(x: ArrayLike, arch: str, min_length: int) -> None:
+    """The models' input is ``(n, L)`` signals, ``L >= min_length`` (static shapes: runs at trace time)."""
+    shape = tuple(jnp.shape(x))
+    if len(shape) != 2 or shape[1] < min_length:
+        need = "" if min_length == 1 else f" (the CNN's three stride-2 convolutions need L >= {min_length})"
+        raise ValueError(
+            f"make_mnist1d_model({arch!r}) takes signals of shape (n, L) with L >= {min_length}{need}, one scalar "
+            f"per time step (MNIST-1D: L = 40); got input of shape {shape}."
+        )
