@@ -283,6 +283,31 @@ def check_key(key: Any, name: str = "key") -> jax.Array:
     return jax.random.wrap_key_data(a)
 
 
+def key_from_seed(seed: Any, name: str = "seed") -> jax.Array:
+    """``jax.random.key(seed)`` for an integer seed in ``[0, 2**63)``, the same key with and without x64.
+
+    Without ``jax_enable_x64`` JAX keeps only the low 32 bits of a seed (seeds 0 and ``2**32`` gave one key, and a
+    seed ``≥ 2**32`` another key than with x64). Seeds below ``2**32`` give ``jax.random.key(seed)`` exactly; larger
+    ones the key that ``jax.random.key(seed)`` gives under x64 (threefry: the seed's high and low 32-bit words), or,
+    for another PRNG implementation, ``fold_in(key(low word), high word)``.
+
+    Example:
+      >>> from jaxcompare._validation import key_from_seed
+      >>> bool(jnp.all(jax.random.key_data(key_from_seed(7)) == jax.random.key_data(jax.random.key(7))))
+      True
+      >>> jax.random.key_data(key_from_seed(2**32 + 5)).tolist()
+      [1, 5]
+    """
+    seed = check_int(seed, name, min=0, max=2**63 - 1)
+    if seed < 2**32:
+        return jax.random.key(seed)
+    hi, lo = seed >> 32, seed & 0xFFFFFFFF
+    base = jax.random.key(lo)
+    if jax.random.key_data(base).shape == (2,):  # threefry2x32: key data (high word, low word) as under x64
+        return jax.random.wrap_key_data(np.array([hi, lo], np.uint32), impl=jax.random.key_impl(base))
+    return jax.random.fold_in(base, hi)
+
+
 def _key_batch_message(name: str, batch: tuple) -> str:
     return (
         f"{name} must be one PRNG key, got a batch of keys of shape {_shape_str(tuple(batch))} (e.g. from "

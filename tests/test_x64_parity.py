@@ -127,3 +127,30 @@ def test_rank_statistics_keep_the_order_of_float64_inputs_without_x64():
     np.testing.assert_allclose(child["recipe"], float(recipe_alpha(c, np.stack([r, r + 1e-10]), threshold=0.05)))
     np.testing.assert_allclose(child["pool"], float(pool_threshold(np.stack([c[:50], r[:50], r[30:]]))), rtol=1e-6)
     assert "must lie in" in child["churn"]
+
+
+_SEED_CHILD = r"""
+import json, jax
+from jaxcompare._validation import key_from_seed
+assert not jax.config.jax_enable_x64
+seeds = [0, 5, 2**32 - 1, 2**32, 2**32 + 5, 2**63 - 1]
+print(json.dumps({"plain": [jax.random.key_data(jax.random.key(s)).tolist() for s in seeds],
+                  "ours": [jax.random.key_data(key_from_seed(s)).tolist() for s in seeds]}))
+"""
+
+
+def test_seeds_beyond_32_bits_give_the_x64_key_in_both_modes():
+    """Without x64 jax.random.key kept a seed's low 32 bits: seeds 0 and 2**32 gave one key (the same study numbers
+    under different recorded seeds), and a seed >= 2**32 another key than under x64. Oracle: jax.random.key under
+    x64 (this process) and without it (a child), seed by seed."""
+    from jaxcompare._validation import key_from_seed
+
+    env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"}
+    env["JAX_ENABLE_X64"] = "0"
+    out = subprocess.run([sys.executable, "-c", _SEED_CHILD], env=env, capture_output=True, text=True, check=True)
+    child = json.loads(out.stdout.strip().splitlines()[-1])
+    seeds = [0, 5, 2**32 - 1, 2**32, 2**32 + 5, 2**63 - 1]
+    x64 = [jax.random.key_data(jax.random.key(s)).tolist() for s in seeds]
+    assert child["plain"][3] == child["plain"][0] and x64[3] != x64[0]  # the collision the fix is for
+    assert child["ours"] == x64 == [jax.random.key_data(key_from_seed(s)).tolist() for s in seeds]
+    assert child["plain"][:3] == x64[:3]  # below 2**32 nothing changes

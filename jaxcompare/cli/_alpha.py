@@ -152,7 +152,9 @@ def cmd_alpha(args) -> int:
         m = cand_s.shape[0]
         chunk = max(1, math.ceil(m / 20)) if show else m
         parts, sds = [], []
-        key = jax.random.key(args.seed)
+        from .._validation import key_from_seed
+
+        key = key_from_seed(args.seed)
         for i in progress(range(0, m, chunk), total=math.ceil(m / chunk), desc="α̂ bootstrap", enabled=show):
             c = cand_s[i : i + chunk]
             res = jc.ensemble_alpha_hat(

@@ -249,8 +249,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _compare_into(args: argparse.Namespace, sections: tuple) -> int:
-    import jax
-
+    from .._validation import key_from_seed
     from ..compare._checkpoints import load_checkpoints
     from ..compare._compare import compare_models
     from ._ntk import import_model
@@ -262,7 +261,7 @@ def _compare_into(args: argparse.Namespace, sections: tuple) -> int:
     names = [n for n, _ in loaded]
     groups = load_groups(args.groups, names, paths) if args.groups else None
     res = compare_models(
-        jax.random.key(args.seed),
+        key_from_seed(args.seed),
         apply_fn,
         loaded,
         data["x_test"],

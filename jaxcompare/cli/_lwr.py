@@ -25,6 +25,7 @@ def cmd_lwr(args) -> int:
     import numpy as np
 
     from .. import lwr
+    from .._validation import key_from_seed
     from ..study import to_jsonable
     from ..study._lwr import spectra_grid
     from ..study._section import pyplot
@@ -59,7 +60,7 @@ def cmd_lwr(args) -> int:
     except ValueError as e:
         raise CLIError(f"--n {args.n}: {e}") from None
     check_output_dir(args.out)  # after the cheap checks, before any work
-    kd, kp, kt = jax.random.split(jax.random.key(args.seed), 3)
+    kd, kp, kt = jax.random.split(key_from_seed(args.seed), 3)
     data = lwr.sample_data(kd, cfg)
     params = lwr.init_params(kp, cfg)
     res = lwr.train(

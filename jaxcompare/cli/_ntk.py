@@ -96,10 +96,10 @@ def import_model(spec: str, flag: str = "--model"):
 
 
 def cmd_ntk(args) -> int:
-    import jax
     import numpy as np
 
     from .. import ntk
+    from .._validation import key_from_seed
     from ..ntk._disk import atomic_npy
 
     if args.out.endswith(("/", os.sep)) or os.path.isdir(args.out):
@@ -120,7 +120,7 @@ def cmd_ntk(args) -> int:
     elif args.implementation != "auto":
         raise CLIError(f"--implementation applies to the unprojected gradient kernels, not to {args.kernel}")
     if info.projected:
-        key = jax.random.key(args.seed)
+        key = key_from_seed(args.seed)
         try:
             if args.projection == "structured":
                 proj = ntk.structured_projection(key, args.dim, output_probes=args.output_probes)

@@ -45,8 +45,7 @@ def add_parser(sub, *, parents, formatter_class, seed_type, positive_int) -> Non
 
 
 def cmd_spectra(args) -> int:
-    import jax
-
+    from .._validation import key_from_seed
     from ..compare import load_checkpoint
     from ..compare._result import to_jsonable
     from ..spectra import analyze_params, format_report
@@ -57,7 +56,7 @@ def cmd_spectra(args) -> int:
     if not os.path.exists(args.checkpoint):
         raise CLIError(f"--checkpoint: no such file or directory: {args.checkpoint}")
     params = load_checkpoint(args.checkpoint)
-    res = analyze_params(jax.random.key(args.seed), params, conv=args.conv, heads=args.heads, n_boot=args.n_boot)
+    res = analyze_params(key_from_seed(args.seed), params, conv=args.conv, heads=args.heads, n_boot=args.n_boot)
     print(format_report(res))
     if args.out is not None:
         data = res.to_dict()

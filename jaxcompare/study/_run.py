@@ -10,7 +10,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import jax
 
-from .._validation import check_flag, check_int
+from .._validation import check_flag, check_int, key_from_seed
 from ._registry import SECTIONS
 from ._report import Report
 from ._section import log
@@ -25,7 +25,7 @@ def _run_section(name: str, index: int, seed: int, quick: bool, out_dir: str) ->
     part.anchor_prefix = f"{name}-"
     t0 = time.perf_counter()
     log(f"section: {name}")
-    res = sec.run(jax.random.fold_in(jax.random.key(seed), index), part, sec.sizes(quick), out_dir)
+    res = sec.run(jax.random.fold_in(key_from_seed(seed), index), part, sec.sizes(quick), out_dir)
     dt = time.perf_counter() - t0
     log(f"section {name} done in {dt:.1f}s")
     return res, part, dt
@@ -51,8 +51,9 @@ def run_study(
     """Run the main job and write ``out_dir/index.html`` (self-contained) and ``out_dir/results.json``.
 
     Sections come from :data:`SECTIONS` (all by default, always in registry order); the section at position ``i``
-    gets the key ``fold_in(key(seed), i)``, so a subset reproduces the numbers of the full run. Figures are also
-    written to ``out_dir/figures/``. What ``jaxcompare demo`` runs.
+    gets the key ``fold_in(key(seed), i)``, so a subset reproduces the numbers of the full run (``key(seed)`` is the
+    same with and without x64, also for seeds ≥ 2**32). Figures are also written to ``out_dir/figures/``. What
+    ``jaxcompare demo`` runs.
 
     Args:
       out_dir: output directory (created; checked writable before any section runs).
