@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from jaxcompare.compare import load_checkpoint, load_checkpoints, save_params
+from jaxcompare.compare._checkpoints import flatten_params
 
 
 def _st_bytes(tensors, *, metadata=None, pad=0, order=None):
@@ -306,3 +307,20 @@ def test_files_that_are_not_npz_archives(tmp_path):
     (tmp_path / "c.msgpack").write_bytes(raw)
     with pytest.raises(ValueError, match="c.msgpack is not a valid flax msgpack file"):
         load_checkpoint(tmp_path / "c.msgpack")
+
+
+def test_nnx_state_saved_under_its_pure_dict_names(tmp_path):
+    """save_params(nnx.state(model)) wrote "query/kernel/value" (the Variable's box): the file did not load into
+    nnx.replace_by_pure_dict and the spectra's attention rule did not see a query kernel. Oracle: nnx.to_pure_dict."""
+    from flax import nnx
+
+    m = nnx.MultiHeadAttention(num_heads=2, in_features=8, qkv_features=8, decode=False, rngs=nnx.Rngs(0))
+    state = nnx.state(m, nnx.Param)
+    pure = nnx.to_pure_dict(state)
+    for ext in ("npz", "safetensors"):
+        back = load_checkpoint(save_params(state, str(tmp_path / f"m.{ext}")))
+        assert sorted(flatten_params(back)) == sorted(flatten_params(pure))
+        for name, leaf in flatten_params(pure).items():
+            np.testing.assert_array_equal(flatten_params(back)[name], np.asarray(leaf))
+        restored = nnx.state(m, nnx.Param)
+        nnx.replace_by_pure_dict(restored, back)  # the saved names are the pure dict's

@@ -367,3 +367,12 @@ def test_nnx_state_paths_end_at_the_variable():
     w = np.asarray(m.value.kernel[...], np.float64).reshape(32, 32)
     assert res.row("value/kernel")["matrix"] == "heads merged"
     np.testing.assert_allclose(res.eigenvalues["value/kernel"], _np_eigs(w), rtol=1e-5, atol=1e-7)
+    # a (heads, head_dim) bias is 2-D but no map: skipped (with 12 heads of 64 it was analysed as a 12 × 64 matrix)
+    skipped = {r["path"]: r["reason"] for r in res.skipped}
+    assert skipped["query/bias"].startswith("bias") and skipped["out/bias"].startswith("1-D")
+    # a checkpoint written by other tools from nnx.state keeps the box: ".../kernel/value" is still a query kernel
+    boxed = {"query": {"kernel": {"value": np.asarray(m.query.kernel[...])}}}
+    boxed["query"]["bias"] = {"value": np.zeros((4, 8), np.float32)}
+    old = S.analyze_params(boxed, min_dim=8)
+    assert old.row("query/kernel/value")["matrix"] == "heads merged"
+    assert [r["path"] for r in old.skipped] == ["query/bias/value"]

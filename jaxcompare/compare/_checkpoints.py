@@ -30,7 +30,8 @@ _FILE_EXTS = tuple(e for exts in CHECKPOINT_FORMATS.values() for e in exts)
 
 
 def flatten_params(tree: Any, *, sep: str = "/") -> dict[str, Any]:
-    """``{"a/b": leaf}`` from a pytree of arrays (dict keys, sequence indices and attribute names joined by ``sep``).
+    """``{"a/b": leaf}`` from a pytree of arrays (dict keys, sequence indices and attribute names joined by ``sep``;
+    an ``nnx.state(model)`` is named as its ``nnx.to_pure_dict``: ``query/kernel``, not ``query/kernel/value``).
 
     Example:
       >>> import numpy as np
@@ -39,14 +40,14 @@ def flatten_params(tree: Any, *, sep: str = "/") -> dict[str, Any]:
     """
     import jax
 
+    from .._paths import key_parts
+
     out = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        parts = []
-        for k in path:
-            part = str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))
+        parts = key_parts(path)  # an nnx state's leaves named as in its pure dict ("query/kernel")
+        for part in parts:
             if sep in part:
                 raise ValueError(f"params key {part!r} contains the separator {sep!r}; rename it to save the tree.")
-            parts.append(part)
         out[sep.join(parts) if parts else "value"] = leaf
     return out
 

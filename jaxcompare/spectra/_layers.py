@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._paths import key_parts
 from .._validation import (
     at_least_float32,
     check_array,
@@ -98,13 +99,6 @@ class LayerSpectra:
         return pd.DataFrame([dict(r) for r in self.rows], columns=list(COLUMNS))
 
 
-def _key_name(k) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(k, attr):
-            return str(getattr(k, attr))
-    return str(k)
-
-
 @partial(jax.jit, static_argnames=("n",))
 def _eigs(mats: jax.Array, n: int) -> jax.Array:
     """Ascending pooled eigenvalues ``s²/N`` of a ``(K, r, c)`` stack (singular values: stable for float32)."""
@@ -112,10 +106,22 @@ def _eigs(mats: jax.Array, n: int) -> jax.Array:
     return jnp.sort((s * s).reshape(-1) / n)
 
 
+_LEAF_NAMES = frozenset({"kernel", "bias", "weight", "scale", "embedding", "w", "b"})
+
+
+def _parts(path: str) -> list[str]:
+    """Lower-case path parts without an nnx Variable's box: a checkpoint written from ``nnx.state(model)`` by other
+    tools names its leaves ``query/kernel/value``."""
+    parts = [p.lower() for p in path.split("/")]
+    if len(parts) > 2 and parts[-1] == "value" and parts[-2] in _LEAF_NAMES:
+        parts = parts[:-1]
+    return parts
+
+
 def _heads_layout(path: str, ndim: int) -> str | None:
     """``"into"`` (``(d, *heads)``: a query/key/value projection), ``"out of"`` (``(*heads, d)``: the output
     projection) or ``None``: from the module's name, for kernels of 3 or more axes."""
-    parts = [p.lower() for p in path.split("/")]
+    parts = _parts(path)
     if ndim < 3 or len(parts) < 2:
         return None
     module, outer = parts[-2], parts[:-2]
@@ -142,6 +148,8 @@ def _as_stack(path: str, leaf, conv: str, heads: str, matrix_fn) -> tuple[Any, s
         return (mat[None] if mat.ndim == 2 else mat), "matrix_fn", None
     if len(shape) < 2:
         return None, "", f"{len(shape)}-D (bias, scale or scalar)"
+    if _parts(path)[-1] == "bias":  # a (heads, head_dim) attention bias is 2-D and no map
+        return None, "", "bias (a shift, not a weight matrix)"
     if len(shape) == 2:
         return jnp.asarray(leaf)[None], "dense", None
     w = jnp.asarray(leaf)
@@ -167,9 +175,7 @@ def _leaves(params) -> list:
         )
     out = []
     for kp, leaf in leaves:
-        if len(kp) > 1 and isinstance(kp[-1], jax.tree_util.GetAttrKey) and kp[-1].name == "value":
-            kp = kp[:-1]  # a flax nnx Variable's box (nnx.state(model)): "query/kernel", not "query/kernel/value"
-        path = "/".join(_key_name(k) for k in kp) or "<root>"
+        path = "/".join(key_parts(kp)) or "<root>"  # nnx.state(model): "query/kernel", not "query/kernel/value"
         if not isinstance(leaf, (np.ndarray, np.generic, jax.Array)):
             raise TypeError(
                 f"params leaf {path!r} must be an array (numpy or jax), got {type(leaf).__name__}; "
