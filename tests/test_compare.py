@@ -964,3 +964,76 @@ def test_command_checks_out_and_seed_before_any_work(tmp_path, untrained, model_
     with pytest.raises(SystemExit):
         main([*base, str(untrained["data"]), "--out", str(tmp_path / "s"), "--seed", "-1"])
     assert "seed" in capsys.readouterr().err
+
+
+def _tiny_results():
+    x = jnp.linspace(-1, 1, 32)[:, None]
+    y = (x[:, 0] > 0).astype(jnp.int32)
+    fn = lambda p, x: jnp.concatenate([-p * x, p * x], axis=1)  # noqa: E731
+    make = lambda ps: compare_models(jax.random.key(0), fn, ps, x, y, n_boot=5, sections=("alpha",), progress_bar=False)  # noqa: E731
+    return make([1.0, 2.0, 3.0]), make([1.0, -2.0])
+
+
+def test_saved_comparison_files_must_belong_together(tmp_path, monkeypatch):
+    """save wrote comparison.json, then arrays.npz, in place: a run killed between them left a 2-model table with
+    3-model scores, which load_comparison returned without a word. Now both files are renamed into place, the JSON
+    last, and it records each array's shape, dtype and CRC-32."""
+    from jaxcompare.compare import _result
+
+    three, two = _tiny_results()
+    d = tmp_path / "saved"
+    back = load_comparison(three.save(d))
+    assert back.to_dict() == three.to_dict() and back.arrays["scores"].shape == (3, 32)
+    manifest = json.loads((d / "comparison.json").read_text())["arrays"]
+    assert manifest["scores"]["shape"] == [3, 32] and set(manifest) == set(three.arrays)
+
+    real = _result._atomic
+
+    def killed_before_json(path, write, mode):
+        if path.endswith("comparison.json"):
+            raise KeyboardInterrupt  # the process dies between the two files
+        real(path, write, mode)
+
+    monkeypatch.setattr(_result, "_atomic", killed_before_json)
+    with pytest.raises(KeyboardInterrupt):
+        two.save(d)
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="not from one save"):
+        load_comparison(d)
+    assert not [p.name for p in d.iterdir() if ".tmp" in p.name]  # no temporary file left behind
+
+    # another result's arrays, a truncated archive, a version that is not the int 1, no path
+    two.save(tmp_path / "two")
+    three.save(d)
+    (d / "arrays.npz").write_bytes((tmp_path / "two" / "arrays.npz").read_bytes())
+    with pytest.raises(ValueError, match="not from one save"):
+        load_comparison(d)
+    three.save(d)
+    good = (d / "arrays.npz").read_bytes()
+    (d / "arrays.npz").write_bytes(good[: len(good) // 2])
+    with pytest.raises(ValueError, match="could not be read"):
+        load_comparison(d)  # was a bare zipfile.BadZipFile
+    three.save(d)
+    data = json.loads((d / "comparison.json").read_text())
+    for version in (True, 1.0):
+        (d / "comparison.json").write_text(json.dumps(dict(data, format_version=version)))
+        with pytest.raises(ValueError, match="format version 1"):
+            load_comparison(d)
+    for bad in (None, ""):
+        with pytest.raises(TypeError, match="directory must be a directory path"):
+            load_comparison(bad)
+        with pytest.raises(TypeError, match="directory must be a directory path"):
+            three.save(bad)
+
+    # files from before the manifest: their shapes and values are still checked
+    legacy = {k: v for k, v in data.items() if k != "arrays"}
+    (d / "comparison.json").write_text(json.dumps(legacy))
+    assert load_comparison(d).to_dict() == three.to_dict()
+    (d / "arrays.npz").write_bytes((tmp_path / "two" / "arrays.npz").read_bytes())
+    with pytest.raises(ValueError, match="has 3 models"):
+        load_comparison(d)
+    np.savez(
+        d / "arrays.npz", **{k: np.where(True, np.nan, v) if k == "scores" else v for k, v in three.arrays.items()}
+    )
+    with pytest.raises(ValueError, match="NaN"):
+        load_comparison(d)

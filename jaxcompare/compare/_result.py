@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import zipfile
+import zlib
 from types import MappingProxyType
 from typing import Any
 
@@ -120,14 +122,17 @@ class ComparisonResult:
         return pd.DataFrame(self.table()).set_index("name")
 
     def save(self, directory: str | os.PathLike) -> str:
-        """Write ``comparison.json`` and ``arrays.npz`` to ``directory`` (created); read back by
-        :func:`load_comparison`. Nothing is pickled. Returns the directory."""
-        d = os.fspath(directory)
+        """Write ``arrays.npz`` and ``comparison.json`` to ``directory`` (created); read back by
+        :func:`load_comparison`. Nothing is pickled. Each file is written to a temporary name and renamed, the
+        arrays first; ``comparison.json`` records each array's shape, dtype and CRC-32, so a directory left with
+        one new and one old file (a run killed between the two) is refused on load. Returns the directory."""
+        d = _directory(directory, "directory")
         os.makedirs(d, exist_ok=True)
-        with open(os.path.join(d, "comparison.json"), "w") as f:
-            json.dump(self.to_dict(), f, indent=1, allow_nan=False)
-        with open(os.path.join(d, "arrays.npz"), "wb") as f:
-            np.savez(f, **dict(self.arrays))
+        data = self.to_dict()
+        data["arrays"] = {k: _manifest(v) for k, v in self.arrays.items()}
+        text = json.dumps(data, indent=1, allow_nan=False)  # formed before anything is written
+        _atomic(os.path.join(d, "arrays.npz"), lambda f: np.savez(f, **dict(self.arrays)), "wb")
+        _atomic(os.path.join(d, "comparison.json"), lambda f: f.write(text), "w")
         return d
 
     def report(self, directory: str | os.PathLike) -> str:
@@ -162,7 +167,9 @@ def load_comparison(directory: str | os.PathLike) -> ComparisonResult:
 
     Raises:
       FileNotFoundError: ``comparison.json`` or ``arrays.npz`` is missing.
-      ValueError: the files are not a saved comparison (or of an unknown format version).
+      ValueError: the files are not a saved comparison (or of an unknown format version), are damaged, or are not
+        from one save (the arrays' shapes, dtypes and checksums recorded in ``comparison.json`` are checked).
+      TypeError: ``directory`` is not a path.
 
     Example:
       >>> import tempfile, jax, jax.numpy as jnp
@@ -175,7 +182,7 @@ def load_comparison(directory: str | os.PathLike) -> ComparisonResult:
       >>> back.to_dict() == res.to_dict(), [r["accuracy"] for r in back.rows]
       (True, [1.0, 1.0])
     """
-    d = os.fspath(directory)
+    d = _directory(directory, "directory")
     js, npz = os.path.join(d, "comparison.json"), os.path.join(d, "arrays.npz")
     for p in (js, npz):
         if not os.path.exists(p):
@@ -183,15 +190,19 @@ def load_comparison(directory: str | os.PathLike) -> ComparisonResult:
     try:
         with open(js) as f:
             data = json.load(f)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{js} is not valid JSON: {e}") from None
-    if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
+    version = data.get("format_version") if isinstance(data, dict) else None
+    if type(version) is not int or version != FORMAT_VERSION:  # True and 1.0 are not the version 1
         raise ValueError(f"{js} is not a saved comparison of format version {FORMAT_VERSION}")
     try:
         with np.load(npz, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.keys()}
-    except (ValueError, OSError, EOFError) as e:
-        raise ValueError(f"{npz} could not be read (pickles are refused): {e}") from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(
+            f"{npz} could not be read (damaged, truncated, or pickled; pickles are refused): {e}"
+        ) from None
+    _check_saved(data, arrays, js, npz)
     return ComparisonResult(
         rows=data["models"],
         detection=data["detection"],
@@ -204,3 +215,72 @@ def load_comparison(directory: str | os.PathLike) -> ComparisonResult:
         similarity=data.get("similarity"),
         surrogate=data.get("surrogate"),
     )
+
+
+def _directory(v: Any, name: str) -> str:
+    if not isinstance(v, (str, os.PathLike)) or not os.fspath(v):
+        raise TypeError(f"{name} must be a directory path (a non-empty str or os.PathLike), got {v!r}.")
+    d = os.fspath(v)
+    if os.path.exists(d) and not os.path.isdir(d):
+        raise ValueError(f"{name} {d} is a file, not a directory.")
+    return d
+
+
+def _manifest(a: np.ndarray) -> dict:
+    a = np.ascontiguousarray(a)
+    return {"shape": list(a.shape), "dtype": a.dtype.str, "crc32": zlib.crc32(memoryview(a.reshape(-1).view(np.uint8)))}
+
+
+def _atomic(path: str, write, mode: str) -> None:
+    """``write(f)`` into a temporary file beside ``path``, then rename: ``path`` is whole, old or new."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, mode) as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+_REQUIRED = ("models", "detection", "bounds", "findings", "settings", "skipped", "spectra")
+
+
+def _check_saved(data: dict, arrays: dict, js: str, npz: str) -> None:
+    """The two files belong together and hold what a saved comparison holds."""
+    missing = [k for k in _REQUIRED if k not in data]
+    if missing:
+        raise ValueError(f"{js} lacks {', '.join(missing)}: not a saved comparison")
+    models = data["models"]
+    if not isinstance(models, list) or not models or not all(isinstance(r, dict) and "name" in r for r in models):
+        raise ValueError(f"{js}: 'models' must be a non-empty list of rows with a name")
+    manifest = data.get("arrays")
+    if manifest is not None:  # written by save() since the manifest was added: one file pair, checked exactly
+        if not isinstance(manifest, dict) or sorted(manifest) != sorted(arrays):
+            raise ValueError(
+                f"{npz} holds arrays {sorted(arrays)} but {js} recorded {sorted(manifest or {})}: the two files are "
+                "not from one save (a save interrupted between them, or files copied from elsewhere)"
+            )
+        for k, a in arrays.items():
+            if _manifest(a) != manifest[k]:
+                raise ValueError(
+                    f"{npz}: array {k!r} is not the one {js} recorded (shape {list(a.shape)}, dtype {a.dtype.str}, "
+                    "or its checksum differ): the two files are not from one save"
+                )
+        return
+    # files from before the manifest: their shapes must at least agree with the table
+    k = len(models)
+    if "scores" not in arrays:
+        raise ValueError(f"{npz} lacks 'scores': not the arrays of a saved comparison")
+    sections = data["settings"].get("sections", []) if isinstance(data["settings"], dict) else []
+    if "alpha" in sections and "alpha_boot" not in arrays:
+        raise ValueError(f"{npz} lacks 'alpha_boot', which the alpha section writes")
+    for name in ("scores", "alpha_boot", "attribution_indices", "attribution_values", "surrogate_predictions"):
+        if name in arrays and (arrays[name].ndim < 1 or arrays[name].shape[0] != k):
+            raise ValueError(
+                f"{npz}: {name!r} has shape {arrays[name].shape} but {js} has {k} models: the files do not belong "
+                "together"
+            )
+    for name, a in arrays.items():
+        if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+            raise ValueError(f"{npz}: {name!r} holds NaN/inf values; a saved comparison's arrays are finite")
