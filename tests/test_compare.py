@@ -1037,3 +1037,79 @@ def test_saved_comparison_files_must_belong_together(tmp_path, monkeypatch):
     )
     with pytest.raises(ValueError, match="NaN"):
         load_comparison(d)
+
+
+def test_pytree_inputs_give_the_packed_array_results():
+    """x_test as {"tokens", "mask"} (a transformer's inputs) was refused by compare_models. Oracle: the same model
+    reading one packed array (tokens and mask side by side) must give the same table, kernels and attributions."""
+    rng = np.random.default_rng(0)
+    t, length, vocab = 40, 6, 11
+    tokens = rng.integers(0, vocab, (t, length))
+    mask = (rng.random((t, length)) > 0.3).astype(np.float32)
+    y = rng.integers(0, 3, t)
+
+    def tree_fn(p, x):
+        h = p["emb"][x["tokens"]] * x["mask"][..., None]  # (n, L, d)
+        return jnp.tanh(h.sum(1)) @ p["out"]
+
+    def packed_fn(p, xp):
+        return tree_fn(p, {"tokens": xp[:, :length].astype(jnp.int32), "mask": xp[:, length:]})
+
+    params = [{"emb": rng.standard_normal((vocab, 5)), "out": rng.standard_normal((5, 3))} for _ in range(3)]
+    tree = {"tokens": tokens, "mask": mask}
+    packed = np.concatenate([tokens, mask], axis=1).astype(np.float64)
+    kw = dict(n_boot=8, sections=("alpha", "similarity", "surrogate"), n_kernel_points=12, n_permutations=5,
+              n_surrogate_train=10, attribution_k=2, progress_bar=False)  # fmt: skip
+    train = {"tokens": tokens[:20], "mask": mask[:20]}
+    a = compare_models(jax.random.key(3), tree_fn, params, tree, y, x_train=train, y_train=y[:20], **kw)
+    b = compare_models(jax.random.key(3), packed_fn, params, packed, y, x_train=packed[:20], y_train=y[:20], **kw)
+    for ra, rb in zip(a.rows, b.rows):
+        for c in ("accuracy", "churn", "ece", "alpha_hat", "kernel_cka", "surrogate_accuracy"):
+            assert ra[c] == pytest.approx(rb[c], rel=1e-9, abs=1e-12), c
+    for name in b.arrays:
+        np.testing.assert_allclose(a.arrays[name], b.arrays[name], rtol=1e-9, atol=1e-12)
+    assert a.settings["x_test_shape"] == {"['mask']": [t, length], "['tokens']": [t, length]}
+    with pytest.raises(ValueError, match=r"x_train\['mask'\] has shape \(20, 5\) but x_test\['mask'\] has"):
+        bad_train = {"tokens": tokens[:20], "mask": mask[:20, :5]}
+        compare_models(jax.random.key(3), tree_fn, params, tree, y, x_train=bad_train, y_train=y[:20], **kw)
+    with pytest.raises(ValueError, match="same leading"):
+        compare_models(jax.random.key(3), tree_fn, params, {"tokens": tokens, "mask": mask[:30]}, y, **kw)
+
+
+def test_command_reads_pytree_inputs(tmp_path, monkeypatch):
+    """--data with x_test/tokens, x_test/mask (and x_train/...) gives the model the dict {"tokens", "mask"}: the
+    command's numbers equal compare_models called with that dict (the library path tested against a packed array
+    above)."""
+    rng = np.random.default_rng(1)
+    (tmp_path / "tok_model.py").write_text(
+        "import jax.numpy as jnp\n"
+        "def apply(p, x):\n"
+        "    h = p['emb'][x['tokens']] * x['mask'][..., None]\n"
+        "    return jnp.tanh(h.sum(1)) @ p['out']\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    tokens, mask = rng.integers(0, 7, (24, 5)), (rng.random((24, 5)) > 0.2).astype(np.float32)
+    y = rng.integers(0, 3, 24)
+    np.savez(tmp_path / "d.npz", **{"x_test/tokens": tokens, "x_test/mask": mask, "y_test": y})
+    params = [{"emb": rng.standard_normal((7, 4)), "out": rng.standard_normal((4, 3))} for _ in range(3)]
+    for i, p in enumerate(params):
+        save_params(p, tmp_path / "ck" / f"m{i}.npz")
+    argv = ["compare", "--model", "tok_model:apply", "--checkpoints", str(tmp_path / "ck"), "--data",
+            str(tmp_path / "d.npz"), "--sections", "alpha", "--n-boot", "6", "--out", str(tmp_path / "o")]  # fmt: skip
+    try:
+        assert run(_parse(argv)) == 0
+        import tok_model
+
+        models = load_checkpoints(str(tmp_path / "ck"))
+        x = {"tokens": tokens, "mask": mask}
+        want = compare_models(jax.random.key(0), tok_model.apply, models, x, y, n_boot=6, sections=("alpha",),
+                              progress_bar=False)  # fmt: skip
+    finally:
+        sys.modules.pop("tok_model", None)
+    got = load_comparison(tmp_path / "o")
+    assert [r["alpha_hat"] for r in got.rows] == pytest.approx([r["alpha_hat"] for r in want.rows], abs=1e-12)
+    assert got.settings["x_test_shape"] == {"['mask']": [24, 5], "['tokens']": [24, 5]}
+    np.savez(tmp_path / "both.npz", **{"x_test": tokens, "x_test/mask": mask, "y_test": y})
+    with pytest.raises(ValueError, match="both an array 'x_test' and arrays"):
+        run(_parse([a if a != str(tmp_path / "d.npz") else str(tmp_path / "both.npz") for a in argv]))

@@ -36,7 +36,9 @@ key), an nnx Module as nnx.merge(graphdef, params)(x) with params its nnx.to_pur
 
 Checkpoints: a directory with one entry per model, or files; orbax checkpoint directories, flax msgpack
 (.msgpack/.flax, flax.serialization.to_bytes), .safetensors, .npz with '/'-joined names. Never pickle.
---data: .npz with x_test, y_test and optionally x_train, y_train.
+--data: .npz with x_test, y_test and optionally x_train, y_train; inputs that are a pytree (tokens and mask, ...)
+as the arrays x_test/<name> (x_test/tokens, x_test/mask give {"tokens": ..., "mask": ...}; x_test/0, x_test/1 a
+tuple), the same names under x_train/.
 --groups: CSV with lines 'checkpoint,group' (checkpoint = file name with or without extension).
 """
 
@@ -124,8 +126,9 @@ def model_apply_fn(obj: Any) -> Callable[[Any, Any], Any]:
     return obj
 
 
-def load_data(path: str) -> dict[str, np.ndarray]:
-    """``x_test, y_test`` (and ``x_train, y_train`` when present) from an ``.npz`` file (no pickles)."""
+def load_data(path: str) -> dict[str, Any]:
+    """``x_test, y_test`` (and ``x_train, y_train`` when present) from an ``.npz`` file (no pickles); a pytree input
+    is stored as the arrays ``x_test/<name>`` (``x_test/tokens``, ``x_test/mask`` → ``{"tokens", "mask"}``)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"--data file not found: {path}")
     import zipfile
@@ -152,6 +155,14 @@ def load_data(path: str) -> dict[str, np.ndarray]:
         ) from None
     except (OSError, EOFError, zipfile.BadZipFile) as e:
         raise ValueError(f"--data {path} is not a readable .npz file (damaged or truncated: {e})") from None
+    from ._ntk import load_tree
+
+    for prefix in ("x_test", "x_train"):  # a pytree input: x_test/tokens, x_test/mask (a transformer's inputs)
+        names = sorted(k for k in data if k.startswith(prefix + "/"))
+        if names and prefix in data:
+            raise ValueError(f"--data {path} has both an array {prefix!r} and arrays {names}: keep one of them")
+        if names:
+            data[prefix] = load_tree(f"--data {path}", names, prefix, data.__getitem__)
     missing = [k for k in ("x_test", "y_test") if k not in data]
     if missing:
         raise ValueError(f"--data {path} lacks {', '.join(missing)}; it has {sorted(data)}")

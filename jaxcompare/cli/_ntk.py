@@ -51,19 +51,26 @@ def load_inputs(path: str, what: str):
         if len(names) > 1:
             raise CLIError(f"{what} file {path} holds several arrays {sorted(names)}: {_INPUT_FORMAT}")
         return load_array(path, what)
+    return load_tree(f"{what} file {path}", tree_names, "x", lambda name: load_array(path, what, key=name))
+
+
+def load_tree(where: str, names: list[str], prefix: str, get):
+    """The pytree of the arrays ``<prefix>/...`` of a file (``x/tokens``, ``x/mask`` → ``{"tokens", "mask"}``;
+    ``x/0``, ``x/1`` → a tuple; deeper names nest); ``get(name)`` reads one array, ``where`` names the file."""
     root: dict = {}
-    for name in tree_names:
+    for name in names:
         parts = name.split("/")[1:]
         if not all(parts):
-            raise CLIError(f"{what} file {path}: array name {name!r} has an empty component")
+            raise CLIError(f"{where}: array name {name!r} has an empty component")
         node = root
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise CLIError(f"{what} file {path}: array names {name!r} and {'/'.join(['x', *parts[:-1]])!r} clash")
+                clash = "/".join([prefix, *parts[:-1]])
+                raise CLIError(f"{where}: array names {name!r} and {clash!r} clash")
         if parts[-1] in node:
-            raise CLIError(f"{what} file {path}: array name {name!r} clashes with a deeper name")
-        node[parts[-1]] = load_array(path, what, key=name)
+            raise CLIError(f"{where}: array name {name!r} clashes with a deeper name")
+        node[parts[-1]] = get(name)
     return _as_tree(root)
 
 

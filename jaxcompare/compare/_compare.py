@@ -11,10 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._progress import progress
-from .._validation import check_array, check_choice, check_finite, check_int, check_key, check_labels, check_probability
+from .._validation import check_choice, check_finite, check_int, check_key, check_labels, check_probability
 from ..metrics import accuracy, churn, ece, ensemble_label
 from ..metrics._auroc import auroc
 from ..metrics._scores import SCORE_REDUCTIONS, logit_scores
+from ..ntk._inputs import batch_size as inputs_size
+from ..ntk._inputs import describe, is_array, take_rows, validate_x
 from ..trimming import ensemble_alpha_hat
 from ._findings import ALL_STATISTICS, findings_sentences, flag_bounds
 from ._kernels import kernel_names, similarity_section, subsample, surrogate_section
@@ -47,7 +49,7 @@ def _call_alpha(key: jax.Array, scores: jax.Array, cand: np.ndarray, ref: np.nda
 def _logits(
     apply_fn: Callable,
     params_list: list,
-    x: jax.Array,
+    x: Any,
     n_classes: int | None,
     batch_size: int | None,
     what: str,
@@ -58,12 +60,13 @@ def _logits(
     for i, p in enumerate(
         progress(params_list, total=len(params_list), desc=f"forward ({what})", enabled=progress_bar)
     ):
-        bs = x.shape[0] if batch_size is None else batch_size
-        parts = [np.asarray(fn(p, x[s : s + bs])) for s in range(0, x.shape[0], bs)]
+        n = inputs_size(x)
+        bs = n if batch_size is None else batch_size
+        parts = [np.asarray(fn(p, take_rows(x, s, s + bs))) for s in range(0, n, bs)]
         z = np.concatenate(parts) if len(parts) > 1 else parts[0]
-        if z.ndim != 2 or z.shape[0] != x.shape[0] or z.shape[1] < 2:
+        if z.ndim != 2 or z.shape[0] != n or z.shape[1] < 2:
             raise ValueError(
-                f"apply_fn(params, x) must return (N, C) logits with N = {x.shape[0]} and C >= 2; "
+                f"apply_fn(params, x) must return (N, C) logits with N = {n} and C >= 2; "
                 f"model {i} returned shape {z.shape}."
             )
         if n_classes is not None and z.shape[1] != n_classes:
@@ -72,6 +75,29 @@ def _logits(
         check_finite(z, f"logits of model {i} on {what}")
         out.append(z)
     return np.stack(out)
+
+
+def _rows(x: Any, idx: np.ndarray) -> Any:
+    """The rows ``idx`` of every leaf of an input batch (an array is a one-leaf tree)."""
+    return jax.tree_util.tree_map(lambda leaf: leaf[idx], x)
+
+
+def _shapes(x: Any) -> Any:
+    """JSON form of an input batch's shape: a list, or ``{leaf path: list}`` for a pytree."""
+    if is_array(x):
+        return list(x.shape)
+    return {jax.tree_util.keystr(p): list(leaf.shape) for p, leaf in jax.tree_util.tree_leaves_with_path(x)}
+
+
+def _same_structure(x: Any, xt: Any) -> None:
+    if jax.tree_util.tree_structure(x) != jax.tree_util.tree_structure(xt):
+        raise ValueError(f"x_train must have x_test's structure: x_test is {describe(x)}, x_train is {describe(xt)}.")
+    for (p, a), b in zip(jax.tree_util.tree_leaves_with_path(x), jax.tree_util.tree_leaves(xt)):
+        if tuple(a.shape[1:]) != tuple(b.shape[1:]):
+            raise ValueError(
+                f"x_train{jax.tree_util.keystr(p)} has shape {tuple(b.shape)} but x_test{jax.tree_util.keystr(p)} "
+                f"has {tuple(a.shape)}: the same model reads both, so all but the first axis must agree."
+            )
 
 
 def _split_names(params_list: Any, names: Sequence[str] | None) -> tuple[list, list[str]]:
@@ -217,10 +243,12 @@ def compare_models(
         module.apply({"params": p}, x)``). Jitted once and called per model.
       params_list: ``K >= 2`` parameter pytrees of the same structure, or ``(name, params)`` pairs as returned by
         :func:`load_checkpoints`.
-      x_test: ``(T, ...)`` test inputs, ``T >= 4``.
+      x_test: ``(T, ...)`` test inputs, ``T >= 4``, or a pytree of them with one leading size ``T`` (e.g.
+        ``{"tokens": (T, L), "mask": (T, L)}``), passed to ``apply_fn`` as it is, in slices of rows.
       y_test: ``(T,)`` integer labels in ``[0, C)``.
       names: ``K`` unique model names (default: from the pairs, else ``"model i"``).
-      x_train, y_train: optional training data (both or neither) for the train accuracy.
+      x_train, y_train: optional training data (both or neither) for the train accuracy; ``x_train`` of
+        ``x_test``'s structure.
       groups: ``K`` group labels (e.g. the training recipe), or ``None``.
       reference: the reference group (with ``groups``; default the largest, ties: first seen).
       score: the score reduction of :func:`jaxcompare.metrics.logit_scores` (``"margin"``, ``"logit_gap"``,
@@ -264,10 +292,10 @@ def compare_models(
     k = len(params_list)
     if k < 2:
         raise ValueError(f"params_list must hold at least 2 models to compare, got {k}.")
-    x = check_array(x_test, "x_test", floating=False)
-    if x.ndim < 1 or x.shape[0] < 4:
-        raise ValueError(f"x_test must have at least 4 points (first axis) for the bootstrap, got shape {x.shape}.")
-    y = np.asarray(check_labels(y_test, "y_test", length=x.shape[0]))
+    x = validate_x(x_test, "x_test")  # an array (T, ...) or a pytree of them (tokens and mask, ...)
+    if inputs_size(x) < 4:
+        raise ValueError(f"x_test must have at least 4 points (first axis) for the bootstrap, got {describe(x)}.")
+    y = np.asarray(check_labels(y_test, "y_test", length=inputs_size(x)))
     if (x_train is None) != (y_train is None):
         raise ValueError("x_train and y_train must be given together (or neither).")
     check_choice(score, "score", SCORE_REDUCTIONS)
@@ -286,8 +314,11 @@ def compare_models(
     attribution_k = check_int(attribution_k, "attribution_k", min=1)
     n_attribution = check_int(n_attribution, "n_attribution", min=1)
     grp, ref_group = _resolve_groups(groups, reference, k)
-    if x_train is not None and "surrogate" in sections and np.ndim(x_train) >= 1:
-        n_tr = min(n_surrogate_train, int(np.shape(x_train)[0]))
+    if x_train is not None:
+        x_train = validate_x(x_train, "x_train")
+        _same_structure(x, x_train)
+    if x_train is not None and "surrogate" in sections:
+        n_tr = min(n_surrogate_train, inputs_size(x_train))
         if attribution_k > n_tr:
             raise ValueError(
                 f"attribution_k ({attribution_k}) must be at most the surrogates' training points ({n_tr} = "
@@ -333,8 +364,8 @@ def compare_models(
         )
     xt = yt = None
     if x_train is not None:
-        xt = check_array(x_train, "x_train", floating=False)
-        yt = np.asarray(check_labels(y_train, "y_train", n_classes, length=xt.shape[0]))
+        xt = x_train
+        yt = np.asarray(check_labels(y_train, "y_train", n_classes, length=inputs_size(xt)))
         lt = _logits(apply_fn, params_list, xt, n_classes, batch_size, "x_train", progress_bar)
         for i, r in enumerate(rows):
             r["train_accuracy"] = float(accuracy(lt[i], yt))
@@ -355,7 +386,7 @@ def compare_models(
         "groups": grp,
         "names": names,
         "key": np.asarray(jax.random.key_data(key)).tolist(),
-        "x_test_shape": list(x.shape),
+        "x_test_shape": _shapes(x),
         "train_data": x_train is not None,
     }
     skipped: dict[str, str] = {}
@@ -370,7 +401,7 @@ def compare_models(
     similarity = surrogate = None
     if "similarity" in sections:
         similarity, kcka, floors["kernel_dissimilarity"] = similarity_section(
-            kern["k_perm"], apply_fn, params_list, names, x[kern["test"]], ref_of, kernel, n_permutations
+            kern["k_perm"], apply_fn, params_list, names, _rows(x, kern["test"]), ref_of, kernel, n_permutations
         )
         for r, c in zip(rows, kcka):
             r["kernel_cka"], r["kernel_dissimilarity"] = float(c), float(1.0 - c)
@@ -381,8 +412,8 @@ def compare_models(
     elif "surrogate" in sections:
         te, tr = kern["test"], kern["train"]
         surrogate, cols, more = surrogate_section(
-            apply_fn, params_list, names, logits[:, te], x[te], y[te], xt[tr], yt[tr], ref_of, te, tr, kernel,
-            attribution_k, n_attribution, progress_bar,
+            apply_fn, params_list, names, logits[:, te], _rows(x, te), y[te], _rows(xt, tr), yt[tr], ref_of, te, tr,
+            kernel, attribution_k, n_attribution, progress_bar,
         )  # fmt: skip
         for r, c in zip(rows, cols):
             r.update(c)
@@ -422,7 +453,7 @@ def _kernel_settings(key, sections, n_test, n_points, xt, n_train, kernel, setti
         arrays["kernel_points"] = out["test"]
         settings.update(kernel=kernel, n_kernel_points=int(out["test"].size))
     if "surrogate" in sections and xt is not None:
-        out["train"] = subsample(k_train, xt.shape[0], n_train)
+        out["train"] = subsample(k_train, inputs_size(xt), n_train)
         arrays["surrogate_train_points"] = out["train"]
         settings.update(n_surrogate_train=int(out["train"].size))
     return out

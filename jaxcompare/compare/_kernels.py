@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._progress import progress
+from ..ntk._inputs import batch_size as inputs_size
 
 __all__ = ["kernel_names", "subsample", "similarity_section", "surrogate_section"]
 
@@ -80,7 +81,7 @@ def similarity_section(
         "kernel": res.kernel,
         "label": res.label,
         "debiased": True,
-        "n_points": int(x.shape[0]),
+        "n_points": inputs_size(x),
         "n_permutations": n_permutations,
         "names": list(names),
         "cka": cka.tolist(),

@@ -21,7 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .._validation import check_array, check_int, check_key
+from .._validation import check_int, check_key
 from ._cka import (
     HIGHEST,
     check_debiased,
@@ -180,7 +180,8 @@ def kernel_similarity(
     Args:
       key: a ``jax.random.key`` for the permutations (a projection carries its own key).
       models: ``M >= 2`` pairs ``(apply_fn, params)``.
-      x: ``(N, ...)`` inputs (``N >= 4`` when debiased).
+      x: ``(N, ...)`` inputs (``N >= 4`` when debiased), or a pytree of arrays with one leading size ``N`` (e.g.
+        ``{"tokens", "mask"}``), as the kernels take them.
       kernel: a name in ``jaxcompare.ntk.KERNELS`` built from ``apply_fn`` (``"trntk"``, ``"trntk0"``, ``"pntk"``,
         ``"pntk0"``, ``"entk"``...; with a projection, ``"trntk"``/``"pntk"`` mean ``"proj_trntk"``/``"proj_pntk"``)
         or a factory ``apply_fn -> kernel_fn(params, x1, x2=None)`` (called with ``projection=`` when one is given).
@@ -223,10 +224,10 @@ def kernel_similarity(
     n_permutations = check_int(n_permutations, "n_permutations", min=1)
     pairs = _check_models(models)
     model_names = _check_names(names, len(pairs))
-    x = check_array(x, "x", floating=False)
-    if jnp.issubdtype(x.dtype, jnp.complexfloating):
-        raise TypeError(f"x must be real-valued, got dtype {x.dtype} (kernels of complex inputs are not supported).")
-    n = x.shape[0]
+    from ..ntk._inputs import batch_size, validate_x
+
+    x = validate_x(x, "x")  # an array (N, ...) or a pytree of them (tokens and mask, ...); complex refused
+    n = batch_size(x)
     if n < min_points(debiased):
         raise ValueError(
             f"x has N = {n} points; {'debiased' if debiased else 'biased'} CKA needs N >= {min_points(debiased)}."
