@@ -16,7 +16,7 @@ from ..metrics import accuracy, churn, ece, ensemble_label
 from ..metrics._auroc import auroc
 from ..metrics._scores import SCORE_REDUCTIONS, logit_scores
 from ..ntk._inputs import batch_size as inputs_size
-from ..ntk._inputs import describe, is_array, take_rows, validate_x
+from ..ntk._inputs import describe, is_array, take_rows, validate_pair, validate_x
 from ..trimming import ensemble_alpha_hat
 from ._findings import ALL_STATISTICS, findings_sentences, flag_bounds
 from ._kernels import kernel_names, similarity_section, subsample, surrogate_section
@@ -87,17 +87,6 @@ def _shapes(x: Any) -> Any:
     if is_array(x):
         return list(x.shape)
     return {jax.tree_util.keystr(p): list(leaf.shape) for p, leaf in jax.tree_util.tree_leaves_with_path(x)}
-
-
-def _same_structure(x: Any, xt: Any) -> None:
-    if jax.tree_util.tree_structure(x) != jax.tree_util.tree_structure(xt):
-        raise ValueError(f"x_train must have x_test's structure: x_test is {describe(x)}, x_train is {describe(xt)}.")
-    for (p, a), b in zip(jax.tree_util.tree_leaves_with_path(x), jax.tree_util.tree_leaves(xt)):
-        if tuple(a.shape[1:]) != tuple(b.shape[1:]):
-            raise ValueError(
-                f"x_train{jax.tree_util.keystr(p)} has shape {tuple(b.shape)} but x_test{jax.tree_util.keystr(p)} "
-                f"has {tuple(a.shape)}: the same model reads both, so all but the first axis must agree."
-            )
 
 
 def _split_names(params_list: Any, names: Sequence[str] | None) -> tuple[list, list[str]]:
@@ -315,8 +304,7 @@ def compare_models(
     n_attribution = check_int(n_attribution, "n_attribution", min=1)
     grp, ref_group = _resolve_groups(groups, reference, k)
     if x_train is not None:
-        x_train = validate_x(x_train, "x_train")
-        _same_structure(x, x_train)
+        x, x_train = validate_pair(x, x_train, ("x_test", "x_train"))
     if x_train is not None and "surrogate" in sections:
         n_tr = min(n_surrogate_train, inputs_size(x_train))
         if attribution_k > n_tr:

@@ -168,42 +168,46 @@ def validate_x(x: Any, name: str) -> Any:
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
-def validate_pair(x1: Any, x2: Any) -> tuple[Any, Any]:
-    """``x1`` (and ``x2`` when given) are non-empty finite batches with the same structure and per-example shapes."""
-    x1 = validate_x(x1, "x1")
+def validate_pair(x1: Any, x2: Any, names: tuple[str, str] = ("x1", "x2")) -> tuple[Any, Any]:
+    """``x1`` (and ``x2`` when given) are non-empty finite batches with the same structure and per-example shapes;
+    errors call them ``names``."""
+    n1, n2 = names
+    x1 = validate_x(x1, n1)
     if x2 is None:
         return x1, x2
-    x2 = validate_x(x2, "x2")
+    x2 = validate_x(x2, n2)
     if is_array(x1) and is_array(x2):
         if tuple(x1.shape[1:]) != tuple(x2.shape[1:]):
             raise ValueError(
-                f"x1 and x2 must have the same per-example shape: x1 has {tuple(x1.shape[1:])}, "
-                f"x2 has {tuple(x2.shape[1:])} (shapes {tuple(x1.shape)} and {tuple(x2.shape)})."
+                f"{n1} and {n2} must have the same per-example shape: {n1} has {tuple(x1.shape[1:])}, "
+                f"{n2} has {tuple(x2.shape[1:])} (shapes {tuple(x1.shape)} and {tuple(x2.shape)})."
             )
-        _same_kind(x1, x2, "")
+        _same_kind(x1, x2, "", names)
         return x1, x2
     t1 = None if is_array(x1) else jax.tree_util.tree_structure(x1)
     t2 = None if is_array(x2) else jax.tree_util.tree_structure(x2)
     if (t1 is None) != (t2 is None) or (t1 is not None and t1 != t2):  # (a PyTreeDef refuses to compare with None)
-        raise ValueError(f"x1 and x2 must have the same structure: x1 is a {describe(x1)}, x2 is a {describe(x2)}.")
+        raise ValueError(
+            f"{n1} and {n2} must have the same structure: {n1} is a {describe(x1)}, {n2} is a {describe(x2)}."
+        )
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(x1), jax.tree_util.tree_leaves(x2)):
         if tuple(a.shape[1:]) != tuple(b.shape[1:]):
             k = jax.tree_util.keystr(path)
             raise ValueError(
-                f"x1 and x2 must have the same per-example shapes: x1{k} has {tuple(a.shape[1:])}, "
-                f"x2{k} has {tuple(b.shape[1:])} (shapes {tuple(a.shape)} and {tuple(b.shape)})."
+                f"{n1} and {n2} must have the same per-example shapes: {n1}{k} has {tuple(a.shape[1:])}, "
+                f"{n2}{k} has {tuple(b.shape[1:])} (shapes {tuple(a.shape)} and {tuple(b.shape)})."
             )
-        _same_kind(a, b, jax.tree_util.keystr(path))
+        _same_kind(a, b, jax.tree_util.keystr(path), names)
     return x1, x2
 
 
-def _same_kind(a: Any, b: Any, k: str) -> None:
+def _same_kind(a: Any, b: Any, k: str, names: tuple[str, str] = ("x1", "x2")) -> None:
     """Integer (or boolean) against floating leaves: promoted together they would turn token ids into floats."""
     fa, fb = (jnp.issubdtype(jnp.result_type(v), jnp.inexact) for v in (a, b))
     if fa != fb:
         raise TypeError(
-            f"x1{k} and x2{k} must both be integer or both floating-point (they are batched together), got "
-            f"{jnp.result_type(a)} and {jnp.result_type(b)}; cast one of them (token ids stay integers)."
+            f"{names[0]}{k} and {names[1]}{k} must both be integer or both floating-point (they are batched "
+            f"together), got {jnp.result_type(a)} and {jnp.result_type(b)}; cast one of them (token ids stay integers)."
         )
 
 

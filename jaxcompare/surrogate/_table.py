@@ -144,7 +144,8 @@ def surrogate_table(
         projected kernel is asked for. The first seven arguments are positional.
       apply_fn: ``apply_fn(params, x) -> (N, C)`` logits.
       params: the trained parameters.
-      x_train, y_train: ``(N, ...)`` training inputs and ``(N,)`` labels; x_test, y_test likewise ``(T, ...)``.
+      x_train, y_train: ``(N, ...)`` training inputs (or a pytree of arrays with one leading size, e.g. tokens and
+        mask) and ``(N,)`` labels; x_test, y_test likewise ``(T, ...)``, of ``x_train``'s structure.
       feature_fn: ``feature_fn(params, x) -> (N, D)`` penultimate features, for CK.
       layers_fn: ``layers_fn(params, x) -> pytree of (N, ...)`` per-layer outputs, for Em.
       kernels: names to compute, in order.
@@ -240,19 +241,14 @@ def surrogate_table(
         if any(registry[n].projected for n in names) and key is None:
             raise ValueError("projected kernels need an explicit key as the first argument, e.g. jax.random.key(0).")
     check_int(projection_dim, "projection_dim", min=1)
-    x_tr = check_array(x_train, "x_train", floating=False)
-    x_te = check_array(x_test, "x_test", floating=False)
-    for arr, what in ((x_tr, "x_train"), (x_te, "x_test")):
-        if jnp.issubdtype(arr.dtype, jnp.complexfloating):
-            raise TypeError(f"{what} has complex dtype {arr.dtype}: kernels of complex inputs are not supported.")
-    if x_tr.shape[1:] != x_te.shape[1:]:
-        raise ValueError(
-            f"x_train and x_test must have the same per-example shape: {x_tr.shape[1:]} vs {x_te.shape[1:]}."
-        )
+    from ..ntk._inputs import batch_size, validate_pair
+
+    # arrays (N, ...) or pytrees of them (tokens and mask, ...) of one structure; complex inputs refused
+    x_tr, x_te = validate_pair(x_train, x_test, ("x_train", "x_test"))
     net_te = check_array(apply_fn(params, x_te), "apply_fn(params, x_test)", ndim=2)
     C = int(net_te.shape[1])
-    y_tr = check_labels(y_train, "y_train", C, length=x_tr.shape[0])
-    y_te = check_labels(y_test, "y_test", C, length=x_te.shape[0])
+    y_tr = check_labels(y_train, "y_train", C, length=batch_size(x_tr))
+    y_te = check_labels(y_test, "y_test", C, length=batch_size(x_te))
 
     fns = _kernel_fns(apply_fn, feature_fn, layers_fn, key, names, projection_dim, projection_kind)
     if block_size is not None:
