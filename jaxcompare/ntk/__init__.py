@@ -13,6 +13,7 @@ from ._gather import gather, save_rows
 from ._kernels import conjugate_kernel, embedding_kernel, empirical_ntk, pseudo_ntk, trace_ntk
 from ._kron import KroneckerProjection, kronecker_projection
 from ._ooc import kernel_to_disk
+from ._ooc_ledger import load_kernel
 from ._project_gradients import ProjectedKernel, project_gradients, projected_kernel
 from ._projection import RandomProjection, random_projection
 from ._registry import KERNELS, KernelInfo, kernel, kernel_label
@@ -28,6 +29,7 @@ __all__ = [
     "batched",
     "sharded",
     "kernel_to_disk",
+    "load_kernel",
     "gather",
     "save_rows",
     "random_projection",

@@ -14,7 +14,11 @@ manager) on small files of the directory:
 
 Every file is replaced atomically (written under a name unique to the process, then ``os.replace``); ``fsync`` only
 when asked (``durable=True``): the checksums recorded in the ledgers detect tiles lost to a power failure, which are
-then recomputed.
+then recomputed. The temporary files of a writer that was killed are removed when the store is next opened
+(:func:`remove_stale_tmp`): only those of this host whose process is gone, and only while no process holds the store.
+
+Guards shared by the stores: :func:`store_dir` (the ``path=`` argument), :func:`refuse_unledgered` (a directory
+holding files of a store but no ledger is never overwritten unless asked).
 """
 
 from __future__ import annotations
@@ -22,15 +26,30 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-__all__ = ["tmp_name", "atomic_json", "atomic_npy", "crc", "open_npy", "create_npy", "DirLock", "SPACE_MARGIN"]
+__all__ = [
+    "tmp_name",
+    "atomic_json",
+    "atomic_npy",
+    "crc",
+    "open_npy",
+    "create_npy",
+    "DirLock",
+    "SPACE_MARGIN",
+    "store_dir",
+    "store_files",
+    "refuse_unledgered",
+    "remove_stale_tmp",
+]
 
 SPACE_MARGIN = 64 * 1024**2  # bytes kept free beyond a kernel file
 
@@ -177,3 +196,73 @@ class DirLock:
             yield
         finally:
             self.release(name)
+
+
+def store_dir(path: Any, what: str) -> Path:
+    """``path`` as the directory of a store (``what``: its contents, for the messages): a ``str`` or
+    ``os.PathLike`` naming a new or existing directory — not empty (``""`` would silently mean the current
+    directory; ``"."`` says so), not an existing file."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a directory path (str or os.PathLike), got {type(path).__name__}.")
+    if os.fspath(path) in ("", b""):
+        raise ValueError(
+            f"path is empty: give a directory for {what} (pass '.' to write it into the current directory)."
+        )
+    root = Path(path)
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"path must be a directory for {what}, but {root} is an existing file.")
+    return root
+
+
+def store_files(root: Path, names: re.Pattern) -> list[str]:
+    """The names of the files in ``root`` that a store writes (``names``: a pattern of their full names)."""
+    return sorted(p.name for p in root.iterdir() if names.fullmatch(p.name))
+
+
+def refuse_unledgered(root: Path, names: re.Pattern, fn: str) -> None:
+    """Refuse a directory that holds files of the store ``names`` (those ``fn`` writes) but no ledger
+    (``state.json``): they are another program's, or a store whose ledger was lost — unverifiable either way, and
+    never overwritten unless asked (``overwrite=True``)."""
+    found = store_files(root, names)
+    if found:
+        shown = ", ".join(found[:6]) + (f" and {len(found) - 6} more" if len(found) > 6 else "")
+        raise ValueError(
+            f"{root} holds {shown} but no ledger (state.json) of a {fn} store: files {fn} did not write, or a store "
+            "whose ledger was lost, which cannot be verified. They would be overwritten: pass overwrite=True to "
+            "replace them, or use another path."
+        )
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host may be running (when unsure: yes)."""
+    if pid == os.getpid() or os.name == "nt":  # (os.kill on Windows terminates the process)
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: another user's live process
+        return True
+    return True
+
+
+def remove_stale_tmp(root: Path, names: re.Pattern, lock: DirLock) -> list[str]:
+    """Remove the temporary files (:func:`tmp_name`) of the store files ``names`` left in ``root`` by writers that
+    died (a SIGKILL between writing and ``os.replace``; a kernel-sized one would count against the free space):
+    only files of this host whose process is gone, and only while no writer holds the store (the caller holds the
+    setup lock; the store lock must be free), so that a live writer's file is never touched — on another host, in
+    another PID namespace, or with a reused PID it is kept. Returns the names removed."""
+    if not lock.acquire(DirLock.STORE, block=False):
+        return []
+    try:
+        host = "." + socket.gethostname()
+        removed = []
+        for p in root.glob("*.tmp"):
+            stem, _, pid = p.name[: -len(".tmp")].rpartition(".")  # <name>.<host>.<pid>.tmp
+            if not (stem.endswith(host) and pid.isdigit() and names.fullmatch(stem[: -len(host)])) or _alive(int(pid)):
+                continue
+            p.unlink(missing_ok=True)
+            removed.append(p.name)
+        return removed
+    finally:
+        lock.release(DirLock.STORE)

@@ -6,6 +6,10 @@ applies, its constants and the implementation chosen), with process-specific tex
 the code of every Python function the kernel closes over (byte code, constants, names, and recursively the
 functions and arrays in their closures and defaults). Two models that compute different things therefore have
 different fingerprints, and the same model has the same fingerprint in every process (a resumed run matches).
+
+Numeric mode: beside the fingerprints a store records ``jax_enable_x64`` and the dtypes of its inputs
+(:func:`numeric_mode`), so that a resume refused for a changed mode says so (:func:`mode_change`) instead of
+"different inputs".
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["data_fingerprint", "model_fingerprint"]
+__all__ = ["data_fingerprint", "model_fingerprint", "numeric_mode", "mode_change"]
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+|0x[0-9a-fA-F]{6,}")
 _MAX_DEPTH = 6
@@ -128,3 +132,40 @@ def model_fingerprint(
         if f is not None:
             _update_code(h, f, 0, set())
     return h.hexdigest()
+
+
+def numeric_mode(trees: Any) -> dict:
+    """What a store records of the numeric mode of a call: ``x64`` (``jax_enable_x64`` in effect, a context manager
+    included) and ``input_dtypes`` (the distinct dtypes of the leaves of ``trees``, as given)."""
+    leaves = jax.tree_util.tree_leaves(trees)
+    dtypes = sorted({str(leaf.dtype) if hasattr(leaf, "dtype") else type(leaf).__name__ for leaf in leaves})
+    return dict(x64=bool(jax.dtypes.canonicalize_dtype(np.float64) == np.float64), input_dtypes=dtypes)
+
+
+def _dtype_name(s: Any) -> str:
+    try:
+        return np.dtype(s).name
+    except TypeError:
+        return str(s)
+
+
+def mode_change(stored: dict, now: dict) -> tuple[bool, str]:
+    """How the numeric mode of a call (``now``: :func:`numeric_mode`, plus ``dtype``, the output's, when known)
+    differs from the one recorded in a store's header: ``(True, what differs)``, else ``(False, note)`` — the note
+    a hint that the mode may have changed when the header records no mode (a store made before it was kept), else
+    empty."""
+    on = {True: "on", False: "off"}
+    parts = []
+    if isinstance(stored.get("x64"), bool) and stored["x64"] != now["x64"]:
+        parts.append(f"jax_enable_x64 was {on[stored['x64']]} when the store was begun and is {on[now['x64']]} now")
+    if isinstance(stored.get("input_dtypes"), list) and stored["input_dtypes"] != now["input_dtypes"]:
+        was, now_ = ", ".join(map(str, stored["input_dtypes"])), ", ".join(now["input_dtypes"])
+        parts.append(f"the inputs' dtypes were {was} and are {now_} now")
+    if "dtype" in now and isinstance(stored.get("dtype"), str) and stored["dtype"] != now["dtype"]:
+        parts.append(f"the stored dtype is {_dtype_name(stored['dtype'])}, this call's {_dtype_name(now['dtype'])}")
+    if parts:
+        return True, "; ".join(parts)
+    return (
+        False,
+        "" if "x64" in stored else "or jax_enable_x64 / the inputs' dtypes changed: the store does not record them",
+    )

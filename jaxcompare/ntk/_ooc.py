@@ -3,7 +3,8 @@ by one process or by several at once (the hosts of a cluster, the tasks of an ar
 
 Layout of the directory ``path``:
 
-- ``kernel.npy``: the kernel, a standard ``.npy`` file (read it with ``np.load(path / "kernel.npy", mmap_mode="r")``);
+- ``kernel.npy``: the kernel, a standard ``.npy`` file (:func:`.load_kernel` reads it verified against the ledgers'
+  checksums; ``np.load(path / "kernel.npy", mmap_mode="r")`` reads it unchecked);
 - ``norms.npy``: the per-point norms ``[d1; d2]`` of a normalized kernel (computed first, block by block);
 - ``state.json``: the store's header — fingerprints of the data and of the model, shape, dtype, block size, the
   checksum of the norms — and the ledger of process 0: its finished tiles with a CRC-32 checksum of each;
@@ -25,15 +26,19 @@ What is verified before the store is trusted (resume or reopen): the data finger
 tile shapes and of the code the kernel closes over, see :mod:`._fingerprint`) must match — else an error, or a fresh
 start with ``overwrite=True``; ``kernel.npy`` must have the recorded shape, dtype and file size (a truncated or
 replaced file is recomputed, with a warning); every recorded tile of the process's share and the norms must match
-their checksums (edited ones are recomputed, with a warning). A ledger that cannot be read is an error unless
-``overwrite=True``, which always starts afresh. Free disk space is checked and the file preallocated before any tile
-is computed.
+their checksums (edited ones are recomputed, with a warning). A ledger that cannot be read, or files of a store
+(``kernel.npy``, ``norms.npy``, ``state.<p>.json``) without the ledger ``state.json``, are an error unless
+``overwrite=True``, which always starts afresh; computed work is otherwise never discarded without a warning.
+Temporary files of a killed writer are removed on the next open (:func:`._disk.remove_stale_tmp`). Free disk space
+is checked and the file preallocated before any tile is computed. The block size is capped at the larger input
+(one block).
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil  # noqa: F401 - patched by tests through this module (disk space)
 import warnings
 from collections.abc import Callable
@@ -47,8 +52,18 @@ import numpy as np
 from .._progress import progress
 from .._validation import check_int
 from ._common import batch_size, cosine_normalize, validate_pair, warn_zero_norm
-from ._disk import DirLock, atomic_json, atomic_npy, crc, create_npy, open_npy
-from ._fingerprint import data_fingerprint, model_fingerprint
+from ._disk import (
+    DirLock,
+    atomic_json,
+    atomic_npy,
+    crc,
+    create_npy,
+    open_npy,
+    refuse_unledgered,
+    remove_stale_tmp,
+    store_dir,
+)
+from ._fingerprint import data_fingerprint, mode_change, model_fingerprint, numeric_mode
 from ._inputs import take_rows
 from ._ooc_ledger import (
     _VERSION,
@@ -63,6 +78,8 @@ from ._ooc_ledger import (
 from ._tiling import TilePlan, check_transform_args, kernel_parts, swap
 
 __all__ = ["kernel_to_disk"]
+
+_FILES = re.compile(r"kernel\.npy|norms\.npy|state(\.\d+)?\.json")  # what a store writes (beside its .lock* files)
 
 
 @functools.partial(jax.jit, static_argnames=("bs",))
@@ -137,19 +154,21 @@ def kernel_to_disk(
       kernel_fn: a kernel function ``(params, x1, x2=None) -> (N1, N2, ...)`` (from this package or your own).
       params, x1, x2: its arguments (concrete arrays, or pytrees of arrays with a leading batch axis; this is a
         host-side loop, not traceable). The data fingerprint covers every leaf and the structure of ``x1``/``x2``.
-      path: a directory (created if missing) for ``kernel.npy``, ``norms.npy`` and the ledgers ``state*.json``.
-      block_size: rows per tile (``>= 1``).
+      path: a directory (created if missing; not ``""``) for ``kernel.npy``, ``norms.npy`` and the ledgers
+        ``state*.json``. Read the finished kernel later with :func:`.load_kernel` (verified) or ``np.load``.
+      block_size: rows per tile (``>= 1``; capped at ``max(N1, N2)``).
       progress_bar: show progress of the norms and the tiles, resumed tiles counted as done (default: on unless
         ``JAXCOMPARE_PROGRESS=0``).
-      overwrite: start afresh when ``path`` holds a run with different inputs or model, or an unreadable ledger
-        (otherwise that is an error); a run with the same inputs and model is resumed either way.
+      overwrite: start afresh when ``path`` holds a run with different inputs or model, an unreadable ledger, or
+        files of a store without its ledger (otherwise that is an error); a run with the same inputs and model is
+        resumed either way.
       process_index, process_count: this process's share (``0 <= process_index < process_count``); both or neither.
       durable: ``fsync`` the kernel and the ledger after every tile (survives a power failure without recomputing;
         slower). Without it a tile lost by a crash of the machine is detected by its checksum and recomputed.
 
     Raises:
-      ValueError: ``path`` holds another run (or an unreadable ledger) and ``overwrite`` is False; bad
-        ``process_index``/``process_count``.
+      ValueError: ``path`` holds another run (or an unreadable ledger, or store files without a ledger) and
+        ``overwrite`` is False; ``path`` is empty or an existing file; bad ``process_index``/``process_count``.
       RuntimeError: another process is writing to ``path`` with the same process index, or holds the store while
         this call would discard it.
       OSError: not enough free disk space for the kernel.
@@ -168,7 +187,7 @@ def kernel_to_disk(
       >>> K = jc.kernel_to_disk(jc.trace_ntk(apply_fn), params, x_train, path=run, block_size=4)
       >>> K.shape, sorted(f for f in os.listdir(run) if not f.startswith("."))   # and the .lock* files
       ((10, 10), ['kernel.npy', 'norms.npy', 'state.json'])
-      >>> K = np.load(os.path.join(run, "kernel.npy"), mmap_mode="r")      # later, in another process
+      >>> K = jc.load_kernel(run)              # later, in another process: checked against the ledger
       >>> bool(np.allclose(K, jc.trace_ntk(apply_fn)(params, x_train)))
       True
       >>> # two tasks of an array job (run at the same time, on any hosts sharing the directory):
@@ -186,6 +205,7 @@ def kernel_to_disk(
     bs = check_int(block_size, "block_size", min=1)
     if path is None:
         raise TypeError("path is required: a directory for kernel.npy and its ledger.")
+    root = store_dir(path, "kernel.npy and its ledger")
     pi, pc, runtime = processes(process_index, process_count)
     x1, x2 = validate_pair(x1, x2)
     leaves = jax.tree_util.tree_leaves((params, x1, x2))
@@ -196,6 +216,7 @@ def kernel_to_disk(
     use_norm = parts.use_norm
     n1 = batch_size(x1)
     n2 = batch_size(x1 if x2 is None else x2)
+    bs = _block_for(root, bs, n1, n2)
     plan = TilePlan(n1, n2, bs, x2 is None and parts.symmetric_known)
     x1p = plan.padded(jax.tree_util.tree_map(jnp.asarray, x1))
     x2p = x1p if x2 is None else plan.padded(jax.tree_util.tree_map(jnp.asarray, x2))
@@ -218,14 +239,14 @@ def kernel_to_disk(
         traced["diag"] = (parts.diag_fn, abstract[:2])
     model_fp = model_fingerprint({"kernel_fn": kernel_fn}, traced, spec.apply_fn if spec is not None else None)
 
-    root = Path(path)
+    mode = numeric_mode((params, x1, x2))
     root.mkdir(parents=True, exist_ok=True)
     kpath = root / "kernel.npy"
     lock = DirLock(root)
     desc = f"{parts.name} -> {root.name}" + (f" [{pi + 1}/{pc}]" if pc > 1 else "")
     try:
         with lock.held(DirLock.SETUP):
-            state, mm = _setup(root, lock, fp, model_fp, shape, dtype, plan, use_norm, parts.name, overwrite)
+            state, mm = _setup(root, lock, fp, model_fp, mode, shape, dtype, plan, use_norm, parts.name, overwrite)
             if not lock.acquire(DirLock.writer(pi), block=False):
                 raise RuntimeError(
                     f"{root} is being written by another process with process_index={pi} (it holds "
@@ -288,13 +309,43 @@ def kernel_to_disk(
     return np.load(kpath, mmap_mode="r")
 
 
-def _setup(root, lock, fp, model_fp, shape, dtype, plan, use_norm, name, overwrite):
+def _block_for(root: Path, bs: int, n1: int, n2: int) -> int:
+    """``block_size`` capped at the larger input: one block then, and a tile of ``block_size²`` entries — padding
+    but for ``n1 × n2`` of them — would not fit in memory. A store begun before the cap with a block size between
+    the two, its tile recorded, continues with the block size it was begun with (its fingerprint includes it)."""
+    cap = max(n1, n2)
+    if bs <= cap:
+        return bs
+    state = _read_state(root / "state.json", True) if root.is_dir() else None
+    stored = state.get("block_size") if state is not None else None
+    if isinstance(stored, bool) or not isinstance(stored, int) or not cap < stored <= bs:
+        return cap
+    same = isinstance(state["shape"], list) and state["shape"][:2] == [n1, n2]
+    return stored if same and state["done"] else cap
+
+
+def _has_work(root: Path, state: dict) -> bool:
+    """Whether the store records anything computed (norms, or tiles in any process's ledger)."""
+    return state["norms"] is not None or any(led["done"] for led in _ledgers(root, state).values())
+
+
+def _setup(root, lock, fp, model_fp, mode, shape, dtype, plan, use_norm, name, overwrite):
     """Under the setup lock: the store's header and the open kernel file, created afresh when missing, of other
-    inputs (with ``overwrite``) or damaged; takes the shared store lock."""
+    inputs (with ``overwrite``) or damaged (with a warning when that discards computed work); refuses files of a
+    store without a ledger (unless ``overwrite``); takes the shared store lock."""
     state_path, kpath = root / "state.json", root / "kernel.npy"
+    remove_stale_tmp(root, _FILES, lock)
     state = _read_state(state_path, overwrite)
+    if state is None and not overwrite:
+        refuse_unledgered(root, _FILES, "kernel_to_disk")
     if state is not None and (state["fingerprint"] != fp or state["model"] != model_fp):
         if not overwrite:
+            changed, note = mode_change(state, dict(mode, dtype=dtype.str))
+            if changed:
+                raise ValueError(
+                    f"{root} holds a kernel run begun in another numeric mode ({note}); restore that mode to "
+                    "resume it, pass overwrite=True to start afresh, or use another path."
+                )
             what = (
                 "inputs (params, x1, x2, kernel or block size)"
                 if state["fingerprint"] != fp
@@ -302,19 +353,27 @@ def _setup(root, lock, fp, model_fp, shape, dtype, plan, use_norm, name, overwri
                 "also changes with the jaxcompare/JAX version and, for blocked plans, with JAXCOMPARE_MEMORY_BUDGET)"
             )
             raise ValueError(
-                f"{root} holds a kernel run with different {what}; pass overwrite=True to start "
-                "afresh, or use another path."
+                f"{root} holds a kernel run with different {what}{f' ({note})' if note else ''}; pass overwrite=True "
+                "to start afresh, or use another path."
             )
         state = None
-    if state is not None and (tuple(state["shape"]) != shape or state["dtype"] != dtype.str):
-        state = None  # cannot happen with matching fingerprints unless the ledger was edited
-    mm = open_npy(kpath, shape, dtype) if state is not None else None
-    if state is not None and mm is None:
-        warnings.warn(
-            f"{kpath} is missing, truncated or has another shape/dtype than recorded; recomputing the kernel.",
+    if state is not None and (state["shape"] != list(shape) or state["dtype"] != dtype.str):
+        warnings.warn(  # matching fingerprints: the ledger was edited
+            f"{state_path} records a kernel of shape {state['shape']} and dtype {state['dtype']!r}, but these "
+            f"inputs give {list(shape)} and {dtype.str!r} (the fingerprints match: the ledger was edited); "
+            "recomputing the kernel.",
             RuntimeWarning,
             stacklevel=3,
         )
+        state = None
+    mm = open_npy(kpath, shape, dtype) if state is not None else None
+    if state is not None and mm is None:
+        if _has_work(root, state):
+            warnings.warn(
+                f"{kpath} is missing, truncated or has another shape/dtype than recorded; recomputing the kernel.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         state = None
     busy = RuntimeError(
         f"{root} is being written by another process (kernel_to_disk holds {root / '.lock'}); wait "
@@ -325,8 +384,7 @@ def _setup(root, lock, fp, model_fp, shape, dtype, plan, use_norm, name, overwri
             raise busy
         try:
             mm = None
-            create_npy(root, kpath, shape, dtype)
-            for old in [root / "norms.npy", *root.glob("state.*.json")]:
+            for old in [root / "norms.npy", *(p for p in root.glob("state.*.json") if _FILES.fullmatch(p.name))]:
                 old.unlink(missing_ok=True)
             state = dict(
                 version=_VERSION,
@@ -341,8 +399,10 @@ def _setup(root, lock, fp, model_fp, shape, dtype, plan, use_norm, name, overwri
                 norms=None,
                 done=[],
                 checksums={},
+                **mode,
             )
-            atomic_json(state_path, state)
+            atomic_json(state_path, state)  # first: a kernel.npy is never left without its ledger
+            create_npy(root, kpath, shape, dtype)
             mm = open_npy(kpath, shape, dtype)
         finally:
             lock.release(DirLock.STORE)
@@ -394,7 +454,7 @@ def _compute(
 def _norms(diag_fn, params, x1p, x2p, plan, symmetric_x, npath, state, progress_bar, desc):
     """The stored norms when they match their checksum, else computed (block by block) and stored."""
     n1, n2 = plan.n1, plan.n2
-    if state["norms"] is not None and npath.exists():
+    if state["norms"] is not None:
         try:
             d = np.load(npath)
             if d.shape == (n1 + n2,) and crc(d) == state["norms"]:
@@ -402,7 +462,7 @@ def _norms(diag_fn, params, x1p, x2p, plan, symmetric_x, npath, state, progress_
         except (OSError, ValueError, EOFError):
             pass
         warnings.warn(
-            f"{npath} does not match its checksum (edited or damaged); recomputing the norms.",
+            f"{npath} is missing or does not match its checksum (edited or damaged); recomputing the norms.",
             RuntimeWarning,
             stacklevel=3,
         )

@@ -1,9 +1,11 @@
 """The ledgers of an out-of-core kernel store (:mod:`._ooc`): which process owns which tile, reading and verifying
-what each process recorded, and the writer thread that moves computed tiles to disk and records them."""
+what each process recorded (:func:`load_kernel`: a finished store's kernel, checked), and the writer thread that
+moves computed tiles to disk and records them."""
 
 from __future__ import annotations
 
 import json
+import os
 import queue
 import threading
 import warnings
@@ -14,10 +16,10 @@ import jax
 import numpy as np
 
 from .._validation import check_int
-from ._disk import atomic_json, crc
+from ._disk import atomic_json, crc, open_npy, store_dir
 from ._tiling import TilePlan
 
-__all__ = ["processes"]
+__all__ = ["processes", "load_kernel"]
 
 _VERSION = 3
 _LEDGER_KEYS = ("fingerprint", "model", "done", "checksums")
@@ -87,16 +89,18 @@ def _regions(plan: TilePlan, t: int, n1: int, n2: int) -> list[tuple[slice, slic
     return out
 
 
-def _verified_tiles(mm: np.memmap, plan: TilePlan, ledgers: dict, share: set, n1: int, n2: int) -> set:
-    """Tiles of ``share`` recorded by any process whose stored values match their checksums; the others are
-    recomputed (with a warning when a record did not match)."""
+def _checked_tiles(mm: np.memmap, plan: TilePlan, ledgers: dict, share: set, n1: int, n2: int) -> tuple[set, set]:
+    """``(verified, bad)``: the tiles of ``share`` recorded by any process whose stored values match their checksums,
+    and those recorded (listed as done) by some process but matching none of their checksums, or without one."""
     records: dict[int, list] = {}
     for led in ledgers.values():
         for t in led["done"]:
             sums = led["checksums"].get(str(t))
-            if int(t) in share and sums is not None:
-                records.setdefault(int(t), []).append(sums)
-    ok, bad = set(), 0
+            if int(t) in share:
+                records.setdefault(int(t), [])
+                if sums is not None:
+                    records[int(t)].append(sums)
+    ok = set()
     for t, options in records.items():
         regions = _regions(plan, t, n1, n2)
         actual = None
@@ -106,10 +110,16 @@ def _verified_tiles(mm: np.memmap, plan: TilePlan, ledgers: dict, share: set, n1
                 if actual == list(sums):
                     ok.add(t)
                     break
-        bad += t not in ok
+    return ok, set(records) - ok
+
+
+def _verified_tiles(mm: np.memmap, plan: TilePlan, ledgers: dict, share: set, n1: int, n2: int) -> set:
+    """The verified tiles of ``share`` (:func:`_checked_tiles`); the others are recomputed, with a warning when a
+    recorded one did not match (or had no checksum: an edited ledger)."""
+    ok, bad = _checked_tiles(mm, plan, ledgers, share, n1, n2)
     if bad:
         warnings.warn(
-            f"{bad} stored tile(s) do not match their checksums (edited or damaged); recomputing them.",
+            f"{len(bad)} stored tile(s) do not match their checksums (edited or damaged); recomputing them.",
             RuntimeWarning,
             stacklevel=3,
         )
@@ -175,3 +185,70 @@ def _current_ledger0(root: Path, state: dict) -> dict:
     if now is None or now["fingerprint"] != state["fingerprint"]:
         return dict(done=state["done"], checksums=state["checksums"])
     return dict(done=now["done"], checksums=now["checksums"])
+
+
+def load_kernel(path: str | os.PathLike) -> np.memmap:
+    """The kernel of a finished :func:`kernel_to_disk` store, verified: every tile against the checksum its process
+    recorded (``np.load(path / "kernel.npy")`` reads the same array without any check).
+
+    Needs neither the model nor the data: the ledgers (``state*.json``) hold the shape, dtype, block size and
+    checksums. The whole file is read once to verify it.
+
+    Args:
+      path: the store's directory (the ``path=`` of :func:`.kernel_to_disk`).
+
+    Returns:
+      The kernel as a read-only ``numpy.memmap`` of shape ``(N1, N2, ...)`` and the stored dtype.
+
+    Raises:
+      FileNotFoundError: ``path`` holds no store (no ``state.json``).
+      ValueError: the ledger cannot be read; ``kernel.npy`` is missing, truncated or not of the recorded shape and
+        dtype; tiles are not written yet or do not match their checksums (rerun :func:`kernel_to_disk` with the
+        same arguments: it completes or repairs the store).
+
+    Example:
+      >>> def apply_fn(params, x):
+      ...     return jnp.tanh(x @ params["w1"]) @ params["w2"]
+      >>> k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+      >>> params = {"w1": jax.random.normal(k1, (3, 16)), "w2": jax.random.normal(k2, (16, 2))}
+      >>> x = jax.random.normal(k3, (10, 3))
+      >>> import os, tempfile
+      >>> run = os.path.join(tempfile.mkdtemp(), "ntk_run")
+      >>> K = jc.kernel_to_disk(jc.trace_ntk(apply_fn), params, x, path=run, block_size=4, progress_bar=False)
+      >>> bool(np.array_equal(jc.load_kernel(run), K))            # later, in another process
+      True
+    """
+    if path is None:
+        raise TypeError("path is required: the directory of a kernel_to_disk store.")
+    root = store_dir(path, "a kernel_to_disk store")
+    state_path = root / "state.json"
+    if not state_path.is_file():
+        raise FileNotFoundError(f"{root} holds no kernel_to_disk store: {state_path} does not exist.")
+    state = _read_state(state_path, True)
+    if state is None:
+        raise ValueError(
+            f"{state_path} cannot be read as a kernel_to_disk ledger (damaged, of another version, or another "
+            "store's); rerun kernel_to_disk to recompute the kernel."
+        )
+    try:
+        shape, dtype = tuple(int(d) for d in state["shape"]), np.dtype(state["dtype"])
+        plan = TilePlan(shape[0], shape[1], int(state["block_size"]), bool(state["symmetric"]))
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise ValueError(f"{state_path} cannot be read as a kernel_to_disk ledger ({type(e).__name__}: {e}).") from None
+    kpath = root / "kernel.npy"
+    mm = open_npy(kpath, shape, dtype, mode="r")
+    if mm is None:
+        raise ValueError(
+            f"{kpath} is missing, truncated or not of the recorded shape {list(shape)} and dtype {dtype}; rerun "
+            "kernel_to_disk with the same arguments to recompute it."
+        )
+    tiles = set(range(len(plan.pairs)))
+    ok, bad = _checked_tiles(mm, plan, _ledgers(root, state), tiles, shape[0], shape[1])
+    if ok != tiles:
+        missing = len(tiles - ok - bad)
+        raise ValueError(
+            f"{kpath} is not a finished, intact kernel: {missing} of {len(tiles)} tiles are not written yet and "
+            f"{len(bad)} do not match their checksums (edited or damaged); rerun kernel_to_disk with the same "
+            "arguments to complete or repair it."
+        )
+    return mm

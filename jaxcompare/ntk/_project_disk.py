@@ -6,8 +6,9 @@ Layout of the directory ``path``:
 
 - ``block_000000.npy``, … : the features of block ``b`` (examples ``b·block_size`` to ``(b+1)·block_size``);
 - ``state.json``: the store's header — fingerprint of the data, options and model (``fingerprint``; ``model`` alone),
-  ``n``, ``block_size`` — and the ledger of process 0: the blocks it finished with a CRC-32 checksum of each
-  (``blocks``); once assembled also ``complete``, ``shape`` and ``dtype`` of ``features.npy``;
+  ``n``, ``block_size``, the numeric mode (``x64``, ``input_dtypes``: named when a resume is refused for them) — and
+  the ledger of process 0: the blocks it finished with a CRC-32 checksum of each (``blocks``); once assembled also
+  ``complete``, ``shape`` and ``dtype`` of ``features.npy``;
   ``state.<p>.json``: the ledger of process ``p > 0``;
 - ``features.npy``: all blocks, written once every block is recorded (bfloat16 features as float32: the ``.npy``
   format has no bfloat16; the values are the same);
@@ -31,12 +32,17 @@ projection's hash layout (a store begun by an older structured sketch holds anot
 fresh start with ``overwrite=True``; every block of the process's share against its recorded checksum (edited or
 lost blocks are recomputed); ``features.npy`` on reopen, block by block against the same checksums (else reassembled,
 with a warning). The features are bit-for-bit those of an uninterrupted single-process run, whatever the process count.
+Files of a store (``features.npy``, ``block_*.npy``, ``state.<p>.json``) without the ledger ``state.json`` are refused
+unless ``overwrite=True`` (another program's, or a store whose ledger was lost); recorded blocks found damaged are
+recomputed with a warning; temporary files of a killed writer are removed on the next open
+(:func:`._disk.remove_stale_tmp`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -46,8 +52,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._disk import DirLock, atomic_json, atomic_npy, crc, tmp_name
-from ._fingerprint import data_fingerprint, model_fingerprint
+from ._disk import DirLock, atomic_json, atomic_npy, crc, refuse_unledgered, remove_stale_tmp, store_dir, tmp_name
+from ._fingerprint import data_fingerprint, mode_change, model_fingerprint, numeric_mode
 from ._ooc_ledger import _ledger_path, _ledgers, processes
 from ._projection import rows_dtype
 
@@ -55,6 +61,7 @@ __all__ = ["features_to_disk", "stored_block_size", "check_store_path", "finite_
 
 _VERSION = 2  # ledger format (1: one process; its stores are read as process 0's ledger)
 _SALT = "project_gradients v1"  # the fingerprint's salt, unchanged: stores made before stay valid
+_FILES = re.compile(r"features\.npy|block_\d{6,}\.npy|state(\.\d+)?\.json")  # what a store writes (and .lock*)
 
 
 def _fingerprints(apply_fn, params, x, projection, summed, bs, policy) -> tuple[str, str]:
@@ -121,13 +128,8 @@ def nonfinite_message(points: list) -> str:
 
 
 def check_store_path(path: Any) -> Path:
-    """``path`` as a directory for the store: a new or existing directory, not a file."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a directory path (str or os.PathLike), got {type(path).__name__}.")
-    root = Path(path)
-    if root.exists() and not root.is_dir():
-        raise ValueError(f"path must be a directory for the features' store, but {root} is an existing file.")
-    return root
+    """``path`` as a directory for the store: a new or existing directory, not a file, not ``""``."""
+    return store_dir(path, "the features' store")
 
 
 def stored_block_size(root: Path, n: int) -> int | None:
@@ -304,7 +306,7 @@ def features_to_disk(
     missing: list[int] = []
     try:
         with lock.held(DirLock.SETUP):
-            header = _setup(root, lock, fp, model_fp, n, bs, overwrite)
+            header = _setup(root, lock, fp, model_fp, numeric_mode((params, x)), n, bs, overwrite)
             if not lock.acquire(DirLock.writer(pi), block=False):
                 raise RuntimeError(
                     f"{root} is being written by another process with process_index={pi} (it holds "
@@ -316,6 +318,14 @@ def features_to_disk(
         if result is None:
             share = range(pi, nb, pc)
             done = {b for b in share if store.load(b, recorded.get(b)) is not None}
+            lost = [b for b in share if b in recorded and b not in done]
+            if lost:
+                warnings.warn(
+                    f"{len(lost)} stored block(s) of {root} ({lost[:8]}) are missing or do not match their checksums "
+                    "(edited or damaged); recomputing them.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
             mine = ledgers.get(pi, dict(version=_VERSION, fingerprint=fp, model=model_fp, blocks={}))
             keep = {b: s for b, s in mine.get("blocks", {}).items() if int(b) not in share or int(b) in done}
             store.ledger = dict(header if pi == 0 else mine, version=_VERSION, blocks=keep)
@@ -353,22 +363,31 @@ def features_to_disk(
     return result
 
 
-def _setup(root: Path, lock: DirLock, fp: str, model_fp: str, n: int, bs: int, overwrite: bool) -> dict:
+def _setup(root: Path, lock: DirLock, fp: str, model_fp: str, mode: dict, n: int, bs: int, overwrite: bool) -> dict:
     """Under the setup lock: the store's header, created afresh when missing or of other inputs (with
-    ``overwrite``); takes the shared store lock."""
+    ``overwrite``); refuses files of a store without a ledger (unless ``overwrite``); takes the shared store lock."""
     state_path = root / "state.json"
+    remove_stale_tmp(root, _FILES, lock)
     header = _read_header(state_path, overwrite)
+    if header is None and not overwrite:
+        refuse_unledgered(root, _FILES, "project_gradients")
     if header is not None and header["fingerprint"] != fp:
         if not overwrite:
+            changed, note = mode_change(header, mode)
+            if changed:
+                raise ValueError(
+                    f"{root} holds features begun in another numeric mode ({note}); restore that mode to resume "
+                    "them, use another path, or overwrite=True."
+                )
             other = header.get("block_size"), header.get("n")
-            note = (
+            hint = (
                 f" It was begun with block_size={other[0]} (this call: {bs}): pass block_size={other[0]} to resume it."
                 if other[1] == n and isinstance(other[0], int) and other[0] != bs
                 else ""
             )
             raise ValueError(
                 f"{root} holds features of other data, options, model or projection layout (fingerprint "
-                f"mismatch); use another path or overwrite=True.{note}"
+                f"mismatch{'; ' + note if note else ''}); use another path or overwrite=True.{hint}"
             )
         header = None
     busy = RuntimeError(
@@ -379,9 +398,10 @@ def _setup(root: Path, lock: DirLock, fp: str, model_fp: str, n: int, bs: int, o
         if not lock.acquire(DirLock.STORE, block=False):  # discarding a store nobody writes
             raise busy
         try:
-            for old in [root / "features.npy", *root.glob("block_*.npy"), *root.glob("state.*.json")]:
-                old.unlink(missing_ok=True)
-            header = dict(version=_VERSION, fingerprint=fp, model=model_fp, n=n, block_size=bs, blocks={})
+            for old in root.iterdir():
+                if _FILES.fullmatch(old.name) and old.name != "state.json":
+                    old.unlink(missing_ok=True)
+            header = dict(version=_VERSION, fingerprint=fp, model=model_fp, n=n, block_size=bs, blocks={}, **mode)
             atomic_json(state_path, header)
         finally:
             lock.release(DirLock.STORE)

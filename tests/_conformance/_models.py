@@ -54,6 +54,16 @@ def tmpdir(name: str) -> str:
     return os.path.join(_tmp_root(), name)
 
 
+def _kernel_store() -> str:
+    """A finished kernel_to_disk store (made once)."""
+    if "kernel" not in _CACHE:
+        _CACHE["kernel"] = tmpdir("store")
+        jc.kernel_to_disk(
+            jc.trace_ntk(mlp), **net(np.random.default_rng(0)), path=_CACHE["kernel"], block_size=2, progress_bar=False
+        )
+    return _CACHE["kernel"]
+
+
 PARAMS = Arg("params", "tree")
 X1 = Arg("x1", skip={"rank": ANY_X})
 INT_PARAMS = {"int": lambda p: jax.tree_util.tree_map(lambda w: np.asarray(w * 3, np.int32), p)}
@@ -108,6 +118,19 @@ NTK = (
         ),
         args=(Arg("params", "tree", bad=INT_PARAMS), X1),
         dtype=WRAPPER,
+    ),
+    Case(
+        J + "load_kernel",
+        lambda r: dict(path=_kernel_store()),
+        args=(
+            Arg(
+                "path",
+                "other",
+                bad={"missing": lambda p: p + "-missing", "file": lambda p: _garbage(".json"), "empty": ""},
+            ),
+        ),
+        errors=(FileNotFoundError, OSError),
+        dtype=STORED,
     ),
     Case(
         J + "gather",
