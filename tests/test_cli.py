@@ -863,6 +863,28 @@ def test_spectra_command_attention_heads_and_strict_json(tmp_path, capsys):
         assert rot["alpha"] is None and "no power-law fit" in rot["note"]
 
 
+def test_spectra_command_stacked_layers(tmp_path, capsys):
+    """--stacked REGEX analyses each layer of parameters stacked by nn.scan (axis 0), one row per layer."""
+    from jaxcompare import save_params
+
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((3, 40, 30)).astype(np.float32)
+    ckpt = save_params({"ScanBlock": {"Dense_0": {"kernel": w, "bias": np.zeros((3, 30), np.float32)}}},
+                       str(tmp_path / "m.npz"))  # fmt: skip
+    out = tmp_path / "out"
+    assert main(["spectra", "--checkpoint", ckpt, "--n-boot", "5", "--stacked", "ScanBlock", "--out", str(out)]) == 0
+    capsys.readouterr()
+    data = json.loads((out / "spectra.json").read_text())
+    assert [r["path"] for r in data["layers"]] == [f"ScanBlock/Dense_0/kernel[{j}]" for j in range(3)]
+    for j in range(3):
+        oracle = np.sort(np.linalg.svd(w[j].astype(np.float64), compute_uv=False) ** 2 / 40)
+        got = np.asarray(data["eigenvalues"][f"ScanBlock/Dense_0/kernel[{j}]"], np.float64)
+        np.testing.assert_allclose(got, oracle, rtol=1e-4)
+    assert data["settings"]["stacked"] == "ScanBlock"
+    assert main(["spectra", "--checkpoint", ckpt, "--stacked", "Nope"]) == 2
+    assert "matched no parameter" in capsys.readouterr().err
+
+
 def test_spectra_command_failures(tmp_path, capsys):
     assert main(["spectra", "--checkpoint", str(tmp_path / "missing.npz")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -376,3 +376,48 @@ def test_nnx_state_paths_end_at_the_variable():
     old = S.analyze_params(boxed, min_dim=8)
     assert old.row("query/kernel/value")["matrix"] == "heads merged"
     assert [r["path"] for r in old.skipped] == ["query/bias/value"]
+
+
+def test_layers_stacked_by_scan_are_analysed_one_by_one():
+    """nn.scan stacks a layer's parameters over a leading axis: the Dense kernels of 4 layers became one (4, 48, 48)
+    leaf, analysed as a single (192, 48) matrix. With stacked= each layer is a row; without it a warning names the
+    leaf. Oracle: NumPy's SVD of each layer's own kernel, in float64."""
+    import warnings
+
+    import flax.linen as nn
+
+    class Layer(nn.Module):
+        @nn.compact
+        def __call__(self, x, _):
+            return jnp.tanh(nn.Dense(48, param_dtype=jnp.float64)(x)), None
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            scan = nn.scan(Layer, variable_axes={"params": 0}, split_rngs={"params": True}, length=4)
+            x, _ = scan(name="ScanLayer")(x, None)
+            return nn.Dense(10, param_dtype=jnp.float64)(x)
+
+    p = Net().init(jax.random.key(0), jnp.ones((1, 48), jnp.float64))["params"]
+    stack = np.asarray(p["ScanLayer"]["Dense_0"]["kernel"])
+    with pytest.warns(UserWarning, match=r"ScanLayer/Dense_0/kernel of shape \(4, 48, 48\) looks stacked over 4"):
+        whole = S.analyze_params(p)
+    assert [r["path"] for r in whole.rows] == ["Dense_0/kernel", "ScanLayer/Dense_0/kernel"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning once stacked= is given
+        res = S.analyze_params(p, stacked="ScanLayer")
+    paths = [r["path"] for r in res.rows]
+    assert paths == ["Dense_0/kernel"] + [f"ScanLayer/Dense_0/kernel[{j}]" for j in range(4)]
+    for j in range(4):
+        row = res.row(f"ScanLayer/Dense_0/kernel[{j}]")
+        assert (row["shape"], row["matrix"], row["group"]) == ((48, 48), "dense", "ScanLayer/Dense_0")
+        np.testing.assert_allclose(res.eigenvalues[row["path"]], _np_eigs(stack[j]), rtol=1e-10, atol=1e-12)
+    assert all(s["reason"].startswith(("bias", "1-D")) for s in res.skipped)  # the (4, 48) bias: 4 biases
+    by_fn = S.analyze_params(p, stacked=lambda path: path.startswith("ScanLayer/"))
+    assert [r["path"] for r in by_fn.rows] == paths
+    with pytest.raises(ValueError, match="matched no parameter"):
+        S.analyze_params(p, stacked="NoSuchBlock")
+    with pytest.raises(ValueError, match="regular expression"):
+        S.analyze_params(p, stacked="(")
+    with pytest.raises(TypeError, match="stacked must be"):
+        S.analyze_params(p, stacked=3)

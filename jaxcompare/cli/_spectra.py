@@ -39,6 +39,13 @@ def add_parser(sub, *, parents, formatter_class, seed_type, positive_int) -> Non
         help="attention kernels with a heads axis ((d, heads, head_dim), flax DenseGeneral) as one map d -> "
         "heads·head_dim (merge) or pooled per-head matrices (split)",
     )
+    s.add_argument(
+        "--stacked",
+        default=None,
+        metavar="REGEX",
+        help="parameters stacked over layers by nn.scan/nnx.scan (axis 0 is the layer), as a regular expression "
+        "searched in each path (e.g. ScanBlock): each layer is analysed on its own, path[j]",
+    )
     s.add_argument("--n-boot", type=positive_int, default=100, help="bootstrap rounds of the power-law p-value")
     s.add_argument("--seed", type=seed_type, default=0, help="PRNG seed of the bootstrap")
     s.add_argument("--out", default=None, help="output directory for spectra.json and the figures")
@@ -56,7 +63,9 @@ def cmd_spectra(args) -> int:
     if not os.path.exists(args.checkpoint):
         raise CLIError(f"--checkpoint: no such file or directory: {args.checkpoint}")
     params = load_checkpoint(args.checkpoint)
-    res = analyze_params(key_from_seed(args.seed), params, conv=args.conv, heads=args.heads, n_boot=args.n_boot)
+    res = analyze_params(
+        key_from_seed(args.seed), params, conv=args.conv, heads=args.heads, stacked=args.stacked, n_boot=args.n_boot
+    )
     print(format_report(res))
     if args.out is not None:
         data = res.to_dict()
@@ -66,6 +75,7 @@ def cmd_spectra(args) -> int:
             seed=args.seed,
             conv=args.conv,
             heads=args.heads,
+            stacked=args.stacked,
             n_boot=args.n_boot,
         )
         with open(os.path.join(args.out, "spectra.json"), "w") as f:  # strict JSON: NaN (no fit) as null

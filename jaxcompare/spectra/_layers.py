@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
+import warnings
 from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
@@ -113,6 +115,7 @@ def _parts(path: str) -> list[str]:
     """Lower-case path parts without an nnx Variable's box: a checkpoint written from ``nnx.state(model)`` by other
     tools names its leaves ``query/kernel/value``."""
     parts = [p.lower() for p in path.split("/")]
+    parts[-1] = re.sub(r"\[\d+\]$", "", parts[-1])  # one layer of a stacked (scanned) parameter: "kernel[3]"
     if len(parts) > 2 and parts[-1] == "value" and parts[-2] in _LEAF_NAMES:
         parts = parts[:-1]
     return parts
@@ -186,6 +189,65 @@ def _leaves(params) -> list:
     return out
 
 
+def _stacked_match(stacked: Any) -> Callable[[str], bool] | None:
+    if stacked is None:
+        return None
+    if isinstance(stacked, str):
+        try:
+            pattern = re.compile(stacked)
+        except re.error as e:
+            raise ValueError(f"stacked must be a regular expression of parameter paths, got {stacked!r}: {e}") from None
+        return lambda path: pattern.search(path) is not None
+    if callable(stacked):
+        return lambda path: bool(stacked(path))
+    raise TypeError(f"stacked must be a regular expression (str) or a callable path -> bool, got {stacked!r}.")
+
+
+def _expand_stacked(leaves: list, stacked: Any) -> list:
+    """Leaves stacked over layers (``nn.scan``/``nnx.scan``: axis 0 is the layer) as one entry per layer,
+    ``path[j]``."""
+    match = _stacked_match(stacked)
+    if match is None:
+        return leaves
+    out, hit = [], False
+    for path, leaf in leaves:
+        if match(path) and leaf.ndim >= 1:
+            hit = True
+            out.extend((f"{path}[{j}]", leaf[j]) for j in range(leaf.shape[0]))
+        else:
+            out.append((path, leaf))
+    if not hit:
+        raise ValueError(
+            f"stacked={stacked!r} matched no parameter; the paths are e.g. {[p for p, _ in leaves[:4]]} (a regular "
+            "expression searched in each path, e.g. 'ScanBlock' for the layers of nn.scan)."
+        )
+    return out
+
+
+def _warn_stacked(leaves: list) -> None:
+    """Warn about kernels that look stacked over layers (a scanned module): their bias has a leading axis of the
+    kernel's leading size and the kernel's output shape after it — analysed whole, they would be one matrix."""
+    by_module: dict[str, dict[str, Any]] = {}
+    for path, leaf in leaves:
+        parts = path.rsplit("/", 1)
+        if len(parts) == 2:
+            by_module.setdefault(parts[0], {})[_parts(path)[-1]] = (path, leaf)
+    for module, leafs in by_module.items():
+        kernel = leafs.get("kernel") or leafs.get("weight")
+        bias = leafs.get("bias")
+        if kernel is None or bias is None:
+            continue
+        (kpath, k), (_, b) = kernel, bias
+        if k.ndim >= 3 and b.ndim >= 2 and b.shape[0] == k.shape[0] and b.shape[1:] == k.shape[k.ndim - b.ndim + 1 :]:
+            warnings.warn(
+                f"{kpath} of shape {tuple(k.shape)} looks stacked over {k.shape[0]} layers (a scanned module: its "
+                f"bias has shape {tuple(b.shape)}); it is analysed as one matrix. Pass stacked= (a regular "
+                f"expression of the stacked paths, e.g. stacked={module.split('/')[0]!r}) to analyse each layer.",
+                UserWarning,
+                stacklevel=3,
+            )
+
+
 def _parse_args(args) -> tuple[Any, Any]:
     if len(args) == 1:
         return None, args[0]
@@ -223,6 +285,7 @@ def analyze_params(
     *args,
     conv: str = "flatten",
     heads: str = "merge",
+    stacked: str | Callable[[str], bool] | None = None,
     matrix_fn: Callable[[str, Any], Any] | None = None,
     min_dim: int = 10,
     tw_margin: float = TW1_Q99,
@@ -278,6 +341,10 @@ def analyze_params(
       params: pytree of arrays (e.g. ``variables["params"]``).
       conv: ``"flatten"`` or ``"slices"`` (above).
       heads: ``"merge"`` or ``"split"``: attention kernels with a heads axis (above).
+      stacked: parameters stacked over layers by ``nn.scan``/``nnx.scan`` (axis 0 is the layer): a regular
+        expression searched in each path, or a callable ``path -> bool``; each matching leaf is analysed as one
+        layer per index, ``path[j]``. Without it such a kernel ``(layers, in, out)`` would be one matrix; a kernel
+        whose bias looks stacked (leading size of the kernel's, then its output shape) is named in a warning.
       matrix_fn: optional ``(path, leaf) -> matrix | stack | None`` overriding the default matrices.
       min_dim: layers whose smaller side is below it are skipped (≥ 2).
       tw_margin: outlier margin in Tracy–Widom units (≥ 0).
@@ -322,6 +389,7 @@ def analyze_params(
     opts = dict(
         conv=conv,
         heads=heads,
+        stacked=stacked if stacked is None or isinstance(stacked, str) else getattr(stacked, "__name__", "callable"),
         matrix_fn=fn_name,
         min_dim=min_dim,
         tw_margin=tw_margin,
@@ -332,8 +400,12 @@ def analyze_params(
         boot_candidates=boot_candidates,
     )
 
+    entries = _leaves(params)
+    if stacked is None:
+        _warn_stacked(entries)
+    entries = _expand_stacked(entries, stacked)
     rows, skipped, eigs = [], [], {}
-    for i, (path, leaf) in enumerate(_leaves(params)):
+    for i, (path, leaf) in enumerate(entries):
         shape = tuple(int(s) for s in leaf.shape)
         if not jnp.issubdtype(leaf.dtype, jnp.floating):
             skipped.append({"path": path, "shape": shape, "reason": f"not floating (dtype {leaf.dtype})"})
