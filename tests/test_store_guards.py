@@ -147,6 +147,9 @@ def test_empty_path_and_a_file_as_path_are_refused(tmp_path, monkeypatch):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(ValueError, match="afile is an existing file"):
         _k2d(tmp_path / "afile")
+    for call in (_k2d, _pg):  # a file on the way gave a bare NotADirectoryError
+        with pytest.raises(ValueError, match=r"afile is a file, not a directory"):
+            call(tmp_path / "afile" / "store")
     assert (tmp_path / "afile").read_text() == "x"
 
 

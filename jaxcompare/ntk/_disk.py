@@ -211,6 +211,11 @@ def store_dir(path: Any, what: str) -> Path:
     root = Path(path)
     if root.exists() and not root.is_dir():
         raise ValueError(f"path must be a directory for {what}, but {root} is an existing file.")
+    for parent in root.absolute().parents:  # a file on the way (a/file/store) gave a bare NotADirectoryError
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"path {root} cannot be created for {what}: {parent} is a file, not a directory.")
+            break
     return root
 
 
