@@ -135,26 +135,22 @@ def load_data(path: str) -> dict[str, Any]:
 
     try:
         z = np.load(path, allow_pickle=False)
-    except ValueError as e:
-        raise ValueError(
-            f"--data {path} could not be read (an .npz of arrays; pickles are refused): {str(e).splitlines()[0]}"
-        ) from None
-    except (OSError, EOFError, zipfile.BadZipFile) as e:
-        raise ValueError(f"--data {path} is not a readable .npz file: {e}") from None
-    if not isinstance(z, np.lib.npyio.NpzFile):  # np.load read one .npy array
-        raise ValueError(
-            f"--data {path} holds a single array of shape {z.shape}; expected an .npz with x_test and y_test "
-            "(np.savez(path, x_test=..., y_test=...))"
-        )
-    try:
-        with z:
-            data = {k: z[k] for k in z.keys()}
+        if isinstance(z, np.lib.npyio.NpzFile):
+            with z:
+                data = {k: z[k] for k in z.keys()}
+        else:  # np.load read one .npy array
+            data = z
     except ValueError as e:
         raise ValueError(
             f"--data {path} could not be read (an .npz of arrays; pickles are refused): {str(e).splitlines()[0]}"
         ) from None
     except (OSError, EOFError, zipfile.BadZipFile) as e:
         raise ValueError(f"--data {path} is not a readable .npz file (damaged or truncated: {e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"--data {path} holds a single array of shape {data.shape}; expected an .npz with x_test and y_test "
+            "(np.savez(path, x_test=..., y_test=...))"
+        )
     from ._ntk import load_tree
 
     for prefix in ("x_test", "x_train"):  # a pytree input: x_test/tokens, x_test/mask (a transformer's inputs)
