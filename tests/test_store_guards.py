@@ -234,3 +234,61 @@ def test_load_kernel_checks_the_ledger(tmp_path):
         jc.load_kernel(tmp_path / "p")
     with pytest.raises(ValueError, match="path is empty"):
         jc.load_kernel("")
+
+
+@pytest.fixture
+def read_only_dirs(monkeypatch):
+    """``make(path)``: ``path`` becomes read-only, as on an archive or a read-only mount. Its write permission is
+    removed (a user other than root then cannot write it) and ``os.access`` reports it unwritable (root may write
+    anywhere, but not on a read-only mount, where ``os.access`` says so). Permissions restored afterwards."""
+    real, made = os.access, []
+
+    def access(p, mode, *a, **kw):
+        if mode & os.W_OK and os.path.realpath(p) in made:
+            return False
+        return real(p, mode, *a, **kw)
+
+    def make(path):
+        made.append(os.path.realpath(path))
+        os.chmod(path, 0o555)
+
+    monkeypatch.setattr(os, "access", access)
+    yield make
+    for p in made:
+        os.chmod(p, 0o755)
+
+
+def test_finished_stores_on_read_only_storage_are_read_not_refused(tmp_path, read_only_dirs):
+    """A finished store copied to read-only storage raised PermissionError from deep inside (the lock files), so a
+    script rerun against the archive could not get its own kernel. Now the finished kernel (features) of the same
+    inputs comes back verified, nothing is written, and anything else is refused with the reason."""
+    import shutil
+
+    want_k, want_f = np.asarray(_k2d(tmp_path / "k")), np.asarray(_pg(tmp_path / "p"))
+    shutil.copytree(tmp_path / "k", tmp_path / "k_bad")
+    mm = np.load(tmp_path / "k_bad" / "kernel.npy", mmap_mode="r+")
+    mm[0, 1] += 1.0
+    mm.flush()
+    del mm
+    with pytest.warns(RuntimeWarning, match="not written yet"):
+        _k2d(tmp_path / "k_half", process_index=0, process_count=2)
+    dirs = ("k", "p", "k_bad", "k_half")
+    for d in dirs:
+        read_only_dirs(tmp_path / d)
+    before = {d: (sorted(os.listdir(tmp_path / d)), _snapshot(tmp_path / d)) for d in dirs}
+
+    got = _quiet(_k2d, tmp_path / "k")
+    assert isinstance(got, np.memmap) and not got.flags.writeable
+    np.testing.assert_array_equal(got, want_k)
+    np.testing.assert_array_equal(_quiet(_pg, tmp_path / "p"), want_f)
+    with pytest.raises(PermissionError, match="not writable, and its kernel was computed with different inputs"):
+        _k2d(tmp_path / "k", x=X + 1.0)
+    with pytest.raises(PermissionError, match="not writable, and its features are of other data"):
+        _pg(tmp_path / "p", x=X + 1.0)
+    with pytest.raises(PermissionError, match="1 do not match their checksums"):
+        _k2d(tmp_path / "k_bad")
+    with pytest.raises(PermissionError, match="1 of 3 tiles are not written yet"):
+        _k2d(tmp_path / "k_half")
+    with pytest.raises(PermissionError, match="no kernel_to_disk ledger"):
+        _k2d(tmp_path / "p")
+    assert {d: (sorted(os.listdir(tmp_path / d)), _snapshot(tmp_path / d)) for d in dirs} == before  # nothing written

@@ -219,6 +219,20 @@ def store_dir(path: Any, what: str) -> Path:
     return root
 
 
+def read_only(root: Path) -> bool:
+    """Whether ``root`` is an existing directory this process cannot write (a read-only mount, an archive's
+    permissions): a store there can only be read, and only when it is finished."""
+    return root.is_dir() and not os.access(root, os.W_OK | os.X_OK)
+
+
+def read_only_refusal(root: Path, fn: str, why: str) -> PermissionError:
+    """The error of ``fn`` on a read-only ``root`` whose store cannot be used as it is (``why``)."""
+    return PermissionError(
+        f"{root} is not writable, and {why}: {fn} can only read a finished store of these same inputs there. "
+        "Pass a writable path, or copy the store to writable storage to resume or recompute it."
+    )
+
+
 def store_files(root: Path, names: re.Pattern) -> list[str]:
     """The names of the files in ``root`` that a store writes (``names``: a pattern of their full names)."""
     return sorted(p.name for p in root.iterdir() if names.fullmatch(p.name))

@@ -59,6 +59,8 @@ from ._disk import (
     crc,
     create_npy,
     open_npy,
+    read_only,
+    read_only_refusal,
     refuse_unledgered,
     remove_stale_tmp,
     store_dir,
@@ -73,6 +75,7 @@ from ._ooc_ledger import (
     _read_state,
     _verified_tiles,
     _Writer,
+    load_kernel,
     processes,
 )
 from ._tiling import TilePlan, check_transform_args, kernel_parts, swap
@@ -156,6 +159,8 @@ def kernel_to_disk(
         host-side loop, not traceable). The data fingerprint covers every leaf and the structure of ``x1``/``x2``.
       path: a directory (created if missing; not ``""``) for ``kernel.npy``, ``norms.npy`` and the ledgers
         ``state*.json``. Read the finished kernel later with :func:`.load_kernel` (verified) or ``np.load``.
+        On a directory this process cannot write (an archive, a read-only mount) the finished kernel of these same
+        inputs is returned, verified, and nothing is written; anything else there raises ``PermissionError``.
       block_size: rows per tile (``>= 1``; capped at ``max(N1, N2)``).
       progress_bar: show progress of the norms and the tiles, resumed tiles counted as done (default: on unless
         ``JAXCOMPARE_PROGRESS=0``).
@@ -171,6 +176,7 @@ def kernel_to_disk(
         ``overwrite`` is False; ``path`` is empty or an existing file; bad ``process_index``/``process_count``.
       RuntimeError: another process is writing to ``path`` with the same process index, or holds the store while
         this call would discard it.
+      PermissionError: ``path`` is not writable and holds no finished, intact kernel of these inputs.
       OSError: not enough free disk space for the kernel.
 
     Returns:
@@ -240,6 +246,8 @@ def kernel_to_disk(
     model_fp = model_fingerprint({"kernel_fn": kernel_fn}, traced, spec.apply_fn if spec is not None else None)
 
     mode = numeric_mode((params, x1, x2))
+    if read_only(root):  # an archived store: a finished kernel of these inputs is read, verified; nothing written
+        return _read_only_kernel(root, fp, model_fp, shape, dtype)
     root.mkdir(parents=True, exist_ok=True)
     kpath = root / "kernel.npy"
     lock = DirLock(root)
@@ -307,6 +315,26 @@ def kernel_to_disk(
     if use_norm and x2 is None:
         warn_zero_norm(d1, "norm")
     return np.load(kpath, mmap_mode="r")
+
+
+def _read_only_kernel(root: Path, fp: str, model_fp: str, shape: tuple, dtype: np.dtype) -> np.memmap:
+    """The finished kernel of a read-only store, when it is that of these inputs and passes :func:`load_kernel`'s
+    checks; otherwise a ``PermissionError`` that says why it cannot be used."""
+    state = _read_state(root / "state.json", True)
+    if state is None:
+        raise read_only_refusal(root, "kernel_to_disk", "it holds no kernel_to_disk ledger (state.json)")
+    if state["fingerprint"] != fp or state["model"] != model_fp:
+        what = "inputs (params, x1, x2, kernel or block size)" if state["fingerprint"] != fp else "model"
+        raise read_only_refusal(root, "kernel_to_disk", f"its kernel was computed with different {what}")
+    try:
+        mm = load_kernel(root)
+    except (FileNotFoundError, ValueError) as e:
+        raise read_only_refusal(root, "kernel_to_disk", f"its kernel cannot be used ({e})") from None
+    if mm.shape != shape or mm.dtype != dtype:  # matching fingerprints: an edited ledger
+        raise read_only_refusal(
+            root, "kernel_to_disk", f"its kernel has shape {mm.shape} and dtype {mm.dtype}, not {shape} and {dtype}"
+        )
+    return mm
 
 
 def _block_for(root: Path, bs: int, n1: int, n2: int) -> int:

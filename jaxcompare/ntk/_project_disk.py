@@ -52,7 +52,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._disk import DirLock, atomic_json, atomic_npy, crc, refuse_unledgered, remove_stale_tmp, store_dir, tmp_name
+from ._disk import (
+    DirLock,
+    atomic_json,
+    atomic_npy,
+    crc,
+    read_only,
+    read_only_refusal,
+    refuse_unledgered,
+    remove_stale_tmp,
+    store_dir,
+    tmp_name,
+)
 from ._fingerprint import data_fingerprint, mode_change, model_fingerprint, numeric_mode
 from ._ooc_ledger import _ledger_path, _ledgers, processes
 from ._projection import rows_dtype
@@ -300,8 +311,10 @@ def features_to_disk(
     ``features.npy`` assembled when every block is done; None (with a warning) while other shares are missing."""
     pi, pc, runtime = processes(process_index, process_count)
     fp, model_fp = _fingerprints(apply_fn, params, x, projection, summed, bs, policy)
-    root.mkdir(parents=True, exist_ok=True)
     store = _Store(root, block, nb, bs, n, pi, pc)
+    if read_only(root):  # an archived store: finished features of these inputs are read, verified; nothing written
+        return _read_only_features(store, fp, model_fp)
+    root.mkdir(parents=True, exist_ok=True)
     lock = DirLock(root)
     missing: list[int] = []
     try:
@@ -361,6 +374,29 @@ def features_to_disk(
             stacklevel=3,
         )
     return result
+
+
+def _read_only_features(store: _Store, fp: str, model_fp: str) -> np.memmap:
+    """The assembled features of a read-only store, when they are those of these inputs and every block's rows
+    match a recorded checksum; otherwise a ``PermissionError`` that says why they cannot be used."""
+    root = store.root
+    header = _read_header(root / "state.json", True)
+    if header is None:
+        raise read_only_refusal(root, "project_gradients", "it holds no project_gradients ledger (state.json)")
+    if header["fingerprint"] != fp or header.get("model", model_fp) != model_fp:
+        raise read_only_refusal(
+            root, "project_gradients", "its features are of other data, options, model or projection layout"
+        )
+    if not header.get("complete"):
+        raise read_only_refusal(root, "project_gradients", "its features are not finished (features.npy unassembled)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "reassembling": not here, the refusal says it
+        mm = store.features(header, _recorded(_ledgers(root, header)))
+    if mm is None:
+        raise read_only_refusal(
+            root, "project_gradients", "features.npy does not match the checksums of its blocks (edited or damaged)"
+        )
+    return mm
 
 
 def _setup(root: Path, lock: DirLock, fp: str, model_fp: str, mode: dict, n: int, bs: int, overwrite: bool) -> dict:

@@ -93,6 +93,8 @@ def project_gradients(
         runtime every process returns the features (a barrier); with the overrides the process that finds every
         block done writes ``features.npy`` and the others warn and return None — rerun any process (or one with
         ``process_count=1``) to complete or reopen the store; a process that died is resumed by rerunning it alone.
+        On a directory this process cannot write (an archive, a read-only mount) the finished features of these
+        same inputs are returned, verified, and nothing is written; anything else there raises ``PermissionError``.
       overwrite: with ``path``, discard a store made from other data or options instead of raising.
       precision: the precision policy of the model's products and the projection's contractions (``"highest"``,
         ``"high"``, ``"default"``; see :func:`jaxcompare.ntk.precision`): None follows the innermost
