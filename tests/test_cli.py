@@ -201,6 +201,46 @@ def test_ntk_command_matches_library(ntk_files):
     np.testing.assert_allclose(k, oracle, rtol=1e-6)
 
 
+def test_ntk_command_store_resumes_and_splits_over_processes(capsys, ntk_files, monkeypatch, tmp_path):
+    """--store DIR: the kernel tile by tile into DIR (kernel_to_disk), shared by two processes
+    (--process-index/--process-count); the first says what remains and writes no --out, the second completes
+    it; a rerun reads the store. Oracle: the trNTK⁰ of tanh(x W1) W2 derived by hand (as above)."""
+    monkeypatch.chdir(ntk_files)
+    monkeypatch.syspath_prepend(str(ntk_files))
+    p = np.load(ntk_files / "params.npz")
+    w1, w2, x = p["l1/w"], p["l2/w"], np.load(ntk_files / "x.npy")
+    h = np.tanh(x @ w1)
+    dh = 1 - h**2
+    oracle = w2.shape[1] * (h @ h.T) + (x @ x.T) * np.einsum("ia,ja,ac,ac->ij", dh, dh, w2, w2)
+    st, out = tmp_path / "st", tmp_path / "k.npy"
+    base = ("ntk", "--model", "mymodel:apply_fn", "--params", "params.npz", "--data", "x.npy", "--kernel", "trntk0")
+    base += ("--block-size", "3", "--store", str(st))  # 7 points: 3 blocks, 6 tiles on and above the diagonal
+    rc, so, se = run_main(capsys, *base, "--out", str(out), "--process-index", "0", "--process-count", "2")
+    assert rc == 0 and "process 0 of 2" in so and "3 of 6 tiles" in so and not out.exists(), (so, se)
+    rc, so, se = run_main(capsys, *base, "--out", str(out), "--process-index", "1", "--process-count", "2")
+    assert rc == 0 and f"wrote {out}" in so, se
+    np.testing.assert_allclose(np.load(out), oracle, rtol=1e-6)
+    np.testing.assert_array_equal(np.load(st / "kernel.npy"), np.load(out))
+    out.unlink()
+    rc, so, se = run_main(capsys, *base)  # no --out: the store holds the kernel
+    assert rc == 0 and f"wrote {st / 'kernel.npy'}" in so and not out.exists()
+    np.save(tmp_path / "x2.npy", x + 1.0)
+    other = [a if a != "x.npy" else str(tmp_path / "x2.npy") for a in base]
+    rc, so, se = run_main(capsys, *other)
+    assert rc == 2 and "holds a kernel run with different inputs" in se
+    rc, so, se = run_main(capsys, *other, "--overwrite")
+    assert rc == 0
+    for args, needle in (
+        (base[:-2] + ("--process-index", "0", "--process-count", "2", "--out", "o.npy"), "give --store DIR"),
+        (base[:-2], "--out is required"),
+        (base[:-2] + ("--out", "o.npy", "--overwrite"), "--overwrite applies to a --store"),
+        (base + ("--process-index", "0"), "go together"),
+        (base + ("--process-index", "2", "--process-count", "2"), "below --process-count"),
+    ):
+        rc, so, se = run_main(capsys, *args)
+        assert rc == 2 and needle in se, (args, se)
+
+
 def test_ntk_command_projection_and_output_probes(ntk_files):
     """``--kernel proj_trntk --output-probes 2``: the structured sketch with two output probes, in tiles of 3, is the
     library's kernel for the same key (the CLI runs without jax_enable_x64, this test with it: the probes are the

@@ -463,30 +463,29 @@ def test_command_end_to_end(tmp_path, population, model_module, capsys):
         "checkpoint,group\n" + "".join(f"{n},{g}\n" for n, g in zip(population["names"], population["groups"]))
     )
     out = tmp_path / "out"
-    args = _parse(
-        [
-            "compare",
-            "--model",
-            model_module,
-            "--checkpoints",
-            str(population["dir"]),
-            "--data",
-            str(population["data"]),
-            "--groups",
-            str(csv_path),
-            "--n-boot",
-            "40",
-            "--sections",
-            "alpha",
-            "similarity",
-            "--kernel-points",
-            "32",
-            "--permutations",
-            "9",
-            "--out",
-            str(out),
-        ]
-    )
+    args_list = [
+        "compare",
+        "--model",
+        model_module,
+        "--checkpoints",
+        str(population["dir"]),
+        "--data",
+        str(population["data"]),
+        "--groups",
+        str(csv_path),
+        "--n-boot",
+        "40",
+        "--sections",
+        "alpha",
+        "similarity",
+        "--kernel-points",
+        "32",
+        "--permutations",
+        "9",
+        "--out",
+        str(out),
+    ]
+    args = _parse(args_list)
     assert run(args) == 0
     printed = capsys.readouterr().out
     assert "noisy0" in printed and "report written to" in printed
@@ -496,6 +495,11 @@ def test_command_end_to_end(tmp_path, population, model_module, capsys):
     assert res.similarity["n_points"] == 32 and res.similarity["n_permutations"] == 9 and res.surrogate is None
     for f in ("index.html", "results.json", "models.csv", "comparison.json", "arrays.npz"):
         assert (out / f).exists()
+    # the rerun reads every model's logits (x_test, x_train) and similarity kernel from OUT/cache
+    k = len(population["names"])
+    assert run(args) == 0 and f"{3 * k} arrays read from {out / 'cache'}" in capsys.readouterr().out
+    assert load_comparison(out).to_dict()["models"] == res.to_dict()["models"]
+    assert run(_parse([*args_list, "--no-cache"])) == 0 and "read from" not in capsys.readouterr().out
 
 
 @pytest.fixture()
@@ -666,6 +670,61 @@ def test_spectra_section_with_analysable_layers(tmp_path):
         assert page.count("data:image/png") == 1 and (tmp_path / "spectra_overview.png").stat().st_size > 1000
 
 
+def test_spectra_options_read_stacked_layers_and_are_checked_before_the_models_run(tmp_path):
+    """Layers stacked by nn.scan: spectra_options={"stacked": ...} gives one row per layer, whose largest
+    eigenvalue is that of the layer's own matrix (NumPy); without it the kernel is one (L·d, d) matrix and the
+    warning reaches settings and the page. Bad options raise before apply_fn is called."""
+    rng = np.random.default_rng(1)
+    n_layers, d = 3, 24
+    ps = [
+        {"ScanBlock": {"Dense_0": {"kernel": rng.standard_normal((n_layers, d, d)), "bias": np.zeros((n_layers, d))}}}
+        for _ in range(2)
+    ]
+    calls = []
+
+    def fn(p, x):
+        calls.append(1)
+        h = x
+        for j in range(n_layers):
+            h = jnp.tanh(h @ p["ScanBlock"]["Dense_0"]["kernel"][j] + p["ScanBlock"]["Dense_0"]["bias"][j][None, :])
+        return h[:, :4]
+
+    x = rng.standard_normal((30, d))
+    y = rng.integers(0, 4, 30)
+    res = compare_models(
+        jax.random.key(0), fn, ps, x, y, sections=("spectra",), spectra_options={"stacked": "ScanBlock"},
+        progress_bar=False,
+    )  # fmt: skip
+    layers = res.spectra["model 1"]["layers"]
+    assert [lay["path"] for lay in layers] == [f"ScanBlock/Dense_0/kernel[{j}]" for j in range(n_layers)]
+    for j, lay in enumerate(layers):
+        w = ps[1]["ScanBlock"]["Dense_0"]["kernel"][j]
+        assert lay["lambda_max"] == pytest.approx(np.linalg.eigvalsh(w.T @ w / d)[-1], rel=1e-6)
+    assert res.settings["spectra_options"]["stacked"] == "ScanBlock" and res.settings["spectra_warnings"] == []
+    assert "stacked=ScanBlock" in open(res.report(tmp_path / "a"), encoding="utf-8").read()
+
+    with pytest.warns(UserWarning, match="looks stacked"):
+        plain = compare_models(jax.random.key(0), fn, ps, x, y, sections=("spectra",), progress_bar=False)
+    assert [lay["shape"] for lay in plain.spectra["model 0"]["layers"]] == [[n_layers, d, d]]
+    (warning,) = plain.settings["spectra_warnings"]  # one warning for the two models
+    assert "looks stacked" in warning
+    assert "looks stacked" in open(plain.report(tmp_path / "b"), encoding="utf-8").read()
+
+    calls.clear()
+    for opts, err in (
+        ({"stacked": "NoSuchModule"}, "matched no parameter"),
+        ({"heads": "both"}, "heads"),
+        ({"n_boot": 10}, "unknown option"),
+    ):
+        with pytest.raises(ValueError, match=err):
+            compare_models(jax.random.key(0), fn, ps, x, y, sections=("spectra",), spectra_options=opts)
+    with pytest.raises(TypeError, match="mapping"):
+        compare_models(jax.random.key(0), fn, ps, x, y, sections=("spectra",), spectra_options="ScanBlock")
+    with pytest.raises(ValueError, match="not in sections"):
+        compare_models(jax.random.key(0), fn, ps, x, y, sections=("alpha",), spectra_options={"heads": "split"})
+    assert calls == []  # refused before any model was evaluated
+
+
 # ---------------------------------------------------------------- the kernel sections (similarity, surrogate)
 
 
@@ -802,6 +861,62 @@ def test_kernel_sections_saved_and_reported(tmp_path, tiny_kernel_run):
     data = json.load(open(tmp_path / "rep" / "results.json"))
     assert data["settings"]["n_permutations"] == 19 and data["settings"]["kernel"] == "trntk"
     assert len(data["similarity"]["cka"]) == 4 and data["surrogate"]["n_train"] == 20
+
+
+def test_cache_dir_resumes_an_interrupted_comparison(tmp_path, tiny_kernel_run, monkeypatch):
+    """A comparison killed in its last section lost every logit and kernel computed before. With cache_dir each
+    model's arrays are kept as they are computed: the rerun reads them and gives the result of a run without a
+    cache (the oracle: the same call without cache_dir), entry for entry; a changed model recomputes only its own
+    entries; a damaged entry is recomputed with a warning; another apply_fn never reads them."""
+    from jaxcompare import surrogate
+
+    ps, x, y, xt, yt, plain = tiny_kernel_run
+    kw = dict(
+        x_train=xt, y_train=yt, groups=["r", "r", "r", "c"], sections=("similarity", "surrogate"),
+        n_kernel_points=24, n_permutations=19, n_surrogate_train=20, attribution_k=4, n_attribution=2,
+        progress_bar=False,
+    )  # fmt: skip
+    cache = tmp_path / "cache"
+    real, fits = surrogate.fit_kglm, []
+
+    def killed_at_the_third_surrogate(*a, **k):
+        fits.append(1)
+        if len(fits) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(surrogate, "fit_kglm", killed_at_the_third_surrogate)
+    with pytest.raises(KeyboardInterrupt):
+        compare_models(jax.random.key(2), _tiny_mlp, ps, x, y, cache_dir=cache, **kw)
+    monkeypatch.undo()
+    # 4 models: logits on x_test and x_train, similarity kernels, and the surrogate kernels of 3 models
+    assert len(list(cache.glob("*.npy"))) == 4 + 4 + 4 + 2 * 3
+    resumed = compare_models(jax.random.key(2), _tiny_mlp, ps, x, y, cache_dir=cache, **kw)
+    assert (resumed.settings["cache_read"], resumed.settings["cache_computed"]) == (18, 2)
+    strip = lambda d: {**d, "settings": {k: v for k, v in d["settings"].items() if not k.startswith("cache")}}  # noqa: E731
+    assert strip(resumed.to_dict()) == plain.to_dict()
+    for name, a in plain.arrays.items():
+        np.testing.assert_array_equal(resumed.arrays[name], a)
+
+    changed = [dict(p) for p in ps]
+    changed[1]["w2"] = changed[1]["w2"] * 1.5
+    again = compare_models(jax.random.key(2), _tiny_mlp, changed, x, y, cache_dir=cache, **kw)
+    assert (again.settings["cache_read"], again.settings["cache_computed"]) == (15, 5)  # model 1's five entries
+    fresh = compare_models(jax.random.key(2), _tiny_mlp, changed, x, y, **kw)
+    assert strip(again.to_dict()) == fresh.to_dict()
+
+    victim = max(cache.glob("*.npy"), key=lambda f: f.stat().st_mtime_ns)  # one of changed model 1's entries
+    a = np.load(victim)
+    a.flat[0] += 1.0
+    np.save(victim, a)
+    with pytest.warns(RuntimeWarning, match="does not match its record"):
+        repaired = compare_models(jax.random.key(2), _tiny_mlp, changed, x, y, cache_dir=cache, **kw)
+    assert repaired.settings["cache_computed"] == 1 and strip(repaired.to_dict()) == fresh.to_dict()
+
+    other = compare_models(jax.random.key(2), lambda p, x: _tiny_mlp(p, x) * 2.0, ps, x, y, cache_dir=cache, **kw)
+    assert other.settings["cache_read"] == 0
+    with pytest.raises(ValueError, match="is an existing file"):
+        compare_models(jax.random.key(2), _tiny_mlp, ps, x, y, cache_dir=victim, **kw)
 
 
 def test_kernel_sections_selection_and_errors():
@@ -964,6 +1079,11 @@ def test_command_checks_out_and_seed_before_any_work(tmp_path, untrained, model_
     with pytest.raises(SystemExit):
         main([*base, str(untrained["data"]), "--out", str(tmp_path / "s"), "--seed", "-1"])
     assert "seed" in capsys.readouterr().err
+    # the spectra section's layout options: checked before the models run, refused where they cannot apply
+    rc = main([*base, str(untrained["data"]), "--out", str(tmp_path / "t"), "--sections", "alpha", "--stacked", "X"])
+    assert rc == 2 and "--stacked applies to the spectra section" in capsys.readouterr().err
+    rc = main([*base, str(untrained["data"]), "--out", str(tmp_path / "u"), "--sections", "spectra", "--stacked", "X"])
+    assert rc == 2 and "matched no parameter" in capsys.readouterr().err and not (tmp_path / "u").exists()
 
 
 def _tiny_results():

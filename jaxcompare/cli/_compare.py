@@ -96,9 +96,19 @@ def add_parser(subparsers: Any, **kwargs: Any) -> argparse.ArgumentParser:
     c.add_argument("--kernel-points", type=int, default=128, help="test points the kernels are computed on")
     c.add_argument("--permutations", type=int, default=199, help="permutations of each CKA p-value")
     c.add_argument("--surrogate-train", type=int, default=500, help="training points of the kernel surrogates")
+    from ._spectra import add_layout_arguments
+
+    add_layout_arguments(c)  # the spectra section's --conv/--heads/--stacked
     c.add_argument("--batch-size", type=int, default=None, help="evaluate the model on this many points at a time")
     c.add_argument("--seed", type=seed_type, default=0, help="PRNG seed of the bootstrap")
-    c.add_argument("--out", required=True, help="output directory")
+    c.add_argument(
+        "--out",
+        required=True,
+        help="output directory; each model's logits and kernels are kept in OUT/cache as they are computed, so "
+        "that a rerun (after an interruption, or with other sections or models) reads them instead of "
+        "recomputing them",
+    )
+    c.add_argument("--no-cache", action="store_true", help="keep nothing in OUT/cache (and read nothing from it)")
     return c
 
 
@@ -240,6 +250,8 @@ def _run(args: argparse.Namespace) -> int:
         bad = [s for s in sections if s not in SECTIONS]
         if bad:
             raise ValueError(f"--sections: unknown section(s) {bad}; choose from {', '.join(SECTIONS)}")
+    if args.stacked is not None and "spectra" not in sections:
+        raise ValueError("--stacked applies to the spectra section, which --sections leaves out")
     if args.reference is not None and args.groups is None:
         raise ValueError("--reference names a group, so --groups is needed")
     created = not os.path.exists(args.out)
@@ -285,6 +297,10 @@ def _compare_into(args: argparse.Namespace, sections: tuple) -> int:
         n_permutations=args.permutations,
         n_surrogate_train=args.surrogate_train,
         batch_size=args.batch_size,
+        spectra_options=(
+            {"conv": args.conv, "heads": args.heads, "stacked": args.stacked} if "spectra" in sections else None
+        ),
+        cache_dir=None if args.no_cache else os.path.join(args.out, "cache"),
     )
     cli = {
         "model": args.model,
@@ -299,6 +315,11 @@ def _compare_into(args: argparse.Namespace, sections: tuple) -> int:
     index = res.report(args.out)
     for line in res.findings:
         print(line)
+    if res.settings.get("cache_read"):
+        print(
+            f"{res.settings['cache_read']} arrays read from {os.path.join(args.out, 'cache')} (computed by an "
+            f"earlier run), {res.settings['cache_computed']} computed"
+        )
     print(
         f"report written to {index} (numbers in {os.path.join(args.out, 'results.json')}, table in "
         f"{os.path.join(args.out, 'models.csv')})"

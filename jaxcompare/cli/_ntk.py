@@ -109,10 +109,26 @@ def cmd_ntk(args) -> int:
     from .._validation import key_from_seed
     from ..ntk._disk import atomic_npy
 
-    if args.out.endswith(("/", os.sep)) or os.path.isdir(args.out):
-        raise CLIError(f"--out must name a file (e.g. kernel.npy), got the directory {args.out}")
-    out = args.out if args.out.lower().endswith(".npy") else args.out + ".npy"
-    check_output_file(out)
+    if args.store is None:
+        if args.out is None:
+            raise CLIError("--out is required (a .npy file for the kernel), unless --store DIR keeps it there")
+        for flag, v in (("--process-index", args.process_index), ("--process-count", args.process_count)):
+            if v is not None:
+                raise CLIError(f"{flag} splits the tiles of a store: give --store DIR as well")
+        if args.overwrite:
+            raise CLIError("--overwrite applies to a --store directory")
+    elif (args.process_index is None) != (args.process_count is None):
+        raise CLIError("--process-index and --process-count go together (or neither)")
+    elif args.process_index is not None and args.process_index >= args.process_count:
+        raise CLIError(
+            f"--process-index must be below --process-count ({args.process_count}), got {args.process_index}"
+        )
+    out = None
+    if args.out is not None:
+        if args.out.endswith(("/", os.sep)) or os.path.isdir(args.out):
+            raise CLIError(f"--out must name a file (e.g. kernel.npy), got the directory {args.out}")
+        out = args.out if args.out.lower().endswith(".npy") else args.out + ".npy"
+        check_output_file(out)
     info = ntk.KERNELS[args.kernel]
     fn = import_model(args.model)
     try:
@@ -138,8 +154,53 @@ def cmd_ntk(args) -> int:
         opts["projection"] = proj
     elif args.output_probes is not None or args.projection != "structured":
         raise CLIError(f"--projection/--output-probes apply to the proj_* kernels, not to {args.kernel}")
-    kfn = ntk.batched(ntk.kernel(args.kernel, fn, precision=args.precision, **opts), block_size=args.block_size)
-    k = np.asarray(kfn(params, x1, x2))
+    kernel_fn = ntk.kernel(args.kernel, fn, precision=args.precision, **opts)
+    if args.store is not None:
+        k = _to_store(args, kernel_fn, params, x1, x2)
+        if k is None:
+            return 0
+        where = f"{os.path.join(args.store, 'kernel.npy')}"
+        if out is None:
+            print(f"wrote {where}: {args.kernel} ({info.label}) kernel of shape {k.shape}")
+            return 0
+    else:
+        k = np.asarray(ntk.batched(kernel_fn, block_size=args.block_size)(params, x1, x2))
     atomic_npy(Path(out), k)  # an existing file is replaced only by a complete kernel
     print(f"wrote {out}: {args.kernel} ({info.label}) kernel of shape {k.shape}")
     return 0
+
+
+def _to_store(args, kernel_fn, params, x1, x2):
+    """The kernel computed into (or resumed from, or read from) ``--store``; None, after saying what remains,
+    while other processes' shares are missing."""
+    import sys
+    import warnings
+
+    from .. import ntk
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            k = ntk.kernel_to_disk(
+                kernel_fn, params, x1, x2, path=args.store, block_size=args.block_size, overwrite=args.overwrite,
+                process_index=args.process_index, process_count=args.process_count,
+            )  # fmt: skip
+    except KeyboardInterrupt:
+        print(
+            f"jaxcompare ntk: the tiles written so far are kept in {args.store}; rerun the same command to resume",
+            file=sys.stderr,
+        )
+        raise
+    missing = [w for w in caught if "not written yet" in str(w.message)]
+    for w in caught:
+        if w not in missing:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if missing:
+        print(
+            f"process {args.process_index} of {args.process_count}: its share of {args.store} is written; "
+            + str(missing[0].message).split(";")[0]
+            + ". Rerun the other processes, or this command without --process-index/--process-count, to complete "
+            "it" + (f" and write {args.out}." if args.out else ".")
+        )
+        return None
+    return k

@@ -273,7 +273,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="matmul precision policy (jaxcompare.ntk.precision): highest = full float32 products; high / default "
         "allow TF32 on GPU and bf16 passes on TPU, with float32 accumulation (the same kernel on CPU)",
     )
-    nt.add_argument("--out", required=True, help="output kernel (.npy), replaced only once it is complete")
+    nt.add_argument(
+        "--out",
+        default=None,
+        help="output kernel (.npy), replaced only once it is complete (required unless --store is given)",
+    )
+    nt.add_argument(
+        "--store",
+        default=None,
+        metavar="DIR",
+        help="compute the kernel tile by tile into DIR (jaxcompare.kernel_to_disk: kernel.npy with a ledger of "
+        "checksums; --block-size rows per tile): an interrupted run is resumed by the same command, and several "
+        "processes (--process-index/--process-count) may share DIR",
+    )
+    nt.add_argument(
+        "--process-index", type=_nonneg_int, default=None, help="with --store: this process's share (0-based)"
+    )
+    nt.add_argument("--process-count", type=_positive_int, default=None, help="with --store: the number of shares")
+    nt.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="with --store: start afresh when DIR holds a run of other inputs (otherwise an error)",
+    )
 
     from ._compare import add_parser as add_compare
 

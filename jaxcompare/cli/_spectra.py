@@ -7,7 +7,32 @@ import os
 
 from ._io import CLIError, check_output_dir
 
-__all__ = ["add_parser", "cmd_spectra"]
+__all__ = ["add_layout_arguments", "add_parser", "cmd_spectra"]
+
+
+def add_layout_arguments(parser) -> None:
+    """``--conv``, ``--heads``, ``--stacked``: how the weight tensors are read as matrices (``spectra``, and the
+    spectra section of ``compare``)."""
+    parser.add_argument(
+        "--conv",
+        choices=["flatten", "slices"],
+        default="flatten",
+        help="convolution kernels as one patch matrix (flatten) or pooled (cin, cout) slices",
+    )
+    parser.add_argument(
+        "--heads",
+        choices=["merge", "split"],
+        default="merge",
+        help="attention kernels with a heads axis ((d, heads, head_dim), flax DenseGeneral) as one map d -> "
+        "heads·head_dim (merge) or pooled per-head matrices (split)",
+    )
+    parser.add_argument(
+        "--stacked",
+        default=None,
+        metavar="REGEX",
+        help="parameters stacked over layers by nn.scan/nnx.scan (axis 0 is the layer), as a regular expression "
+        "searched in each path (e.g. ScanBlock): each layer is analysed on its own, path[j]",
+    )
 
 
 def add_parser(sub, *, parents, formatter_class, seed_type, positive_int) -> None:
@@ -26,26 +51,7 @@ def add_parser(sub, *, parents, formatter_class, seed_type, positive_int) -> Non
         "attention, MLP, embeddings, other dense layers; jaxcompare.spectra.layer_groups documents the rule).",
     )
     s.add_argument("--checkpoint", required=True, help="checkpoint file or directory")
-    s.add_argument(
-        "--conv",
-        choices=["flatten", "slices"],
-        default="flatten",
-        help="convolution kernels as one patch matrix (flatten) or pooled (cin, cout) slices",
-    )
-    s.add_argument(
-        "--heads",
-        choices=["merge", "split"],
-        default="merge",
-        help="attention kernels with a heads axis ((d, heads, head_dim), flax DenseGeneral) as one map d -> "
-        "heads·head_dim (merge) or pooled per-head matrices (split)",
-    )
-    s.add_argument(
-        "--stacked",
-        default=None,
-        metavar="REGEX",
-        help="parameters stacked over layers by nn.scan/nnx.scan (axis 0 is the layer), as a regular expression "
-        "searched in each path (e.g. ScanBlock): each layer is analysed on its own, path[j]",
-    )
+    add_layout_arguments(s)
     s.add_argument("--n-boot", type=positive_int, default=100, help="bootstrap rounds of the power-law p-value")
     s.add_argument("--seed", type=seed_type, default=0, help="PRNG seed of the bootstrap")
     s.add_argument("--out", default=None, help="output directory for spectra.json and the figures")

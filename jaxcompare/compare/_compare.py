@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import os
+import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -18,6 +21,7 @@ from ..metrics._scores import SCORE_REDUCTIONS, logit_scores
 from ..ntk._inputs import batch_size as inputs_size
 from ..ntk._inputs import describe, is_array, take_rows, validate_pair, validate_x
 from ..trimming import ensemble_alpha_hat
+from ._cache import ArrayCache
 from ._findings import ALL_STATISTICS, findings_sentences, flag_bounds
 from ._kernels import kernel_names, similarity_section, subsample, surrogate_section
 from ._result import ComparisonResult, to_jsonable
@@ -54,16 +58,21 @@ def _logits(
     batch_size: int | None,
     what: str,
     progress_bar: bool | None,
+    cache: ArrayCache,
 ) -> np.ndarray:
     fn = jax.jit(apply_fn)
     out = []
+    n = inputs_size(x)
+    bs = n if batch_size is None else batch_size
+
+    def forward(p):
+        parts = [np.asarray(fn(p, take_rows(x, s, s + bs))) for s in range(0, n, bs)]
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
     for i, p in enumerate(
         progress(params_list, total=len(params_list), desc=f"forward ({what})", enabled=progress_bar)
     ):
-        n = inputs_size(x)
-        bs = n if batch_size is None else batch_size
-        parts = [np.asarray(fn(p, take_rows(x, s, s + bs))) for s in range(0, n, bs)]
-        z = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        z = cache.get(f"logits on {what}", (p, x, f"batch {bs}"), functools.partial(forward, p))
         if z.ndim != 2 or z.shape[0] != n or z.shape[1] < 2:
             raise ValueError(
                 f"apply_fn(params, x) must return (N, C) logits with N = {n} and C >= 2; "
@@ -191,6 +200,8 @@ def compare_models(
     attribution_k: int = 5,
     n_attribution: int = 3,
     batch_size: int | None = None,
+    spectra_options: Mapping[str, Any] | None = None,
+    cache_dir: str | os.PathLike | None = None,
     progress_bar: bool | None = None,
 ) -> ComparisonResult:
     r"""Compare ``K`` trained models of one architecture: classic metrics, α̂, atypical models, findings.
@@ -256,6 +267,17 @@ def compare_models(
       attribution_k: training points kept per explained prediction.
       n_attribution: test points in the attribution table.
       batch_size: evaluate ``apply_fn`` on at most this many points at a time (default all at once).
+      spectra_options: keyword arguments of :func:`jaxcompare.spectra.analyze_params` for the ``"spectra"``
+        section, any of ``conv``, ``heads``, ``stacked``, ``matrix_fn``, ``min_dim``, ``tw_margin``, ``ks``,
+        ``min_tail``, ``max_candidates`` (e.g. ``{"stacked": "ScanBlock"}`` for layers stacked by ``nn.scan``,
+        ``{"heads": "split"}`` for per-head attention matrices). Checked, and the spectra computed, before the
+        models are evaluated; the warnings of ``analyze_params`` (kernels that look stacked) are listed in
+        ``settings["spectra_warnings"]`` and on the report.
+      cache_dir: a directory where each model's logits and kernels are kept as they are computed (verified
+        ``.npy`` files named by a hash of the model function, the model's parameters, the inputs and the kernel;
+        :mod:`jaxcompare.compare._cache`): a comparison that was interrupted, or rerun with other sections,
+        models or statistics, reads what it computed before instead of recomputing it. ``settings`` records the
+        entries read and computed. Default: nothing kept.
       progress_bar: progress on stderr (``None``: on unless ``JAXCOMPARE_PROGRESS=0``).
 
     Returns:
@@ -303,6 +325,7 @@ def compare_models(
     attribution_k = check_int(attribution_k, "attribution_k", min=1)
     n_attribution = check_int(n_attribution, "n_attribution", min=1)
     grp, ref_group = _resolve_groups(groups, reference, k)
+    skipped: dict[str, str] = {}
     if x_train is not None:
         x, x_train = validate_pair(x, x_train, ("x_test", "x_train"))
     if x_train is not None and "surrogate" in sections:
@@ -313,8 +336,14 @@ def compare_models(
                 "min(n_surrogate_train, len(x_train))): their top-k would be every training point."
             )
     _check_same_params(params_list, names)
+    spectra, spectra_cols = (None, None)
+    if "spectra" in sections:  # before the models run: a wrong option or stacked= pattern costs nothing
+        spectra, spectra_cols = _spectra(params_list, names, spectra_options, skipped, progress_bar)
+    elif spectra_options is not None:
+        raise ValueError("spectra_options were given but the 'spectra' section is not in sections.")
 
-    logits = _logits(apply_fn, params_list, x, None, batch_size, "x_test", progress_bar)  # (K, T, C)
+    cache = ArrayCache(cache_dir, apply_fn, params_list[0], x)
+    logits = _logits(apply_fn, params_list, x, None, batch_size, "x_test", progress_bar, cache)  # (K, T, C)
     n_test, n_classes = logits.shape[1], logits.shape[2]
     if y.max() >= n_classes:
         raise ValueError(
@@ -354,7 +383,7 @@ def compare_models(
     if x_train is not None:
         xt = x_train
         yt = np.asarray(check_labels(y_train, "y_train", n_classes, length=inputs_size(xt)))
-        lt = _logits(apply_fn, params_list, xt, n_classes, batch_size, "x_train", progress_bar)
+        lt = _logits(apply_fn, params_list, xt, n_classes, batch_size, "x_train", progress_bar, cache)
         for i, r in enumerate(rows):
             r["train_accuracy"] = float(accuracy(lt[i], yt))
             r["generalization_gap"] = r["train_accuracy"] - r["accuracy"]
@@ -377,7 +406,6 @@ def compare_models(
         "x_test_shape": _shapes(x),
         "train_data": x_train is not None,
     }
-    skipped: dict[str, str] = {}
     arrays: dict[str, np.ndarray] = {"scores": scores}
     values = {s: np.array([r[s] for r in rows]) for s in ALL_STATISTICS if s in rows[0]}
     if "alpha" in sections:
@@ -389,8 +417,9 @@ def compare_models(
     similarity = surrogate = None
     if "similarity" in sections:
         similarity, kcka, floors["kernel_dissimilarity"] = similarity_section(
-            kern["k_perm"], apply_fn, params_list, names, _rows(x, kern["test"]), ref_of, kernel, n_permutations
-        )
+            kern["k_perm"], apply_fn, params_list, names, _rows(x, kern["test"]), ref_of, kernel, n_permutations,
+            cache, progress_bar,
+        )  # fmt: skip
         for r, c in zip(rows, kcka):
             r["kernel_cka"], r["kernel_dissimilarity"] = float(c), float(1.0 - c)
         values["kernel_dissimilarity"] = 1.0 - kcka
@@ -401,7 +430,7 @@ def compare_models(
         te, tr = kern["test"], kern["train"]
         surrogate, cols, more = surrogate_section(
             apply_fn, params_list, names, logits[:, te], _rows(x, te), y[te], _rows(xt, tr), yt[tr], ref_of, te, tr,
-            kernel, attribution_k, n_attribution, progress_bar,
+            kernel, attribution_k, n_attribution, progress_bar, cache,
         )  # fmt: skip
         for r, c in zip(rows, cols):
             r.update(c)
@@ -416,7 +445,11 @@ def compare_models(
             )
         r["atypical"] = r["flags"].get("alpha_hat", False)
     detection = _detection(rows, values, grp, ref_group) if grp is not None else []
-    spectra = _spectra(params_list, names, rows, skipped, progress_bar) if "spectra" in sections else None
+    if spectra is not None:
+        for r, cols in zip(rows, spectra_cols["columns"]):
+            r.update(cols)
+        settings.update(spectra_options=spectra_cols["options"], spectra_warnings=spectra_cols["warnings"])
+    settings.update(cache.settings())
     findings = findings_sentences(rows, bounds, detection, settings, skipped, similarity, surrogate)
     return ComparisonResult(
         rows=rows,
@@ -484,29 +517,49 @@ def _alpha_columns(key, scores, rows, ref_of, grp, ref_mask, n_boot, level, sett
     return alpha
 
 
-def _spectra(params_list, names, rows, skipped, progress_bar) -> dict | None:
-    """Per-layer spectra of every model (``jaxcompare.spectra.analyze_params``, without the bootstrap p-value)."""
-    from .. import spectra as spectra_pkg
+_SPECTRA_OPTIONS = ("conv", "heads", "stacked", "matrix_fn", "min_dim", "tw_margin", "ks", "min_tail", "max_candidates")
 
-    analyze = getattr(spectra_pkg, "analyze_params", None)
-    if analyze is None:
-        skipped["spectra"] = "jaxcompare.spectra.analyze_params is not available in this version"
-        return None
-    out = {}
-    for name, p, r in zip(names, progress(params_list, total=len(names), desc="spectra", enabled=progress_bar), rows):
-        try:
-            res = analyze(p)
-        except ValueError as e:  # documented: no analysable layer (all leaves 1-D or too small)
-            skipped["spectra"] = f"analyze_params refused model {name!r}: {str(e).splitlines()[0]}"
-            for row in rows:
-                row.pop("spectral_outliers", None)
-                row.pop("tail_alpha_mean", None)
-            return None
+
+def _spectra(params_list, names, options, skipped, progress_bar) -> tuple[dict | None, dict | None]:
+    """Per-layer spectra of every model (``jaxcompare.spectra.analyze_params`` with ``options``, without the
+    bootstrap p-value): ``(spectra, {"columns": per-model row columns, "options", "warnings"})``, or ``(None,
+    None)`` with the reason in ``skipped`` when a model has no weight matrix to analyse."""
+    from ..spectra import analyze_params
+
+    if options is None:
+        options = {}
+    if not isinstance(options, Mapping):
+        raise TypeError(f"spectra_options must be a mapping of analyze_params options, got {type(options).__name__}.")
+    bad = [o for o in options if o not in _SPECTRA_OPTIONS]
+    if bad:
+        raise ValueError(
+            f"spectra_options: unknown option(s) {bad}; choose from {', '.join(_SPECTRA_OPTIONS)} "
+            "(the bootstrap options of analyze_params do not apply: the section runs without a key)."
+        )
+    out, columns, seen = {}, [], []
+    for name, p in zip(names, progress(params_list, total=len(names), desc="spectra", enabled=progress_bar)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                res = analyze_params(p, **options)
+            except ValueError as e:
+                if not str(e).startswith("params has no weight matrix"):
+                    raise  # a wrong option or a stacked= pattern matching nothing: the caller's to fix
+                skipped["spectra"] = f"analyze_params refused model {name!r}: {str(e).splitlines()[0]}"
+                return None, None
+        for w in caught:
+            text = str(w.message)
+            if text not in seen:
+                seen.append(text)
+                warnings.warn(text, w.category, stacklevel=3)
         out[name] = to_jsonable(res.to_dict(eigenvalues=False))
         alphas = [lay["alpha"] for lay in res.rows if np.isfinite(lay["alpha"])]
-        r["spectral_outliers"] = int(sum(lay["n_outliers"] for lay in res.rows))
-        r["tail_alpha_mean"] = float(np.mean(alphas)) if alphas else None
-    return out
+        columns.append({
+            "spectral_outliers": int(sum(lay["n_outliers"] for lay in res.rows)),
+            "tail_alpha_mean": float(np.mean(alphas)) if alphas else None,
+        })  # fmt: skip
+    used = {k: v for k, v in res.settings.items() if k in _SPECTRA_OPTIONS}
+    return out, {"columns": columns, "options": to_jsonable(used), "warnings": seen}
 
 
 def _detection(rows, values, grp, ref_group) -> list[dict[str, Any]]:

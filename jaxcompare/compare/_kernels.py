@@ -22,6 +22,7 @@ the same training points).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -57,20 +58,28 @@ def similarity_section(
     ref_of: dict[int, list[int]],
     kernel: str,
     n_permutations: int,
+    cache: Any,
+    progress_bar: bool | None,
 ) -> tuple[dict[str, Any], np.ndarray, float]:
     """``(summary, kernel_cka per model, resolution floor)``; ``summary`` is JSON-able (the CKA and p-value
-    matrices, the null's mean and sd, the kernel, its label and the settings)."""
-    from ..similarity import kernel_similarity
-
-    res = kernel_similarity(
-        key,
-        [(apply_fn, p) for p in params_list],
-        x,
-        kernel=kernel,
-        n_permutations=n_permutations,
-        debiased=True,
-        names=names,
+    matrices, the null's mean and sd, the kernel, its label and the settings). The kernels are those of
+    :func:`jaxcompare.similarity.kernel_similarity`, read from or kept in ``cache``."""
+    from ..similarity._kernel_similarity import (
+        _resolve_kernel,
+        auto_block_size,
+        model_kernel,
+        similarity_of_kernels,
     )
+
+    name, label, factory = _resolve_kernel(kernel, None)
+    bs = auto_block_size(inputs_size(x))
+    kernels = [
+        cache.get(
+            f"similarity kernel {name}", (p, x, f"block {bs}"), lambda p=p: model_kernel(factory, apply_fn, p, x, bs)
+        )
+        for p in progress(params_list, total=len(names), desc="kernels", enabled=progress_bar)
+    ]
+    res = similarity_of_kernels(key, kernels, names, name, label, n_permutations, True)
     cka = np.asarray(res.cka, np.float64)
     sd = np.asarray(res.null_sd, np.float64)
     k = len(names)
@@ -122,6 +131,7 @@ def surrogate_section(
     attribution_k: int,
     n_attribution: int,
     progress_bar: bool | None,
+    cache: Any,
 ) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, np.ndarray]]:
     """``(summary, per-model columns, arrays)`` of the kernel surrogates (module docstring).
 
@@ -137,8 +147,10 @@ def surrogate_section(
     n_classes = net_logits.shape[2]
     cols, top_idx, top_val, sur_pred = [], [], [], []
     for p in progress(params_list, total=len(names), desc="surrogates", enabled=progress_bar):
-        k_tr = kernel_fn(p, x_tr)
-        k_te = kernel_fn(p, x_te, x_tr)
+        k_tr = jnp.asarray(cache.get(f"surrogate kernel {kernel}", (p, x_tr), functools.partial(kernel_fn, p, x_tr)))
+        k_te = jnp.asarray(
+            cache.get(f"surrogate cross kernel {kernel}", (p, x_te, x_tr), functools.partial(kernel_fn, p, x_te, x_tr))
+        )
         model = fit_kglm(
             k_tr,
             y_tr,

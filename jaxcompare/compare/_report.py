@@ -294,6 +294,13 @@ def write_report(result: Any, directory: str | os.PathLike) -> str:
             "of one checkpoint's eigenvalues with their fits, one figure per layer group: jaxcompare spectra "
             "--checkpoint PATH --out DIR.</p>",
         ]
+        opts = result.settings.get("spectra_options")
+        if opts:
+            shown = ", ".join(f"{k}={v}" for k, v in opts.items() if k in ("conv", "heads", "stacked"))
+            h.append(f"<p>Layouts read as: {_e(shown)} (options of analyze_params; compare_models' spectra_options, "
+                     "jaxcompare compare --conv/--heads/--stacked).</p>")  # fmt: skip
+        for text in result.settings.get("spectra_warnings") or ():
+            h.append(f'<p class="note">{_e(text)}</p>')
         fig = _spectra_figure(result, d)
         if fig is not None:
             name, b64 = fig

@@ -234,24 +234,60 @@ def kernel_similarity(
         )
     if block_size is not None:
         block_size = check_int(block_size, "block_size", min=1)
-    elif n > _AUTO_BLOCK:
-        block_size = _AUTO_BLOCK
+    else:
+        block_size = auto_block_size(n)
     name, label, factory = _resolve_kernel(kernel, projection)
+    kernels = [  # each checked as it comes: a bad kernel stops the loop before the next model's
+        check_kernel(
+            model_kernel(factory, apply_fn, params, x, block_size),
+            f"the {label} kernel of models[{i}] ({model_names[i]})",
+            n=n,
+            debiased=debiased,
+        )
+        for i, (apply_fn, params) in enumerate(pairs)
+    ]
+    return similarity_of_kernels(key, kernels, model_names, name, label, n_permutations, debiased)
+
+
+def model_kernel(factory: Callable, apply_fn: Callable, params: Any, x: Any, block_size: int | None) -> jax.Array:
+    """One model's ``(N, N)`` kernel as :func:`kernel_similarity` computes it (``factory`` from
+    ``_resolve_kernel``; in blocks of ``block_size`` rows when given; a kernel with class axes traced over them)."""
     from .. import ntk
 
-    kernels = []
-    for i, (apply_fn, params) in enumerate(pairs):
-        kernel_fn = factory(apply_fn)
-        if block_size is not None:
-            kernel_fn = ntk.batched(kernel_fn, block_size, progress_bar=False)
-        K = jnp.asarray(kernel_fn(params, x))
-        if K.ndim == 4:
-            K = jnp.trace(K, axis1=2, axis2=3)
-        kernels.append(check_kernel(K, f"the {label} kernel of models[{i}] ({model_names[i]})", n=n, debiased=debiased))
+    kernel_fn = factory(apply_fn)
+    if block_size is not None:
+        kernel_fn = ntk.batched(kernel_fn, block_size, progress_bar=False)
+    K = jnp.asarray(kernel_fn(params, x))
+    if K.ndim == 4:
+        K = jnp.trace(K, axis1=2, axis2=3)
+    return K
+
+
+def auto_block_size(n: int) -> int | None:
+    """The rows per block :func:`kernel_similarity` uses for ``n`` points when none is given."""
+    return _AUTO_BLOCK if n > _AUTO_BLOCK else None
+
+
+def similarity_of_kernels(
+    key: Any,
+    kernels: Sequence[Any],
+    model_names: Sequence[str],
+    name: str,
+    label: str,
+    n_permutations: int,
+    debiased: bool,
+) -> KernelSimilarity:
+    """:func:`kernel_similarity` from the models' kernels (``name``, ``label``: the kernel's, for the result and
+    the messages): each checked, then the CKA matrix and its permutation null."""
+    n = int(jnp.shape(kernels[0])[0])
+    kernels = [
+        check_kernel(K, f"the {label} kernel of models[{i}] ({model_names[i]})", n=n, debiased=debiased)
+        for i, K in enumerate(kernels)
+    ]
     dtype = common_dtype(*kernels)
     Ks = jnp.stack([K.astype(dtype) for K in kernels])
     T, cka, norms, ratios = _transforms(Ks, debiased)
     for i, r in enumerate(ratios):
         check_variance(r, f"the {label} kernel of models[{i}] ({model_names[i]})", n, dtype, debiased)
-    p, mean, sd = _permutation_null(key, T, norms, cka, n_permutations, chunk_size(n_permutations, n, len(pairs)))
-    return KernelSimilarity(cka, p, mean, sd, name, label, model_names, n_permutations, debiased)
+    p, mean, sd = _permutation_null(key, T, norms, cka, n_permutations, chunk_size(n_permutations, n, len(kernels)))
+    return KernelSimilarity(cka, p, mean, sd, name, label, tuple(model_names), n_permutations, debiased)
