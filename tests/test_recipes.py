@@ -89,6 +89,27 @@ def test_pool_threshold_and_ks_match_scipy():
     assert res.ks[1] == pytest.approx(ks_2samp(cand, pool.ravel() + 0.5).statistic, abs=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_pool_member_has_alpha_zero_against_the_others(dtype):
+    """pool_threshold promises α̂ = 0 for every member against the other members. In float32 the threshold could
+    round an ulp below the member's own distance as the α̂ solver forms it (1 − 52/80 against 28/80): α̂ came out
+    1e-7 — or 1.0 when the distance is pool mass outside the member's range, which no trimming reaches (seed 27:
+    a member of scale 0.5 in a pool of scales up to 3). Oracle: SciPy's ks_2samp in float64 (the threshold is the
+    largest leave-one-out distance, raised by at most 8 ulps), and the definition (D ≤ δ ⇒ α̂ = 0)."""
+    worst = 0.0
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        n = int(rng.integers(20, 200))
+        pool = (rng.standard_normal((5, n)) * rng.uniform(0.5, 3, (5, 1))).astype(dtype)
+        t = float(pool_threshold(pool))
+        p64 = pool.astype(np.float64)
+        loo = max(ks_2samp(p64[i], np.delete(p64, i, axis=0).ravel()).statistic for i in range(5))
+        assert loo <= t <= loo + 10 * np.finfo(dtype).eps
+        for i in range(5):
+            worst = max(worst, float(recipe_alpha(pool[i], np.delete(pool, i, axis=0), threshold=t)))
+    assert worst == 0.0
+
+
 def test_identify_synthetic_known_answer():
     # four recipes: N(0,1), N(0.7,1), N(0,2^2), Exp(1). Each KS distance between recipes is >= 0.2 while the
     # KS distance of a 300-point sample from its own law exceeds 0.12 with probability < 1e-3 (DKW): the

@@ -91,12 +91,13 @@ def pool_threshold(pool: Any, *, quantile: float = 1.0) -> jax.Array:
       quantile: in ``(0, 1]``; the quantile of the leave-one-out distances (linear interpolation).
 
     Returns:
-      Scalar in ``[0, 1]`` in the pool's floating dtype.
+      Scalar in ``[0, 1]`` in the pool's floating dtype: the quantile raised by ``8·eps`` of the dtype, so that
+      rounding never puts it below a member's own distance as the α̂ solver computes it.
 
     Example:
       >>> import jax.numpy as jnp
       >>> pool = jnp.array([[0.0, 1.0, 2.0, 3.0], [0.5, 1.5, 2.5, 3.5]])
-      >>> float(pool_threshold(pool))   # KS of [0,1,2,3] vs [.5,1.5,2.5,3.5]
+      >>> round(float(pool_threshold(pool)), 6)   # KS of [0,1,2,3] vs [.5,1.5,2.5,3.5]
       0.25
     """
     p = check_array(pool, "pool", ndim=2)
@@ -105,7 +106,19 @@ def pool_threshold(pool: Any, *, quantile: float = 1.0) -> jax.Array:
     if p.shape[0] < 2:
         raise ValueError(f"pool needs at least 2 models (rows) for a leave-one-out threshold, got shape {p.shape}.")
     check_float(quantile, "quantile", low=0.0, high=1.0, low_open=True)
-    return jnp.quantile(_loo_ks(p), quantile).astype(p.dtype)
+    return _pool_delta(p, quantile)
+
+
+def _pool_delta(pool: jax.Array, quantile: float) -> jax.Array:
+    """The ``quantile`` of the members' leave-one-out KS distances, raised by 8 ulps of 1 (capped at 1).
+
+    The α̂ solver forms a member's distance from its own counts (``j/N`` where :func:`_ks` forms ``1 − (N − j)/N``,
+    say): the two roundings can differ by an ulp or two of 1, and a threshold an ulp below the member's own
+    distance gave that member α̂ > 0 — α̂ = 1 where the distance comes from pool mass outside the member's range,
+    which no trimming reaches — instead of the promised 0. The raise is ``8·eps`` (1e-6 in float32), far below any
+    distance the threshold tells apart."""
+    t = jnp.quantile(_loo_ks(pool), quantile)
+    return jnp.minimum(t + 8 * jnp.finfo(pool.dtype).eps, 1.0).astype(pool.dtype)
 
 
 def _resolve(threshold: Any, level: float, m: int, pool: jax.Array) -> jax.Array:
@@ -116,7 +129,7 @@ def _resolve(threshold: Any, level: float, m: int, pool: jax.Array) -> jax.Array
             raise ValueError(
                 f'threshold="pool" needs a 2-D pool of at least 2 models (rows), got {pool.shape[0]} row(s).'
             )
-        return jnp.maximum(jnp.quantile(_loo_ks(pool), 1.0), jnp.finfo(pool.dtype).tiny)
+        return _pool_delta(pool, 1.0)
     return jnp.asarray(resolve_threshold(threshold, level, m, pool.shape[1]), pool.dtype)
 
 
