@@ -325,7 +325,12 @@ def _read_only_kernel(root: Path, fp: str, model_fp: str, shape: tuple, dtype: n
         raise read_only_refusal(root, "kernel_to_disk", "it holds no kernel_to_disk ledger (state.json)")
     if state["fingerprint"] != fp or state["model"] != model_fp:
         what = "inputs (params, x1, x2, kernel or block size)" if state["fingerprint"] != fp else "model"
-        raise read_only_refusal(root, "kernel_to_disk", f"its kernel was computed with different {what}")
+        raise read_only_refusal(
+            root,
+            "kernel_to_disk",
+            f"its kernel was computed with different {what} (or another jaxcompare/JAX version: jc.load_kernel(path) "
+            "reads a finished kernel, verified, without its inputs)",
+        )
     try:
         mm = load_kernel(root)
     except (FileNotFoundError, ValueError) as e:
