@@ -919,6 +919,35 @@ def test_cache_dir_resumes_an_interrupted_comparison(tmp_path, tiny_kernel_run, 
         compare_models(jax.random.key(2), _tiny_mlp, ps, x, y, cache_dir=victim, **kw)
 
 
+def test_projected_kernel_sections(tiny_kernel_run):
+    """projection=: both kernel sections on the kernel of projected gradients, one projection for all models.
+    Oracle: each model's kernel from jc.trace_ntk(f, projection=proj) on the same points and NumPy's debiased CKA
+    of those; the projected CKA is close to the exact run's (dim 4096)."""
+    import jaxcompare as jc
+
+    ps, x, y, xt, yt, exact = tiny_kernel_run
+    proj = jc.structured_projection(jax.random.key(7), 4096)
+    res = compare_models(
+        jax.random.key(2), _tiny_mlp, ps, x, y, x_train=xt, y_train=yt, groups=["r", "r", "r", "c"],
+        sections=("similarity", "surrogate"), n_kernel_points=24, n_permutations=19, n_surrogate_train=20,
+        attribution_k=4, n_attribution=2, progress_bar=False, projection=proj,
+    )  # fmt: skip
+    assert res.similarity["kernel"] == "proj_trntk" and res.surrogate["kernel"] == "proj_trntk"
+    assert "StructuredProjection" in res.settings["projection"]
+    idx = res.arrays["kernel_points"]
+    ks = [np.asarray(jc.trace_ntk(_tiny_mlp, projection=proj)(p, x[idx]), np.float64) for p in ps]
+    want = np.array([[_debiased_cka(a, b) for b in ks] for a in ks])
+    np.testing.assert_allclose(np.asarray(res.similarity["cka"]), want, atol=1e-5)
+    assert np.abs(np.asarray(res.similarity["cka"]) - np.asarray(exact.similarity["cka"])).max() < 0.05
+    with pytest.raises(ValueError, match="no projected variant"):
+        compare_models(jax.random.key(2), _tiny_mlp, ps, x, y, sections=("similarity",), kernel="trntk0",
+                       projection=proj)  # fmt: skip
+    with pytest.raises(TypeError, match="projection must come from"):
+        compare_models(jax.random.key(2), _tiny_mlp, ps, x, y, sections=("similarity",), projection="sparse")
+    with pytest.raises(ValueError, match="applies to the kernel sections"):
+        compare_models(jax.random.key(2), _tiny_mlp, ps, x, y, sections=("alpha",), projection=proj)
+
+
 def test_kernel_sections_selection_and_errors():
     rng = np.random.default_rng(0)
     ps = [{"w1": rng.standard_normal((5, 8)), "w2": rng.standard_normal((8, 3))} for _ in range(3)]
@@ -1084,6 +1113,13 @@ def test_command_checks_out_and_seed_before_any_work(tmp_path, untrained, model_
     assert rc == 2 and "--stacked applies to the spectra section" in capsys.readouterr().err
     rc = main([*base, str(untrained["data"]), "--out", str(tmp_path / "u"), "--sections", "spectra", "--stacked", "X"])
     assert rc == 2 and "matched no parameter" in capsys.readouterr().err and not (tmp_path / "u").exists()
+    rc = main([*base, str(untrained["data"]), "--out", str(tmp_path / "v"), "--sections", "alpha", "--projection",
+               "structured"])  # fmt: skip
+    assert rc == 2 and "--projection applies to the kernel sections" in capsys.readouterr().err
+    rc = main([*base, str(untrained["data"]), "--out", str(tmp_path / "w"), "--sections", "similarity",
+               "--projection", "sparse", "--dim", "256", "--kernel-points", "8", "--permutations", "3"])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    assert load_comparison(tmp_path / "w").similarity["kernel"] == "proj_trntk"
 
 
 def _tiny_results():

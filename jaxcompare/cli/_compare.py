@@ -93,6 +93,15 @@ def add_parser(subparsers: Any, **kwargs: Any) -> argparse.ArgumentParser:
     c.add_argument(
         "--kernel", choices=kernel_names(), default="trntk", help="kernel of the similarity and surrogate sections"
     )
+    c.add_argument(
+        "--projection",
+        choices=["structured", "rademacher", "gaussian", "sparse"],
+        default=None,
+        help="the kernel sections on projected gradients (proj_trntk / proj_pntk; structured: the sketch from each "
+        "layer's factors, the fast one), for models too large for exact kernels; one projection for every model, "
+        "drawn from --seed",
+    )
+    c.add_argument("--dim", type=int, default=1024, help="projection dimension (with --projection)")
     c.add_argument("--kernel-points", type=int, default=128, help="test points the kernels are computed on")
     c.add_argument("--permutations", type=int, default=199, help="permutations of each CKA p-value")
     c.add_argument("--surrogate-train", type=int, default=500, help="training points of the kernel surrogates")
@@ -242,6 +251,8 @@ def _run(args: argparse.Namespace) -> int:
     ):
         if value < low:
             raise ValueError(f"{flag} must be >= {low}, got {value}")
+    if args.dim < 2:
+        raise ValueError(f"--dim must be >= 2, got {args.dim}")
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     sections = tuple(SECTIONS)
@@ -252,6 +263,10 @@ def _run(args: argparse.Namespace) -> int:
             raise ValueError(f"--sections: unknown section(s) {bad}; choose from {', '.join(SECTIONS)}")
     if args.stacked is not None and "spectra" not in sections:
         raise ValueError("--stacked applies to the spectra section, which --sections leaves out")
+    if args.projection is not None and not {"similarity", "surrogate"} & set(sections):
+        raise ValueError(
+            "--projection applies to the kernel sections (similarity, surrogate), which --sections leaves out"
+        )
     if args.reference is not None and args.groups is None:
         raise ValueError("--reference names a group, so --groups is needed")
     created = not os.path.exists(args.out)
@@ -273,6 +288,17 @@ def _compare_into(args: argparse.Namespace, sections: tuple) -> int:
     from ..compare._compare import compare_models
     from ._ntk import import_model
 
+    projection = None
+    if args.projection is not None:
+        import jax
+
+        from .. import ntk
+
+        pkey = jax.random.fold_in(key_from_seed(args.seed), 1)  # not the bootstrap's stream
+        if args.projection == "structured":
+            projection = ntk.structured_projection(pkey, args.dim)
+        else:
+            projection = ntk.random_projection(pkey, args.dim, args.projection)
     apply_fn = model_apply_fn(import_model(args.model))
     data = load_data(args.data)
     paths = _checkpoint_paths(args.checkpoints)
@@ -301,6 +327,7 @@ def _compare_into(args: argparse.Namespace, sections: tuple) -> int:
             {"conv": args.conv, "heads": args.heads, "stacked": args.stacked} if "spectra" in sections else None
         ),
         cache_dir=None if args.no_cache else os.path.join(args.out, "cache"),
+        projection=projection,
     )
     cli = {
         "model": args.model,

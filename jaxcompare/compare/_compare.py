@@ -23,7 +23,7 @@ from ..ntk._inputs import describe, is_array, take_rows, validate_pair, validate
 from ..trimming import ensemble_alpha_hat
 from ._cache import ArrayCache
 from ._findings import ALL_STATISTICS, findings_sentences, flag_bounds
-from ._kernels import kernel_names, similarity_section, subsample, surrogate_section
+from ._kernels import kernel_factory, kernel_names, similarity_section, subsample, surrogate_section
 from ._result import ComparisonResult, to_jsonable
 
 __all__ = ["compare_models", "SECTIONS"]
@@ -202,6 +202,7 @@ def compare_models(
     batch_size: int | None = None,
     spectra_options: Mapping[str, Any] | None = None,
     cache_dir: str | os.PathLike | None = None,
+    projection: Any = None,
     progress_bar: bool | None = None,
 ) -> ComparisonResult:
     r"""Compare ``K`` trained models of one architecture: classic metrics, α̂, atypical models, findings.
@@ -278,6 +279,12 @@ def compare_models(
         :mod:`jaxcompare.compare._cache`): a comparison that was interrupted, or rerun with other sections,
         models or statistics, reads what it computed before instead of recomputing it. ``settings`` records the
         entries read and computed. Default: nothing kept.
+      projection: ``jc.structured_projection(key, dim)`` (or ``jc.random_projection``): both kernel sections then
+        use the kernel of projected gradients (``kernel="trntk"`` → ``"proj_trntk"``, ``"pntk"`` → ``"proj_pntk"``;
+        the unnormalized kernels have no projected variant), the same projection for every model — for models
+        too large for exact kernels (features linear in the points: a quarter-width ResNet-18's 1024 points in
+        about a quarter of the exact kernel's time; CKA between projected kernels carries their error, about
+        0.001–0.01 in mean |Δcos| at ``dim = 1024``).
       progress_bar: progress on stderr (``None``: on unless ``JAXCOMPARE_PROGRESS=0``).
 
     Returns:
@@ -319,6 +326,16 @@ def compare_models(
     for s in sections:
         check_choice(s, "sections", tuple(SECTIONS))
     check_choice(kernel, "kernel", kernel_names())
+    kernel_name = kernel
+    if projection is not None and not {"similarity", "surrogate"} & set(sections):
+        raise ValueError(
+            "projection applies to the kernel sections (similarity, surrogate), which sections leaves out."
+        )
+    if projection is not None:
+        from ..similarity._kernel_similarity import _resolve_kernel
+
+        kernel_name = _resolve_kernel(kernel, projection)[0]  # "trntk" -> "proj_trntk"; no variant: an error
+        kernel_factory(kernel_name, projection)(apply_fn)  # a projection of the wrong kind: refused before work
     n_kernel_points = check_int(n_kernel_points, "n_kernel_points", min=4)
     n_permutations = check_int(n_permutations, "n_permutations", min=1)
     n_surrogate_train = check_int(n_surrogate_train, "n_surrogate_train", min=2)
@@ -413,12 +430,16 @@ def compare_models(
             key, scores, rows, ref_of, grp, ref_mask, n_boot, level, settings, arrays, progress_bar
         )
     floors: dict[str, float] = {}
-    kern = _kernel_settings(key, sections, n_test, n_kernel_points, xt, n_surrogate_train, kernel, settings, arrays)
+    kern = _kernel_settings(
+        key, sections, n_test, n_kernel_points, xt, n_surrogate_train, kernel_name, settings, arrays
+    )
+    if projection is not None and "test" in kern:
+        settings.update(projection=repr(projection))
     similarity = surrogate = None
     if "similarity" in sections:
         similarity, kcka, floors["kernel_dissimilarity"] = similarity_section(
-            kern["k_perm"], apply_fn, params_list, names, _rows(x, kern["test"]), ref_of, kernel, n_permutations,
-            cache, progress_bar,
+            kern["k_perm"], apply_fn, params_list, names, _rows(x, kern["test"]), ref_of, kernel_name, n_permutations,
+            cache, progress_bar, projection,
         )  # fmt: skip
         for r, c in zip(rows, kcka):
             r["kernel_cka"], r["kernel_dissimilarity"] = float(c), float(1.0 - c)
@@ -430,7 +451,7 @@ def compare_models(
         te, tr = kern["test"], kern["train"]
         surrogate, cols, more = surrogate_section(
             apply_fn, params_list, names, logits[:, te], _rows(x, te), y[te], _rows(xt, tr), yt[tr], ref_of, te, tr,
-            kernel, attribution_k, n_attribution, progress_bar, cache,
+            kernel_name, attribution_k, n_attribution, progress_bar, cache, projection,
         )  # fmt: skip
         for r, c in zip(rows, cols):
             r.update(c)

@@ -42,6 +42,14 @@ def kernel_names() -> tuple[str, ...]:
     return tuple(n for n, i in KERNELS.items() if i.needs == "apply_fn" and not i.projected and n != "entk")
 
 
+def kernel_factory(name: str, projection: Any) -> Any:
+    """``apply_fn -> kernel_fn`` of the registry kernel ``name`` (a ``proj_*`` kernel with ``projection``)."""
+    from .. import ntk
+
+    opts = {} if projection is None else {"projection": projection}
+    return lambda apply_fn: ntk.kernel(name, apply_fn, **opts)
+
+
 def subsample(key: jax.Array, n: int, size: int) -> np.ndarray:
     """Sorted indices of ``min(n, size)`` distinct points of ``range(n)`` (all of them when ``n <= size``)."""
     if n <= size:
@@ -60,6 +68,7 @@ def similarity_section(
     n_permutations: int,
     cache: Any,
     progress_bar: bool | None,
+    projection: Any = None,
 ) -> tuple[dict[str, Any], np.ndarray, float]:
     """``(summary, kernel_cka per model, resolution floor)``; ``summary`` is JSON-able (the CKA and p-value
     matrices, the null's mean and sd, the kernel, its label and the settings). The kernels are those of
@@ -71,12 +80,11 @@ def similarity_section(
         similarity_of_kernels,
     )
 
-    name, label, factory = _resolve_kernel(kernel, None)
+    name, label, factory = _resolve_kernel(kernel, projection)
     bs = auto_block_size(inputs_size(x))
+    what = f"similarity kernel {name} {projection!r}"
     kernels = [
-        cache.get(
-            f"similarity kernel {name}", (p, x, f"block {bs}"), lambda p=p: model_kernel(factory, apply_fn, p, x, bs)
-        )
+        cache.get(what, (p, x, f"block {bs}"), lambda p=p: model_kernel(factory, apply_fn, p, x, bs))
         for p in progress(params_list, total=len(names), desc="kernels", enabled=progress_bar)
     ]
     res = similarity_of_kernels(key, kernels, names, name, label, n_permutations, True)
@@ -132,6 +140,7 @@ def surrogate_section(
     n_attribution: int,
     progress_bar: bool | None,
     cache: Any,
+    projection: Any = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, np.ndarray]]:
     """``(summary, per-model columns, arrays)`` of the kernel surrogates (module docstring).
 
@@ -143,13 +152,19 @@ def surrogate_section(
     from ..surrogate import attribute, faithfulness, fit_kglm, kglm_logits
 
     info = ntk.KERNELS[kernel]
-    kernel_fn = ntk.kernel(kernel, apply_fn)
+    kernel_fn = kernel_factory(kernel, projection)(apply_fn)
     n_classes = net_logits.shape[2]
     cols, top_idx, top_val, sur_pred = [], [], [], []
     for p in progress(params_list, total=len(names), desc="surrogates", enabled=progress_bar):
-        k_tr = jnp.asarray(cache.get(f"surrogate kernel {kernel}", (p, x_tr), functools.partial(kernel_fn, p, x_tr)))
+        k_tr = jnp.asarray(
+            cache.get(f"surrogate kernel {kernel} {projection!r}", (p, x_tr), functools.partial(kernel_fn, p, x_tr))
+        )
         k_te = jnp.asarray(
-            cache.get(f"surrogate cross kernel {kernel}", (p, x_te, x_tr), functools.partial(kernel_fn, p, x_te, x_tr))
+            cache.get(
+                f"surrogate cross kernel {kernel} {projection!r}",
+                (p, x_te, x_tr),
+                functools.partial(kernel_fn, p, x_te, x_tr),
+            )
         )
         model = fit_kglm(
             k_tr,
