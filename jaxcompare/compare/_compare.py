@@ -282,9 +282,10 @@ def compare_models(
       projection: ``jc.structured_projection(key, dim)`` (or ``jc.random_projection``): both kernel sections then
         use the kernel of projected gradients (``kernel="trntk"`` → ``"proj_trntk"``, ``"pntk"`` → ``"proj_pntk"``;
         the unnormalized kernels have no projected variant), the same projection for every model — for models
-        too large for exact kernels (features linear in the points: a quarter-width ResNet-18's 1024 points in
-        about a quarter of the exact kernel's time; CKA between projected kernels carries their error, about
-        0.001–0.01 in mean |Δcos| at ``dim = 1024``).
+        too large for exact kernels. The features cost time linear in the points, the exact kernel quadratic:
+        on a quarter-width ResNet-18 the sketch was 1.4× faster at 256 points and about 4× at 1024
+        (``docs/benchmarks.md``); CKA between projected kernels carries their error (mean |Δcos| about 0.001 there
+        at ``dim = 1024``).
       progress_bar: progress on stderr (``None``: on unless ``JAXCOMPARE_PROGRESS=0``).
 
     Returns:
