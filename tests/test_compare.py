@@ -701,6 +701,7 @@ def test_spectra_options_read_stacked_layers_and_are_checked_before_the_models_r
         w = ps[1]["ScanBlock"]["Dense_0"]["kernel"][j]
         assert lay["lambda_max"] == pytest.approx(np.linalg.eigvalsh(w.T @ w / d)[-1], rel=1e-6)
     assert res.settings["spectra_options"]["stacked"] == "ScanBlock" and res.settings["spectra_warnings"] == []
+    assert {lay["note"] for lay in layers} == {""}  # not "pass a key for the p-value": the section has no key
     assert "stacked=ScanBlock" in open(res.report(tmp_path / "a"), encoding="utf-8").read()
 
     with pytest.warns(UserWarning, match="looks stacked"):

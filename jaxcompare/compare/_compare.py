@@ -547,6 +547,7 @@ def _spectra(params_list, names, options, skipped, progress_bar) -> tuple[dict |
     bootstrap p-value): ``(spectra, {"columns": per-model row columns, "options", "warnings"})``, or ``(None,
     None)`` with the reason in ``skipped`` when a model has no weight matrix to analyse."""
     from ..spectra import analyze_params
+    from ..spectra._layers import NO_BOOTSTRAP_NOTE
 
     if options is None:
         options = {}
@@ -575,6 +576,9 @@ def _spectra(params_list, names, options, skipped, progress_bar) -> tuple[dict |
                 seen.append(text)
                 warnings.warn(text, w.category, stacklevel=3)
         out[name] = to_jsonable(res.to_dict(eigenvalues=False))
+        for lay in out[name].get("layers", []):  # the section runs without the p-value: no advice to pass a key
+            if lay.get("note") == NO_BOOTSTRAP_NOTE:
+                lay["note"] = ""
         alphas = [lay["alpha"] for lay in res.rows if np.isfinite(lay["alpha"])]
         columns.append({
             "spectral_outliers": int(sum(lay["n_outliers"] for lay in res.rows)),

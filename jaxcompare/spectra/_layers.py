@@ -261,6 +261,9 @@ def _parse_args(args) -> tuple[Any, Any]:
     raise TypeError(f"analyze_params takes ([key,] params): 1 or 2 positional arguments, got {len(args)}.")
 
 
+NO_BOOTSTRAP_NOTE = "no bootstrap (pass a key for the p-value)"
+
+
 def _tail_fit(key, lam: np.ndarray, dtype, opts: dict) -> tuple[dict, str]:
     """Power-law tail of the positive eigenvalues (NaN fields plus a note when there is no tail to fit)."""
     nan = {"alpha": np.nan, "xmin": np.nan, "ks": np.nan, "alpha_sigma": np.nan, "n_tail": 0, "p_value": np.nan}
@@ -274,7 +277,7 @@ def _tail_fit(key, lam: np.ndarray, dtype, opts: dict) -> tuple[dict, str]:
     out = {"alpha": float(f.alpha), "xmin": float(f.xmin), "ks": float(f.ks), "alpha_sigma": float(f.sigma),
            "n_tail": int(f.n_tail), "p_value": np.nan}  # fmt: skip
     if key is None:
-        return out, "no bootstrap (pass a key for the p-value)"
+        return out, NO_BOOTSTRAP_NOTE
     g = powerlaw_gof(key, x, n_boot=opts["n_boot"], ks=opts["ks"], min_tail=opts["min_tail"],
                      max_candidates=opts["boot_candidates"])  # fmt: skip
     out["p_value"] = float(g.p_value)
