@@ -42,6 +42,49 @@ def test_store_fingerprints_the_model(tmp_path):
     )
 
 
+_SET_MODEL = """
+import jax, jax.numpy as jnp, numpy as np, jaxcompare as jc, sys
+
+ACT = "tanh"
+
+def f(p, x):
+    h = x @ p["w1"]
+    h = jnp.tanh(h) if ACT in {"tanh", "gelu", "relu", "sigmoid", "swish"} else h
+    return h @ p["w2"]
+
+rng = np.random.default_rng(0)
+p = {"w1": rng.standard_normal((4, 6)), "w2": rng.standard_normal((6, 3))}
+x = rng.standard_normal((8, 4))
+share = int(sys.argv[2])
+k = jc.kernel_to_disk(jc.trace_ntk(f), p, x, path=sys.argv[1], block_size=4, progress_bar=False,
+                      process_index=share, process_count=2)
+print("done", share)
+"""
+
+
+def test_store_fingerprint_does_not_depend_on_the_hash_seed(tmp_path):
+    """A model whose code holds a set literal (``act in {"tanh", "gelu"}``) got another fingerprint in every
+    process (the set's repr follows string hashing, randomised per process), so the second share of an array job
+    was refused as "a different model". Two processes with different PYTHONHASHSEED now share one store, and the
+    kernel is the in-memory one."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "setmodel.py"
+    script.write_text(_SET_MODEL)
+    for share, seed in ((0, "1"), (1, "2")):
+        env = dict(os.environ, PYTHONHASHSEED=seed, JAX_PLATFORMS="cpu", JAX_ENABLE_X64="1")
+        r = subprocess.run([sys.executable, str(script), str(tmp_path / "st"), str(share)], env=env,
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert r.returncode == 0 and f"done {share}" in r.stdout, r.stderr[-2000:]
+    ns: dict = {}
+    exec(compile(_SET_MODEL.split("share =")[0], "setmodel", "exec"), ns)  # the model, params and inputs
+    np.testing.assert_allclose(
+        jc.load_kernel(tmp_path / "st"), np.asarray(jc.trace_ntk(ns["f"])(ns["p"], ns["x"])), rtol=1e-12
+    )
+
+
 def test_store_detects_truncated_replaced_and_edited_files(tmp_path):
     f, p, x = _data()
     want = oracle_kernels(f, p, x, x)["trntk"]

@@ -87,6 +87,21 @@ def _update_code(h: Any, obj: Any, depth: int, seen: set) -> None:
         _update_value(h, d, depth + 1, seen)
 
 
+def _stable_repr(c: Any) -> str:
+    """``repr`` of a constant in an order that does not depend on the process: a set's (``x in {"a", "b"}``
+    compiles to a frozenset) follows string hashing, which ``PYTHONHASHSEED`` randomises per process, so the same
+    model got another fingerprint in every run and no store or cache could be resumed."""
+    if isinstance(c, (set, frozenset)):
+        return type(c).__name__ + "{" + ", ".join(sorted(_stable_repr(e) for e in c)) + "}"
+    if isinstance(c, tuple) and _holds_set(c):
+        return "(" + ", ".join(_stable_repr(e) for e in c) + ",)"
+    return _ADDRESS.sub("", repr(c))  # everything else as before: the fingerprints of existing stores stand
+
+
+def _holds_set(c: Any) -> bool:
+    return isinstance(c, (set, frozenset)) or (isinstance(c, tuple) and any(_holds_set(e) for e in c))
+
+
 def _update_code_object(h: Any, code: types.CodeType) -> None:
     h.update(code.co_code)
     h.update(repr(code.co_names).encode())
@@ -94,7 +109,7 @@ def _update_code_object(h: Any, code: types.CodeType) -> None:
         if isinstance(c, types.CodeType):
             _update_code_object(h, c)
         else:
-            h.update(_ADDRESS.sub("", repr(c)).encode())
+            h.update(_stable_repr(c).encode())
 
 
 def _update_value(h: Any, v: Any, depth: int, seen: set) -> None:
@@ -104,6 +119,8 @@ def _update_value(h: Any, v: Any, depth: int, seen: set) -> None:
         _update_leaf(h, v)
     elif isinstance(v, (bool, int, float, complex, str, bytes, type(None))):
         h.update(repr(v).encode())
+    elif isinstance(v, (set, frozenset)):
+        h.update(_stable_repr(v).encode())
     elif isinstance(v, (tuple, list)) and len(v) <= 64:
         for x in v:
             _update_value(h, x, depth + 1, seen)
