@@ -949,6 +949,39 @@ def test_projected_kernel_sections(tiny_kernel_run):
         compare_models(jax.random.key(2), _tiny_mlp, ps, x, y, sections=("alpha",), projection=proj)
 
 
+def test_surrogate_training_points_hold_every_class():
+    """The surrogates' training subsample was plain: 256 of 512 points could miss a class of 10, and the balanced
+    kGLM failed after every kernel was computed. Now the subsample holds a point of each class, and training
+    labels without some class (or too few training points for the classes) are refused before any kernel."""
+    from jaxcompare.compare._kernels import covering_subsample
+
+    rng = np.random.default_rng(0)
+    labels = np.concatenate([rng.integers(0, 7, 497), [7, 8, 9]])  # three classes of one point each
+    seen = set()
+    for seed in range(200):
+        idx = covering_subsample(jax.random.key(seed), labels, 12)
+        assert idx.size == 12 and np.unique(idx).size == 12 and np.all(np.diff(idx) > 0)
+        assert set(labels[idx].tolist()) == set(range(10))
+        seen.add(tuple(idx))
+    assert len(seen) == 200  # random subsets, not one fixed set
+    one = covering_subsample(jax.random.key(3), labels, 12)
+    np.testing.assert_array_equal(covering_subsample(jax.random.key(3), labels, 12), one)  # same key, same subset
+    np.testing.assert_array_equal(covering_subsample(jax.random.key(0), labels[:5], 12), np.arange(5))
+
+    x = rng.standard_normal((40, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 40)
+    xt = rng.standard_normal((60, 5)).astype(np.float32)
+    yt = np.concatenate([rng.integers(0, 2, 59), [2]])  # class 2: one training point
+    ps = [{"w1": rng.standard_normal((5, 8)), "w2": rng.standard_normal((8, 3))} for _ in range(3)]
+    kw = dict(sections=("surrogate",), n_kernel_points=8, n_surrogate_train=6, attribution_k=2, progress_bar=False)
+    res = compare_models(jax.random.key(0), _tiny_mlp, ps, x, y, x_train=xt, y_train=yt, **kw)
+    assert 59 in res.arrays["surrogate_train_points"].tolist() and res.surrogate["n_train"] == 6
+    with pytest.raises(ValueError, match=r"no point of class\(es\) \[2\] of the models' 3"):
+        compare_models(jax.random.key(0), _tiny_mlp, ps, x, y, x_train=xt, y_train=np.where(yt == 2, 0, yt), **kw)
+    with pytest.raises(ValueError, match="cannot hold one training point of each of the 3 classes"):
+        compare_models(jax.random.key(0), _tiny_mlp, ps, x, y, x_train=xt, y_train=yt, **{**kw, "n_surrogate_train": 2})
+
+
 def test_kernel_sections_selection_and_errors():
     rng = np.random.default_rng(0)
     ps = [{"w1": rng.standard_normal((5, 8)), "w2": rng.standard_normal((8, 3))} for _ in range(3)]

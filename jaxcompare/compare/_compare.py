@@ -23,7 +23,14 @@ from ..ntk._inputs import describe, is_array, take_rows, validate_pair, validate
 from ..trimming import ensemble_alpha_hat
 from ._cache import ArrayCache
 from ._findings import ALL_STATISTICS, findings_sentences, flag_bounds
-from ._kernels import kernel_factory, kernel_names, similarity_section, subsample, surrogate_section
+from ._kernels import (
+    covering_subsample,
+    kernel_factory,
+    kernel_names,
+    similarity_section,
+    subsample,
+    surrogate_section,
+)
 from ._result import ComparisonResult, to_jsonable
 
 __all__ = ["compare_models", "SECTIONS"]
@@ -401,6 +408,8 @@ def compare_models(
     if x_train is not None:
         xt = x_train
         yt = np.asarray(check_labels(y_train, "y_train", n_classes, length=inputs_size(xt)))
+        if "surrogate" in sections:  # before the training logits and every kernel, not in the last section
+            _check_surrogate_classes(yt, n_classes, n_surrogate_train)
         lt = _logits(apply_fn, params_list, xt, n_classes, batch_size, "x_train", progress_bar, cache)
         for i, r in enumerate(rows):
             r["train_accuracy"] = float(accuracy(lt[i], yt))
@@ -432,7 +441,7 @@ def compare_models(
         )
     floors: dict[str, float] = {}
     kern = _kernel_settings(
-        key, sections, n_test, n_kernel_points, xt, n_surrogate_train, kernel_name, settings, arrays
+        key, sections, n_test, n_kernel_points, yt, n_surrogate_train, kernel_name, settings, arrays
     )
     if projection is not None and "test" in kern:
         settings.update(projection=repr(projection))
@@ -487,16 +496,34 @@ def compare_models(
     )
 
 
-def _kernel_settings(key, sections, n_test, n_points, xt, n_train, kernel, settings, arrays) -> dict[str, Any]:
-    """Subsamples of the kernel sections (keys folded from ``key``: the α̂ bootstrap keeps its own stream)."""
+def _check_surrogate_classes(yt: np.ndarray, n_classes: int, n_train: int) -> None:
+    """The surrogates' kGLM weighs classes by their frequency ("balanced"): every class needs training points,
+    and the subsample one of each (:func:`covering_subsample`)."""
+    missing = sorted(set(range(n_classes)) - set(np.unique(yt).tolist()))
+    if missing:
+        raise ValueError(
+            f"y_train has no point of class(es) {missing[:10]} of the models' {n_classes}: the surrogate section's "
+            "kGLM needs every class in its training points; add training points of those classes or leave "
+            "'surrogate' out of sections."
+        )
+    if min(n_train, yt.shape[0]) < n_classes:
+        raise ValueError(
+            f"n_surrogate_train = {n_train} cannot hold one training point of each of the {n_classes} classes; "
+            f"use at least {n_classes}."
+        )
+
+
+def _kernel_settings(key, sections, n_test, n_points, yt, n_train, kernel, settings, arrays) -> dict[str, Any]:
+    """Subsamples of the kernel sections (keys folded from ``key``: the α̂ bootstrap keeps its own stream); the
+    surrogates' training points hold every class (``yt``: the training labels, None without training data)."""
     k_sub, k_perm, k_train = jax.random.split(jax.random.fold_in(key, 1), 3)
     out: dict[str, Any] = {"k_perm": k_perm}
-    if "similarity" in sections or ("surrogate" in sections and xt is not None):
+    if "similarity" in sections or ("surrogate" in sections and yt is not None):
         out["test"] = subsample(k_sub, n_test, n_points)
         arrays["kernel_points"] = out["test"]
         settings.update(kernel=kernel, n_kernel_points=int(out["test"].size))
-    if "surrogate" in sections and xt is not None:
-        out["train"] = subsample(k_train, inputs_size(xt), n_train)
+    if "surrogate" in sections and yt is not None:
+        out["train"] = covering_subsample(k_train, yt, n_train)
         arrays["surrogate_train_points"] = out["train"]
         settings.update(n_surrogate_train=int(out["train"].size))
     return out
