@@ -95,9 +95,11 @@ def test_every_pool_member_has_alpha_zero_against_the_others(dtype):
     round an ulp below the member's own distance as the α̂ solver forms it (1 − 52/80 against 28/80): α̂ came out
     1e-7 — or 1.0 when the distance is pool mass outside the member's range, which no trimming reaches (seed 27:
     a member of scale 0.5 in a pool of scales up to 3). Oracle: SciPy's ks_2samp in float64 (the threshold is the
-    largest leave-one-out distance, raised by at most 8 ulps), and the definition (D ≤ δ ⇒ α̂ = 0)."""
+    largest leave-one-out distance, raised by at most 8 ulps), and the definition (D ≤ δ ⇒ α̂ = 0). The seeds are
+    those of 40 where the unraised threshold failed (float32: 13, 18, 27, 35; float64: 4, 13, 37) and one where it
+    did not (0)."""
     worst = 0.0
-    for seed in range(40):
+    for seed in (0, 4, 13, 18, 27, 35, 37):
         rng = np.random.default_rng(seed)
         n = int(rng.integers(20, 200))
         pool = (rng.standard_normal((5, n)) * rng.uniform(0.5, 3, (5, 1))).astype(dtype)

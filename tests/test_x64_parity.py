@@ -125,7 +125,12 @@ def test_rank_statistics_keep_the_order_of_float64_inputs_without_x64():
     np.testing.assert_allclose(child["ks"], [ks, float(trimmed_ks(c, r, 0.2))], rtol=1e-6)
     assert child["big"] == 1.0 and child["near"] == 1.0 and child["w1"] == 2.0**32
     np.testing.assert_allclose(child["recipe"], float(recipe_alpha(c, np.stack([r, r + 1e-10]), threshold=0.05)))
-    np.testing.assert_allclose(child["pool"], float(pool_threshold(np.stack([c[:50], r[:50], r[30:]]))), rtol=1e-6)
+    # the pool threshold is the largest leave-one-out KS distance raised by 8 ulps of the dtype it is computed
+    # in (float32 in the child)
+    rows = np.stack([c[:50], r[:50], r[30:]])
+    loo = max(scipy.stats.ks_2samp(rows[i], np.delete(rows, i, axis=0).ravel()).statistic for i in range(3))
+    assert loo <= child["pool"] <= loo + 10 * np.finfo(np.float32).eps
+    assert loo <= float(pool_threshold(rows)) <= loo + 10 * np.finfo(np.float64).eps
     assert "must lie in" in child["churn"]
 
 
