@@ -227,7 +227,8 @@ def test_ntk_command_store_resumes_and_splits_over_processes(capsys, ntk_files, 
     np.save(tmp_path / "x2.npy", x + 1.0)
     other = [a if a != "x.npy" else str(tmp_path / "x2.npy") for a in base]
     rc, so, se = run_main(capsys, *other)
-    assert rc == 2 and "holds a kernel run with different inputs" in se
+    assert rc == 2 and "--store: " in se and "holds a kernel run with different inputs" in se
+    assert "pass --overwrite" in se and "overwrite=True" not in se  # the command's flag, not the library's argument
     rc, so, se = run_main(capsys, *other, "--overwrite")
     assert rc == 0
     for args, needle in (

@@ -708,7 +708,7 @@ def test_spectra_options_read_stacked_layers_and_are_checked_before_the_models_r
         plain = compare_models(jax.random.key(0), fn, ps, x, y, sections=("spectra",), progress_bar=False)
     assert [lay["shape"] for lay in plain.spectra["model 0"]["layers"]] == [[n_layers, d, d]]
     (warning,) = plain.settings["spectra_warnings"]  # one warning for the two models
-    assert "looks stacked" in warning
+    assert "looks stacked" in warning and "Pass spectra_options={'stacked': 'ScanBlock'} (CLI --stacked" in warning
     assert "looks stacked" in open(plain.report(tmp_path / "b"), encoding="utf-8").read()
 
     calls.clear()
@@ -918,6 +918,87 @@ def test_cache_dir_resumes_an_interrupted_comparison(tmp_path, tiny_kernel_run, 
     assert other.settings["cache_read"] == 0
     with pytest.raises(ValueError, match="is an existing file"):
         compare_models(jax.random.key(2), _tiny_mlp, ps, x, y, cache_dir=victim, **kw)
+
+
+_BWD_SCALE = 1.0
+
+
+@jax.custom_vjp
+def _act(z):
+    return jnp.tanh(z)
+
+
+def _act_fwd(z):
+    return jnp.tanh(z), z
+
+
+def _act_bwd(z, g):
+    return (_BWD_SCALE * g * (1.0 - jnp.tanh(z) ** 2),)
+
+
+_act.defvjp(_act_fwd, _act_bwd)
+
+
+def _custom_mlp(p, x):
+    return _act(x @ p["w1"]) @ p["w2"]
+
+
+def test_cache_entries_name_what_they_are_computed_from(tmp_path, tiny_kernel_run, monkeypatch):
+    """What helper audits found the cache keyed or kept wrongly: a changed custom backward rule (same code, same
+    forward) read the old kernels; a model that needs whole batches was traced on one row; 16-bit logits failed
+    the probability checks; an entry that is a zip archive crashed the read; NaN logits were kept; an entry of
+    another format version was called damaged; a refused run left an empty cache directory. Oracles: the same
+    calls without a cache, and the arrays on disk."""
+    ps, x, y, *_ = tiny_kernel_run
+    kw = dict(sections=("similarity",), n_kernel_points=24, n_permutations=19, progress_bar=False)
+    cache = tmp_path / "cache"
+    first = compare_models(jax.random.key(2), _custom_mlp, ps, x, y, cache_dir=cache, **kw)
+    assert first.settings["cache_computed"] == 8  # logits and similarity kernel of 4 models
+    monkeypatch.setattr(sys.modules[__name__], "_BWD_SCALE", 3.0)  # the backward rule changes, the forward not
+    changed = compare_models(jax.random.key(2), _custom_mlp, ps, x, y, cache_dir=cache, **kw)
+    assert changed.settings["cache_read"] == 0
+    plain = compare_models(jax.random.key(2), _custom_mlp, ps, x, y, **kw)
+    assert changed.similarity["cka"] == plain.similarity["cka"]
+    monkeypatch.undo()
+
+    def paired(p, xb):  # rows come in pairs (no kernel of it): a batch of one row cannot be traced
+        pairs = xb.reshape(-1, 2, xb.shape[1]).mean(axis=1)
+        return jnp.repeat(_tiny_mlp(p, pairs), 2, axis=0) + _tiny_mlp(p, xb)
+
+    alpha = dict(sections=("alpha",), n_boot=20, progress_bar=False)
+    one = compare_models(jax.random.key(2), paired, ps, x, y, cache_dir=cache, batch_size=8, **alpha)
+    again = compare_models(jax.random.key(2), paired, ps, x, y, cache_dir=cache, batch_size=8, **alpha)
+    assert (one.settings["cache_computed"], again.settings["cache_read"]) == (4, 4)
+
+    def half(p, xb):
+        return _tiny_mlp(p, xb).astype(jnp.bfloat16)
+
+    widened = compare_models(jax.random.key(2), lambda p, xb: half(p, xb).astype(jnp.float32), ps, x, y, **alpha)
+    for cache_dir in (None, tmp_path / "bf16"):
+        res = compare_models(jax.random.key(2), half, ps, x, y, cache_dir=cache_dir, **alpha)
+        assert [r["alpha_hat"] for r in res.rows] == [r["alpha_hat"] for r in widened.rows]
+
+    entries = sorted(cache.glob("*.npy"), key=lambda f: f.stat().st_mtime_ns)[-2:]  # two of paired's logits
+    np.savez(entries[0], a=np.load(entries[0]))  # a zip archive under the entry's name
+    os.replace(str(entries[0]) + ".npz", entries[0])
+    meta = entries[1].with_suffix(".json")
+    meta.write_text(meta.read_text().replace('"version": 1', '"version": 0'))
+    with pytest.warns(RuntimeWarning) as seen:
+        compare_models(jax.random.key(2), paired, ps, x, y, cache_dir=cache, batch_size=8, **alpha)
+    said = " ".join(str(w.message) for w in seen)
+    assert "does not match its record" in said and "another cache format (version 0, this one 1)" in said
+
+    def nan_logits(p, xb):
+        return _tiny_mlp(p, xb) * jnp.nan
+
+    fresh = tmp_path / "never" / "made"
+    with pytest.raises(ValueError, match="logits of model 0"):
+        compare_models(jax.random.key(2), nan_logits, ps, x, y, cache_dir=fresh, **kw)
+    assert not (tmp_path / "never").exists()
+    before = len(list(cache.glob("*.npy")))
+    with pytest.raises(ValueError, match="logits of model 0"):
+        compare_models(jax.random.key(2), nan_logits, ps, x, y, cache_dir=cache, **kw)
+    assert len(list(cache.glob("*.npy"))) == before
 
 
 def test_projected_kernel_sections(tiny_kernel_run):
@@ -1144,7 +1225,10 @@ def test_command_checks_out_and_seed_before_any_work(tmp_path, untrained, model_
     assert "seed" in capsys.readouterr().err
     # the spectra section's layout options: checked before the models run, refused where they cannot apply
     rc = main([*base, str(untrained["data"]), "--out", str(tmp_path / "t"), "--sections", "alpha", "--stacked", "X"])
-    assert rc == 2 and "--stacked applies to the spectra section" in capsys.readouterr().err
+    assert rc == 2 and "--stacked apply to the spectra section" in capsys.readouterr().err
+    rc = main([*base, str(untrained["data"]), "--out", str(tmp_path / "t"), "--sections", "alpha", "--conv", "slices",
+               "--heads", "split"])  # fmt: skip
+    assert rc == 2 and "--conv, --heads apply to the spectra section" in capsys.readouterr().err
     rc = main([*base, str(untrained["data"]), "--out", str(tmp_path / "u"), "--sections", "spectra", "--stacked", "X"])
     assert rc == 2 and "matched no parameter" in capsys.readouterr().err and not (tmp_path / "u").exists()
     rc = main([*base, str(untrained["data"]), "--out", str(tmp_path / "v"), "--sections", "alpha", "--projection",

@@ -287,8 +287,22 @@ def test_finished_stores_on_read_only_storage_are_read_not_refused(tmp_path, rea
         _pg(tmp_path / "p", x=X + 1.0)
     with pytest.raises(PermissionError, match="1 do not match their checksums"):
         _k2d(tmp_path / "k_bad")
-    with pytest.raises(PermissionError, match="1 of 3 tiles are not written yet"):
+    with pytest.raises(PermissionError, match="1 of 3 tiles are not written yet") as half:
         _k2d(tmp_path / "k_half")
+    assert "rerun kernel_to_disk" not in str(half.value)  # advice that cannot work on read-only storage
     with pytest.raises(PermissionError, match="no kernel_to_disk ledger"):
         _k2d(tmp_path / "p")
+    p64, x64 = jax.tree_util.tree_map(np.asarray, P), np.asarray(X)
+    with jax.enable_x64(False):  # the stores were written with x64 on: the refusal names the mode, not "inputs"
+        with pytest.raises(PermissionError, match="another numeric mode .*jax_enable_x64 was on .* off now"):
+            jc.kernel_to_disk(K, p64, x64, path=tmp_path / "k", block_size=4)
+        with pytest.raises(PermissionError, match="another numeric mode .*jax_enable_x64 was on .* off now"):
+            jc.project_gradients(F, p64, x64, PROJ, block_size=3, path=tmp_path / "p")
     assert {d: (sorted(os.listdir(tmp_path / d)), _snapshot(tmp_path / d)) for d in dirs} == before  # nothing written
+    gone = tmp_path / "p_gone"
+    shutil.copytree(tmp_path / "p", gone)
+    os.chmod(gone, 0o755)
+    (gone / "features.npy").unlink()
+    read_only_dirs(gone)
+    with pytest.raises(PermissionError, match="features.npy is missing"):
+        _pg(gone)

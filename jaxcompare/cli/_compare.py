@@ -107,7 +107,7 @@ def add_parser(subparsers: Any, **kwargs: Any) -> argparse.ArgumentParser:
     c.add_argument("--surrogate-train", type=int, default=500, help="training points of the kernel surrogates")
     from ._spectra import add_layout_arguments
 
-    add_layout_arguments(c)  # the spectra section's --conv/--heads/--stacked
+    add_layout_arguments(c, defaults=False)  # the spectra section's --conv/--heads/--stacked
     c.add_argument("--batch-size", type=int, default=None, help="evaluate the model on this many points at a time")
     c.add_argument("--seed", type=seed_type, default=0, help="PRNG seed of the bootstrap")
     c.add_argument(
@@ -261,8 +261,10 @@ def _run(args: argparse.Namespace) -> int:
         bad = [s for s in sections if s not in SECTIONS]
         if bad:
             raise ValueError(f"--sections: unknown section(s) {bad}; choose from {', '.join(SECTIONS)}")
-    if args.stacked is not None and "spectra" not in sections:
-        raise ValueError("--stacked applies to the spectra section, which --sections leaves out")
+    layout = _layout(args)
+    if layout and "spectra" not in sections:
+        flags = ", ".join(f"--{k}" for k in layout)
+        raise ValueError(f"{flags} apply to the spectra section, which --sections leaves out")
     if args.projection is not None and not {"similarity", "surrogate"} & set(sections):
         raise ValueError(
             "--projection applies to the kernel sections (similarity, surrogate), which --sections leaves out"
@@ -323,9 +325,7 @@ def _compare_into(args: argparse.Namespace, sections: tuple) -> int:
         n_permutations=args.permutations,
         n_surrogate_train=args.surrogate_train,
         batch_size=args.batch_size,
-        spectra_options=(
-            {"conv": args.conv, "heads": args.heads, "stacked": args.stacked} if "spectra" in sections else None
-        ),
+        spectra_options=(_layout(args) or None) if "spectra" in sections else None,
         cache_dir=None if args.no_cache else os.path.join(args.out, "cache"),
         projection=projection,
     )
@@ -352,3 +352,8 @@ def _compare_into(args: argparse.Namespace, sections: tuple) -> int:
         f"{os.path.join(args.out, 'models.csv')})"
     )
     return 0
+
+
+def _layout(args) -> dict:
+    """The spectra section's layout flags that were given (``--conv``, ``--heads``, ``--stacked``)."""
+    return {k: getattr(args, k) for k in ("conv", "heads", "stacked") if getattr(args, k) is not None}

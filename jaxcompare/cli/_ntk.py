@@ -185,6 +185,9 @@ def _to_store(args, kernel_fn, params, x1, x2):
                 kernel_fn, params, x1, x2, path=args.store, block_size=args.block_size, overwrite=args.overwrite,
                 process_index=args.process_index, process_count=args.process_count,
             )  # fmt: skip
+    except (ValueError, PermissionError, RuntimeError) as e:  # the store's refusals, in the command's own words
+        msg = str(e).replace("pass overwrite=True", "pass --overwrite").replace("overwrite=True", "--overwrite")
+        raise type(e)(f"--store: {msg}") from None
     except KeyboardInterrupt:
         print(
             f"jaxcompare ntk: the tiles written so far are kept in {args.store}; rerun the same command to resume",

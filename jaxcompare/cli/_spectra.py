@@ -10,21 +10,21 @@ from ._io import CLIError, check_output_dir
 __all__ = ["add_layout_arguments", "add_parser", "cmd_spectra"]
 
 
-def add_layout_arguments(parser) -> None:
+def add_layout_arguments(parser, *, defaults: bool = True) -> None:
     """``--conv``, ``--heads``, ``--stacked``: how the weight tensors are read as matrices (``spectra``, and the
-    spectra section of ``compare``)."""
+    spectra section of ``compare``, where they default to ``None``: a flag given without that section is refused)."""
     parser.add_argument(
         "--conv",
         choices=["flatten", "slices"],
-        default="flatten",
-        help="convolution kernels as one patch matrix (flatten) or pooled (cin, cout) slices",
+        default="flatten" if defaults else None,
+        help="convolution kernels as one patch matrix (flatten, the default) or pooled (cin, cout) slices",
     )
     parser.add_argument(
         "--heads",
         choices=["merge", "split"],
-        default="merge",
+        default="merge" if defaults else None,
         help="attention kernels with a heads axis ((d, heads, head_dim), flax DenseGeneral) as one map d -> "
-        "heads·head_dim (merge) or pooled per-head matrices (split)",
+        "heads·head_dim (merge, the default) or pooled per-head matrices (split)",
     )
     parser.add_argument(
         "--stacked",

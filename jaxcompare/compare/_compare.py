@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -73,13 +74,11 @@ def _logits(
     bs = n if batch_size is None else batch_size
 
     def forward(p):
-        parts = [np.asarray(fn(p, take_rows(x, s, s + bs))) for s in range(0, n, bs)]
+        parts = [_float_logits(fn(p, take_rows(x, s, s + bs))) for s in range(0, n, bs)]
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
-    for i, p in enumerate(
-        progress(params_list, total=len(params_list), desc=f"forward ({what})", enabled=progress_bar)
-    ):
-        z = cache.get(f"logits on {what}", (p, x, f"batch {bs}"), functools.partial(forward, p))
+    def check(i, z):
+        nonlocal n_classes
         if z.ndim != 2 or z.shape[0] != n or z.shape[1] < 2:
             raise ValueError(
                 f"apply_fn(params, x) must return (N, C) logits with N = {n} and C >= 2; "
@@ -89,8 +88,35 @@ def _logits(
             raise ValueError(f"model {i} returns {z.shape[1]} classes, model 0 returns {n_classes}.")
         n_classes = z.shape[1]
         check_finite(z, f"logits of model {i} on {what}")
+
+    for i, p in enumerate(
+        progress(params_list, total=len(params_list), desc=f"forward ({what})", enabled=progress_bar)
+    ):
+        z = cache.get(
+            f"logits on {what}", (p, x, f"batch {bs}"), functools.partial(forward, p), functools.partial(check, i)
+        )
+        check(i, z)  # a stored entry was checked when it was kept; its shape is checked against this call's
         out.append(z)
     return np.stack(out)
+
+
+def _float_logits(z: Any) -> np.ndarray:
+    """Logits on the host, half precision (float16, bfloat16) widened to float32: the probabilities and scores
+    of 16-bit logits did not sum to 1 within the checks' tolerance (and ``.npy`` cannot hold bfloat16)."""
+    z = np.asarray(z)
+    if z.dtype.kind == "V" or (z.dtype.kind == "f" and z.dtype.itemsize < 4):
+        z = z.astype(np.float32)
+    return z
+
+
+def _compare_words(text: str) -> str:
+    """A warning of ``analyze_params`` in the words of a comparison: its ``stacked=`` argument is
+    ``spectra_options={'stacked': …}`` here (``--stacked`` on the command line)."""
+    return re.sub(
+        r"Pass stacked= \(a regular expression of the stacked paths, e\.g\. stacked=('[^']*')\)",
+        r"Pass spectra_options={'stacked': \1} (CLI --stacked \1; a regular expression of the stacked paths)",
+        text,
+    )
 
 
 def _rows(x: Any, idx: np.ndarray) -> Any:
@@ -367,7 +393,7 @@ def compare_models(
     elif spectra_options is not None:
         raise ValueError("spectra_options were given but the 'spectra' section is not in sections.")
 
-    cache = ArrayCache(cache_dir, apply_fn, params_list[0], x)
+    cache = ArrayCache(cache_dir, apply_fn, params_list[0], x, min(inputs_size(x), batch_size or inputs_size(x)))
     logits = _logits(apply_fn, params_list, x, None, batch_size, "x_test", progress_bar, cache)  # (K, T, C)
     n_test, n_classes = logits.shape[1], logits.shape[2]
     if y.max() >= n_classes:
@@ -598,7 +624,7 @@ def _spectra(params_list, names, options, skipped, progress_bar) -> tuple[dict |
                 skipped["spectra"] = f"analyze_params refused model {name!r}: {str(e).splitlines()[0]}"
                 return None, None
         for w in caught:
-            text = str(w.message)
+            text = _compare_words(str(w.message))
             if text not in seen:
                 seen.append(text)
                 warnings.warn(text, w.category, stacklevel=3)

@@ -99,8 +99,13 @@ def similarity_section(
     bs = auto_block_size(inputs_size(x))
     what = f"similarity kernel {name} {projection!r}"
     kernels = [
-        cache.get(what, (p, x, f"block {bs}"), lambda p=p: model_kernel(factory, apply_fn, p, x, bs))
-        for p in progress(params_list, total=len(names), desc="kernels", enabled=progress_bar)
+        cache.get(
+            what,
+            (p, x, f"block {bs}"),
+            functools.partial(model_kernel, factory, apply_fn, p, x, bs),
+            functools.partial(_finite, f"{what} of model {names[i]!r}"),
+        )
+        for i, p in enumerate(progress(params_list, total=len(names), desc="kernels", enabled=progress_bar))
     ]
     res = similarity_of_kernels(key, kernels, names, name, label, n_permutations, True)
     cka = np.asarray(res.cka, np.float64)
@@ -123,6 +128,16 @@ def similarity_section(
         "resolution": floor,
     }
     return summary, mean_cka, floor
+
+
+def _finite(what: str, a: np.ndarray) -> None:
+    """Refuses a kernel with NaN or ±inf entries before it is kept or used."""
+    if a.dtype.kind in "fc" and not np.isfinite(a).all():
+        bad = int(np.size(a) - np.isfinite(a).sum())
+        raise FloatingPointError(
+            f"the {what} has {bad} NaN/inf entries of {a.size}: the model's gradients overflow or are undefined at "
+            "these points (in float16, compute the kernel in float32 or bfloat16)."
+        )
 
 
 def _jaccard_overlap(top: np.ndarray, ref_of: dict[int, list[int]]) -> np.ndarray:
@@ -170,15 +185,21 @@ def surrogate_section(
     kernel_fn = kernel_factory(kernel, projection)(apply_fn)
     n_classes = net_logits.shape[2]
     cols, top_idx, top_val, sur_pred = [], [], [], []
-    for p in progress(params_list, total=len(names), desc="surrogates", enabled=progress_bar):
+    for i, p in enumerate(progress(params_list, total=len(names), desc="surrogates", enabled=progress_bar)):
         k_tr = jnp.asarray(
-            cache.get(f"surrogate kernel {kernel} {projection!r}", (p, x_tr), functools.partial(kernel_fn, p, x_tr))
+            cache.get(
+                f"surrogate kernel {kernel} {projection!r}",
+                (p, x_tr),
+                functools.partial(kernel_fn, p, x_tr),
+                functools.partial(_finite, f"surrogate kernel of model {names[i]!r}"),
+            )
         )
         k_te = jnp.asarray(
             cache.get(
                 f"surrogate cross kernel {kernel} {projection!r}",
                 (p, x_te, x_tr),
                 functools.partial(kernel_fn, p, x_te, x_tr),
+                functools.partial(_finite, f"surrogate cross kernel of model {names[i]!r}"),
             )
         )
         model = fit_kglm(

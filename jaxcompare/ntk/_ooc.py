@@ -247,7 +247,7 @@ def kernel_to_disk(
 
     mode = numeric_mode((params, x1, x2))
     if read_only(root):  # an archived store: a finished kernel of these inputs is read, verified; nothing written
-        return _read_only_kernel(root, fp, model_fp, shape, dtype)
+        return _read_only_kernel(root, fp, model_fp, shape, dtype, mode)
     root.mkdir(parents=True, exist_ok=True)
     kpath = root / "kernel.npy"
     lock = DirLock(root)
@@ -317,29 +317,37 @@ def kernel_to_disk(
     return np.load(kpath, mmap_mode="r")
 
 
-def _read_only_kernel(root: Path, fp: str, model_fp: str, shape: tuple, dtype: np.dtype) -> np.memmap:
+def _read_only_kernel(root: Path, fp: str, model_fp: str, shape: tuple, dtype: np.dtype, mode: dict) -> np.memmap:
     """The finished kernel of a read-only store, when it is that of these inputs and passes :func:`load_kernel`'s
     checks; otherwise a ``PermissionError`` that says why it cannot be used."""
     state = _read_state(root / "state.json", True)
     if state is None:
         raise read_only_refusal(root, "kernel_to_disk", "it holds no kernel_to_disk ledger (state.json)")
     if state["fingerprint"] != fp or state["model"] != model_fp:
-        what = "inputs (params, x1, x2, kernel or block size)" if state["fingerprint"] != fp else "model"
-        raise read_only_refusal(
-            root,
-            "kernel_to_disk",
-            f"its kernel was computed with different {what} (or another jaxcompare/JAX version: jc.load_kernel(path) "
-            "reads a finished kernel, verified, without its inputs)",
-        )
+        changed, note = mode_change(state, dict(mode, dtype=dtype.str))
+        if changed:  # the likeliest cause, named: x64 or the inputs' dtypes differ from the run that wrote it
+            why = f"its kernel was computed in another numeric mode ({note}); restore that mode to read it"
+        else:
+            what = "inputs (params, x1, x2, kernel or block size)" if state["fingerprint"] != fp else "model"
+            why = (
+                f"its kernel was computed with different {what} (or another jaxcompare/JAX version: "
+                "jc.load_kernel(path) reads a finished kernel, verified, without its inputs)"
+            )
+        raise read_only_refusal(root, "kernel_to_disk", why)
     try:
         mm = load_kernel(root)
-    except (FileNotFoundError, ValueError) as e:
-        raise read_only_refusal(root, "kernel_to_disk", f"its kernel cannot be used ({e})") from None
+    except (FileNotFoundError, ValueError) as e:  # load_kernel's advice (rerun kernel_to_disk) cannot work here
+        raise read_only_refusal(root, "kernel_to_disk", f"its kernel cannot be used ({_without_advice(e)})") from None
     if mm.shape != shape or mm.dtype != dtype:  # matching fingerprints: an edited ledger
         raise read_only_refusal(
             root, "kernel_to_disk", f"its kernel has shape {mm.shape} and dtype {mm.dtype}, not {shape} and {dtype}"
         )
     return mm
+
+
+def _without_advice(e: Exception) -> str:
+    """An error's message without its closing "; rerun …" advice."""
+    return str(e).split("; rerun")[0].rstrip(".")
 
 
 def _block_for(root: Path, bs: int, n1: int, n2: int) -> int:

@@ -313,7 +313,7 @@ def features_to_disk(
     fp, model_fp = _fingerprints(apply_fn, params, x, projection, summed, bs, policy)
     store = _Store(root, block, nb, bs, n, pi, pc)
     if read_only(root):  # an archived store: finished features of these inputs are read, verified; nothing written
-        return _read_only_features(store, fp, model_fp)
+        return _read_only_features(store, fp, model_fp, numeric_mode((params, x)))
     root.mkdir(parents=True, exist_ok=True)
     lock = DirLock(root)
     missing: list[int] = []
@@ -376,7 +376,7 @@ def features_to_disk(
     return result
 
 
-def _read_only_features(store: _Store, fp: str, model_fp: str) -> np.memmap:
+def _read_only_features(store: _Store, fp: str, model_fp: str, mode: dict) -> np.memmap:
     """The assembled features of a read-only store, when they are those of these inputs and every block's rows
     match a recorded checksum; otherwise a ``PermissionError`` that says why they cannot be used."""
     root = store.root
@@ -384,18 +384,25 @@ def _read_only_features(store: _Store, fp: str, model_fp: str) -> np.memmap:
     if header is None:
         raise read_only_refusal(root, "project_gradients", "it holds no project_gradients ledger (state.json)")
     if header["fingerprint"] != fp or header.get("model", model_fp) != model_fp:
-        raise read_only_refusal(
-            root, "project_gradients", "its features are of other data, options, model or projection layout"
+        changed, note = mode_change(header, mode)
+        why = (
+            f"its features were computed in another numeric mode ({note}); restore that mode to read them"
+            if changed
+            else "its features are of other data, options, model or projection layout"
         )
+        raise read_only_refusal(root, "project_gradients", why)
     if not header.get("complete"):
         raise read_only_refusal(root, "project_gradients", "its features are not finished (features.npy unassembled)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # "reassembling": not here, the refusal says it
         mm = store.features(header, _recorded(_ledgers(root, header)))
     if mm is None:
-        raise read_only_refusal(
-            root, "project_gradients", "features.npy does not match the checksums of its blocks (edited or damaged)"
+        why = (
+            "features.npy does not match the checksums of its blocks (edited or damaged)"
+            if (root / "features.npy").exists()
+            else "its ledger says finished but features.npy is missing"
         )
+        raise read_only_refusal(root, "project_gradients", why)
     return mm
 
 
