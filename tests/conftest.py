@@ -36,21 +36,23 @@ def _release_compiled_programs():
         release_memory()
 
 
-# Seconds each test file took (the sum of its tests' times in `pytest -q -n 2 --dist loadfile --junitxml=...`,
-# 2026-11-30 13:16 UTC, 874 s wall). `make test` hands files to its two workers in this order, longest first
-# (`--no-loadscope-reorder`; xdist's default puts the files with the most tests first, which leaves the long files
-# with few tests — README examples, notebooks, the multi-process and multi-device runs — for the end, where one
-# worker may run them alone). Only the order depends on these numbers; a file not listed counts as short.
+# Seconds each test file took (the sum of its tests' times in `pytest -n 2 --dist loadfile --junitxml=...`,
+# 2026-12-02 00:07 UTC on a slow VM day, 1729 s wall; test_recipes was cut by ~100 s after). `make test` hands files
+# to its two workers in this order, longest first (`--no-loadscope-reorder`; xdist's default puts the files with the
+# most tests first, which leaves the long files with few tests — README examples, notebooks, the multi-process and
+# multi-device runs — for the end, where one worker may run them alone). Only the order depends on these numbers; a
+# file not listed counts as short.
 _FILE_SECONDS = {
-    "test_ntk_structured": 158, "test_docstrings": 145, "test_ntk": 116, "test_cli": 96, "test_readme": 78,
-    "test_notebooks": 77, "test_ntk_projection_scaling": 64, "test_ntk_architectures": 63, "test_lwr": 61,
-    "test_compare": 58, "test_conformance": 54, "test_calibration": 50, "test_distributed": 46, "test_similarity": 44,
-    "test_ntk_features": 42, "test_output_probes": 60, "test_ntk_sharded": 39, "test_recipes": 39,
-    "test_ntk_precision": 39, "test_ntk_inputs": 37, "test_study_sections": 34, "test_embed_stats": 34,
-    "test_ntk_guards": 30, "test_embed": 30,
-    "test_surrogate": 27, "test_lwr_theorems": 25, "test_spectra_layers": 22, "test_study": 22, "test_ntk_ooc": 19,
-    "test_compare_browser": 18, "test_surrogate_digits": 18, "test_result_convention": 17, "test_spectra": 16,
-    "test_trimming": 15, "test_trimming_protocol": 15, "test_metrics": 13,
+    "test_ntk_structured": 314, "test_cli": 309, "test_docstrings": 270, "test_notebooks": 163, "test_readme": 158,
+    "test_compare": 155, "test_ntk": 149, "test_ntk_architectures": 99, "test_ntk_projection_scaling": 97,
+    "test_lwr": 96, "test_ntk_guards": 93, "test_conformance": 86, "test_similarity": 80, "test_calibration": 77,
+    "test_recipes": 77, "test_distributed": 75, "test_output_probes": 74, "test_ntk_features": 67,
+    "test_ntk_sharded": 65, "test_ntk_precision": 60, "test_ntk_inputs": 59, "test_embed_stats": 57,
+    "test_study_sections": 57, "test_lwr_theorems": 51, "test_surrogate": 49, "test_trimming": 47,
+    "test_spectra_layers": 40, "test_embed": 34, "test_surrogate_digits": 33, "test_x64_parity": 32,
+    "test_project_disk": 31, "test_spectra": 30, "test_ntk_ooc": 28, "test_study": 28, "test_metrics": 27,
+    "test_result_convention": 26, "test_trimming_protocol": 26, "test_compare_browser": 18, "test_conv_native": 17,
+    "test_ntk_registry": 15, "test_embed_io": 14, "test_store_guards": 10,
 }  # fmt: skip
 
 
