@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from ntk_models import flax_cnn, mlp, oracle_kernels, shared_weight
+from ntk_models import flax_cnn, mlp, oracle_jacobian, oracle_kernels, shared_weight
 
 import jaxcompare as jc
 from jaxcompare.ntk import _structured as S
@@ -23,9 +23,46 @@ def _normal(seed, shape, scale=1.0):
     return scale * jax.random.normal(jax.random.key(seed), shape)
 
 
-def _check_against_oracle(f, p, x1, x2):
-    """The three structured code paths (full, trace, pseudo); normalization is shared code tested in test_ntk."""
-    o = oracle_kernels(f, p, x1, x2)
+def _kernels(j1, j2):
+    """full / trNTK⁰ / normalized trNTK / pNTK from float64 Jacobians ``(N, C, P)`` (the contractions of
+    ``ntk_models.oracle_kernels``)."""
+    k0 = np.einsum("icp,jcp->ij", j1, j2)
+    d1, d2 = np.einsum("icp,icp->i", j1, j1), np.einsum("icp,icp->i", j2, j2)
+    g1, g2 = j1.sum(1), j2.sum(1)
+    return dict(
+        full=np.einsum("icp,jdp->ijcd", j1, j2),
+        trntk0=k0,
+        trntk=k0 / np.sqrt(np.outer(d1, d2)),
+        pntk=g1 @ g2.T / j1.shape[1],
+    )
+
+
+_JACS: dict = {}
+
+
+def _jacobians(name, f, p, *xs):
+    """The float64 forward-mode oracle Jacobians (``ntk_models.oracle_jacobian``) of each of ``xs``, from one
+    compiled program over their concatenation, kept under ``name`` for the other tests of the same model and inputs
+    (compiling the oracle costs more than running it); the inputs are checked to be the ones kept."""
+    xs = [np.asarray(x) for x in xs]
+    hit = _JACS.get(name)
+    if hit is None or len(hit[0]) != len(xs) or not all(np.array_equal(a, b) for a, b in zip(hit[0], xs)):
+        j = oracle_jacobian(f, p, np.concatenate(xs))
+        cuts = np.cumsum([len(x) for x in xs])[:-1]
+        hit = _JACS[name] = (xs, np.split(j, cuts))
+    return hit[1]
+
+
+def _oracle(name, f, p, x1, x2):
+    """Oracle kernels ``(x1, x1)`` and ``(x1, x2)`` (see :func:`_jacobians`)."""
+    j1, j2 = _jacobians(name, f, p, x1, x2)
+    return _kernels(j1, j1), _kernels(j1, j2)
+
+
+def _check_against_oracle(f, p, x1, x2, o=None):
+    """The three structured code paths (full, trace, pseudo); normalization is shared code tested in test_ntk
+    (``o``: the oracle's kernels of ``(x1, x2)`` when already computed)."""
+    o = oracle_kernels(f, p, x1, x2) if o is None else o
     kw = dict(implementation="structured")
     np.testing.assert_allclose(jc.empirical_ntk(f, **kw)(p, x1, x2), o["full"], **TOL64)
     np.testing.assert_allclose(jc.trace_ntk(f, normalize=False, **kw)(p, x1, x2), o["trntk0"], **TOL64)
@@ -232,8 +269,9 @@ def test_elementwise_scales_and_shifts_against_oracle():
     assert sorted(names[l] for l in plan.fallback) == sorted(set(names) - {"W", "V"})  # per-example gradients
     assert all(r.startswith("structured") for r in plan.reasons)
     # the per-example gradients in each leaf's own entry order (a kernel cannot tell a permuted order)
-    _, _, j = S.factors(plan, p, x[:2], summed=False)
-    jac = jax.vmap(lambda xi: jax.jacrev(lambda q: f(q, xi[None])[0])(p))(x[:2])
+    # each side one compiled program (eagerly every op of the vmapped autodiff compiles on its own)
+    _, _, j = jax.jit(lambda q, xx: S.factors(plan, q, xx, summed=False))(p, x[:2])
+    jac = jax.jit(lambda q, xx: jax.vmap(lambda xi: jax.jacrev(lambda r: f(r, xi[None])[0])(q))(xx))(p, x[:2])
     for l, jm in zip(plan.fallback, j):
         np.testing.assert_allclose(jm, np.asarray(jac[names[l]]).reshape(jm.shape), **TOL64)
     _check_against_oracle(f, p, x, x[:3])
@@ -299,16 +337,9 @@ def test_conv_by_patches_matches_lax_conv_and_its_vjp(shape, w_shape, strides, p
     params = jax.make_jaxpr(conv)(x, w).jaxpr.eqns[0].params
     assert P.conv_ok(params)
     mine = lambda x, w: P.conv_by_patches(x, w, params)[0]  # noqa: E731
-    y, vjp_ref = jax.vjp(conv, x, w)
-    y2, vjp_mine = jax.vjp(mine, x, w)
-    np.testing.assert_allclose(y2, y, **TOL64)
-    ct = _normal(2, y.shape)
-    for a, b in zip(vjp_mine(ct), vjp_ref(ct)):
-        np.testing.assert_allclose(a, b, **TOL64)
     # both outputs (the product and its patches) differentiated, against autodiff of plain strided slices
     both = lambda x, w: P.conv_by_patches(x, w, params)  # noqa: E731
-    (_, pat), vjp_both = jax.vjp(both, x, w)
-    ct_p = _normal(3, pat.shape)
+    y_shape, pat_shape = jax.eval_shape(conv, x, w).shape, jax.eval_shape(both, x, w)[1].shape
 
     def plain(x, w):
         dn_ = params["dimension_numbers"]
@@ -316,13 +347,24 @@ def test_conv_by_patches_matches_lax_conv_and_its_vjp(shape, w_shape, strides, p
         wk = jnp.transpose(w, tuple(dn_.rhs_spec[2:]) + (dn_.rhs_spec[1], dn_.rhs_spec[0]))
         k = x.ndim - 2
         taps = tuple(int(t) for t in wk.shape[:k])
-        p = P._extract_patches.fun(a, taps, tuple(rhs_dil), tuple(strides)).reshape(pat.shape)
+        p = P._extract_patches.fun(a, taps, tuple(rhs_dil), tuple(strides)).reshape(pat_shape)
         return jnp.einsum("...d,de->...e", p, wk.reshape(-1, wk.shape[-1])), p
 
-    (z_ref, p_ref), vjp_plain = jax.vjp(plain, x, w)
+    @jax.jit  # every value and cotangent from one compiled program (eager autodiff compiles each op on its own)
+    def run(x, w, ct, ct_p):
+        y, vjp_ref = jax.vjp(conv, x, w)
+        y2, vjp_mine = jax.vjp(mine, x, w)
+        (_, pat), vjp_both = jax.vjp(both, x, w)
+        (_, p_ref), vjp_plain = jax.vjp(plain, x, w)
+        ct_z = jnp.transpose(ct, _out_perm(params["dimension_numbers"].out_spec))
+        return y, y2, vjp_mine(ct), vjp_ref(ct), pat, p_ref, vjp_both((ct, ct_p)), vjp_plain((ct_z, ct_p))
+
+    y, y2, ct_mine, ct_ref, pat, p_ref, ct_both, ct_plain = run(x, w, _normal(2, y_shape), _normal(3, pat_shape))
+    np.testing.assert_allclose(y2, y, **TOL64)
+    for a, b in zip(ct_mine, ct_ref):
+        np.testing.assert_allclose(a, b, **TOL64)
     np.testing.assert_allclose(pat, p_ref, rtol=0, atol=0)
-    ct_z = jnp.transpose(ct, _out_perm(params["dimension_numbers"].out_spec))
-    for a, b in zip(vjp_both((ct, ct_p)), vjp_plain((ct_z, ct_p))):
+    for a, b in zip(ct_both, ct_plain):
         np.testing.assert_allclose(a, b, **TOL64)
 
 
@@ -408,7 +450,7 @@ def test_blocked_engine_panels_against_oracle(monkeypatch):
     B._JITS.clear()
     g, q = _conv_scale_dense()
     x, x2 = _normal(4, (7, 6, 6, 2)), _normal(6, (5, 6, 6, 2))
-    o, o2 = oracle_kernels(g, q, x, x), oracle_kernels(g, q, x, x2)
+    o, o2 = _oracle("scale dense", g, q, x, x2)
 
     def bat(k, bs=2):
         return jc.batched(k, bs, progress_bar=False)
@@ -438,7 +480,7 @@ def test_panel_lazy_layers_in_slices_of_output_features(monkeypatch, slices):
     B._JITS.clear()
     g, q = _conv_bias_stack()
     x = _normal(8, (7, 6, 6, 3))
-    o = oracle_kernels(g, q, x, x)
+    o = _oracle("bias stack", g, q, x, _normal(6, (3, 6, 6, 3)))[0]
     bat = lambda k, bs=2: jc.batched(k, bs, progress_bar=False)  # noqa: E731
     np.testing.assert_allclose(bat(jc.trace_ntk(g, normalize=False))(q, x), o["trntk0"], **TOL64)
     np.testing.assert_allclose(bat(jc.trace_ntk(g))(q, x), o["trntk"], **TOL64)
@@ -456,34 +498,37 @@ def test_slices_fit_the_room():
 
 
 def test_small_blocks_merged_only_when_all_stay_resident(monkeypatch):
-    """batched(k, 32) at N = 256: the engine contracts blocks of 128 rows when all of them fit the budget, and keeps
-    blocks of 32 when the merged blocks would not all stay resident; both equal the float64 oracle. Lazy and
-    Gram-of-positions layouts, so the column-by-column tiles of lazy layers run in both."""
+    """batched(k, 4) at N = 32 with the engine's block of 128 rows scaled down to 16 (the same rule as
+    batched(k, 32) at N = 256, on 8x fewer rows): the engine contracts merged blocks of 16 rows when all of them fit
+    the budget, and keeps blocks of 4 when the merged blocks would not all stay resident; both equal the float64
+    oracle. Lazy and Gram-of-positions layouts, so the column-by-column tiles of lazy layers run in both."""
+    monkeypatch.setattr(B, "ENGINE_BLOCK", 16)
     monkeypatch.setattr(L, "choose_kinds", _mixed(("lazy", "pos")))
     calls = []
     features = B.features
     monkeypatch.setattr(B, "features", lambda plan, p, x, *a: calls.append(x.shape[0]) or features(plan, p, x, *a))
     g, q = _conv_scale_dense()
-    x = _normal(7, (256, 6, 6, 2))
-    want = oracle_kernels(g, q, x, x)["trntk0"]
-    k = jc.batched(jc.trace_ntk(g, normalize=False), 32, progress_bar=False)
+    x = _normal(7, (32, 6, 6, 2))
+    x2s = {n2: _normal(10 + n2, (n2, 6, 6, 2)) for n2 in (31, 17)}
+    j, *j2s = _jacobians("merged", g, q, x, *x2s.values())  # one oracle program for the three inputs
+    want = _kernels(j, j)["trntk0"]
+    k = jc.batched(jc.trace_ntk(g, normalize=False), 4, progress_bar=False)
     B._JITS.clear()
     np.testing.assert_allclose(k(q, x), want, **TOL64)
-    assert set(calls) == {128}
-    full = jc.batched(jc.empirical_ntk(g), 32, progress_bar=False)
-    for n2, block in ((250, 128), (130, 32)):  # x2 given, the full kernel; x2 not padded from 130 to 256 rows
-        x2 = _normal(10, (n2, 6, 6, 2))
+    assert set(calls) == {16}
+    full = jc.batched(jc.empirical_ntk(g), 4, progress_bar=False)
+    for (n2, block), j2 in zip(((31, 16), (17, 4)), j2s):  # x2 given, the full kernel; x2 not padded from 17 to 32
         calls.clear()
-        np.testing.assert_allclose(full(q, x, x2), oracle_kernels(g, q, x, x2)["full"], **TOL64)
+        np.testing.assert_allclose(full(q, x, x2s[n2]), _kernels(j, j2)["full"], **TOL64)
         assert set(calls) == {block}
-    small = 32 * L._setup(g, q, x, 256, 256, True, "trace", 32, 2**31, engine=True).per_point()
-    cap = lambda free, per_block: 8 if per_block <= small else 1  # noqa: E731 - 128-row blocks: one at a time
+    small = 4 * L._setup(g, q, x, 32, 32, True, "trace", 4, 2**31, engine=True).per_point()
+    cap = lambda free, per_block: 8 if per_block <= small else 1  # noqa: E731 - 16-row blocks: one at a time
     monkeypatch.setattr(L, "_capacity", cap)
     monkeypatch.setattr(B, "_capacity", cap)
     calls.clear()
     B._JITS.clear()
     np.testing.assert_allclose(k(q, x), want, **TOL64)
-    assert set(calls) == {32}
+    assert set(calls) == {4}
 
 
 def test_long_row_gram_against_numpy():
@@ -509,13 +554,14 @@ def test_engine_plans_its_panel_after_measuring_what_compiling_added(monkeypatch
     x = _normal(4, (7, 6, 6, 2))
     seen = []
     monkeypatch.setattr(B, "_capacity", lambda free, per_block: seen.append(free) or 3)
+    want = _oracle("scale dense", g, q, x, _normal(6, (5, 6, 6, 2)))[0]["trntk0"]
     kfn = jc.batched(jc.trace_ntk(g, normalize=False), 2, progress_bar=False, memory_budget="1G")
     for extra, clear in ((0, True), (400 * 2**20, True), (0, False)):  # the last: a second call, nothing compiled
         reads = iter([10**9, 10**9 + extra])
         monkeypatch.setattr(M, "resident_bytes", lambda reads=reads, extra=extra: next(reads, 10**9 + extra))
         if clear:
             B._JITS.clear()
-        np.testing.assert_allclose(kfn(q, x), oracle_kernels(g, q, x, x)["trntk0"], **TOL64)
+        np.testing.assert_allclose(kfn(q, x), want, **TOL64)
     # compiling's 400 MB are charged to the call that compiled and to the later call that reused the programs
     assert seen[0] - seen[1] == 400 * 2**20 and seen[2] == seen[1]
 
@@ -583,18 +629,6 @@ def test_layouts_chosen_by_flops_and_memory():
     assert per * x.shape[0] == stored and fixed > 0
 
 
-def _int_oracle_trace(f, p, tokens1, tokens2):
-    """float64 trNTK⁰ by forward mode over the flattened parameters (integer inputs kept as they are)."""
-    from jax.flatten_util import ravel_pytree
-
-    flat, unravel = ravel_pytree(p)
-
-    def jac(t):
-        return np.asarray(jax.jacfwd(lambda v: f(unravel(v), t))(flat))
-
-    return np.einsum("icp,jcp->ij", jac(tokens1), jac(tokens2))
-
-
 def test_transformer_embedding_attention_norm_against_oracle(monkeypatch):
     """Embedding gather, LayerNorm scale/shift, attention dot_generals with batch dimensions (a per-head weight in
     one of them): the jitted kernel (per-example gradients) and the blocked engine (factors re-formed per tile and
@@ -604,9 +638,10 @@ def test_transformer_embedding_attention_norm_against_oracle(monkeypatch):
     f, p = tiny_transformer(jax.random.key(0))
     tokens = jax.random.randint(jax.random.key(1), (5, 3), 0, 7)
     t2 = jax.random.randint(jax.random.key(2), (2, 3), 0, 7)
-    ref = _int_oracle_trace(f, p, tokens, tokens)
+    o11, o12 = _oracle("transformer", f, p, tokens, t2)  # integer tokens kept as they are
+    ref = o11["trntk0"]
     k = jc.trace_ntk(f, normalize=False, implementation="structured")
-    np.testing.assert_allclose(k(p, tokens, t2), _int_oracle_trace(f, p, tokens, t2), **TOL64)
+    np.testing.assert_allclose(k(p, tokens, t2), o12["trntk0"], **TOL64)
     monkeypatch.setattr(L, "choose_kinds", _mixed(("lazy", "pos")))
     np.testing.assert_allclose(jc.batched(k, 2, progress_bar=False)(p, tokens), ref, **TOL64)
 
@@ -614,28 +649,6 @@ def test_transformer_embedding_attention_norm_against_oracle(monkeypatch):
 # ------------------------------------------------------------------------------------------------------------------
 # Embedding lookups (a gather of rows: token equality as the Gram of positions) and chunks of classes
 # ------------------------------------------------------------------------------------------------------------------
-def _int_oracle(f, p, tokens1, tokens2):
-    """float64 full / trNTK⁰ / pNTK / normalized trNTK by forward mode over the flattened parameters (integer
-    inputs kept as they are)."""
-    from jax.flatten_util import ravel_pytree
-
-    flat, unravel = ravel_pytree(p)
-
-    def jac(t):
-        return np.asarray(jax.jacfwd(lambda v: f(unravel(v), t))(flat))
-
-    j1, j2 = jac(tokens1), jac(tokens2)
-    k0 = np.einsum("icp,jcp->ij", j1, j2)
-    d1, d2 = np.einsum("icp,icp->i", j1, j1), np.einsum("icp,icp->i", j2, j2)
-    g1, g2 = j1.sum(1), j2.sum(1)
-    return dict(
-        full=np.einsum("icp,jdp->ijcd", j1, j2),
-        trntk0=k0,
-        trntk=k0 / np.sqrt(np.outer(d1, d2)),
-        pntk=g1 @ g2.T / j1.shape[1],
-    )
-
-
 def _embed_model(lookup: str, n_classes: int = 3):
     """A table of 9 rows read at 5 positions (``lookup``: jnp indexing, ``take`` with ``fill`` (out-of-range rows
     are 0 and get no gradient), ``clip`` (clamped), or a transposed table read by columns), a position table, a
@@ -666,6 +679,17 @@ def _embed_model(lookup: str, n_classes: int = 3):
 
 _TOK1 = jnp.array([[1, 2, 2, 8, 0], [3, 3, 3, 3, 3], [8, 1, 0, 2, 4], [11, 5, 6, 1, -12]])  # repeats, out of range
 _TOK2 = jnp.array([[2, 2, 7, 0, 1], [3, 4, 5, 6, 11]])
+_TOK6 = jnp.concatenate([_TOK1, _TOK2[:1] + 1, _TOK1[2:3]], axis=0)  # 6 rows: two blocks of 3
+
+
+def _embed_oracle(lookup, f, p, n_classes=3):
+    """float64 oracle kernels (``ntk_models.oracle_jacobian``, forward mode, integer inputs kept as they are) of
+    ``_embed_model(lookup, n_classes)``: ``(_TOK1, _TOK1)``, ``(_TOK1, _TOK2)``, ``(_TOK6, _TOK6)`` (ids modulo 9
+    for plain indexing), from one oracle program per model shared by the tests (see :func:`_jacobians`)."""
+    t1, t2 = (_TOK1 % 9, _TOK2 % 9) if lookup == "index" else (_TOK1, _TOK2)
+    j1, j2, j3 = _jacobians(f"embed {lookup} {n_classes}", f, p, t1, t2, _TOK2[:1] + 1)
+    j6 = np.concatenate([j1, j3, j1[2:3]])
+    return _kernels(j1, j1), _kernels(j1, j2), _kernels(j6, j6)
 
 
 def test_embedding_lookup_is_structured_only_for_exact_kernels():
@@ -689,7 +713,7 @@ def test_embedding_rule_against_oracle(lookup):
     f, p = _embed_model(lookup)
     t1 = _TOK1 if lookup in ("fill", "clip", "transposed") else _TOK1 % 9
     t2 = _TOK2 if lookup != "index" else _TOK2 % 9
-    o, o11 = _int_oracle(f, p, t1, t2), (_int_oracle(f, p, t1, t1) if lookup == "index" else None)
+    o11, o, _ = _embed_oracle(lookup, f, p)
     kw = dict(implementation="structured")
     np.testing.assert_allclose(jc.empirical_ntk(f, **kw)(p, t1, t2), o["full"], **TOL64)
     np.testing.assert_allclose(jc.trace_ntk(f, normalize=False, **kw)(p, t1, t2), o["trntk0"], **TOL64)
@@ -707,7 +731,7 @@ def test_embedding_layouts_on_the_engine(monkeypatch, kind):
     monkeypatch.setattr(L, "choose_kinds", _forced(kind))
     B._JITS.clear()
     f, p = _embed_model("clip")
-    o, o11 = _int_oracle(f, p, _TOK1, _TOK2), _int_oracle(f, p, _TOK1, _TOK1)
+    o11, o, _ = _embed_oracle("clip", f, p)
 
     def bat(k):
         return jc.batched(k, 3, progress_bar=False)
@@ -733,7 +757,7 @@ def test_class_chunks_against_oracle(monkeypatch, classes):
     monkeypatch.setattr(L.PL, "best", best)
     B._JITS.clear()
     f, p = _embed_model("clip")
-    o, o11 = _int_oracle(f, p, _TOK1, _TOK2), _int_oracle(f, p, _TOK1, _TOK1)
+    o11, o, _ = _embed_oracle("clip", f, p)
     k0 = jc.trace_ntk(f, normalize=False, implementation="structured")
     np.testing.assert_allclose(jax.jit(k0)(p, _TOK1), o11["trntk0"], **TOL64)
     np.testing.assert_allclose(jax.jit(k0)(p, _TOK1, _TOK2), o["trntk0"], **TOL64)
@@ -768,8 +792,8 @@ def test_panel_programs_and_inputs_kept_across_class_chunks(monkeypatch, width):
     monkeypatch.setattr(B, "features", spy_features)
     B._JITS.clear()
     f, p = _embed_model("clip")
-    tok = jnp.concatenate([_TOK1, _TOK2[:1] + 1, _TOK1[2:3]], axis=0)  # 6 rows: two blocks of 3
-    o = _int_oracle(f, p, tok, tok)
+    tok = _TOK6  # 6 rows: two blocks of 3
+    o = _embed_oracle("clip", f, p)[2]
     bat = lambda k, bs=3: jc.batched(k, bs, progress_bar=False)  # noqa: E731
     np.testing.assert_allclose(bat(jc.trace_ntk(f, normalize=False))(p, tok), o["trntk0"], **TOL64)
     # the embedding (4 features) and the dense layer (3): slices of `width` features (or whole), two blocks each
@@ -812,8 +836,8 @@ def test_plan_made_again_when_compiled_code_leaves_too_little(monkeypatch):
     import jaxcompare.ntk._memory as mem
 
     f, p = _embed_model("clip", n_classes=10)
-    tok = jnp.concatenate([_TOK1, _TOK2[:1] + 1, _TOK1[2:3]], axis=0)  # two blocks of 3
-    want = _int_oracle(f, p, tok, tok)["trntk0"]
+    tok = _TOK6  # two blocks of 3
+    want = _embed_oracle("clip", f, p, n_classes=10)[2]["trntk0"]
     budget = 64 * 2**20  # compiled code is counted from 16 MiB on (smaller changes are the heap's)
     first = L._setup(f, p, tok, 6, 6, True, "trace", 3, budget, engine=True).choice
     assert first.classes == 10 and first.fits
@@ -846,7 +870,7 @@ def test_factor_programs_compile_options(monkeypatch):
     x = _normal(4, (7, 6, 6, 2))
     assert B._factor_options(S.analyze(g, q, tuple(x.shape[1:]), x.dtype)) is None
     assert B._factor_options(plan) == B._YNN_DOTS  # this project's jaxlib takes the option
-    want = _int_oracle(f, p, _TOK1, _TOK1)["trntk0"]
+    want = _embed_oracle("clip", f, p)[0]["trntk0"]
     kfn = jc.batched(jc.trace_ntk(f, normalize=False), 3, progress_bar=False)
     B._JITS.clear()
     np.testing.assert_allclose(kfn(p, _TOK1), want, **TOL64)
@@ -995,8 +1019,10 @@ def test_raw_input_patches_and_their_gram_against_numpy(shape, taps, strides, di
         geo = P.ConvGeo((0, 3, 1, 2), shape[:2], shape[2], taps, strides, dil, pads, out_sp, bias)
         want = np.concatenate([ref, np.ones(ref.shape[:2] + (1,))], -1) if bias else ref
         raw = jnp.asarray(x.reshape(3, -1, shape[2]))
-        np.testing.assert_allclose(P.patches_of(raw, geo), want, rtol=0, atol=0)
-        np.testing.assert_allclose(P.raw_gram(raw[:2], raw, geo), np.einsum("itd,jsd->tisj", want[:2], want), **TOL64)
+        # one compiled program for both (eagerly each op compiles on its own)
+        pat, gram = jax.jit(lambda r, geo=geo: (P.patches_of(r, geo), P.raw_gram(r[:2], r, geo)))(raw)
+        np.testing.assert_allclose(pat, want, rtol=0, atol=0)
+        np.testing.assert_allclose(gram, np.einsum("itd,jsd->tisj", want[:2], want), **TOL64)
 
 
 def _conv_bias_stack():
@@ -1033,15 +1059,15 @@ def test_raw_convolution_inputs_against_oracle(monkeypatch, kinds):
     monkeypatch.setattr(B, "raw_gram", lambda a1, a2, geo: grams.append(geo) or raw_gram(a1, a2, geo))
     B._JITS.clear()
     g, q = _conv_bias_stack()
-    x, x2 = _normal(5, (5, 6, 6, 3)), _normal(6, (3, 6, 6, 3))
+    x, x2 = _normal(8, (7, 6, 6, 3)), _normal(6, (3, 6, 6, 3))
+    o, o2 = _oracle("bias stack", g, q, x, x2)
     plan = S.analyze(g, q, x.shape[1:], x.dtype)
     uses, *_ = L.dims(plan, q, x.shape[1:], x.dtype, False)
     geos = L.layer_geos(plan, uses)
     assert [geo is not None for geo in geos] == [True, True, False]
     assert geos[0].bias and not geos[1].bias
-    _check_against_oracle(g, q, x, x2)
+    _check_against_oracle(g, q, x, x2, o2)
     assert grams  # the Gram of pixels ran (in the layer whose layout is pos)
-    o, o2 = oracle_kernels(g, q, x, x), oracle_kernels(g, q, x, x2)
     bat = lambda k, bs=2: jc.batched(k, bs, progress_bar=False)  # noqa: E731
     np.testing.assert_allclose(bat(jc.trace_ntk(g, normalize=False))(q, x), o["trntk0"], **TOL64)
     np.testing.assert_allclose(bat(jc.trace_ntk(g, normalize=False))(q, x, x2), o2["trntk0"], **TOL64)
