@@ -150,7 +150,8 @@ def test_positions_gram_and_materialized_paths_agree(monkeypatch, kind):
     def f(q, x):  # T = 7 positions, D = 4 > E = 2: the Gram path is cheaper when allowed
         return jnp.sum(jnp.tanh(jnp.einsum("btd,de->bte", x, q["E"])), axis=1) @ q["O"]
 
-    _check_against_oracle(f, p, _normal(2, (4, 7, 4)), _normal(3, (3, 7, 4)))
+    x1, x2 = _normal(2, (4, 7, 4)), _normal(3, (3, 7, 4))
+    _check_against_oracle(f, p, x1, x2, _oracle("positions", f, p, x1, x2)[1])  # one oracle for the three layouts
 
 
 @pytest.mark.slow
