@@ -30,18 +30,33 @@ _SCRIPT = textwrap.dedent(
     x1 = jax.random.normal(jax.random.key(1), (16, 5))
     x2 = jax.random.normal(jax.random.key(2), (5, 5))
     x_odd = x1[:13]
+    x32 = jax.random.normal(jax.random.key(3), (32, 5))
     tol = dict(rtol=1e-10, atol=1e-10)
-    o12, o11 = oracle_kernels(f, p, x1, x2), oracle_kernels(f, p, x1, x1)
+    # one oracle program for every input set below (compiling it dominates): the kernels of the rows of `big`, of
+    # which each set is a contiguous slice; each entry of the oracle's kernels depends only on its two rows
+    big = jnp.concatenate([x1, x1 + 0.5, x32, x2])
+    ob = oracle_kernels(f, p, big, big)
+
+    def oracle(r1, r2):  # the oracle kernels of big[r1] x big[r2] (r1, r2: slices)
+        return {k: v[r1, r2] for k, v in ob.items()}
+
+    X1, X32, X2 = slice(0, 16), slice(32, 64), slice(64, 69)
+    o12, o11 = oracle(X1, X2), oracle(X1, X1)
+    def check_padded(kp):
+        assert kp.shape == (16, 13) and len(kp.sharding.device_set) == 8 and kp.sharding.spec[0] is not None
+        np.testing.assert_allclose(kp[:13], o11["trntk"][:13, :13], **tol)
+        assert np.all(np.asarray(kp[13:]) == 0)  # padding rows masked
+
+    # pad=True (handled outside the per-device program, whatever its tiles) with (structured, no block size),
+    # (jacobian, 3) and below (auto, no block size); pseudo_ntk's norms with and without a block size
     for impl, bs in (("structured", None), ("structured", 3), ("jacobian", 3)):
         t = jc.sharded(jc.trace_ntk(f, implementation=impl), block_size=bs)
         k = t(p, x1)
         assert len(k.sharding.device_set) == 8 and k.sharding.spec[0] is not None, k.sharding
         np.testing.assert_allclose(k, o11["trntk"], **tol)
         np.testing.assert_allclose(t(p, x1, x2), o12["trntk"], **tol)
-        kp = jc.sharded(jc.trace_ntk(f, implementation=impl), block_size=bs, pad=True)(p, x_odd)
-        assert kp.shape == (16, 13) and len(kp.sharding.device_set) == 8 and kp.sharding.spec[0] is not None
-        np.testing.assert_allclose(kp[:13], o11["trntk"][:13, :13], **tol)
-        assert np.all(np.asarray(kp[13:]) == 0)  # padding rows masked
+        if (impl, bs) != ("structured", 3):
+            check_padded(jc.sharded(jc.trace_ntk(f, implementation=impl), block_size=bs, pad=True)(p, x_odd))
         try:
             t(p, x_odd)
             raise AssertionError("13 rows over 8 devices without pad=True must raise")
@@ -49,15 +64,17 @@ _SCRIPT = textwrap.dedent(
             assert "pad=True" in str(e) and "13 rows" in str(e), e
         e = jc.sharded(jc.empirical_ntk(f, implementation=impl), block_size=bs)(p, x1, x2)
         np.testing.assert_allclose(e, o12["full"], **tol)
-        pn = jc.sharded(jc.pseudo_ntk(f, normalize=True, implementation=impl), block_size=bs)(p, x1, x2)
-        np.testing.assert_allclose(pn, o12["pntk_norm"], **tol)
-    # the symmetric scheme on 1..8 devices (odd and even counts, odd rows per device), class axes, no block size
-    for nd in (1, 2, 3, 5, 6, 8):
+        if (impl, bs) != ("structured", 3):
+            pn = jc.sharded(jc.pseudo_ntk(f, normalize=True, implementation=impl), block_size=bs)(p, x1, x2)
+            np.testing.assert_allclose(pn, o12["pntk_norm"], **tol)
+    # the symmetric scheme on 1..8 devices, class axes, no block size: odd device counts (no half blocks; 1, 2 shifts)
+    # and even ones (half blocks exchanged; 0, 2, 3 shifts), each with odd and even rows per device (b = 3, 2; the
+    # half blocks of an odd b overlap by a row). 8 devices with 2 rows each: the checks of x1 above
+    for nd, b in ((1, 3), (2, 3), (3, 2), (5, 3), (6, 2), (8, 3)):
         sub = Mesh(np.array(jax.devices()[:nd]), ("r",))
-        for n in (nd * 3, nd * 2):
-            xs = x1[:n] if n <= 16 else jnp.concatenate([x1, x1[: n - 16] + 0.5])
-            oo = oracle_kernels(f, p, xs, xs)
-            np.testing.assert_allclose(jc.sharded(jc.trace_ntk(f), sub, block_size=2)(p, xs), oo["trntk"], **tol)
+        xs, oo = big[: nd * b], oracle(slice(0, nd * b), slice(0, nd * b))
+        np.testing.assert_allclose(jc.sharded(jc.trace_ntk(f), sub, block_size=2)(p, xs), oo["trntk"], **tol)
+        if nd in (2, 5, 6, 8):  # the class axes transposed: by the shifts (odd and even D) and the halves (even D)
             np.testing.assert_allclose(jc.sharded(jc.empirical_ntk(f), sub)(p, xs), oo["full"], **tol)
     # the output of the symmetric scheme is row-sharded and gathers/saves to the oracle
     k = jc.sharded(jc.trace_ntk(f), block_size=4)(p, x1)
@@ -65,6 +82,7 @@ _SCRIPT = textwrap.dedent(
     import tempfile
     np.testing.assert_allclose(jc.save_rows(k, os.path.join(tempfile.mkdtemp(), "K.npy")), o11["trntk"], **tol)
     kp = jc.sharded(jc.trace_ntk(f), pad=True)(p, x_odd)
+    check_padded(kp)
     np.testing.assert_allclose(jc.save_rows(kp, os.path.join(tempfile.mkdtemp(), "K.npy"), rows=13),
                                o11["trntk"][:13, :13], **tol)
     # a 2-D mesh: rows split over both axes
@@ -85,8 +103,7 @@ _SCRIPT = textwrap.dedent(
 
         return jc.sharded(jc.trace_ntk(g, implementation="jacobian")), seen
 
-    x32 = jax.random.normal(jax.random.key(3), (32, 5))
-    o32 = oracle_kernels(f, p, x32, x32)
+    o32 = oracle(X32, X32)
     k, seen = spy()
     assert k.spec.transforms == ("sharded",)
     np.testing.assert_allclose(jc.batched(k, 16)(p, x32), o32["trntk"], **tol)
