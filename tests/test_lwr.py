@@ -168,14 +168,14 @@ def test_adam_first_step_matches_hand_written_adam(small):
 
 def test_sgd_full_batch_equals_gd_and_train_v(small):
     data, p = small
-    kw = dict(lr=5.0, steps=4)
+    kw = dict(lr=5.0, steps=2)  # the gd program of test_eig_backends_agree (2 steps, recorded at the end)
     gd = lwr.train(jax.random.key(0), p, data, CFG64, **kw)
     sgd = lwr.train(jax.random.key(1), p, data, CFG64, optimizer="sgd", batch_size=CFG64.n, **kw)
     np.testing.assert_allclose(np.asarray(sgd.params.W), np.asarray(gd.params.W), rtol=1e-10)
     cfg_v = lwr.LWRConfig(n=40, d=16, h=24, dtype="float64", train_v=True)
     both = lwr.train(jax.random.key(0), p, data, cfg_v, **kw)
     W, v, X, y = (np.asarray(a) for a in (p.W, p.v, data.X, data.y))
-    for _ in range(4):
+    for _ in range(2):
         gW, _ = _np_grad_W(W, v, X, y)
         U, f = _np_forward(W, v, X)
         gv = -(np.tanh(U).T @ (y - f)) / (40 * np.sqrt(24))
@@ -210,25 +210,27 @@ def test_vmap_over_keys_equals_loop_and_float32_kept():
 @pytest.mark.parametrize("optimizer, batch_size, train_v", [("gd", None, False), ("sgd", 8, False), ("adam", 16, True)])
 def test_resume_equals_one_long_run(optimizer, batch_size, train_v):
     # Oracle: one uninterrupted run. Split runs must continue the optimizer state and the minibatch stream exactly.
+    # Step counts chosen so that the runs share compiled programs (each (steps, record_every, resumed or not) is one
+    # program): the 4-step run is the first chunk of the chunked run, the resumed 4-step chunk is the rest; the
+    # resume happens mid-epoch for the minibatches (48 rows, batches of 8 or 16) and ends on a remainder record.
     cfg = lwr.LWRConfig(n=48, d=16, h=24, train_v=train_v, dtype="float64")
     data, p = lwr.sample_data(jax.random.key(0), cfg), lwr.init_params(jax.random.key(1), cfg)
     kw = dict(optimizer=optimizer, lr=0.1 if optimizer == "adam" else 5.0, batch_size=batch_size, record_every=4)
-    full = lwr.train(jax.random.key(2), p, data, cfg, steps=20, **kw)
-    a = lwr.train(jax.random.key(2), p, data, cfg, steps=12, **kw)
-    b = lwr.train(jax.random.key(2), p, data, cfg, steps=8, resume=a, **kw)
-    assert b.history.step.tolist() == [16, 20] and int(b.step) == 20 and b.losses.shape == (8,)
+    full = lwr.train(jax.random.key(2), p, data, cfg, steps=10, **kw)
+    a = lwr.train(jax.random.key(2), p, data, cfg, steps=4, **kw)
+    b = lwr.train(jax.random.key(2), p, data, cfg, steps=6, resume=a, **kw)
+    assert b.history.step.tolist() == [8, 10] and int(b.step) == 10 and b.losses.shape == (6,)
     joined = lwr.concat_results(a, b)
     for x, y in zip(jax.tree.leaves(full), jax.tree.leaves(joined)):
         np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-12, atol=1e-12)
     # eager calls with a progress bar run one chunk per record (with a remainder chunk here): the same result
-    one = lwr.train(jax.random.key(2), p, data, cfg, steps=22, progress_bar=False, **kw)
-    chunked = lwr.train(jax.random.key(2), p, data, cfg, steps=22, progress_bar=True, **kw)
-    assert chunked.history.step.tolist() == [0, 4, 8, 12, 16, 20, 22]
-    for x, y in zip(jax.tree.leaves(one), jax.tree.leaves(chunked)):
+    chunked = lwr.train(jax.random.key(2), p, data, cfg, steps=10, progress_bar=True, **kw)
+    assert chunked.history.step.tolist() == [0, 4, 8, 10]
+    for x, y in zip(jax.tree.leaves(full), jax.tree.leaves(chunked)):
         np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-12, atol=1e-12)
     # a plain restart from the trained parameters is *not* the same run (fresh optimizer state / batch stream)
     if optimizer != "gd":
-        c = lwr.train(jax.random.key(2), a.params, data, cfg, steps=8, **kw)
+        c = lwr.train(jax.random.key(2), a.params, data, cfg, steps=6, **kw)
         assert not np.allclose(np.asarray(c.params.W), np.asarray(full.params.W), atol=1e-9)
 
 
