@@ -72,6 +72,9 @@ def test_help_for_every_command(capsys):
 
 
 def test_alpha_exact_and_bootstrap(score_files, tmp_path):
+    """The exact protocol in a real process, against the library. The bootstrap protocol on (M, T) scores is
+    checked in process by test_alpha_logits_with_labels_prints_metrics (its margin scores) and in a real process,
+    without float64, by the demo's ensembles section (test_demo_quick_end_to_end)."""
     out = tmp_path / "a.json"
     rc, so, se = run_cli(
         "alpha",
@@ -98,17 +101,7 @@ def test_alpha_exact_and_bootstrap(score_files, tmp_path):
     ref = np.load(score_files / "ref.npy")
     thr = jc.ks_threshold(200, 200, 0.01)
     np.testing.assert_allclose(a, [float(jc.alpha_hat(c, ref.reshape(-1), threshold=thr)) for c in cand], atol=1e-9)
-    rc, so, se = run_cli(
-        "alpha",
-        "--candidates",
-        str(score_files / "cand.npz"),
-        "--reference",
-        str(score_files / "ref.npy"),
-        "--bootstrap",
-        "5",
-    )
-    assert rc == 0, se
-    assert "bootstrap (5 rounds" in so
+    # the bootstrap protocol on (M, T) scores: test_alpha_logits_with_labels_prints_metrics (its margin scores)
 
 
 @pytest.mark.parametrize(
@@ -122,7 +115,9 @@ def test_alpha_exact_and_bootstrap(score_files, tmp_path):
         ("ext", ".npy, .npz or .csv"),
     ],
 )
-def test_alpha_bad_files(score_files, tmp_path, case, needle):
+def test_alpha_bad_files(capfd, score_files, tmp_path, case, needle):
+    """In process, stderr read at the file-descriptor level (what the process would print; capfd). A real process
+    prints its one line in test_alpha_bad_level."""
     cand = {
         "missing": str(tmp_path / "nope.npy"),
         "nan": str(score_files / "nan.npy"),
@@ -133,11 +128,12 @@ def test_alpha_bad_files(score_files, tmp_path, case, needle):
     }[case]
     if case == "ext":
         (tmp_path / "x.json").write_text("{}")
-    rc, so, se = run_cli("alpha", "--candidates", cand, "--reference", str(score_files / "ref.npy"))
+    rc, so, se = run_main(capfd, "alpha", "--candidates", cand, "--reference", str(score_files / "ref.npy"))
     assert_one_line_error(rc, se, needle)
 
 
 def test_alpha_bad_level(score_files):
+    """A real process: its whole stderr is the one error line."""
     rc, so, se = run_cli(
         "alpha",
         "--candidates",
@@ -147,7 +143,7 @@ def test_alpha_bad_level(score_files):
         "--level",
         "1.5",
     )
-    assert rc == 2 and "(0, 1)" in se and "Traceback" not in se
+    assert_one_line_error(rc, se, "(0, 1)")
 
 
 MODEL = textwrap.dedent("""
@@ -292,9 +288,13 @@ def test_ntk_command_projection_and_output_probes(ntk_files):
         (["--kernel", "proj_trntk", "--dim", "33"], "even"),
     ],
 )
-def test_ntk_command_projection_failures(ntk_files, args, needle):
+def test_ntk_command_projection_failures(capfd, ntk_files, monkeypatch, args, needle):
+    """In process, stderr read at the file-descriptor level (capfd); test_model_module_that_exits_at_import is the
+    ntk failure in a real process."""
+    monkeypatch.chdir(ntk_files)
+    monkeypatch.syspath_prepend(str(ntk_files))
     base = ["--model", "mymodel:apply_fn", "--params", "params.npz", "--data", "x.npy", "--out", "o.npy"]
-    rc, so, se = run_cli("ntk", *base, *args, cwd=ntk_files)
+    rc, so, se = run_main(capfd, "ntk", *base, *args)
     assert_one_line_error(rc, se, needle)
 
 
@@ -309,7 +309,11 @@ def test_ntk_command_projection_failures(ntk_files, args, needle):
         (["--model", "mymodel:apply_fn", "--params", "x.npy"], ".npz"),
     ],
 )
-def test_ntk_command_failures(ntk_files, args, needle):
+def test_ntk_command_failures(capfd, ntk_files, monkeypatch, args, needle):
+    """In process, stderr read at the file-descriptor level (capfd); test_model_module_that_exits_at_import is the
+    ntk failure in a real process."""
+    monkeypatch.chdir(ntk_files)
+    monkeypatch.syspath_prepend(str(ntk_files))
     base = {"--params": "params.npz", "--data": "x.npy", "--out": "o.npy"}
     merged = dict(base)
     it = iter(args)
@@ -321,20 +325,22 @@ def test_ntk_command_failures(ntk_files, args, needle):
         else:
             merged[a] = v
     flat = ["--model", model] + [t for kv in merged.items() for t in kv]
-    rc, so, se = run_cli("ntk", *flat, cwd=ntk_files)
+    rc, so, se = run_main(capfd, "ntk", *flat)
     assert_one_line_error(rc, se, needle)
 
 
-def test_lwr_command(tmp_path):
+def test_lwr_command(capfd, tmp_path):
+    """The success path in a real process; the argument errors in process (stderr read at the file-descriptor
+    level, capfd)."""
     rc, so, se = run_cli("lwr", "--n", "60", "--d", "30", "--h", "45", "--steps", "6", "--out", str(tmp_path / "o"))
     assert rc == 0, se
     assert (tmp_path / "o" / "spectra.png").stat().st_size > 1000
     res = json.loads((tmp_path / "o" / "results.json").read_text())
     assert res["config"]["n"] == 60
-    rc, so, se = run_cli("lwr", "--n", "0")
+    rc, so, se = run_main(capfd, "lwr", "--n", "0")
     assert rc == 2 and "positive integer" in se
-    rc, so, se = run_cli(
-        "lwr", "--n", "60", "--d", "30", "--h", "45", "--optimizer", "sgd", "--out", str(tmp_path / "sgd")
+    rc, so, se = run_main(
+        capfd, "lwr", "--n", "60", "--d", "30", "--h", "45", "--optimizer", "sgd", "--out", str(tmp_path / "sgd")
     )
     assert_one_line_error(rc, se, "--batch-size")
     assert not (tmp_path / "sgd").exists()  # argument errors are found before the output directory is made
@@ -681,7 +687,7 @@ def test_alpha_logits_with_labels_prints_metrics(capsys, logit_files, tmp_path):
     marg = np.array([[l[t] - np.delete(l, t).max() for l, t in zip(m, y)] for m in cand])
     np.save(tmp_path / "cm.npy", marg)
     np.save(tmp_path / "rm.npy", np.array([[l[t] - np.delete(l, t).max() for l, t in zip(m, y)] for m in ref]))
-    rc, _, err = run_main(
+    rc, so, err = run_main(
         capsys,
         "alpha",
         "--candidates",
@@ -696,6 +702,7 @@ def test_alpha_logits_with_labels_prints_metrics(capsys, logit_files, tmp_path):
         str(tmp_path / "m.json"),
     )
     assert rc == 0, err
+    assert "bootstrap (4 rounds" in so
     np.testing.assert_allclose(json.loads((tmp_path / "m.json").read_text())["alpha_hat"], res["alpha_hat"], atol=1e-12)
 
 
@@ -723,7 +730,7 @@ def test_alpha_progress_bar_same_numbers(capsys, logit_files, tmp_path):
         "--score",
         "logit_gap",
         "--bootstrap",
-        "3",
+        "4",  # as test_alpha_logits_with_labels_prints_metrics: the same (3 + 5, 120) bootstrap, compiled once
     ]
     rc, _, err_quiet = run_main(capsys, *base, "--out", str(tmp_path / "q.json"))
     assert rc == 0 and "α̂ bootstrap" not in err_quiet  # not a terminal: no bar
@@ -851,8 +858,8 @@ def test_spectra_command(tmp_path, capsys):
     from jaxcompare import save_params
 
     rng = np.random.default_rng(0)
-    w = rng.standard_normal((120, 60)).astype(np.float32)
-    params = {"Dense_0": {"kernel": w, "bias": np.zeros(60, np.float32)}}
+    w = rng.standard_normal((120, 40)).astype(np.float32)  # 40 eigenvalues, as in the two spectra tests below
+    params = {"Dense_0": {"kernel": w, "bias": np.zeros(40, np.float32)}}
     ckpt = save_params(params, str(tmp_path / "model.safetensors"))
     out = tmp_path / "out"
     assert main(["spectra", "--checkpoint", ckpt, "--n-boot", "5", "--out", str(out)]) == 0
@@ -876,7 +883,7 @@ def test_spectra_command_attention_heads_and_strict_json(tmp_path, capsys):
 
     rng = np.random.default_rng(1)
     q = rng.standard_normal((40, 4, 10)).astype(np.float32)
-    ortho = np.linalg.qr(rng.standard_normal((50, 50)))[0].astype(np.float32)
+    ortho = np.linalg.qr(rng.standard_normal((40, 40)))[0].astype(np.float32)
     params = {"attention": {"query": {"kernel": q}}, "rot": {"kernel": ortho}}
     ckpt = save_params(params, str(tmp_path / "model.safetensors"))
 
@@ -909,8 +916,8 @@ def test_spectra_command_stacked_layers(tmp_path, capsys):
     from jaxcompare import save_params
 
     rng = np.random.default_rng(2)
-    w = rng.standard_normal((3, 40, 30)).astype(np.float32)
-    ckpt = save_params({"ScanBlock": {"Dense_0": {"kernel": w, "bias": np.zeros((3, 30), np.float32)}}},
+    w = rng.standard_normal((3, 40, 40)).astype(np.float32)  # 40 eigenvalues a layer: the fits compiled above
+    ckpt = save_params({"ScanBlock": {"Dense_0": {"kernel": w, "bias": np.zeros((3, 40), np.float32)}}},
                        str(tmp_path / "m.npz"))  # fmt: skip
     out = tmp_path / "out"
     assert main(["spectra", "--checkpoint", ckpt, "--n-boot", "5", "--stacked", "ScanBlock", "--out", str(out)]) == 0
